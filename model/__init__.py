@@ -1,0 +1,1 @@
+"""HMHI-Net model package."""

@@ -1,0 +1,1 @@
+"""hmhi-uvos data pipeline: storage, config, flow, shards, evaluation."""
