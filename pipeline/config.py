@@ -1,0 +1,340 @@
+"""The one configuration system of hmhi-uvos.
+
+Configs are typed dataclasses with a docstring (a string literal) after each field, validated in
+``__post_init__`` with :func:`require`. They are loaded from YAML, then updated by ``key.sub=value`` overrides:
+
+    cfg = load_config(TrainJobConfig, "configs/tiny_cpu.yaml", overrides=["optim.lr=1e-4"])
+
+A job's ``main(argv=None)`` gets ``--config FILE``, repeatable ``--set key=value``, ``--print-config`` and its own
+shortcut flags from :func:`parse_job_args`. Unknown keys are errors, values are coerced to the field types, and every
+error names the dotted field path and the bad value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import textwrap
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "config_from_dict",
+    "config_to_dict",
+    "config_to_yaml",
+    "field_docs",
+    "load_config",
+    "parse_job_args",
+    "require",
+]
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the dotted field path and the value."""
+
+    def __init__(self, field: str, value: Any, message: str):
+        self.field, self.value, self.reason = field, value, message
+        super().__init__(f"config field '{field}' = {value!r}: {message}")
+
+    def under(self, prefix: str) -> ConfigError:
+        """The same error with the field path prefixed by ``prefix`` (for nested configs)."""
+        return ConfigError(f"{prefix}.{self.field}" if prefix else self.field, self.value, self.reason)
+
+
+def require(condition: bool, field: str, value: Any, message: str) -> None:
+    """Raise :class:`ConfigError` for ``field`` unless ``condition`` holds (use in ``__post_init__``)."""
+    if not condition:
+        raise ConfigError(field, value, message)
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written after each field of the dataclass ``cls`` (and of its bases)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, nxt in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                    and isinstance(nxt.value.value, str)):
+                docs[node.target.id] = inspect.cleandoc(nxt.value.value)
+    return docs
+
+
+# -- coercion ------------------------------------------------------------------------------------------------------
+
+_NULL_WORDS = ("null", "~")
+
+
+def _parse_scalar(text: str) -> Any:
+    """A command-line value as YAML would read it (``1``, ``true``, ``[1, 2]``, ``null``)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    """``value`` converted to the type ``tp``, or a ConfigError naming ``path``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip() in _NULL_WORDS and type(None) in args):
+            if type(None) in args:
+                return None
+            raise ConfigError(path, value, "must not be null")
+        errors = []
+        for option in non_none:
+            try:
+                return _coerce(option, value, path)
+            except ConfigError as e:
+                errors.append(e.reason)
+        raise ConfigError(path, value, " / ".join(errors))
+    if origin is Literal:
+        for choice in args:
+            try:
+                candidate = _coerce(type(choice), value, path)
+            except ConfigError:
+                continue
+            if candidate == choice:
+                return choice
+        raise ConfigError(path, value, f"must be one of {list(args)}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, str):
+            value = _parse_scalar(value)
+        if not isinstance(value, Mapping):
+            raise ConfigError(path, value, f"must be a mapping of {tp.__name__} fields")
+        return config_from_dict(tp, value, _path=path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.strip().lower() in ("true", "yes", "on", "1")
+        raise ConfigError(path, value, "must be a boolean (true/false)")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip().replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(path, value, "must be an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(path, value, "must be a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(path, value, "must be a string")
+    if origin in (list, tuple, Sequence) or tp in (list, tuple):
+        if isinstance(value, str):
+            parsed = _parse_scalar(value)
+            value = parsed if isinstance(parsed, list) else [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, value, "must be a list")
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise ConfigError(path, value, f"must have exactly {len(args)} items")
+            return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        item_type = args[0] if args else Any
+        items = [_coerce(item_type, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if (origin is tuple or tp is tuple) else items
+    if origin in (dict, Mapping) or tp is dict:
+        if isinstance(value, str):
+            value = _parse_scalar(value)
+        if not isinstance(value, Mapping):
+            raise ConfigError(path, value, "must be a mapping")
+        key_type, value_type = args if args else (Any, Any)
+        return {_coerce(key_type, k, path): _coerce(value_type, v, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(path, value, f"cannot be converted to {getattr(tp, '__name__', tp)}")
+
+
+def config_from_dict(cls: type[C], data: Mapping[str, Any] | None, _path: str = "") -> C:
+    """Build the dataclass ``cls`` from a nested mapping; unknown keys and bad values raise ConfigError."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(fields))}"
+            raise ConfigError(f"{_path}.{key}" if _path else str(key), data[key], f"unknown config key{hint}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{_path}.{name}" if _path else name)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise e.under(_path) from None
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A plain nested dict (tuples as lists), suitable for YAML/JSON and for Ray's ``train_loop_config``."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, Mapping):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(config)
+
+
+def config_to_yaml(config: Any) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = [k for k in dotted.strip().split(".")]
+    if not all(keys):
+        raise ConfigError(dotted, value, "an override needs the form key.sub=value")
+    node = data
+    for k in keys[:-1]:
+        child = node.get(k)
+        if not isinstance(child, dict):
+            child = {} if child is None or not dataclasses.is_dataclass(child) else config_to_dict(child)
+            node[k] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    if "://" in str(path):
+        from pipeline.storage import open_storage  # remote configs (s3://...) go through the storage layer
+
+        parent, _, leaf = str(path).rpartition("/")
+        text = open_storage(parent).read_text(leaf)
+    else:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise ConfigError("--config", str(path), "file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError("--config", str(path), f"not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("--config", str(path), "the top level of a config file must be a mapping")
+    return data
+
+
+def load_config(cls: type[C], path: str | None = None, overrides: Sequence[str] = (),
+                base: Mapping[str, Any] | None = None) -> C:
+    """``cls`` from the YAML file ``path`` (optional), then ``key.sub=value`` overrides applied in order."""
+    data: dict[str, Any] = dict(base or {})
+    if path:
+        for k, v in _read_yaml(path).items():
+            data[k] = v
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(item, None, "an override needs the form key.sub=value")
+        _set_dotted(data, key, raw)
+    return config_from_dict(cls, data)
+
+
+FlagTarget = Union[str, tuple[str, Any]]
+
+
+def _field_at(cls: type, dotted: str) -> tuple[Any, str]:
+    """(type, docstring) of the field at ``dotted`` in ``cls``."""
+    tp: Any = cls
+    doc = ""
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(tp):
+            raise KeyError(dotted)
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            raise KeyError(dotted)
+        doc = field_docs(tp).get(part, "")
+        tp = hints[part]
+    return tp, doc
+
+
+def parse_job_args(cls: type[C], argv: Sequence[str] | None, description: str = "",
+                   flags: Mapping[str, FlagTarget] | None = None, prog: str | None = None) -> C:
+    """Parse a job's command line into the config ``cls``.
+
+    ``flags`` maps shortcut flags to dotted field paths (``{"--input": "input"}``), or to ``(path, constant)`` for
+    switches (``{"--use-gpu": ("scaling.use_gpu", True)}``). Precedence: the ``--config`` YAML, then the shortcut
+    flags, then ``--set`` overrides in order. ``--print-config`` prints the resolved YAML and exits.
+    """
+    flags = dict(flags or {})
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (local path or URL)")
+    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                        help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    dests: dict[str, tuple[str, bool]] = {}
+    for flag, target in flags.items():
+        dotted, const = (target if isinstance(target, tuple) else (target, None))
+        _, doc = _field_at(cls, dotted)
+        dest = "flag_" + flag.lstrip("-").replace("-", "_")
+        help_text = (doc.splitlines()[0] if doc else "") + f" [{dotted}]"
+        if isinstance(target, tuple):
+            parser.add_argument(flag, dest=dest, action="store_const", const=const, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=dest, default=None, metavar="VALUE", help=help_text)
+        dests[dest] = (dotted, isinstance(target, tuple))
+    args = parser.parse_args(list(argv) if argv is not None else None)
+
+    overrides = []
+    for dest, (dotted, _) in dests.items():
+        value = getattr(args, dest)
+        if value is not None:
+            overrides.append(f"{dotted}={value}" if isinstance(value, str) else (dotted, value))
+    data: dict[str, Any] = _read_yaml(args.config) if args.config else {}
+    for item in overrides:
+        if isinstance(item, tuple):
+            _set_dotted(data, item[0], item[1])
+        else:
+            key, _, raw = item.partition("=")
+            _set_dotted(data, key, raw)
+    config = load_config(cls, None, args.overrides, base=data)
+    if args.print_config:
+        print(config_to_yaml(config), end="")
+        raise SystemExit(0)
+    return config

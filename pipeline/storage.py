@@ -1,0 +1,388 @@
+"""The one storage layer of hmhi-uvos.
+
+A URL or path resolves to a :class:`Storage` rooted there:
+
+- ``/local/dir``, ``relative/dir`` or ``file:///local/dir``: the local disk;
+- ``s3://bucket/prefix``: S3 or any S3-compatible store.
+
+Every job reads and writes through it, so that the same code runs on a laptop and on a cluster. It offers an
+fsspec filesystem for Python code (:attr:`Storage.fs`) and the *matching* ``pyarrow.fs.FileSystem`` for Ray Data
+and Ray Train (:meth:`Storage.pyarrow`, :func:`storage_filesystem`): both are built from one :class:`S3Options`, so
+they reach the same endpoint with the same credentials. (A directly constructed ``pyarrow.fs.S3FileSystem``
+ignores ``AWS_ENDPOINT_URL``, apache/arrow#49643, which is why the endpoint is passed explicitly.)
+
+Guarantees:
+
+- Writes are atomic: a reader never sees half a file. Local files are written under a temporary name in the same
+  directory and renamed; S3 objects are spooled to a local temporary file and sent in one PUT (or a multipart upload,
+  which S3 makes visible only when it completes). Nothing is written if the writing block raises.
+- Listings ignore zero-byte directory-marker objects (``prefix/``) and in-flight temporary files.
+- Errors name the URL, never a secret: :class:`StorageNotFoundError` for a missing bucket or path,
+  :class:`StorageAuthError` for missing or rejected credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import posixpath
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import fsspec
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "S3Options",
+    "Storage",
+    "StorageAuthError",
+    "StorageError",
+    "StorageNotFoundError",
+    "open_storage",
+    "storage_filesystem",
+]
+
+_TMP_MARK = ".tmp-"  # in-flight files are named ".<name>.tmp-<uuid>" and never listed
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed; the message names the URL (never a credential)."""
+
+
+class StorageNotFoundError(StorageError, FileNotFoundError):
+    """The bucket, object or local path does not exist."""
+
+
+class StorageAuthError(StorageError, PermissionError):
+    """Credentials are missing, or the store rejected them."""
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach an S3-compatible store. Unset fields fall back to the standard AWS environment variables."""
+
+    endpoint_url: str | None = None
+    """Endpoint such as ``http://127.0.0.1:9000``; default ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (AWS when unset)."""
+    region: str | None = None
+    """Region; default ``AWS_REGION``, ``AWS_DEFAULT_REGION``, else ``us-east-1``."""
+    access_key_id: str | None = field(default=None, repr=False)
+    """Access key id; default ``AWS_ACCESS_KEY_ID``, else the SDK's chain (profile, IRSA, instance profile)."""
+    secret_access_key: str | None = field(default=None, repr=False)
+    """Secret key; default ``AWS_SECRET_ACCESS_KEY``. Never logged."""
+    session_token: str | None = field(default=None, repr=False)
+    """Session token; default ``AWS_SESSION_TOKEN``."""
+    anonymous: bool = False
+    """Unsigned requests (public buckets)."""
+
+    def resolved(self) -> S3Options:
+        """These options with every unset field filled from the environment."""
+        env = os.environ
+        return replace(
+            self,
+            endpoint_url=self.endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
+            region=self.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            access_key_id=self.access_key_id or env.get("AWS_ACCESS_KEY_ID") or None,
+            secret_access_key=self.secret_access_key or env.get("AWS_SECRET_ACCESS_KEY") or None,
+            session_token=self.session_token or env.get("AWS_SESSION_TOKEN") or None,
+        )
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    """(scheme, path) with scheme "file" or "s3"; local paths become absolute."""
+    url = os.fspath(url)
+    if url.startswith("s3://"):
+        path = url[len("s3://"):].strip("/")
+        if not path:
+            raise StorageError(f"{url!r}: an S3 URL needs a bucket, e.g. s3://bucket/prefix")
+        return "s3", path
+    if "://" in url and not url.startswith("file://"):
+        raise StorageError(f"{url!r}: unsupported URL scheme (use a local path, file://... or s3://bucket/prefix)")
+    if url.startswith("file://"):
+        url = url[len("file://"):]
+    return "file", os.path.abspath(os.path.expanduser(url))
+
+
+def _clean_rel(rel: str) -> str:
+    """A relative POSIX path inside the root; refuses absolute paths and ``..`` so names cannot escape it."""
+    rel = os.fspath(rel).replace("\\", "/")
+    if rel.startswith("/"):
+        raise ValueError(f"storage path {rel!r} must be relative to the storage root")
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise ValueError(f"storage path {rel!r} must not contain '..'")
+    return "/".join(parts)
+
+
+class Storage:
+    """A storage root (local directory or S3 prefix) with atomic writes and marker-free listings.
+
+    Relative names (``rel``) are POSIX paths below the root. A ``Storage`` is cheap, picklable and safe to send to
+    Ray tasks: the filesystems are created lazily in each process.
+    """
+
+    def __init__(self, url: str, s3: S3Options | None = None):
+        self.scheme, self.root = _split_url(url)
+        self.url = f"s3://{self.root}" if self.scheme == "s3" else self.root
+        self.s3 = (s3 or S3Options()).resolved() if self.scheme == "s3" else None
+        self._fs: fsspec.AbstractFileSystem | None = None
+
+    # -- construction -----------------------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_fs"] = None  # filesystems are rebuilt in the receiving process
+        return state
+
+    def __repr__(self) -> str:
+        return f"Storage({self.url!r})"
+
+    @property
+    def is_local(self) -> bool:
+        return self.scheme == "file"
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The fsspec filesystem (``s3fs.S3FileSystem`` or the local one)."""
+        if self._fs is None:
+            if self.scheme == "s3":
+                import s3fs
+
+                o = self.s3
+                client_kwargs = {"region_name": o.region}
+                if o.endpoint_url:
+                    client_kwargs["endpoint_url"] = o.endpoint_url
+                # Listing caches would hide objects written by other processes (Ray workers, a resumed run).
+                self._fs = s3fs.S3FileSystem(
+                    key=o.access_key_id, secret=o.secret_access_key, token=o.session_token, anon=o.anonymous,
+                    client_kwargs=client_kwargs, use_listings_cache=False, skip_instance_cache=True,
+                )
+            else:
+                self._fs = fsspec.filesystem("file", auto_mkdir=True)
+        return self._fs
+
+    def pyarrow(self):
+        """``(pyarrow.fs.FileSystem, path)`` for Ray Data / Ray Train, reaching the same place as :attr:`fs`."""
+        import pyarrow.fs as pafs
+
+        if self.scheme == "file":
+            return pafs.LocalFileSystem(), self.root
+        o = self.s3
+        kwargs: dict[str, Any] = {"region": o.region, "anonymous": o.anonymous}
+        if o.access_key_id and o.secret_access_key:
+            kwargs.update(access_key=o.access_key_id, secret_key=o.secret_access_key, session_token=o.session_token)
+        if o.endpoint_url:
+            kwargs["endpoint_override"] = o.endpoint_url
+            if o.endpoint_url.startswith("http://"):
+                kwargs["scheme"] = "http"
+        return pafs.S3FileSystem(**kwargs), self.root
+
+    def child(self, rel: str) -> Storage:
+        """A storage rooted at ``rel`` below this one (same credentials)."""
+        return Storage(self.join(rel), self.s3)
+
+    def join(self, rel: str = "") -> str:
+        """Full URL (or absolute local path) of ``rel``."""
+        rel = _clean_rel(rel)
+        return f"{self.url}/{rel}" if rel else self.url
+
+    def _path(self, rel: str) -> str:
+        rel = _clean_rel(rel)
+        return posixpath.join(self.root, rel) if rel else self.root
+
+    # -- errors ---------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _errors(self, op: str, rel: str = "") -> Iterator[None]:
+        """Translate filesystem and SDK errors into storage errors that name the URL and no secret."""
+        url = self.join(rel)
+        try:
+            yield
+        except StorageError:
+            raise
+        except FileNotFoundError as e:
+            raise StorageNotFoundError(f"{op} {url}: not found (does the bucket or path exist?)") from e
+        except PermissionError as e:
+            raise StorageAuthError(f"{op} {url}: access denied (check the credentials and their permissions)") from e
+        except Exception as e:  # botocore raises its own types for credential problems
+            name = type(e).__name__
+            if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
+                raise StorageAuthError(
+                    f"{op} {url}: no usable S3 credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                    "a profile, or an instance role)") from e
+            code = getattr(e, "response", {}).get("Error", {}).get("Code", "") if hasattr(e, "response") else ""
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+                raise StorageAuthError(f"{op} {url}: credentials rejected ({code})") from e
+            if code in ("NoSuchBucket", "NoSuchKey", "404"):
+                raise StorageNotFoundError(f"{op} {url}: not found ({code})") from e
+            raise
+
+    def check(self) -> None:
+        """Raise a clear error unless the root is reachable: the bucket exists and the credentials work.
+
+        For local storage, the directory is created if missing (writing jobs create their outputs).
+        """
+        if self.scheme == "file":
+            os.makedirs(self.root, exist_ok=True)
+            return
+        bucket = self.root.split("/", 1)[0]
+        with self._errors("check", ""):
+            self.fs.info(bucket)
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def exists(self, rel: str = "") -> bool:
+        with self._errors("exists", rel):
+            return self.fs.exists(self._path(rel))
+
+    def isdir(self, rel: str = "") -> bool:
+        with self._errors("isdir", rel):
+            return self.fs.isdir(self._path(rel))
+
+    def size(self, rel: str) -> int:
+        with self._errors("size", rel):
+            return int(self.fs.size(self._path(rel)))
+
+    def list(self, rel: str = "", suffix: str | None = None, recursive: bool = False) -> list[str]:
+        """Sorted names below ``rel``, relative to ``rel``.
+
+        Non-recursive: immediate children, files and directories (no trailing slash). Recursive: every file.
+        Zero-byte directory markers and in-flight temporary files are never listed. A missing ``rel`` gives ``[]``
+        when the bucket exists (object stores have no empty directories); a missing bucket raises.
+        """
+        base = self._path(rel)
+        with self._errors("list", rel):
+            if self.scheme == "s3" and not self.fs.exists(base):
+                self.check()  # a missing bucket is an error, a missing prefix is just empty
+                return []
+            if self.scheme == "file" and not os.path.isdir(base):
+                if os.path.exists(base):
+                    raise StorageError(f"list {self.join(rel)}: not a directory")
+                return []
+            entries = self.fs.find(base, detail=True) if recursive else {
+                e["name"]: e for e in self.fs.ls(base, detail=True)}
+        names = []
+        prefix = base.rstrip("/") + "/"
+        for name, info in entries.items():
+            if name.endswith("/") and info.get("type") != "directory":
+                continue  # a zero-byte directory-marker object ("prefix/")
+            name = name.rstrip("/")
+            if not name.startswith(prefix):
+                continue  # the listed directory itself
+            relname = name[len(prefix):]
+            leaf = relname.rsplit("/", 1)[-1]
+            if leaf.startswith(".") and _TMP_MARK in leaf:
+                continue
+            if recursive and info.get("type") == "directory":
+                continue
+            if suffix and not relname.endswith(suffix):
+                continue
+            names.append(relname)
+        return sorted(set(names))
+
+    def open_read(self, rel: str):
+        """A binary file object for reading (a context manager)."""
+        with self._errors("read", rel):
+            return self.fs.open(self._path(rel), "rb")
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self._errors("read", rel):
+            return self.fs.cat_file(self._path(rel))
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode("utf-8")
+
+    def read_json(self, rel: str) -> Any:
+        data = self.read_bytes(rel)
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError as e:
+            raise StorageError(f"read {self.join(rel)}: not valid JSON ({e})") from e
+
+    def read_parquet(self, rel: str):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(io.BytesIO(self.read_bytes(rel)))
+
+    def download_file(self, rel: str, local_path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(local_path)) or ".", exist_ok=True)
+        tmp = f"{local_path}{_TMP_MARK}{uuid.uuid4().hex}"
+        try:
+            with self._errors("download", rel):
+                self.fs.get_file(self._path(rel), tmp)
+            os.replace(tmp, local_path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    # -- writing (all atomic) ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def open_write(self, rel: str) -> Iterator[io.BufferedWriter]:
+        """Write ``rel`` atomically: the object appears, complete, only if the block succeeds."""
+        path = self._path(rel)
+        if not _clean_rel(rel):
+            raise ValueError("open_write needs a file name below the storage root")
+        if self.scheme == "file":
+            directory, leaf = os.path.split(path)
+            os.makedirs(directory, exist_ok=True)
+            tmp = os.path.join(directory, f".{leaf}{_TMP_MARK}{uuid.uuid4().hex}")
+            try:
+                with open(tmp, "wb") as f:
+                    yield f
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        else:
+            with tempfile.NamedTemporaryFile(prefix="hmhi-upload-", suffix=_TMP_MARK) as f:
+                yield f
+                f.flush()
+                with self._errors("write", rel):
+                    self.fs.put_file(f.name, path)
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        with self.open_write(rel) as f:
+            f.write(data)
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode("utf-8"))
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8"))
+
+    def write_parquet(self, rel: str, table) -> None:
+        import pyarrow.parquet as pq
+
+        with self.open_write(rel) as f:
+            pq.write_table(table, f)
+
+    def upload_file(self, local_path: str, rel: str) -> None:
+        """Copy a local file to ``rel`` atomically."""
+        with open(local_path, "rb") as src, self.open_write(rel) as dst:
+            shutil.copyfileobj(src, dst, length=8 << 20)
+
+    def delete(self, rel: str, recursive: bool = False) -> None:
+        """Delete ``rel`` (with ``recursive``, everything below it). Deleting what is absent is not an error."""
+        path = self._path(rel)
+        with self._errors("delete", rel):
+            if not self.fs.exists(path):
+                return
+            self.fs.rm(path, recursive=recursive)
+
+
+def open_storage(url: str | Storage, s3: S3Options | None = None) -> Storage:
+    """The storage rooted at ``url`` (a ``Storage`` is returned as is)."""
+    if isinstance(url, Storage):
+        return url
+    return Storage(url, s3)
+
+
+def storage_filesystem(url: str, s3: S3Options | None = None):
+    """``(pyarrow.fs.FileSystem, path)`` for ``url``: what Ray Data and Ray Train take (no ``s3://`` in the path)."""
+    return open_storage(url, s3).pyarrow()

@@ -1,0 +1,93 @@
+"""Real fixtures shared by the whole suite: a local Ray cluster and an S3 server, both on loopback.
+
+- ``s3_server`` (session): moto's threaded server on 127.0.0.1 at a free port, with dummy credentials.
+- ``s3_bucket`` (function): a fresh bucket, as ``"s3://<name>"``.
+- ``ray_cluster`` (session): a local Ray cluster with 2 CPUs, started after the S3 environment is in place so its
+  workers inherit it. Jobs' ``pipeline.jobs.init_ray()`` reuses it.
+- ``storage_url`` (function, parametrised ``local`` / ``s3``): a fresh, empty storage root.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+# Everything stays on loopback, and nothing may reach a cloud metadata service or a real AWS endpoint.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.pop("AWS_PROFILE", None)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class S3Server:
+    """A running moto S3 server on loopback."""
+
+    def __init__(self, server, endpoint_url: str):
+        self.server = server
+        self.endpoint_url = endpoint_url
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def create_bucket(self, prefix: str = "test") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    yield S3Server(server, endpoint)
+    server.stop()
+    os.environ.pop("AWS_ENDPOINT_URL", None)
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    return f"s3://{s3_server.create_bucket()}"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=1_000_000_000,
+                 log_to_driver=True, configure_logging=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage_url(request, tmp_path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "store")
+    server = request.getfixturevalue("s3_server")
+    return f"s3://{server.create_bucket()}/root"
