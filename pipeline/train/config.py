@@ -1,0 +1,248 @@
+"""Typed configuration of the training job (``jobs/train.py``).
+
+Defaults follow the official HMHI-Net recipe as it is actually implemented (docs/hmhi-architecture.md §12-§14):
+AdamW lr 6e-5 / weight decay 5e-4, constant LR, no clipping, fp32, 5-frame clips at 512x512, per-frame flips
+and RGB-only photometric jitter, loss 20*focal + 10*BCE + 1*Dice summed over the frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.config import require
+
+__all__ = [
+    "ModelConfig",
+    "DataConfig",
+    "AugmentConfig",
+    "LossConfig",
+    "OptimConfig",
+    "CheckpointingConfig",
+    "ValidationConfig",
+    "FaultConfig",
+    "TrainConfig",
+]
+
+
+@dataclass
+class ModelConfig:
+    name: str = "hmhi_mit_b1"
+    """Registered model name passed to ``model.create_model`` (e.g. 'hmhi_mit_b1', 'hmhi_mit_b0')."""
+    memory_size: int = 5
+    """Memory window T (frames kept in each bank); the official training value is 5."""
+    decoder_width: int = 256
+    """Channel width of the CBAM decoder; the official model uses 256."""
+    image_size: int = 512
+    """Square training input size in pixels (frames, flow images and masks are resized to it); divisible by 32."""
+    init_checkpoint: str | None = None
+    """Weights to start from: a URL/path of an NVlabs MiT ImageNet file, an official HMHI-Net checkpoint or a
+    checkpoint of this project (format auto-detected). Ignored when the run resumes from its own checkpoint."""
+    init_strict: bool = True
+    """Load ``init_checkpoint`` strictly (every key must match); False for backbone-only ImageNet weights."""
+    find_unused_parameters: bool = False
+    """Let DDP tolerate parameters without gradients (only needed if the model registers unused modules)."""
+
+    def __post_init__(self):
+        require(bool(self.name), "name", self.name, "must be a registered model name")
+        require(self.memory_size >= 1, "memory_size", self.memory_size, "must be >= 1")
+        require(self.decoder_width >= 8, "decoder_width", self.decoder_width, "must be >= 8")
+        require(self.image_size >= 32 and self.image_size % 32 == 0, "image_size", self.image_size,
+                "must be a positive multiple of 32")
+        require(self.init_checkpoint is None or bool(self.init_checkpoint), "init_checkpoint",
+                self.init_checkpoint, "must be a non-empty URL or null")
+
+
+@dataclass
+class DataConfig:
+    url: str = ""
+    """URL of the shard set written by the data pipeline (the folder holding its index)."""
+    train_split: str = "train"
+    """Split name of the training shards (only this split is used for training)."""
+    val_split: str = "val"
+    """Split name of the validation shards; validation is skipped if this split has no shards."""
+    clip_length: int = 5
+    """Frames per training clip (official: 5)."""
+    max_skip: int = 7
+    """Official sampler window: each next frame is drawn within [prev - max_skip, prev + max_skip)."""
+    batch_size_per_worker: int = 2
+    """Clips per worker and step (official: 2 for pretraining, 4 for fine-tuning)."""
+    shuffle_buffer: int = 64
+    """Samples held in each worker's shuffle buffer (raw bytes, decoded only when drawn)."""
+    prefetch_batches: int = 2
+    """Batches prepared ahead by a background thread (0 = prepare in the training loop)."""
+    verify_checksums: bool = True
+    """Verify every shard's checksum from the index before any worker starts."""
+
+    def __post_init__(self):
+        require(bool(self.train_split), "train_split", self.train_split, "must not be empty")
+        require(self.clip_length >= 1, "clip_length", self.clip_length, "must be >= 1")
+        require(self.max_skip >= 1, "max_skip", self.max_skip, "must be >= 1")
+        require(self.batch_size_per_worker >= 1, "batch_size_per_worker", self.batch_size_per_worker, "must be >= 1")
+        require(self.shuffle_buffer >= 1, "shuffle_buffer", self.shuffle_buffer, "must be >= 1")
+        require(self.prefetch_batches >= 0, "prefetch_batches", self.prefetch_batches, "must be >= 0")
+
+
+@dataclass
+class AugmentConfig:
+    flip_prob: float = 0.5
+    """Probability of a horizontal flip (image, flow and mask together)."""
+    flip_mode: Literal["per_frame", "clip"] = "per_frame"
+    """'per_frame' (official: each frame flipped independently, flow colours left as they are) or 'clip'
+    (one decision for the whole clip, and the flow's x component is negated so its colours stay correct)."""
+    photometric: bool = True
+    """Photometric distortion on RGB only (brightness, contrast, saturation, hue; each with p=0.5)."""
+    brightness_delta: int = 32
+    """Brightness shift range (+-, in uint8 units)."""
+    contrast_range: tuple[float, float] = (0.5, 1.5)
+    """Contrast factor range."""
+    saturation_range: tuple[float, float] = (0.5, 1.5)
+    """Saturation factor range."""
+    hue_delta: int = 18
+    """Hue shift range (+-, in OpenCV's 0-179 hue units)."""
+
+    def __post_init__(self):
+        require(0.0 <= self.flip_prob <= 1.0, "flip_prob", self.flip_prob, "must be in [0, 1]")
+        require(self.flip_mode in ("per_frame", "clip"), "flip_mode", self.flip_mode, "must be 'per_frame' or 'clip'")
+        require(0 <= self.brightness_delta <= 255, "brightness_delta", self.brightness_delta, "must be in [0, 255]")
+        for name in ("contrast_range", "saturation_range"):
+            lo, hi = getattr(self, name)
+            require(0.0 <= lo <= hi, name, getattr(self, name), "must be (low, high) with 0 <= low <= high")
+        require(0 <= self.hue_delta <= 90, "hue_delta", self.hue_delta, "must be in [0, 90]")
+
+
+@dataclass
+class LossConfig:
+    focal_weight: float = 20.0
+    """Weight of the focal term (alpha 0.25, gamma 2) per frame."""
+    bce_weight: float = 10.0
+    """Weight of the binary cross-entropy term per frame (official: 20 * 0.5)."""
+    dice_weight: float = 1.0
+    """Weight of the Dice term per frame."""
+    focal_alpha: float = 0.25
+    """Focal loss alpha (weight of the foreground class)."""
+    focal_gamma: float = 2.0
+    """Focal loss gamma."""
+
+    def __post_init__(self):
+        for name in ("focal_weight", "bce_weight", "dice_weight", "focal_gamma"):
+            require(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
+        require(0.0 <= self.focal_alpha <= 1.0, "focal_alpha", self.focal_alpha, "must be in [0, 1]")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 6e-5
+    """AdamW learning rate (official 6e-5)."""
+    weight_decay: float = 5e-4
+    """AdamW weight decay, applied to every parameter as the official code does."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """'constant' (official) or 'cosine' decay to ``min_lr_ratio * lr`` at ``max_steps``."""
+    warmup_steps: int = 0
+    """Linear warm-up steps from 0 to ``lr`` (official: none)."""
+    min_lr_ratio: float = 0.0
+    """Final LR of the cosine schedule as a fraction of ``lr``."""
+    grad_clip_norm: float | None = None
+    """Clip the global gradient norm to this value (official: no clipping)."""
+    bf16: bool = True
+    """bf16 autocast on GPU (ignored on CPU, where training is fp32)."""
+    max_steps: int = 100000
+    """Total optimiser steps of the run (a resubmission continues up to this number)."""
+    seed: int = 666
+    """Seed of model init, clip sampling, augmentation and shard order (official: 666)."""
+
+    def __post_init__(self):
+        require(self.lr > 0, "lr", self.lr, "must be > 0")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        require(all(0.0 <= b < 1.0 for b in self.betas) and len(self.betas) == 2, "betas", self.betas,
+                "must be two values in [0, 1)")
+        require(self.schedule in ("constant", "cosine"), "schedule", self.schedule, "must be 'constant' or 'cosine'")
+        require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0")
+        require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
+        require(self.grad_clip_norm is None or self.grad_clip_norm > 0, "grad_clip_norm", self.grad_clip_norm,
+                "must be > 0 or null")
+        require(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
+
+
+@dataclass
+class CheckpointingConfig:
+    every_steps: int = 1000
+    """Write a checkpoint every this many steps (and always at the end of the run)."""
+    keep_last: int = 3
+    """Checkpoints kept by Ray Train (the latest ones); the best-by-J&F model is kept separately."""
+
+    def __post_init__(self):
+        require(self.every_steps >= 1, "every_steps", self.every_steps, "must be >= 1")
+        require(self.keep_last >= 1, "keep_last", self.keep_last, "must be >= 1")
+
+
+@dataclass
+class ValidationConfig:
+    every_steps: int = 1000
+    """Validate every this many steps (and at the end); 0 disables validation."""
+    max_samples: int | None = None
+    """Validate on at most this many validation samples (None = all)."""
+    threshold: float = 0.5
+    """Foreground threshold on the sigmoid of the logits (our default binarisation)."""
+    protocol: Literal["davis2016", "all"] = "davis2016"
+    """Frame protocol of the J&F computation (see docs/evaluation.md §6)."""
+
+    def __post_init__(self):
+        require(self.every_steps >= 0, "every_steps", self.every_steps, "must be >= 0")
+        require(self.max_samples is None or self.max_samples >= 1, "max_samples", self.max_samples,
+                "must be >= 1 or null")
+        require(0.0 < self.threshold < 1.0, "threshold", self.threshold, "must be in (0, 1)")
+        require(self.protocol in ("davis2016", "all"), "protocol", self.protocol, "must be 'davis2016' or 'all'")
+
+
+@dataclass
+class FaultConfig:
+    fail_at_step: int | None = None
+    """Testing aid: rank 0 raises once, after finishing this step, to exercise the restart path. A marker
+    file in the run directory makes it fire only once per run."""
+
+    def __post_init__(self):
+        require(self.fail_at_step is None or self.fail_at_step >= 1, "fail_at_step", self.fail_at_step,
+                "must be >= 1 or null")
+
+
+@dataclass
+class TrainConfig:
+    storage: str = ""
+    """URL of the run storage: checkpoints, logs and metrics go to ``<storage>/<run_name>/``."""
+    run_name: str = ""
+    """Run name; resubmitting with the same name resumes from the latest checkpoint."""
+    num_workers: int = 1
+    """Ray Train workers (one per GPU when ``use_gpu``)."""
+    use_gpu: bool = False
+    """Train on GPUs (NCCL); otherwise CPU with gloo."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker."""
+    max_failures: int = 1
+    """Worker-group restarts allowed (each resumes from the last checkpoint)."""
+    log_every_steps: int = 10
+    """Report metrics and write a CSV/TensorBoard row every this many steps."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model settings."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Input pipeline settings."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Augmentation settings."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Loss weights."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser, schedule and precision."""
+    checkpoint: CheckpointingConfig = field(default_factory=CheckpointingConfig)
+    """Checkpoint cadence and retention."""
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    """Validation cadence and metric settings."""
+    fault: FaultConfig = field(default_factory=FaultConfig)
+    """Fault injection (tests only)."""
+
+    def __post_init__(self):
+        require(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")
+        require(self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "must be > 0")
+        require(self.max_failures >= 0, "max_failures", self.max_failures, "must be >= 0")
+        require(self.log_every_steps >= 1, "log_every_steps", self.log_every_steps, "must be >= 1")
