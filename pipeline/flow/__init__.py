@@ -1,0 +1,1 @@
+"""Optical flow: engines (OpenCV DIS, ptlflow models) and the colour-wheel rendering the model consumes."""

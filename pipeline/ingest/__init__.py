@@ -1,0 +1,1 @@
+"""Corpus ingestion: format readers (DAVIS, YouTube-VOS, FBMS, HMHI-Net, frame folders, videos) and the manifest."""

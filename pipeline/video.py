@@ -1,0 +1,167 @@
+"""Video file helpers on PyAV: probe, decode to RGB arrays, encode from RGB arrays.
+
+Every job that reads or writes video files (flow precompute, segmentation overlays, test corpora) goes through
+these helpers, so that codec choices and error messages live in one place. Sources may be local paths or
+binary file objects (e.g. ``Storage.open_read``); errors are :class:`VideoError` naming the source.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import BinaryIO
+
+import numpy as np
+
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "VideoError",
+    "VideoInfo",
+    "is_video_name",
+    "probe_video",
+    "iter_video_frames",
+    "decode_video",
+    "encode_video",
+]
+
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+"""File name endings treated as video files (case-insensitive)."""
+
+VideoSource = str | os.PathLike | BinaryIO
+
+
+class VideoError(ValueError):
+    """A video could not be opened or decoded; the message names the source."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Stream facts of a video file."""
+
+    width: int
+    height: int
+    fps: float
+    frame_count: int | None
+    """Frames reported by the container; ``None`` when the container does not say (decode to count)."""
+    codec: str
+
+
+def is_video_name(name: str) -> bool:
+    return name.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def _label(source: VideoSource, name: str | None) -> str:
+    if name:
+        return name
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return getattr(source, "name", None) or "<video stream>"
+
+
+def _open(source: VideoSource, label: str):
+    import av
+
+    if isinstance(source, (str, os.PathLike)) and os.path.exists(source) and os.path.getsize(source) == 0:
+        raise VideoError(f"video {label} is empty (zero bytes)")
+    try:
+        container = av.open(source if not isinstance(source, os.PathLike) else os.fspath(source), mode="r")
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise VideoError(f"video {label} cannot be opened: {e}") from e
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"video {label} has no video stream")
+    return container
+
+
+def probe_video(source: VideoSource, *, name: str | None = None) -> VideoInfo:
+    """Read the stream header of a video (no frame decoding)."""
+    label = _label(source, name)
+    container = _open(source, label)
+    try:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        rate = stream.average_rate or stream.guessed_rate or Fraction(0)
+        return VideoInfo(width=int(ctx.width), height=int(ctx.height), fps=float(rate),
+                         frame_count=int(stream.frames) or None, codec=str(ctx.name))
+    finally:
+        container.close()
+
+
+def iter_video_frames(source: VideoSource, *, name: str | None = None,
+                      max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """Yield the frames of a video as (H, W, 3) uint8 RGB arrays, in presentation order."""
+    import av
+
+    label = _label(source, name)
+    container = _open(source, label)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame + slice threads: ~2x faster decode on 2 cores
+        count = 0
+        try:
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+                count += 1
+                if max_frames is not None and count >= max_frames:
+                    return
+        except av.FFmpegError as e:
+            raise VideoError(f"video {label} is corrupt after frame {count}: {e}") from e
+        if count == 0:
+            raise VideoError(f"video {label} has no decodable frames")
+    finally:
+        container.close()
+
+
+def decode_video(source: VideoSource, *, name: str | None = None,
+                 max_frames: int | None = None) -> tuple[np.ndarray, VideoInfo]:
+    """Decode a whole video into (N, H, W, 3) uint8 RGB plus its :class:`VideoInfo` (frame_count = N).
+
+    Raises :class:`VideoError` when the frame size changes mid-stream (we do not rescale silently).
+    """
+    label = _label(source, name)
+    info = probe_video(source, name=label)
+    if hasattr(source, "seek"):
+        source.seek(0)
+    frames = []
+    for i, frame in enumerate(iter_video_frames(source, name=label, max_frames=max_frames)):
+        if frames and frame.shape != frames[0].shape:
+            raise VideoError(f"video {label}: frame {i} is {frame.shape[1]}x{frame.shape[0]}, "
+                             f"expected {frames[0].shape[1]}x{frames[0].shape[0]}")
+        frames.append(frame)
+    array = np.stack(frames, 0)
+    info = VideoInfo(width=array.shape[2], height=array.shape[1], fps=info.fps, frame_count=len(frames),
+                     codec=info.codec)
+    return array, info
+
+
+def encode_video(frames: np.ndarray, dest: str | os.PathLike | BinaryIO, *, fps: float = 25.0,
+                 codec: str = "libx264", crf: int | None = 18, container_format: str | None = None) -> None:
+    """Encode (N, H, W, 3) uint8 RGB frames into a video file (yuv420p; odd sizes are padded by one pixel).
+
+    ``codec`` is any PyAV encoder (``libx264`` and ``mpeg4`` are always available here); ``crf`` applies to x264.
+    ``container_format`` is needed when ``dest`` is a file object (e.g. ``"mp4"``).
+    """
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    n, h, w, _ = frames.shape
+    # yuv420p needs even sizes: pad by edge replication rather than failing.
+    ph, pw = h + (h % 2), w + (w % 2)
+    if (ph, pw) != (h, w):
+        frames = np.pad(frames, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+    target = os.fspath(dest) if isinstance(dest, (str, os.PathLike)) else dest
+    with av.open(target, mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
+        if codec == "libx264" and crf is not None:
+            stream.options = {"crf": str(crf), "preset": "veryfast"}
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
