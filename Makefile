@@ -1,0 +1,30 @@
+# One-command setup and tests. `make test` creates .venv if missing, installs the project with its dev extra
+# (only when pyproject.toml changed since the last install), and runs the whole pytest suite.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.hmhi-installed
+
+# Keep Ray on loopback and keep SDKs away from cloud metadata services (see ../shared/docs/environment.md).
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_USAGE_STATS_ENABLED := 0
+export AWS_EC2_METADATA_DISABLED := true
+
+.PHONY: test install lint
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pipeline model jobs tests bench
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --progress-bar off -e '.[dev]'
+	touch $(STAMP)

@@ -1,0 +1,23 @@
+"""Job utilities: the end-of-job summary is complete, printed, and written atomically to storage."""
+
+from __future__ import annotations
+
+from pipeline.jobs import JobSummary
+from pipeline.storage import open_storage
+
+
+def test_summary_counts_reasons_and_file(storage_url, capsys):
+    summary = JobSummary("demo")
+    summary.done("video", "bear", frames=82)
+    summary.done("video", "cows", frames=104)
+    summary.skipped("video", "boat", reason="already done")
+    summary.rejected("video", "bad clip", reason="bad clip/00003.jpg: truncated JPEG")
+    summary.add("bytes_written", 1234)
+    d = summary.finish(storage=open_storage(storage_url), rel="summary.json")
+
+    assert d["counts"]["video"] == {"done": 2, "skipped": 1, "rejected": 1}
+    assert d["counters"] == {"frames": 186, "bytes_written": 1234}
+    assert d["rejected"] == [{"kind": "video", "name": "bad clip", "reason": "bad clip/00003.jpg: truncated JPEG"}]
+    out = capsys.readouterr().out
+    assert "4 in: 2 done, 1 skipped, 1 rejected" in out and "truncated JPEG" in out
+    assert open_storage(storage_url).read_json("summary.json") == d

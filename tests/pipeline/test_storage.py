@@ -1,0 +1,225 @@
+"""The storage layer against local disk and a real S3 server (moto on loopback), same cases for both."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline.storage import (
+    S3Options,
+    StorageAuthError,
+    StorageError,
+    StorageNotFoundError,
+    open_storage,
+    storage_filesystem,
+)
+from tests.conftest import free_port
+
+
+def test_write_read_list_exists_delete(storage_url):
+    st = open_storage(storage_url)
+    assert st.list() == []
+    st.write_bytes("a/one.bin", b"1" * 10)
+    st.write_bytes("a/two.tar", b"2" * 20)
+    st.write_json("meta.json", {"k": [1, 2]})
+    st.write_text("notes/readme.txt", "hello")
+
+    assert st.read_bytes("a/one.bin") == b"1" * 10
+    assert st.read_json("meta.json") == {"k": [1, 2]}
+    assert st.read_text("notes/readme.txt") == "hello"
+    assert st.size("a/two.tar") == 20
+    assert st.exists("a/one.bin") and not st.exists("a/missing.bin")
+    assert st.list() == ["a", "meta.json", "notes"]
+    assert st.list("a") == ["one.bin", "two.tar"]
+    assert st.list("a", suffix=".tar") == ["two.tar"]
+    assert st.list(recursive=True) == ["a/one.bin", "a/two.tar", "meta.json", "notes/readme.txt"]
+    assert st.list("not-there") == []
+
+    child = st.child("a")
+    assert child.read_bytes("one.bin") == b"1" * 10
+    assert child.url == st.join("a")
+
+    st.delete("a/one.bin")
+    assert not st.exists("a/one.bin")
+    st.delete("a/one.bin")  # deleting what is absent is fine
+    st.delete("notes", recursive=True)
+    assert st.list(recursive=True) == ["a/two.tar", "meta.json"]
+
+
+def test_parquet_and_file_transfer(storage_url, tmp_path):
+    import pyarrow as pa
+
+    st = open_storage(storage_url)
+    table = pa.table({"video": ["a", "b"], "frames": [3, 4]})
+    st.write_parquet("index.parquet", table)
+    assert st.read_parquet("index.parquet").equals(table)
+
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(3 << 20))
+    st.upload_file(str(src), "blobs/big.bin")
+    dst = tmp_path / "back" / "big.bin"
+    st.download_file("blobs/big.bin", str(dst))
+    assert dst.read_bytes() == src.read_bytes()
+
+
+def test_atomic_write_leaves_nothing_on_failure(storage_url):
+    st = open_storage(storage_url)
+    st.write_bytes("keep.bin", b"old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with st.open_write("partial.bin") as f:
+            f.write(b"x" * (1 << 20))
+            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError):
+        with st.open_write("keep.bin") as f:
+            f.write(b"new but unfinished")
+            raise RuntimeError("boom")
+    assert not st.exists("partial.bin")
+    assert st.read_bytes("keep.bin") == b"old"  # the old version is intact
+    assert st.list(recursive=True) == ["keep.bin"]
+
+
+_KILL_MID_WRITE = """
+import os, sys
+from pipeline.storage import open_storage
+st = open_storage(sys.argv[1])
+with st.open_write("killed.bin") as f:
+    f.write(b"y" * (2 << 20))
+    f.flush()
+    os._exit(9)  # the process dies mid-write: no cleanup, no commit
+"""
+
+
+def test_process_killed_mid_write_publishes_nothing(storage_url):
+    st = open_storage(storage_url)
+    proc = subprocess.run([sys.executable, "-c", _KILL_MID_WRITE, storage_url], capture_output=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr.decode()
+    assert not st.exists("killed.bin")
+    assert st.list(recursive=True) == []  # an orphaned temp file is never listed
+
+
+def test_rejects_paths_escaping_the_root(storage_url):
+    st = open_storage(storage_url)
+    for bad in ("../x", "a/../../x", "/etc/passwd"):
+        with pytest.raises(ValueError, match="must"):
+            st.write_bytes(bad, b"no")
+
+
+def test_directory_marker_objects_are_not_listed(s3_server, s3_bucket):
+    bucket = s3_bucket.removeprefix("s3://")
+    client = s3_server.client()
+    client.put_object(Bucket=bucket, Key="data/", Body=b"")  # what pyarrow's try_create_dir leaves behind
+    client.put_object(Bucket=bucket, Key="data/shards/", Body=b"")
+    client.put_object(Bucket=bucket, Key="data/shards/000000.tar", Body=b"tar")
+    st = open_storage(f"{s3_bucket}/data")
+    assert st.list(recursive=True) == ["shards/000000.tar"]
+    assert st.list("shards") == ["000000.tar"]
+
+
+def test_pyarrow_filesystem_reaches_the_same_store(storage_url):
+    import pyarrow.fs as pafs
+
+    st = open_storage(storage_url)
+    st.write_bytes("x/y.bin", b"via fsspec")
+    fs, root = storage_filesystem(storage_url)
+    assert "://" not in root
+    with fs.open_input_stream(f"{root}/x/y.bin") as f:
+        assert f.read() == b"via fsspec"
+    with fs.open_output_stream(f"{root}/x/z.bin") as f:
+        f.write(b"via pyarrow")
+    assert st.read_bytes("x/z.bin") == b"via pyarrow"
+    assert fs.get_file_info(f"{root}/x/none.bin").type == pafs.FileType.NotFound
+
+
+def test_ray_data_round_trip_through_pyarrow_filesystem(storage_url, ray_cluster):
+    import ray
+
+    st = open_storage(storage_url)
+    fs, root = st.pyarrow()
+    rows = [{"video": f"v{i}", "frames": i} for i in range(20)]
+    ray.data.from_items(rows).repartition(2).write_parquet(f"{root}/table", filesystem=fs)
+    assert len(st.list("table", suffix=".parquet")) == 2
+    back = ray.data.read_parquet(f"{root}/table", filesystem=fs).take_all()
+    assert sorted(back, key=lambda r: r["frames"]) == rows
+
+
+def test_storage_is_picklable_for_ray_tasks(storage_url, ray_cluster):
+    import ray
+
+    st = open_storage(storage_url)
+    st.write_bytes("hello.txt", b"hi")
+    _ = st.fs  # a live filesystem must not be shipped
+
+    @ray.remote
+    def read_remote(storage):
+        return storage.read_bytes("hello.txt")
+
+    assert ray.get(read_remote.remote(st)) == b"hi"
+
+
+def test_missing_bucket_names_the_url(s3_server):
+    st = open_storage("s3://no-such-bucket-hmhi/prefix")
+    with pytest.raises(StorageNotFoundError, match="s3://no-such-bucket-hmhi/prefix"):
+        st.list()
+    with pytest.raises(StorageNotFoundError, match="s3://no-such-bucket-hmhi/prefix/a.bin"):
+        st.read_bytes("a.bin")
+    with pytest.raises(StorageNotFoundError):
+        st.check()
+
+
+def test_missing_local_file_names_the_path(tmp_path):
+    st = open_storage(f"file://{tmp_path}")
+    assert st.url == str(tmp_path)
+    with pytest.raises(StorageNotFoundError, match=str(tmp_path / "nope.bin")):
+        st.read_bytes("nope.bin")
+
+
+def test_missing_credentials_error_names_url_not_secret(s3_server, s3_bucket, monkeypatch):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    st = open_storage(f"{s3_bucket}/p")
+    with pytest.raises(StorageAuthError, match=f"{s3_bucket}/p") as info:
+        st.read_bytes("a.bin")
+    assert "credentials" in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def auth_s3_endpoint():
+    """A second moto server that enforces IAM authentication, so unknown keys are rejected."""
+    port = free_port()
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import socket
+
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_bad_credentials_error_names_url_not_secret(auth_s3_endpoint):
+    secret = "SUPERSECRETVALUE123456"
+    opts = S3Options(endpoint_url=auth_s3_endpoint, access_key_id="AKIAUNKNOWNKEY000000", secret_access_key=secret)
+    st = open_storage("s3://some-bucket/prefix", s3=opts)
+    with pytest.raises(StorageAuthError, match="s3://some-bucket/prefix") as info:
+        st.list()
+    assert secret not in str(info.value) and secret not in repr(opts)
+
+
+def test_unsupported_scheme_is_a_clear_error():
+    with pytest.raises(StorageError, match="unsupported URL scheme"):
+        open_storage("gs://bucket/x")
+    with pytest.raises(StorageError, match="needs a bucket"):
+        open_storage("s3://")
