@@ -275,7 +275,7 @@ def load_config(cls: type[C], path: str | None = None, overrides: Sequence[str] 
     return config_from_dict(cls, data)
 
 
-FlagTarget = Union[str, tuple[str, Any]]
+FlagTarget = str | tuple[str, Any]
 
 
 def _field_at(cls: type, dotted: str) -> tuple[Any, str]:
