@@ -1,0 +1,31 @@
+"""DAVIS J&F evaluation: exact per-frame metrics (:mod:`.metrics`) and dataset scoring from storage (:mod:`.dataset`)."""
+
+from pipeline.evaluation.metrics import (
+    METRIC_KEYS,
+    PROTOCOLS,
+    Protocol,
+    aggregate_results,
+    boundary_radius,
+    db_eval_boundary,
+    db_eval_iou,
+    db_statistics,
+    evaluate_frames,
+    evaluate_sequence,
+    seg2bmap,
+    sequence_statistics,
+)
+
+__all__ = [
+    "METRIC_KEYS",
+    "PROTOCOLS",
+    "Protocol",
+    "aggregate_results",
+    "boundary_radius",
+    "db_eval_boundary",
+    "db_eval_iou",
+    "db_statistics",
+    "evaluate_frames",
+    "evaluate_sequence",
+    "seg2bmap",
+    "sequence_statistics",
+]

@@ -1,0 +1,186 @@
+"""Score DAVIS-style folders of masks from storage: discovery of sequences/frames and one-sequence scoring.
+
+Layouts (local or any storage URL):
+
+- predictions: ``<pred>/<sequence>/<frame>.png`` (what ``jobs/segment.py`` writes under ``masks/``);
+- ground truth: a DAVIS root (``<gt>/Annotations/480p/<sequence>/<frame>.png``), its ``Annotations``
+  folder, or any root that directly holds sequence folders.
+
+Frames are matched by file stem (``00012.png`` ↔ ``00012.png``; extensions may differ). Only frames
+that have ground truth are scored; a missing prediction frame is scored as an empty mask and reported.
+These functions run inside Ray tasks (``jobs/evaluate.py``), so they take picklable :class:`Storage`
+objects and return plain dicts.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections import defaultdict
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from pipeline.evaluation.metrics import (
+    DEFAULT_BOUND_TH,
+    boundary_radius,
+    db_eval_boundary,
+    db_eval_iou,
+    sequence_statistics,
+)
+from pipeline.masks import MaskError, read_mask
+from pipeline.storage import Storage, StorageError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "GT_LAYOUTS",
+    "MASK_SUFFIXES",
+    "SequenceResult",
+    "resolve_gt_root",
+    "list_frames",
+    "score_sequence",
+]
+
+GT_LAYOUTS: tuple[str, ...] = ("Annotations/480p", "Annotations")
+"""Sub-folders of a ground-truth root tried, in order, before the root itself (DAVIS layout first)."""
+
+MASK_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp")
+"""File endings read as masks (case-insensitive); PNG is the norm."""
+
+
+def _is_mask_name(name: str) -> bool:
+    return name.lower().endswith(MASK_SUFFIXES)
+
+
+def resolve_gt_root(gt: Storage) -> Storage:
+    """The folder of ground-truth sequences: ``Annotations/480p``, ``Annotations`` or the root itself."""
+    for layout in GT_LAYOUTS:
+        if gt.isdir(layout):
+            return gt.child(layout)
+    return gt
+
+
+def list_frames(root: Storage, exclude: tuple[str, ...] = ()) -> dict[str, dict[str, str]]:
+    """``{sequence: {frame_stem: relative_path}}`` for every ``<sequence>/<frame>.<mask ext>`` below ``root``.
+
+    One recursive listing (one S3 request stream, not one per folder). Deeper files, files directly
+    in the root and sequences named in ``exclude`` are ignored. Hidden names (``.x``) are ignored.
+    """
+    frames: dict[str, dict[str, str]] = defaultdict(dict)
+    for rel in root.list("", recursive=True):
+        parts = rel.split("/")
+        if len(parts) != 2 or not _is_mask_name(parts[1]) or parts[0] in exclude:
+            continue
+        if parts[0].startswith(".") or parts[1].startswith("."):
+            continue
+        stem = posixpath.splitext(parts[1])[0]
+        previous = frames[parts[0]].get(stem)
+        # Two files with one stem (x.png and x.jpg): prefer the PNG, deterministically.
+        if previous is None or (not previous.lower().endswith(".png") and rel.lower().endswith(".png")):
+            frames[parts[0]][stem] = rel
+    return {seq: dict(sorted(f.items())) for seq, f in sorted(frames.items())}
+
+
+@dataclass
+class SequenceResult:
+    """What scoring one sequence produced (plain data, returned from a Ray task)."""
+
+    sequence: str
+    """Sequence (folder) name."""
+    metrics: dict
+    """sequence_statistics(): J/F mean, recall, decay, JF_mean, n_frames (NaN when not scorable)."""
+    frames: list[tuple[str, float, float]]
+    """(frame stem, J, F) for every frame with ground truth, before the protocol selects frames."""
+    resolution: tuple[int, int] | None
+    """(height, width) of the ground truth, the evaluated resolution; None if nothing was read."""
+    missing: list[str]
+    """Frames with ground truth but no prediction (scored as empty)."""
+    unreadable: list[str]
+    """Prediction frames that could not be decoded (scored as empty); reasons in ``warnings``."""
+    resized: int
+    """Prediction frames resized (nearest neighbour) to the ground-truth size."""
+    warnings: list[str]
+    """Human-readable warnings naming the files."""
+    error: str | None = None
+    """Set when the sequence could not be scored at all (e.g. unreadable ground truth)."""
+
+
+def _nan_metrics(protocol: str) -> dict:
+    return sequence_statistics(np.zeros(0), np.zeros(0), protocol)
+
+
+def score_sequence(
+    sequence: str,
+    gt_root: Storage,
+    gt_frames: dict[str, str],
+    pred_root: Storage,
+    pred_frames: dict[str, str],
+    protocol: str = "davis2016",
+    threshold: float | None = None,
+    bound_th: float = DEFAULT_BOUND_TH,
+) -> SequenceResult:
+    """Read and score one sequence, frame by frame (bounded memory).
+
+    ``threshold`` None: any non-zero prediction pixel is foreground; otherwise soft (greyscale) maps
+    are foreground where ``value / 255 > threshold`` (palette masks always by index).
+    """
+    warnings: list[str] = []
+    missing: list[str] = []
+    unreadable: list[str] = []
+    frames: list[tuple[str, float, float]] = []
+    resized = 0
+    resolution: tuple[int, int] | None = None
+    stems = sorted(gt_frames)
+    for stem in stems:
+        gt_url = gt_root.join(gt_frames[stem])
+        try:
+            gt = read_mask(gt_root.read_bytes(gt_frames[stem]), name=gt_url)
+        except (MaskError, StorageError, OSError) as err:
+            return SequenceResult(
+                sequence, _nan_metrics(protocol), [], resolution, missing, unreadable, resized, warnings,
+                error=f"ground truth {gt_url} unreadable: {err}",
+            )  # fmt: skip
+        if resolution is None:
+            resolution = gt.shape
+        pred = None
+        if stem not in pred_frames:
+            missing.append(stem)
+        else:
+            pred_url = pred_root.join(pred_frames[stem])
+            try:
+                pred = read_mask(pred_root.read_bytes(pred_frames[stem]), threshold=threshold, name=pred_url)
+            except (MaskError, StorageError, OSError) as err:
+                unreadable.append(stem)
+                warnings.append(f"{err}; scored as an empty mask")
+        if pred is None:
+            pred = np.zeros_like(gt)
+        elif pred.shape != gt.shape:
+            # The tolerance of F depends on the evaluated size, so evaluate at the ground truth's.
+            pred = cv2.resize(
+                pred.astype(np.uint8), (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_NEAREST
+            )
+            pred = pred.astype(bool)
+            resized += 1
+        frames.append(
+            (stem, float(db_eval_iou(gt, pred)), float(db_eval_boundary(gt, pred, bound_th=bound_th)))
+        )
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        where = pred_root.join(sequence)
+        warnings.append(
+            f"{sequence}: {len(missing)} of {len(stems)} frames have no prediction in {where} ({shown}); scored as empty masks"
+        )
+    if resized:
+        warnings.append(
+            f"{sequence}: {resized} prediction frames resized to the ground-truth size {resolution}"
+        )
+    if resolution is not None:
+        log.debug("%s: r=%d px at %s", sequence, boundary_radius(resolution, bound_th), resolution)
+    j_values = np.array([j for _, j, _ in frames])
+    f_values = np.array([f for _, _, f in frames])
+    metrics = sequence_statistics(j_values, f_values, protocol)
+    if metrics["n_frames"] == 0:
+        warnings.append(f"{sequence}: {len(frames)} frames are too few for protocol {protocol!r}; not scored")
+    return SequenceResult(sequence, metrics, frames, resolution, missing, unreadable, resized, warnings)
