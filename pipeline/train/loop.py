@@ -1,0 +1,266 @@
+"""``train_loop_per_worker(config)``: the Ray Train worker of the HMHI-Net training job.
+
+``config`` is built by :func:`pipeline.train.trainer.build_loop_config`: ``{"train": <TrainConfig as dict>,
+"shards": [...], "val_shards": [...]}``. The shard lists are resolved and verified by the driver before any
+worker starts.
+
+Per step: a batch of clips from :class:`pipeline.train.data.TrainStream` -> DDP forward over the clip -> official
+loss -> AdamW step (optional clipping, warm-up + cosine, bf16 autocast on GPU). Every ``checkpoint.every_steps``
+and at the end, rank 0 reports a checkpoint (model, optimiser, scheduler, step, RNG states of every rank, config,
+data positions of every rank, best J&F) with ``ray.train.report``; the other ranks report the same metrics
+without one. A resubmitted run with the same name, or a restart after a failure, continues at the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from pipeline.config import config_from_dict, config_to_dict
+from pipeline.storage import Storage, open_storage
+from pipeline.train.config import OptimConfig, TrainConfig
+from pipeline.train.data import DataPosition, Prefetcher, ShardEntry, TrainStream
+from pipeline.train.losses import clip_loss
+from pipeline.train.metrics import MetricsWriter
+from pipeline.train.validate import validate
+
+log = logging.getLogger(__name__)
+
+__all__ = ["train_loop_per_worker", "lr_lambda", "CHECKPOINT_FILE", "FAULT_MARKER_DIR"]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+"""File name of the training state inside a Ray checkpoint directory (project checkpoint format)."""
+FAULT_MARKER_DIR = "faults"
+
+
+def lr_lambda(cfg: OptimConfig):
+    """LR multiplier per step: linear warm-up, then constant (official) or cosine to ``min_lr_ratio``."""
+
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        span = max(1, cfg.max_steps - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _gather(obj: Any, world_size: int) -> list[Any]:
+    if world_size == 1 or not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _mean_across_ranks(values: dict[str, float], device: torch.device, world_size: int) -> dict[str, float]:
+    if world_size == 1 or not dist.is_initialized():
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: float(v) / world_size for k, v in zip(keys, t.tolist())}
+
+
+def _download(url: str, local_dir: str) -> str:
+    """Fetch a checkpoint URL (or local path) to a local file and return its path."""
+    parent, _, name = url.rstrip("/").rpartition("/")
+    st = open_storage(parent or ".")
+    if st.is_local:
+        return os.path.join(st.root, name)
+    path = os.path.join(local_dir, name)
+    st.download_file(name, path)
+    return path
+
+
+def _maybe_inject_fault(cfg: TrainConfig, run: Storage, step: int, rank: int) -> None:
+    """Testing aid: rank 0 fails once after ``fault.fail_at_step`` (a marker in the run dir keeps it to once)."""
+    if cfg.fault.fail_at_step is None or step != cfg.fault.fail_at_step or rank != 0:
+        return
+    marker = f"{FAULT_MARKER_DIR}/fail_at_step_{step}.json"
+    if run.exists(marker):
+        return
+    run.write_json(marker, {"step": step, "time": time.time()})
+    raise RuntimeError(f"injected failure after step {step} (fault.fail_at_step)")
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from model import create_model, load_checkpoint, save_checkpoint
+    from pipeline.shards import decode_clip
+
+    cfg = config_from_dict(TrainConfig, config["train"])
+    shards = [ShardEntry(**s) for s in config["shards"]]
+    val_shards = [ShardEntry(**s) for s in config.get("val_shards", [])]
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    use_cuda = device.type == "cuda"
+    run = open_storage(cfg.storage).child(cfg.run_name)
+    scratch = tempfile.mkdtemp(prefix="hmhi-train-")
+
+    # Same initial weights on every rank (DDP broadcasts rank 0's anyway); different dropout streams per rank.
+    torch.manual_seed(cfg.optim.seed)
+    net = create_model(cfg.model.name, memory_size=cfg.model.memory_size, decoder_width=cfg.model.decoder_width)
+
+    resume = ray.train.get_checkpoint()
+    state: dict[str, Any] | None = None
+    if resume is not None:
+        with resume.as_directory() as ckpt_dir:
+            state = torch.load(os.path.join(ckpt_dir, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+        net.load_state_dict(state["model"], strict=True)
+        log.info("rank %d: resuming from step %d", rank, state["step"])
+    elif cfg.model.init_checkpoint:
+        load_checkpoint(net, _download(cfg.model.init_checkpoint, scratch), strict=cfg.model.init_strict)
+        log.info("rank %d: initialised from %s", rank, cfg.model.init_checkpoint)
+
+    net = ray.train.torch.prepare_model(
+        net, parallel_strategy_kwargs={"find_unused_parameters": cfg.model.find_unused_parameters}
+    )
+    module = net.module if hasattr(net, "module") else net
+    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                  weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim))
+
+    step, best_jf, position = 0, float("-inf"), DataPosition()
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        best_jf = float(state.get("best_jf", float("-inf")))
+        positions, rngs = state["data_positions"], state["rng_states"]
+        if len(positions) == world_size:
+            position = DataPosition(**positions[rank])
+            _set_rng_state(rngs[rank])
+        else:  # a different worker count cannot continue the old split: start the next epoch afresh
+            position = DataPosition(epoch=max(p["epoch"] for p in positions) + 1)
+            log.warning("world size changed (%d -> %d): data resumes at epoch %d", len(positions), world_size,
+                        position.epoch)
+            torch.manual_seed(cfg.optim.seed + 1000 * step + rank)
+    else:
+        torch.manual_seed(cfg.optim.seed + rank)
+    start_step = step
+
+    stream = TrainStream(shards, cfg.data, cfg.augment, cfg.model.image_size, cfg.optim.seed, world_size, rank,
+                         decode_clip, start=position)
+    batches = Prefetcher(stream, cfg.data.prefetch_batches)
+    writer = MetricsWriter(run, resume_step=step) if rank == 0 else None
+    amp = use_cuda and cfg.optim.bf16
+    clips_per_step = cfg.data.batch_size_per_worker
+
+    window_start, window_wait, window_steps = time.perf_counter(), batches.wait_s, 0
+    sums = {"loss": 0.0, "loss_focal": 0.0, "loss_bce": 0.0, "loss_dice": 0.0, "grad_norm": 0.0}
+    try:
+        while step < cfg.optim.max_steps:
+            module.train()
+            batch = next(batches)
+            frames = batch.frames.to(device, non_blocking=True)
+            flows = batch.flows.to(device, non_blocking=True)
+            masks = batch.masks.to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                full, _quarter = net(frames, flows)
+            loss, parts = clip_loss(full, masks, cfg.loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip_norm is not None:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.optim.grad_clip_norm))
+            else:
+                grad_norm = float("nan")
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            position = batch.position
+            window_steps += 1
+            sums["loss"] += float(loss.detach())
+            sums["loss_focal"] += parts["focal"]
+            sums["loss_bce"] += parts["bce"]
+            sums["loss_dice"] += parts["dice"]
+            sums["grad_norm"] += grad_norm
+
+            is_last = step >= cfg.optim.max_steps
+            do_log = step % cfg.log_every_steps == 0 or is_last
+            do_val = bool(val_shards) and cfg.validation.every_steps > 0 and (
+                step % cfg.validation.every_steps == 0 or is_last)
+            do_ckpt = step % cfg.checkpoint.every_steps == 0 or is_last
+            if not (do_log or do_val or do_ckpt):
+                continue
+
+            metrics: dict[str, Any] = {"step": step, "epoch": position.epoch, "start_step": start_step}
+            if do_log or do_ckpt:
+                elapsed = time.perf_counter() - window_start
+                local = {k: v / max(1, window_steps) for k, v in sums.items()}
+                local["data_wait_frac"] = (batches.wait_s - window_wait) / max(elapsed, 1e-9)
+                local["clips_per_s_per_worker"] = window_steps * clips_per_step / max(elapsed, 1e-9)
+                metrics.update(_mean_across_ranks(local, device, world_size))
+                metrics["clips_per_s"] = metrics["clips_per_s_per_worker"] * world_size
+                metrics["lr"] = scheduler.get_last_lr()[0]
+                window_start, window_wait, window_steps = time.perf_counter(), batches.wait_s, 0
+                sums = dict.fromkeys(sums, 0.0)
+            if do_val:
+                scores = validate(module, val_shards, cfg, decode_clip, device, rank, world_size, amp)
+                metrics.update({f"val_{k}": v for k, v in scores.items()})
+                if rank == 0 and math.isfinite(scores["JF_mean"]) and scores["JF_mean"] > best_jf:
+                    best_jf = scores["JF_mean"]
+                    best_path = os.path.join(scratch, "best.pt")
+                    save_checkpoint(module, best_path, {"step": step, "val": scores,
+                                                        "config": config_to_dict(cfg)})
+                    run.upload_file(best_path, "best/model.pt")
+                    run.write_json("best/meta.json", {"step": step, "val": scores})
+                metrics["best_val_JF_mean"] = best_jf if math.isfinite(best_jf) else float("nan")
+            if writer is not None:
+                writer.write(step, {k: v for k, v in metrics.items() if k != "start_step"})
+
+            checkpoint = None
+            if do_ckpt:
+                positions = _gather(vars(position).copy(), world_size)
+                rngs = _gather(_rng_state(), world_size)
+                if rank == 0:
+                    ckpt_dir = tempfile.mkdtemp(prefix="ckpt-", dir=scratch)
+                    save_checkpoint(module, os.path.join(ckpt_dir, CHECKPOINT_FILE), {
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "step": step,
+                        "best_jf": best_jf,
+                        "data_positions": positions,
+                        "rng_states": rngs,
+                        "world_size": world_size,
+                        "config": config_to_dict(cfg),
+                    })
+                    checkpoint = ray.train.Checkpoint.from_directory(ckpt_dir)
+            ray.train.report(metrics, checkpoint=checkpoint,
+                             checkpoint_dir_name=f"checkpoint_{step:08d}" if do_ckpt else None)
+            _maybe_inject_fault(cfg, run, step, rank)
+    finally:
+        batches.close()
+        if writer is not None:
+            writer.close()
+    if stream.skipped and rank == 0:
+        log.warning("skipped %d samples without ground truth, e.g. %s", len(stream.skipped),
+                    next(iter(stream.skipped.items())))

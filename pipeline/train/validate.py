@@ -1,0 +1,74 @@
+"""Validation J&F during training, with the evaluation module's DAVIS measures.
+
+Each validation sample (a run of consecutive frames of one video) is segmented as one sequence with the model's
+clip forward (fresh memories at its first frame), without augmentation, at the training size. Logits are resized
+bilinearly to the ground-truth size (as the official inference does) and binarised at ``validation.threshold``.
+Frames with a ground-truth mask are scored; the J&F of the samples is averaged (unweighted over sequences) with
+``pipeline.evaluation``. Samples are split round-robin across ranks and the per-sequence results gathered.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from pipeline.evaluation import aggregate_results, evaluate_sequence
+from pipeline.storage import open_storage
+from pipeline.train.augment import prepare_clip
+from pipeline.train.config import TrainConfig
+from pipeline.train.data import ShardEntry, iter_tar_samples
+
+__all__ = ["validate", "iter_val_samples"]
+
+
+def iter_val_samples(shards: list[ShardEntry], max_samples: int | None):
+    """Raw validation samples in index order (at most ``max_samples``)."""
+    count = 0
+    for entry in shards:
+        parent, _, name = entry.url.rpartition("/")
+        with open_storage(parent).open_read(name) as f:
+            for sample in iter_tar_samples(f, entry.url):
+                if max_samples is not None and count >= max_samples:
+                    return
+                count += 1
+                yield sample
+
+
+@torch.no_grad()
+def validate(module, shards: list[ShardEntry], cfg: TrainConfig, decode_fn, device: torch.device, rank: int,
+             world_size: int, amp: bool) -> dict[str, float]:
+    """Return ``{"J_mean", "F_mean", "JF_mean", "sequences"}`` over the validation samples (same on all ranks)."""
+    was_training = module.training
+    module.eval()
+    per_sequence: dict[str, dict] = {}
+    try:
+        for index, sample in enumerate(iter_val_samples(shards, cfg.validation.max_samples)):
+            if index % world_size != rank:
+                continue
+            clip = decode_fn(sample)
+            valid = np.asarray(clip.mask_valid, bool)
+            if not valid.any():
+                continue
+            frames, flows, masks = np.asarray(clip.frames), np.asarray(clip.flows), np.asarray(clip.masks)
+            tensors = prepare_clip(frames, flows, masks, cfg.model.image_size, None, None)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                full, _ = module.forward_clip(tensors.frames[None].to(device), tensors.flows[None].to(device))
+            logits = F.interpolate(full[0].float(), size=masks.shape[1:], mode="bilinear", align_corners=False)
+            pred = (torch.sigmoid(logits[:, 0]) > cfg.validation.threshold).cpu().numpy()
+            name = f"{clip.key}"
+            per_sequence[name] = evaluate_sequence(masks[valid], pred[valid], protocol=cfg.validation.protocol)
+    finally:
+        module.train(was_training)
+    if world_size > 1 and dist.is_initialized():
+        gathered: list = [None] * world_size
+        dist.all_gather_object(gathered, per_sequence)
+        per_sequence = {k: v for part in gathered for k, v in part.items()}
+    if not per_sequence:
+        return {"J_mean": math.nan, "F_mean": math.nan, "JF_mean": math.nan, "sequences": 0}
+    summary = aggregate_results(per_sequence)
+    return {"J_mean": float(summary["J_mean"]), "F_mean": float(summary["F_mean"]),
+            "JF_mean": float(summary["JF_mean"]), "sequences": int(summary["n_sequences"])}
