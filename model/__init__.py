@@ -1,1 +1,35 @@
-"""HMHI-Net model package."""
+"""HMHI-Net for unsupervised video object segmentation (official architecture, checkpoint-compatible).
+
+    from model import create_model, load_checkpoint
+    net = create_model("hmhi_mit_b1", memory_size=5)
+    report = load_checkpoint(net, "hmhi_davis.pth")          # official, MiT ImageNet or hmhi-uvos file
+    full, quarter = net.forward_clip(frames, flows)           # training: (B, L, 3, H, W) clips
+    state = net.init_state(batch_size)                        # streaming inference
+    logits, state = net.step(frame, flow, state, reset=None, active=None)
+"""
+
+from model.checkpoint import (
+    CheckpointError,
+    LoadReport,
+    load_checkpoint,
+    model_from_checkpoint,
+    official_to_native,
+    save_checkpoint,
+)
+from model.hmhi import HMHIConfig, HMHINet, StreamState
+from model.registry import create_model, list_models, register_model
+
+__all__ = [
+    "CheckpointError",
+    "HMHIConfig",
+    "HMHINet",
+    "LoadReport",
+    "StreamState",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "official_to_native",
+    "register_model",
+    "save_checkpoint",
+]

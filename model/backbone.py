@@ -1,0 +1,134 @@
+"""Shared MiT encoder with flow-only adapters (hmhi-architecture.md §2).
+
+The MiT network is timm's ``pvt_v2`` with ``mlp_ratios=(4, 4, 4, 4)``. RGB and flow pictures run through it as
+one batch of 2B, RGB first; every block adds three small adapters to the *flow half* only (on q, on kv and after
+the block), and each level's fused feature is the sum of the two halves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from timm.models.pvt_v2 import Attention, Block
+from torch import nn
+
+__all__ = ["MIT_VARIANTS", "MiTSpec", "FlowAdapter", "AdapterAttention", "AdapterBlock", "DualStreamMiT"]
+
+
+@dataclass(frozen=True)
+class MiTSpec:
+    """Shape of one MiT (SegFormer encoder) variant."""
+
+    timm_name: str
+    """The timm ``pvt_v2`` model the variant is built from."""
+    embed_dims: tuple[int, int, int, int]
+    """Channel width of the four levels (strides 4, 8, 16, 32)."""
+    depths: tuple[int, int, int, int]
+    """Transformer blocks per stage."""
+
+
+MIT_VARIANTS: dict[str, MiTSpec] = {
+    "mit_b0": MiTSpec("pvt_v2_b0", (32, 64, 160, 256), (2, 2, 2, 2)),
+    "mit_b1": MiTSpec("pvt_v2_b1", (64, 128, 320, 512), (2, 2, 2, 2)),
+    "mit_b2": MiTSpec("pvt_v2_b2", (64, 128, 320, 512), (3, 4, 6, 3)),
+    "mit_b3": MiTSpec("pvt_v2_b3", (64, 128, 320, 512), (3, 4, 18, 3)),
+    "mit_b4": MiTSpec("pvt_v2_b4", (64, 128, 320, 512), (3, 8, 27, 3)),
+    "mit_b5": MiTSpec("pvt_v2_b5", (64, 128, 320, 512), (3, 6, 40, 3)),
+}
+
+
+class FlowAdapter(nn.Module):
+    """LN(d) -> Linear(d -> d/2) -> ReLU -> Linear(d/2 -> d_out); the caller adds the output (scale 1)."""
+
+    def __init__(self, dim: int, out_dim: int | None = None):
+        super().__init__()
+        # Sub-module names are the official ones, so official backbone keys map 1:1.
+        self.adapter_layer_norm_before = nn.LayerNorm(dim)  # eps 1e-5, as in the official code
+        self.down_proj = nn.Linear(dim, dim // 2)
+        self.up_proj = nn.Linear(dim // 2, out_dim or dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up_proj(F.relu(self.down_proj(self.adapter_layer_norm_before(x))))
+
+
+def _add_to_flow_half(rgb_and_flow: torch.Tensor, flow_delta: torch.Tensor) -> torch.Tensor:
+    """[rgb; flow] -> [rgb; flow + delta] along the batch axis (out of place, so autograd is safe)."""
+    half = rgb_and_flow.shape[0] // 2
+    return torch.cat([rgb_and_flow[:half], rgb_and_flow[half:] + flow_delta], dim=0)
+
+
+class AdapterAttention(Attention):
+    """timm's MiT spatial-reduction attention with the q and kv flow adapters inserted before the head split."""
+
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int):
+        super().__init__(dim, num_heads=num_heads, sr_ratio=sr_ratio, qkv_bias=True)
+        self.q_adapter = FlowAdapter(dim)
+        self.kv_adapter = FlowAdapter(dim, 2 * dim)
+
+    def forward(self, x: torch.Tensor, feat_size: list[int]) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        half = batch // 2
+        q = _add_to_flow_half(self.q(x), self.q_adapter(x[half:]))
+        if self.sr is not None:
+            reduced = x.transpose(1, 2).reshape(batch, dim, feat_size[0], feat_size[1])
+            reduced = self.norm(self.sr(reduced).flatten(2).transpose(1, 2))
+        else:
+            reduced = x
+        kv = _add_to_flow_half(self.kv(reduced), self.kv_adapter(reduced[half:]))  # k first, then v
+        q = q.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
+        kv = kv.reshape(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1], dropout_p=self.attn_drop.p if self.training else 0.0)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, dim)))
+
+
+class AdapterBlock(Block):
+    """timm's MiT block (pre-LN attention + Mix-FFN, eps 1e-6) plus a post-block adapter on the flow half."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, sr_ratio: int, drop_path: float):
+        super().__init__(dim, num_heads=num_heads, mlp_ratio=mlp_ratio, sr_ratio=sr_ratio, qkv_bias=True,
+                         drop_path=drop_path)
+        self.attn = AdapterAttention(dim, num_heads, sr_ratio)
+        self.adapter = FlowAdapter(dim)
+
+    def forward(self, x: torch.Tensor, feat_size: list[int]) -> torch.Tensor:
+        x = x + self.drop_path1(self.attn(self.norm1(x), feat_size))
+        x = x + self.drop_path2(self.mlp(self.norm2(x), feat_size))
+        half = x.shape[0] // 2
+        return _add_to_flow_half(x, self.adapter(x[half:]))  # no drop path on the adapter
+
+
+class DualStreamMiT(nn.Module):
+    """One MiT shared by RGB and flow pictures; returns the four fused (summed) levels, NCHW.
+
+    Parameter names are those of timm's ``pvt_v2`` (``patch_embed``, ``stages.N.{downsample,blocks.J,norm}``) plus
+    the adapters ``stages.N.blocks.J.{attn.q_adapter, attn.kv_adapter, adapter}``.
+    """
+
+    def __init__(self, spec: MiTSpec, drop_path_rate: float = 0.1):
+        super().__init__()
+        self.embed_dims = spec.embed_dims
+        mit = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, mlp_ratios=(4, 4, 4, 4),
+                                drop_path_rate=drop_path_rate)
+        for stage in mit.stages:
+            for j, blk in enumerate(stage.blocks):
+                drop_prob = blk.drop_path1.drop_prob if isinstance(blk.drop_path1, DropPath) else 0.0
+                sr_ratio = blk.attn.sr.kernel_size[0] if blk.attn.sr is not None else 1
+                stage.blocks[j] = AdapterBlock(blk.attn.dim, blk.attn.num_heads,
+                                               blk.mlp.fc1.out_features / blk.attn.dim, sr_ratio, drop_prob)
+        mit.apply(mit._init_weights)  # MiT init, which also overwrites the adapters (official behaviour, §9)
+        self.patch_embed = mit.patch_embed
+        self.stages = mit.stages
+
+    def forward(self, frames: torch.Tensor, flows: torch.Tensor) -> list[torch.Tensor]:
+        """frames, flows: (B, 3, H, W) -> [z0, z1, z2, z3] with z_k = rgb_k + flow_k at stride 4 * 2**k."""
+        batch = frames.shape[0]
+        x = self.patch_embed(torch.cat([frames, flows], dim=0))  # (2B, H/4, W/4, C), [RGB; flow] is the contract
+        levels = []
+        for stage in self.stages:
+            x = stage(x)  # NCHW
+            levels.append(x[:batch] + x[batch:])
+        return levels
