@@ -129,8 +129,6 @@ class SyntheticConfig:
         require(0 <= self.clutter <= 32, "clutter", self.clutter, "must be in [0, 32]")
         require(self.mp4_codec in ("libx264", "mpeg4"), "mp4_codec", self.mp4_codec, "must be 'libx264' or 'mpeg4'")
         require(1 <= self.fps <= 240, "fps", self.fps, "must be in [1, 240]")
-        if self.mp4:
-            require(h % 2 == 0 and w % 2 == 0, "size", self.size, "must have even height and width with --mp4 (yuv420p)")
 
     @property
     def height(self) -> int:
@@ -308,7 +306,7 @@ def _object_time(t: np.ndarray, pause: Sequence[int]) -> np.ndarray:
     return np.where(t <= first, t, np.where(t <= last, first, t - (last - first)))
 
 
-def _camera(p: SceneParams, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _camera(p: SceneParams | _Motion, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     t = np.asarray(t, np.float64)
     ax, ay, w, ph = p.cam_shake
     cx = p.cam_start[0] + p.cam_velocity[0] * t + ax * np.sin(w * t + ph)
@@ -316,11 +314,22 @@ def _camera(p: SceneParams, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return cx, cy, np.exp(p.zoom_rate * t)
 
 
-def _object_centre(p: SceneParams, tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _object_centre(p: SceneParams | _Motion, tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """World centre of the object at object-time ``tau``: the camera at tau plus the screen path, unzoomed."""
     ax, wx, px, ay, wy, py, ox, oy = p.obj_path
     cx, cy, zoom = _camera(p, tau)
     return cx + (ox + ax * np.sin(wx * tau + px)) / zoom, cy + (oy + ay * np.sin(wy * tau + py)) / zoom
+
+
+@dataclass
+class _Motion:
+    """The camera and path fields of :class:`SceneParams`: enough to place the object while a scene is being drawn."""
+
+    cam_start: Sequence[float]
+    cam_velocity: Sequence[float]
+    cam_shake: Sequence[float]
+    zoom_rate: float
+    obj_path: Sequence[float]
 
 
 def sample_scene(seed: int, index: int, height: int, width: int, frames: int, clutter: int = 4,
@@ -370,7 +379,7 @@ def sample_scene(seed: int, index: int, height: int, width: int, frames: int, cl
     candidates = [t for t in range(1, T - 1) if t < pause[0] - 1 or t > pause[1] + 1] or list(range(1, T - 1))
     t_occ = int(rng.choice(candidates))
     tau = _object_time(np.array([t_occ - 1, t_occ, t_occ + 1]), pause)
-    cx, cy = _object_centre(_Partial(cam_start, cam_velocity, cam_shake, zoom_rate, path), tau)
+    cx, cy = _object_centre(_Motion(cam_start, cam_velocity, cam_shake, zoom_rate, path), tau)
     vel = np.array([cx[2] - cx[0], cy[2] - cy[0]])
     normal = vel / np.linalg.norm(vel) if np.linalg.norm(vel) > 1e-3 else direction()
     normal = normal + rng.normal(0, 0.25, size=2)  # not exactly across the motion
@@ -416,17 +425,6 @@ def sample_scene(seed: int, index: int, height: int, width: int, frames: int, cl
         light_gain=float(gain), light_tint=fl(tint), light_ramp=[float(ramp_start), float(ramp_len)],
         light_gradient=fl(gradient),
     )
-
-
-@dataclass
-class _Partial:
-    """The camera and path fields of SceneParams, enough to locate the object while the scene is being drawn."""
-
-    cam_start: Sequence[float]
-    cam_velocity: Sequence[float]
-    cam_shake: Sequence[float]
-    zoom_rate: float
-    obj_path: Sequence[float]
 
 
 # -- rendering -------------------------------------------------------------------------------------------------------
@@ -698,24 +696,11 @@ def _mask_png(mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def encode_mp4(frames: np.ndarray, fps: int = 24, codec: str = "libx264") -> bytes:
-    """Encode (T, H, W, 3) uint8 RGB frames as an mp4 file in memory (yuv420p; even sizes only)."""
-    import av
+def _mp4_bytes(frames: np.ndarray, fps: int, codec: str) -> bytes:
+    from pipeline.video import encode_video
 
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
-        stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": "18", "preset": "medium"}
-        else:
-            stream.bit_rate = 4_000_000
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    encode_video(frames, buf, fps=fps, codec=codec, container_format="mp4")
     return buf.getvalue()
 
 
@@ -731,7 +716,7 @@ def _write_sequence(st, cfg: SyntheticConfig, seq: str, index: int) -> dict:
         files[_seq_rel("JPEGImages", seq, f"{t:05d}.jpg")] = _jpeg(rendered["frames"][t], cfg.jpeg_quality)
         files[_seq_rel("Annotations", seq, f"{t:05d}.png")] = _mask_png(rendered["masks"][t])
     if cfg.mp4:
-        files[f"videos/{seq}.mp4"] = encode_mp4(rendered["frames"], cfg.fps, cfg.mp4_codec)
+        files[f"videos/{seq}.mp4"] = _mp4_bytes(rendered["frames"], cfg.fps, cfg.mp4_codec)
     # Atomic writes wait on fsync (local) or a PUT (S3): overlap them.
     with ThreadPoolExecutor(max_workers=8) as pool:
         for future in [pool.submit(st.write_bytes, rel, data) for rel, data in files.items()]:
@@ -812,7 +797,8 @@ def generate_corpus(cfg: SyntheticConfig) -> dict:
         st.write_text(f"ImageSets/{RES_DIR}/{split}.txt", "".join(line + "\n" for line in frame_lines))
         st.write_text(f"ImageSets/2016/{split}.txt", "".join(s + "\n" for s in seqs))
     manifest = {"generator": "pipeline.synthetic", "generator_version": GENERATOR_VERSION, "fingerprint": fingerprint,
-                "config": config_to_dict(cfg), "train": train, "val": val, "resolution_dir": RES_DIR,
+                "config": {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "overwrite")},
+                "train": train, "val": val, "resolution_dir": RES_DIR,
                 "size": [cfg.height, cfg.width], "frames": cfg.frames}
     st.write_json("synthetic.json", manifest)
     summary.add("train_videos", len(train))
