@@ -1,0 +1,173 @@
+"""Load one input video (frames + masks) from storage, validating and repairing as the issue specifies.
+
+Rejected (the video is skipped; the message names the video and the file):
+    truncated or undecodable frames, zero-byte or undecodable video files, frames of different sizes within a
+    video, videos with fewer than 2 frames (no flow), unreadable sources.
+Repaired (with a warning naming the file, kept in the video's ``warnings``):
+    masks of a different size but the same aspect ratio (nearest-neighbour resize); masks that cannot be read or
+    have another aspect ratio are dropped (the frame counts as unannotated); palette / non-binary masks become
+    binary through :func:`pipeline.masks.read_mask` (any non-zero value is foreground).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.ingest.formats import VideoRecord
+from pipeline.masks import MaskError, read_mask_values
+from pipeline.video import VideoError, decode_video
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LoadedVideo", "VideoRejected", "decode_image", "load_video"]
+
+MIN_FRAMES = 2
+
+
+class VideoRejected(ValueError):
+    """The video cannot be used; the message names the video and the offending file."""
+
+
+@dataclass
+class LoadedVideo:
+    frames: np.ndarray
+    """(N, H, W, 3) uint8 RGB."""
+    masks: np.ndarray
+    """(N, H, W) bool; all False where not annotated."""
+    mask_valid: np.ndarray
+    """(N,) bool: which frames have a ground-truth mask."""
+    frame_names: list[str]
+    """Per frame: the file name (frame folders) or the frame number (video files)."""
+    fps: float | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Decode an encoded image to (H, W, 3) uint8 RGB; raise ``ValueError`` naming ``name`` if it is corrupt."""
+    import cv2
+
+    if not data:
+        raise ValueError(f"{name} is empty (zero bytes)")
+    head = data[:3]
+    if head == b"\xff\xd8\xff":
+        # libjpeg decodes a truncated JPEG with only a warning (grey bottom rows): require the end-of-image marker.
+        if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+            raise ValueError(f"{name} is a truncated JPEG (no end-of-image marker)")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        from PIL import Image
+
+        try:
+            import io
+
+            with Image.open(io.BytesIO(data)) as im:
+                return np.asarray(im.convert("RGB"))
+        except Exception as e:  # Pillow raises many types for corrupt data
+            raise ValueError(f"{name} cannot be decoded as an image ({type(e).__name__}: {e})") from e
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def _read(storage, rel: str, what: str) -> bytes:
+    try:
+        return storage.read_bytes(rel)
+    except ValueError as e:  # names with '..' are refused by the storage layer
+        raise VideoRejected(f"{what} {rel!r}: unsafe path ({e})") from e
+
+
+def _load_mask(storage, rel: str, shape: tuple[int, int], warnings: list[str], video: str) -> np.ndarray | None:
+    import cv2
+
+    url = storage.join(rel) if ".." not in rel.split("/") else rel
+    try:
+        data = _read(storage, rel, "mask")
+        values = read_mask_values(data, name=url)
+    except (MaskError, VideoRejected, OSError) as e:
+        warnings.append(f"video {video}: mask {rel} dropped: {e}")
+        return None
+    mask = values != 0  # the codec's rule (read_mask): any non-zero value is foreground
+    distinct = (np.count_nonzero(np.bincount(values.ravel())) if values.dtype == np.uint8
+                else len(np.unique(values)))
+    if distinct > 2:
+        warnings.append(f"video {video}: mask {rel} has {distinct} values; any non-zero taken as foreground")
+    h, w = shape
+    if mask.shape != (h, w):
+        mh, mw = mask.shape
+        if abs(mh / mw - h / w) > 0.01:
+            warnings.append(f"video {video}: mask {rel} is {mw}x{mh}, frames are {w}x{h} (other aspect ratio); "
+                            "dropped")
+            return None
+        warnings.append(f"video {video}: mask {rel} is {mw}x{mh}, frames are {w}x{h}; resized (nearest)")
+        mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return mask
+
+
+def _frames_from_folder(storage, rec: VideoRecord) -> tuple[np.ndarray, list[str]]:
+    frames: list[np.ndarray] = []
+    for rel in rec.frames:
+        data = _read(storage, rel, "frame")
+        try:
+            img = decode_image(data, f"frame {rel}")
+        except ValueError as e:
+            raise VideoRejected(f"video {rec.name!r}: {e}") from e
+        if frames and img.shape != frames[0].shape:
+            raise VideoRejected(f"video {rec.name!r}: frame {rel} is {img.shape[1]}x{img.shape[0]}, the first frame "
+                                f"is {frames[0].shape[1]}x{frames[0].shape[0]} (frames of different sizes)")
+        frames.append(img)
+    if not frames:
+        raise VideoRejected(f"video {rec.name!r}: no frames")
+    return np.stack(frames), [os.path.basename(f) for f in rec.frames]
+
+
+def _frames_from_video(storage, rec: VideoRecord) -> tuple[np.ndarray, float]:
+    if storage.is_local:
+        path, tmp = os.path.join(storage.root, rec.source), None
+    else:
+        # Download first: demuxers seek a lot, and ranged reads on S3 per seek are slow.
+        fd, tmp = tempfile.mkstemp(prefix="video-", suffix=os.path.splitext(rec.source)[1])
+        os.close(fd)
+        path = tmp
+        try:
+            storage.download_file(rec.source, tmp)
+        except ValueError as e:
+            os.remove(tmp)
+            raise VideoRejected(f"video {rec.source!r}: unsafe path ({e})") from e
+    try:
+        frames, info = decode_video(path, name=rec.source)
+    except VideoError as e:
+        raise VideoRejected(str(e)) from e
+    finally:
+        if tmp:
+            os.remove(tmp)
+    return frames, info.fps
+
+
+def load_video(storage, rec: VideoRecord) -> LoadedVideo:
+    """Read and validate one video; raise :class:`VideoRejected` if it cannot be used."""
+    warnings: list[str] = []
+    fps = None
+    if rec.kind == "video":
+        frames, fps = _frames_from_video(storage, rec)
+        names = [f"{i:05d}" for i in range(len(frames))]
+    else:
+        frames, names = _frames_from_folder(storage, rec)
+    n, h, w, _ = frames.shape
+    if n < MIN_FRAMES:
+        raise VideoRejected(f"video {rec.name!r}: only {n} frame ({rec.source}); at least {MIN_FRAMES} are needed "
+                            "for optical flow")
+    masks = np.zeros((n, h, w), bool)
+    valid = np.zeros(n, bool)
+    for i, rel in sorted(rec.masks.items()):
+        if i >= n:
+            warnings.append(f"video {rec.name}: mask {rel} is for frame {i}, the video has {n} frames; ignored")
+            continue
+        m = _load_mask(storage, rel, (h, w), warnings, rec.name)
+        if m is not None:
+            masks[i], valid[i] = m, True
+    for msg in warnings:
+        log.warning(msg)
+    return LoadedVideo(frames=frames, masks=masks, mask_valid=valid, frame_names=names, fps=fps, warnings=warnings)
