@@ -1,0 +1,214 @@
+"""Corpus formats, the manifest and the video loader (validation and repair), on real files."""
+
+import numpy as np
+import pytest
+
+from pipeline.flow.precompute import clip_spans
+from pipeline.ingest.formats import IngestError, detect_format, natural_key, safe_name
+from pipeline.ingest.load import VideoRejected, load_video
+from pipeline.ingest.manifest import assign_val_split, list_corpus, manifest_table
+from pipeline.storage import open_storage
+from tests.media import make_scene, truncate_file, upload_tree, write_davis, write_frames_folder, write_jpeg, write_mp4
+
+
+def _touch(root, *rels, data=b"x"):
+    for rel in rels:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+
+
+def test_safe_names_are_unique_and_path_safe():
+    assert safe_name("bear") == "bear"
+    assert safe_name("bike-packing_2") == "bike-packing_2"
+    for bad in ("car shadow", "café", "../../etc", "a.b", "日本", ""):
+        s = safe_name(bad)
+        assert s and all(c.isalnum() or c in "_-" for c in s) and s.isascii(), s
+    assert safe_name("a b") != safe_name("a_b")  # sanitised names keep a hash of the original
+    assert sorted(["f10", "f2", "f1"], key=natural_key) == ["f1", "f2", "f10"]
+
+
+def test_davis2016_layout_splits_and_masks(tmp_path):
+    write_davis(tmp_path, {"bear": 3, "car shadow": 3, "cows": 2}, splits={"train": ["bear", "car shadow"],
+                                                                         "val": ["cows"]})
+    listing = list_corpus(open_storage(str(tmp_path)))
+    assert listing.format == "davis2016"
+    by = {r.name: r for r in listing.records}
+    assert by["bear"].split == "train" and by["cows"].split == "val"
+    assert by["car shadow"].split == "train" and by["car shadow"].video_id.startswith("car_shadow-")
+    assert by["bear"].frames == [f"JPEGImages/480p/bear/{i:05d}.jpg" for i in range(3)]
+    assert by["bear"].masks == {i: f"Annotations/480p/bear/{i:05d}.png" for i in range(3)}
+
+
+def test_davis2017_palette_masks_become_one_foreground(tmp_path):
+    gt = write_davis(tmp_path, {"dogs": 3, "goat": 2}, splits={"train": ["dogs"], "val": ["goat"]}, year=2017)
+    st = open_storage(str(tmp_path))
+    listing = list_corpus(st)
+    assert listing.format == "davis2017"
+    rec = {r.name: r for r in listing.records}["dogs"]
+    assert rec.split == "train"
+    video = load_video(st, rec)
+    assert np.array_equal(video.masks, gt["dogs"][1])  # objects 1 and 2 merged
+    assert video.mask_valid.all()
+
+
+def test_other_layouts_are_detected_and_read(tmp_path):
+    ytvos = tmp_path / "ytvos"
+    _touch(ytvos, "train/JPEGImages/abc/00000.jpg", "train/JPEGImages/abc/00005.jpg",
+           "train/Annotations/abc/00005.png", "valid/JPEGImages/xyz/00000.jpg", "valid/Annotations/xyz/00000.png")
+    listing = list_corpus(open_storage(str(ytvos)))
+    assert listing.format == "ytvos"
+    abc, xyz = listing.records
+    assert (abc.split, xyz.split, xyz.source_split) == ("train", "test", "valid")
+    assert abc.masks == {1: "train/Annotations/abc/00005.png"}  # sparse: matched by name
+
+    fbms = tmp_path / "fbms"
+    _touch(fbms, "Trainingset/cars1/cars1_01.jpg", "Trainingset/cars1/cars1_02.jpg",
+           "Trainingset/cars1/cars1_03.jpg", "Trainingset/cars1/GroundTruth/cars1_03_gt.pgm",
+           "Testset/dogs/dogs01_01.jpg")
+    listing = list_corpus(open_storage(str(fbms)))
+    assert listing.format == "fbms"
+    cars = listing.records[0]
+    assert cars.masks == {2: "Trainingset/cars1/GroundTruth/cars1_03_gt.pgm"}  # matched by frame number
+    assert [r.split for r in listing.records] == ["train", "test"]
+
+    hmhi = tmp_path / "hmhi"
+    _touch(hmhi, "train/frame/v1/0.jpg", "train/frame/v1/1.jpg", "train/mask/v1/1.png", "train/flow/v1/0.jpg",
+           "val/frame/v2/0.jpg")
+    listing = list_corpus(open_storage(str(hmhi)))
+    assert listing.format == "hmhi"
+    assert [(r.name, r.split, r.masks) for r in listing.records] == [("v1", "train", {1: "train/mask/v1/1.png"}),
+                                                                      ("v2", "val", {})]
+
+    frames = tmp_path / "frames"
+    _touch(frames, "a/f1.png", "a/f10.png", "a/f2.png", "b/c/x.jpg")
+    listing = list_corpus(open_storage(str(frames)))
+    assert listing.format == "frames"
+    assert [r.frames for r in listing.records][0] == ["a/f1.png", "a/f2.png", "a/f10.png"]
+
+    vids = tmp_path / "vids"
+    _touch(vids, "x/one.mp4", "two.MKV", "Annotations/one/00003.png")
+    listing = list_corpus(open_storage(str(vids)))
+    assert listing.format == "videos"
+    assert {r.video_id: r.masks for r in listing.records} == {"two": {}, "x__one": {3: "Annotations/one/00003.png"}}
+
+    with pytest.raises(IngestError, match="cannot detect"):
+        detect_format(["readme.txt"])
+    with pytest.raises(IngestError, match="JPEGImages/480p"):
+        list_corpus(open_storage(str(vids)), "davis2016")
+
+
+def test_synthetic_corpus_ingests_as_davis2016(tmp_path):
+    from pipeline.synthetic import SyntheticConfig, generate_corpus
+
+    generate_corpus(SyntheticConfig(out=str(tmp_path), videos=3, frames=6, size="48x64", val_fraction=0.34))
+    st = open_storage(str(tmp_path))
+    listing = list_corpus(st)
+    assert listing.format == "davis2016"
+    assert len(listing.records) == 3 and {r.split for r in listing.records} == {"train", "val"}
+    video = load_video(st, listing.records[0])
+    assert video.frames.shape == (6, 48, 64, 3) and video.mask_valid.all() and video.masks.any()
+
+
+def test_val_split_is_deterministic_and_never_takes_test_videos(tmp_path):
+    for i in range(10):
+        _touch(tmp_path, f"v{i}/0.jpg")
+    a = list_corpus(open_storage(str(tmp_path))).records
+    b = list_corpus(open_storage(str(tmp_path))).records
+    a[0].split = "test"
+    b[0].split = "test"
+    assert assign_val_split(a, 0.3) == 3 == assign_val_split(b, 0.3)
+    assert [r.split for r in a] == [r.split for r in b]
+    assert a[0].split == "test"
+    assert assign_val_split(a, 0.5) == 0  # the corpus now has a val split: left alone
+    table = manifest_table(a, {})
+    assert table.num_rows == 10 and set(table.column_names) >= {"video_id", "split", "frame_count", "height",
+                                                                 "width", "fps", "annotated_frames"}
+
+
+def test_clip_spans_cover_every_frame_once():
+    assert clip_spans(10, 4) == [(0, 3), (3, 7), (7, 10)]
+    assert clip_spans(32, 32) == [(0, 32)]
+    assert clip_spans(40, 32) == [(0, 20), (20, 40)]
+    for n in range(1, 70):
+        spans = clip_spans(n, 8)
+        assert spans[0][0] == 0 and spans[-1][1] == n and all(e - s <= 8 for s, e in spans)
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+
+
+def _frames_record(tmp_path, name, frames):
+    write_frames_folder(tmp_path, name, frames)
+    listing = list_corpus(open_storage(str(tmp_path)), "frames")
+    return {r.name: r for r in listing.records}[name]
+
+
+def test_loader_rejects_bad_videos_naming_the_file(tmp_path):
+    st = open_storage(str(tmp_path))
+    frames, _ = make_scene(4, (32, 48))
+    rec = _frames_record(tmp_path, "trunc", frames)
+    truncate_file(tmp_path / "trunc" / "frame_2.jpg", 0.6)
+    with pytest.raises(VideoRejected, match=r"'trunc'.*frame_2\.jpg.*truncated"):
+        load_video(st, rec)
+
+    rec = _frames_record(tmp_path, "sizes", frames)
+    write_jpeg(tmp_path / "sizes" / "frame_3.jpg", make_scene(1, (40, 48))[0][0])
+    with pytest.raises(VideoRejected, match=r"'sizes'.*frame_3\.jpg is 48x40.*different sizes"):
+        load_video(st, rec)
+
+    rec = _frames_record(tmp_path, "single", frames[:1])
+    with pytest.raises(VideoRejected, match=r"'single'.*only 1 frame"):
+        load_video(st, rec)
+
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "0.jpg").write_bytes(b"\xff\xd8\xffnot really a jpeg\xff\xd9")
+    (tmp_path / "garbage" / "1.jpg").write_bytes(b"")
+    rec = {r.name: r for r in list_corpus(st, "frames").records}["garbage"]
+    with pytest.raises(VideoRejected, match=r"'garbage'.*0\.jpg cannot be decoded"):
+        load_video(st, rec)
+
+    vids = tmp_path / "v"
+    vids.mkdir()
+    (vids / "empty.mp4").write_bytes(b"")
+    (vids / "junk.webm").write_bytes(b"\x1a\x45\xdf\xa3" + b"junk" * 200)
+    write_mp4(vids / "one.mp4", frames[:1])
+    vst = open_storage(str(vids))
+    recs = {r.name: r for r in list_corpus(vst).records}
+    with pytest.raises(VideoRejected, match=r"empty\.mp4 is empty"):
+        load_video(vst, recs["empty"])
+    with pytest.raises(VideoRejected, match=r"junk\.webm"):
+        load_video(vst, recs["junk"])
+    with pytest.raises(VideoRejected, match=r"only 1 frame"):
+        load_video(vst, recs["one"])
+
+
+def test_loader_repairs_masks_with_warnings(tmp_path):
+    import cv2
+
+    write_davis(tmp_path, {"m": 4}, size=(32, 48))
+    ann = tmp_path / "Annotations" / "480p" / "m"
+    cv2.imwrite(str(ann / "00001.png"), np.full((64, 96), 255, np.uint8))  # twice the size: resized
+    cv2.imwrite(str(ann / "00002.png"), np.full((10, 10), 255, np.uint8))  # other aspect ratio: dropped
+    grey = np.zeros((32, 48), np.uint8)
+    grey[:, :10], grey[:, 10:20] = 100, 200
+    cv2.imwrite(str(ann / "00003.png"), grey)  # non-binary: any non-zero is foreground
+    st = open_storage(str(tmp_path))
+    video = load_video(st, list_corpus(st).records[0])
+    assert video.mask_valid.tolist() == [True, True, False, True]
+    assert video.masks[1].all() and video.masks[3].sum() == 32 * 20
+    text = "\n".join(video.warnings)
+    assert "00001.png is 96x64" in text and "resized" in text
+    assert "00002.png" in text and "dropped" in text
+    assert "00003.png has 3 values" in text
+
+
+def test_loader_reads_from_s3(s3_bucket, tmp_path):
+    gt = write_davis(tmp_path / "c", {"bear": 3}, size=(32, 48))
+    write_mp4(tmp_path / "v" / "clip.mp4", gt["bear"][0])
+    upload_tree(tmp_path / "c", f"{s3_bucket}/c")
+    upload_tree(tmp_path / "v", f"{s3_bucket}/v")
+    st = open_storage(f"{s3_bucket}/c")
+    video = load_video(st, list_corpus(st).records[0])
+    assert np.array_equal(video.frames, gt["bear"][0]) and np.array_equal(video.masks, gt["bear"][1])
+    vst = open_storage(f"{s3_bucket}/v")
+    video = load_video(vst, list_corpus(vst).records[0])
+    assert video.frames.shape == (3, 32, 48, 3) and video.fps == pytest.approx(10.0)
