@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
+from timm.layers import calculate_drop_path_rates
 from timm.models.pvt_v2 import Attention, Block
 from torch import nn
 
@@ -29,6 +29,12 @@ class MiTSpec:
     """Channel width of the four levels (strides 4, 8, 16, 32)."""
     depths: tuple[int, int, int, int]
     """Transformer blocks per stage."""
+    num_heads: tuple[int, int, int, int] = (1, 2, 5, 8)
+    """Attention heads per stage."""
+    sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)
+    """Spatial-reduction ratio of the keys/values per stage."""
+    mlp_ratio: float = 4.0
+    """Mix-FFN expansion (4 in every MiT stage; timm's stock pvt_v2 uses 8 in stages 1-2)."""
 
 
 MIT_VARIANTS: dict[str, MiTSpec] = {
@@ -111,14 +117,15 @@ class DualStreamMiT(nn.Module):
     def __init__(self, spec: MiTSpec, drop_path_rate: float = 0.1):
         super().__init__()
         self.embed_dims = spec.embed_dims
-        mit = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, mlp_ratios=(4, 4, 4, 4),
-                                drop_path_rate=drop_path_rate)
-        for stage in mit.stages:
-            for j, blk in enumerate(stage.blocks):
-                drop_prob = blk.drop_path1.drop_prob if isinstance(blk.drop_path1, DropPath) else 0.0
-                sr_ratio = blk.attn.sr.kernel_size[0] if blk.attn.sr is not None else 1
-                stage.blocks[j] = AdapterBlock(blk.attn.dim, blk.attn.num_heads,
-                                               blk.mlp.fc1.out_features / blk.attn.dim, sr_ratio, drop_prob)
+        # timm builds the patch embeds, stage norms and layout; the blocks are ours (timm's plus adapters), so
+        # the stages are created empty and filled, with timm's own per-block drop-path schedule.
+        mit = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, depths=(0, 0, 0, 0),
+                                mlp_ratios=(spec.mlp_ratio,) * 4)
+        rates = calculate_drop_path_rates(drop_path_rate, spec.depths, stagewise=True)
+        for i, stage in enumerate(mit.stages):
+            stage.blocks.extend(
+                AdapterBlock(spec.embed_dims[i], spec.num_heads[i], spec.mlp_ratio, spec.sr_ratios[i], rate)
+                for rate in rates[i])
         mit.apply(mit._init_weights)  # MiT init, which also overwrites the adapters (official behaviour, §9)
         self.patch_embed = mit.patch_embed
         self.stages = mit.stages
