@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from model.backbone import MIT_VARIANTS, DualStreamMiT
