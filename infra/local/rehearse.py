@@ -284,19 +284,22 @@ class Cluster:
 def pipeline_stages(cfg: RehearsalConfig, bucket: str) -> dict[str, list[str]]:
     """Stage name -> job entrypoint argv, exactly as a user would pass it after ``ray job submit ... --``."""
     root = f"s3://{bucket}"
-    run_name = "rehearsal"
+    run = "rehearsal"
     return {
         "check": ["python", "-m", "infra.local.cluster_check", "--storage", f"{root}/preflight",
                   "--expect-nodes", "2"],
         "synthetic": ["python", "-m", "pipeline.synthetic", f"{root}/corpus", "--videos", str(cfg.videos),
                       "--frames", str(cfg.frames), "--size", cfg.size, "--seed", "0"],
         "flow": ["python", "jobs/precompute_flow.py", "--input", f"{root}/corpus", "--output", f"{root}/shards",
-                 "--flow-model", "dis", "--clip-length", "5"],
+                 "--flow-model", "dis", "--clip-length", str(cfg.frames)],
+        # Validation at the last step writes <run>/best/model.pt, the checkpoint the segment stage loads.
         "train": ["python", "jobs/train.py", "--config", "configs/tiny_cpu.yaml", "--data", f"{root}/shards",
-                  "--storage", f"{root}/runs", "--run-name", run_name, "--num-workers", str(cfg.train_workers),
-                  "--set", f"optim.max_steps={cfg.train_steps}"],
+                  "--storage", f"{root}/runs", "--run-name", run, "--num-workers", str(cfg.train_workers),
+                  "--max-steps", str(cfg.train_steps), "--set", f"validation.every_steps={cfg.train_steps}",
+                  "--set", f"checkpoint.every_steps={cfg.train_steps}"],
         "segment": ["python", "jobs/segment.py", "--input", f"{root}/corpus", "--output", f"{root}/segment",
-                    "--checkpoint", f"{root}/runs/{run_name}", "--flow-model", "dis"],
+                    "--checkpoint", f"{root}/runs/{run}/best/model.pt", "--flow-model", "dis",
+                    "--input-size", "96"],
         "evaluate": ["python", "jobs/evaluate.py", "--pred", f"{root}/segment/masks", "--gt", f"{root}/corpus",
                      "--output", f"{root}/eval", "--protocol", "davis2016"],
     }
