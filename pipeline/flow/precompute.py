@@ -284,7 +284,7 @@ def _check_settings(out, cfg: PrecomputeFlowConfig) -> None:
         diff = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
         if diff:
             detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
-            raise ConfigError(f"output {out.url} holds shards made with other settings ({detail}); "
+            raise ConfigError("output", out.url, f"holds shards made with other settings ({detail}); "
                               "use a new --output or the same settings")
     else:
         out.write_json(SETTINGS_NAME, settings)

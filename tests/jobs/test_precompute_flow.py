@@ -1,0 +1,265 @@
+"""End-to-end tests of jobs/precompute_flow.py on a real local Ray cluster, local disk and the moto S3 server.
+
+Every shard is read back with ``webdataset`` and with ``ray.data.read_webdataset`` and every frame, flow and
+mask is compared with the input; a real subprocess running the job is killed (SIGKILL) half-way and resumed;
+bad inputs are rejected or repaired while the job goes on with the rest.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from jobs.precompute_flow import main
+from pipeline.config import ConfigError
+from pipeline.flow.engines import create_flow_engine
+from pipeline.flow.render import RENDER_VERSION
+from pipeline.shards import decode_clip, read_index, shard_urls, verify_shard
+from pipeline.storage import open_storage, storage_filesystem
+from tests.conftest import REPO_ROOT
+from tests.media import make_scene, truncate_file, upload_tree, write_davis, write_jpeg, write_mp4
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def _corpus_url(local_dir, storage_url: str, name: str) -> str:
+    """The corpus at ``local_dir`` as an input URL next to ``storage_url`` (uploaded when that is on S3)."""
+    if storage_url.startswith("s3://"):
+        url = f"{storage_url}-inputs/{name}"
+        upload_tree(local_dir, url)
+        return url
+    return str(local_dir)
+
+
+def _wds_samples(urls: list[str]) -> list[dict]:
+    def s3_open(url, mode="rb", bufsize=8192, **kw):
+        parent, _, leaf = url.rpartition("/")
+        return open_storage(parent).open_read(leaf)
+
+    importlib.import_module("webdataset.gopen").gopen_schemes["s3"] = s3_open  # webdataset 1.0.2 has no s3:// handler
+    return list(wds.WebDataset(urls, shardshuffle=False))
+
+
+def _ray_samples(urls: list[str]) -> list[dict]:
+    import ray.data
+
+    fs, _ = storage_filesystem(urls[0])
+    paths = [u[len("s3://"):] if u.startswith("s3://") else u for u in urls]
+    return ray.data.read_webdataset(paths, filesystem=fs, decoder=None).take_all()
+
+
+def _check_round_trip(out_url: str, truth: dict[str, tuple[np.ndarray, np.ndarray | None]], split_of: dict[str, str],
+                      frame_tol: float = 3.0):
+    """Every sample decodes; all frames of every video appear exactly once, equal to the input (JPEG tolerance),
+    with the DIS flow of the whole video and the input masks."""
+    index = read_index(out_url)
+    keys = index.column("key").to_pylist()
+    assert len(keys) == len(set(keys))
+    for shard, checksum in set(zip(index.column("shard").to_pylist(), index.column("shard_sha256").to_pylist(),
+                                   strict=True)):
+        verify_shard(open_storage(out_url).join(shard), checksum)
+    urls = shard_urls(out_url)
+    by_wds = {s["__key__"]: decode_clip(s) for s in _wds_samples(urls)}
+    by_ray = {s["__key__"]: decode_clip(s) for s in _ray_samples(urls)}
+    assert sorted(by_wds) == sorted(by_ray) == sorted(keys)
+    engine = create_flow_engine("dis", preset="medium")
+    seen = defaultdict(list)
+    for key, clip in by_wds.items():
+        other = by_ray[key]
+        assert np.array_equal(clip.frames, other.frames) and np.array_equal(clip.flows, other.flows)
+        assert np.array_equal(clip.masks, other.masks) and clip.meta == other.meta
+        frames, masks = truth[clip.video_id]
+        idx = clip.frame_indices
+        seen[clip.video_id].extend(idx)
+        assert clip.split == split_of[clip.video_id]
+        assert np.abs(clip.frames.astype(int) - frames[idx]).mean() < frame_tol
+        if masks is None:
+            assert not clip.mask_valid.any()
+        else:
+            assert clip.mask_valid.all() and np.array_equal(clip.masks, masks[idx])
+        expected_flow = engine.compute(frames)[idx]
+        np.testing.assert_allclose(clip.flows, expected_flow, atol=0.02, rtol=2e-3)
+        assert clip.meta["flow"]["engine"] == "dis" and clip.meta["render_version"] == RENDER_VERSION
+    for vid, (frames, _) in truth.items():
+        assert sorted(seen[vid]) == list(range(len(frames))), vid
+
+
+def test_end_to_end_round_trip_and_idempotent_rerun(storage_url, tmp_path):
+    gt = write_davis(tmp_path / "davis", {"bear": 10, "car shadow": 9, "cows": 7},
+                     splits={"train": ["bear", "car shadow"], "val": ["cows"]})
+    frames, _ = make_scene(8, (96, 160), seed=11)
+    write_mp4(tmp_path / "videos" / "street.mp4", frames)
+    write_mp4(tmp_path / "videos" / "sub" / "park.mkv", frames[:5], codec="mpeg4")
+    davis_in = _corpus_url(tmp_path / "davis", storage_url, "davis")
+    videos_in = _corpus_url(tmp_path / "videos", storage_url, "videos")
+    out = f"{storage_url}/davis"
+
+    summary = main(["--input", davis_in, "--output", out, "--clip-length", "4", "--shard-size-mb", "0.2"])
+    assert summary["format"] == "davis2016"
+    assert summary["counts"]["video"] == {"done": 3, "skipped": 0, "rejected": 0}
+    assert summary["counters"]["frames"] == 26 and summary["counters"]["masks"] == 26
+    assert summary["counters"]["shards_written"] >= 3
+    ids = {"bear": "bear", "cows": "cows"}
+    ids.update({n: r["video_id"] for n, r in [(x["name"], x) for x in
+                                               open_storage(out).read_parquet("manifest.parquet").to_pylist()]})
+    truth = {ids[name]: v for name, v in gt.items()}
+    _check_round_trip(out, truth, {ids["bear"]: "train", ids["car shadow"]: "train", ids["cows"]: "val"})
+    manifest = {r["name"]: r for r in open_storage(out).read_parquet("manifest.parquet").to_pylist()}
+    assert manifest["bear"]["frame_count"] == 10 and manifest["bear"]["height"] == 96
+    assert manifest["cows"]["annotated_frames"] == list(range(7)) and manifest["cows"]["status"] == "done"
+    assert open_storage(out).read_json("summary.json")["counts"]["video"]["done"] == 3
+
+    # A rerun with the same inputs writes nothing new.
+    st = open_storage(out)
+    before = {n: st.read_bytes(f"shards/{n}") for n in st.list("shards")}
+    index_before = st.read_bytes("index.parquet")
+    again = main(["--input", davis_in, "--output", out, "--clip-length", "4", "--shard-size-mb", "0.2"])
+    assert again["counts"]["video"] == {"done": 0, "skipped": 3, "rejected": 0}
+    assert again["counters"]["shards_written"] == 0
+    assert {n: st.read_bytes(f"shards/{n}") for n in st.list("shards")} == before
+    assert st.read_bytes("index.parquet") == index_before
+    # Changing a setting that changes sample content is refused instead of mixing samples.
+    with pytest.raises(ConfigError, match="clip_length"):
+        main(["--input", davis_in, "--output", out, "--clip-length", "5"])
+
+    # Video files (mp4 + mkv), decoded with PyAV; a deterministic val split since they have none.
+    vout = f"{storage_url}/videos"
+    vsum = main(["--input", videos_in, "--output", vout, "--clip-length", "3", "--val-fraction", "0.5"])
+    assert vsum["format"] == "videos" and vsum["counts"]["video"]["done"] == 2
+    from pipeline.video import decode_video
+
+    local = {"street": tmp_path / "videos" / "street.mp4", "sub__park": tmp_path / "videos" / "sub" / "park.mkv"}
+    vtruth = {vid: (decode_video(str(p))[0], None) for vid, p in local.items()}
+    splits = {r["video_id"]: r["split"] for r in open_storage(vout).read_parquet("manifest.parquet").to_pylist()}
+    assert sorted(splits.values()) == ["train", "val"]
+    _check_round_trip(vout, vtruth, splits)
+
+
+def test_killed_run_resumes_with_every_video_exactly_once(s3_bucket, tmp_path, ray_cluster):
+    write_davis(tmp_path / "c", {f"v{i}": 8 for i in range(4)}, size=(48, 64))
+    corpus = f"{s3_bucket}/corpus"
+    upload_tree(tmp_path / "c", corpus)
+    out = f"{s3_bucket}/out"
+    args = ["--input", corpus, "--output", out, "--clip-length", "4", "--shard-size-mb", "0.01"]
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster, HMHI_PRECOMPUTE_KILL_AFTER_SHARDS="3",
+               PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run([sys.executable, "jobs/precompute_flow.py", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]  # SIGKILL, as a crashed node would die
+    st = open_storage(out)
+    assert len(set(read_index(out).column("shard").to_pylist())) == 3
+    assert not st.exists("summary.json")
+    # Leftovers of an interrupted upload that never reached the index must not survive the resume.
+    st.write_bytes("shards/train-000777.tar", b"partial")
+
+    summary = main(args)
+    index = read_index(out)
+    keys = index.column("key").to_pylist()
+    assert len(keys) == len(set(keys)) == 8  # 4 videos x 2 clips, none twice
+    per_video = defaultdict(list)
+    for vid, fi in zip(index.column("video_id").to_pylist(), index.column("frame_indices").to_pylist(),
+                       strict=True):
+        per_video[vid].extend(fi)
+    assert {v: sorted(f) for v, f in per_video.items()} == {f"v{i}": list(range(8)) for i in range(4)}
+    c = summary["counts"]["video"]
+    assert c["done"] + c["skipped"] == 4 and c["rejected"] == 0 and c["skipped"] >= 1
+    assert sorted(st.list("shards")) == sorted(s.split("/")[1] for s in set(index.column("shard").to_pylist()))
+    assert len(_wds_samples(shard_urls(out))) == 8
+
+
+def test_bad_inputs_are_rejected_or_repaired_and_the_job_goes_on(s3_bucket, tmp_path):
+    import cv2
+
+    root = tmp_path / "c"
+    write_davis(root, {"good": 6, "trunc": 5, "sizes": 5, "single": 1, "with space": 4, "ünïcødé": 4},
+                size=(48, 64))
+    jpeg = root / "JPEGImages" / "480p"
+    ann = root / "Annotations" / "480p"
+    truncate_file(jpeg / "trunc" / "00003.jpg", 0.5)
+    write_jpeg(jpeg / "sizes" / "00002.jpg", make_scene(1, (40, 64))[0][0])
+    cv2.imwrite(str(ann / "good" / "00001.png"), np.full((96, 128), 255, np.uint8))  # 2x size: resized
+    (ann / "good" / "00002.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")  # corrupt: dropped
+    corpus = f"{s3_bucket}/corpus"
+    upload_tree(root, corpus)
+    # A key with '..' (possible on S3): must not escape the corpus root.
+    evil = make_scene(2, (48, 64))[0]
+    for t in range(2):
+        write_jpeg(tmp_path / "evil" / f"{t:05d}.jpg", evil[t])
+        open_storage(s3_bucket).upload_file(str(tmp_path / "evil" / f"{t:05d}.jpg"),
+                                            f"corpus/JPEGImages/480p/x/../../evil/{t:05d}.jpg")
+    out = f"{s3_bucket}/out"
+    summary = main(["--input", corpus, "--output", out, "--format", "davis2016", "--clip-length", "4"])
+    c = summary["counts"]["video"]
+    reasons = {r["name"]: r["reason"] for r in summary["rejected"]}
+    assert c["done"] + c["rejected"] == 6 + 0  # the '..' folder is not a JPEGImages/480p/<seq>/ sequence
+    assert c["done"] == 3 and set(reasons) == {"trunc", "sizes", "single"}
+    assert "00003.jpg" in reasons["trunc"] and "truncated" in reasons["trunc"]
+    assert "00002.jpg" in reasons["sizes"] and "different sizes" in reasons["sizes"]
+    assert "only 1 frame" in reasons["single"]
+    assert summary["counters"]["warnings"] >= 2
+    index = read_index(out)
+    assert sorted(set(index.column("video_id").to_pylist())) == sorted(
+        ["good", summary_id(out, "with space"), summary_id(out, "ünïcødé")])
+    clips = {s["__key__"]: decode_clip(s) for s in _wds_samples(shard_urls(out))}
+    good = [clips[k] for k in sorted(clips) if k.startswith("good__")]
+    valid = np.concatenate([g.mask_valid for g in good])
+    assert valid.tolist() == [True, True, False, True, True, True]
+    assert any("resized" in w for w in good[0].meta["warnings"])
+    manifest = {r["name"]: r for r in open_storage(out).read_parquet("manifest.parquet").to_pylist()}
+    assert manifest["trunc"]["status"] == "rejected" and "00003.jpg" in manifest["trunc"]["reason"]
+
+    # The same corpus read as plain frame folders: the '..' folder is found, and refused.
+    fsum = main(["--input", f"{corpus}/JPEGImages", "--output", f"{s3_bucket}/out2", "--format", "frames",
+                 "--clip-length", "4"])
+    freasons = {r["name"]: r["reason"] for r in fsum["rejected"]}
+    evil_name = [n for n in freasons if ".." in n]
+    assert evil_name and "unsafe path" in freasons[evil_name[0]]
+    assert fsum["counts"]["video"]["done"] + fsum["counts"]["video"]["rejected"] == 7
+
+    # Zero-byte and undecodable video files next to a good one.
+    vids = tmp_path / "v"
+    vids.mkdir()
+    (vids / "empty.mp4").write_bytes(b"")
+    (vids / "junk.mkv").write_bytes(b"\x1a\x45\xdf\xa3" + b"junk" * 100)
+    write_mp4(vids / "ok.mp4", make_scene(5, (48, 64))[0])
+    vsum = main(["--input", str(vids), "--output", str(tmp_path / "vout"), "--clip-length", "4"])
+    vreasons = {r["name"]: r["reason"] for r in vsum["rejected"]}
+    assert vsum["counts"]["video"] == {"done": 1, "skipped": 0, "rejected": 2}
+    assert "empty.mp4 is empty" in vreasons["empty"] and "junk.mkv" in vreasons["junk"]
+
+
+def summary_id(out: str, name: str) -> str:
+    rows = open_storage(out).read_parquet("manifest.parquet").to_pylist()
+    return next(r["video_id"] for r in rows if r["name"] == name)
+
+
+def test_ptlflow_engine_with_a_local_checkpoint(tmp_path):
+    from pipeline.flow.engines import create_flow_engine as make
+
+    torch.manual_seed(0)
+    engine = make("rapidflow_it1", random_init=True, max_side=64)
+    ckpt = tmp_path / "rapidflow_it1.ckpt"
+    torch.save({"state_dict": engine.net.state_dict()}, ckpt)
+    gt = write_davis(tmp_path / "c", {"a": 5}, size=(48, 64))
+    out = tmp_path / "out"
+    summary = main(["--input", str(tmp_path / "c"), "--output", str(out), "--flow-model", "rapidflow_it1",
+                    "--flow-ckpt", str(ckpt), "--max-side", "64", "--clip-length", "8"])
+    assert summary["counts"]["video"]["done"] == 1
+    (clip,) = [decode_clip(s) for s in _wds_samples(shard_urls(str(out)))]
+    prov = clip.meta["flow"]
+    assert prov["engine"] == "ptlflow" and prov["model"] == "rapidflow_it1" and prov["random_init"] is False
+    from pipeline.flow.engines import file_sha256
+
+    assert prov["checkpoint_sha256"] == file_sha256(str(ckpt))
+    expected = engine.compute(gt["a"][0])
+    np.testing.assert_allclose(clip.flows, expected, atol=0.02 + 2e-3 * np.abs(expected).max())
+    assert json.loads(json.dumps(summary))  # the summary is plain JSON
