@@ -1,0 +1,155 @@
+"""Typed configuration of batch inference (``jobs/segment.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pipeline.config import require
+
+__all__ = [
+    "SegmentModelConfig",
+    "SegmentFlowConfig",
+    "SegmentOutputConfig",
+    "SegmentRuntimeConfig",
+    "SegmentConfig",
+]
+
+
+@dataclass
+class SegmentModelConfig:
+    """Which network runs and how frames are fed to it."""
+
+    checkpoint: str = ""
+    """Path or storage URL of the weights: a hmhi-uvos checkpoint (records its model) or an official HMHI-Net file."""
+    name: str = "hmhi_mit_b1"
+    """Registered model built for checkpoints that do not record their model (official HMHI-Net files)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Extra create_model() arguments for such checkpoints (e.g. decoder_width); ignored for hmhi-uvos files."""
+    memory_size: int | None = None
+    """Override of the memory window T (official inference uses 3; None keeps the checkpoint's)."""
+    input_size: int = 512
+    """Square side the frames and flow pictures are resized to for the model; a multiple of 32."""
+    device: str = "auto"
+    """'auto' (CUDA when the actor has a GPU, else CPU), 'cpu' or 'cuda'."""
+    half: bool = False
+    """Run the model in float16 autocast on CUDA."""
+
+    def __post_init__(self):
+        require(self.input_size >= 32 and self.input_size % 32 == 0, "input_size", self.input_size,
+                "must be a positive multiple of 32")  # fmt: skip
+        require(
+            self.memory_size is None or self.memory_size >= 1, "memory_size", self.memory_size, "must be >= 1"
+        )
+        require(self.device in ("auto", "cpu", "cuda"), "device", self.device, "must be auto, cpu or cuda")
+
+
+@dataclass
+class SegmentFlowConfig:
+    """Optical flow computed on the fly (pipeline.flow engines)."""
+
+    engine: str = "dis"
+    """Flow engine: 'dis' (OpenCV DIS, CPU) or a ptlflow model name."""
+    checkpoint: str = ""
+    """Weights for a ptlflow engine (local path or URL); empty for DIS."""
+    max_side: int = 1024
+    """Longest side fed to the flow engine; the flow is resized back to the frame size."""
+    preset: str = "medium"
+    """DIS preset: ultrafast, fast or medium."""
+    device: str = "cpu"
+    """Device of the flow engine (ptlflow engines may use 'cuda' if the decode tasks get GPUs)."""
+    random_init: bool = False
+    """Allow a ptlflow engine without weights (tests only: random flow is noise)."""
+
+    def __post_init__(self):
+        require(bool(self.engine), "engine", self.engine, "must name a flow engine")
+        require(self.max_side >= 32, "max_side", self.max_side, "must be >= 32")
+
+
+@dataclass
+class SegmentOutputConfig:
+    """What is written per video."""
+
+    threshold: float = 0.5
+    """Foreground where the sigmoid probability > threshold (absolute mode)."""
+    binarize: Literal["absolute", "official_minmax"] = "absolute"
+    """absolute: p > threshold; official_minmax: the official HMHI-Net per-frame min-max stretch, then > 128."""
+    save_probs: bool = False
+    """Also write soft-probability PNGs (8-bit greyscale) under probs/<video>/."""
+    prob_mode: Literal["absolute", "official_minmax"] = "absolute"
+    """Soft PNG values: round(255 p), or the official per-frame min-max stretch."""
+    overlay: bool = False
+    """Also write an overlay MP4 (frames with the mask tinted) under overlays/<video>.mp4."""
+    overwrite: bool = False
+    """Redo videos that already have a done marker (default: skip them)."""
+
+    def __post_init__(self):
+        require(0.0 <= self.threshold < 1.0, "threshold", self.threshold, "must be in [0, 1)")
+
+
+@dataclass
+class SegmentRuntimeConfig:
+    """How the work is spread over the Ray cluster."""
+
+    num_actors: int = 1
+    """Model actors (one per GPU on GPU clusters)."""
+    gpus_per_actor: float = 0.0
+    """GPUs per model actor (0 = CPU inference)."""
+    cpus_per_actor: float = 1.0
+    """CPUs per model actor (also its torch thread count on CPU, rounded up)."""
+    videos_in_flight: int = 4
+    """Videos each actor steps together (the model's batch dimension)."""
+    videos_per_batch: int = 0
+    """Videos handed to an actor at a time (0 = 2 x videos_in_flight); finished slots refill from it."""
+    decode_cpus: float = 1.0
+    """CPUs per decode+flow task (one task per video in flight)."""
+    chunk_frames: int = 8
+    """Frames per chunk passed from a decode task to the actor (memory is bounded by chunks, not videos)."""
+    prefetch_chunks: int = 2
+    """Chunks a decode task may run ahead of the model (Ray generator back-pressure)."""
+    write_threads: int = 4
+    """Threads per actor encoding and writing outputs."""
+
+    def __post_init__(self):
+        require(self.num_actors >= 1, "num_actors", self.num_actors, "must be >= 1")
+        require(self.gpus_per_actor >= 0, "gpus_per_actor", self.gpus_per_actor, "must be >= 0")
+        require(self.cpus_per_actor > 0, "cpus_per_actor", self.cpus_per_actor, "must be > 0")
+        require(self.videos_in_flight >= 1, "videos_in_flight", self.videos_in_flight, "must be >= 1")
+        require(self.videos_per_batch >= 0, "videos_per_batch", self.videos_per_batch, "must be >= 0")
+        require(self.decode_cpus > 0, "decode_cpus", self.decode_cpus, "must be > 0")
+        require(self.chunk_frames >= 1, "chunk_frames", self.chunk_frames, "must be >= 1")
+        require(self.prefetch_chunks >= 1, "prefetch_chunks", self.prefetch_chunks, "must be >= 1")
+        require(self.write_threads >= 1, "write_threads", self.write_threads, "must be >= 1")
+
+
+@dataclass
+class SegmentConfig:
+    """jobs/segment.py: segment every video of a corpus and write masks back to storage."""
+
+    input: str = ""
+    """URL or path of the corpus: video files, DAVIS-style frame folders, or any layout pipeline.ingest reads."""
+    output: str = ""
+    """URL or path of the output root (masks/, probs/, rle/, overlays/, done/, summary.json)."""
+    format: str = "auto"
+    """Corpus layout (pipeline.ingest formats): auto, videos, frames, davis2016, davis2017, ytvos, fbms, hmhi."""
+    davis_resolution: str = "480p"
+    """DAVIS resolution folder (480p or Full-Resolution)."""
+    videos: list[str] = field(default_factory=list)
+    """Only these videos (by video id or name); default: every video found."""
+    max_videos: int = 0
+    """Stop after this many videos (0 = all), after skipping finished ones."""
+    model: SegmentModelConfig = field(default_factory=SegmentModelConfig)
+    """Network and input size."""
+    flow: SegmentFlowConfig = field(default_factory=SegmentFlowConfig)
+    """On-the-fly optical flow."""
+    outputs: SegmentOutputConfig = field(default_factory=SegmentOutputConfig)
+    """What is written per video."""
+    runtime: SegmentRuntimeConfig = field(default_factory=SegmentRuntimeConfig)
+    """Actors, batching and prefetching."""
+
+    def __post_init__(self):
+        require(bool(self.input), "input", self.input, "is required (URL or path of the corpus)")
+        require(bool(self.output), "output", self.output, "is required (URL or path for the results)")
+        require(bool(self.model.checkpoint), "model.checkpoint", self.model.checkpoint,
+                "is required (--checkpoint PATH_OR_URL)")  # fmt: skip
+        require(self.max_videos >= 0, "max_videos", self.max_videos, "must be >= 0")

@@ -1,0 +1,205 @@
+"""Per-video outputs of batch inference, written to storage as frames come out of the model.
+
+Layout below the output root (``<video>`` is the corpus' sanitised video id)::
+
+    masks/<video>/<frame>.png       binary mask, DAVIS palette PNG (0 background, 1 object), original size
+    probs/<video>/<frame>.png       optional soft probabilities, 8-bit greyscale
+    rle/<video>.parquet             one row per frame: video, frame index and name, size, COCO RLE, area
+    overlays/<video>.mp4            optional overlay video
+    done/<video>.json               the done marker, written last: a rerun skips the video, a killed run redoes it
+
+Every file is written atomically (pipeline.storage), so a killed run leaves whole files or none; a video
+without its marker is redone from scratch and its files are overwritten, never duplicated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from fractions import Fraction
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.masks import binarize, encode_mask_png, encode_prob_png, mask_to_rle
+from pipeline.segment.config import SegmentOutputConfig
+from pipeline.storage import Storage
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RLE_SCHEMA", "VideoOutputs", "done_marker", "overlay_frame", "OverlayWriter"]
+
+RLE_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("frame_index", pa.int32()),
+        ("frame", pa.string()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("rle_counts", pa.string()),
+        ("area", pa.int64()),
+    ]
+)
+
+_MAX_PENDING_WRITES = 64  # bounds memory when storage is slower than the model
+
+
+def done_marker(video_id: str) -> str:
+    return f"done/{video_id}.json"
+
+
+def overlay_frame(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The frame with the mask tinted red (DAVIS palette colour 1) and its outline drawn."""
+    import cv2
+
+    out = frame.astype(np.float32)
+    tint = np.array([128.0, 0.0, 0.0]) * 2  # palette red, brightened
+    out[mask] = (1 - alpha) * out[mask] + alpha * np.minimum(tint, 255)
+    out = out.astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, (255, 255, 255), 1)
+    return out
+
+
+class OverlayWriter:
+    """Streams frames into an H.264 MP4 in a local temporary file (bounded memory), then uploads it."""
+
+    def __init__(self, fps: float | None, width: int, height: int):
+        import av
+
+        fd, self.path = tempfile.mkstemp(prefix="overlay-", suffix=".mp4")
+        os.close(fd)
+        self.width, self.height = width + width % 2, height + height % 2  # yuv420p needs even sizes
+        self.container = av.open(self.path, mode="w")
+        self.stream = self.container.add_stream("libx264", rate=Fraction(fps or 25.0).limit_denominator(1001))
+        self.stream.width, self.stream.height, self.stream.pix_fmt = self.width, self.height, "yuv420p"
+        self.stream.options = {"crf": "23", "preset": "veryfast"}
+
+    def add(self, frame: np.ndarray) -> None:
+        import av
+
+        pad_h, pad_w = self.height - frame.shape[0], self.width - frame.shape[1]
+        if pad_h or pad_w:
+            frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        for packet in self.stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            self.container.mux(packet)
+
+    def finish(self, storage: Storage, rel: str) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+        try:
+            storage.upload_file(self.path, rel)
+        finally:
+            os.remove(self.path)
+
+    def abort(self) -> None:
+        try:
+            self.container.close()
+        finally:
+            if os.path.exists(self.path):
+                os.remove(self.path)
+
+
+class VideoOutputs:
+    """Collects one video's results and writes them; :meth:`finish` writes the done marker last."""
+
+    def __init__(self, storage: Storage, video_id: str, record: dict, cfg: SegmentOutputConfig,
+                 pool: ThreadPoolExecutor):  # fmt: skip
+        self.storage = storage
+        self.video_id = video_id
+        self.record = record
+        self.cfg = cfg
+        self.pool = pool
+        self.started = time.time()
+        self.rows: list[dict] = []
+        self.pending: list[Future] = []
+        self.overlay: OverlayWriter | None = None
+        self.fps: float | None = None
+        self.size: tuple[int, int] | None = None
+        self.foreground_frames = 0
+
+    def _submit(self, fn, *args) -> None:
+        self.pending.append(self.pool.submit(fn, *args))
+        if len(self.pending) > _MAX_PENDING_WRITES:
+            self.pending.pop(0).result()  # back-pressure, and surface write errors early
+
+    def _write_frame(self, name: str, mask: np.ndarray, prob: np.ndarray | None) -> None:
+        self.storage.write_bytes(f"masks/{self.video_id}/{name}.png", encode_mask_png(mask))
+        if prob is not None:
+            self.storage.write_bytes(
+                f"probs/{self.video_id}/{name}.png", encode_prob_png(prob, self.cfg.prob_mode)
+            )
+
+    def add(
+        self, index: int, name: str, prob: np.ndarray, original: np.ndarray | None, fps: float | None
+    ) -> None:
+        """One frame's (H, W) probability map at the original resolution (and the frame, for overlays)."""
+        mask = binarize(prob, self.cfg.binarize, self.cfg.threshold)
+        self.size = prob.shape
+        self.fps = fps
+        rle = mask_to_rle(mask)
+        area = int(np.count_nonzero(mask))
+        self.foreground_frames += area > 0
+        self.rows.append(
+            {
+                "video_id": self.video_id,
+                "frame_index": index,
+                "frame": name,
+                "height": rle["size"][0],
+                "width": rle["size"][1],
+                "rle_counts": rle["counts"],
+                "area": area,
+            }
+        )
+        self._submit(self._write_frame, name, mask, prob if self.cfg.save_probs else None)
+        if self.cfg.overlay and original is not None:
+            if self.overlay is None:
+                self.overlay = OverlayWriter(fps, original.shape[1], original.shape[0])
+            self.overlay.add(overlay_frame(original, mask))
+
+    def finish(self, provenance: dict) -> dict:
+        """Wait for the frame writes, write the Parquet rows, the overlay and finally the done marker."""
+        for future in self.pending:
+            future.result()
+        self.pending.clear()
+        self.storage.write_parquet(
+            f"rle/{self.video_id}.parquet", pa.Table.from_pylist(self.rows, schema=RLE_SCHEMA)
+        )
+        if self.overlay is not None:
+            self.overlay.finish(self.storage, f"overlays/{self.video_id}.mp4")
+            self.overlay = None
+        seconds = time.time() - self.started
+        marker = {
+            "video_id": self.video_id,
+            "name": self.record.get("name"),
+            "source": self.record.get("source"),
+            "frames": len(self.rows),
+            "foreground_frames": self.foreground_frames,
+            "height": self.size[0] if self.size else None,
+            "width": self.size[1] if self.size else None,
+            "fps": self.fps,
+            "seconds": round(seconds, 3),
+            "finished_at": time.time(),
+            **provenance,
+        }
+        self.storage.write_json(done_marker(self.video_id), marker)
+        return marker
+
+    def abort(self) -> None:
+        """Drop a failed video's partial outputs (best effort): a rerun starts it afresh."""
+        for future in self.pending:
+            future.exception()
+        self.pending.clear()
+        if self.overlay is not None:
+            self.overlay.abort()
+            self.overlay = None
+        for rel in (f"masks/{self.video_id}", f"probs/{self.video_id}"):
+            try:
+                if self.storage.exists(rel):
+                    self.storage.delete(rel, recursive=True)
+            except Exception as err:  # cleanup must not hide the original failure
+                log.warning("could not remove partial outputs %s: %s", self.storage.join(rel), err)

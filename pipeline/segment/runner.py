@@ -1,0 +1,257 @@
+"""The model stage of batch inference: a Ray Data actor that steps several videos at once.
+
+Each actor owns one network and one streaming state with ``videos_in_flight`` slots (the batch dimension
+of ``net.step``). It is handed a batch of videos (Ray Data rows), starts one decode+flow generator task per
+slot (:func:`pipeline.segment.source.video_chunks`), and loops: every step runs one frame of each slot whose
+next chunk is ready (``active``), a slot that starts a video is ``reset``, and a finished slot takes the
+next video of the batch. Outputs are written as frames come out (:class:`VideoOutputs`), so memory is
+bounded by the slots and chunks, not by video length.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.config import config_from_dict
+from pipeline.segment.config import SegmentConfig
+from pipeline.segment.outputs import VideoOutputs
+from pipeline.segment.source import Chunk, video_chunks
+from pipeline.storage import open_storage
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SegmentActor", "load_segmentation_model", "RESULT_COLUMNS"]
+
+RESULT_COLUMNS = ("video_id", "status", "frames", "seconds", "model_seconds", "error")
+
+
+def _local_copy(url: str) -> tuple[str, str | None]:
+    """A local path for a checkpoint given as a path or storage URL (downloaded to a temp file)."""
+    if "://" not in url or url.startswith("file://"):
+        return url.removeprefix("file://"), None
+    directory, _, leaf = url.rstrip("/").rpartition("/")
+    fd, tmp = tempfile.mkstemp(prefix="checkpoint-", suffix=os.path.splitext(leaf)[1])
+    os.close(fd)
+    open_storage(directory).download_file(leaf, tmp)
+    return tmp, tmp
+
+
+def load_segmentation_model(cfg: SegmentConfig):
+    """Build the network for ``cfg.model`` and load its weights (``weights_only`` loading in model.checkpoint)."""
+    from model import CheckpointError, create_model, load_checkpoint, model_from_checkpoint
+
+    path, tmp = _local_copy(cfg.model.checkpoint)
+    overrides = {} if cfg.model.memory_size is None else {"memory_size": cfg.model.memory_size}
+    try:
+        try:
+            net, report = model_from_checkpoint(path, **overrides)
+        except CheckpointError as err:
+            if "does not record its model" not in str(err):
+                raise
+            # An official (or bare) checkpoint: the model comes from the config.
+            net = create_model(cfg.model.name, **{**cfg.model.options, **overrides})
+            report = load_checkpoint(net, path)
+    finally:
+        if tmp:
+            os.remove(tmp)
+    log.info("model %s from %s: %s", net.model_name, cfg.model.checkpoint, report.summary())
+    return net.eval()
+
+
+@dataclass
+class _Slot:
+    """One video being segmented in one batch position."""
+
+    record: dict
+    generator: object
+    outputs: VideoOutputs
+    needs_reset: bool = True
+    chunk: Chunk | None = None
+    position: int = 0
+    frames_done: int = 0
+    model_seconds: float = 0.0
+
+
+class SegmentActor:
+    """Callable class for ``Dataset.map_batches``: rows carry ``record`` (a JSON VideoRecord)."""
+
+    def __init__(self, config: dict):
+        import torch
+
+        self.cfg: SegmentConfig = config_from_dict(SegmentConfig, config)
+        rt = self.cfg.runtime
+        want_cuda = self.cfg.model.device == "cuda" or (
+            self.cfg.model.device == "auto" and rt.gpus_per_actor > 0
+        )
+        if want_cuda and not torch.cuda.is_available():
+            raise RuntimeError("segment: model.device wants CUDA but this actor has no GPU")
+        self.device = torch.device("cuda" if want_cuda else "cpu")
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, int(np.ceil(rt.cpus_per_actor))))
+        self.net = load_segmentation_model(self.cfg).to(self.device)
+        self.output = open_storage(self.cfg.output)
+        self.input = open_storage(self.cfg.input)
+        self.pool = ThreadPoolExecutor(max_workers=rt.write_threads, thread_name_prefix="segment-write")
+        self.provenance = {
+            "checkpoint": self.cfg.model.checkpoint,
+            "model": self.net.model_name,
+            "input_size": self.cfg.model.input_size,
+            "memory_size": self.net.config.memory_size,
+            "flow_engine": self.cfg.flow.engine,
+            "threshold": self.cfg.outputs.threshold,
+            "binarize": self.cfg.outputs.binarize,
+        }
+
+    # -------------------------------------------------------------------------------------------- helpers
+    def _start(self, record: dict) -> _Slot:
+        import ray
+
+        rt = self.cfg.runtime
+        task = ray.remote(video_chunks).options(
+            num_cpus=rt.decode_cpus, _generator_backpressure_num_objects=rt.prefetch_chunks
+        )
+        generator = task.remote(self.input, record, self.cfg.model.input_size, rt.chunk_frames, self.cfg.flow,
+                                self.cfg.outputs.overlay)  # fmt: skip
+        outputs = VideoOutputs(self.output, record["video_id"], record, self.cfg.outputs, self.pool)
+        return _Slot(record=record, generator=generator, outputs=outputs)
+
+    def _result(self, slot: _Slot, status: str, error: str = "") -> dict:
+        return {
+            "video_id": slot.record["video_id"],
+            "status": status,
+            "frames": slot.frames_done if status == "done" else 0,
+            "seconds": time.time() - slot.outputs.started,
+            "model_seconds": slot.model_seconds,
+            "error": error,
+        }
+
+    def _fetch(self, slot: _Slot) -> str | None:
+        """Give the slot its next chunk if one is ready; returns 'end', an error message, or None."""
+        import ray
+
+        ready, _ = ray.wait([slot.generator], num_returns=1, timeout=0)
+        if not ready:
+            return None
+        try:
+            ref = next(slot.generator)
+        except StopIteration:
+            return "end"
+        try:
+            item = ray.get(ref)
+        except Exception as err:  # the decode task died (e.g. out of memory): report, keep going
+            return f"video {slot.record.get('name')!r}: decode task failed: {err}"
+        if isinstance(item, dict):
+            return item.get("error", "unknown decode error")
+        slot.chunk, slot.position = item, 0
+        return None
+
+    def _tensors(self, slots: list[_Slot | None], active: list[bool]):
+        from pipeline.train.augment import normalize_images
+
+        size = self.cfg.model.input_size
+        frames = np.zeros((len(slots), size, size, 3), np.uint8)
+        flows = np.zeros_like(frames)
+        for b, slot in enumerate(slots):
+            if active[b]:
+                frames[b] = slot.chunk.frames[slot.position]
+                flows[b] = slot.chunk.flows[slot.position]
+        return (normalize_images(frames).to(self.device, non_blocking=True),
+                normalize_images(flows).to(self.device, non_blocking=True))  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------ main loop
+    def __call__(self, batch: dict) -> dict:
+        import ray
+        import torch
+
+        records = deque(json.loads(text) for text in batch["record"])
+        width = self.cfg.runtime.videos_in_flight
+        slots: list[_Slot | None] = [None] * width
+        state = self.net.init_state(width, device=self.device)
+        results: list[dict] = []
+
+        def close(b: int, status: str, error: str = "") -> None:
+            slot = slots[b]
+            if status == "done":
+                try:
+                    slot.outputs.finish(self.provenance)
+                except Exception as err:  # storage failure while committing: reject, others go on
+                    status, error = (
+                        "rejected",
+                        f"video {slot.record.get('name')!r}: writing outputs failed: {err}",
+                    )
+            if status != "done":
+                slot.outputs.abort()
+                log.warning("rejected video %s: %s", slot.record["video_id"], error)
+            results.append(self._result(slot, status, error))
+            slots[b] = None
+
+        while records or any(slots):
+            for b in range(width):
+                if slots[b] is None and records:
+                    slots[b] = self._start(records.popleft())
+            # Give every slot that needs one its next chunk, without waiting on slow decoders.
+            for b, slot in enumerate(slots):
+                if slot is None or slot.chunk is not None:
+                    continue
+                outcome = self._fetch(slot)
+                if outcome == "end":
+                    close(b, "done")
+                elif outcome is not None:
+                    close(b, "rejected", outcome)
+            if not any(s is not None and s.chunk is not None for s in slots):
+                waiting = [s.generator for s in slots if s is not None]
+                if waiting:  # nothing to step: sleep until some decoder has a chunk (or finished)
+                    ray.wait(waiting, num_returns=1, timeout=None)
+                continue
+            active = [s is not None and s.chunk is not None for s in slots]
+            reset = [bool(active[b] and slots[b].needs_reset) for b in range(width)]
+            frame_t, flow_t = self._tensors(slots, active)
+            started = time.perf_counter()
+            with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.cfg.model.half
+                                                        and self.device.type == "cuda"):  # fmt: skip
+                logits, state = self.net.step(frame_t, flow_t, state, reset=torch.tensor(reset),
+                                              active=torch.tensor(active))  # fmt: skip
+                probs = self._upsample(logits, slots, active)
+            elapsed = time.perf_counter() - started
+            stepped = sum(active)
+            for b, slot in enumerate(slots):
+                if not active[b]:
+                    continue
+                slot.needs_reset = False
+                slot.model_seconds += elapsed / stepped
+                chunk, i = slot.chunk, slot.position
+                original = chunk.original[i] if chunk.original is not None else None
+                try:
+                    slot.outputs.add(chunk.start + i, chunk.names[i], probs[b], original, chunk.fps)
+                except Exception as err:  # a failed write rejects this video only
+                    close(b, "rejected", f"video {slot.record.get('name')!r}: writing outputs failed: {err}")
+                    continue
+                slot.frames_done += 1
+                slot.position += 1
+                if slot.position == len(chunk.names):
+                    slot.chunk = None
+        return {key: np.array([r[key] for r in results]) for key in RESULT_COLUMNS}
+
+    def _upsample(self, logits, slots: list[_Slot | None], active: list[bool]) -> dict[int, np.ndarray]:
+        """Sigmoid probabilities at each video's original size, (H, W) float32 on the CPU."""
+        import torch.nn.functional as F
+
+        probs = {}
+        for b, slot in enumerate(slots):
+            if not active[b]:
+                continue
+            size = (slot.chunk.height, slot.chunk.width)
+            row = logits[b : b + 1].float()
+            if tuple(row.shape[-2:]) != size:
+                row = F.interpolate(row, size=size, mode="bilinear", align_corners=False)
+            probs[b] = row.sigmoid()[0, 0].cpu().numpy()
+        return probs

@@ -1,0 +1,186 @@
+"""jobs/segment.py end to end: a real mp4 and DAVIS frame folders through a small random-init HMHI-Net on CPU,
+on the shared local Ray cluster, writing to local disk and to the moto S3 server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jobs.segment import main
+from pipeline.masks import decode_mask_png, rle_to_mask
+from pipeline.storage import open_storage
+from pipeline.video import encode_video
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+H, W = 48, 80  # deliberately not square and not a multiple of 32
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    import torch
+
+    from model import create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    net = create_model(
+        "hmhi_mit_b0", decoder_width=16, readout_ffn_dim=32, semantic_mask_hidden=16, memory_size=3
+    )
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    save_checkpoint(net, str(path))
+    return str(path)
+
+
+def moving_square_frames(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    frames = np.empty((n, H, W, 3), np.uint8)
+    background = rng.integers(40, 120, (H, W, 3), dtype=np.uint8)
+    for i in range(n):
+        frames[i] = background
+        x = 5 + 3 * i
+        frames[i, 15:35, x : x + 20] = (220, 60, 30)
+    return frames
+
+
+def mp4_bytes(frames: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    encode_video(frames, buffer, fps=10, codec="libx264", container_format="mp4")
+    return buffer.getvalue()
+
+
+def jpeg(frame: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def common_args(tiny_checkpoint: str, input_url: str, output_url: str) -> list[str]:
+    return [
+        "--input", input_url, "--output", output_url, "--checkpoint", tiny_checkpoint, "--input-size", "64",
+        "--set", "runtime.videos_in_flight=2", "--set", "runtime.chunk_frames=4",
+        "--set", "flow.preset=ultrafast", "--set", "flow.max_side=128",
+    ]  # fmt: skip
+
+
+def check_video_outputs(out, video_id: str, n: int, names: list[str] | None = None) -> None:
+    names = names or [f"{i:05d}" for i in range(n)]
+    assert out.list(f"masks/{video_id}") == [f"{name}.png" for name in names]
+    table = out.read_parquet(f"rle/{video_id}.parquet").to_pylist()
+    assert [row["frame"] for row in table] == names and [row["frame_index"] for row in table] == list(
+        range(n)
+    )
+    for row in table[:: max(1, n // 3)]:
+        png = decode_mask_png(out.read_bytes(f"masks/{video_id}/{row['frame']}.png"))
+        assert png.shape == (H, W)  # original resolution
+        rle = rle_to_mask({"size": [row["height"], row["width"]], "counts": row["rle_counts"]})
+        np.testing.assert_array_equal(rle, png)
+        assert row["area"] == int(png.sum())
+    marker = out.read_json(f"done/{video_id}.json")
+    assert marker["frames"] == n and marker["height"] == H and marker["width"] == W
+
+
+def test_segment_videos_with_a_corrupt_one(storage_url, ray_cluster, tiny_checkpoint):
+    corpus = open_storage(storage_url).child("corpus")
+    corpus.write_bytes("clip.mp4", mp4_bytes(moving_square_frames(9)))
+    corpus.write_bytes("sub/other clip.mp4", mp4_bytes(moving_square_frames(5, seed=1)))
+    good = mp4_bytes(moving_square_frames(9, seed=2))
+    corpus.write_bytes("broken.mp4", good[: len(good) // 3])  # truncated
+    out_url = open_storage(storage_url).join("out")
+    summary = main([*common_args(tiny_checkpoint, corpus.url, out_url), "--save-probs", "--overlay"])
+
+    assert summary["counts"]["video"] == {"done": 2, "skipped": 0, "rejected": 1}
+    rejected = summary["rejected"][0]
+    assert rejected["name"] == "broken" and "broken.mp4" in rejected["reason"]
+    assert summary["counters"]["frames"] == 14 and summary["counters"]["frames_per_second"] > 0
+    out = open_storage(out_url)
+    check_video_outputs(out, "clip", 9)
+    other = [v for v in out.list("done")][0 if out.list("done")[0] != "clip.json" else 1].removesuffix(
+        ".json"
+    )
+    assert other.startswith("sub__other_clip-")  # sanitised id, with a hash of the original name
+    check_video_outputs(out, other, 5)
+    assert not out.exists("done/broken.json") and out.list("masks/broken") == []
+    probs = np.asarray(Image.open(io.BytesIO(out.read_bytes("probs/clip/00004.png"))))
+    assert probs.shape == (H, W) and probs.dtype == np.uint8
+    overlay = out.read_bytes("overlays/clip.mp4")
+    from pipeline.video import decode_video
+
+    frames, info = decode_video(io.BytesIO(overlay), name="overlay")
+    assert frames.shape[0] == 9 and (info.width, info.height) == (W, H)
+    assert out.read_json("summary.json")["counts"]["video"]["done"] == 2
+
+    # Rerun: finished videos are skipped, the corrupt one is reported again.
+    again = main(common_args(tiny_checkpoint, corpus.url, out_url))
+    assert again["counts"]["video"] == {"done": 0, "skipped": 2, "rejected": 1}
+
+
+def test_segment_davis_frames_then_evaluate(tmp_path, ray_cluster, tiny_checkpoint):
+    from jobs.evaluate import main as evaluate
+
+    corpus = open_storage(str(tmp_path / "DAVIS"))
+    frames = moving_square_frames(6)
+    for seq in ("bear", "cows"):
+        for i, frame in enumerate(frames):
+            corpus.write_bytes(f"JPEGImages/480p/{seq}/{i:05d}.jpg", jpeg(frame))
+            gt = np.zeros((H, W), np.uint8)
+            gt[15:35, 5 + 3 * i : 25 + 3 * i] = 255
+            buffer = io.BytesIO()
+            Image.fromarray(gt).save(buffer, format="PNG")
+            corpus.write_bytes(f"Annotations/480p/{seq}/{i:05d}.png", buffer.getvalue())
+    out = tmp_path / "out"
+    summary = main([*common_args(tiny_checkpoint, corpus.url, str(out)), "--set", "runtime.videos_in_flight=4",
+                    "--binarize", "official_minmax"])  # fmt: skip
+    assert summary["counts"]["video"]["done"] == 2
+    store = open_storage(str(out))
+    for seq in ("bear", "cows"):
+        check_video_outputs(store, seq, 6)
+    # Same weights, same frames: two videos stepped side by side get identical masks.
+    for i in range(6):
+        assert store.read_bytes(f"masks/bear/{i:05d}.png") == store.read_bytes(f"masks/cows/{i:05d}.png")
+    # official min-max keeps some foreground in every frame
+    assert all(row["area"] > 0 for row in store.read_parquet("rle/bear.parquet").to_pylist())
+    scores = evaluate(["--pred", str(out / "masks"), "--gt", corpus.url, "--protocol", "all"])
+    assert scores["n_sequences"] == 2 and scores["n_frames"] == 12
+    assert scores["missing_prediction_frames"] == {} and 0 <= scores["JF_mean"] <= 1
+
+
+def test_killed_run_resumes(tmp_path, ray_cluster, tiny_checkpoint):
+    corpus = open_storage(str(tmp_path / "corpus"))
+    for k in range(4):
+        corpus.write_bytes(f"v{k}.mp4", mp4_bytes(moving_square_frames(24, seed=k)))
+    out = open_storage(str(tmp_path / "out"))
+    args = [*common_args(tiny_checkpoint, corpus.url, out.url), "--set", "runtime.videos_in_flight=1",
+            "--set", "runtime.videos_per_batch=1"]  # fmt: skip
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster, PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.Popen([sys.executable, "jobs/segment.py", *args], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if out.list("done") and out.list("masks"):
+                break
+            time.sleep(0.2)
+        first_done = out.list("done")
+        assert proc.poll() is None, "the job ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert 1 <= len(first_done) < 4
+    summary = main(args)
+    counts = summary["counts"]["video"]
+    assert counts["rejected"] == 0 and counts["done"] + counts["skipped"] == 4 and counts["skipped"] >= 1
+    assert sorted(out.list("done")) == [f"v{k}.json" for k in range(4)]
+    for k in range(4):
+        check_video_outputs(out, f"v{k}", 24)
+    assert json.loads(json.dumps(summary["config"]))["runtime"]["videos_in_flight"] == 1
