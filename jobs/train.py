@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary.finish(storage=open_storage(cfg.storage).child(cfg.run_name), rel="summary.json")
         raise SystemExit(1)
     metrics = result.metrics or {}
-    summary.done("run", cfg.run_name, steps=int(metrics.get("step", 0)))
+    summary.done("run", cfg.run_name, steps=int(metrics.get("step", 0)),
+                 resumed_from_step=int(metrics.get("start_step", 0)))
     for key in ("loss", "val_JF_mean", "best_val_JF_mean", "clips_per_s"):
         value = metrics.get(key)
         if isinstance(value, (int, float)) and math.isfinite(value):

@@ -20,6 +20,7 @@ workers on small clusters. The equivalent used here:
 
 from __future__ import annotations
 
+import io
 import logging
 import queue
 import tarfile
@@ -44,6 +45,7 @@ __all__ = [
     "DataPosition",
     "TrainStream",
     "iter_tar_samples",
+    "read_samples",
     "rank_block",
     "steps_per_epoch",
     "Prefetcher",
@@ -52,14 +54,26 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ShardEntry:
-    """One shard of the index."""
+    """One shard of the index, with the byte ranges of the samples used from it."""
 
     url: str
     """Full URL of the tar."""
-    num_samples: int
-    """Samples (runs of consecutive frames) in the tar."""
+    offsets: tuple[int, ...]
+    """Byte offset of each used sample in the tar (index order)."""
+    sizes: tuple[int, ...]
+    """Byte size of each used sample's members."""
     checksum: str | None = None
-    """Checksum recorded by the data pipeline (verified before training)."""
+    """SHA-256 of the whole shard recorded by the data pipeline (verified before training)."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "offsets", tuple(int(o) for o in self.offsets))
+        object.__setattr__(self, "sizes", tuple(int(b) for b in self.sizes))
+        if len(self.offsets) != len(self.sizes):
+            raise ValueError(f"shard {self.url}: {len(self.offsets)} offsets but {len(self.sizes)} sizes")
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.offsets)
 
 
 @dataclass
@@ -113,6 +127,23 @@ def iter_tar_samples(fileobj, label: str) -> Iterator[dict[str, bytes | str]]:
         raise ValueError(f"shard {label}: not a readable tar ({e})") from e
     if current is not None:
         yield current
+
+
+def read_samples(entry: ShardEntry, start: int = 0, stop: int | None = None) -> Iterator[dict]:
+    """Raw samples ``start:stop`` of a shard, read by byte range (a rank reads only its part of a shared shard)."""
+    parent, _, name = entry.url.rpartition("/")
+    stop = entry.num_samples if stop is None else stop
+    if start >= stop:
+        return
+    with open_storage(parent).open_read(name) as f:
+        for offset, size in zip(entry.offsets[start:stop], entry.sizes[start:stop]):
+            f.seek(offset)
+            data = f.read(size)
+            if len(data) != size:
+                raise ValueError(f"shard {entry.url}: sample at byte {offset} is truncated ({len(data)} of {size})")
+            for sample in iter_tar_samples(io.BytesIO(data), entry.url):
+                sample["__url__"] = entry.url
+                yield sample
 
 
 def steps_per_epoch(shards: list[ShardEntry], world_size: int, batch_size: int) -> int:
@@ -180,15 +211,7 @@ class TrainStream:
     # -- raw sample stream --------------------------------------------------------------------------------------
     def _block_samples(self, epoch: int) -> Iterator[dict]:
         for shard_idx, start, stop in rank_block(self.shards, epoch, self.seed, self.world_size, self.rank):
-            entry = self.shards[shard_idx]
-            scheme_root, _, name = entry.url.rpartition("/")
-            with open_storage(scheme_root).open_read(name) as f:
-                for i, sample in enumerate(iter_tar_samples(f, entry.url)):
-                    if i >= stop:
-                        break
-                    if i >= start:
-                        sample["__url__"] = entry.url
-                        yield sample
+            yield from read_samples(self.shards[shard_idx], start, stop)
 
     def _shuffled(self, epoch: int) -> Iterator[dict]:
         """Shuffle-buffered raw samples of this rank's block, repeated (new shuffle per pass) forever."""

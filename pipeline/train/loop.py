@@ -13,6 +13,7 @@ without one. A resubmitted run with the same name, or a restart after a failure,
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -34,7 +35,7 @@ from pipeline.train.validate import validate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train_loop_per_worker", "lr_lambda", "CHECKPOINT_FILE", "FAULT_MARKER_DIR"]
+__all__ = ["train_loop_per_worker", "lr_lambda", "state_digest", "CHECKPOINT_FILE", "FAULT_MARKER_DIR"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 """File name of the training state inside a Ray checkpoint directory (project checkpoint format)."""
@@ -54,6 +55,29 @@ def lr_lambda(cfg: OptimConfig):
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def state_digest(state: Any) -> str:
+    """SHA-256 over the tensors and scalars of a (nested) state dict, in key order: a resume fingerprint."""
+    digest = hashlib.sha256()
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            digest.update(obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                          if obj.numel() else b"")
+            digest.update(str((obj.dtype, tuple(obj.shape))).encode())
+        elif isinstance(obj, dict):
+            for key in sorted(obj, key=str):
+                digest.update(str(key).encode())
+                walk(obj[key])
+        elif isinstance(obj, (list, tuple)):
+            for item in obj:
+                walk(item)
+        else:
+            digest.update(repr(obj).encode())
+
+    walk(state)
+    return digest.hexdigest()
 
 
 def _rng_state() -> dict[str, Any]:
@@ -150,9 +174,12 @@ def train_loop_per_worker(config: dict) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim))
 
     step, best_jf, position = 0, float("-inf"), DataPosition()
+    resume_info: dict[str, Any] = {}
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        # Recorded in later checkpoints: proves what this attempt continued from.
+        resume_info = {"from_step": int(state["step"]), "optimizer_sha256": state_digest(optimizer.state_dict())}
         step = int(state["step"])
         best_jf = float(state.get("best_jf", float("-inf")))
         positions, rngs = state["data_positions"], state["rng_states"]
@@ -189,10 +216,8 @@ def train_loop_per_worker(config: dict) -> None:
             loss, parts = clip_loss(full, masks, cfg.loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.optim.grad_clip_norm is not None:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.optim.grad_clip_norm))
-            else:
-                grad_norm = float("nan")
+            max_norm = cfg.optim.grad_clip_norm if cfg.optim.grad_clip_norm is not None else math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm))
             optimizer.step()
             scheduler.step()
             step += 1
@@ -212,7 +237,8 @@ def train_loop_per_worker(config: dict) -> None:
             if not (do_log or do_val or do_ckpt):
                 continue
 
-            metrics: dict[str, Any] = {"step": step, "epoch": position.epoch, "start_step": start_step}
+            metrics: dict[str, Any] = {"step": step, "epoch": position.epoch, "start_step": start_step,
+                                       "wall_time": time.time()}
             if do_log or do_ckpt:
                 elapsed = time.perf_counter() - window_start
                 local = {k: v / max(1, window_steps) for k, v in sums.items()}
@@ -226,8 +252,10 @@ def train_loop_per_worker(config: dict) -> None:
             if do_val:
                 scores = validate(module, val_shards, cfg, decode_clip, device, rank, world_size, amp)
                 metrics.update({f"val_{k}": v for k, v in scores.items()})
-                if rank == 0 and math.isfinite(scores["JF_mean"]) and scores["JF_mean"] > best_jf:
+                # Every rank holds the same gathered scores, so best_jf stays identical across ranks.
+                if math.isfinite(scores["JF_mean"]) and scores["JF_mean"] > best_jf:
                     best_jf = scores["JF_mean"]
+                if rank == 0 and best_jf == scores["JF_mean"]:
                     best_path = os.path.join(scratch, "best.pt")
                     save_checkpoint(module, best_path, {"step": step, "val": scores,
                                                         "config": config_to_dict(cfg)})
@@ -252,6 +280,7 @@ def train_loop_per_worker(config: dict) -> None:
                         "rng_states": rngs,
                         "world_size": world_size,
                         "config": config_to_dict(cfg),
+                        "resume_info": resume_info,
                     })
                     checkpoint = ray.train.Checkpoint.from_directory(ckpt_dir)
             ray.train.report(metrics, checkpoint=checkpoint,

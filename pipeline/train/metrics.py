@@ -52,7 +52,10 @@ class MetricsWriter:
         row = {k: "" for k in CSV_COLUMNS}
         for key, value in metrics.items():
             if key in row and value is not None:
-                row[key] = f"{value:.6g}" if isinstance(value, float) else str(value)
+                if key == "wall_time":
+                    row[key] = f"{value:.3f}"
+                else:
+                    row[key] = f"{value:.6g}" if isinstance(value, float) else str(value)
             if isinstance(value, (int, float)) and key != "step" and math.isfinite(float(value)):
                 self.tb.add_scalar(key.replace("val_", "val/").replace("loss_", "loss/"), float(value), step)
         row["step"] = str(step)

@@ -9,6 +9,9 @@ TensorBoard logs under ``<storage>/<run_name>/logs/``, the best model by validat
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -26,23 +29,47 @@ class TrainInputError(ValueError):
     """The job's inputs are unusable (missing/empty shards, bad checksum, missing checkpoint); names the URL."""
 
 
-def resolve_shards(data_url: str, split: str, verify: bool) -> list[ShardEntry]:
-    """The shards of ``split`` in the shard set at ``data_url`` (from its index), optionally checksum-verified."""
-    from pipeline import shards as shard_io
+def resolve_shards(data_url: str, split: str, verify: bool, need_masks: bool) -> tuple[list[ShardEntry], int]:
+    """The committed shards of ``split`` in the shard set at ``data_url``, from its index.
+
+    Returns ``(shards, samples left out)``: with ``need_masks``, samples without any ground-truth mask are left out
+    (the official sampler needs a mask for every sampled frame). With ``verify``, every shard's SHA-256 is checked
+    against the index (in parallel threads).
+    """
+    from pipeline.shards import read_index, verify_shard
 
     try:
-        entries = shard_io.index_entries(data_url, split=split)
-    except (StorageError, FileNotFoundError) as e:
-        raise TrainInputError(f"shard index of {data_url} cannot be read: {e}") from e
-    out = []
-    for entry in entries:
-        if verify:
+        table = read_index(data_url)
+    except (StorageError, FileNotFoundError, OSError) as e:
+        raise TrainInputError(f"shard index of {data_url} cannot be read ({e}); run jobs/precompute_flow.py first") from e
+    root = open_storage(data_url)
+    columns = ["shard", "split", "offset", "bytes", "n_masks", "shard_sha256"]
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise TrainInputError(f"shard index of {data_url} lacks columns {missing}")
+    rows = [r for r in table.select(columns).to_pylist() if r["split"] == split]
+    by_shard: dict[str, list[dict]] = {}
+    left_out = 0
+    for row in rows:
+        if need_masks and int(row["n_masks"]) == 0:
+            left_out += 1
+            continue
+        by_shard.setdefault(row["shard"], []).append(row)
+    entries = []
+    for shard in sorted(by_shard):
+        samples = sorted(by_shard[shard], key=lambda r: r["offset"])
+        entries.append(ShardEntry(url=root.join(shard), offsets=[r["offset"] for r in samples],
+                                  sizes=[r["bytes"] for r in samples], checksum=samples[0]["shard_sha256"]))
+    if verify and entries:
+        def check(entry: ShardEntry) -> None:
             try:
-                shard_io.verify_shard(entry.url, entry.checksum)
-            except (ValueError, StorageError, FileNotFoundError) as e:
+                verify_shard(entry.url, entry.checksum)
+            except (ValueError, StorageError, FileNotFoundError, OSError) as e:
                 raise TrainInputError(f"shard {entry.url} failed verification: {e}") from e
-        out.append(ShardEntry(url=entry.url, num_samples=int(entry.num_samples), checksum=entry.checksum))
-    return out
+
+        with ThreadPoolExecutor(max_workers=min(8, len(entries))) as pool:
+            list(pool.map(check, entries))
+    return entries, left_out
 
 
 def check_inputs(cfg: TrainConfig) -> tuple[list[ShardEntry], list[ShardEntry]]:
@@ -52,9 +79,13 @@ def check_inputs(cfg: TrainConfig) -> tuple[list[ShardEntry], list[ShardEntry]]:
             raise ConfigError(name, getattr(cfg, name), "is required")
     if not cfg.data.url:
         raise ConfigError("data.url", cfg.data.url, "is required (--data URL)")
-    train = resolve_shards(cfg.data.url, cfg.data.train_split, cfg.data.verify_checksums)
-    if not train or sum(s.num_samples for s in train) == 0:
-        raise TrainInputError(f"no training samples: split '{cfg.data.train_split}' of {cfg.data.url} is empty")
+    train, left_out = resolve_shards(cfg.data.url, cfg.data.train_split, cfg.data.verify_checksums, need_masks=True)
+    if left_out:
+        log.warning("%d '%s' samples have no ground-truth mask and are not used for training", left_out,
+                    cfg.data.train_split)
+    if not train:
+        raise TrainInputError(f"no training samples: split '{cfg.data.train_split}' of {cfg.data.url} has no "
+                              f"shards with annotated samples")
     if steps_per_epoch(train, cfg.num_workers, cfg.data.batch_size_per_worker) < 1:
         total = sum(s.num_samples for s in train)
         raise TrainInputError(
@@ -63,21 +94,39 @@ def check_inputs(cfg: TrainConfig) -> tuple[list[ShardEntry], list[ShardEntry]]:
         )
     val: list[ShardEntry] = []
     if cfg.validation.every_steps > 0 and cfg.data.val_split:
-        val = resolve_shards(cfg.data.url, cfg.data.val_split, cfg.data.verify_checksums)
+        val, _ = resolve_shards(cfg.data.url, cfg.data.val_split, cfg.data.verify_checksums, need_masks=True)
         if not val:
             log.warning("no '%s' shards in %s: validation is skipped", cfg.data.val_split, cfg.data.url)
     if cfg.model.init_checkpoint:
-        parent, _, name = cfg.model.init_checkpoint.rstrip("/").rpartition("/")
-        try:
-            exists = open_storage(parent or ".").exists(name)
-        except StorageError as e:
-            raise TrainInputError(f"init checkpoint {cfg.model.init_checkpoint} cannot be read: {e}") from e
-        if not exists:
-            raise TrainInputError(f"init checkpoint {cfg.model.init_checkpoint} does not exist (model.init_checkpoint)")
+        check_init_checkpoint(cfg)
     return train, val
 
 
+def check_init_checkpoint(cfg: TrainConfig) -> None:
+    """Fetch ``model.init_checkpoint`` and load it into the configured model on the driver (CPU), so a missing,
+    corrupt or mismatched file fails here with its name rather than in every worker."""
+    from model import CheckpointError, create_model, load_checkpoint
+
+    url = cfg.model.init_checkpoint
+    parent, _, name = url.rstrip("/").rpartition("/")
+    st = open_storage(parent or ".")
+    try:
+        if not st.exists(name):
+            raise TrainInputError(f"init checkpoint {url} does not exist (model.init_checkpoint)")
+        with tempfile.TemporaryDirectory(prefix="hmhi-init-") as tmp:
+            local = os.path.join(st.root, name) if st.is_local else os.path.join(tmp, name)
+            if not st.is_local:
+                st.download_file(name, local)
+            net = create_model(cfg.model.name, memory_size=cfg.model.memory_size,
+                               decoder_width=cfg.model.decoder_width)
+            report = load_checkpoint(net, local, strict=cfg.model.init_strict)
+    except (StorageError, CheckpointError, FileNotFoundError) as e:
+        raise TrainInputError(f"init checkpoint {url} cannot be used (model.init_checkpoint): {e}") from e
+    log.info("init checkpoint %s: %s format, loads into %s", url, report.format, cfg.model.name)
+
+
 def build_loop_config(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntry]) -> dict[str, Any]:
+    """The ``train_loop_per_worker`` config: the job config plus the resolved shard lists."""
     return {"train": config_to_dict(cfg), "shards": [asdict(s) for s in train], "val_shards": [asdict(s) for s in val]}
 
 

@@ -17,25 +17,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from pipeline.evaluation import aggregate_results, evaluate_sequence
-from pipeline.storage import open_storage
 from pipeline.train.augment import prepare_clip
 from pipeline.train.config import TrainConfig
-from pipeline.train.data import ShardEntry, iter_tar_samples
+from pipeline.train.data import ShardEntry, read_samples
 
-__all__ = ["validate", "iter_val_samples"]
+__all__ = ["validate", "val_sample_refs"]
 
 
-def iter_val_samples(shards: list[ShardEntry], max_samples: int | None):
-    """Raw validation samples in index order (at most ``max_samples``)."""
-    count = 0
-    for entry in shards:
-        parent, _, name = entry.url.rpartition("/")
-        with open_storage(parent).open_read(name) as f:
-            for sample in iter_tar_samples(f, entry.url):
-                if max_samples is not None and count >= max_samples:
-                    return
-                count += 1
-                yield sample
+def val_sample_refs(shards: list[ShardEntry], max_samples: int | None) -> list[tuple[ShardEntry, int]]:
+    """(shard, sample position) of the validation samples in index order (at most ``max_samples``)."""
+    refs = [(entry, i) for entry in shards for i in range(entry.num_samples)]
+    return refs if max_samples is None else refs[:max_samples]
 
 
 @torch.no_grad()
@@ -46,9 +38,8 @@ def validate(module, shards: list[ShardEntry], cfg: TrainConfig, decode_fn, devi
     module.eval()
     per_sequence: dict[str, dict] = {}
     try:
-        for index, sample in enumerate(iter_val_samples(shards, cfg.validation.max_samples)):
-            if index % world_size != rank:
-                continue
+        for entry, position in val_sample_refs(shards, cfg.validation.max_samples)[rank::world_size]:
+            sample = next(read_samples(entry, position, position + 1))
             clip = decode_fn(sample)
             valid = np.asarray(clip.mask_valid, bool)
             if not valid.any():
