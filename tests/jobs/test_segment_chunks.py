@@ -1,0 +1,86 @@
+"""The CPU stage of jobs/segment.py (pipeline.segment.source): chunked decode + flow equals whole-video flow."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.flow.engines import create_flow_engine
+from pipeline.flow.render import flow_to_rgb
+from pipeline.ingest.formats import VideoRecord
+from pipeline.segment.config import SegmentFlowConfig
+from pipeline.segment.source import Chunk, video_chunks
+from pipeline.storage import open_storage
+from pipeline.train.augment import resize_rgb
+
+H, W, SIZE = 40, 56, 32
+
+
+def png(frame: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="PNG")  # lossless, so decoded frames equal the originals
+    return buffer.getvalue()
+
+
+def folder_record(storage, n: int, name: str = "seq", shapes=None) -> tuple[VideoRecord, np.ndarray]:
+    rng = np.random.default_rng(n)
+    base = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
+    frames = np.stack([np.roll(base, 2 * i, axis=1) for i in range(n)])
+    rels = []
+    for i, frame in enumerate(frames):
+        if shapes and i in shapes:
+            frame = frame[: shapes[i]]
+        rels.append(f"{name}/f{i:03d}.png")
+        storage.write_bytes(rels[-1], png(frame))
+    rec = VideoRecord(video_id=name, name=name, format="frames", split="train", source_split="", kind="frames",
+                      source=name, frames=rels)  # fmt: skip
+    return rec, frames
+
+
+@pytest.mark.parametrize("n, chunk", [(9, 4), (8, 4), (5, 8), (2, 1), (7, 3)])
+def test_chunks_match_whole_video_flow(tmp_path, n, chunk):
+    storage = open_storage(str(tmp_path))
+    rec, frames = folder_record(storage, n)
+    flow_cfg = SegmentFlowConfig(engine="dis", preset="ultrafast", max_side=64)
+    items = list(video_chunks(storage, rec.to_dict(), SIZE, chunk, flow_cfg, keep_original=True))
+    assert all(isinstance(c, Chunk) for c in items)
+    assert [c.last for c in items] == [False] * (len(items) - 1) + [True]
+    assert [c.start for c in items] == list(range(0, n, chunk))[: len(items)]
+    names = [name for c in items for name in c.names]
+    assert names == [f"f{i:03d}" for i in range(n)]
+    got_flows = np.concatenate([c.flows for c in items])
+    got_frames = np.concatenate([c.frames for c in items])
+    np.testing.assert_array_equal(np.concatenate([c.original for c in items]), frames)
+    engine = create_flow_engine("dis", max_side=64, preset="ultrafast")
+    expected = np.stack([resize_rgb(flow_to_rgb(f), SIZE) for f in engine.compute(frames)])
+    np.testing.assert_array_equal(got_flows, expected)
+    np.testing.assert_array_equal(got_frames, np.stack([resize_rgb(f, SIZE) for f in frames]))
+    assert all((c.height, c.width) == (H, W) for c in items)
+
+
+def test_bad_inputs_end_with_an_error_item(tmp_path):
+    storage = open_storage(str(tmp_path))
+    flow_cfg = SegmentFlowConfig(engine="dis", preset="ultrafast")
+    single, _ = folder_record(storage, 1, name="one")
+    items = list(video_chunks(storage, single.to_dict(), SIZE, 4, flow_cfg))
+    assert len(items) == 1 and "only 1 frame" in items[0]["error"]
+    mixed, _ = folder_record(storage, 6, name="mixed", shapes={5: 30})
+    items = list(video_chunks(storage, mixed.to_dict(), SIZE, 2, flow_cfg))
+    assert (
+        isinstance(items[0], Chunk)
+        and "mixed/f005.png" in items[-1]["error"]
+        and "different sizes" in items[-1]["error"]
+    )
+    storage.write_bytes("bad/f000.png", png(np.zeros((H, W, 3), np.uint8)))
+    storage.write_bytes("bad/f001.png", b"\x89PNG\r\n\x1a\n truncated")
+    bad = VideoRecord(video_id="bad", name="bad", format="frames", split="train", source_split="", kind="frames",
+                      source="bad", frames=["bad/f000.png", "bad/f001.png"])  # fmt: skip
+    items = list(video_chunks(storage, bad.to_dict(), SIZE, 4, flow_cfg))
+    assert "bad/f001.png" in items[-1]["error"]
+    missing = VideoRecord(video_id="gone", name="gone", format="videos", split="train", source_split="", kind="video",
+                          source="gone.mp4")  # fmt: skip
+    items = list(video_chunks(storage, missing.to_dict(), SIZE, 4, flow_cfg))
+    assert "gone" in items[-1]["error"]
