@@ -71,6 +71,9 @@ class DataConfig:
     """Samples held in each worker's shuffle buffer (raw bytes, decoded only when drawn)."""
     prefetch_batches: int = 2
     """Batches prepared ahead by a background thread (0 = prepare in the training loop)."""
+    decode_workers: int = 0
+    """Processes per training worker that decode and augment samples in parallel (0 = in the prefetch thread).
+    Needed on GPUs, where one thread cannot keep up; keep ``cpus_per_worker`` >= decode_workers + 1."""
     verify_checksums: bool = True
     """Verify every shard's checksum from the index before any worker starts."""
 
@@ -81,6 +84,7 @@ class DataConfig:
         require(self.batch_size_per_worker >= 1, "batch_size_per_worker", self.batch_size_per_worker, "must be >= 1")
         require(self.shuffle_buffer >= 1, "shuffle_buffer", self.shuffle_buffer, "must be >= 1")
         require(self.prefetch_batches >= 0, "prefetch_batches", self.prefetch_batches, "must be >= 0")
+        require(self.decode_workers >= 0, "decode_workers", self.decode_workers, "must be >= 0")
 
 
 @dataclass

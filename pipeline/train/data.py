@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import io
 import logging
+import multiprocessing
 import queue
 import tarfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +52,7 @@ __all__ = [
     "rank_block",
     "steps_per_epoch",
     "Prefetcher",
+    "make_training_clip",
 ]
 
 
@@ -230,21 +234,38 @@ class TrainStream:
             if produced == 0:
                 raise ValueError(f"rank {self.rank}: its block of epoch {epoch} holds no samples")
 
-    def _make_clip(self, sample: dict, epoch: int, draw: int) -> ClipTensors | None:
-        clip = self.decode_fn(sample)
-        eligible = np.flatnonzero(np.asarray(clip.mask_valid, bool))
-        if eligible.size == 0:
-            self.skipped[str(sample["__key__"])] = "no frame has a ground-truth mask"
-            return None
-        rng = np.random.default_rng([self.seed, epoch, self.rank, draw, 0xC11B])
-        picks = sample_clip_indices(eligible.tolist(), self.cfg.clip_length, self.cfg.max_skip, rng)
-        return prepare_clip(
-            np.asarray(clip.frames)[picks], np.asarray(clip.flows)[picks], np.asarray(clip.masks)[picks],
-            self.image_size, rng, self.augment_cfg,
-        )
-
     # -- batches ---------------------------------------------------------------------------------------------
+    def _clips(self, raw: Iterator[dict], epoch: int, draw: int, pool) -> Iterator[tuple[str, ClipTensors | None, int]]:
+        """(key, clip or None, draw number) in draw order; decoded in ``pool`` (processes) when given."""
+        args = (self.decode_fn, self.seed, epoch, self.rank, self.cfg.clip_length, self.cfg.max_skip,
+                self.image_size, self.augment_cfg)
+        if pool is None:
+            for sample in raw:
+                draw += 1
+                yield str(sample["__key__"]), make_training_clip(sample, draw, *args), draw
+            return
+        pending: deque = deque()
+        lookahead = 2 * self.cfg.decode_workers + self.cfg.batch_size_per_worker
+        while True:
+            while len(pending) < lookahead:
+                sample = next(raw)
+                draw += 1
+                pending.append((str(sample["__key__"]), pool.submit(make_training_clip, sample, draw, *args), draw))
+            key, future, number = pending.popleft()
+            yield key, future.result(), number
+
     def __iter__(self) -> Iterator[ClipBatch]:
+        pool = None
+        if self.cfg.decode_workers > 0:
+            # spawn, not fork: the training process is multi-threaded (Ray, torch, the prefetch thread).
+            pool = ProcessPoolExecutor(self.cfg.decode_workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            yield from self._batches(pool)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+    def _batches(self, pool) -> Iterator[ClipBatch]:
         epoch, skip, step = self.start.epoch, self.start.draws, self.start.step_in_epoch
         batch = self.cfg.batch_size_per_worker
         block_size = sum(s.num_samples for s in self.shards) // self.world_size
@@ -252,15 +273,14 @@ class TrainStream:
             raw = self._shuffled(epoch)
             for _ in range(skip):  # replay the draws of a resumed epoch without decoding them
                 next(raw)
-            draws = skip
+            clips_in_order = self._clips(raw, epoch, skip, pool)
             misses = 0
             while step < self.steps_per_epoch:
                 clips, keys = [], []
                 while len(clips) < batch:
-                    sample = next(raw)
-                    draws += 1
-                    clip = self._make_clip(sample, epoch, draws)
+                    key, clip, draws = next(clips_in_order)
                     if clip is None:
+                        self.skipped[key] = "no frame has a ground-truth mask"
                         misses += 1
                         if misses > block_size:
                             raise ValueError(
@@ -269,7 +289,7 @@ class TrainStream:
                         continue
                     misses = 0
                     clips.append(clip)
-                    keys.append(str(sample["__key__"]))
+                    keys.append(key)
                 step += 1
                 yield ClipBatch(
                     frames=torch.stack([c.frames for c in clips]),
@@ -279,6 +299,22 @@ class TrainStream:
                     keys=keys,
                 )
             epoch, skip, step = epoch + 1, 0, 0
+
+
+def make_training_clip(sample: dict, draw: int, decode_fn, seed: int, epoch: int, rank: int, clip_length: int,
+                       max_skip: int, image_size: int, augment_cfg: AugmentConfig) -> ClipTensors | None:
+    """Decode one raw sample, sample a clip with the official sampler and augment it; None if it has no mask.
+
+    The RNG is seeded by ``(seed, epoch, rank, draw)``, so the result does not depend on which process runs it.
+    """
+    clip = decode_fn(sample)
+    eligible = np.flatnonzero(np.asarray(clip.mask_valid, bool))
+    if eligible.size == 0:
+        return None
+    rng = np.random.default_rng([seed, epoch, rank, draw, 0xC11B])
+    picks = sample_clip_indices(eligible.tolist(), clip_length, max_skip, rng)
+    return prepare_clip(np.asarray(clip.frames)[picks], np.asarray(clip.flows)[picks], np.asarray(clip.masks)[picks],
+                        image_size, rng, augment_cfg)
 
 
 class Prefetcher:
