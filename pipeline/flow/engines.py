@@ -171,9 +171,8 @@ class PtlflowEngine:
     def __init__(self, model: str, checkpoint: str | None = None, device: str = "cpu",
                  max_side: int | None = 512, batch_size: int = 4, random_init: bool = False,
                  threads: int | None = None):
-        import torch
-
         import ptlflow  # imported lazily: ~6 s and ~350 MB, only for this engine
+        import torch
 
         if model not in ptlflow.get_model_names():
             raise ValueError(f"unknown flow model {model!r}: not 'dis' and not a ptlflow model "

@@ -8,7 +8,15 @@ from pipeline.ingest.formats import IngestError, detect_format, natural_key, saf
 from pipeline.ingest.load import VideoRejected, load_video
 from pipeline.ingest.manifest import assign_val_split, list_corpus, manifest_table
 from pipeline.storage import open_storage
-from tests.media import make_scene, truncate_file, upload_tree, write_davis, write_frames_folder, write_jpeg, write_mp4
+from tests.media import (
+    make_scene,
+    truncate_file,
+    upload_tree,
+    write_davis,
+    write_frames_folder,
+    write_jpeg,
+    write_mp4,
+)
 
 
 def _touch(root, *rels, data=b"x"):
