@@ -69,8 +69,8 @@ class RehearsalConfig:
     """Stages to submit, in order, from: check, synthetic, flow, train, segment, evaluate."""
     videos: int = 3
     """Videos in the synthetic corpus (at least 2: one for training, one held out)."""
-    frames: int = 8
-    """Frames per synthetic video."""
+    frames: int = 6
+    """Frames per synthetic video (also the shard clip length; the tiny training config samples 5)."""
     size: str = "64x64"
     """Synthetic frame size, HEIGHTxWIDTH."""
     train_steps: int = 2
@@ -322,7 +322,7 @@ class Rehearsal:
 
     # The environment of every process the rehearsal starts: nothing inherited that could point it at another
     # cluster or at real cloud credentials.
-    def _environment(self, s3_endpoint: str, token_path: Path) -> dict[str, str]:
+    def _environment(self, s3_endpoint: str, token_path: Path, gcs_address: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
         env.update({
             MARKER_ENV: self.run_id,
@@ -332,6 +332,11 @@ class Rehearsal:
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(token_path),
+            # Ray processes that look the cluster up without an address (Ray Train's placement-group cleaner
+            # calls the state API) would otherwise find every Ray on the host and give up; KubeRay sets it too.
+            "RAY_ADDRESS": gcs_address,
+            # On SIGTERM a node first drains (30 s by default, for Serve); nothing runs any more at teardown.
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2",
             # Fixed-port metrics servers of the head, moved off their defaults so they cannot collide.
             "AUTOSCALER_METRIC_PORT": str(free_port()),
             "DASHBOARD_METRIC_PORT": str(free_port()),
@@ -355,9 +360,10 @@ class Rehearsal:
         token_path = self.ray_tmp / "auth_token"
         token_path.touch(mode=0o600)
         token_path.write_text(token)
-        moto_port = free_port()
+        moto_port, gcs_port, dashboard_port = free_port(), free_port(), free_port()
         s3_endpoint = f"http://{LOOPBACK}:{moto_port}"
-        env = self._environment(s3_endpoint, token_path)
+        gcs_address = f"{LOOPBACK}:{gcs_port}"
+        env = self._environment(s3_endpoint, token_path, gcs_address)
         sup = self.supervisor = Supervisor(env, self.log_dir)
         t0 = time.monotonic()
 
@@ -366,7 +372,6 @@ class Rehearsal:
         bucket = f"rehearsal-{self.run_id}".lower()
         self._s3_client(s3_endpoint).create_bucket(Bucket=bucket)
 
-        gcs_port, dashboard_port = free_port(), free_port()
         object_store = str(cfg.object_store_mb * 1024 * 1024)
         sup.start("ray-head", [
             self._tool("ray"), "start", "--head", "--block", "--disable-usage-stats",
@@ -381,7 +386,6 @@ class Rehearsal:
         wait_until("the Ray head's dashboard", lambda: http_get(f"{dashboard_url}/api/version", token)[0] == 200,
                    cfg.start_timeout_s, sup.check_alive)
 
-        gcs_address = f"{LOOPBACK}:{gcs_port}"
         sup.start("ray-worker", [
             sys.executable, "-m", "infra.local.ray_worker_node", "--address", gcs_address,
             "--num-cpus", str(cfg.worker_cpus), "--num-gpus", "0", "--object-store-memory", object_store,
@@ -453,6 +457,42 @@ class Rehearsal:
                                  f"{result.message}\n--- last lines of {log_path} ---\n" + "\n".join(tail))
         return result
 
+    def check_outputs(self) -> None:
+        """Each stage left its outputs in the bucket: shards, a checkpoint, one mask per frame, a J&F summary."""
+        c = self.cluster
+        s3 = self._s3_client(c.s3_endpoint)
+        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=c.bucket)
+                for o in page.get("Contents", [])]
+        count = {
+            "corpus_frames": sum(k.startswith("corpus/JPEGImages/") and k.endswith(".jpg") for k in keys),
+            "shards": sum(k.startswith("shards/") and k.endswith(".tar") for k in keys),
+            "checkpoints": len({k.split("/")[2] for k in keys if k.startswith("runs/rehearsal/checkpoint_")}),
+            "best_model": int("runs/rehearsal/best/model.pt" in keys),
+            "masks": sum(k.startswith("segment/masks/") and k.endswith(".png") for k in keys),
+        }
+        self.report["outputs"] = count
+        expected_frames = self.cfg.videos * self.cfg.frames
+        problems = []
+        ran = set(self.cfg.stages)
+        if "synthetic" in ran and count["corpus_frames"] != expected_frames:
+            problems.append(f"corpus has {count['corpus_frames']} frames, expected {expected_frames}")
+        if "flow" in ran and count["shards"] < 1:
+            problems.append("the flow stage wrote no shard")
+        if "train" in ran and not (count["checkpoints"] and count["best_model"]):
+            problems.append("the train stage left no checkpoint_*/ or best/model.pt under runs/rehearsal/")
+        if "segment" in ran and count["masks"] != expected_frames:
+            problems.append(f"segment wrote {count['masks']} masks, expected {expected_frames}")
+        if "evaluate" in ran:
+            summary = json.loads(s3.get_object(Bucket=c.bucket, Key="eval/summary.json")["Body"].read())
+            self.report["evaluation"] = {k: summary.get(k) for k in ("JF_mean", "J_mean", "F_mean", "n_sequences",
+                                                                      "n_frames", "protocol")}
+            jf = summary.get("JF_mean")
+            if not (isinstance(jf, (int, float)) and 0.0 <= jf <= 1.0) or summary.get("n_sequences") != self.cfg.videos:
+                problems.append(f"eval/summary.json: JF_mean={jf!r}, n_sequences={summary.get('n_sequences')!r}")
+        if problems:
+            raise RehearsalError("outputs missing: " + "; ".join(problems))
+        log.info("outputs in s3://%s: %s", c.bucket, count)
+
     def check_loopback_and_auth(self) -> None:
         pids = sorted(processes_with_marker(self.run_id))
         sockets = listening_sockets(pids)
@@ -495,6 +535,7 @@ class Rehearsal:
             for name in self.cfg.stages:
                 self.submit(name, stages[name])
                 self.supervisor.check_alive()
+            self.check_outputs()
             self.check_loopback_and_auth()
             self.report["ok"] = True
         except RehearsalError as e:

@@ -5,6 +5,7 @@ entrypoint names a real job and real config files and is accepted by the job's o
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -273,18 +274,83 @@ def test_entrypoints_name_real_jobs_and_configs():
     assert scripts == JOB_SCRIPTS
 
 
-@pytest.mark.parametrize("job_file", ["rayjob-flow.yaml", "rayjob-train.yaml", "rayjob-segment.yaml",
-                                      "rayjob-evaluate.yaml"])
-def test_entrypoint_is_accepted_by_the_job_cli(job_file):
-    """Every flag and value of the entrypoint parses into the job's typed config (``--print-config`` resolves the
-    config, validates it and exits without touching storage or Ray)."""
-    (job,) = [j for j in by_kind("RayJob") if j["__file__"] == job_file]
-    argv = entrypoint_in_repo(job["spec"]["entrypoint"])
-    proc = subprocess.run([sys.executable, *argv[1:], "--print-config"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, f"{job_file}: the job rejected its entrypoint:\n{proc.stderr[-3000:]}"
-    resolved = yaml.safe_load(proc.stdout)
-    for token in argv:
+# One interpreter resolves every command line: each job's main(argv + ["--print-config"]) parses and validates its
+# config, prints it and exits 0, without touching storage or Ray (imports are paid once).
+_PRINT_CONFIG_RUNNER = r"""
+import contextlib, importlib.util, io, json, sys
+results = []
+for i, argv in enumerate(json.loads(sys.stdin.read())):
+    spec = importlib.util.spec_from_file_location(f"job_under_test_{i}", argv[0])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    out, err, code = io.StringIO(), io.StringIO(), None
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            spec.loader.exec_module(module)
+            module.main(argv[1:] + ["--print-config"])
+            code = "returned without printing"
+        except SystemExit as e:
+            code = e.code or 0
+        except Exception as e:
+            code, _ = repr(e), err.write(repr(e))
+    results.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()[-3000:]})
+print(json.dumps(results))
+"""
+
+
+def print_configs(commands: list[list[str]]) -> list[dict]:
+    """Run ``--print-config`` for each ``[script, args...]`` (paths in this checkout) in one subprocess."""
+    proc = subprocess.run([sys.executable, "-c", _PRINT_CONFIG_RUNNER], input=json.dumps(commands), cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def check_parsed(name: str, command: list[str], result: dict) -> None:
+    assert result["code"] == 0, f"{name}: the job rejected its command line: {result['code']}\n{result['stderr']}"
+    resolved = yaml.safe_load(result["stdout"])
+    assert isinstance(resolved, dict), f"{name}: --print-config printed no config"
+    for token in command:
         if token.startswith("s3://"):
-            assert token in proc.stdout, f"{job_file}: {token} did not reach the resolved config"
-    assert isinstance(resolved, dict)
+            assert token in result["stdout"], f"{name}: {token} did not reach the resolved config"
+
+
+def readme_job_commands() -> list[list[str]]:
+    """The ``ray job submit ... -- python jobs/X.py ...`` commands of infra/README.md, with $B filled in."""
+    text = (REPO / "infra" / "README.md").read_text()
+    bucket = re.search(r'^B=(\S+)', text, re.M).group(1)
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        joined = block.replace("\\\n", " ")
+        for line in joined.splitlines():
+            if "ray job submit" in line and " -- python jobs/" in line and "..." not in line:
+                argv = shlex.split(line.split(" -- ", 1)[1].replace("$B", bucket))
+                commands.append([str(REPO / argv[1]), *argv[2:]])
+    return commands
+
+
+@pytest.fixture(scope="module")
+def job_commands() -> dict[str, tuple[list[str], dict]]:
+    """name -> (command, --print-config result) for every RayJob entrypoint and README command, in one process."""
+    named = [(j["__file__"], entrypoint_in_repo(j["spec"]["entrypoint"])[1:]) for j in by_kind("RayJob")]
+    named += [(f"infra/README.md: {Path(c[0]).name}", c) for c in readme_job_commands()]
+    results = print_configs([c for _, c in named])
+    return {name: (command, result) for (name, command), result in zip(named, results, strict=True)}
+
+
+def test_entrypoints_are_accepted_by_the_job_clis(job_commands):
+    """Every flag and value of every RayJob entrypoint parses into the job's typed config."""
+    manifests = {n: v for n, v in job_commands.items() if n.endswith(".yaml")}
+    assert len(manifests) == 4
+    for name, (command, result) in manifests.items():
+        check_parsed(name, command, result)
+
+
+def test_readme_commands_name_real_jobs_and_are_accepted(job_commands):
+    readme = {n: v for n, v in job_commands.items() if n.startswith("infra/README.md")}
+    assert {Path(c[0]).name for c, _ in readme.values()} == JOB_SCRIPTS
+    for name, (command, result) in readme.items():
+        assert Path(command[0]).is_file()
+        if "--config" in command:
+            assert (REPO / command[command.index("--config") + 1]).is_file()
+        check_parsed(name, command, result)

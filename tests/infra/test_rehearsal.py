@@ -1,0 +1,121 @@
+"""The local multi-node rehearsal (infra/local/rehearse.py): its process and socket helpers on real processes,
+and the whole rehearsal end to end — a Ray head from `ray start --head`, a second node, a moto S3 server, and every
+pipeline job submitted with the real `ray job submit` CLI — then nothing left running."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from infra.local.ray_worker_node import WorkerNodeConfig
+from infra.local.rehearse import (
+    MARKER_ENV,
+    STAGES,
+    RehearsalConfig,
+    Supervisor,
+    _decode_proc_addr,
+    is_loopback,
+    listening_sockets,
+    processes_with_marker,
+)
+from pipeline.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("hex_addr, expected", [
+    ("0100007F", "127.0.0.1"),
+    ("00000000", "0.0.0.0"),
+    ("0000000000000000FFFF00000100007F", "::ffff:127.0.0.1"),
+    ("00000000000000000000000001000000", "::1"),
+])
+def test_decode_proc_net_addresses(hex_addr, expected):
+    if sys.byteorder != "little":
+        pytest.skip("the fixtures are in little-endian /proc/net/tcp order")
+    assert ipaddress.ip_address(_decode_proc_addr(hex_addr)) == ipaddress.ip_address(expected)
+
+
+def test_is_loopback():
+    assert all(map(is_loopback, ["127.0.0.1", "::1", "::ffff:127.0.0.1"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "192.0.2.2", "::ffff:10.0.0.1"]))
+
+
+def test_listening_sockets_sees_a_real_listener():
+    with socket.socket() as loop, socket.socket() as wildcard:
+        loop.bind(("127.0.0.1", 0))
+        loop.listen()
+        wildcard.bind(("0.0.0.0", 0))
+        wildcard.listen()
+        found = {s["port"]: s["address"] for s in listening_sockets([os.getpid()])}
+        assert found[loop.getsockname()[1]] == "127.0.0.1"
+        assert found[wildcard.getsockname()[1]] == "0.0.0.0"
+
+
+def test_supervisor_stops_a_process_group_and_the_marker_finds_stragglers(tmp_path):
+    marker = uuid.uuid4().hex
+    sup = Supervisor({**os.environ, MARKER_ENV: marker}, tmp_path)
+    # A parent that ignores SIGTERM and a child in its group: the stop must escalate to the whole group.
+    started = sup.start("stubborn", ["sh", "-c", "trap '' TERM; sleep 300 & sleep 300"])
+    deadline = time.monotonic() + 10
+    while len(processes_with_marker(marker)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(processes_with_marker(marker)) >= 2
+    t0 = time.monotonic()
+    Supervisor.stop(started, grace_s=1.0)
+    assert time.monotonic() - t0 < 10
+    deadline = time.monotonic() + 5
+    while processes_with_marker(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_with_marker(marker) == {}
+    assert started.process.returncode is not None
+
+
+def test_configs_refuse_bad_values():
+    with pytest.raises(ConfigError, match="address"):
+        WorkerNodeConfig(address="10.0.0.5:6379", temp_dir="/tmp/x")
+    with pytest.raises(ConfigError, match="stages"):
+        RehearsalConfig(stages=["train", "deploy"])
+    with pytest.raises(ConfigError, match="videos"):
+        RehearsalConfig(videos=1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_rehearsal_end_to_end(tmp_path):
+    run_id = f"t{uuid.uuid4().hex[:10]}"
+    workdir = tmp_path / "rehearsal"
+    proc = subprocess.run(
+        [sys.executable, "-m", "infra.local.rehearse", "--workdir", str(workdir), "--run-id", run_id],
+        cwd=REPO, capture_output=True, text=True, timeout=840)
+    leftovers = processes_with_marker(run_id)
+    for pid in leftovers:  # never leave a cluster behind for the rest of the suite, even on failure
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    report_path = workdir / "rehearsal.json"
+    assert report_path.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads(report_path.read_text())
+    assert proc.returncode == 0 and report["ok"], (report.get("error"), proc.stderr[-4000:])
+
+    assert [(s["name"], s["status"]) for s in report["stages"]] == [(name, "SUCCEEDED") for name in STAGES]
+    assert len(report["nodes"]) == 2 and sorted(n["is_head"] for n in report["nodes"]) == [False, True]
+    assert all(n["node_ip"] == "127.0.0.1" for n in report["nodes"])
+    assert report["listening_sockets"] > 0 and report["non_loopback_sockets"] == []
+    assert report["dashboard_without_token_status"] in (401, 403)
+    outputs = report["outputs"]
+    assert outputs["shards"] >= 1 and outputs["best_model"] == 1 and outputs["masks"] == outputs["corpus_frames"] > 0
+    assert 0.0 <= report["evaluation"]["JF_mean"] <= 1.0
+    # Everything it started is gone, and nothing had to be swept up after the orderly stop.
+    assert leftovers == {}, f"processes left running: {leftovers}"
+    assert report["leftover_processes_killed"] == []
+    assert not Path(report["ray_temp_dir"]).exists()
