@@ -1,7 +1,13 @@
-"""infra/ray-cluster/aws.yaml through Ray's own offline validation: ``prepare_config`` (merges Ray's AWS defaults,
-the same first step as ``ray up``) then ``validate_config`` (the JSON schema shipped in Ray plus its cross-field
-checks). Neither needs cloud access; the AWS bootstrap that follows in ``ray up`` (IAM, subnets, key pair) does,
-and is not run here. Then the properties the deployment relies on."""
+"""infra/ray-cluster/aws.yaml through Ray's own machinery, offline:
+
+- ``prepare_config`` (merges Ray's AWS defaults, the first step of ``ray up``) and ``validate_config`` (the JSON
+  schema shipped in Ray plus its cross-field checks), which need no cloud access;
+- the next steps of ``ray up`` against moto's EC2/IAM emulation on loopback (the suite's moto server): Ray's
+  ``bootstrap_aws`` (key pair, subnets in the configured zones, security group) and its AWS node provider
+  launching the head and a GPU worker with each node_config (botocore validates every RunInstances field).
+  Real AWS (AMI, quotas, SSH, the setup commands themselves) is not exercised.
+
+Then the properties the deployment relies on."""
 
 from __future__ import annotations
 
@@ -80,3 +86,63 @@ def test_setup_commands_install_python_the_dependencies_and_the_project(raw):
     head_start = " ".join(raw["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start, "the job server is reached through an SSH tunnel only"
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head_start
+
+
+@pytest.fixture
+def bootstrapped(raw, s3_server, tmp_path, monkeypatch):
+    """The config after Ray's AWS bootstrap against moto (the key pair lands in a temporary HOME)."""
+    from ray.autoscaler._private.aws.config import bootstrap_aws
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return bootstrap_aws(ray_validate(raw))
+
+
+def test_ray_aws_bootstrap_and_node_launch_against_moto(raw, bootstrapped, tmp_path):
+    import boto3
+    from ray.autoscaler._private.aws.node_provider import AWSNodeProvider
+
+    region = raw["provider"]["region"]
+    zones = raw["provider"]["availability_zone"].split(",")
+    assert Path(bootstrapped["auth"]["ssh_private_key"]).is_relative_to(tmp_path)
+    ec2 = boto3.client("ec2", region_name=region)
+    iam = boto3.client("iam", region_name=region)
+    for name, node_type in bootstrapped["available_node_types"].items():
+        node_config = node_type["node_config"]
+        assert node_config["SecurityGroupIds"] and node_config["KeyName"], name
+        subnets = ec2.describe_subnets(SubnetIds=node_config["SubnetIds"])["Subnets"]
+        assert {s["AvailabilityZone"] for s in subnets} <= set(zones), f"{name}: subnets outside {zones}"
+        # The instance profiles are the operator's (REPLACE in the file); moto needs them to exist to attach them.
+        profile = node_config["IamInstanceProfile"]["Arn"].rsplit("/", 1)[1]
+        if profile not in {p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]}:
+            iam.create_instance_profile(InstanceProfileName=profile)
+
+    provider = AWSNodeProvider(bootstrapped["provider"], bootstrapped["cluster_name"])
+    launched = {}
+    for name in (raw["head_node_type"], "gpu_worker"):
+        node_config = copy.deepcopy(bootstrapped["available_node_types"][name]["node_config"])
+        created = provider.create_node(node_config, {"ray-node-type": "head" if name == raw["head_node_type"]
+                                                     else "worker", "ray-user-node-type": name}, 1)
+        (instance_id,) = created
+        launched[name] = instance_id
+    described = {i["InstanceId"]: i for r in ec2.describe_instances(InstanceIds=list(launched.values()))["Reservations"]
+                 for i in r["Instances"]}
+    for name, instance_id in launched.items():
+        instance = described[instance_id]
+        node_config = raw["available_node_types"][name]["node_config"]
+        assert instance["InstanceType"] == node_config["InstanceType"]
+        assert instance["IamInstanceProfile"]["Arn"] == node_config["IamInstanceProfile"]["Arn"]
+        assert instance["Placement"]["AvailabilityZone"] in zones
+    ec2.terminate_instances(InstanceIds=list(launched.values()))
+
+
+def test_node_config_typos_are_rejected_at_launch(bootstrapped):
+    """botocore checks node_config against EC2's RunInstances model: a misspelled field fails before any call."""
+    from botocore.exceptions import ParamValidationError
+    from ray.autoscaler._private.aws.node_provider import AWSNodeProvider
+
+    node_config = copy.deepcopy(bootstrapped["available_node_types"]["gpu_worker"]["node_config"])
+    node_config["InstanceTyp"] = node_config.pop("InstanceType")
+    provider = AWSNodeProvider(bootstrapped["provider"], bootstrapped["cluster_name"])
+    with pytest.raises(ParamValidationError, match="InstanceTyp"):
+        provider.create_node(node_config, {"ray-node-type": "worker", "ray-user-node-type": "gpu_worker"}, 1)
