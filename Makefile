@@ -19,7 +19,7 @@ test: $(STAMP)
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pipeline model jobs tests bench
+	$(VENV)/bin/ruff check pipeline model jobs tests bench infra
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
