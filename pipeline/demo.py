@@ -1,0 +1,319 @@
+"""The one-command demo: the real pipeline, end to end, on a synthetic corpus, on a CPU-only machine.
+
+    make demo                                   # storage under runs/demo
+    make demo STORAGE=s3://bucket/prefix        # the same against S3 (AWS_ENDPOINT_URL for any S3-compatible server)
+    python -m pipeline.demo --storage runs/demo [--train-steps 300] [--set key=value ...]
+
+Stages (each job is run as ``python jobs/<job>.py ...``, exactly as a user would, and starts its own local Ray):
+
+1. ``pipeline.synthetic``      a seeded corpus in DAVIS-2016 layout            -> <storage>/corpus
+2. ``jobs/precompute_flow.py`` DIS optical flow, WebDataset shards             -> <storage>/shards
+3. ``jobs/train.py``           2 Ray Train workers (gloo DDP), configs/tiny_cpu -> <storage>/runs/<run_name>
+4. ``jobs/segment.py``         the best checkpoint on the validation videos     -> <storage>/segment
+5. ``jobs/evaluate.py``        DAVIS-2016 J&F                                   -> <storage>/eval
+6. a small report: per-sequence plot, GIF overlays, J&F on paused / occluded frames -> <storage>/report/index.html
+
+Every stage resumes: a rerun skips what is done (the corpus, shards, training steps, segmented videos).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import config_to_dict, parse_job_args, require
+
+log = logging.getLogger("pipeline.demo")
+
+__all__ = ["DemoConfig", "DemoError", "main", "run_demo", "slice_scores"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The checkout: the demo runs the scripts under jobs/ and reads configs/ from here."""
+
+
+class DemoError(RuntimeError):
+    """A demo stage failed; the message names the stage and what to look at."""
+
+
+@dataclass
+class DemoConfig:
+    storage: str = "runs/demo"
+    """Where everything goes: a local directory or s3://bucket/prefix (AWS_* variables give the endpoint/creds)."""
+    videos: int = 24
+    """Synthetic videos (train + val)."""
+    frames: int = 24
+    """Frames per synthetic video."""
+    size: str = "128x128"
+    """Synthetic frame size, HEIGHTxWIDTH."""
+    seed: int = 0
+    """Corpus seed (the training seed is in the train config)."""
+    val_fraction: float = 0.25
+    """Fraction of the videos held out for validation and the reported J&F."""
+    train_config: str = "configs/tiny_cpu.yaml"
+    """Training config (relative to the checkout or absolute)."""
+    train_steps: int = 300
+    """Training steps (optim.max_steps)."""
+    validate_every: int = 100
+    """Validation (and best-checkpoint selection) every this many steps; the last step always validates."""
+    num_workers: int = 2
+    """Ray Train workers (gloo DDP on CPU)."""
+    run_name: str = "demo"
+    """Training run name under <storage>/runs/ (a rerun with the same name resumes)."""
+    train_overrides: list[str] = field(default_factory=list)
+    """Extra key=value overrides for jobs/train.py (e.g. ['optim.lr=5e-4'])."""
+    flow_preset: str = "medium"
+    """DIS preset for the flow stages: ultrafast, fast or medium."""
+    gif_sequences: int = 3
+    """Validation sequences rendered as GIF overlays in the report."""
+    gif_fps: int = 6
+    """Frame rate of the GIF overlays."""
+
+    def __post_init__(self):
+        require(bool(self.storage), "storage", self.storage, "is required")
+        require(self.videos >= 2, "videos", self.videos, "must be >= 2 (one train and one val video at least)")
+        require(self.train_steps >= 1, "train_steps", self.train_steps, "must be >= 1")
+        require(self.validate_every >= 1, "validate_every", self.validate_every, "must be >= 1")
+        require(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")
+        require(self.flow_preset in ("ultrafast", "fast", "medium"), "flow_preset", self.flow_preset,
+                "must be ultrafast, fast or medium")
+        require(0 <= self.gif_sequences <= 50, "gif_sequences", self.gif_sequences, "must be in [0, 50]")
+        require(1 <= self.gif_fps <= 60, "gif_fps", self.gif_fps, "must be in [1, 60]")
+
+
+# -- stages ----------------------------------------------------------------------------------------------------------
+
+def _banner(index: int, total: int, text: str) -> None:
+    print(f"\n=== [{index}/{total}] {text} ===", flush=True)
+
+
+def _run_job(script: str, args: Sequence[str], stage: str) -> float:
+    """Run ``python jobs/<script> args`` from the checkout with live output; returns its wall time."""
+    cmd = [sys.executable, str(REPO_ROOT / "jobs" / script), *args]
+    print("$ " + " ".join(_quote(a) for a in cmd[1:]), flush=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    started = time.perf_counter()
+    code = subprocess.call(cmd, cwd=str(REPO_ROOT), env=env)
+    elapsed = time.perf_counter() - started
+    if code != 0:
+        raise DemoError(f"stage '{stage}' failed: jobs/{script} exited with status {code} (its log is above)")
+    return elapsed
+
+
+def _quote(arg: str) -> str:
+    return arg if arg and all(c.isalnum() or c in "/._-=:,[]" for c in arg) else repr(arg)
+
+
+def _train_config_path(cfg: DemoConfig) -> str:
+    path = Path(cfg.train_config)
+    return str(path if path.is_absolute() else REPO_ROOT / path)
+
+
+def _read_yaml(path: str) -> dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def slice_scores(per_frame_csv: str, metas: dict[str, dict], drop_first_last: bool = True) -> dict[str, dict]:
+    """Mean J, F and J&F over all frames, the paused frames and the occluded frames of the synthetic sequences.
+
+    ``per_frame_csv`` is jobs/evaluate.py's ``per_frame.csv`` text; ``metas`` maps a sequence to its synthetic
+    ``Meta/<seq>/meta.json``. With ``drop_first_last`` the first and last frames are left out, as the DAVIS-2016
+    protocol does. Frame values are pooled over sequences (each frame weighs the same).
+    """
+    rows = list(csv.DictReader(io.StringIO(per_frame_csv)))
+    pools: dict[str, tuple[list[float], list[float]]] = {"all": ([], []), "paused": ([], []), "occluded": ([], [])}
+    for row in rows:
+        meta = metas.get(row["sequence"])
+        if meta is None:
+            continue
+        t = int(row["frame"])
+        if drop_first_last and (t == 0 or t == meta["frames"] - 1):
+            continue
+        j, f = float(row["J"]), float(row["F"])
+        tags = ["all"]
+        if t in meta["paused_frames"]:
+            tags.append("paused")
+        if t in meta["occluded_frames"]:
+            tags.append("occluded")
+        for tag in tags:
+            pools[tag][0].append(j)
+            pools[tag][1].append(f)
+    out = {}
+    for tag, (js, fs) in pools.items():
+        jm = float(np.mean(js)) if js else math.nan
+        fm = float(np.mean(fs)) if fs else math.nan
+        out[tag] = {"J": jm, "F": fm, "JF": (jm + fm) / 2, "frames": len(js)}
+    return out
+
+
+def _overlay_gif(frames: list[np.ndarray], preds: list[np.ndarray], gts: list[np.ndarray], fps: int) -> bytes:
+    """Frames with the predicted mask tinted red and the ground-truth outline in green, as an animated GIF."""
+    import cv2
+    from PIL import Image
+
+    pictures = []
+    for frame, pred, gt in zip(frames, preds, gts):
+        img = frame.astype(np.float32)
+        img[pred] = 0.5 * img[pred] + 0.5 * np.array([230, 40, 40], np.float32)
+        outline = cv2.morphologyEx(gt.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+        img[outline] = (40, 230, 40)
+        side = np.concatenate([frame, img.astype(np.uint8)], axis=1)
+        scale = max(1, 256 // side.shape[0])
+        pictures.append(Image.fromarray(np.repeat(np.repeat(side, scale, 0), scale, 1)))
+    buf = io.BytesIO()
+    pictures[0].save(buf, format="GIF", save_all=True, append_images=pictures[1:], duration=int(1000 / fps), loop=0)
+    return buf.getvalue()
+
+
+def _write_report(cfg: DemoConfig, root, val: list[str], timings: dict[str, float]) -> tuple[str, dict]:
+    from PIL import Image
+
+    from pipeline.masks import read_mask
+    from pipeline.synthetic import RES_DIR
+
+    corpus, seg, ev, report = (root.child(p) for p in ("corpus", "segment", "eval", "report"))
+    summary = ev.read_json("summary.json")
+    metas = {s: corpus.read_json(f"Meta/{s}/meta.json") for s in val}
+    slices = slice_scores(ev.read_text("per_frame.csv"), metas)
+    if ev.exists("jf_per_sequence.png"):
+        report.write_bytes("jf_per_sequence.png", ev.read_bytes("jf_per_sequence.png"))
+    gifs = []
+    for seq in val[: cfg.gif_sequences]:
+        names = sorted(n for n in corpus.list(f"JPEGImages/{RES_DIR}/{seq}") if n.endswith(".jpg"))
+        frames, preds, gts = [], [], []
+        for name in names:
+            stem = name[:-4]
+            frames.append(np.asarray(Image.open(io.BytesIO(corpus.read_bytes(f"JPEGImages/{RES_DIR}/{seq}/{name}")))
+                                     .convert("RGB")))
+            gts.append(read_mask(corpus.read_bytes(f"Annotations/{RES_DIR}/{seq}/{stem}.png")))
+            rel = f"masks/{seq}/{stem}.png"
+            preds.append(read_mask(seg.read_bytes(rel)) if seg.exists(rel) else np.zeros_like(gts[-1]))
+        report.write_bytes(f"overlay_{seq}.gif", _overlay_gif(frames, preds, gts, cfg.gif_fps))
+        gifs.append(f"overlay_{seq}.gif")
+    per_seq = list(csv.DictReader(io.StringIO(ev.read_text("per_sequence.csv"))))
+    result = {"JF_mean": summary["JF_mean"], "J_mean": summary["J_mean"], "F_mean": summary["F_mean"],
+              "protocol": summary["protocol"], "n_sequences": summary["n_sequences"], "slices": slices,
+              "timings_s": {k: round(v, 1) for k, v in timings.items()}, "config": config_to_dict(cfg)}
+    report.write_json("demo_summary.json", result)
+    rows = "".join(f"<tr><td>{r['sequence']}</td><td>{float(r['J_mean']):.3f}</td><td>{float(r['F_mean']):.3f}</td>"
+                   f"<td>{float(r['JF_mean']):.3f}</td></tr>" for r in per_seq)
+    slice_rows = "".join(f"<tr><td>{k}</td><td>{v['frames']}</td><td>{v['J']:.3f}</td><td>{v['F']:.3f}</td>"
+                         f"<td>{v['JF']:.3f}</td></tr>" for k, v in slices.items())
+    timing_rows = "".join(f"<tr><td>{k}</td><td>{v:.1f} s</td></tr>" for k, v in timings.items())
+    html = f"""<!doctype html><html><head><meta charset="utf-8"><title>hmhi-uvos demo</title></head><body>
+<h1>hmhi-uvos demo: J&amp;F {summary['JF_mean']:.3f}</h1>
+<p>{summary['n_sequences']} held-out synthetic validation videos, protocol {summary['protocol']}
+(J {summary['J_mean']:.3f}, F {summary['F_mean']:.3f}). Red: predicted mask; green: ground-truth outline.</p>
+<img src="jf_per_sequence.png" alt="J&amp;F per sequence">
+<h2>Per sequence</h2><table border="1" cellpadding="3"><tr><th>sequence</th><th>J</th><th>F</th><th>J&amp;F</th></tr>
+{rows}</table>
+<h2>Frames where memory matters</h2><p>Paused: the object rests, so its flow matches the background's.
+Occluded: a background pole hides part of it. First and last frames left out.</p>
+<table border="1" cellpadding="3"><tr><th>frames</th><th>n</th><th>J</th><th>F</th><th>J&amp;F</th></tr>{slice_rows}</table>
+<h2>Overlays</h2>{''.join(f'<p>{g}<br><img src="{g}" alt="{g}"></p>' for g in gifs)}
+<h2>Stage times</h2><table border="1" cellpadding="3">{timing_rows}</table>
+</body></html>
+"""
+    report.write_text("index.html", html)
+    return report.join("index.html"), result
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run every stage; returns the demo summary (J&F, slices, timings)."""
+    from pipeline.storage import open_storage
+    from pipeline.synthetic import SyntheticConfig, generate_corpus
+
+    root = open_storage(cfg.storage)
+    root.check()
+    urls = {name: root.join(name) for name in ("corpus", "shards", "runs", "segment", "eval")}
+    timings: dict[str, float] = {}
+    total = 6
+    started = time.perf_counter()
+
+    _banner(1, total, f"synthetic corpus: {cfg.videos} videos x {cfg.frames} frames at {cfg.size} -> {urls['corpus']}")
+    t0 = time.perf_counter()
+    corpus_summary = generate_corpus(SyntheticConfig(out=urls["corpus"], videos=cfg.videos, frames=cfg.frames,
+                                                     size=cfg.size, seed=cfg.seed, val_fraction=cfg.val_fraction))
+    if corpus_summary["counts"].get("video", {}).get("rejected", 0):
+        raise DemoError(f"stage 'corpus' rejected videos: {corpus_summary['rejected']}")
+    timings["corpus"] = time.perf_counter() - t0
+    val = root.child("corpus").read_json("synthetic.json")["val"]
+
+    _banner(2, total, f"optical flow (DIS {cfg.flow_preset}) and WebDataset shards -> {urls['shards']}")
+    timings["precompute_flow"] = _run_job("precompute_flow.py", [
+        "--input", urls["corpus"], "--output", urls["shards"], "--format", "davis2016", "--flow-model", "dis",
+        "--flow-preset", cfg.flow_preset], "precompute_flow")
+
+    train_yaml = _train_config_path(cfg)
+    image_size = int(_read_yaml(train_yaml).get("model", {}).get("image_size", 96))
+    _banner(3, total, f"training: {cfg.num_workers} Ray Train workers, {cfg.train_steps} steps, {train_yaml}")
+    overrides = [f"validation.every_steps={cfg.validate_every}", "validation.max_samples=null",
+                 f"checkpoint.every_steps={cfg.validate_every}", *cfg.train_overrides]
+    timings["train"] = _run_job("train.py", [
+        "--config", train_yaml, "--data", urls["shards"], "--storage", urls["runs"], "--run-name", cfg.run_name,
+        "--num-workers", str(cfg.num_workers), "--max-steps", str(cfg.train_steps),
+        *[a for o in overrides for a in ("--set", o)]], "train")
+    run_dir = root.child(f"runs/{cfg.run_name}")
+    if not run_dir.exists("best/model.pt"):
+        raise DemoError(f"stage 'train' left no best checkpoint at {run_dir.join('best/model.pt')}")
+    best = run_dir.read_json("best/meta.json") if run_dir.exists("best/meta.json") else {}
+    print(f"best checkpoint: step {best.get('step')}, validation {best.get('val')}", flush=True)
+
+    _banner(4, total, f"segmenting the {len(val)} validation videos -> {urls['segment']}")
+    timings["segment"] = _run_job("segment.py", [
+        "--input", urls["corpus"], "--output", urls["segment"], "--format", "davis2016",
+        "--checkpoint", run_dir.join("best/model.pt"), "--input-size", str(image_size), "--flow-model", "dis",
+        "--set", f"flow.preset={cfg.flow_preset}", "--set", f"videos=[{','.join(val)}]"], "segment")
+
+    _banner(5, total, f"DAVIS-2016 J&F on the validation videos -> {urls['eval']}")
+    timings["evaluate"] = _run_job("evaluate.py", [
+        "--pred", root.join("segment/masks"), "--gt", urls["corpus"], "--output", urls["eval"],
+        "--protocol", "davis2016", "--set", f"sequences=[{','.join(val)}]"], "evaluate")
+
+    _banner(6, total, "report")
+    t0 = time.perf_counter()
+    timings["total"] = time.perf_counter() - started
+    report_url, result = _write_report(cfg, root, val, timings)
+    timings["report"] = time.perf_counter() - t0
+    s = result["slices"]
+    print(f"\nJ&F = {result['JF_mean']:.3f}  (J {result['J_mean']:.3f}, F {result['F_mean']:.3f}; "
+          f"{result['n_sequences']} validation videos, protocol {result['protocol']})", flush=True)
+    print(f"  paused frames: J&F {s['paused']['JF']:.3f} ({s['paused']['frames']} frames); occluded frames: "
+          f"J&F {s['occluded']['JF']:.3f} ({s['occluded']['frames']} frames)", flush=True)
+    print(f"report: {report_url}", flush=True)
+    print(f"demo finished in {time.perf_counter() - started:.0f} s", flush=True)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.jobs import setup_logging
+
+    cfg = parse_job_args(DemoConfig, argv, prog="python -m pipeline.demo", description=__doc__, flags={
+        "--storage": "storage", "--videos": "videos", "--frames": "frames", "--size": "size",
+        "--train-steps": "train_steps", "--train-config": "train_config", "--run-name": "run_name",
+        "--num-workers": "num_workers"})
+    setup_logging()
+    try:
+        run_demo(cfg)
+    except DemoError as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
