@@ -5,7 +5,8 @@
         --num-actors 4 --set runtime.gpus_per_actor=1 --set runtime.videos_in_flight=16
 
 Input: video files, DAVIS-style frame folders or any layout pipeline.ingest reads (``--format``, default
-auto). Flow is computed on the fly (``--flow-model``, default dis). Ray Data hands videos to an actor pool;
+auto), or the data pipeline's shards (a root holding ``index.parquet``; frames and flow are read from them).
+Otherwise flow is computed on the fly (``--flow-model``, default dis). Ray Data hands videos to an actor pool;
 each actor steps ``videos_in_flight`` videos together through ``net.step`` while Ray generator tasks decode
 and compute flow ahead of it. Outputs per video (original resolution): ``masks/<video>/<frame>.png``,
 ``rle/<video>.parquet``, optional ``probs/`` and ``overlays/``, and ``done/<video>.json`` written last.
@@ -23,7 +24,10 @@ from pipeline.config import config_to_dict, parse_job_args
 from pipeline.ingest.manifest import list_corpus
 from pipeline.jobs import JobSummary, init_ray, setup_logging
 from pipeline.segment.config import SegmentConfig
+from pipeline.segment.outputs import done_marker
 from pipeline.segment.runner import SegmentActor
+from pipeline.segment.source import shard_records
+from pipeline.shards import INDEX_NAME
 from pipeline.storage import open_storage
 
 log = logging.getLogger("jobs.segment")
@@ -41,32 +45,35 @@ def run(cfg: SegmentConfig) -> dict:
     source = open_storage(cfg.input)
     output = open_storage(cfg.output)
     output.check()
-    listing = list_corpus(source, cfg.format, cfg.davis_resolution)
-    records = listing.records
+    if cfg.format == "shards" or (cfg.format == "auto" and source.exists(INDEX_NAME)):
+        fmt, records = "shards", shard_records(source)  # frames and flow from the data pipeline's shards
+    else:
+        listing = list_corpus(source, cfg.format, cfg.davis_resolution)
+        fmt, records = listing.format, [rec.to_dict() for rec in listing.records]
     if cfg.videos:
         wanted = set(cfg.videos)
-        records = [r for r in records if r.video_id in wanted or r.name in wanted]
-        for name in sorted(wanted - {r.video_id for r in records} - {r.name for r in records}):
-            summary.rejected("video", name, f"not found in {source.url} (format {listing.format})")
+        records = [r for r in records if r["video_id"] in wanted or r["name"] in wanted]
+        for name in sorted(wanted - {r["video_id"] for r in records} - {r["name"] for r in records}):
+            summary.rejected("video", name, f"not found in {source.url} (format {fmt})")
     finished = set() if cfg.outputs.overwrite else _finished(output)
     todo = []
     for rec in records:
-        if rec.video_id in finished:
+        if rec["video_id"] in finished:
             summary.skipped(
-                "video", rec.video_id, f"already done ({output.join('done/' + rec.video_id + '.json')})"
+                "video", rec["video_id"], f"already done ({output.join(done_marker(rec['video_id']))})"
             )
         else:
             todo.append(rec)
     if cfg.max_videos:
         todo = todo[: cfg.max_videos]
     log.info("%d videos found in %s (format %s); %d to segment, %d already done",
-             len(records), source.url, listing.format, len(todo), len(records) - len(todo))  # fmt: skip
+             len(records), source.url, fmt, len(todo), len(records) - len(todo))  # fmt: skip
 
     if todo:
         init_ray()
         rt = cfg.runtime
         batch = rt.videos_per_batch or 2 * rt.videos_in_flight
-        items = [{"video_id": rec.video_id, "record": json.dumps(rec.to_dict())} for rec in todo]
+        items = [{"video_id": rec["video_id"], "record": json.dumps(rec)} for rec in todo]
         dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * rt.num_actors)))
         results = dataset.map_batches(
             SegmentActor,

@@ -127,11 +127,12 @@ class SegmentConfig:
     """jobs/segment.py: segment every video of a corpus and write masks back to storage."""
 
     input: str = ""
-    """URL or path of the corpus: video files, DAVIS-style frame folders, or any layout pipeline.ingest reads."""
+    """URL or path of the corpus: video files, DAVIS-style frame folders, any layout pipeline.ingest reads, or shards."""
     output: str = ""
     """URL or path of the output root (masks/, probs/, rle/, overlays/, done/, summary.json)."""
     format: str = "auto"
-    """Corpus layout (pipeline.ingest formats): auto, videos, frames, davis2016, davis2017, ytvos, fbms, hmhi."""
+    """Corpus layout: auto, shards (the data pipeline's output: frames and flow from its index.parquet), or a
+    pipeline.ingest format: videos, frames, davis2016, davis2017, ytvos, fbms, hmhi."""
     davis_resolution: str = "480p"
     """DAVIS resolution folder (480p or Full-Resolution)."""
     videos: list[str] = field(default_factory=list)

@@ -4,7 +4,7 @@
 decoding and flow overlap with the model and a video is never held in memory whole: it yields chunks of
 ``chunk_frames`` frames, and Ray's generator back-pressure stops it a few chunks ahead of the model.
 
-Flow for frame t is the forward flow t -> t+1 and, for the last frame, the backward flow to the frame before
+Videos from the data pipeline's shards carry their flow, which is used as stored. Otherwise flow for frame t is the forward flow t -> t+1 and, for the last frame, the backward flow to the frame before
 (as pipeline.flow.engines defines it); a one-frame look-ahead gives the same flow as computing the whole video.
 Flow is computed at the original resolution (capped by the engine's ``max_side``), rendered with the
 Middlebury wheel, and resized like a frame, as the training pipeline does (pipeline.train.augment).
@@ -32,7 +32,7 @@ from pipeline.video import VideoError, iter_video_frames, probe_video
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Chunk", "SourceError", "iter_source_frames", "video_chunks"]
+__all__ = ["Chunk", "SourceError", "iter_source_frames", "iter_shard_frames", "shard_records", "video_chunks"]
 
 
 class SourceError(ValueError):
@@ -109,6 +109,99 @@ def iter_source_frames(storage: Storage, rec: VideoRecord) -> Iterator[tuple[str
         yield posixpath.splitext(posixpath.basename(rel))[0], frame, None
 
 
+def shard_records(storage: Storage) -> list[dict]:
+    """One work item per video of the data pipeline's shards (``index.parquet`` below ``storage``).
+
+    Each item lists the video's samples (clips) in frame order with their byte ranges, so the decode task
+    reads exactly those bytes; frames and flow come from the shards (no flow is recomputed).
+    """
+    from pipeline.shards import read_index
+
+    by_video: dict[str, list[dict]] = {}
+    for row in read_index(storage.url).to_pylist():
+        by_video.setdefault(row["video_id"], []).append(row)
+    items = []
+    for video_id in sorted(by_video):
+        rows = sorted(
+            by_video[video_id], key=lambda r: (r["frame_indices"][0] if r["frame_indices"] else -1, r["key"])
+        )
+        samples = [
+            {
+                "url": storage.join(r["shard"]),
+                "offset": int(r["offset"]),
+                "bytes": int(r["bytes"]),
+                "key": r["key"],
+            }
+            for r in rows
+        ]
+        items.append({"video_id": video_id, "name": video_id, "kind": "shards", "source": storage.join("index.parquet"),
+                      "samples": samples, "split": rows[0]["split"]})  # fmt: skip
+    return items
+
+
+def iter_shard_frames(record: dict) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Yield ``(frame name, RGB frame, (H, W, 2) flow)`` of one video from its shard samples, in frame order.
+
+    Overlapping clips give a frame once; a gap in the frame indices (clips written with a stride) is logged,
+    and the memory simply carries over it.
+    """
+    from pipeline.shards import decode_clip
+    from pipeline.train.data import ShardEntry, read_samples
+
+    last = -1
+    for sample in record["samples"]:
+        entry = ShardEntry(url=sample["url"], offsets=(sample["offset"],), sizes=(sample["bytes"],))
+        try:
+            raw = list(read_samples(entry))
+            if len(raw) != 1:
+                raise ValueError(f"expected one sample at byte {sample['offset']}, found {len(raw)}")
+            clip = decode_clip(raw[0])
+        except Exception as err:  # damaged bytes fail in tar, zip, zlib, numpy or JPEG code, each its own way
+            raise SourceError(
+                f"video {record['name']!r}: sample {sample['key']} in {sample['url']}: {type(err).__name__}: {err}"
+            ) from err
+        for i, index in enumerate(clip.frame_indices):
+            if index <= last:
+                continue  # already yielded by an overlapping clip
+            if index != last + 1:
+                log.warning("video %s: frames %d..%d are not in the shards; continuing after the gap",
+                            record["name"], last + 1, index - 1)  # fmt: skip
+            last = index
+            yield f"{index:05d}", clip.frames[i], clip.flows[i]
+
+
+def _shard_chunks(record: dict, size: int, chunk_frames: int, keep_original: bool) -> Iterator[Chunk]:
+    items: list[tuple[str, np.ndarray, np.ndarray]] = []
+    start = 0
+
+    def make(batch, last: bool) -> Chunk:
+        height, width = batch[0][1].shape[:2]
+        return Chunk(
+            start=start,
+            names=[name for name, _, _ in batch],
+            frames=np.stack([resize_rgb(frame, size) for _, frame, _ in batch]),
+            flows=np.stack([resize_rgb(flow_to_rgb(flow), size) for _, _, flow in batch]),
+            height=height,
+            width=width,
+            fps=None,
+            original=np.stack([frame for _, frame, _ in batch]) if keep_original else None,
+            last=last,
+        )
+
+    for item in iter_shard_frames(record):
+        if items and item[1].shape != items[0][1].shape:
+            raise SourceError(
+                f"video {record['name']!r}: frame {item[0]} has another size than frame {items[0][0]}"
+            )
+        items.append(item)
+        if len(items) == chunk_frames + 1:  # hold one back so the final chunk is marked last
+            yield make(items[:chunk_frames], last=False)
+            start += chunk_frames
+            items = items[chunk_frames:]
+    if items:
+        yield make(items, last=True)
+
+
 def _flow_pictures(engine, frames: list[np.ndarray], size: int) -> list[np.ndarray]:
     flows = engine.compute(np.stack(frames))
     return [resize_rgb(flow_to_rgb(flow), size) for flow in flows]
@@ -127,6 +220,12 @@ def video_chunks(
     Errors are yielded rather than raised so the actor reports them as a rejected video with a clean
     message (the frames before the error were already yielded and are discarded by the actor).
     """
+    if record.get("kind") == "shards":
+        try:
+            yield from _shard_chunks(record, size, chunk_frames, keep_original)
+        except SourceError as err:
+            yield {"error": str(err)}
+        return
     rec = VideoRecord.from_dict(record)
     try:
         options = {"preset": flow.preset} if flow.engine == "dis" else {"random_init": flow.random_init}

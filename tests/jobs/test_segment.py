@@ -184,3 +184,17 @@ def test_killed_run_resumes(tmp_path, ray_cluster, tiny_checkpoint):
     for k in range(4):
         check_video_outputs(out, f"v{k}", 24)
     assert json.loads(json.dumps(summary["config"]))["runtime"]["videos_in_flight"] == 1
+
+
+def test_segment_from_shards(tmp_path, ray_cluster, tiny_checkpoint):
+    from tests.jobs.test_segment_chunks import write_shards
+
+    shards = open_storage(str(tmp_path / "shards"))
+    write_shards(shards, "bear", 6, [(0, 3), (3, 5)])
+    out = open_storage(str(tmp_path / "out"))
+    summary = main(common_args(tiny_checkpoint, shards.url, out.url))
+    assert summary["counts"]["video"]["done"] == 1
+    table = out.read_parquet("rle/bear.parquet").to_pylist()
+    assert [row["frame"] for row in table] == [f"{i:05d}" for i in range(6)]
+    assert (table[0]["height"], table[0]["width"]) == (40, 56)  # the shards' frame size
+    assert out.read_json("done/bear.json")["frames"] == 6

@@ -84,3 +84,50 @@ def test_bad_inputs_end_with_an_error_item(tmp_path):
                           source="gone.mp4")  # fmt: skip
     items = list(video_chunks(storage, missing.to_dict(), SIZE, 4, flow_cfg))
     assert "gone" in items[-1]["error"]
+
+
+def write_shards(
+    storage, video_id: str, n: int, clips: list[tuple[int, int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A video of ``n`` frames stored as the data pipeline does: clips (first, last) in WebDataset shards."""
+    from pipeline.shards import INDEX_NAME, ShardWriter, encode_clip, read_index, sample_key
+
+    rng = np.random.default_rng(7)
+    frames = rng.integers(0, 255, (n, H, W, 3), dtype=np.uint8)
+    flows = rng.normal(0, 3, (n, H, W, 2)).astype(np.float16).astype(np.float32)
+    index = read_index(storage.url) if storage.exists(INDEX_NAME) else None
+    writer = ShardWriter(storage, target_bytes=1 << 30, index=index)
+    for number, (first, last) in enumerate(clips):
+        sl = slice(first, last + 1)
+        key = sample_key(video_id, first)
+        members = encode_clip(key, frames[sl], flows[sl], np.zeros((last + 1 - first, H, W), bool),
+                              np.zeros(last + 1 - first, bool), {"video_id": video_id, "split": "val",
+                              "frame_indices": list(range(first, last + 1))})  # fmt: skip
+        writer.add("val", key, members, {"video_id": video_id, "clip_index": number, "n_clips": len(clips),
+                   "frame_indices": list(range(first, last + 1)), "n_frames": last + 1 - first, "n_masks": 0,
+                   "height": H, "width": W})  # fmt: skip
+    writer.close()
+    return frames, flows
+
+
+def test_shards_give_frames_and_stored_flow(tmp_path):
+    from pipeline.segment.source import shard_records
+
+    storage = open_storage(str(tmp_path / "shards"))
+    _, flows = write_shards(storage, "bear", 7, [(3, 6), (0, 3)])  # overlapping, written out of order
+    write_shards(storage, "cows", 3, [(0, 2)])
+    records = shard_records(storage)
+    assert [r["video_id"] for r in records] == ["bear", "cows"] and records[0]["kind"] == "shards"
+    items = list(video_chunks(storage, records[0], SIZE, 3, SegmentFlowConfig(), keep_original=True))
+    assert [c.names for c in items] == [["00000", "00001", "00002"], ["00003", "00004", "00005"], ["00006"]]
+    assert [c.last for c in items] == [False, False, True] and (items[0].height, items[0].width) == (H, W)
+    expected = np.stack([resize_rgb(flow_to_rgb(f), SIZE) for f in flows])  # the stored flow, not recomputed
+    np.testing.assert_array_equal(np.concatenate([c.flows for c in items]), expected)
+    # A damaged shard: the sample's bytes no longer decode.
+    shard = storage.list("shards")[0]
+    data = bytearray(storage.read_bytes(f"shards/{shard}"))
+    offset = records[0]["samples"][0]["offset"]
+    data[offset + 600 : offset + 2000] = b"\0" * 1400
+    storage.write_bytes(f"shards/{shard}", bytes(data))
+    items = list(video_chunks(storage, shard_records(storage)[0], SIZE, 3, SegmentFlowConfig()))
+    assert "bear" in items[-1]["error"] and shard in items[-1]["error"]
