@@ -141,9 +141,9 @@ def encode_clip(key: str, frames: np.ndarray, flows: np.ndarray, masks: np.ndarr
 
 def _member(sample: Mapping[str, Any], ext: str, key: str) -> bytes:
     value = sample.get(ext)
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if value is None or (isinstance(value, float) and np.isnan(value)):  # Ray fills absent members with NaN/None
         raise KeyError(f"sample {key}: member {ext!r} is missing")
-    return bytes(value)
+    return value if isinstance(value, (bytes, bytearray, memoryview)) else bytes(value)
 
 
 def decode_clip(sample: Mapping[str, Any]) -> ClipSample:
@@ -162,11 +162,13 @@ def decode_clip(sample: Mapping[str, Any]) -> ClipSample:
         img = cv2.imdecode(np.frombuffer(_member(sample, _frame_ext(i), key), np.uint8), cv2.IMREAD_COLOR)
         if img is None or img.shape[:2] != (h, w):
             raise ValueError(f"sample {key}: frame {i} is corrupt or has the wrong size")
-        frames[i] = img[..., ::-1]
+        cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=frames[i])
+    flows = np.empty((n, h, w, 2), np.float32)
     with np.load(io.BytesIO(_member(sample, "flows.npz", key)), allow_pickle=False) as z:
-        flows = z["flows"].astype(np.float32)
-    if flows.shape != (n, h, w, 2):
-        raise ValueError(f"sample {key}: flows are {flows.shape}, expected {(n, h, w, 2)}")
+        stored = z["flows"]
+        if stored.shape != (n, h, w, 2):
+            raise ValueError(f"sample {key}: flows are {stored.shape}, expected {(n, h, w, 2)}")
+        flows[...] = stored  # float16 -> float32 without a temporary
     valid = np.asarray(meta["mask_valid"], bool)
     masks = np.zeros((n, h, w), bool)
     for i in np.flatnonzero(valid):

@@ -384,17 +384,26 @@ def run_precompute(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
                 concurrency = max(1, int(res.get("GPU", 0) // cfg.compute.num_gpus_per_actor))
             else:
                 concurrency = max(1, int(res.get("CPU", 1) // 2))
+        actor_cpus, task_cpus = cfg.compute.num_cpus_per_actor, cfg.compute.num_cpus_per_task
+        total_cpus = float(ray.cluster_resources().get("CPU", 1))
+        if concurrency * actor_cpus + task_cpus > total_cpus:
+            # Actors holding every CPU would starve the decode/encode tasks: shrink the reservations to fit.
+            scale = total_cpus / (concurrency * actor_cpus + task_cpus)
+            actor_cpus, task_cpus = actor_cpus * scale, task_cpus * scale
+            log.warning("%d flow actor(s) x %.2g CPU + tasks do not fit in %.3g CPUs: reserving %.2g CPU per actor "
+                        "and %.2g per task", concurrency, cfg.compute.num_cpus_per_actor, total_cpus, actor_cpus,
+                        task_cpus)
         ds = ray.data.from_items(pending, override_num_blocks=len(pending))
         ds = ds.flat_map(load_clips, fn_kwargs={"input_url": inp.url, "clip_length": cfg.shards.clip_length},
-                         num_cpus=cfg.compute.num_cpus_per_task)
+                         num_cpus=task_cpus)
         ds = ds.map(FlowStage, fn_constructor_kwargs={"engine": cfg.flow.engine, "checkpoint": cfg.flow.checkpoint,
                                                       "device": device, "max_side": cfg.flow.max_side,
                                                       "opts": opts},
-                    compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=cfg.compute.num_cpus_per_actor,
+                    compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=actor_cpus,
                     num_gpus=cfg.compute.num_gpus_per_actor or None)
         ds = ds.map(encode_clip_row, fn_kwargs={"jpeg_quality": cfg.shards.jpeg_quality,
                                                 "flow_level": cfg.shards.flow_compress_level},
-                    num_cpus=cfg.compute.num_cpus_per_task)
+                    num_cpus=task_cpus)
         try:
             for row in ds.iter_rows():
                 info = json.loads(row["info"])

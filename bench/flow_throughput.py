@@ -1,0 +1,267 @@
+"""Benchmark of the flow-precompute job and of reading its shards. One JSON line per setting on stdout.
+
+1. Job throughput: frames/s of ``run_precompute`` end to end (list, decode JPEGs, flow, encode, upload shards,
+   index) on a generated 480p corpus, for DIS presets and light ptlflow models (random weights: the speed of a
+   model does not depend on its weights), with Ray limited to 1 and to 2 CPUs. Each line carries a same-run
+   baseline: the same engine in one plain process (decode -> flow -> encode, no Ray, no storage), and the ratio.
+2. Shard reading: training clips/s (a clip = 5 frames with flows and masks) reading the shards sequentially
+   with ``webdataset`` + ``decode_clip``, against reading the same frames, flows and masks as one file per frame
+   (the official loader's way), from the same storage, in the same run. Storage is the moto S3 server on
+   loopback (``--storage s3``, default) or a local directory.
+
+    python bench/flow_throughput.py                     # full run (~10 min on 2 cores)
+    python bench/flow_throughput.py --quick             # DIS only, fewer frames
+
+Figures on a shared machine are noisy: the load average at start is recorded in every line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+
+import numpy as np
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on loopback
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    import cv2
+    import ray
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": model, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
+            "ray": ray.__version__, "opencv": cv2.__version__, "torch": torch.__version__,
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
+
+
+def scene(n: int, h: int, w: int, seed: int) -> np.ndarray:
+    """A textured background panning 2 px/frame with a textured square moving over it (RGB uint8)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    pad = 2 * n + 16
+    bg = cv2.GaussianBlur(rng.integers(0, 256, (h + pad, w + pad, 3), dtype=np.uint8), (0, 0), 2.5)
+    obj = cv2.GaussianBlur(rng.integers(0, 256, (h // 3, w // 4, 3), dtype=np.uint8), (0, 0), 1.5)
+    out = np.empty((n, h, w, 3), np.uint8)
+    for t in range(n):
+        out[t] = bg[t: t + h, 2 * t: 2 * t + w]
+        y, x = (h // 4 + 3 * t) % (h - obj.shape[0]), (w // 5 + 5 * t) % (w - obj.shape[1])
+        out[t, y:y + obj.shape[0], x:x + obj.shape[1]] = obj
+    return out
+
+
+def write_corpus(st, videos: int, frames: int, h: int, w: int) -> list[np.ndarray]:
+    """DAVIS-2016 layout with JPEG frames and 0/255 masks; returns the frames."""
+    import cv2
+
+    all_frames = []
+    for v in range(videos):
+        fr = scene(frames, h, w, seed=v)
+        for t in range(frames):
+            ok, buf = cv2.imencode(".jpg", fr[t][..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+            st.write_bytes(f"JPEGImages/480p/v{v}/{t:05d}.jpg", buf.tobytes())
+            mask = np.zeros((h, w), np.uint8)
+            mask[h // 4: h // 2, w // 4: w // 2] = 255
+            st.write_bytes(f"Annotations/480p/v{v}/{t:05d}.png", cv2.imencode(".png", mask)[1].tobytes())
+        all_frames.append(fr)
+    return all_frames
+
+
+def baseline_fps(engine_name: str, opts: dict, corpus_frames: list[np.ndarray], clip_length: int,
+                 max_frames: int) -> float:
+    """Same engine, one process: JPEG decode -> flow -> sample encode, no Ray and no storage."""
+    import cv2
+
+    from pipeline.flow.engines import create_flow_engine
+    from pipeline.shards import encode_clip
+
+    engine = create_flow_engine(engine_name, **opts)
+    jpegs = [[cv2.imencode(".jpg", f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in fr]
+             for fr in corpus_frames]
+    done = 0
+    t0 = time.perf_counter()
+    for video in jpegs:
+        frames = np.stack([cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+                           for b in video[:max_frames]])
+        flows = engine.compute(frames)
+        for s in range(0, len(frames), clip_length):
+            n = min(clip_length, len(frames) - s)
+            encode_clip(f"v__{s:06d}", frames[s:s + n], flows[s:s + n].astype(np.float16),
+                        np.zeros((n,) + frames.shape[1:3], bool), np.zeros(n, bool), {})
+        done += len(frames)
+    return done / (time.perf_counter() - t0)
+
+
+def run_job(input_url: str, output_url: str, engine: str, preset: str, ckpt_free: bool, max_videos: int,
+            clip_length: int) -> dict:
+    from pipeline.config import load_config
+    from pipeline.flow.precompute import PrecomputeFlowConfig, run_precompute
+
+    overrides = [f"input={input_url}", f"output={output_url}", f"flow.engine={engine}",
+                 f"shards.clip_length={clip_length}", f"max_videos={max_videos}"]
+    if engine == "dis":
+        overrides.append(f"flow.preset={preset}")
+    if ckpt_free:
+        overrides.append("flow.random_init=true")
+    cfg = load_config(PrecomputeFlowConfig, None, overrides)
+    t0 = time.perf_counter()
+    summary = run_precompute(cfg)
+    wall = time.perf_counter() - t0
+    return {"wall_s": round(wall, 2), "frames": int(summary["counters"]["frames"]),
+            "fps": round(summary["counters"]["frames"] / wall, 2),
+            "bytes_written": int(summary["counters"]["bytes_written"])}
+
+
+def read_rates(out_url: str, per_file_url: str, clip_frames: int = 5) -> dict:
+    """Clips/s reading every frame, flow and mask of the shards vs the same data as one file per frame."""
+    import webdataset as wds
+
+    from pipeline.masks import decode_mask_png
+    from pipeline.shards import decode_clip, shard_urls
+    from pipeline.storage import open_storage
+
+    def s3_open(url, mode="rb", bufsize=8192, **kw):
+        parent, _, leaf = url.rpartition("/")
+        return open_storage(parent).open_read(leaf)
+
+    importlib.import_module("webdataset.gopen").gopen_schemes["s3"] = s3_open
+    urls = shard_urls(out_url)
+
+    # Lay the same member bytes out one file per frame (frame JPEG, float16 flow .npz, mask PNG).
+    import io
+    import zipfile
+
+    pf = open_storage(per_file_url)
+    listing = []
+    for sample in wds.WebDataset(urls, shardshuffle=False):
+        clip = decode_clip(sample)
+        for i, fi in enumerate(clip.frame_indices):
+            base = f"{clip.video_id}/{fi:05d}"
+            pf.write_bytes(f"{base}.jpg", sample[f"frame.{i:03d}.jpg"])
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z, \
+                    z.open("flow.npy", "w") as f:
+                np.lib.format.write_array(f, clip.flows[i].astype(np.float16))
+            pf.write_bytes(f"{base}.flow.npz", buf.getvalue())
+            if clip.mask_valid[i]:
+                pf.write_bytes(f"{base}.png", sample[f"mask.{i:03d}.png"])
+            listing.append((base, bool(clip.mask_valid[i])))
+
+    import cv2
+
+    t0 = time.perf_counter()
+    n_shard_frames = 0
+    for sample in wds.WebDataset(urls, shardshuffle=False):
+        n_shard_frames += len(decode_clip(sample).frame_indices)
+    shard_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    for base, has_mask in listing:
+        cv2.imdecode(np.frombuffer(pf.read_bytes(f"{base}.jpg"), np.uint8), cv2.IMREAD_COLOR)
+        with np.load(io.BytesIO(pf.read_bytes(f"{base}.flow.npz"))) as z:
+            z["flow"].astype(np.float32)
+        if has_mask:
+            decode_mask_png(pf.read_bytes(f"{base}.png"))
+    file_s = time.perf_counter() - t0
+    shard_rate = n_shard_frames / clip_frames / shard_s
+    file_rate = len(listing) / clip_frames / file_s
+    return {"frames": n_shard_frames, "shard_clips_per_s": round(shard_rate, 2),
+            "per_file_clips_per_s": round(file_rate, 2), "ratio_shards_vs_per_file": round(shard_rate / file_rate, 2)}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", type=int, default=3)
+    ap.add_argument("--frames", type=int, default=32, help="frames per video (DIS settings)")
+    ap.add_argument("--ptlflow-frames", type=int, default=12, help="frames per video for ptlflow settings")
+    ap.add_argument("--size", default="480x854")
+    ap.add_argument("--settings", default="dis:ultrafast,dis:fast,dis:medium,rapidflow_it1,neuflow")
+    ap.add_argument("--cpus", default="1,2", help="Ray CPU counts to try")
+    ap.add_argument("--storage", choices=["s3", "local"], default="s3")
+    ap.add_argument("--clip-length", type=int, default=32)
+    ap.add_argument("--quick", action="store_true", help="DIS medium only, 2 CPUs, 2 videos x 24 frames")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.settings, args.cpus, args.videos, args.frames = "dis:medium", "2", 2, 24
+    h, w = (int(x) for x in args.size.lower().split("x"))
+
+    import logging
+
+    import ray
+
+    from pipeline.storage import open_storage
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
+    server = None
+    if args.storage == "s3":
+        import socket
+
+        from moto.server import ThreadedMotoServer
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
+                          AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="bench")
+        root = "s3://bench"
+    else:
+        root = tempfile.mkdtemp(prefix="flow-bench-")
+    desc = machine()
+    corpus = f"{root}/corpus"
+    frames = write_corpus(open_storage(corpus), args.videos, max(args.frames, args.ptlflow_frames), h, w)
+    try:
+        last_out = None
+        for setting in args.settings.split(","):
+            engine, _, preset = setting.partition(":")
+            is_dis = engine == "dis"
+            n_frames = args.frames if is_dis else args.ptlflow_frames
+            sub = f"{root}/corpus-{n_frames}"
+            if not open_storage(sub).exists("JPEGImages"):
+                write_corpus(open_storage(sub), args.videos, n_frames, h, w)
+            opts = {"preset": preset or "medium"} if is_dis else {"random_init": True}
+            base = baseline_fps(engine, dict(opts, max_side=1024), frames, args.clip_length, n_frames)
+            for cpus in (int(c) for c in args.cpus.split(",")):
+                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+                try:
+                    out = f"{root}/out-{engine}-{preset or 'x'}-{cpus}-{uuid.uuid4().hex[:6]}"
+                    res = run_job(sub, out, engine, preset or "medium", not is_dis, args.videos, args.clip_length)
+                finally:
+                    ray.shutdown()
+                line = {"bench": "flow_job", "setting": setting, "ray_cpus": cpus, "size": f"{h}x{w}",
+                        "storage": args.storage, **res, "baseline_single_process_fps": round(base, 2),
+                        "ratio_vs_baseline": round(res["fps"] / base, 2), "machine": desc}
+                print(json.dumps(line), flush=True)
+                if setting == "dis:medium":
+                    last_out = out
+        if last_out:
+            rates = read_rates(last_out, f"{root}/per-file-{uuid.uuid4().hex[:6]}")
+            print(json.dumps({"bench": "shard_read", "storage": args.storage, "size": f"{h}x{w}",
+                              "clip_frames": 5, **rates, "machine": desc}), flush=True)
+    finally:
+        if server:
+            server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
