@@ -122,6 +122,25 @@ def _download(url: str, local_dir: str) -> str:
     return path
 
 
+def _read_ray_checkpoint(checkpoint, scratch: str) -> dict[str, Any]:
+    """Copy a reported checkpoint's state file to this process's scratch dir and load it (weights only).
+
+    Each rank copies on its own: ``Checkpoint.as_directory`` shares one temporary directory between the workers of
+    a node, and a restarted group reading it while another rank is still downloading saw a truncated file.
+    """
+    import pyarrow.fs as pafs
+
+    from model.checkpoint import read_checkpoint
+
+    local = os.path.join(scratch, f"resume-{CHECKPOINT_FILE}")
+    pafs.copy_files(f"{checkpoint.path.rstrip('/')}/{CHECKPOINT_FILE}", local,
+                    source_filesystem=checkpoint.filesystem, destination_filesystem=pafs.LocalFileSystem())
+    try:
+        return read_checkpoint(local)
+    finally:
+        os.remove(local)
+
+
 def _maybe_inject_fault(cfg: TrainConfig, run: Storage, step: int, rank: int) -> None:
     """Testing aid: rank 0 fails once after ``fault.fail_at_step`` (a marker in the run dir keeps it to once)."""
     if cfg.fault.fail_at_step is None or step != cfg.fault.fail_at_step or rank != 0:
@@ -157,8 +176,7 @@ def train_loop_per_worker(config: dict) -> None:
     resume = ray.train.get_checkpoint()
     state: dict[str, Any] | None = None
     if resume is not None:
-        with resume.as_directory() as ckpt_dir:
-            state = torch.load(os.path.join(ckpt_dir, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+        state = _read_ray_checkpoint(resume, scratch)
         net.load_state_dict(state["model"], strict=True)
         log.info("rank %d: resuming from step %d", rank, state["step"])
     elif cfg.model.init_checkpoint:
