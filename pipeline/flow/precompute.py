@@ -120,6 +120,8 @@ class PrecomputeFlowConfig:
     """Fraction of train videos moved to a deterministic val split when the corpus has no val split."""
     max_videos: int | None = None
     """Process at most this many videos (in listing order); for trials."""
+    max_video_mb: float = 4096.0
+    """Per-video memory budget for decoded RGB frames; longer videos are rejected with a message."""
     flow: FlowConfig = field(default_factory=FlowConfig)
     """Optical-flow settings."""
     shards: ShardConfig = field(default_factory=ShardConfig)
@@ -133,6 +135,7 @@ class PrecomputeFlowConfig:
         require(self.format in FORMAT_CHOICES, "format", self.format, f"must be one of {FORMAT_CHOICES}")
         require(0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction, "must be in [0, 1)")
         require(self.max_videos is None or self.max_videos >= 1, "max_videos", self.max_videos, "must be >= 1")
+        require(self.max_video_mb > 0, "max_video_mb", self.max_video_mb, "must be > 0")
 
 
 def clip_spans(n: int, clip_length: int) -> list[tuple[int, int]]:
@@ -153,7 +156,8 @@ def _rejected_row(record: dict[str, Any], reason: str) -> dict[str, Any]:
             "reason": reason}), "clip_index": -1, "n_clips": 0, "start": 0, **_EMPTY}
 
 
-def load_clips(row: dict[str, Any], input_url: str, clip_length: int) -> list[dict[str, Any]]:
+def load_clips(row: dict[str, Any], input_url: str, clip_length: int, max_video_mb: float = 4096.0
+               ) -> list[dict[str, Any]]:
     """Ray Data flat_map: one video -> its clip rows (or one rejected row)."""
     from pipeline.ingest.formats import VideoRecord
     from pipeline.ingest.load import VideoRejected, load_video
@@ -163,7 +167,7 @@ def load_clips(row: dict[str, Any], input_url: str, clip_length: int) -> list[di
     skip = set(json.loads(row["skip_keys"]))
     rec = VideoRecord.from_dict(record)
     try:
-        video = load_video(open_storage(input_url), rec)
+        video = load_video(open_storage(input_url), rec, max_video_mb=max_video_mb)
     except VideoRejected as e:
         return [_rejected_row(record, str(e))]
     except (StorageError, OSError) as e:
@@ -375,6 +379,7 @@ def run_precompute(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
     writer = ShardWriter(out, int(cfg.shards.shard_size_mb * 1e6), index=index, on_commit=on_commit)
     if pending:
         ctx = ray.data.DataContext.get_current()
+        saved_order = ctx.execution_options.preserve_order
         ctx.execution_options.preserve_order = True  # deterministic sample order, hence shard contents
         device, opts = _engine_opts(cfg)
         concurrency = cfg.compute.concurrency
@@ -394,7 +399,8 @@ def run_precompute(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
                         "and %.2g per task", concurrency, cfg.compute.num_cpus_per_actor, total_cpus, actor_cpus,
                         task_cpus)
         ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-        ds = ds.flat_map(load_clips, fn_kwargs={"input_url": inp.url, "clip_length": cfg.shards.clip_length},
+        ds = ds.flat_map(load_clips, fn_kwargs={"input_url": inp.url, "clip_length": cfg.shards.clip_length,
+                                                "max_video_mb": cfg.max_video_mb},
                          num_cpus=task_cpus)
         ds = ds.map(FlowStage, fn_constructor_kwargs={"engine": cfg.flow.engine, "checkpoint": cfg.flow.checkpoint,
                                                       "device": device, "max_side": cfg.flow.max_side,
@@ -433,6 +439,8 @@ def run_precompute(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
         except BaseException:
             writer.abort()
             raise
+        finally:
+            ctx.execution_options.preserve_order = saved_order  # the context is process-wide
     else:
         writer.close()
 

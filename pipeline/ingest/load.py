@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.ingest.formats import VideoRecord
 from pipeline.masks import MaskError, read_mask_values
-from pipeline.video import VideoError, decode_video
+from pipeline.video import VideoError, decode_video, probe_video
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,12 @@ def _load_mask(storage, rel: str, shape: tuple[int, int], warnings: list[str], v
     return mask
 
 
-def _frames_from_folder(storage, rec: VideoRecord) -> tuple[np.ndarray, list[str]]:
+def _too_long(rec: VideoRecord, n: int, shape: tuple[int, ...], max_bytes: int) -> VideoRejected:
+    return VideoRejected(f"video {rec.name!r} ({rec.source}): {n} frames of {shape[1]}x{shape[0]} exceed the "
+                         f"per-video memory budget of {max_bytes / 2**20:.0f} MB (raise max_video_mb or split it)")
+
+
+def _frames_from_folder(storage, rec: VideoRecord, max_bytes: int) -> tuple[np.ndarray, list[str]]:
     frames: list[np.ndarray] = []
     for rel in rec.frames:
         data = _read(storage, rel, "frame")
@@ -118,12 +123,14 @@ def _frames_from_folder(storage, rec: VideoRecord) -> tuple[np.ndarray, list[str
             raise VideoRejected(f"video {rec.name!r}: frame {rel} is {img.shape[1]}x{img.shape[0]}, the first frame "
                                 f"is {frames[0].shape[1]}x{frames[0].shape[0]} (frames of different sizes)")
         frames.append(img)
+        if len(frames) == 1 and len(rec.frames) * img.nbytes > max_bytes:
+            raise _too_long(rec, len(rec.frames), img.shape, max_bytes)
     if not frames:
         raise VideoRejected(f"video {rec.name!r}: no frames")
     return np.stack(frames), [os.path.basename(f) for f in rec.frames]
 
 
-def _frames_from_video(storage, rec: VideoRecord) -> tuple[np.ndarray, float]:
+def _frames_from_video(storage, rec: VideoRecord, max_bytes: int) -> tuple[np.ndarray, float]:
     if storage.is_local:
         path, tmp = os.path.join(storage.root, rec.source), None
     else:
@@ -137,7 +144,11 @@ def _frames_from_video(storage, rec: VideoRecord) -> tuple[np.ndarray, float]:
             os.remove(tmp)
             raise VideoRejected(f"video {rec.source!r}: unsafe path ({e})") from e
     try:
-        frames, info = decode_video(path, name=rec.source)
+        info = probe_video(path, name=rec.source)
+        budget = max(1, max_bytes // (info.width * info.height * 3))
+        frames, info = decode_video(path, name=rec.source, max_frames=budget + 1)
+        if len(frames) > budget:
+            raise _too_long(rec, len(frames), frames.shape[1:], max_bytes)
     except VideoError as e:
         raise VideoRejected(str(e)) from e
     finally:
@@ -146,15 +157,20 @@ def _frames_from_video(storage, rec: VideoRecord) -> tuple[np.ndarray, float]:
     return frames, info.fps
 
 
-def load_video(storage, rec: VideoRecord) -> LoadedVideo:
-    """Read and validate one video; raise :class:`VideoRejected` if it cannot be used."""
+def load_video(storage, rec: VideoRecord, max_video_mb: float = 4096) -> LoadedVideo:
+    """Read and validate one video; raise :class:`VideoRejected` if it cannot be used.
+
+    Videos are decoded whole (flow needs neighbours, clips need the frame count): one whose RGB frames exceed
+    ``max_video_mb`` is rejected rather than exhausting the worker's memory.
+    """
+    max_bytes = int(max_video_mb * 2**20)
     warnings: list[str] = []
     fps = None
     if rec.kind == "video":
-        frames, fps = _frames_from_video(storage, rec)
+        frames, fps = _frames_from_video(storage, rec, max_bytes)
         names = [f"{i:05d}" for i in range(len(frames))]
     else:
-        frames, names = _frames_from_folder(storage, rec)
+        frames, names = _frames_from_folder(storage, rec, max_bytes)
     n, h, w, _ = frames.shape
     if n < MIN_FRAMES:
         raise VideoRejected(f"video {rec.name!r}: only {n} frame ({rec.source}); at least {MIN_FRAMES} are needed "

@@ -220,3 +220,17 @@ def test_loader_reads_from_s3(s3_bucket, tmp_path):
     vst = open_storage(f"{s3_bucket}/v")
     video = load_video(vst, list_corpus(vst).records[0])
     assert video.frames.shape == (3, 32, 48, 3) and video.fps == pytest.approx(10.0)
+
+
+def test_loader_rejects_videos_over_the_memory_budget(tmp_path):
+    frames, _ = make_scene(6, (32, 48))
+    rec = _frames_record(tmp_path, "long", frames)
+    write_mp4(tmp_path / "v" / "long.mp4", frames)
+    st = open_storage(str(tmp_path))
+    budget_mb = 4 * 32 * 48 * 3 / 2**20  # room for 4 frames
+    with pytest.raises(VideoRejected, match=r"'long'.*6 frames of 48x32 exceed"):
+        load_video(st, rec, max_video_mb=budget_mb)
+    assert load_video(st, rec, max_video_mb=1).frames.shape == (6, 32, 48, 3)
+    vst = open_storage(str(tmp_path / "v"))
+    with pytest.raises(VideoRejected, match=r"5 frames of 48x32 exceed"):  # stops decoding at budget + 1
+        load_video(vst, list_corpus(vst).records[0], max_video_mb=budget_mb)
