@@ -14,8 +14,10 @@ What it does, in order (every server binds 127.0.0.1; nothing leaves the machine
 4. submits each stage with the real CLI, ``ray job submit --address http://127.0.0.1:PORT --working-dir . -- python
    ...``, and checks through the job REST API that it SUCCEEDED: a cluster preflight (a task on each node reads
    and writes S3), the synthetic corpus, optical flow, training (2 workers), segmentation and evaluation;
-5. checks that every socket its processes listen on is a loopback address and that the dashboard refuses requests
-   without the token;
+5. checks that the outputs landed; that every connection of its processes went to a loopback peer and every socket
+   they listened on is a loopback address (sampled every second during the jobs), except the wildcard listener of
+   PyTorch's DDP rendezvous store in Ray Train's rank 0, which torch cannot restrict (reported separately); and that
+   the dashboard refuses requests without the token;
 6. stops everything it started, by pid (SIGTERM, then SIGKILL of the process group), on success, failure, Ctrl-C or
    SIGTERM, and finally kills by pid any process still carrying this run's ``HMHI_REHEARSAL_ID`` marker.
 
@@ -145,9 +147,13 @@ def is_loopback(address: str) -> bool:
     return ip.is_loopback or bool(mapped and mapped.is_loopback)
 
 
-def listening_sockets(pids: Sequence[int]) -> list[dict]:
-    """The TCP sockets in LISTEN state owned by ``pids``: [{pid, address, port}] (Linux /proc)."""
-    listening: dict[str, tuple[str, int]] = {}
+TCP_STATES = {"01": "ESTABLISHED", "0A": "LISTEN"}
+
+
+def tcp_sockets(pids: Sequence[int]) -> list[dict]:
+    """The listening and established TCP sockets owned by ``pids`` (Linux /proc):
+    [{pid, state, address, port, remote, remote_port}]."""
+    by_inode: dict[str, tuple[str, str, int, str, int]] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -155,9 +161,11 @@ def listening_sockets(pids: Sequence[int]) -> list[dict]:
             continue
         for line in lines:
             cols = line.split()
-            if len(cols) > 9 and cols[3] == "0A":  # 0A = TCP_LISTEN
-                addr, port = cols[1].rsplit(":", 1)
-                listening[cols[9]] = (_decode_proc_addr(addr), int(port, 16))
+            if len(cols) > 9 and cols[3] in TCP_STATES:
+                local, lport = cols[1].rsplit(":", 1)
+                remote, rport = cols[2].rsplit(":", 1)
+                by_inode[cols[9]] = (TCP_STATES[cols[3]], _decode_proc_addr(local), int(lport, 16),
+                                     _decode_proc_addr(remote), int(rport, 16))
     found = []
     for pid in pids:
         try:
@@ -169,10 +177,16 @@ def listening_sockets(pids: Sequence[int]) -> list[dict]:
                 target = os.readlink(fd)
             except OSError:
                 continue
-            if target.startswith("socket:[") and target[8:-1] in listening:
-                address, port = listening[target[8:-1]]
-                found.append({"pid": pid, "address": address, "port": port})
-    return sorted(found, key=lambda s: (s["port"], s["pid"]))
+            if target.startswith("socket:[") and target[8:-1] in by_inode:
+                state, address, port, remote, remote_port = by_inode[target[8:-1]]
+                found.append({"pid": pid, "state": state, "address": address, "port": port, "remote": remote,
+                              "remote_port": remote_port})
+    return sorted(found, key=lambda s: (s["state"], s["port"], s["pid"]))
+
+
+def listening_sockets(pids: Sequence[int]) -> list[dict]:
+    """The TCP sockets in LISTEN state owned by ``pids``: [{pid, address, port}]."""
+    return [{k: s[k] for k in ("pid", "address", "port")} for s in tcp_sockets(pids) if s["state"] == "LISTEN"]
 
 
 @dataclass
@@ -319,6 +333,9 @@ class Rehearsal:
                              "config": asdict(cfg), "stages": [], "ok": False}
         self.supervisor: Supervisor | None = None
         self.cluster: Cluster | None = None
+        self._listeners: dict[tuple[str, int], dict] = {}
+        self._connections = 0
+        self._remote_peers: set[str] = set()
 
     # The environment of every process the rehearsal starts: nothing inherited that could point it at another
     # cluster or at real cloud credentials.
@@ -394,6 +411,7 @@ class Rehearsal:
             "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())])
         self.cluster = Cluster(s3_endpoint, bucket, gcs_address, dashboard_url, token)
         wait_until("2 alive Ray nodes", lambda: len(self.alive_nodes()) == 2, cfg.start_timeout_s, sup.check_alive)
+        self.sample_sockets()
         self.report["cluster_start_s"] = round(time.monotonic() - t0, 1)
         self.report["nodes"] = self.alive_nodes()
         log.info("cluster up in %.1f s: 2 nodes, dashboard %s, S3 %s, bucket %s", time.monotonic() - t0,
@@ -433,9 +451,11 @@ class Rehearsal:
         with open(log_path, "wb") as out:
             cli = subprocess.Popen(argv, env=self.supervisor.env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                cli.wait(timeout=self.cfg.job_timeout_s)
-            except subprocess.TimeoutExpired:
+            deadline = time.monotonic() + self.cfg.job_timeout_s
+            while cli.poll() is None and time.monotonic() < deadline:
+                self.sample_sockets()  # while the job's workers (DDP ranks, actors) are up
+                time.sleep(1.0)
+            if cli.poll() is None:
                 os.killpg(cli.pid, signal.SIGKILL)
                 cli.wait()
                 subprocess.run([self._tool("ray"), "job", "stop", "--address", c.dashboard_url, submission_id],
@@ -493,22 +513,49 @@ class Rehearsal:
             raise RehearsalError("outputs missing: " + "; ".join(problems))
         log.info("outputs in s3://%s: %s", c.bucket, count)
 
+    def sample_sockets(self) -> None:
+        """Record the rehearsal's processes' listening sockets and connections (sampled during and between jobs)."""
+        processes = processes_with_marker(self.run_id)
+        for sock in tcp_sockets(sorted(processes)):
+            if sock["state"] == "LISTEN":
+                key = (sock["address"], sock["port"])
+                if key not in self._listeners:
+                    self._listeners[key] = {**{k: sock[k] for k in ("pid", "address", "port")},
+                                            "cmd": processes.get(sock["pid"], "")[:120].strip()}
+            else:
+                self._connections += 1
+                if not is_loopback(sock["remote"]):
+                    self._remote_peers.add(f"{sock['remote']}:{sock['remote_port']}")
+
+    @staticmethod
+    def is_ddp_store(sock: dict) -> bool:
+        """PyTorch's c10d TCPStore (the DDP rendezvous that rank 0 serves on MASTER_PORT) always binds the wildcard
+        address; torch has no option to restrict it. It is allowed only in a Ray Train worker process."""
+        return sock["cmd"].startswith("ray::RayTrainWorker") and sock["address"] in ("::", "0.0.0.0")
+
     def check_loopback_and_auth(self) -> None:
-        pids = sorted(processes_with_marker(self.run_id))
-        sockets = listening_sockets(pids)
-        exposed = [s for s in sockets if not is_loopback(s["address"])]
-        self.report["listening_sockets"] = len(sockets)
+        self.sample_sockets()
+        listeners = list(self._listeners.values())
+        known = [s for s in listeners if not is_loopback(s["address"]) and self.is_ddp_store(s)]
+        exposed = [s for s in listeners if not is_loopback(s["address"]) and not self.is_ddp_store(s)]
+        self.report["listening_sockets"] = len(listeners)
         self.report["non_loopback_sockets"] = exposed
+        self.report["ddp_store_wildcard_sockets"] = known
+        self.report["connections_sampled"] = self._connections
+        self.report["non_loopback_peers"] = sorted(self._remote_peers)
         status, _ = http_get(f"{self.cluster.dashboard_url}/api/version")
         self.report["dashboard_without_token_status"] = status
-        if not sockets:
-            raise RehearsalError("found no listening sockets of the rehearsal's processes; cannot check loopback")
+        if not listeners or not self._connections:
+            raise RehearsalError("saw no sockets of the rehearsal's processes; cannot check that they stay on loopback")
         if exposed:
-            raise RehearsalError(f"processes listen on non-loopback addresses: {exposed}")
+            raise RehearsalError(f"processes listened on non-loopback addresses: {exposed}")
+        if self._remote_peers:
+            raise RehearsalError(f"processes talked to non-loopback peers: {sorted(self._remote_peers)}")
         if status not in (401, 403):
             raise RehearsalError(f"the dashboard answered {status} to a request without the token; expected 401/403")
-        log.info("%d listening sockets, all on loopback; the dashboard refuses requests without the token (%d)",
-                 len(sockets), status)
+        log.info("%d listening sockets and %d connections seen, all on loopback (%d wildcard DDP store listener(s) in "
+                 "Ray Train workers, see report); the dashboard refuses requests without the token (%d)",
+                 len(listeners), self._connections, len(known), status)
 
     def teardown(self) -> None:
         t0 = time.monotonic()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from infra.local.rehearse import (
     is_loopback,
     listening_sockets,
     processes_with_marker,
+    tcp_sockets,
 )
 from pipeline.config import ConfigError
 
@@ -58,6 +60,20 @@ def test_listening_sockets_sees_a_real_listener():
         found = {s["port"]: s["address"] for s in listening_sockets([os.getpid()])}
         assert found[loop.getsockname()[1]] == "127.0.0.1"
         assert found[wildcard.getsockname()[1]] == "0.0.0.0"
+
+
+def test_tcp_sockets_sees_established_connections_and_their_peers():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        with socket.create_connection(server.getsockname()) as client:
+            accepted, _ = server.accept()
+            with accepted:
+                mine = [s for s in tcp_sockets([os.getpid()]) if s["state"] == "ESTABLISHED"]
+                pairs = {(s["port"], s["remote_port"]) for s in mine}
+                assert (client.getsockname()[1], server.getsockname()[1]) in pairs
+                assert (server.getsockname()[1], client.getsockname()[1]) in pairs
+                assert all(is_loopback(s["remote"]) for s in mine if s["port"] == client.getsockname()[1])
 
 
 def test_supervisor_stops_a_process_group_and_the_marker_finds_stragglers(tmp_path):
@@ -93,24 +109,37 @@ def test_configs_refuse_bad_values():
 def test_rehearsal_end_to_end(tmp_path):
     run_id = f"t{uuid.uuid4().hex[:10]}"
     workdir = tmp_path / "rehearsal"
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "infra.local.rehearse", "--workdir", str(workdir), "--run-id", run_id],
-        cwd=REPO, capture_output=True, text=True, timeout=840)
-    leftovers = processes_with_marker(run_id)
-    for pid in leftovers:  # never leave a cluster behind for the rest of the suite, even on failure
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=780)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # the rehearsal stops its cluster on SIGTERM
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        leftovers = processes_with_marker(run_id)
+        for pid in leftovers:  # never leave a cluster behind for the rest of the suite, even on failure
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     report_path = workdir / "rehearsal.json"
-    assert report_path.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert report_path.exists(), output[-6000:]
     report = json.loads(report_path.read_text())
-    assert proc.returncode == 0 and report["ok"], (report.get("error"), proc.stderr[-4000:])
+    assert proc.returncode == 0 and report["ok"], (report.get("error"), output[-6000:])
 
     assert [(s["name"], s["status"]) for s in report["stages"]] == [(name, "SUCCEEDED") for name in STAGES]
     assert len(report["nodes"]) == 2 and sorted(n["is_head"] for n in report["nodes"]) == [False, True]
     assert all(n["node_ip"] == "127.0.0.1" for n in report["nodes"])
+    # Traffic stayed on loopback: every sampled connection had a loopback peer, every listener a loopback address
+    # (but for the DDP rendezvous store of Ray Train's rank 0, which PyTorch binds to the wildcard address).
     assert report["listening_sockets"] > 0 and report["non_loopback_sockets"] == []
+    assert report["connections_sampled"] > 0 and report["non_loopback_peers"] == []
+    assert all(s["cmd"].startswith("ray::RayTrainWorker") for s in report["ddp_store_wildcard_sockets"])
     assert report["dashboard_without_token_status"] in (401, 403)
     outputs = report["outputs"]
     assert outputs["shards"] >= 1 and outputs["best_model"] == 1 and outputs["masks"] == outputs["corpus_frames"] > 0
