@@ -1,0 +1,281 @@
+"""Throughput and peak memory of batch inference (jobs/segment.py), and the model alone.
+
+    python bench/segment_throughput.py                       # CPU: 50- and 500-frame videos, small model
+    python bench/segment_throughput.py --frames 50 500 --size 320x180 --input-size 128
+    python bench/segment_throughput.py --gpu                 # also: videos in flight 1, 4, 16 on one GPU actor
+
+Prints one JSON line per setting: the machine, the setting, end-to-end frames/s (decode + flow + model +
+writing masks/RLE, on a fresh local Ray cluster), the model-only frames/s measured in the same run with the same
+model and input size (``net.step`` on random tensors, no I/O), their ratio, ``streaming_fps`` (the video's frames
+over the time from its start in the actor to its done marker: decode, flow, model and writes overlapped, without
+Ray start-up and model loading), and the peak resident memory of the
+job's process tree (driver, raylet, GCS, Ray workers) (sampled every 50 ms from /proc, Linux only; the job runs as
+``python jobs/segment.py`` in its own process with its own local Ray cluster). Peak memory should not grow
+with video length (the job streams chunks); ``memory_ratio_vs_shortest`` compares each video length with the
+shortest one. ``actor_peak_rss_mb`` / ``decode_task_peak_rss_mb`` are the high-water marks (VmHWM) of the
+model actor and of the decode+flow task processes alone, which exclude the fixed Ray overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+
+def machine() -> dict:
+    import torch
+
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        with open("/proc/meminfo") as f:
+            info["mem_gb"] = round(int(f.readline().split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return info
+
+
+def _status_bytes(pid: int, field: str = "VmRSS") -> int:
+    """A memory field of /proc/<pid>/status in bytes (VmRSS: resident now; VmHWM: the process' peak)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _descendants(root: int) -> set[int]:
+    """``root`` and every process below it (the job's driver, its raylet and Ray workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, stack = set(), [root]
+    while stack:
+        pid = stack.pop()
+        if pid not in found:
+            found.add(pid)
+            stack.extend(children.get(pid, []))
+    return found
+
+
+class PeakMemory:
+    """Samples the summed RSS of the job's process (``extra_pid``) and all its descendants (raylet, Ray workers)."""
+
+    def __init__(self, interval: float = 0.05, extra_pid: int | None = None):
+        # Only the job's own process tree: other Ray clusters on the machine must not count.
+        self.interval = interval
+        self.extra_pid = extra_pid
+        self.peak = 0
+        self.roles: dict[int, str] = {}  # pid -> "actor" / "decode", seen while the process ran that work
+        self.role_peaks: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pids = _descendants(self.extra_pid) if self.extra_pid else set()
+            total = sum(_status_bytes(p) for p in pids)
+            self.peak = max(self.peak, total)
+            for pid in pids:
+                cmd = _cmdline(pid)
+                if b"SegmentActor" in cmd:
+                    self.roles[pid] = "actor"
+                elif b"video_chunks" in cmd:
+                    self.roles[pid] = "decode"
+            for pid, role in self.roles.items():
+                self.role_peaks[role] = max(self.role_peaks.get(role, 0), _status_bytes(pid, "VmHWM"))
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def synthetic_video(n: int, width: int, height: int, seed: int = 0) -> bytes:
+    """A textured background with a moving disc, encoded as H.264 MP4 in memory."""
+    from pipeline.video import encode_video
+
+    rng = np.random.default_rng(seed)
+    background = rng.integers(30, 140, (height, width, 3), dtype=np.uint8)
+    rows, cols = np.mgrid[0:height, 0:width]
+    frames = np.empty((n, height, width, 3), np.uint8)
+    for i in range(n):
+        cx = width * (0.2 + 0.6 * (i % 100) / 100)
+        disc = (cols - cx) ** 2 + (rows - height / 2) ** 2 <= (height / 5) ** 2
+        frames[i] = background
+        frames[i][disc] = (230, 70, 40)
+    buffer = io.BytesIO()
+    encode_video(frames, buffer, fps=25, codec="libx264", container_format="mp4")
+    return buffer.getvalue()
+
+
+def small_model(path: str, device: str):
+    import torch
+
+    from model import create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    net = create_model(
+        "hmhi_mit_b0", decoder_width=32, readout_ffn_dim=64, semantic_mask_hidden=32, memory_size=3
+    )
+    save_checkpoint(net, path)
+    return net.eval().to(device)
+
+
+def model_only_fps(net, input_size: int, videos: int, steps: int, device: str) -> float:
+    import torch
+
+    state = net.init_state(videos, device=device)
+    frame = torch.randn(videos, 3, input_size, input_size, device=device)
+    with torch.inference_mode():
+        for _ in range(5):  # warm-up; also fills the memory to its steady-state size
+            _, state = net.step(frame, frame, state)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            _, state = net.step(frame, frame, state)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return videos * steps / (time.perf_counter() - start)
+
+
+def end_to_end(corpus: str, out: str, checkpoint: str, input_size: int, videos_in_flight: int, gpu: bool,
+               cpus: int) -> tuple[dict, PeakMemory]:  # fmt: skip
+    """Run ``python jobs/segment.py`` as its own process on a fresh local Ray cluster; (summary, memory)."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = [sys.executable, os.path.join(repo, "jobs", "segment.py"), "--input", corpus, "--output", out,
+            "--checkpoint", checkpoint, "--input-size", str(input_size), "--videos-in-flight", str(videos_in_flight),
+            "--set", "runtime.chunk_frames=8"]  # fmt: skip
+    if gpu:
+        args += ["--set", "runtime.gpus_per_actor=1"]
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)  # a fresh cluster per setting, so peaks are not shared
+    with PeakMemory(extra_pid=None) as memory:
+        proc = subprocess.Popen(args, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        memory.extra_pid = proc.pid
+        _, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"segment failed ({proc.returncode}):\n{stderr.decode()[-3000:]}")
+    with open(os.path.join(out, "summary.json")) as f:
+        return json.load(f), memory
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--frames", type=int, nargs="+", default=[50, 500], help="video lengths to time")
+    parser.add_argument("--size", default="320x180", help="frame size WxH of the synthetic videos")
+    parser.add_argument("--input-size", type=int, default=128, help="model input side (multiple of 32)")
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    parser.add_argument("--gpu", action="store_true", help="also time 1, 4 and 16 videos in flight on a GPU")
+    parser.add_argument("--gpu-frames", type=int, default=100, help="frames per video in the GPU settings")
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import torch
+
+    torch.set_num_threads(1)
+    info = machine()
+    work = tempfile.mkdtemp(prefix="bench-segment-")
+    try:
+        checkpoint = os.path.join(work, "small.pth")
+        net = small_model(checkpoint, "cpu")
+        cpu_model_fps = model_only_fps(net, args.input_size, 1, 30, "cpu")
+        peaks: dict[int, int] = {}
+        for n in sorted(args.frames):
+            corpus = os.path.join(work, f"corpus{n}")
+            os.makedirs(corpus)
+            with open(os.path.join(corpus, f"video{n}.mp4"), "wb") as f:
+                f.write(synthetic_video(n, width, height))
+            summary, memory = end_to_end(corpus, os.path.join(work, f"out{n}"), checkpoint, args.input_size, 1, False,
+                                       args.cpus)  # fmt: skip
+            counters = summary["counters"]
+            peak = peaks[n] = memory.peak
+            with open(os.path.join(work, f"out{n}", "done", f"video{n}.json")) as f:
+                video_seconds = json.load(f)[
+                    "seconds"
+                ]  # from the video's first chunk request to its done marker
+            e2e = counters.get("frames_per_second", 0.0)
+            print(json.dumps({
+                "bench": "segment_throughput", "device": "cpu", "machine": info, "frames": n,
+                "frame_size": f"{width}x{height}", "input_size": args.input_size, "videos_in_flight": 1,
+                "model": "hmhi_mit_b0 (decoder 32, ffn 64, T=3), random init", "flow": "dis medium",
+                "end_to_end_fps": e2e, "streaming_fps": round(n / video_seconds, 3),
+                "actor_model_fps": counters.get("model_frames_per_second"),
+                "model_only_fps": round(cpu_model_fps, 3), "ratio_end_to_end_vs_model_only": round(e2e / cpu_model_fps, 3),
+                "peak_rss_mb": round(peak / 2**20, 1),
+                "memory_ratio_vs_shortest": round(peak / peaks[min(peaks)], 3),
+                "actor_peak_rss_mb": round(memory.role_peaks.get("actor", 0) / 2**20, 1),
+                "decode_task_peak_rss_mb": round(memory.role_peaks.get("decode", 0) / 2**20, 1),
+                "wall_s": summary["elapsed_s"],
+            }), flush=True)  # fmt: skip
+        if args.gpu:
+            if not torch.cuda.is_available():
+                raise SystemExit("--gpu: no CUDA device")
+            gpu_net = net.to("cuda")
+            corpus = os.path.join(work, "corpus_gpu")
+            os.makedirs(corpus)
+            for k in range(16):
+                with open(os.path.join(corpus, f"video{k:02d}.mp4"), "wb") as f:
+                    f.write(synthetic_video(args.gpu_frames, width, height, seed=k))
+            for in_flight in (1, 4, 16):
+                model_fps = model_only_fps(gpu_net, args.input_size, in_flight, 50, "cuda")
+                summary, memory = end_to_end(corpus, os.path.join(work, f"out_gpu{in_flight}"), checkpoint,
+                                           args.input_size, in_flight, True, args.cpus)  # fmt: skip
+                e2e = summary["counters"].get("frames_per_second", 0.0)
+                print(json.dumps({
+                    "bench": "segment_throughput", "device": "cuda", "machine": info, "videos": 16,
+                    "frames_per_video": args.gpu_frames, "frame_size": f"{width}x{height}",
+                    "input_size": args.input_size, "videos_in_flight": in_flight, "end_to_end_fps": e2e,
+                    "actor_model_fps": summary["counters"].get("model_frames_per_second"),
+                    "model_only_fps": round(model_fps, 3), "ratio_end_to_end_vs_model_only": round(e2e / model_fps, 3),
+                    "peak_rss_mb": round(memory.peak / 2**20, 1),
+                    "actor_peak_rss_mb": round(memory.role_peaks.get("actor", 0) / 2**20, 1),
+                    "wall_s": summary["elapsed_s"],
+                }), flush=True)  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
