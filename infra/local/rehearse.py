@@ -189,6 +189,20 @@ def listening_sockets(pids: Sequence[int]) -> list[dict]:
     return [{k: s[k] for k in ("pid", "address", "port")} for s in tcp_sockets(pids) if s["state"] == "LISTEN"]
 
 
+def exit_status(process: subprocess.Popen) -> int | None:
+    """The child's exit status if it has exited, else None, without reaping it (a zombie keeps its pid, and so its
+    process group id, from being reused)."""
+    if process.returncode is not None:
+        return process.returncode
+    try:
+        info = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return process.poll()
+    if info is None:
+        return None
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
 @dataclass
 class Started:
     name: str
@@ -216,28 +230,30 @@ class Supervisor:
 
     def check_alive(self) -> None:
         for s in self.started:
-            if s.process.poll() is not None:
-                raise RehearsalError(f"{s.name} (pid {s.process.pid}) exited with status {s.process.returncode}; "
-                                     f"see {s.log_path}")
+            status = exit_status(s.process)
+            if status is not None:
+                raise RehearsalError(f"{s.name} (pid {s.process.pid}) exited with status {status}; see {s.log_path}")
 
     @staticmethod
     def stop(s: Started, grace_s: float = 30.0) -> None:
-        """SIGTERM the process (Ray's handler then stops the node's own processes); SIGKILL its group if it hangs."""
-        if s.process.poll() is None:
-            try:
-                os.kill(s.process.pid, signal.SIGTERM)
-                s.process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing its process group", s.name,
-                            s.process.pid, grace_s)
+        """SIGTERM the process (Ray's handler then stops the node's own processes); then SIGKILL whatever is left of
+        its process group, at once if it ignored SIGTERM for ``grace_s``. The group is killed while its leader is
+        still unreaped, so its id (the leader's pid) cannot have been reused by an unrelated group."""
+        pid = s.process.pid
+        if exit_status(s.process) is None:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while exit_status(s.process) is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if exit_status(s.process) is None:
+                log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing its process group", s.name, pid, grace_s)
+        if s.process.returncode is None:
+            try:  # start_new_session made it a group leader: the group id is its pid
+                os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        try:  # the group id is the pid: start_new_session made it a group leader
-            os.killpg(s.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         s.process.wait()
-        log.info("stopped %s (pid %d, status %s)", s.name, s.process.pid, s.process.returncode)
+        log.info("stopped %s (pid %d, status %s)", s.name, pid, s.process.returncode)
 
     def stop_all(self) -> None:
         while self.started:
