@@ -64,7 +64,8 @@ def write_davis(root: str | Path, videos: dict[str, int], size: tuple[int, int] 
                 splits: dict[str, list[str]] | None = None, year: int = 2016, mask_every: int = 1,
                 seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Write a DAVIS-2016 (0/255 masks, path-pair ImageSets) or DAVIS-2017 (two-object palette masks, name
-    ImageSets) corpus; returns {name: (frames as decoded from the written JPEGs, masks)}."""
+    ImageSets; the square's first column is void, 255) corpus; returns {name: (frames as decoded from the written
+    JPEGs, foreground masks)}."""
     root = Path(root)
     out = {}
     for k, (name, n) in enumerate(videos.items()):
@@ -85,7 +86,14 @@ def write_davis(root: str | Path, videos: dict[str, int], size: tuple[int, int] 
                 cols = np.flatnonzero(masks[t].any(0))
                 if len(cols):
                     labels[:, cols[len(cols) // 2]:] *= 2
+                    labels[:, cols[0]] = np.where(masks[t][:, cols[0]], 255, 0)  # void band: not foreground
                 mp.write_bytes(_palette_png(labels))
+        if year != 2016:
+            masks = masks.copy()
+            for t in range(n):
+                cols = np.flatnonzero(masks[t].any(0))
+                if len(cols):
+                    masks[t][:, cols[0]] = False
         out[name] = (decoded, masks)
     if splits:
         for split, names in splits.items():

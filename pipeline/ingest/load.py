@@ -6,7 +6,8 @@ Rejected (the video is skipped; the message names the video and the file):
 Repaired (with a warning naming the file, kept in the video's ``warnings``):
     masks of a different size but the same aspect ratio (nearest-neighbour resize); masks that cannot be read or
     have another aspect ratio are dropped (the frame counts as unannotated); palette / non-binary masks become
-    binary through :func:`pipeline.masks.read_mask` (any non-zero value is foreground).
+    binary through :func:`pipeline.masks.read_mask` (any non-zero value is foreground); in DAVIS-2017 label
+    maps, the void label 255 next to object labels 1..K is background.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def _read(storage, rel: str, what: str) -> bytes:
         raise VideoRejected(f"{what} {rel!r}: unsafe path ({e})") from e
 
 
-def _load_mask(storage, rel: str, shape: tuple[int, int], warnings: list[str], video: str) -> np.ndarray | None:
+def _load_mask(storage, rel: str, shape: tuple[int, int], warnings: list[str], video: str,
+               void_label: int | None = None) -> np.ndarray | None:
     import cv2
 
     url = storage.join(rel) if ".." not in rel.split("/") else rel
@@ -90,6 +92,8 @@ def _load_mask(storage, rel: str, shape: tuple[int, int], warnings: list[str], v
         warnings.append(f"video {video}: mask {rel} dropped: {e}")
         return None
     mask = values != 0  # the codec's rule (read_mask): any non-zero value is foreground
+    if void_label is not None and (values == void_label).any() and ((values > 0) & (values != void_label)).any():
+        mask &= values != void_label  # DAVIS-2017 labels objects 1..K and marks void (unlabelled) pixels 255
     distinct = (np.count_nonzero(np.bincount(values.ravel())) if values.dtype == np.uint8
                 else len(np.unique(values)))
     if distinct > 2:
@@ -181,7 +185,7 @@ def load_video(storage, rec: VideoRecord, max_video_mb: float = 4096) -> LoadedV
         if i >= n:
             warnings.append(f"video {rec.name}: mask {rel} is for frame {i}, the video has {n} frames; ignored")
             continue
-        m = _load_mask(storage, rel, (h, w), warnings, rec.name)
+        m = _load_mask(storage, rel, (h, w), warnings, rec.name, 255 if rec.format == "davis2017" else None)
         if m is not None:
             masks[i], valid[i] = m, True
     for msg in warnings:
