@@ -310,9 +310,9 @@ def _remove_unindexed_shards(out, index) -> int:
 
 def _engine_opts(cfg: PrecomputeFlowConfig) -> tuple[str, dict[str, Any]]:
     threads = max(1, int(cfg.compute.num_cpus_per_actor))
-    device = "cuda" if cfg.compute.num_gpus_per_actor > 0 else "cpu"
     if cfg.flow.engine == "dis":
-        return device, {"preset": cfg.flow.preset, "threads": threads}
+        return "cpu", {"preset": cfg.flow.preset, "threads": threads}
+    device = "cuda" if cfg.compute.num_gpus_per_actor > 0 else "cpu"
     return device, {"batch_size": cfg.flow.batch_size, "random_init": cfg.flow.random_init, "threads": threads}
 
 
