@@ -45,7 +45,8 @@ def synthetic_shards(root: str, videos: int, frames: int, size: str) -> str:
     """Synthetic DAVIS-layout corpus -> the data pipeline's precompute_flow job -> shards under ``root``."""
     import ray
 
-    from jobs.precompute_flow import main as precompute_main
+    from pipeline.config import load_config
+    from pipeline.flow.precompute import PrecomputeFlowConfig, run_precompute
     from pipeline.synthetic import main as synth_main
 
     corpus, shards = os.path.join(root, "corpus"), os.path.join(root, "shards")
@@ -53,7 +54,8 @@ def synthetic_shards(root: str, videos: int, frames: int, size: str) -> str:
                 "--set", "val_fraction=0.0"])
     if not ray.is_initialized():
         ray.init(num_cpus=min(8, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
-    precompute_main(["--input", corpus, "--output", shards, "--clip-length", "16"])
+    run_precompute(load_config(PrecomputeFlowConfig, None, [f"input={corpus}", f"output={shards}",
+                                                           "shards.clip_length=16"]))
     ray.shutdown()
     return shards
 
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--workers", type=int, default=1, help="decode processes (shards) = DataLoader workers (baseline)")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2, help="alternating timed rounds per loader (medians kept)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = leave as is)")
     p.add_argument("--synthetic-size", default="128x128", help="frame size of the synthetic corpus")
     p.add_argument("--synthetic-videos", type=int, default=8)
@@ -198,27 +201,47 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                            persistent_workers=args.workers > 0,
                                            prefetch_factor=4 if args.workers > 0 else None)
 
+    # Data-only rate of each loader (no training step): what the input pipeline alone can deliver.
+    loader_only = {}
+    for loader, make in (("per_file", file_batches), ("shards", shard_batches)):
+        it = iter(make())
+        next(it)  # start-up (worker processes, first shard) is not counted
+        t0 = time.perf_counter()
+        for _ in range(n_batches - 1):
+            next(it)
+        loader_only[loader] = (n_batches - 1) * args.batch / (time.perf_counter() - t0)
+        del it
+
     results = []
     for precision in precisions:
+        # Alternate the loaders over rounds and keep medians: the machine may be shared and noisy.
+        timings: dict[str, list[dict]] = {"per_file": [], "shards": []}
+        for _ in range(args.rounds):
+            for loader, make in (("per_file", file_batches), ("shards", shard_batches)):
+                torch.manual_seed(0)
+                net = create_model(args.model, memory_size=5, decoder_width=args.decoder_width).to(device).train()
+                opt = torch.optim.AdamW(net.parameters(), lr=6e-5, weight_decay=5e-4)
+                timings[loader].append(timed_training(make(), net, opt, device, precision == "bf16", args.steps,
+                                                      args.warmup))
+                del net, opt
         rows = {}
-        for loader, make in (("per_file", file_batches), ("shards", shard_batches)):
-            torch.manual_seed(0)
-            net = create_model(args.model, memory_size=5, decoder_width=args.decoder_width).to(device).train()
-            opt = torch.optim.AdamW(net.parameters(), lr=6e-5, weight_decay=5e-4)
-            timing = timed_training(make(), net, opt, device, precision == "bf16", args.steps, args.warmup)
+        for loader, runs in timings.items():
             rows[loader] = {
                 "bench": "train_throughput", "loader": loader, "device": device.type, "precision": precision,
                 "model": args.model, "decoder_width": args.decoder_width, "image_size": args.size,
                 "clips_per_step": args.batch, "data_workers": args.workers, "steps": args.steps,
-                "clips_per_s_per_worker": round(args.steps * args.batch / timing["total_s"], 4),
-                "data_idle_frac": round(timing["idle_frac"], 4),
-                "step_s_median": round(timing["step_s_median"], 4), "data": data if args.data else "synthetic",
-                "machine": machine(),
+                "rounds": args.rounds,
+                "clips_per_s_per_worker": round(statistics.median(
+                    args.steps * args.batch / t["total_s"] for t in runs), 4),
+                "data_idle_frac": round(statistics.median(t["idle_frac"] for t in runs), 4),
+                "step_s_median": round(statistics.median(t["step_s_median"] for t in runs), 4),
+                "loader_only_clips_per_s": round(loader_only[loader], 3),
+                "data": data if args.data else "synthetic", "machine": machine(),
             }
-            del net, opt
         base = rows["per_file"]["clips_per_s_per_worker"]
         rows["per_file"]["ratio_vs_baseline"] = 1.0
         rows["shards"]["ratio_vs_baseline"] = round(rows["shards"]["clips_per_s_per_worker"] / base, 3)
+        rows["shards"]["loader_only_ratio_vs_baseline"] = round(loader_only["shards"] / loader_only["per_file"], 3)
         for row in rows.values():
             print(json.dumps(row), flush=True)
             results.append(row)

@@ -212,6 +212,12 @@ def train_loop_per_worker(config: dict) -> None:
     else:
         torch.manual_seed(cfg.optim.seed + rank)
     start_step = step
+    if step >= cfg.optim.max_steps:
+        # A resubmission of a finished run: nothing to train, nothing to write (idempotent).
+        log.info("rank %d: run %s already reached step %d (optim.max_steps=%d)", rank, cfg.run_name, step,
+                 cfg.optim.max_steps)
+        ray.train.report({"step": step, "epoch": position.epoch, "start_step": start_step})
+        return
 
     stream = TrainStream(shards, cfg.data, cfg.augment, cfg.model.image_size, cfg.optim.seed, world_size, rank,
                          decode_clip, start=position)

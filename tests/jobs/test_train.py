@@ -51,7 +51,6 @@ def _steps(run) -> list[int]:
 
 def test_train_then_resubmit_resumes_with_same_optimizer_state(shard_set, s3_server):
     from jobs.train import main
-
     from pipeline.shards import read_index
 
     index = read_index(shard_set)
@@ -100,10 +99,16 @@ def test_train_then_resubmit_resumes_with_same_optimizer_state(shard_set, s3_ser
     # keep_last=2: the oldest checkpoint was dropped
     assert "checkpoint_00000004" not in run.list()
 
+    # a third submission of the finished run changes nothing
+    before = sorted(run.list(recursive=True))
+    third = main([*args, "--max-steps", "10"])
+    assert third["counts"]["run"]["done"] == 1 and third["counters"]["steps"] == 10
+    assert sorted(n for n in run.list(recursive=True) if n != "summary.json") == [
+        n for n in before if n != "summary.json"]
+
 
 def test_worker_failure_restarts_from_last_checkpoint(shard_set, s3_server, tmp_path):
     from jobs.train import main
-
     from model import create_model, save_checkpoint
 
     storage = f"s3://{s3_server.create_bucket('runs')}/runs"

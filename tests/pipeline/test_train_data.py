@@ -7,8 +7,8 @@ import tarfile
 import time
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from pipeline.train.config import OptimConfig
 from pipeline.train.data import Prefetcher, ShardEntry, iter_tar_samples, rank_block, steps_per_epoch
@@ -119,7 +119,7 @@ def _write_shards(root, videos=5, frames=6, size=32, target_bytes=40_000):
 def test_train_stream_is_deterministic_parallel_and_resumable(tmp_path):
     from pipeline.shards import decode_clip
     from pipeline.train.config import AugmentConfig, DataConfig
-    from pipeline.train.data import DataPosition, TrainStream
+    from pipeline.train.data import TrainStream
     from pipeline.train.trainer import resolve_shards
 
     root = str(tmp_path / "shards")
