@@ -61,10 +61,27 @@ class FlowAdapter(nn.Module):
         return self.up_proj(F.relu(self.down_proj(self.adapter_layer_norm_before(x))))
 
 
-def _add_to_flow_half(rgb_and_flow: torch.Tensor, flow_delta: torch.Tensor) -> torch.Tensor:
-    """[rgb; flow] -> [rgb; flow + delta] along the batch axis (out of place, so autograd is safe)."""
+def _add_to_flow_half(rgb_and_flow: torch.Tensor, flow_delta: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """[rgb; flow] -> [rgb; flow + delta] along the batch axis.
+
+    In place when allowed (saves a copy of the whole 2B batch); out of place when autograd may have saved
+    ``rgb_and_flow`` for the backward pass.
+    """
     half = rgb_and_flow.shape[0] // 2
+    if inplace:
+        rgb_and_flow[half:] += flow_delta
+        return rgb_and_flow
     return torch.cat([rgb_and_flow[:half], rgb_and_flow[half:] + flow_delta], dim=0)
+
+
+def _as_nchw(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, H*W, C) tokens -> (B, C, H, W) view in channels-last memory order (no copy)."""
+    return tokens.unflatten(1, (height, width)).permute(0, 3, 1, 2)
+
+
+def _as_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C); a view when x is channels-last."""
+    return x.permute(0, 2, 3, 1).flatten(1, 2)
 
 
 class AdapterAttention(Attention):
@@ -78,13 +95,14 @@ class AdapterAttention(Attention):
     def forward(self, x: torch.Tensor, feat_size: list[int]) -> torch.Tensor:
         batch, tokens, dim = x.shape
         half = batch // 2
-        q = _add_to_flow_half(self.q(x), self.q_adapter(x[half:]))
+        # q and kv are fresh projection outputs that autograd does not save, so the adapters add in place.
+        q = _add_to_flow_half(self.q(x), self.q_adapter(x[half:]), inplace=True)
         if self.sr is not None:
-            reduced = x.transpose(1, 2).reshape(batch, dim, feat_size[0], feat_size[1])
-            reduced = self.norm(self.sr(reduced).flatten(2).transpose(1, 2))
+            reduced = self.sr(_as_nchw(x, feat_size[0], feat_size[1]).contiguous(memory_format=torch.channels_last))
+            reduced = self.norm(_as_tokens(reduced))
         else:
             reduced = x
-        kv = _add_to_flow_half(self.kv(reduced), self.kv_adapter(reduced[half:]))  # k first, then v
+        kv = _add_to_flow_half(self.kv(reduced), self.kv_adapter(reduced[half:]), inplace=True)  # k, then v
         q = q.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
         kv = kv.reshape(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], dropout_p=self.attn_drop.p if self.training else 0.0)
@@ -102,9 +120,17 @@ class AdapterBlock(Block):
 
     def forward(self, x: torch.Tensor, feat_size: list[int]) -> torch.Tensor:
         x = x + self.drop_path1(self.attn(self.norm1(x), feat_size))
-        x = x + self.drop_path2(self.mlp(self.norm2(x), feat_size))
+        x = x + self.drop_path2(self._mix_ffn(self.norm2(x), feat_size))
         half = x.shape[0] // 2
-        return _add_to_flow_half(x, self.adapter(x[half:]))  # no drop path on the adapter
+        # no drop path on the adapter; in place unless autograd saved x (inside the adapter's LayerNorm)
+        return _add_to_flow_half(x, self.adapter(x[half:]), inplace=not torch.is_grad_enabled())
+
+    def _mix_ffn(self, x: torch.Tensor, feat_size: list[int]) -> torch.Tensor:
+        """timm's MlpWithDepthwiseConv, with the depthwise conv run channels-last so no layout copies are made."""
+        mlp = self.mlp
+        hidden = mlp.fc1(x)
+        hidden = _as_tokens(mlp.dwconv(_as_nchw(hidden, feat_size[0], feat_size[1])))
+        return mlp.drop(mlp.fc2(mlp.drop(mlp.act(hidden))))
 
 
 class DualStreamMiT(nn.Module):

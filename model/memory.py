@@ -25,6 +25,7 @@ __all__ = [
     "MultiheadProjections",
     "ReadoutLayer",
     "topk_cross_attention",
+    "dense_topk_attention",
 ]
 
 _SINE_CACHE: dict[tuple, torch.Tensor] = {}
@@ -178,30 +179,46 @@ def topk_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk
     """Single-head attention where each query keeps only its ``topk`` largest logits over all keys.
 
     q (B, Nq, d), k and v (B, Nk, d), key_valid (B, Nk) bool or None. Equal to the official dense form
-    (logits, -inf outside the top k, softmax, dropout, @ v): the softmax over the kept logits is the dense softmax
-    and the product only needs the kept values, which are gathered. Queries are processed in chunks so that at
-    most ~``chunk_elements`` logits exist at once (the full Nq x Nk matrix is never built). If fewer than
-    ``topk`` keys are valid, every valid key is kept (invalid ones get weight 0).
+    (:func:`dense_topk_attention`): the dense softmax is zero outside the kept logits, so it is the softmax of the
+    kept logits, and the product with v only needs the kept rows of v, which are summed with their weights by
+    ``embedding_bag`` (never materialised). Queries are processed in chunks so that at most ~``chunk_elements``
+    logits exist at once (the Nq x Nk matrix is never built whole). If fewer than ``topk`` keys are valid, every
+    valid key is kept (invalid ones get weight 0).
     """
     batch, n_q, dim = q.shape
     n_k = k.shape[1]
     keep = min(topk, n_k)
-    scale = dim ** -0.5
     chunk = max(1, min(n_q, chunk_elements // max(1, batch * n_k)))
     k_t = k.transpose(1, 2)
     v_flat = v.reshape(batch * n_k, dim)
     offsets = (torch.arange(batch, device=q.device) * n_k).view(batch, 1, 1)
     outputs = []
     for start in range(0, n_q, chunk):
-        logits = torch.matmul(q[:, start:start + chunk], k_t) * scale
+        q_chunk = q[:, start:start + chunk]
+        # logits = q k^T / sqrt(d), scaled inside the GEMM (one pass over the chunk instead of two)
+        logits = torch.baddbmm(q_chunk.new_empty(()), q_chunk, k_t, beta=0.0, alpha=dim ** -0.5)
         if key_valid is not None:
-            logits = logits.masked_fill(~key_valid[:, None, :], float("-inf"))
+            logits.masked_fill_(~key_valid[:, None, :], float("-inf"))
         top_logits, top_index = logits.topk(keep, dim=-1, sorted=False)
         del logits
         weights = F.dropout(top_logits.softmax(dim=-1), p=dropout_p, training=dropout_p > 0)
-        picked = v_flat[top_index + offsets]  # (B, c, keep, d)
-        outputs.append(torch.matmul(weights.unsqueeze(-2).to(picked.dtype), picked).squeeze(-2))
+        rows = (top_index + offsets).flatten(0, 1)  # (B*c, keep) rows of v_flat
+        out = F.embedding_bag(rows, v_flat, per_sample_weights=weights.flatten(0, 1).to(v_flat.dtype), mode="sum")
+        outputs.append(out.view(batch, -1, dim))
     return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+
+
+def dense_topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int,
+                         key_valid: torch.Tensor | None = None, dropout_p: float = 0.0,
+                         chunk_elements: int = 0) -> torch.Tensor:
+    """The official formulation, as a reference: full logits, -inf outside the top k, softmax, dropout, @ v."""
+    logits = torch.matmul(q, k.transpose(1, 2)) / math.sqrt(q.shape[-1])
+    if key_valid is not None:
+        logits = logits.masked_fill(~key_valid[:, None, :], float("-inf"))
+    index = logits.topk(min(topk, k.shape[1]), dim=-1).indices
+    masked = torch.full_like(logits, float("-inf")).scatter(-1, index, logits.gather(-1, index))
+    weights = F.dropout(masked.softmax(dim=-1), p=dropout_p, training=dropout_p > 0)
+    return torch.matmul(weights, v)
 
 
 class ReadoutLayer(nn.Module):
@@ -231,6 +248,8 @@ class ReadoutLayer(nn.Module):
         self.topk = topk
         self.topk_chunk_elements = 1 << 23
         """Logits materialised at once by the top-k read-out (queries are chunked to stay under it)."""
+        self.topk_attention = topk_cross_attention
+        """Top-k attention implementation (:func:`dense_topk_attention` gives the official formulation)."""
 
     def project_memory(self, tokens: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Memory tokens (B, h*w, d) of one frame -> its cross-attention (keys, values), ready to be banked."""
@@ -249,7 +268,7 @@ class ReadoutLayer(nn.Module):
         p_drop = self.dropout if self.training else 0.0
         pos = sine_position_code(dim, height, width, feature.device).to(feature.dtype)
         rope = rope_tables(dim, height, width, feature.device)
-        x = feature.flatten(2).transpose(1, 2) + 0.1 * pos
+        x = feature.permute(0, 2, 3, 1).flatten(1, 2) + 0.1 * pos  # (B, N, d); a view for channels-last input
 
         y = self.norm1(x)
         qk_in = y + pos if self.pos_on_self_attn else y
@@ -265,7 +284,7 @@ class ReadoutLayer(nn.Module):
         if self.rope_on_cross_attn:
             q = apply_rope(q, rope)
         if self.topk is not None:
-            attn = topk_cross_attention(q, memory_keys, memory_values, self.topk, key_valid, p_drop,
+            attn = self.topk_attention(q, memory_keys, memory_values, self.topk, key_valid, p_drop,
                                         self.topk_chunk_elements)
         else:
             mask = None if key_valid is None else key_valid[:, None, :]
@@ -274,4 +293,4 @@ class ReadoutLayer(nn.Module):
 
         y = self.linear2(F.dropout(F.relu(self.linear1(self.norm3(x))), p_drop, self.training))
         x = self.norm(x + F.dropout(y, p_drop, self.training))
-        return x.transpose(1, 2).reshape(batch, dim, height, width)
+        return x.unflatten(1, (height, width)).permute(0, 3, 1, 2)  # NCHW view, channels-last memory (no copy)
