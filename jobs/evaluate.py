@@ -166,8 +166,11 @@ def run(cfg: EvaluateConfig) -> dict:
         gt_frames = {name: gt_frames[name] for name in wanted if name in gt_frames}
     if not gt_frames:
         raise SystemExit(f"evaluate: no ground-truth sequences (<sequence>/<frame>.png) found in {gt.url}")
-    # An output folder inside the prediction root is not a sequence.
     pred_frames = list_frames(pred)
+    if not set(pred_frames) & set(gt_frames) and pred.isdir("masks"):
+        # The output root of jobs/segment.py was given: its masks are under masks/.
+        pred = pred.child("masks")
+        pred_frames = list_frames(pred)
     extra = sorted(set(pred_frames) - set(gt_frames))
     if extra:
         log.warning(

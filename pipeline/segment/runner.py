@@ -82,9 +82,11 @@ class _Slot:
 
 
 class SegmentActor:
-    """Callable class for ``Dataset.map_batches``: rows carry ``record`` (a JSON VideoRecord)."""
+    """Callable class for ``Dataset.map_batches``: rows carry ``record`` (a JSON work item: a VideoRecord
+    dict, or a shard item from :func:`pipeline.segment.source.shard_records`)."""
 
     def __init__(self, config: dict):
+        import ray
         import torch
 
         self.cfg: SegmentConfig = config_from_dict(SegmentConfig, config)
@@ -100,6 +102,10 @@ class SegmentActor:
         self.net = load_segmentation_model(self.cfg).to(self.device)
         self.output = open_storage(self.cfg.output)
         self.input = open_storage(self.cfg.input)
+        # The CPU stage: one generator task per video in flight, at most prefetch_chunks ahead of the model.
+        self.decode_task = ray.remote(video_chunks).options(
+            num_cpus=rt.decode_cpus, _generator_backpressure_num_objects=rt.prefetch_chunks
+        )
         self.pool = ThreadPoolExecutor(max_workers=rt.write_threads, thread_name_prefix="segment-write")
         self.provenance = {
             "checkpoint": self.cfg.model.checkpoint,
@@ -113,14 +119,15 @@ class SegmentActor:
 
     # -------------------------------------------------------------------------------------------- helpers
     def _start(self, record: dict) -> _Slot:
-        import ray
-
         rt = self.cfg.runtime
-        task = ray.remote(video_chunks).options(
-            num_cpus=rt.decode_cpus, _generator_backpressure_num_objects=rt.prefetch_chunks
+        generator = self.decode_task.remote(
+            self.input,
+            record,
+            self.cfg.model.input_size,
+            rt.chunk_frames,
+            self.cfg.flow,
+            self.cfg.outputs.overlay,
         )
-        generator = task.remote(self.input, record, self.cfg.model.input_size, rt.chunk_frames, self.cfg.flow,
-                                self.cfg.outputs.overlay)  # fmt: skip
         outputs = VideoOutputs(self.output, record["video_id"], record, self.cfg.outputs, self.pool)
         return _Slot(record=record, generator=generator, outputs=outputs)
 

@@ -148,7 +148,8 @@ def test_segment_davis_frames_then_evaluate(tmp_path, ray_cluster, tiny_checkpoi
         assert store.read_bytes(f"masks/bear/{i:05d}.png") == store.read_bytes(f"masks/cows/{i:05d}.png")
     # official min-max keeps some foreground in every frame
     assert all(row["area"] > 0 for row in store.read_parquet("rle/bear.parquet").to_pylist())
-    scores = evaluate(["--pred", str(out / "masks"), "--gt", corpus.url, "--protocol", "all"])
+    # The segment output root is accepted as --pred (its masks/ folder is used).
+    scores = evaluate(["--pred", str(out), "--gt", corpus.url, "--protocol", "all"])
     assert scores["n_sequences"] == 2 and scores["n_frames"] == 12
     assert scores["missing_prediction_frames"] == {} and 0 <= scores["JF_mean"] <= 1
 
