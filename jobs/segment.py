@@ -72,6 +72,13 @@ def run(cfg: SegmentConfig) -> dict:
     if todo:
         init_ray()
         rt = cfg.runtime
+        cpus = ray.cluster_resources().get("CPU", 0)
+        needed = rt.num_actors * rt.cpus_per_actor + rt.decode_cpus
+        if cpus < needed:
+            # Actors holding every CPU would leave none for decoding: the job would wait forever.
+            log.warning("the cluster has %s CPUs, fewer than %s actors x %s CPUs + one %s-CPU decode task = %s; "
+                        "unless it scales up, lower runtime.num_actors, cpus_per_actor or decode_cpus",
+                        cpus, rt.num_actors, rt.cpus_per_actor, rt.decode_cpus, needed)  # fmt: skip
         batch = rt.videos_per_batch or 2 * rt.videos_in_flight
         items = [{"video_id": rec["video_id"], "record": json.dumps(rec)} for rec in todo]
         dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * rt.num_actors)))

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SegmentActor", "load_segmentation_model", "RESULT_COLUMNS"]
 
+_WAIT_WARNING_S = 120.0  # how long the model may starve before the actor says so
+
 RESULT_COLUMNS = ("video_id", "status", "frames", "seconds", "model_seconds", "error")
 
 
@@ -217,7 +219,11 @@ class SegmentActor:
             if not any(s is not None and s.chunk is not None for s in slots):
                 waiting = [s.generator for s in slots if s is not None]
                 if waiting:  # nothing to step: sleep until some decoder has a chunk (or finished)
-                    ray.wait(waiting, num_returns=1, timeout=None)
+                    waited = time.perf_counter()
+                    while not ray.wait(waiting, num_returns=1, timeout=_WAIT_WARNING_S)[0]:
+                        log.warning("no chunk from %d decode task(s) for %.0f s: are CPUs free for them "
+                                    "(runtime.decode_cpus=%s)?", len(waiting), time.perf_counter() - waited,
+                                    self.cfg.runtime.decode_cpus)  # fmt: skip
                 continue
             active = [s is not None and s.chunk is not None for s in slots]
             reset = [bool(active[b] and slots[b].needs_reset) for b in range(width)]
