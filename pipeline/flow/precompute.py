@@ -436,6 +436,8 @@ def run_precompute(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
                 summary.add("flows", index_row["n_frames"])
                 summary.add("masks", index_row["n_masks"])
             writer.close()
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("Ray Data stats:\n%s", ds.stats())
         except BaseException:
             writer.abort()
             raise
