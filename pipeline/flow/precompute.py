@@ -454,7 +454,9 @@ def run_precompute(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
             summary.rejected("video", vid, "not all clips were written")
     out.write_parquet(MANIFEST_NAME, manifest_table(records, facts))
     result = summary.finish()
+    frames = result["counters"].get("frames", 0)
     result.update(format=listing.format, input=inp.url, output=out.url, index_rows=writer.index.num_rows,
+                  frames_per_s=round(frames / result["elapsed_s"], 3) if result["elapsed_s"] else None,
                   config=config_to_dict(cfg))
     out.write_json("summary.json", result)
     return result
