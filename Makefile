@@ -11,12 +11,18 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export AWS_EC2_METADATA_DISABLED := true
 
-.PHONY: test install lint
+.PHONY: test install lint demo
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 install: $(STAMP)
+
+# The whole pipeline on a synthetic corpus, on the CPU (python -m pipeline.demo --help for its options).
+# STORAGE=s3://bucket/prefix runs it against S3 (AWS_ENDPOINT_URL for any S3-compatible server).
+STORAGE ?= runs/demo
+demo: $(STAMP)
+	$(PY) -m pipeline.demo --storage $(STORAGE) $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline model jobs tests bench infra

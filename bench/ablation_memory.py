@@ -83,7 +83,7 @@ def build_corpus(videos: int, frames: int, size: int, seed: int, val_fraction: f
     return data, train, val
 
 
-def train_variant(variant: str, data, train_ids, args, init_state: dict | None):
+def train_variant(variant: str, data, train_ids, args, init_state: dict | None, val_ids=()):
     from model.hmhi import HMHIConfig
     from pipeline.train.augment import prepare_clip
     from pipeline.train.config import AugmentConfig, LossConfig
@@ -116,8 +116,14 @@ def train_variant(variant: str, data, train_ids, args, init_state: dict | None):
         loss.backward()
         optimizer.step()
         if step % max(1, args.steps // 10) == 0 or step == args.steps:
-            print(f"  [{variant}] step {step}/{args.steps} loss {float(loss):.3f} "
+            print(f"  [{variant}] step {step}/{args.steps} loss {float(loss.detach()):.3f} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
+        if args.eval_every and step % args.eval_every == 0 and step < args.steps:
+            curve = evaluate_variant(net, data, val_ids, args.image_size)
+            net.train()
+            print(json.dumps({"bench": "ablation_memory_curve", "variant": variant, "step": step,
+                              "train_s": round(time.perf_counter() - started, 1),
+                              **{k: round(v, 4) for k, v in curve.items()}}), flush=True)
     return net, time.perf_counter() - started
 
 
@@ -200,6 +206,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--flow-preset", default="medium")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--eval-every", type=int, default=0, help="also score the validation videos every N steps")
     parser.add_argument("--results-md", default="", help="Markdown file to write the table into")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -220,7 +227,7 @@ def main(argv=None) -> list[dict]:
                                        memory_size=args.memory_size), "full").state_dict()
     rows = []
     for variant in variants:
-        net, train_s = train_variant(variant, data, train_ids, args, init)
+        net, train_s = train_variant(variant, data, train_ids, args, init, val_ids)
         scores = evaluate_variant(net, data, val_ids, args.image_size)
         row = {"bench": "ablation_memory", "variant": variant, **scores, "train_s": round(train_s, 1),
                "steps": args.steps, "n_val_videos": len(val_ids), "machine": _machine()}
