@@ -46,7 +46,7 @@ def test_overlay_gif_has_one_frame_per_video_frame_and_marks_prediction_and_outl
     assert np.abs(np.asarray(gif.convert("RGB"))[:, :256].astype(int) - 110).max() <= 8  # left: the frame as is
 
 
-@pytest.mark.parametrize("field, value", [("videos", 1), ("train_steps", 0), ("flow_preset", "slow"),
+@pytest.mark.parametrize("field, value", [("videos", 1), ("train_steps", 0), ("validate_every", -1), ("flow_preset", "slow"),
                                           ("storage", "")])
 def test_demo_config_errors_name_the_field(field, value):
     with pytest.raises(ConfigError, match=f"'{field}'"):
