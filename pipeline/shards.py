@@ -29,8 +29,11 @@ import logging
 import os
 import tarfile
 import tempfile
+import time
 import zipfile
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -261,13 +264,15 @@ class _OpenShard:
 class ShardWriter:
     """Packs samples into per-split shards of about ``target_bytes``, uploads them, then indexes them.
 
-    A shard is built in a local temporary file, uploaded atomically to ``shards/<split>-NNNNNN.tar``, and only then
-    are its samples added to ``index.parquet`` (rewritten atomically). A run killed in between leaves an unindexed
+    A shard is built in a local temporary file, uploaded atomically to ``shards/<split>-NNNNNN.tar`` by a background
+    thread (so that the producer keeps going), and only then are its samples added to ``index.parquet`` (rewritten
+    atomically, in commit order, by the caller's thread, which also runs ``on_commit``). A run killed in between leaves an unindexed
     shard that the next run overwrites under the same name: numbering continues from the index.
     """
 
     def __init__(self, storage, target_bytes: int, index: pa.Table | None = None,
-                 on_commit: Callable[[str, list[dict[str, Any]]], None] | None = None, tmpdir: str | None = None):
+                 on_commit: Callable[[str, list[dict[str, Any]]], None] | None = None, tmpdir: str | None = None,
+                 max_pending: int = 2):
         self.storage = storage
         self.target_bytes = max(1, int(target_bytes))
         self.index = index if index is not None and index.num_rows else empty_index()
@@ -280,9 +285,17 @@ class ShardWriter:
             self._next[split] = max(self._next.get(split, 0), int(num) + 1)
         self.shards_written = 0
         self.bytes_written = 0
+        self.write_s = 0.0
+        """Seconds spent adding samples to local tars."""
+        self.commit_s = 0.0
+        """Seconds spent checksumming and uploading shards (in the upload thread, overlapping the producer)."""
+        self.max_pending = max_pending
+        self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-upload")
+        self._pending: deque[tuple[_OpenShard, Future]] = deque()
 
     def add(self, split: str, key: str, members: Mapping[str, bytes], row: Mapping[str, Any]) -> None:
         """Append one sample (members sorted by name) to the open shard of ``split``."""
+        t0 = time.perf_counter()
         shard = self._open.get(split)
         if shard is None:
             num = self._next.get(split, 0)
@@ -298,11 +311,20 @@ class ShardWriter:
             digest.update(ext.encode() + b"\0" + data)
         shard.rows.append(dict(row, key=key, split=split, shard=shard.name, offset=offset,
                                bytes=shard.tar.offset - offset, sha256=digest.hexdigest()))
+        self.write_s += time.perf_counter() - t0
         if shard.size >= self.target_bytes:
             self._commit(split)
 
     def _commit(self, split: str) -> None:
+        """Hand the shard to the upload thread; index the shards whose upload has finished, in order."""
         shard = self._open.pop(split)
+        self._pending.append((shard, self._uploader.submit(self._upload, shard)))
+        # At most `max_pending` shards wait on local disk: beyond that, the producer waits for the upload.
+        self._finish_uploads(block_until=max(0, len(self._pending) - self.max_pending))
+
+    def _upload(self, shard: _OpenShard) -> tuple[int, str, float]:
+        """Upload thread: close the tar, checksum it, upload it atomically."""
+        t0 = time.perf_counter()
         shard.tar.close()
         size = os.path.getsize(shard.path)
         digest = hashlib.sha256()
@@ -311,24 +333,39 @@ class ShardWriter:
                 digest.update(chunk)
         self.storage.upload_file(shard.path, shard.name)
         os.remove(shard.path)
-        rows = [dict(r, shard_bytes=size, shard_sha256=digest.hexdigest()) for r in shard.rows]
-        self.index = pa.concat_tables([self.index, pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)])
-        self.storage.write_parquet(INDEX_NAME, self.index)
-        self.shards_written += 1
-        self.bytes_written += size
-        log.info("committed %s (%d samples, %.1f MB)", shard.name, len(rows), size / 1e6)
-        if self.on_commit:
-            self.on_commit(shard.name, rows)
+        return size, digest.hexdigest(), time.perf_counter() - t0
+
+    def _finish_uploads(self, block_until: int = 0) -> None:
+        """Index uploaded shards (calling ``on_commit``) in commit order; wait for the first ``block_until``."""
+        while self._pending and (block_until > 0 or self._pending[0][1].done()):
+            shard, future = self._pending.popleft()
+            block_until -= 1
+            size, sha, upload_s = future.result()  # an upload error propagates here
+            rows = [dict(r, shard_bytes=size, shard_sha256=sha) for r in shard.rows]
+            self.index = pa.concat_tables([self.index, pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)])
+            self.storage.write_parquet(INDEX_NAME, self.index)
+            self.shards_written += 1
+            self.bytes_written += size
+            self.commit_s += upload_s
+            log.info("committed %s (%d samples, %.1f MB)", shard.name, len(rows), size / 1e6)
+            if self.on_commit:
+                self.on_commit(shard.name, rows)
 
     def close(self) -> None:
-        """Commit every open shard (in split order) and remove the temporary directory."""
-        for split in sorted(self._open):
-            self._commit(split)
-        self._tmp.cleanup()
+        """Commit every open shard (in split order), wait for all uploads, index them, clean up."""
+        try:
+            for split in sorted(self._open):
+                self._commit(split)
+            self._finish_uploads(block_until=len(self._pending))
+        finally:
+            self._uploader.shutdown(wait=True)
+            self._tmp.cleanup()
 
     def abort(self) -> None:
-        """Drop open shards without committing them."""
+        """Drop open shards and pending uploads without indexing them (a rerun overwrites any upload)."""
         for shard in self._open.values():
             shard.tar.close()
         self._open.clear()
+        self._uploader.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
         self._tmp.cleanup()

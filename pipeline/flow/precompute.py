@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -308,6 +309,20 @@ def _remove_unindexed_shards(out, index) -> int:
     return removed
 
 
+def _timed(rows, summary, counter: str):
+    """Yield from ``rows``, adding the seconds spent waiting for each row to ``summary``'s ``counter``."""
+    it = iter(rows)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            row = next(it)
+        except StopIteration:
+            return
+        finally:
+            summary.add(counter, time.perf_counter() - t0)
+        yield row
+
+
 def _engine_opts(cfg: PrecomputeFlowConfig) -> tuple[str, dict[str, Any]]:
     threads = max(1, int(cfg.compute.num_cpus_per_actor))
     if cfg.flow.engine == "dis":
@@ -411,7 +426,7 @@ def run_precompute(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
                                                 "flow_level": cfg.shards.flow_compress_level},
                     num_cpus=task_cpus)
         try:
-            for row in ds.iter_rows():
+            for row in _timed(ds.iter_rows(), summary, "driver_wait_s"):
                 info = json.loads(row["info"])
                 rec = info["record"]
                 vid = rec["video_id"]
@@ -446,6 +461,8 @@ def run_precompute(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
     else:
         writer.close()
 
+    summary.add("driver_tar_s", round(writer.write_s, 3))
+    summary.add("driver_upload_index_s", round(writer.commit_s, 3))
     summary.add("shards_written", writer.shards_written)
     summary.add("bytes_written", writer.bytes_written)
     summary.add("shards_total", len(set(writer.index.column("shard").to_pylist())))
