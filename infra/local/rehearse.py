@@ -557,7 +557,7 @@ class Rehearsal:
         self.report["listening_sockets"] = len(listeners)
         self.report["non_loopback_sockets"] = exposed
         self.report["ddp_store_wildcard_sockets"] = known
-        self.report["connections_sampled"] = self._connections
+        self.report["connection_samples"] = self._connections
         self.report["non_loopback_peers"] = sorted(self._remote_peers)
         status, _ = http_get(f"{self.cluster.dashboard_url}/api/version")
         self.report["dashboard_without_token_status"] = status
@@ -569,7 +569,7 @@ class Rehearsal:
             raise RehearsalError(f"processes talked to non-loopback peers: {sorted(self._remote_peers)}")
         if status not in (401, 403):
             raise RehearsalError(f"the dashboard answered {status} to a request without the token; expected 401/403")
-        log.info("%d listening sockets and %d connections seen, all on loopback (%d wildcard DDP store listener(s) in "
+        log.info("%d listening sockets and %d connection samples, all on loopback (%d wildcard DDP store listener(s) in "
                  "Ray Train workers, see report); the dashboard refuses requests without the token (%d)",
                  len(listeners), self._connections, len(known), status)
 

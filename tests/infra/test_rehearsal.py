@@ -138,7 +138,7 @@ def test_rehearsal_end_to_end(tmp_path):
     # Traffic stayed on loopback: every sampled connection had a loopback peer, every listener a loopback address
     # (but for the DDP rendezvous store of Ray Train's rank 0, which PyTorch binds to the wildcard address).
     assert report["listening_sockets"] > 0 and report["non_loopback_sockets"] == []
-    assert report["connections_sampled"] > 0 and report["non_loopback_peers"] == []
+    assert report["connection_samples"] > 0 and report["non_loopback_peers"] == []
     assert all(s["cmd"].startswith("ray::RayTrainWorker") for s in report["ddp_store_wildcard_sockets"])
     assert report["dashboard_without_token_status"] in (401, 403)
     outputs = report["outputs"]
