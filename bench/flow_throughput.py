@@ -92,7 +92,8 @@ def baseline_fps(engine_name: str, opts: dict, corpus_frames: list[np.ndarray], 
     from pipeline.flow.engines import create_flow_engine
     from pipeline.shards import encode_clip
 
-    engine = create_flow_engine(engine_name, **opts)
+    with contextlib.redirect_stdout(sys.stderr):  # ptlflow prints notices on import
+        engine = create_flow_engine(engine_name, **opts)
     jpegs = [[cv2.imencode(".jpg", f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in fr]
              for fr in corpus_frames]
     done = 0
