@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--workers", type=int, default=1, help="decode processes (shards) = DataLoader workers (baseline)")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--loader-batches", type=int, default=40, help="batches timed for the loader-only rate")
     p.add_argument("--rounds", type=int, default=2, help="alternating timed rounds per loader (medians kept)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = leave as is)")
     p.add_argument("--synthetic-size", default="128x128", help="frame size of the synthetic corpus")
@@ -187,13 +188,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     per_file = export_per_file(shards, os.path.join(scratch, "per_file"))
     n_batches = args.warmup + args.steps
 
-    def shard_batches():
+    def shard_batches(n_batches: int = n_batches):
         cfg = DataConfig(batch_size_per_worker=args.batch, shuffle_buffer=16, prefetch_batches=4,
                          decode_workers=args.workers)
         stream = TrainStream(shards, cfg, AugmentConfig(), args.size, 0, 1, 0, decode_clip)
         return ((b.frames, b.flows, b.masks) for b in Prefetcher(stream, cfg.prefetch_batches))
 
-    def file_batches():
+    def file_batches(n_batches: int = n_batches):
         ds = PerFileClips(per_file, args.size, repeat=max(1, -(-n_batches * args.batch // len(per_file)) + 1),
                           seed=0)
         return torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True,
@@ -204,12 +205,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # Data-only rate of each loader (no training step): what the input pipeline alone can deliver.
     loader_only = {}
     for loader, make in (("per_file", file_batches), ("shards", shard_batches)):
-        it = iter(make())
+        it = iter(make(args.loader_batches + 1))
         next(it)  # start-up (worker processes, first shard) is not counted
         t0 = time.perf_counter()
-        for _ in range(n_batches - 1):
+        for _ in range(args.loader_batches):
             next(it)
-        loader_only[loader] = (n_batches - 1) * args.batch / (time.perf_counter() - t0)
+        loader_only[loader] = args.loader_batches * args.batch / (time.perf_counter() - t0)
         del it
 
     results = []

@@ -39,7 +39,8 @@ class ModelConfig:
     """Weights to start from: a URL/path of an NVlabs MiT ImageNet file, an official HMHI-Net checkpoint or a
     checkpoint of this project (format auto-detected). Ignored when the run resumes from its own checkpoint."""
     init_strict: bool = True
-    """Load ``init_checkpoint`` strictly (every key must match); False for backbone-only ImageNet weights."""
+    """Load ``init_checkpoint`` strictly: every key the file's format covers must match (an MiT ImageNet file covers
+    the MiT backbone only; official and project files cover the whole model). False tolerates missing keys."""
     find_unused_parameters: bool = False
     """Let DDP tolerate parameters without gradients (only needed if the model registers unused modules)."""
 
