@@ -467,13 +467,18 @@ class Rehearsal:
         with open(log_path, "wb") as out:
             cli = subprocess.Popen(argv, env=self.supervisor.env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-            deadline = time.monotonic() + self.cfg.job_timeout_s
-            while cli.poll() is None and time.monotonic() < deadline:
-                self.sample_sockets()  # while the job's workers (DDP ranks, actors) are up
-                time.sleep(1.0)
-            if cli.poll() is None:
-                os.killpg(cli.pid, signal.SIGKILL)
+            timed_out = False
+            try:
+                deadline = time.monotonic() + self.cfg.job_timeout_s
+                while exit_status(cli) is None and time.monotonic() < deadline:
+                    self.sample_sockets()  # while the job's workers (DDP ranks, actors) are up
+                    time.sleep(1.0)
+                timed_out = exit_status(cli) is None
+            finally:  # on a timeout, and on Ctrl-C/SIGTERM: the CLI goes by its pid (its own process group)
+                if exit_status(cli) is None:
+                    os.killpg(cli.pid, signal.SIGKILL)
                 cli.wait()
+            if timed_out:
                 subprocess.run([self._tool("ray"), "job", "stop", "--address", c.dashboard_url, submission_id],
                                env=self.supervisor.env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
                                timeout=60, check=False)
@@ -627,7 +632,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                          flags={"--workdir": "workdir", "--keep": ("keep", True), "--run-id": "run_id"})
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_on_signal)
-    return 0 if Rehearsal(cfg).run() else 1
+    try:
+        return 0 if Rehearsal(cfg).run() else 1
+    except KeyboardInterrupt as e:
+        log.error("interrupted (%s); everything the rehearsal started has been stopped", e or "Ctrl-C")
+        return 130
 
 
 if __name__ == "__main__":

@@ -148,3 +148,42 @@ def test_rehearsal_end_to_end(tmp_path):
     assert leftovers == {}, f"processes left running: {leftovers}"
     assert report["leftover_processes_killed"] == []
     assert not Path(report["ray_temp_dir"]).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_rehearsal_stops_everything_when_terminated(tmp_path):
+    """SIGTERM while a job runs: the rehearsal stops the cluster, moto and the job by pid, and says so."""
+    run_id = f"t{uuid.uuid4().hex[:10]}"
+    workdir = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infra.local.rehearse", "--workdir", str(workdir), "--run-id", run_id,
+         "--set", "stages=[check]"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:  # wait until the preflight job is submitted, so that a job driver is running too
+            lines.append(line)
+            if "stage check: job submit" in line:
+                break
+        time.sleep(3)
+        running = processes_with_marker(run_id)
+        assert any("ray start --head" in cmd for cmd in running.values()), "".join(lines[-20:])
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        leftovers = processes_with_marker(run_id)
+        for pid in leftovers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode == 130, "".join(lines[-20:]) + output[-3000:]
+    assert "everything the rehearsal started has been stopped" in output
+    assert leftovers == {}, f"processes left running after SIGTERM: {leftovers}"
+    report = json.loads((workdir / "rehearsal.json").read_text())
+    assert report["ok"] is False
+    assert report["leftover_processes_killed"] == [], "the orderly stop should leave nothing for the marker sweep"
