@@ -2,7 +2,7 @@
 
     .venv/bin/python -m infra.local.rehearse [--workdir DIR] [--keep] [--set videos=3 ...]
 
-What it does, in order (every server binds 127.0.0.1; nothing leaves the machine):
+What it does, in order (every Ray and S3 server binds 127.0.0.1; nothing leaves the machine):
 
 1. starts a moto S3 server (``python -m moto.server -H 127.0.0.1``) and creates a bucket;
 2. starts a Ray head with the real CLI, ``ray start --head --block``: dashboard on 127.0.0.1, every port picked
@@ -22,7 +22,8 @@ What it does, in order (every server binds 127.0.0.1; nothing leaves the machine
    SIGTERM, and finally kills by pid any process still carrying this run's ``HMHI_REHEARSAL_ID`` marker.
 
 It writes ``<workdir>/rehearsal.json`` (stages, timings, node count, listening sockets, leftovers) and
-``<workdir>/logs/`` (one log per started process and per job). Exit status 0 only if every check passed.
+``<workdir>/logs/`` (one log per started process and per job). Exit status 0 if every check passed, 1 if one
+failed, 130 if interrupted (after stopping everything).
 """
 
 from __future__ import annotations
