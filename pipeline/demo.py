@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import config_to_dict, parse_job_args, require
+from pipeline.config import config_to_dict, load_config, parse_job_args, require
 
 log = logging.getLogger("pipeline.demo")
 
@@ -119,13 +119,6 @@ def _quote(arg: str) -> str:
 def _train_config_path(cfg: DemoConfig) -> str:
     path = Path(cfg.train_config)
     return str(path if path.is_absolute() else REPO_ROOT / path)
-
-
-def _read_yaml(path: str) -> dict:
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
 
 
 def slice_scores(per_frame_csv: str, metas: dict[str, dict], drop_first_last: bool = True) -> dict[str, dict]:
@@ -259,8 +252,11 @@ def run_demo(cfg: DemoConfig) -> dict:
         "--input", urls["corpus"], "--output", urls["shards"], "--format", "davis2016", "--flow-model", "dis",
         "--flow-preset", cfg.flow_preset], "precompute_flow")
 
+    from pipeline.train.config import TrainConfig
+
     train_yaml = _train_config_path(cfg)
-    image_size = int(_read_yaml(train_yaml).get("model", {}).get("image_size", 96))
+    # The segmentation input size is the training one, whatever the YAML or the overrides say.
+    image_size = load_config(TrainConfig, train_yaml, overrides=cfg.train_overrides).model.image_size
     _banner(3, total, f"training: {cfg.num_workers} Ray Train workers, {cfg.train_steps} steps, {train_yaml}")
     overrides = [f"validation.every_steps={cfg.validate_every or cfg.train_steps}", "validation.max_samples=null",
                  f"checkpoint.every_steps={min(100, cfg.train_steps)}", *cfg.train_overrides]
