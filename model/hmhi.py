@@ -116,9 +116,10 @@ class StreamState:
         if which is None:
             which = torch.ones(self.batch_size, dtype=torch.bool, device=self.stored.device)
         which = which.to(self.stored.device)
-        self.stored.masked_fill_(which, 0)
-        self.next_slot.masked_fill_(which, 0)
-        self.frames_seen.masked_fill_(which, 0)
+        with torch.inference_mode():  # the counters may be inference tensors once step() has run
+            self.stored.masked_fill_(which, 0)
+            self.next_slot.masked_fill_(which, 0)
+            self.frames_seen.masked_fill_(which, 0)
 
 
 class HMHINet(nn.Module):
@@ -278,9 +279,14 @@ class HMHINet(nn.Module):
 
         The memory keeps the last T frames of each video in preallocated ring buffers updated in place
         (``state`` is modified and returned). In eval mode, stepping through a clip gives the same logits as
-        :meth:`forward_clip`. Meant for inference: call ``model.eval()`` and run it under
-        ``torch.inference_mode()`` (the ring buffers are written in place, which autograd cannot track).
+        :meth:`forward_clip`. Inference only: it runs under ``torch.inference_mode()`` (the ring buffers are
+        written in place, which autograd cannot track); call ``model.eval()`` first, since dropout follows the
+        module's mode. Wrap the call in ``torch.autocast`` for bf16.
         """
+        with torch.inference_mode():
+            return self._step(frame, flow, state, reset, active)
+
+    def _step(self, frame, flow, state, reset, active):
         self._check_frames(frame, flow, 4, "step")
         if frame.shape[0] != state.batch_size:
             raise ValueError(f"step: batch of {frame.shape[0]} frames for a state of {state.batch_size} videos")

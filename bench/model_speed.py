@@ -1,0 +1,229 @@
+"""HMHI-Net inference speed and memory: one JSON line per setting.
+
+    python bench/model_speed.py                         # CPU, 2 threads, 512x512, T=5, batches 1 and 4
+    python bench/model_speed.py --device cuda           # GPU: fp32 and bf16, batches 1, 4, 16
+    python bench/model_speed.py --memory-check-size 512 # the memory-flatness run at full size (slow on CPU)
+
+Settings:
+- ``steady_state``: per-frame latency of :meth:`HMHINet.step` once the memory holds T frames (the first T+1 frames
+  are warm-up), median over ``--steady-frames`` steps. Every line also carries a same-run baseline: the same model
+  with the official top-k formulation (full T*4096-wide logits, -inf mask, dense softmax @ v, see
+  ``model.memory.dense_topk_attention``), and a same-run dense-GEMM throughput so figures taken on a shared,
+  loaded machine can be normalised (``efficiency`` = official FLOPs per frame / time / GEMM rate).
+- ``memory``: peak memory after 50 and 500 streamed frames (resident set size on CPU, ``max_memory_allocated`` on
+  GPU); ``flat`` is true when the 500-frame peak is within 10% of the 50-frame peak. On CPU this runs at
+  ``--memory-check-size`` (default 128 px, so 500 frames take a minute rather than an hour); the ring buffers are
+  sized by T whatever the frame size.
+Random weights (speed does not depend on them). Reference figures (hmhi-architecture.md): the official model takes
+2.43 s per frame on this CPU (2 threads, 512x512, T=5; 2.13 s with T=3), about 209 GFLOP per frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from model import create_model
+from model.memory import dense_topk_attention
+
+OFFICIAL_GFLOP_PER_FRAME = {5: 209.0, 3: 191.0}  # 512x512 steady state (hmhi-architecture.md §11)
+OFFICIAL_CPU_S_PER_FRAME = {5: 2.43, 3: 2.13}  # official code, this CPU, 2 threads, batch 1
+OFFICIAL_CPU_TIME_PER_FRAME = {5: 4.76, 3: 4.20}  # same runs, process CPU time over both threads
+CPU_TARGET_S_PER_FRAME = 1.3
+
+
+def machine_description(device: str) -> dict:
+    desc = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                desc["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    desc["load_average_1m"] = round(os.getloadavg()[0], 2)  # >> threads means a shared, busy machine
+    if device == "cuda":
+        desc["gpu"] = torch.cuda.get_device_name()
+    return desc
+
+
+def gemm_gflops(device: str, dtype: torch.dtype, size: int = 1024, repeats: int = 5) -> float:
+    """Dense matmul throughput right now (a same-run yardstick for a shared machine)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def build(args, dense_topk: bool = False):
+    torch.manual_seed(0)
+    net = create_model(args.model, memory_size=args.memory_size).eval().to(args.device)
+    if args.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if dense_topk:
+        net.pixel_memory.readout.topk_attention = dense_topk_attention
+    if args.compile:
+        net.backbone = torch.compile(net.backbone)
+        net.decoder = torch.compile(net.decoder)
+    return net
+
+
+def autocast(device: str, dtype: str):
+    if dtype == "bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device, enabled=False)
+
+
+def time_steps(net, args, batch: int, size: int, dtype: str, steady: int) -> list[float]:
+    """Seconds per step for ``steady`` steps after T+1 warm-up steps."""
+    g = torch.Generator().manual_seed(1)
+    frame = torch.randn(batch, 3, size, size, generator=g).to(args.device)
+    flow = torch.randn(batch, 3, size, size, generator=g).to(args.device)
+    if args.channels_last:
+        frame, flow = frame.contiguous(memory_format=torch.channels_last), flow.contiguous(
+            memory_format=torch.channels_last)
+    state = net.init_state(batch, device=args.device)
+    times, cpu_times = [], []
+    with torch.inference_mode(), autocast(args.device, dtype):
+        for i in range(args.memory_size + 1 + steady):
+            sync(args.device)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            _, state = net.step(frame, flow, state)
+            sync(args.device)
+            if i > args.memory_size:
+                times.append(time.perf_counter() - start)
+                cpu_times.append(time.process_time() - cpu_start)
+    return times, cpu_times
+
+
+def steady_state(args, batch: int, dtype: str) -> dict:
+    net = build(args)
+    rate = gemm_gflops(args.device, torch.float32 if dtype == "fp32" else torch.bfloat16)
+    times, cpu_times = time_steps(net, args, batch, args.size, dtype, args.steady_frames)
+    step_s = statistics.median(times)
+    line = {
+        "bench": "model_speed", "setting": "steady_state", "model": args.model, "device": args.device,
+        "dtype": dtype, "channels_last": args.channels_last, "compiled": args.compile, "batch": batch,
+        "size": args.size, "memory_size": args.memory_size, "steady_steps": len(times),
+        "s_per_step": round(step_s, 4), "s_per_step_min": round(min(times), 4),
+        "s_per_frame": round(step_s / batch, 4), "frames_per_s": round(batch / step_s, 2),
+        "cpu_s_per_frame": round(statistics.median(cpu_times) / batch, 4),  # process CPU time, all threads
+        "gemm_gflops": round(rate, 1),
+    }
+    if args.size == 512 and args.memory_size in OFFICIAL_GFLOP_PER_FRAME:
+        line["efficiency_vs_gemm"] = round(OFFICIAL_GFLOP_PER_FRAME[args.memory_size] * batch / step_s / rate, 3)
+        if args.device == "cpu":
+            line["official_s_per_frame_documented"] = OFFICIAL_CPU_S_PER_FRAME[args.memory_size]
+            line["official_cpu_s_per_frame_documented"] = OFFICIAL_CPU_TIME_PER_FRAME[args.memory_size]
+            line["target_s_per_frame"] = CPU_TARGET_S_PER_FRAME
+            line["meets_target"] = step_s / batch <= CPU_TARGET_S_PER_FRAME
+    if args.baseline:
+        del net
+        base = build(args, dense_topk=True)
+        base_times, _ = time_steps(base, args, batch, args.size, dtype, args.steady_frames)
+        line["baseline"] = "same model, official dense top-k read-out"
+        line["baseline_s_per_step"] = round(statistics.median(base_times), 4)
+        line["speedup_vs_baseline"] = round(statistics.median(base_times) / step_s, 3)
+    return line
+
+
+def memory_flatness(args, dtype: str) -> dict:
+    net = build(args)
+    size = args.memory_check_size
+    g = torch.Generator().manual_seed(2)
+    frames = torch.randn(8, 1, 3, size, size, generator=g).to(args.device)
+    state = net.init_state(1, device=args.device)
+    checkpoints = sorted(args.memory_check_frames)
+    peaks = {}
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    with torch.inference_mode(), autocast(args.device, dtype):
+        for i in range(checkpoints[-1]):
+            _, state = net.step(frames[i % 8], frames[(i + 3) % 8], state)
+            if i + 1 in checkpoints:
+                sync(args.device)
+                if args.device == "cuda":
+                    peaks[i + 1] = torch.cuda.max_memory_allocated()
+                else:
+                    peaks[i + 1] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+                    peaks[f"rss_now_{i + 1}"] = rss_bytes()
+    first, last = checkpoints[0], checkpoints[-1]
+    return {
+        "bench": "model_speed", "setting": "memory", "model": args.model, "device": args.device, "dtype": dtype,
+        "batch": 1, "size": size, "memory_size": args.memory_size, "frames": checkpoints,
+        "peak_bytes": {str(k): v for k, v in peaks.items() if isinstance(k, int)},
+        "current_rss_bytes": {k[len("rss_now_"):]: v for k, v in peaks.items() if isinstance(k, str)},
+        "peak_growth": round(peaks[last] / peaks[first] - 1, 4), "flat": peaks[last] <= 1.10 * peaks[first],
+        "ring_buffer_frames": int(state.pixel_keys.shape[1]),
+        "measure": "ru_maxrss (process peak RSS)" if args.device == "cpu" else "torch.cuda.max_memory_allocated",
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--model", default="hmhi_mit_b1")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--memory-size", type=int, default=5, help="memory window T")
+    parser.add_argument("--batches", default=None, help="comma list (default cpu: 1,4; cuda: 1,4,16)")
+    parser.add_argument("--dtypes", default=None, help="comma list of fp32,bf16 (default cpu: fp32; cuda: both)")
+    parser.add_argument("--steady-frames", type=int, default=4)
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder")
+    parser.add_argument("--memory-check-size", type=int, default=None, help="frame size of the memory run "
+                        "(default 128 on cpu, --size on cuda)")
+    parser.add_argument("--memory-check-frames", default="50,500")
+    parser.add_argument("--skip", default="", help="comma list of settings to skip: steady_state,memory")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device available")
+    torch.set_num_threads(args.threads)
+    batches = [int(b) for b in (args.batches or ("1,4" if args.device == "cpu" else "1,4,16")).split(",")]
+    dtypes = (args.dtypes or ("fp32" if args.device == "cpu" else "fp32,bf16")).split(",")
+    args.memory_check_frames = [int(n) for n in args.memory_check_frames.split(",")]
+    if args.memory_check_size is None:
+        args.memory_check_size = 128 if args.device == "cpu" else args.size
+    skip = set(filter(None, args.skip.split(",")))
+    machine = machine_description(args.device)
+    for dtype in dtypes:
+        if "steady_state" not in skip:
+            for batch in batches:
+                print(json.dumps({**steady_state(args, batch, dtype), "machine": machine}), flush=True)
+        if "memory" not in skip:
+            print(json.dumps({**memory_flatness(args, dtype), "machine": machine}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
