@@ -351,6 +351,7 @@ class Rehearsal:
         self.supervisor: Supervisor | None = None
         self.cluster: Cluster | None = None
         self._listeners: dict[tuple[str, int], dict] = {}
+        self._titles: dict[int, set[str]] = {}
         self._connections = 0
         self._remote_peers: set[str] = set()
 
@@ -538,26 +539,31 @@ class Rehearsal:
     def sample_sockets(self) -> None:
         """Record the rehearsal's processes' listening sockets and connections (sampled during and between jobs)."""
         processes = processes_with_marker(self.run_id)
+        for pid, cmd in processes.items():
+            # Ray retitles a worker with the task it runs ("ray::RayTrainWorker.run_train_fn",
+            # "ray::execute._setup_torch_process_group"), so keep every title a pid had.
+            self._titles.setdefault(pid, set()).add(cmd[:120].strip())
         for sock in tcp_sockets(sorted(processes)):
             if sock["state"] == "LISTEN":
                 key = (sock["address"], sock["port"])
                 if key not in self._listeners:
-                    self._listeners[key] = {**{k: sock[k] for k in ("pid", "address", "port")},
-                                            "cmd": processes.get(sock["pid"], "")[:120].strip()}
+                    self._listeners[key] = {k: sock[k] for k in ("pid", "address", "port")}
             else:
                 self._connections += 1
                 if not is_loopback(sock["remote"]):
                     self._remote_peers.add(f"{sock['remote']}:{sock['remote_port']}")
 
-    @staticmethod
-    def is_ddp_store(sock: dict) -> bool:
+    def is_ddp_store(self, sock: dict) -> bool:
         """PyTorch's c10d TCPStore (the DDP rendezvous that rank 0 serves on MASTER_PORT) always binds the wildcard
         address; torch has no option to restrict it. It is allowed only in a Ray Train worker process."""
-        return sock["cmd"].startswith("ray::RayTrainWorker") and sock["address"] in ("::", "0.0.0.0")
+        titles = self._titles.get(sock["pid"], set())
+        return sock["address"] in ("::", "0.0.0.0") and any(
+            t.startswith("ray::RayTrainWorker") or t.startswith("ray::execute._setup_torch_process_group")
+            for t in titles)
 
     def check_loopback_and_auth(self) -> None:
         self.sample_sockets()
-        listeners = list(self._listeners.values())
+        listeners = [{**s, "titles": sorted(self._titles.get(s["pid"], ()))} for s in self._listeners.values()]
         known = [s for s in listeners if not is_loopback(s["address"]) and self.is_ddp_store(s)]
         exposed = [s for s in listeners if not is_loopback(s["address"]) and not self.is_ddp_store(s)]
         self.report["listening_sockets"] = len(listeners)
