@@ -46,6 +46,19 @@ def test_encode_decode_round_trip():
     assert clip.meta["sample_version"] == 1
 
 
+def test_partial_decode_and_uncompressed_flows():
+    key, frames, flows, masks, valid, meta = _sample(n=6)
+    members = encode_clip(key, frames, flows, masks, valid, meta, flow_level=0)
+    assert len(members["flows.npz"]) > flows.size * 2  # stored, not deflated
+    full = decode_clip(members)
+    part = decode_clip(members, positions=[4, 1, 2])
+    assert part.frame_indices == [4, 1, 2] and part.mask_valid.tolist() == [True, False, True]
+    assert np.array_equal(part.frames, full.frames[[4, 1, 2]]) and np.array_equal(part.flows, full.flows[[4, 1, 2]])
+    assert np.array_equal(part.masks, full.masks[[4, 1, 2]])
+    with pytest.raises(IndexError, match="outside"):
+        decode_clip(members, positions=[6])
+
+
 def test_encode_refuses_inconsistent_samples():
     key, frames, flows, masks, valid, meta = _sample()
     with pytest.raises(ValueError, match="shapes disagree"):
