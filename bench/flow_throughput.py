@@ -111,12 +111,13 @@ def baseline_fps(engine_name: str, opts: dict, corpus_frames: list[np.ndarray], 
 
 
 def run_job(input_url: str, output_url: str, engine: str, preset: str, ckpt_free: bool, max_videos: int,
-            clip_length: int) -> dict:
+            clip_length: int, flow_level: int = 1) -> dict:
     from pipeline.config import load_config
     from pipeline.flow.precompute import PrecomputeFlowConfig, run_precompute
 
     overrides = [f"input={input_url}", f"output={output_url}", f"flow.engine={engine}",
-                 f"shards.clip_length={clip_length}", f"max_videos={max_videos}"]
+                 f"shards.clip_length={clip_length}", f"max_videos={max_videos}",
+                 f"shards.flow_compress_level={flow_level}"]
     if engine == "dis":
         overrides.append(f"flow.preset={preset}")
     if ckpt_free:
@@ -152,6 +153,7 @@ def read_rates(out_url: str, per_file_url: str, clip_frames: int = 5) -> dict:
 
     pf = open_storage(per_file_url)
     listing = []
+    first_clip = []  # per sample: its first `clip_frames` frames (one training clip per sample)
     for sample in wds.WebDataset(urls, shardshuffle=False):
         clip = decode_clip(sample)
         for i, fi in enumerate(clip.frame_indices):
@@ -165,6 +167,7 @@ def read_rates(out_url: str, per_file_url: str, clip_frames: int = 5) -> dict:
             if clip.mask_valid[i]:
                 pf.write_bytes(f"{base}.png", sample[f"mask.{i:03d}.png"])
             listing.append((base, bool(clip.mask_valid[i])))
+        first_clip.append(listing[-len(clip.frame_indices):][:clip_frames])
 
     import cv2
 
@@ -174,18 +177,37 @@ def read_rates(out_url: str, per_file_url: str, clip_frames: int = 5) -> dict:
         n_shard_frames += len(decode_clip(sample).frame_indices)
     shard_s = time.perf_counter() - t0
 
+    def read_files(items):
+        for base, has_mask in items:
+            cv2.imdecode(np.frombuffer(pf.read_bytes(f"{base}.jpg"), np.uint8), cv2.IMREAD_COLOR)
+            with np.load(io.BytesIO(pf.read_bytes(f"{base}.flow.npz"))) as z:
+                z["flow"].astype(np.float32)
+            if has_mask:
+                decode_mask_png(pf.read_bytes(f"{base}.png"))
+
     t0 = time.perf_counter()
-    for base, has_mask in listing:
-        cv2.imdecode(np.frombuffer(pf.read_bytes(f"{base}.jpg"), np.uint8), cv2.IMREAD_COLOR)
-        with np.load(io.BytesIO(pf.read_bytes(f"{base}.flow.npz"))) as z:
-            z["flow"].astype(np.float32)
-        if has_mask:
-            decode_mask_png(pf.read_bytes(f"{base}.png"))
+    read_files(listing)
     file_s = time.perf_counter() - t0
     shard_rate = n_shard_frames / clip_frames / shard_s
     file_rate = len(listing) / clip_frames / file_s
+
+    # One training clip per sample (what a trainer sampling one clip from each sample reads): the shard path
+    # streams the whole sample but decodes only the clip's frames; the per-file path reads only those files.
+    t0 = time.perf_counter()
+    n_clips = 0
+    for sample in wds.WebDataset(urls, shardshuffle=False):
+        decode_clip(sample, positions=range(clip_frames))
+        n_clips += 1
+    one_shard_rate = n_clips / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for items in first_clip:
+        read_files(items)
+    one_file_rate = len(first_clip) / (time.perf_counter() - t0)
     return {"frames": n_shard_frames, "shard_clips_per_s": round(shard_rate, 2),
-            "per_file_clips_per_s": round(file_rate, 2), "ratio_shards_vs_per_file": round(shard_rate / file_rate, 2)}
+            "per_file_clips_per_s": round(file_rate, 2), "ratio_shards_vs_per_file": round(shard_rate / file_rate, 2),
+            "one_clip_per_sample": {"shard_clips_per_s": round(one_shard_rate, 2),
+                                    "per_file_clips_per_s": round(one_file_rate, 2),
+                                    "ratio": round(one_shard_rate / one_file_rate, 2)}}
 
 
 def main(argv=None) -> None:
@@ -198,6 +220,7 @@ def main(argv=None) -> None:
     ap.add_argument("--cpus", default="1,2", help="Ray CPU counts to try")
     ap.add_argument("--storage", choices=["s3", "local"], default="s3")
     ap.add_argument("--clip-length", type=int, default=32)
+    ap.add_argument("--flow-compress-level", type=int, default=1, help="0 stores flows uncompressed")
     ap.add_argument("--quick", action="store_true", help="DIS medium only, 2 CPUs, 2 videos x 24 frames")
     args = ap.parse_args(argv)
     if args.quick:
@@ -255,7 +278,8 @@ def main(argv=None) -> None:
                 ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
                 try:
                     out = f"{root}/out-{engine}-{preset or 'x'}-{cpus}-{uuid.uuid4().hex[:6]}"
-                    res = run_job(sub, out, engine, preset or "medium", not is_dis, args.videos, args.clip_length)
+                    res = run_job(sub, out, engine, preset or "medium", not is_dis, args.videos, args.clip_length,
+                                  args.flow_compress_level)
                 finally:
                     ray.shutdown()
                 line = {"bench": "flow_job", "setting": setting, "ray_cpus": cpus, "size": f"{h}x{w}",
@@ -267,7 +291,8 @@ def main(argv=None) -> None:
         if last_out:
             rates = read_rates(last_out, f"{root}/per-file-{uuid.uuid4().hex[:6]}")
             print(json.dumps({"bench": "shard_read", "storage": args.storage, "size": f"{h}x{w}",
-                              "clip_frames": 5, **rates, "machine": desc}), flush=True)
+                              "clip_frames": 5, "flow_compress_level": args.flow_compress_level, **rates,
+                              "machine": desc}), flush=True)
     finally:
         if server:
             server.terminate()
