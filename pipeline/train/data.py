@@ -349,7 +349,15 @@ class Prefetcher:
         except BaseException as e:  # handed to the consumer
             self._q.put(e)
             return
+        finally:
+            self._close_source()
         self._q.put(self._END)
+
+    def _close_source(self):
+        # Closing the generator runs its cleanup (e.g. shutting down TrainStream's decode processes).
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
 
     def __iter__(self):
         return self
@@ -369,4 +377,9 @@ class Prefetcher:
             self.wait_s += time.perf_counter() - t0
 
     def close(self):
+        """Stop the producer and release what the source holds."""
         self._stop.set()
+        if self.depth == 0:
+            self._close_source()
+        else:
+            self._thread.join(timeout=10)
