@@ -2,7 +2,7 @@
 
     make demo                                   # storage under runs/demo
     make demo STORAGE=s3://bucket/prefix        # the same against S3 (AWS_ENDPOINT_URL for any S3-compatible server)
-    python -m pipeline.demo --storage runs/demo [--train-steps 300] [--set key=value ...]
+    python -m pipeline.demo --storage runs/demo [--train-steps 500] [--set key=value ...]
 
 Stages (each job is run as ``python jobs/<job>.py ...``, exactly as a user would, and starts its own local Ray):
 
@@ -62,7 +62,7 @@ class DemoConfig:
     """Fraction of the videos held out for validation and the reported J&F."""
     train_config: str = "configs/tiny_cpu.yaml"
     """Training config (relative to the checkout or absolute)."""
-    train_steps: int = 300
+    train_steps: int = 500
     """Training steps (optim.max_steps)."""
     validate_every: int = 0
     """Validate every this many steps during training; 0: only at the last step, so the reported model is the final
@@ -71,8 +71,9 @@ class DemoConfig:
     """Ray Train workers (gloo DDP on CPU)."""
     run_name: str = "demo"
     """Training run name under <storage>/runs/ (a rerun with the same name resumes)."""
-    train_overrides: list[str] = field(default_factory=list)
-    """Extra key=value overrides for jobs/train.py (e.g. ['optim.lr=5e-4'])."""
+    train_overrides: list[str] = field(default_factory=lambda: ["model.image_size=128"])
+    """Extra key=value overrides for jobs/train.py. The default trains at the corpus resolution: at tiny_cpu's 96x96
+    the boundary measure F lags far behind J (F 0.52, J 0.76 after 400 steps)."""
     flow_preset: str = "medium"
     """DIS preset for the flow stages: ultrafast, fast or medium."""
     gif_sequences: int = 3
