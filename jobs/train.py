@@ -1,4 +1,4 @@
-"""Train HMHI-Net with Ray Train DDP on the data pipeline's WebDataset shards.
+r"""Train HMHI-Net with Ray Train DDP on the data pipeline's WebDataset shards.
 
     python jobs/train.py --config configs/tiny_cpu.yaml --data s3://bucket/shards --storage s3://bucket/runs \
         --run-name tiny [--num-workers 2] [--use-gpu] [--set optim.max_steps=100 ...]
