@@ -21,6 +21,7 @@ workers on small clusters. The equivalent used here:
 from __future__ import annotations
 
 import io
+import json
 import logging
 import multiprocessing
 import queue
@@ -177,7 +178,8 @@ def rank_block(
 class TrainStream:
     """Infinite, resumable stream of training batches for one rank.
 
-    ``decode_fn(sample) -> ClipSample`` turns a raw sample dict into arrays (``pipeline.shards.decode_clip``).
+    ``decode_fn(sample, positions=...) -> ClipSample`` decodes the given frames of a raw sample dict
+    (``pipeline.shards.decode_clip``); the clip sampler needs only the sample's ``meta.json`` to choose them.
     """
 
     def __init__(
@@ -307,14 +309,16 @@ def make_training_clip(sample: dict, draw: int, decode_fn, seed: int, epoch: int
 
     The RNG is seeded by ``(seed, epoch, rank, draw)``, so the result does not depend on which process runs it.
     """
-    clip = decode_fn(sample)
-    eligible = np.flatnonzero(np.asarray(clip.mask_valid, bool))
+    meta = sample.get("meta.json")
+    meta = meta if isinstance(meta, dict) else json.loads(bytes(meta).decode("utf-8"))
+    eligible = np.flatnonzero(np.asarray(meta["mask_valid"], bool))
     if eligible.size == 0:
         return None
     rng = np.random.default_rng([seed, epoch, rank, draw, 0xC11B])
     picks = sample_clip_indices(eligible.tolist(), clip_length, max_skip, rng)
-    return prepare_clip(np.asarray(clip.frames)[picks], np.asarray(clip.flows)[picks], np.asarray(clip.masks)[picks],
-                        image_size, rng, augment_cfg)
+    clip = decode_fn(sample, positions=picks)  # only the sampled frames are decoded
+    return prepare_clip(np.asarray(clip.frames), np.asarray(clip.flows), np.asarray(clip.masks), image_size, rng,
+                        augment_cfg)
 
 
 class Prefetcher:
