@@ -16,7 +16,7 @@ network that changes only what the memory read returns, so every other module, t
 are shared with jobs/train.py. Prints one JSON line per variant (with the machine and the ratio to the same-run
 ``none`` baseline) and, with ``--results-md``, writes the table into that Markdown file.
 
-    python bench/ablation_memory.py --videos 24 --frames 24 --size 128 --steps 300 --results-md bench/RESULTS.md
+    python bench/ablation_memory.py --videos 24 --frames 24 --size 128 --steps 400 --results-md bench/RESULTS.md
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--size", type=int, default=128, help="synthetic frame side")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-fraction", type=float, default=0.25)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--clip-length", type=int, default=5)
     parser.add_argument("--image-size", type=int, default=96)
@@ -203,7 +203,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--decoder-width", type=int, default=64)
     parser.add_argument("--memory-size", type=int, default=5)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--threads", type=int, default=2)
+    # One intra-op thread: on the shared 2-core machine, 2 threads spun so much under load that steps were ~20x slower.
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--flow-preset", default="medium")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--eval-every", type=int, default=0, help="also score the validation videos every N steps")
