@@ -22,7 +22,7 @@ from typing import Literal
 from pipeline.config import config_to_dict, parse_job_args, require
 from pipeline.evaluation.dataset import SequenceResult, list_frames, resolve_gt_root, score_sequence
 from pipeline.evaluation.metrics import METRIC_KEYS, aggregate_results
-from pipeline.jobs import JobSummary, init_ray, setup_logging
+from pipeline.jobs import JobSummary, init_ray, run_job_main, setup_logging
 from pipeline.storage import Storage, open_storage
 
 log = logging.getLogger("jobs.evaluate")
@@ -265,4 +265,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_job_main(main))

@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.config import parse_job_args
 from pipeline.flow.precompute import PrecomputeFlowConfig, run_precompute
-from pipeline.jobs import init_ray, setup_logging
+from pipeline.jobs import init_ray, run_job_main, setup_logging
 
 FLAGS = {
     "--input": "input",
@@ -42,4 +42,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_job_main(main))

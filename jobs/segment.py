@@ -22,7 +22,7 @@ import posixpath
 
 from pipeline.config import config_to_dict, parse_job_args
 from pipeline.ingest.manifest import list_corpus
-from pipeline.jobs import JobSummary, init_ray, setup_logging
+from pipeline.jobs import JobSummary, init_ray, run_job_main, setup_logging
 from pipeline.segment.config import SegmentConfig
 from pipeline.segment.outputs import done_marker
 from pipeline.segment.runner import SegmentActor
@@ -135,4 +135,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_job_main(main))

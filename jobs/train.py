@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 
 from pipeline.config import ConfigError, parse_job_args
-from pipeline.jobs import JobSummary, init_ray, setup_logging
+from pipeline.jobs import JobSummary, init_ray, run_job_main, setup_logging
 from pipeline.storage import StorageError, open_storage
 from pipeline.train.config import TrainConfig
 from pipeline.train.trainer import TrainInputError, run_training
@@ -63,4 +62,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    raise SystemExit(run_job_main(main))

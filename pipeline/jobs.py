@@ -8,12 +8,13 @@ import os
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JobSummary", "init_ray", "setup_logging"]
+__all__ = ["JobSummary", "init_ray", "run_job_main", "setup_logging"]
 
 _LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -120,3 +121,20 @@ class JobSummary:
             storage.write_json(rel, d)
         log.debug("summary: %s", json.dumps(d))
         return d
+
+
+def run_job_main(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:
+    """The ``__main__`` entry of every job: run ``main``; a bad config or unreachable storage is one clear line.
+
+    ``main`` itself raises (tests and other Python callers get the exception); on the command line the user gets
+    ``error: <message naming the field or URL>`` and exit status 2 instead of a traceback.
+    """
+    from pipeline.config import ConfigError
+    from pipeline.storage import StorageError
+
+    try:
+        main(sys.argv[1:] if argv is None else argv)
+    except (ConfigError, StorageError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0

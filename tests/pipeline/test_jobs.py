@@ -21,3 +21,16 @@ def test_summary_counts_reasons_and_file(storage_url, capsys):
     out = capsys.readouterr().out
     assert "4 in: 2 done, 1 skipped, 1 rejected" in out and "truncated JPEG" in out
     assert open_storage(storage_url).read_json("summary.json") == d
+
+
+def test_job_command_line_reports_config_errors_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    proc = subprocess.run([sys.executable, "jobs/evaluate.py", "--pred", str(tmp_path), "--gt", str(tmp_path),
+                           "--protocol", "davis2099"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "error: config field 'protocol' = 'davis2099'" in proc.stderr
