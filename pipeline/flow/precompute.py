@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import ConfigError, config_to_dict, require
+from pipeline.flow.config import FlowConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +46,6 @@ KILL_AFTER_SHARDS_ENV = "HMHI_PRECOMPUTE_KILL_AFTER_SHARDS"
 """Fault injection for resume tests: SIGKILL this driver right after it commits that many shards."""
 SETTINGS_NAME = "precompute_settings.json"
 MANIFEST_NAME = "manifest.parquet"
-
-
-@dataclass
-class FlowConfig:
-    engine: str = "dis"
-    """Flow engine: 'dis' (OpenCV DIS, CPU) or a ptlflow model name (e.g. rapidflow_it1, neuflow, raft_small)."""
-    preset: str = "medium"
-    """DIS preset: ultrafast, fast or medium."""
-    checkpoint: str | None = None
-    """ptlflow checkpoint file (local path or storage URL) in ptlflow's format {'state_dict': ...}."""
-    random_init: bool = False
-    """Allow a ptlflow model without a checkpoint (random weights: noise; for tests only)."""
-    max_side: int = 1024
-    """Longest image side fed to the flow engine; flow is resized back to the frame size."""
-    batch_size: int = 4
-    """Frame pairs per forward pass (ptlflow engines)."""
-
-    def __post_init__(self):
-        require(bool(self.engine), "engine", self.engine, "must name a flow engine")
-        require(self.preset in ("ultrafast", "fast", "medium"), "preset", self.preset,
-                "must be ultrafast, fast or medium")
-        require(self.max_side >= 32, "max_side", self.max_side, "must be >= 32")
-        require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
 
 
 @dataclass
@@ -326,10 +304,8 @@ def _timed(rows, summary, counter: str):
 
 def _engine_opts(cfg: PrecomputeFlowConfig) -> tuple[str, dict[str, Any]]:
     threads = max(1, int(cfg.compute.num_cpus_per_actor))
-    if cfg.flow.engine == "dis":
-        return "cpu", {"preset": cfg.flow.preset, "threads": threads}
-    device = "cuda" if cfg.compute.num_gpus_per_actor > 0 else "cpu"
-    return device, {"batch_size": cfg.flow.batch_size, "random_init": cfg.flow.random_init, "threads": threads}
+    device = "cuda" if cfg.compute.num_gpus_per_actor > 0 and cfg.flow.engine != "dis" else "cpu"
+    return device, cfg.flow.engine_options(threads)
 
 
 def run_precompute(cfg: PrecomputeFlowConfig) -> dict[str, Any]:

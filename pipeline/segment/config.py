@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pipeline.config import require
+from pipeline.flow.config import FlowConfig
 
 __all__ = [
     "SegmentModelConfig",
-    "SegmentFlowConfig",
     "SegmentOutputConfig",
     "SegmentRuntimeConfig",
     "SegmentConfig",
@@ -42,28 +42,6 @@ class SegmentModelConfig:
             self.memory_size is None or self.memory_size >= 1, "memory_size", self.memory_size, "must be >= 1"
         )
         require(self.device in ("auto", "cpu", "cuda"), "device", self.device, "must be auto, cpu or cuda")
-
-
-@dataclass
-class SegmentFlowConfig:
-    """Optical flow computed on the fly (pipeline.flow engines)."""
-
-    engine: str = "dis"
-    """Flow engine: 'dis' (OpenCV DIS, CPU) or a ptlflow model name."""
-    checkpoint: str = ""
-    """Weights for a ptlflow engine (local path or URL); empty for DIS."""
-    max_side: int = 1024
-    """Longest side fed to the flow engine; the flow is resized back to the frame size."""
-    preset: str = "medium"
-    """DIS preset: ultrafast, fast or medium."""
-    device: str = "cpu"
-    """Device of the flow engine (ptlflow engines may use 'cuda' if the decode tasks get GPUs)."""
-    random_init: bool = False
-    """Allow a ptlflow engine without weights (tests only: random flow is noise)."""
-
-    def __post_init__(self):
-        require(bool(self.engine), "engine", self.engine, "must name a flow engine")
-        require(self.max_side >= 32, "max_side", self.max_side, "must be >= 32")
 
 
 @dataclass
@@ -141,7 +119,7 @@ class SegmentConfig:
     """Stop after this many videos (0 = all), after skipping finished ones."""
     model: SegmentModelConfig = field(default_factory=SegmentModelConfig)
     """Network and input size."""
-    flow: SegmentFlowConfig = field(default_factory=SegmentFlowConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
     """On-the-fly optical flow."""
     outputs: SegmentOutputConfig = field(default_factory=SegmentOutputConfig)
     """What is written per video."""

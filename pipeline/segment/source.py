@@ -21,11 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.flow.engines import create_flow_engine
+from pipeline.flow.config import FlowConfig
 from pipeline.flow.render import flow_to_rgb
 from pipeline.ingest.formats import VideoRecord
 from pipeline.ingest.load import decode_image
-from pipeline.segment.config import SegmentFlowConfig
 from pipeline.storage import Storage, StorageError
 from pipeline.train.augment import resize_rgb
 from pipeline.video import VideoError, iter_video_frames, probe_video
@@ -212,7 +211,7 @@ def video_chunks(
     record: dict,
     size: int,
     chunk_frames: int,
-    flow: SegmentFlowConfig,
+    flow: FlowConfig,
     keep_original: bool = False,
 ) -> Iterator[Chunk | dict]:
     """Generator: the chunks of one video, then nothing; on bad input a final ``{"error": message}``.
@@ -228,9 +227,7 @@ def video_chunks(
         return
     rec = VideoRecord.from_dict(record)
     try:
-        options = {"preset": flow.preset} if flow.engine == "dis" else {"random_init": flow.random_init}
-        engine = create_flow_engine(flow.engine, checkpoint=flow.checkpoint or None, device=flow.device,
-                                    max_side=flow.max_side, threads=1, **options)  # fmt: skip
+        engine = flow.create_engine(device="cpu", threads=1)  # decode tasks are CPU tasks
     except (ValueError, OSError, RuntimeError) as err:
         yield {"error": f"video {rec.name!r}: flow engine {flow.engine!r} unavailable: {err}"}
         return

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.flow.config import FlowConfig
 from pipeline.flow.engines import create_flow_engine
 from pipeline.flow.render import flow_to_rgb
 from pipeline.ingest.formats import VideoRecord
-from pipeline.segment.config import SegmentFlowConfig
 from pipeline.segment.source import Chunk, video_chunks
 from pipeline.storage import open_storage
 from pipeline.train.augment import resize_rgb
@@ -44,7 +44,7 @@ def folder_record(storage, n: int, name: str = "seq", shapes=None) -> tuple[Vide
 def test_chunks_match_whole_video_flow(tmp_path, n, chunk):
     storage = open_storage(str(tmp_path))
     rec, frames = folder_record(storage, n)
-    flow_cfg = SegmentFlowConfig(engine="dis", preset="ultrafast", max_side=64)
+    flow_cfg = FlowConfig(engine="dis", preset="ultrafast", max_side=64)
     items = list(video_chunks(storage, rec.to_dict(), SIZE, chunk, flow_cfg, keep_original=True))
     assert all(isinstance(c, Chunk) for c in items)
     assert [c.last for c in items] == [False] * (len(items) - 1) + [True]
@@ -63,7 +63,7 @@ def test_chunks_match_whole_video_flow(tmp_path, n, chunk):
 
 def test_bad_inputs_end_with_an_error_item(tmp_path):
     storage = open_storage(str(tmp_path))
-    flow_cfg = SegmentFlowConfig(engine="dis", preset="ultrafast")
+    flow_cfg = FlowConfig(engine="dis", preset="ultrafast")
     single, _ = folder_record(storage, 1, name="one")
     items = list(video_chunks(storage, single.to_dict(), SIZE, 4, flow_cfg))
     assert len(items) == 1 and "only 1 frame" in items[0]["error"]
@@ -118,7 +118,7 @@ def test_shards_give_frames_and_stored_flow(tmp_path):
     write_shards(storage, "cows", 3, [(0, 2)])
     records = shard_records(storage)
     assert [r["video_id"] for r in records] == ["bear", "cows"] and records[0]["kind"] == "shards"
-    items = list(video_chunks(storage, records[0], SIZE, 3, SegmentFlowConfig(), keep_original=True))
+    items = list(video_chunks(storage, records[0], SIZE, 3, FlowConfig(), keep_original=True))
     assert [c.names for c in items] == [["00000", "00001", "00002"], ["00003", "00004", "00005"], ["00006"]]
     assert [c.last for c in items] == [False, False, True] and (items[0].height, items[0].width) == (H, W)
     expected = np.stack([resize_rgb(flow_to_rgb(f), SIZE) for f in flows])  # the stored flow, not recomputed
@@ -129,5 +129,5 @@ def test_shards_give_frames_and_stored_flow(tmp_path):
     offset = records[0]["samples"][0]["offset"]
     data[offset + 600 : offset + 2000] = b"\0" * 1400
     storage.write_bytes(f"shards/{shard}", bytes(data))
-    items = list(video_chunks(storage, shard_records(storage)[0], SIZE, 3, SegmentFlowConfig()))
+    items = list(video_chunks(storage, shard_records(storage)[0], SIZE, 3, FlowConfig()))
     assert "bear" in items[-1]["error"] and shard in items[-1]["error"]

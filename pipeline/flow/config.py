@@ -1,0 +1,46 @@
+"""The optical-flow settings shared by every job that computes flow (precompute_flow, segment)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.config import require
+
+__all__ = ["FlowConfig"]
+
+
+@dataclass
+class FlowConfig:
+    engine: str = "dis"
+    """Flow engine: 'dis' (OpenCV DIS, CPU) or a ptlflow model name (e.g. rapidflow_it1, neuflow, raft_small)."""
+    preset: str = "medium"
+    """DIS preset: ultrafast, fast or medium."""
+    checkpoint: str | None = None
+    """ptlflow checkpoint file (local path or storage URL) in ptlflow's format {'state_dict': ...}."""
+    random_init: bool = False
+    """Allow a ptlflow model without a checkpoint (random weights: noise; for tests only)."""
+    max_side: int = 1024
+    """Longest image side fed to the flow engine; flow is resized back to the frame size."""
+    batch_size: int = 4
+    """Frame pairs per forward pass (ptlflow engines)."""
+
+    def __post_init__(self):
+        require(bool(self.engine), "engine", self.engine, "must name a flow engine")
+        require(self.preset in ("ultrafast", "fast", "medium"), "preset", self.preset,
+                "must be ultrafast, fast or medium")
+        require(self.max_side >= 32, "max_side", self.max_side, "must be >= 32")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+
+    def engine_options(self, threads: int = 1) -> dict:
+        """Keyword options of ``create_flow_engine`` for this engine (DIS and ptlflow take different ones)."""
+        if self.engine == "dis":
+            return {"preset": self.preset, "threads": threads}
+        return {"batch_size": self.batch_size, "random_init": self.random_init, "threads": threads}
+
+    def create_engine(self, device: str = "cpu", threads: int = 1):
+        """The flow engine these settings describe (DIS always runs on the CPU)."""
+        from pipeline.flow.engines import create_flow_engine
+
+        device = "cpu" if self.engine == "dis" else device
+        return create_flow_engine(self.engine, checkpoint=self.checkpoint or None, device=device,
+                                  max_side=self.max_side, **self.engine_options(threads))
