@@ -60,6 +60,9 @@ class DemoConfig:
     """Corpus seed (the training seed is in the train config)."""
     val_fraction: float = 0.25
     """Fraction of the videos held out for validation and the reported J&F."""
+    train_val_fraction: float = 0.1
+    """Fraction of the training videos the flow job sets aside for validation during training; the held-out
+    videos that the demo scores are never used for training or model selection."""
     train_config: str = "configs/tiny_cpu.yaml"
     """Training config (relative to the checkout or absolute)."""
     train_steps: int = 500
@@ -85,6 +88,8 @@ class DemoConfig:
         require(bool(self.storage), "storage", self.storage, "is required")
         require(self.videos >= 2, "videos", self.videos, "must be >= 2 (one train and one val video at least)")
         require(self.train_steps >= 1, "train_steps", self.train_steps, "must be >= 1")
+        require(0.0 <= self.train_val_fraction < 1.0, "train_val_fraction", self.train_val_fraction,
+                "must be in [0, 1)")
         require(self.validate_every >= 0, "validate_every", self.validate_every, "must be >= 0")
         require(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")
         require(self.flow_preset in ("ultrafast", "fast", "medium"), "flow_preset", self.flow_preset,
@@ -120,6 +125,20 @@ def _quote(arg: str) -> str:
 def _train_config_path(cfg: DemoConfig) -> str:
     path = Path(cfg.train_config)
     return str(path if path.is_absolute() else REPO_ROOT / path)
+
+
+def _final_model(run_dir) -> str:
+    """URL of the model to segment with: best/model.pt (validated at the last step by default), else the latest
+    training checkpoint (when the shards hold no validation split)."""
+    if run_dir.exists("best/model.pt"):
+        meta = run_dir.read_json("best/meta.json") if run_dir.exists("best/meta.json") else {}
+        print(f"best checkpoint: step {meta.get('step')}, validation {meta.get('val')}", flush=True)
+        return run_dir.join("best/model.pt")
+    checkpoints = sorted(name for name in run_dir.list() if name.startswith("checkpoint_"))
+    for name in reversed(checkpoints):
+        if run_dir.exists(f"{name}/checkpoint.pt"):
+            return run_dir.join(f"{name}/checkpoint.pt")
+    raise DemoError(f"stage 'train' left no model under {run_dir.url} (no best/model.pt, no checkpoint_*/checkpoint.pt)")
 
 
 def slice_scores(per_frame_csv: str, metas: dict[str, dict], drop_first_last: bool = True) -> dict[str, dict]:
@@ -251,7 +270,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     _banner(2, total, f"optical flow (DIS {cfg.flow_preset}) and WebDataset shards -> {urls['shards']}")
     timings["precompute_flow"] = _run_job("precompute_flow.py", [
         "--input", urls["corpus"], "--output", urls["shards"], "--format", "davis2016", "--flow-model", "dis",
-        "--flow-preset", cfg.flow_preset], "precompute_flow")
+        "--flow-preset", cfg.flow_preset, "--val-fraction", str(cfg.train_val_fraction)], "precompute_flow")
 
     from pipeline.train.config import TrainConfig
 
@@ -266,15 +285,13 @@ def run_demo(cfg: DemoConfig) -> dict:
         "--num-workers", str(cfg.num_workers), "--max-steps", str(cfg.train_steps),
         *[a for o in overrides for a in ("--set", o)]], "train")
     run_dir = root.child(f"runs/{cfg.run_name}")
-    if not run_dir.exists("best/model.pt"):
-        raise DemoError(f"stage 'train' left no best checkpoint at {run_dir.join('best/model.pt')}")
-    best = run_dir.read_json("best/meta.json") if run_dir.exists("best/meta.json") else {}
-    print(f"best checkpoint: step {best.get('step')}, validation {best.get('val')}", flush=True)
+    model_url = _final_model(run_dir)
+    print(f"model for segmentation: {model_url}", flush=True)
 
     _banner(4, total, f"segmenting the {len(val)} validation videos -> {urls['segment']}")
     timings["segment"] = _run_job("segment.py", [
         "--input", urls["corpus"], "--output", urls["segment"], "--format", "davis2016",
-        "--checkpoint", run_dir.join("best/model.pt"), "--input-size", str(image_size), "--flow-model", "dis",
+        "--checkpoint", model_url, "--input-size", str(image_size), "--flow-model", "dis",
         "--set", f"flow.preset={cfg.flow_preset}", "--set", f"videos=[{','.join(val)}]"], "segment")
 
     _banner(5, total, f"DAVIS-2016 J&F on the validation videos -> {urls['eval']}")
