@@ -1,6 +1,6 @@
 """Rehearse a multi-node hmhi-uvos deployment on one machine, on loopback only.
 
-    .venv/bin/python -m infra.local.rehearse [--workdir DIR] [--keep] [--set videos=3 ...]
+    .venv/bin/python -m infra.local.rehearse [--workdir DIR] [--keep] [--set videos=4 ...]
 
 What it does, in order (every Ray and S3 server binds 127.0.0.1; nothing leaves the machine):
 
@@ -70,8 +70,9 @@ class RehearsalConfig:
     """Tag of this run, put in every started process's environment as HMHI_REHEARSAL_ID (random when empty)."""
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     """Stages to submit, in order, from: check, synthetic, flow, train, segment, evaluate."""
-    videos: int = 3
-    """Videos in the synthetic corpus (at least 2: one for training, one held out)."""
+    videos: int = 4
+    """Videos in the synthetic corpus (at least 4: two to train the two workers, one carved out for validation,
+    one held-out test video)."""
     frames: int = 6
     """Frames per synthetic video (also the shard clip length; the tiny training config samples 5)."""
     size: str = "64x64"
@@ -94,7 +95,8 @@ class RehearsalConfig:
     def __post_init__(self):
         unknown = [s for s in self.stages if s not in STAGES]
         require(not unknown and bool(self.stages), "stages", self.stages, f"must be a non-empty subset of {list(STAGES)}")
-        require(self.videos >= 2, "videos", self.videos, "must be >= 2 (one training and one held-out video)")
+        require(self.videos >= 4, "videos", self.videos,
+                "must be >= 4 (two training videos, one validation and one held-out test video)")
         require(self.frames >= 6, "frames", self.frames, "must be >= 6")
         require(self.train_steps >= 1, "train_steps", self.train_steps, "must be >= 1")
         require(self.train_workers >= 1, "train_workers", self.train_workers, "must be >= 1")
@@ -322,7 +324,7 @@ def pipeline_stages(cfg: RehearsalConfig, bucket: str) -> dict[str, list[str]]:
         "synthetic": ["python", "-m", "pipeline.synthetic", f"{root}/corpus", "--videos", str(cfg.videos),
                       "--frames", str(cfg.frames), "--size", cfg.size, "--seed", "0"],
         "flow": ["python", "jobs/precompute_flow.py", "--input", f"{root}/corpus", "--output", f"{root}/shards",
-                 "--flow-model", "dis", "--clip-length", str(cfg.frames)],
+                 "--flow-model", "dis", "--clip-length", str(cfg.frames), "--val-fraction", "0.25"],
         # Validation at the last step writes <run>/best/model.pt, the checkpoint the segment stage loads.
         "train": ["python", "jobs/train.py", "--config", "configs/tiny_cpu.yaml", "--data", f"{root}/shards",
                   "--storage", f"{root}/runs", "--run-name", run, "--num-workers", str(cfg.train_workers),

@@ -17,9 +17,10 @@ Layouts (paths relative to ``--input``):
 - ``frames``: every folder that directly holds images is a video (no masks).
 - ``videos``: every video file (mp4, mov, avi, mkv, webm); optional masks in ``Annotations/<stem>/<index>.png``.
 
-Splits are ``train``, ``val`` and ``test``; the dataset's own split name is kept as ``source_split``. A benchmark's
-evaluation split that the community reports on keeps the dataset's name (DAVIS ``val`` stays ``val``); splits without
-ground truth beyond the first frame (YouTube-VOS ``valid``/``test``, FBMS ``Testset``, DAVIS test-dev) are ``test``.
+Splits are ``train``, ``val`` and ``test``; the dataset's own split name is kept as ``source_split``. Every split a
+benchmark reports results on is ``test``: DAVIS ``val`` (the split UVOS papers report), the HMHI layout's ``val``,
+YouTube-VOS ``valid``/``test``, FBMS ``Testset``. A validation split for model selection must be disjoint from every
+test set, so it never comes from these: ``--val-fraction`` carves it, deterministically, out of ``train``.
 """
 
 from __future__ import annotations
@@ -235,7 +236,7 @@ def _davis(files: list[str], read_text, cfg, fmt: str) -> list[VideoRecord]:
         if source_split == "unlisted":
             log.warning("sequence %r is in no ImageSets split file; treated as train", name)
             source_split = "train"
-        split = {"train": "train", "val": "val"}.get(source_split, "test")
+        split = "train" if source_split == "train" else "test"  # DAVIS val is the reported test set
         recs.add(name=name, format=fmt, split=split, source_split=source_split, kind="frames",
                  source=f"JPEGImages/{res}/{name}", frames=frames,
                  masks=_masks_by_stem(frames, masks_by_video.get(name, [])))
@@ -281,7 +282,8 @@ def _hmhi(files: list[str], read_text, cfg) -> list[VideoRecord]:
         masks_by_video = _group_by_parent(files, f"{split}/mask", _is_mask)
         for name in sorted(frames_by_video, key=natural_key):
             frames = frames_by_video[name]
-            recs.add(name=name, format="hmhi", split=split, source_split=split, kind="frames",
+            recs.add(name=name, format="hmhi", split="train" if split == "train" else "test", source_split=split,
+                     kind="frames",
                      source=f"{split}/frame/{name}", frames=frames,
                      masks=_masks_by_stem(frames, masks_by_video.get(name, [])))
     if not recs.records:

@@ -112,7 +112,7 @@ def test_end_to_end_round_trip_and_idempotent_rerun(storage_url, tmp_path):
     ids.update({n: r["video_id"] for n, r in [(x["name"], x) for x in
                                                open_storage(out).read_parquet("manifest.parquet").to_pylist()]})
     truth = {ids[name]: v for name, v in gt.items()}
-    _check_round_trip(out, truth, {ids["bear"]: "train", ids["car shadow"]: "train", ids["cows"]: "val"})
+    _check_round_trip(out, truth, {ids["bear"]: "train", ids["car shadow"]: "train", ids["cows"]: "test"})
     manifest = {r["name"]: r for r in open_storage(out).read_parquet("manifest.parquet").to_pylist()}
     assert manifest["bear"]["frame_count"] == 10 and manifest["bear"]["height"] == 96
     assert manifest["cows"]["annotated_frames"] == list(range(7)) and manifest["cows"]["status"] == "done"

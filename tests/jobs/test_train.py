@@ -36,7 +36,9 @@ def shard_set(s3_server, ray_cluster, tmp_path_factory):
     bucket = s3_server.create_bucket("train")
     url = f"s3://{bucket}/shards"
     # Small shards: several train shards holding uneven sample counts.
-    precompute_main(["--input", corpus, "--output", url, "--clip-length", "6", "--shard-size-mb", "0.3"])
+    # The corpus's held-out videos ingest as 'test'; validation is carved from train (never the test set).
+    precompute_main(["--input", corpus, "--output", url, "--clip-length", "6", "--shard-size-mb", "0.3",
+                     "--val-fraction", "0.25"])
     return url
 
 
@@ -133,7 +135,7 @@ def test_bad_inputs_fail_before_training(shard_set, s3_server, tmp_path, capsys)
     src, bad = open_storage(shard_set), open_storage(f"s3://{s3_server.create_bucket('bad')}/shards")
     for rel in src.list(recursive=True):
         bad.write_bytes(rel, src.read_bytes(rel))
-    victim = sorted(bad.list("shards"))[0]
+    victim = sorted(n for n in bad.list("shards") if n.startswith("train-"))[0]  # a shard training reads
     data = bytearray(bad.read_bytes(f"shards/{victim}"))
     data[700] ^= 0xFF
     bad.write_bytes(f"shards/{victim}", bytes(data))

@@ -42,7 +42,11 @@ def test_davis2016_layout_splits_and_masks(tmp_path):
     listing = list_corpus(open_storage(str(tmp_path)))
     assert listing.format == "davis2016"
     by = {r.name: r for r in listing.records}
-    assert by["bear"].split == "train" and by["cows"].split == "val"
+    assert by["bear"].split == "train" and by["cows"].split == "test"  # DAVIS val is the reported test set
+    assert by["cows"].source_split == "val"
+    # Validation is carved out of train, deterministically, and never out of the test set.
+    assert assign_val_split(listing.records, 0.5) == 1
+    assert sorted(r.split for r in listing.records) == ["test", "train", "val"] and by["cows"].split == "test"
     assert by["car shadow"].split == "train" and by["car shadow"].video_id.startswith("car_shadow-")
     assert by["bear"].frames == [f"JPEGImages/480p/bear/{i:05d}.jpg" for i in range(3)]
     assert by["bear"].masks == {i: f"Annotations/480p/bear/{i:05d}.png" for i in range(3)}
@@ -86,7 +90,7 @@ def test_other_layouts_are_detected_and_read(tmp_path):
     listing = list_corpus(open_storage(str(hmhi)))
     assert listing.format == "hmhi"
     assert [(r.name, r.split, r.masks) for r in listing.records] == [("v1", "train", {1: "train/mask/v1/1.png"}),
-                                                                      ("v2", "val", {})]
+                                                                      ("v2", "test", {})]
 
     frames = tmp_path / "frames"
     _touch(frames, "a/f1.png", "a/f10.png", "a/f2.png", "b/c/x.jpg")
@@ -113,7 +117,7 @@ def test_synthetic_corpus_ingests_as_davis2016(tmp_path):
     st = open_storage(str(tmp_path))
     listing = list_corpus(st)
     assert listing.format == "davis2016"
-    assert len(listing.records) == 3 and {r.split for r in listing.records} == {"train", "val"}
+    assert len(listing.records) == 3 and {r.split for r in listing.records} == {"train", "test"}
     video = load_video(st, listing.records[0])
     assert video.frames.shape == (6, 48, 64, 3) and video.mask_valid.all() and video.masks.any()
 
