@@ -59,7 +59,7 @@ class DemoConfig:
     seed: int = 0
     """Corpus seed (the training seed is in the train config)."""
     val_fraction: float = 0.25
-    """Fraction of the videos held out for validation and the reported J&F."""
+    """Fraction of the videos held out for the reported J&F (the test split: never trained on or used to select)."""
     train_val_fraction: float = 0.1
     """Fraction of the training videos the flow job sets aside for validation during training; the held-out
     videos that the demo scores are never used for training or model selection."""

@@ -94,7 +94,8 @@ class SyntheticConfig:
     seed: int = 0
     """Corpus seed; video i is a pure function of (seed, i) and the rendering settings."""
     val_fraction: float = 0.25
-    """Fraction of the videos held out for validation (at least one video each way when videos >= 2)."""
+    """Fraction of the videos held out (DAVIS 'val' list; ingest reads it as the test split). At least one video
+    each way when videos >= 2."""
     prefix: str = "synth"
     """Sequence names are <prefix><index>, zero-padded to at least 3 digits."""
     jpeg_quality: int = 92
