@@ -9,7 +9,7 @@ Stages (each job is run as ``python jobs/<job>.py ...``, exactly as a user would
 1. ``pipeline.synthetic``      a seeded corpus in DAVIS-2016 layout            -> <storage>/corpus
 2. ``jobs/precompute_flow.py`` DIS optical flow, WebDataset shards             -> <storage>/shards
 3. ``jobs/train.py``           2 Ray Train workers (gloo DDP), configs/tiny_cpu -> <storage>/runs/<run_name>
-4. ``jobs/segment.py``         the best checkpoint on the validation videos     -> <storage>/segment
+4. ``jobs/segment.py``         the best checkpoint on the held-out test videos -> <storage>/segment
 5. ``jobs/evaluate.py``        DAVIS-2016 J&F                                   -> <storage>/eval
 6. a small report: per-sequence plot, GIF overlays, J&F on paused / occluded frames -> <storage>/report/index.html
 
@@ -69,7 +69,7 @@ class DemoConfig:
     """Training steps (optim.max_steps)."""
     validate_every: int = 0
     """Validate every this many steps during training; 0: only at the last step, so the reported model is the final
-    one and the validation videos play no part in choosing it."""
+    one and the held-out test videos play no part in choosing it."""
     num_workers: int = 2
     """Ray Train workers (gloo DDP on CPU)."""
     run_name: str = "demo"
@@ -230,7 +230,7 @@ def _write_report(cfg: DemoConfig, root, val: list[str], timings: dict[str, floa
     timing_rows = "".join(f"<tr><td>{k}</td><td>{v:.1f} s</td></tr>" for k, v in timings.items())
     html = f"""<!doctype html><html><head><meta charset="utf-8"><title>hmhi-uvos demo</title></head><body>
 <h1>hmhi-uvos demo: J&amp;F {summary['JF_mean']:.3f}</h1>
-<p>{summary['n_sequences']} held-out synthetic validation videos, protocol {summary['protocol']}
+<p>{summary['n_sequences']} held-out synthetic test videos, protocol {summary['protocol']}
 (J {summary['J_mean']:.3f}, F {summary['F_mean']:.3f}). Red: predicted mask; green: ground-truth outline.</p>
 <img src="jf_per_sequence.png" alt="J&amp;F per sequence">
 <h2>Per sequence</h2><table border="1" cellpadding="3"><tr><th>sequence</th><th>J</th><th>F</th><th>J&amp;F</th></tr>
@@ -288,13 +288,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     model_url = _final_model(run_dir)
     print(f"model for segmentation: {model_url}", flush=True)
 
-    _banner(4, total, f"segmenting the {len(val)} validation videos -> {urls['segment']}")
+    _banner(4, total, f"segmenting the {len(val)} held-out test videos -> {urls['segment']}")
     timings["segment"] = _run_job("segment.py", [
         "--input", urls["corpus"], "--output", urls["segment"], "--format", "davis2016",
         "--checkpoint", model_url, "--input-size", str(image_size), "--flow-model", "dis",
         "--set", f"flow.preset={cfg.flow_preset}", "--set", f"videos=[{','.join(val)}]"], "segment")
 
-    _banner(5, total, f"DAVIS-2016 J&F on the validation videos -> {urls['eval']}")
+    _banner(5, total, f"DAVIS-2016 J&F on the held-out test videos -> {urls['eval']}")
     timings["evaluate"] = _run_job("evaluate.py", [
         "--pred", root.join("segment/masks"), "--gt", urls["corpus"], "--output", urls["eval"],
         "--protocol", "davis2016", "--set", f"sequences=[{','.join(val)}]"], "evaluate")
@@ -306,7 +306,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     timings["report"] = time.perf_counter() - t0
     s = result["slices"]
     print(f"\nJ&F = {result['JF_mean']:.3f}  (J {result['J_mean']:.3f}, F {result['F_mean']:.3f}; "
-          f"{result['n_sequences']} validation videos, protocol {result['protocol']})", flush=True)
+          f"{result['n_sequences']} held-out test videos, protocol {result['protocol']})", flush=True)
     print(f"  paused frames: J&F {s['paused']['JF']:.3f} ({s['paused']['frames']} frames); occluded frames: "
           f"J&F {s['occluded']['JF']:.3f} ({s['occluded']['frames']} frames)", flush=True)
     print(f"report: {report_url}", flush=True)
