@@ -222,7 +222,7 @@ class Storage:
                 raise StorageNotFoundError(f"{op} {url}: not found ({code})") from e
             raise
 
-    def check(self) -> None:
+    def check(self, op: str = "check") -> None:
         """Raise a clear error unless the root is reachable: the bucket exists and the credentials work.
 
         For local storage, the directory is created if missing (writing jobs create their outputs).
@@ -231,7 +231,7 @@ class Storage:
             os.makedirs(self.root, exist_ok=True)
             return
         bucket = self.root.split("/", 1)[0]
-        with self._errors("check", ""):
+        with self._errors(op, ""):
             self.fs.info(bucket)
 
     # -- reading ----------------------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ class Storage:
         base = self._path(rel)
         with self._errors("list", rel):
             if self.scheme == "s3" and not self.fs.exists(base):
-                self.check()  # a missing bucket is an error, a missing prefix is just empty
+                self.check("list")  # a missing bucket is an error, a missing prefix is just empty
                 return []
             if self.scheme == "file" and not os.path.isdir(base):
                 if os.path.exists(base):
