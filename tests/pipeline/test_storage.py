@@ -66,6 +66,25 @@ def test_parquet_and_file_transfer(storage_url, tmp_path):
     assert dst.read_bytes() == src.read_bytes()
 
 
+def test_open_stream_reads_byte_ranges(storage_url):
+    st = open_storage(storage_url)
+    data = os.urandom(3 << 20)
+    st.write_bytes("blob.bin", data)
+    with st.open_stream("blob.bin") as f:
+        assert f.read() == data
+    with st.open_stream("blob.bin", start=1000, stop=(2 << 20) + 7) as f:
+        head = f.read(10)
+        assert head == data[1000:1010]
+        assert f.read() == data[1010:(2 << 20) + 7]
+        assert f.read() == b""
+    with st.open_stream("blob.bin", start=len(data) - 5) as f:
+        assert f.read() == data[-5:]
+    with st.open_stream("blob.bin", start=5, stop=5) as f:
+        assert f.read() == b""
+    with pytest.raises(StorageNotFoundError, match="missing.bin"):
+        st.open_stream("missing.bin")
+
+
 def test_atomic_write_leaves_nothing_on_failure(storage_url):
     st = open_storage(storage_url)
     st.write_bytes("keep.bin", b"old")
@@ -82,12 +101,36 @@ def test_atomic_write_leaves_nothing_on_failure(storage_url):
     assert st.list(recursive=True) == ["keep.bin"]
 
 
+def test_s3_writes_stream_in_parts_and_abort_cleanly(s3_server, s3_bucket, monkeypatch):
+    """Large S3 writes are multipart uploads sent while the block writes; a failing block aborts the upload."""
+    import pipeline.storage as storage
+
+    monkeypatch.setattr(storage, "S3_PART_BYTES", 5 << 20)  # S3's minimum part size
+    st = open_storage(f"{s3_bucket}/p")
+    bucket = s3_bucket.removeprefix("s3://")
+    client = s3_server.client()
+    data = os.urandom(1 << 20) * 12
+    with st.open_write("big.bin") as f:
+        for i in range(0, len(data), 1 << 20):
+            f.write(data[i:i + (1 << 20)])
+        in_flight = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        assert [u["Key"] for u in in_flight] == ["p/big.bin"]  # parts went out before the block ended
+        assert not st.exists("big.bin")  # ... and nothing is visible yet
+    assert st.read_bytes("big.bin") == data
+    with pytest.raises(RuntimeError, match="boom"):
+        with st.open_write("failed.bin") as f:
+            f.write(data)
+            raise RuntimeError("boom")
+    assert not st.exists("failed.bin")
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []  # aborted, not left to bill
+
+
 _KILL_MID_WRITE = """
 import os, sys
 from pipeline.storage import open_storage
 st = open_storage(sys.argv[1])
 with st.open_write("killed.bin") as f:
-    f.write(b"y" * (2 << 20))
+    f.write(b"y" * (12 << 20))  # on S3, more than a part: a multipart upload is in flight
     f.flush()
     os._exit(9)  # the process dies mid-write: no cleanup, no commit
 """
