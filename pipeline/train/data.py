@@ -140,10 +140,16 @@ def read_samples(entry: ShardEntry, start: int = 0, stop: int | None = None) -> 
     stop = entry.num_samples if stop is None else stop
     if start >= stop:
         return
-    with open_storage(parent).open_read(name) as f:
-        for offset, size in zip(entry.offsets[start:stop], entry.sizes[start:stop]):
-            f.seek(offset)
+    offsets, sizes = entry.offsets[start:stop], entry.sizes[start:stop]
+    # The block's samples are consecutive in the shard: one ranged GET streams them all.
+    with open_storage(parent).open_stream(name, start=offsets[0], stop=offsets[-1] + sizes[-1]) as f:
+        position = offsets[0]
+        for offset, size in zip(offsets, sizes):
+            if offset < position:
+                raise ValueError(f"shard {entry.url}: sample offsets are not increasing at byte {offset}")
+            f.read(offset - position)  # padding between samples, if any
             data = f.read(size)
+            position = offset + len(data)
             if len(data) != size:
                 raise ValueError(f"shard {entry.url}: sample at byte {offset} is truncated ({len(data)} of {size})")
             for sample in iter_tar_samples(io.BytesIO(data), entry.url):

@@ -43,13 +43,15 @@ def test_encode_decode_round_trip():
     assert np.abs(clip.frames.astype(int) - frames).mean() < 3  # JPEG q95
     np.testing.assert_allclose(clip.flows, flows, atol=np.abs(flows).max() * 2 ** -10)  # float16
     assert np.array_equal(clip.masks, masks) and np.array_equal(clip.mask_valid, valid)
-    assert clip.meta["sample_version"] == 1
+    assert clip.meta["sample_version"] == 2
+    assert [k for k in members if k.startswith("flow")] == [f"flow.{i:03d}.f16.zst" for i in range(4)]
 
 
 def test_partial_decode_and_uncompressed_flows():
     key, frames, flows, masks, valid, meta = _sample(n=6)
     members = encode_clip(key, frames, flows, masks, valid, meta, flow_level=0)
-    assert len(members["flows.npz"]) > flows.size * 2  # stored, not deflated
+    assert all(len(members[f"flow.{i:03d}.f16"]) == flows[i].size * 2 for i in range(6))  # stored raw
+    assert np.array_equal(decode_clip(members).flows, flows.astype(np.float16))
     full = decode_clip(members)
     part = decode_clip(members, positions=[4, 1, 2])
     assert part.frame_indices == [4, 1, 2] and part.mask_valid.tolist() == [True, False, True]
@@ -74,13 +76,44 @@ def test_decode_reports_missing_members():
     with pytest.raises(KeyError, match="frame.001.jpg"):
         decode_clip(members)
     with pytest.raises(KeyError, match="meta.json"):
-        decode_clip({"__key__": "x", "flows.npz": b""})
+        decode_clip({"__key__": "x", "flow.000.f16.zst": b""})
+    members = encode_clip(key, frames, flows, masks, valid, meta)
+    members["flow.002.f16.zst"] = members["flow.002.f16.zst"][:50]
+    with pytest.raises(ValueError, match=r"vid__000000\.flow\.002\.f16\.zst"):
+        decode_clip(members)
+    # Bytes damaged in place (zstd frames carry no checksum): caught by the CRC-32 in meta.json.
+    members = encode_clip(key, frames, flows, masks, valid, meta)
+    damaged = bytearray(members["flow.001.f16.zst"])
+    damaged[len(damaged) // 2] ^= 0x40
+    members["flow.001.f16.zst"] = bytes(damaged)
+    with pytest.raises(ValueError, match=r"vid__000000\.flow\.001\.f16\.zst: damaged"):
+        decode_clip(members)
+
+
+def test_decode_reads_version_1_samples():
+    """Shards written before per-frame flow members (one zip-deflated flows.npz per sample) still decode."""
+    import io
+    import json
+    import zipfile
+
+    key, frames, flows, masks, valid, meta = _sample(n=3)
+    members = {k: v for k, v in encode_clip(key, frames, flows, masks, valid, meta).items()
+               if not k.startswith("flow.")}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z, z.open("flows.npy", "w") as f:
+        np.lib.format.write_array(f, flows.astype(np.float16))
+    members["flows.npz"] = buf.getvalue()
+    members["meta.json"] = json.dumps(dict(json.loads(members["meta.json"]), sample_version=1)).encode()
+    clip = decode_clip(members, positions=[2, 0])
+    assert np.array_equal(clip.flows, flows.astype(np.float16)[[2, 0]])
 
 
 def test_writer_commits_shards_then_indexes_them(storage_url):
     st = open_storage(storage_url)
     committed = []
-    writer = ShardWriter(st, target_bytes=60_000, on_commit=lambda name, rows: committed.append(name))
+    # stream_bytes below the shard size: each shard is streamed to storage in several pieces while it grows.
+    writer = ShardWriter(st, target_bytes=60_000, stream_bytes=15_000,
+                         on_commit=lambda name, rows: committed.append(name))
     expected = {}
     for v, split in (("a", "train"), ("b", "train"), ("c", "val")):
         for start in (0, 4):
@@ -123,6 +156,24 @@ def test_writer_commits_shards_then_indexes_them(storage_url):
             frames, flows, masks = expected[clip.key]
             assert np.array_equal(clip.masks, masks & clip.mask_valid[:, None, None])
             np.testing.assert_allclose(clip.flows, flows, atol=0.02)
+
+
+def test_aborted_writer_publishes_no_shard(storage_url):
+    """Samples already streamed to storage stay invisible when the writer aborts (a killed job's shard)."""
+    st = open_storage(storage_url)
+    writer = ShardWriter(st, target_bytes=1 << 30, stream_bytes=10_000)
+    for start in range(0, 24, 4):
+        key, frames, flows, masks, valid, meta = _sample("v", start, seed=start)
+        writer.add("train", key, encode_clip(key, frames, flows, masks, valid, meta),
+                   {"video_id": "v", "clip_index": start // 4, "n_clips": 6,
+                    "frame_indices": list(range(start, start + 4)), "n_frames": 4, "n_masks": 2,
+                    "height": 48, "width": 64})
+    (shard,) = writer._open.values()
+    for push in shard.pushes:
+        push.result()
+    assert len(shard.pushes) >= 2 and shard.sent > 0  # bytes went out before the shard was complete
+    writer.abort()
+    assert st.list(recursive=True) == []
 
 
 def test_verify_shard_detects_corruption(tmp_path):
