@@ -6,7 +6,8 @@ Stages (Ray Data, streaming):
      A video that cannot be used becomes one ``rejected`` row naming the video and the file.
   2. ``FlowStage`` (actor pool, ``num_gpus`` per actor when asked): the flow engine on each clip.
   3. ``encode_clip_row`` (tasks): JPEG frames, PNG masks, float16 flow, meta.json -> sample member bytes.
-The driver packs samples into per-split shards (:class:`pipeline.shards.ShardWriter`), which are uploaded, then
+Without GPUs the three run fused in one actor per video (``FusedFlowStage``, ``compute.fused``): only encoded samples
+then cross the object store. The driver packs samples into per-split shards (:class:`pipeline.shards.ShardWriter`), which are uploaded, then
 indexed. A rerun resumes: videos whose samples are all indexed are skipped, samples already indexed are not
 written again, unindexed leftovers of a killed run are deleted first.
 """
@@ -57,21 +58,26 @@ class ShardConfig:
     shard_size_mb: float = 512.0
     """Target shard size in MB (a shard is closed once it reaches this size)."""
     flow_compress_level: int = 1
-    """Deflate level of the float16 flow member: 1 is ~5x faster than 6 for ~13% more bytes; 0 stores it
-    uncompressed (fastest to write and read, ~2.5x the bytes)."""
+    """zstd level of the float16 flow members (1-19): 1 is the fastest (~3.5 ms per 480p frame for ~57% of the raw
+    bytes); 0 stores them uncompressed."""
 
     def __post_init__(self):
         require(2 <= self.clip_length <= 999, "clip_length", self.clip_length, "must be in 2..999")
         require(1 <= self.jpeg_quality <= 100, "jpeg_quality", self.jpeg_quality, "must be in 1..100")
         require(self.shard_size_mb > 0, "shard_size_mb", self.shard_size_mb, "must be > 0")
-        require(0 <= self.flow_compress_level <= 9, "flow_compress_level", self.flow_compress_level,
-                "must be in 0..9")
+        require(0 <= self.flow_compress_level <= 19, "flow_compress_level", self.flow_compress_level,
+                "must be in 0..19")
 
 
 @dataclass
 class ComputeConfig:
     concurrency: int | None = None
-    """Flow actors; default: one per GPU (divided by num_gpus_per_actor) or one per 2 cluster CPUs."""
+    """Flow actors; default: one per GPU (divided by num_gpus_per_actor), else one per ``num_cpus_per_actor``
+    cluster CPUs (fused) or per 2 cluster CPUs (staged)."""
+    fused: bool | None = None
+    """Run decode, flow and encode of a video in one actor, so that only the encoded samples cross the object
+    store (on CPU this halves the job's cost: raw frames and flows are ~4x the encoded bytes). Default: fused
+    without GPUs; with GPUs, staged: CPU decode/encode tasks feed the GPU flow actors."""
     num_gpus_per_actor: float = 0.0
     """GPUs per flow actor; > 0 runs ptlflow models on CUDA."""
     num_cpus_per_actor: float = 1.0
@@ -197,6 +203,19 @@ class FlowStage:
         return row
 
 
+class FusedFlowStage(FlowStage):
+    """Ray Data actor for CPU engines: one video row -> its encoded sample rows (load, flow, encode in place)."""
+
+    def __init__(self, engine: str, checkpoint: str | None, device: str, max_side: int, opts: dict[str, Any],
+                 load_kwargs: dict[str, Any], encode_kwargs: dict[str, Any]):
+        super().__init__(engine, checkpoint, device, max_side, opts)
+        self.load_kwargs, self.encode_kwargs = load_kwargs, encode_kwargs
+
+    def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:  # type: ignore[override]
+        return [encode_clip_row(super(FusedFlowStage, self).__call__(clip), **self.encode_kwargs)
+                for clip in load_clips(row, **self.load_kwargs)]
+
+
 # -- stage 3: encode -----------------------------------------------------------------------------------------------
 
 def encode_clip_row(row: dict[str, Any], jpeg_quality: int, flow_level: int) -> dict[str, Any]:
@@ -308,6 +327,45 @@ def _engine_opts(cfg: PrecomputeFlowConfig) -> tuple[str, dict[str, Any]]:
     return device, cfg.flow.engine_options(threads)
 
 
+def _build_dataset(cfg: PrecomputeFlowConfig, pending: list[dict[str, Any]], input_url: str):
+    """The Ray Data pipeline: video rows -> encoded sample rows (fused actors, or decode -> flow -> encode)."""
+    import ray
+
+    device, opts = _engine_opts(cfg)
+    gpus = cfg.compute.num_gpus_per_actor
+    fused = cfg.compute.fused if cfg.compute.fused is not None else gpus == 0
+    res = ray.cluster_resources()
+    total_cpus = float(res.get("CPU", 1))
+    actor_cpus, task_cpus = cfg.compute.num_cpus_per_actor, cfg.compute.num_cpus_per_task
+    concurrency = cfg.compute.concurrency
+    if concurrency is None:
+        if gpus > 0:
+            concurrency = max(1, int(res.get("GPU", 0) // gpus))
+        else:
+            concurrency = max(1, int(total_cpus // (actor_cpus if fused else 2)))
+    engine_kwargs = {"engine": cfg.flow.engine, "checkpoint": cfg.flow.checkpoint, "device": device,
+                     "max_side": cfg.flow.max_side, "opts": opts}
+    load_kwargs = {"input_url": input_url, "clip_length": cfg.shards.clip_length, "max_video_mb": cfg.max_video_mb}
+    encode_kwargs = {"jpeg_quality": cfg.shards.jpeg_quality, "flow_level": cfg.shards.flow_compress_level}
+    ds = ray.data.from_items(pending, override_num_blocks=len(pending))
+    if fused:
+        return ds.flat_map(FusedFlowStage, fn_constructor_kwargs=dict(engine_kwargs, load_kwargs=load_kwargs,
+                                                                      encode_kwargs=encode_kwargs),
+                           compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=min(actor_cpus, total_cpus),
+                           num_gpus=gpus or None)
+    if concurrency * actor_cpus + task_cpus > total_cpus:
+        # Actors holding every CPU would starve the decode/encode tasks: shrink the reservations to fit.
+        scale = total_cpus / (concurrency * actor_cpus + task_cpus)
+        actor_cpus, task_cpus = actor_cpus * scale, task_cpus * scale
+        log.warning("%d flow actor(s) x %.2g CPU + tasks do not fit in %.3g CPUs: reserving %.2g CPU per actor "
+                    "and %.2g per task", concurrency, cfg.compute.num_cpus_per_actor, total_cpus, actor_cpus,
+                    task_cpus)
+    ds = ds.flat_map(load_clips, fn_kwargs=load_kwargs, num_cpus=task_cpus)
+    ds = ds.map(FlowStage, fn_constructor_kwargs=engine_kwargs, compute=ray.data.ActorPoolStrategy(size=concurrency),
+                num_cpus=actor_cpus, num_gpus=gpus or None)
+    return ds.map(encode_clip_row, fn_kwargs=encode_kwargs, num_cpus=task_cpus)
+
+
 def run_precompute(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
     """Run the job (Ray must be initialised); returns the summary dict (also written to summary.json)."""
     import ray
@@ -373,35 +431,7 @@ def run_precompute(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
         ctx = ray.data.DataContext.get_current()
         saved_order = ctx.execution_options.preserve_order
         ctx.execution_options.preserve_order = True  # deterministic sample order, hence shard contents
-        device, opts = _engine_opts(cfg)
-        concurrency = cfg.compute.concurrency
-        if concurrency is None:
-            res = ray.cluster_resources()
-            if cfg.compute.num_gpus_per_actor > 0:
-                concurrency = max(1, int(res.get("GPU", 0) // cfg.compute.num_gpus_per_actor))
-            else:
-                concurrency = max(1, int(res.get("CPU", 1) // 2))
-        actor_cpus, task_cpus = cfg.compute.num_cpus_per_actor, cfg.compute.num_cpus_per_task
-        total_cpus = float(ray.cluster_resources().get("CPU", 1))
-        if concurrency * actor_cpus + task_cpus > total_cpus:
-            # Actors holding every CPU would starve the decode/encode tasks: shrink the reservations to fit.
-            scale = total_cpus / (concurrency * actor_cpus + task_cpus)
-            actor_cpus, task_cpus = actor_cpus * scale, task_cpus * scale
-            log.warning("%d flow actor(s) x %.2g CPU + tasks do not fit in %.3g CPUs: reserving %.2g CPU per actor "
-                        "and %.2g per task", concurrency, cfg.compute.num_cpus_per_actor, total_cpus, actor_cpus,
-                        task_cpus)
-        ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-        ds = ds.flat_map(load_clips, fn_kwargs={"input_url": inp.url, "clip_length": cfg.shards.clip_length,
-                                                "max_video_mb": cfg.max_video_mb},
-                         num_cpus=task_cpus)
-        ds = ds.map(FlowStage, fn_constructor_kwargs={"engine": cfg.flow.engine, "checkpoint": cfg.flow.checkpoint,
-                                                      "device": device, "max_side": cfg.flow.max_side,
-                                                      "opts": opts},
-                    compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=actor_cpus,
-                    num_gpus=cfg.compute.num_gpus_per_actor or None)
-        ds = ds.map(encode_clip_row, fn_kwargs={"jpeg_quality": cfg.shards.jpeg_quality,
-                                                "flow_level": cfg.shards.flow_compress_level},
-                    num_cpus=task_cpus)
+        ds = _build_dataset(cfg, pending, inp.url)
         try:
             for row in _timed(ds.iter_rows(), summary, "driver_wait_s"):
                 info = json.loads(row["info"])

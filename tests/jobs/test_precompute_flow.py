@@ -43,7 +43,7 @@ def _corpus_url(local_dir, storage_url: str, name: str) -> str:
 def _wds_samples(urls: list[str]) -> list[dict]:
     def s3_open(url, mode="rb", bufsize=8192, **kw):
         parent, _, leaf = url.rpartition("/")
-        return open_storage(parent).open_read(leaf)
+        return open_storage(parent).open_stream(leaf)
 
     importlib.import_module("webdataset.gopen").gopen_schemes["s3"] = s3_open  # webdataset 1.0.2 has no s3:// handler
     return list(wds.WebDataset(urls, shardshuffle=False))
@@ -252,7 +252,8 @@ def test_ptlflow_engine_with_a_local_checkpoint(tmp_path):
     gt = write_davis(tmp_path / "c", {"a": 5}, size=(48, 64))
     out = tmp_path / "out"
     summary = main(["--input", str(tmp_path / "c"), "--output", str(out), "--flow-model", "rapidflow_it1",
-                    "--flow-ckpt", str(ckpt), "--max-side", "64", "--clip-length", "8"])
+                    "--flow-ckpt", str(ckpt), "--max-side", "64", "--clip-length", "8",
+                    "--set", "compute.fused=false"])  # the staged pipeline of GPU nodes: decode -> flow actors -> encode
     assert summary["counts"]["video"]["done"] == 1
     (clip,) = [decode_clip(s) for s in _wds_samples(shard_urls(str(out)))]
     prov = clip.meta["flow"]
