@@ -23,6 +23,7 @@ import importlib
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -132,79 +133,86 @@ def run_job(input_url: str, output_url: str, engine: str, preset: str, ckpt_free
             "bytes_written": int(summary["counters"]["bytes_written"])}
 
 
-def read_rates(out_url: str, per_file_url: str, clip_frames: int = 5) -> dict:
+def read_rates(out_url: str, per_file_url: str, clip_frames: int = 5, rounds: int = 3) -> dict:
     """Clips/s reading every frame, flow and mask of the shards vs the same data as one file per frame."""
     import webdataset as wds
 
     from pipeline.masks import decode_mask_png
-    from pipeline.shards import decode_clip, shard_urls
+    from pipeline.shards import decode_clip, decode_flow, shard_urls
     from pipeline.storage import open_storage
 
     def s3_open(url, mode="rb", bufsize=8192, **kw):
         parent, _, leaf = url.rpartition("/")
-        return open_storage(parent).open_read(leaf)
+        return open_storage(parent).open_stream(leaf)
 
     importlib.import_module("webdataset.gopen").gopen_schemes["s3"] = s3_open
     urls = shard_urls(out_url)
 
-    # Lay the same member bytes out one file per frame (frame JPEG, float16 flow .npz, mask PNG).
-    import io
-    import zipfile
+    import cv2
 
+    # Lay the same member bytes out one file per frame (frame JPEG, zstd float16 flow, mask PNG).
     pf = open_storage(per_file_url)
     listing = []
     first_clip = []  # per sample: its first `clip_frames` frames (one training clip per sample)
     for sample in wds.WebDataset(urls, shardshuffle=False):
         clip = decode_clip(sample)
+        h, w = clip.frames.shape[1:3]
         for i, fi in enumerate(clip.frame_indices):
             base = f"{clip.video_id}/{fi:05d}"
             pf.write_bytes(f"{base}.jpg", sample[f"frame.{i:03d}.jpg"])
-            buf = io.BytesIO()
-            with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z, \
-                    z.open("flow.npy", "w") as f:
-                np.lib.format.write_array(f, clip.flows[i].astype(np.float16))
-            pf.write_bytes(f"{base}.flow.npz", buf.getvalue())
+            pf.write_bytes(f"{base}.f16.zst", sample[f"flow.{i:03d}.f16.zst"])
             if clip.mask_valid[i]:
                 pf.write_bytes(f"{base}.png", sample[f"mask.{i:03d}.png"])
-            listing.append((base, bool(clip.mask_valid[i])))
+            listing.append((base, bool(clip.mask_valid[i]), h, w))
         first_clip.append(listing[-len(clip.frame_indices):][:clip_frames])
 
-    import cv2
-
-    t0 = time.perf_counter()
-    n_shard_frames = 0
-    for sample in wds.WebDataset(urls, shardshuffle=False):
-        n_shard_frames += len(decode_clip(sample).frame_indices)
-    shard_s = time.perf_counter() - t0
+    def read_shards() -> int:
+        frames = 0
+        for sample in wds.WebDataset(urls, shardshuffle=False):
+            frames += len(decode_clip(sample).frame_indices)
+        return frames
 
     def read_files(items):
-        for base, has_mask in items:
+        for base, has_mask, h, w in items:
             cv2.imdecode(np.frombuffer(pf.read_bytes(f"{base}.jpg"), np.uint8), cv2.IMREAD_COLOR)
-            with np.load(io.BytesIO(pf.read_bytes(f"{base}.flow.npz"))) as z:
-                z["flow"].astype(np.float32)
+            decode_flow(pf.read_bytes(f"{base}.f16.zst"), h, w, f"{base}.f16.zst").astype(np.float32)
             if has_mask:
                 decode_mask_png(pf.read_bytes(f"{base}.png"))
 
-    t0 = time.perf_counter()
-    read_files(listing)
-    file_s = time.perf_counter() - t0
-    shard_rate = n_shard_frames / clip_frames / shard_s
-    file_rate = len(listing) / clip_frames / file_s
+    def one_clip_per_sample() -> int:
+        # What a trainer drawing one clip from each sample reads: the shard path streams the whole sample but
+        # decodes only the clip's frames; the per-file path reads only those files.
+        n = 0
+        for sample in wds.WebDataset(urls, shardshuffle=False):
+            decode_clip(sample, positions=range(clip_frames))
+            n += 1
+        return n
 
-    # One training clip per sample (what a trainer sampling one clip from each sample reads): the shard path
-    # streams the whole sample but decodes only the clip's frames; the per-file path reads only those files.
-    t0 = time.perf_counter()
-    n_clips = 0
-    for sample in wds.WebDataset(urls, shardshuffle=False):
-        decode_clip(sample, positions=range(clip_frames))
-        n_clips += 1
-    one_shard_rate = n_clips / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for items in first_clip:
-        read_files(items)
-    one_file_rate = len(first_clip) / (time.perf_counter() - t0)
+    # Alternating rounds, medians: the machine's load drifts between the two paths otherwise.
+    shard_s, file_s, one_shard_s, one_file_s = [], [], [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        n_shard_frames = read_shards()
+        shard_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        read_files(listing)
+        file_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        n_clips = one_clip_per_sample()
+        one_shard_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for items in first_clip:
+            read_files(items)
+        one_file_s.append(time.perf_counter() - t0)
+    med = statistics.median
+    shard_rate = n_shard_frames / clip_frames / med(shard_s)
+    file_rate = len(listing) / clip_frames / med(file_s)
+    one_shard_rate = n_clips / med(one_shard_s)
+    one_file_rate = len(first_clip) / med(one_file_s)
+    ratios = sorted(f / s for s, f in zip(shard_s, file_s, strict=True))
     return {"frames": n_shard_frames, "shard_clips_per_s": round(shard_rate, 2),
             "per_file_clips_per_s": round(file_rate, 2), "ratio_shards_vs_per_file": round(shard_rate / file_rate, 2),
+            "rounds": rounds, "ratio_per_round": [round(r, 2) for r in ratios],
             "one_clip_per_sample": {"shard_clips_per_s": round(one_shard_rate, 2),
                                     "per_file_clips_per_s": round(one_file_rate, 2),
                                     "ratio": round(one_shard_rate / one_file_rate, 2)}}
