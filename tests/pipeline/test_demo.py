@@ -46,8 +46,20 @@ def test_overlay_gif_has_one_frame_per_video_frame_and_marks_prediction_and_outl
     assert np.abs(np.asarray(gif.convert("RGB"))[:, :256].astype(int) - 110).max() <= 8  # left: the frame as is
 
 
-@pytest.mark.parametrize("field, value", [("videos", 1), ("train_steps", 0), ("validate_every", -1), ("flow_preset", "slow"),
+@pytest.mark.parametrize("field, value", [("train_steps", 0), ("validate_every", -1), ("flow_preset", "slow"),
                                           ("storage", "")])
 def test_demo_config_errors_name_the_field(field, value):
     with pytest.raises(ConfigError, match=f"'{field}'"):
         DemoConfig(**{field: value})
+
+
+def test_demo_corpus_settings_are_the_synthetic_config():
+    from pipeline.config import load_config
+    from pipeline.synthetic import SyntheticConfig
+
+    cfg = load_config(DemoConfig, None, ["corpus.videos=8", "corpus.clutter=0"])
+    assert cfg.corpus == SyntheticConfig(videos=8, clutter=0)
+    with pytest.raises(ConfigError, match="'corpus.videos'"):
+        load_config(DemoConfig, None, ["corpus.videos=1"])
+    with pytest.raises(ConfigError, match="'corpus.out'"):
+        load_config(DemoConfig, None, ["corpus.out=/tmp/elsewhere"])
