@@ -216,9 +216,9 @@ def decode_clip(sample: Mapping[str, Any], positions: Sequence[int] | None = Non
                 raise ValueError(f"sample {key}: flows are {stored.shape}, expected {(n, h, w, 2)}")
             flows[...] = stored if positions is None else stored[pos]  # float16 -> float32
     else:
+        crcs = meta.get("flow_crc32")
         for j, i in enumerate(pos):
             ext = _flow_ext(i, 1) if _present(sample, _flow_ext(i, 1)) else _flow_ext(i, 0)
-            crcs = meta.get("flow_crc32")
             flows[j] = decode_flow(_member(sample, ext, key), h, w, f"{key}.{ext}", crcs[i] if crcs else None)
     all_valid = np.asarray(meta["mask_valid"], bool)
     valid = all_valid[pos]
@@ -405,24 +405,25 @@ class ShardWriter:
                 shard.sent += len(chunk)
         self.commit_s += time.perf_counter() - t0
 
-    def _upload(self, shard: _OpenShard) -> tuple[int, str, float]:
+    def _upload(self, shard: _OpenShard) -> tuple[int, str]:
         """Upload thread: close the tar, send the rest, complete the atomic write; returns size and checksum."""
-        t0 = time.perf_counter()
         for push in shard.pushes:
             push.result()  # a failed earlier part fails the shard
         shard.tar.close()
         size = os.path.getsize(shard.path)
         self._push(shard, size)
-        shard.remote.close()  # completes the upload: the shard appears whole
+        t0 = time.perf_counter()
+        shard.remote.close()  # completes the upload (sending its last part): the shard appears whole
+        self.commit_s += time.perf_counter() - t0
         os.remove(shard.path)
-        return size, shard.digest.hexdigest(), time.perf_counter() - t0
+        return size, shard.digest.hexdigest()
 
     def _finish_uploads(self, block_until: int = 0) -> None:
         """Index uploaded shards (calling ``on_commit``) in commit order; wait for the first ``block_until``."""
         while self._pending and (block_until > 0 or self._pending[0][1].done()):
             shard, future = self._pending.popleft()
             block_until -= 1
-            size, sha, upload_s = future.result()  # an upload error propagates here
+            size, sha = future.result()  # an upload error propagates here
             rows = [dict(r, shard_bytes=size, shard_sha256=sha) for r in shard.rows]
             self.index = pa.concat_tables([self.index, pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)])
             self.storage.write_parquet(INDEX_NAME, self.index)

@@ -159,9 +159,6 @@ def train_loop_per_worker(config: dict) -> None:
     from model import create_model, load_checkpoint, save_checkpoint
     from pipeline.shards import decode_clip
 
-    from pipeline.jobs import setup_logging
-
-    setup_logging()  # worker processes: progress lines reach the driver's output
     cfg = config_from_dict(TrainConfig, config["train"])
     shards = [ShardEntry(**s) for s in config["shards"]]
     val_shards = [ShardEntry(**s) for s in config.get("val_shards", [])]
