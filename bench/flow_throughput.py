@@ -23,6 +23,7 @@ import importlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -305,6 +306,8 @@ def main(argv=None) -> None:
         if server:
             server.terminate()
             server.wait(timeout=30)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -182,77 +182,77 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = torch.device(args.device)
     precisions = [x for x in args.precisions.split(",") if x] or (["fp32", "bf16"] if device.type == "cuda"
                                                                   else ["fp32"])
-    scratch = tempfile.mkdtemp(prefix="bench-train-")
-    data = args.data or synthetic_shards(scratch, args.synthetic_videos, 32, args.synthetic_size)
-    shards, _ = resolve_shards(data, "train", verify=False, need_masks=True)
-    per_file = export_per_file(shards, os.path.join(scratch, "per_file"))
-    n_batches = args.warmup + args.steps
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:  # synthetic shards and per-frame files
+        data = args.data or synthetic_shards(scratch, args.synthetic_videos, 32, args.synthetic_size)
+        shards, _ = resolve_shards(data, "train", verify=False, need_masks=True)
+        per_file = export_per_file(shards, os.path.join(scratch, "per_file"))
+        n_batches = args.warmup + args.steps
 
-    def shard_batches(n_batches: int = n_batches):
-        cfg = DataConfig(batch_size_per_worker=args.batch, shuffle_buffer=16, prefetch_batches=4,
-                         decode_workers=args.workers)
-        stream = TrainStream(shards, cfg, AugmentConfig(), args.size, 0, 1, 0, decode_clip)
-        return ((b.frames, b.flows, b.masks) for b in Prefetcher(stream, cfg.prefetch_batches))
+        def shard_batches(n_batches: int = n_batches):
+            cfg = DataConfig(batch_size_per_worker=args.batch, shuffle_buffer=16, prefetch_batches=4,
+                             decode_workers=args.workers)
+            stream = TrainStream(shards, cfg, AugmentConfig(), args.size, 0, 1, 0, decode_clip)
+            return ((b.frames, b.flows, b.masks) for b in Prefetcher(stream, cfg.prefetch_batches))
 
-    def file_batches(n_batches: int = n_batches):
-        ds = PerFileClips(per_file, args.size, repeat=max(1, -(-n_batches * args.batch // len(per_file)) + 1),
-                          seed=0)
-        return torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True,
-                                           num_workers=args.workers, pin_memory=device.type == "cuda",
-                                           persistent_workers=args.workers > 0,
-                                           prefetch_factor=4 if args.workers > 0 else None)
+        def file_batches(n_batches: int = n_batches):
+            ds = PerFileClips(per_file, args.size, repeat=max(1, -(-n_batches * args.batch // len(per_file)) + 1),
+                              seed=0)
+            return torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True,
+                                               num_workers=args.workers, pin_memory=device.type == "cuda",
+                                               persistent_workers=args.workers > 0,
+                                               prefetch_factor=4 if args.workers > 0 else None)
 
-    # Data-only rate of each loader (no training step): what the input pipeline alone can deliver.
-    loader_only = {}
-    for loader, make in (("per_file", file_batches), ("shards", shard_batches)):
-        it = iter(make(args.loader_batches + 1))
-        next(it)  # start-up (worker processes, first shard) is not counted
-        t0 = time.perf_counter()
-        for _ in range(args.loader_batches):
-            next(it)
-        loader_only[loader] = args.loader_batches * args.batch / (time.perf_counter() - t0)
-        del it
+        # Data-only rate of each loader (no training step): what the input pipeline alone can deliver.
+        loader_only = {}
+        for loader, make in (("per_file", file_batches), ("shards", shard_batches)):
+            it = iter(make(args.loader_batches + 1))
+            next(it)  # start-up (worker processes, first shard) is not counted
+            t0 = time.perf_counter()
+            for _ in range(args.loader_batches):
+                next(it)
+            loader_only[loader] = args.loader_batches * args.batch / (time.perf_counter() - t0)
+            del it
 
-    results = []
-    for precision in precisions:
-        # Alternate the loaders over rounds and keep medians: the machine may be shared and noisy.
-        timings: dict[str, list[dict]] = {"per_file": [], "shards": []}
-        for _ in range(args.rounds):
-            for loader, make in (("per_file", file_batches), ("shards", shard_batches)):
-                torch.manual_seed(0)
-                net = create_model(args.model, memory_size=5, decoder_width=args.decoder_width).to(device).train()
-                opt = torch.optim.AdamW(net.parameters(), lr=6e-5, weight_decay=5e-4)
-                timings[loader].append(timed_training(make(), net, opt, device, precision == "bf16", args.steps,
-                                                      args.warmup))
-                del net, opt
-        rows = {}
-        for loader, runs in timings.items():
-            rows[loader] = {
-                "bench": "train_throughput", "loader": loader, "device": device.type, "precision": precision,
-                "model": args.model, "decoder_width": args.decoder_width, "image_size": args.size,
-                "clips_per_step": args.batch, "data_workers": args.workers, "steps": args.steps,
-                "rounds": args.rounds,
-                "clips_per_s_per_worker": round(statistics.median(
-                    args.steps * args.batch / t["total_s"] for t in runs), 4),
-                "data_idle_frac": round(statistics.median(t["idle_frac"] for t in runs), 4),
-                "step_s_median": round(statistics.median(t["step_s_median"] for t in runs), 4),
-                "loader_only_clips_per_s": round(loader_only[loader], 3),
-                "data": data if args.data else "synthetic", "machine": machine(),
-            }
-        base = rows["per_file"]["clips_per_s_per_worker"]
-        rows["per_file"]["ratio_vs_baseline"] = 1.0
-        rows["shards"]["ratio_vs_baseline"] = round(rows["shards"]["clips_per_s_per_worker"] / base, 3)
-        rows["shards"]["loader_only_ratio_vs_baseline"] = round(loader_only["shards"] / loader_only["per_file"], 3)
-        for row in rows.values():
-            print(json.dumps(row), flush=True)
-            results.append(row)
-    if device.type == "cuda" and len(precisions) == 2:
-        fp32 = next(r for r in results if r["precision"] == "fp32" and r["loader"] == "shards")
-        bf16 = next(r for r in results if r["precision"] == "bf16" and r["loader"] == "shards")
-        print(json.dumps({"bench": "train_throughput", "summary": "bf16_vs_fp32", "loader": "shards",
-                          "ratio": round(bf16["clips_per_s_per_worker"] / fp32["clips_per_s_per_worker"], 3),
-                          "machine": machine()}), flush=True)
-    return results
+        results = []
+        for precision in precisions:
+            # Alternate the loaders over rounds and keep medians: the machine may be shared and noisy.
+            timings: dict[str, list[dict]] = {"per_file": [], "shards": []}
+            for _ in range(args.rounds):
+                for loader, make in (("per_file", file_batches), ("shards", shard_batches)):
+                    torch.manual_seed(0)
+                    net = create_model(args.model, memory_size=5, decoder_width=args.decoder_width).to(device).train()
+                    opt = torch.optim.AdamW(net.parameters(), lr=6e-5, weight_decay=5e-4)
+                    timings[loader].append(timed_training(make(), net, opt, device, precision == "bf16", args.steps,
+                                                          args.warmup))
+                    del net, opt
+            rows = {}
+            for loader, runs in timings.items():
+                rows[loader] = {
+                    "bench": "train_throughput", "loader": loader, "device": device.type, "precision": precision,
+                    "model": args.model, "decoder_width": args.decoder_width, "image_size": args.size,
+                    "clips_per_step": args.batch, "data_workers": args.workers, "steps": args.steps,
+                    "rounds": args.rounds,
+                    "clips_per_s_per_worker": round(statistics.median(
+                        args.steps * args.batch / t["total_s"] for t in runs), 4),
+                    "data_idle_frac": round(statistics.median(t["idle_frac"] for t in runs), 4),
+                    "step_s_median": round(statistics.median(t["step_s_median"] for t in runs), 4),
+                    "loader_only_clips_per_s": round(loader_only[loader], 3),
+                    "data": data if args.data else "synthetic", "machine": machine(),
+                }
+            base = rows["per_file"]["clips_per_s_per_worker"]
+            rows["per_file"]["ratio_vs_baseline"] = 1.0
+            rows["shards"]["ratio_vs_baseline"] = round(rows["shards"]["clips_per_s_per_worker"] / base, 3)
+            rows["shards"]["loader_only_ratio_vs_baseline"] = round(loader_only["shards"] / loader_only["per_file"], 3)
+            for row in rows.values():
+                print(json.dumps(row), flush=True)
+                results.append(row)
+        if device.type == "cuda" and len(precisions) == 2:
+            fp32 = next(r for r in results if r["precision"] == "fp32" and r["loader"] == "shards")
+            bf16 = next(r for r in results if r["precision"] == "bf16" and r["loader"] == "shards")
+            print(json.dumps({"bench": "train_throughput", "summary": "bf16_vs_fp32", "loader": "shards",
+                              "ratio": round(bf16["clips_per_s_per_worker"] / fp32["clips_per_s_per_worker"], 3),
+                              "machine": machine()}), flush=True)
+        return results
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import tempfile
 import time
 from typing import Any
@@ -153,6 +154,12 @@ def _maybe_inject_fault(cfg: TrainConfig, run: Storage, step: int, rank: int) ->
 
 
 def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point: trains on this worker's share of the shards; scratch files go when it returns."""
+    with tempfile.TemporaryDirectory(prefix="hmhi-train-") as scratch:
+        _train_worker(config, scratch)
+
+
+def _train_worker(config: dict, scratch: str) -> None:
     import ray.train
     import ray.train.torch
 
@@ -167,7 +174,6 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     use_cuda = device.type == "cuda"
     run = open_storage(cfg.storage).child(cfg.run_name)
-    scratch = tempfile.mkdtemp(prefix="hmhi-train-")
 
     # Same initial weights on every rank (DDP broadcasts rank 0's anyway); different dropout streams per rank.
     torch.manual_seed(cfg.optim.seed)
@@ -299,7 +305,7 @@ def train_loop_per_worker(config: dict) -> None:
                 # Ray Train hears from the loop only when there is a checkpoint or a validation result.
                 continue
 
-            checkpoint = None
+            checkpoint, ckpt_dir = None, None
             if do_ckpt:
                 positions = _gather(vars(position).copy(), world_size)
                 rngs = _gather(_rng_state(), world_size)
@@ -319,6 +325,8 @@ def train_loop_per_worker(config: dict) -> None:
                     checkpoint = ray.train.Checkpoint.from_directory(ckpt_dir)
             ray.train.report(metrics, checkpoint=checkpoint,
                              checkpoint_dir_name=f"checkpoint_{step:08d}" if do_ckpt else None)
+            if ckpt_dir is not None:
+                shutil.rmtree(ckpt_dir)  # report() has persisted it to the run's storage
             _maybe_inject_fault(cfg, run, step, rank)
     finally:
         batches.close()

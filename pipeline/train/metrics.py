@@ -13,6 +13,7 @@ import io
 import logging
 import math
 import os
+import shutil
 import tempfile
 
 from pipeline.storage import Storage
@@ -83,3 +84,4 @@ class MetricsWriter:
         self.tb.close()
         for name in sorted(os.listdir(self._tb_dir)):
             self.run.upload_file(os.path.join(self._tb_dir, name), f"{TB_REL}/{name}")
+        shutil.rmtree(self._tb_dir, ignore_errors=True)

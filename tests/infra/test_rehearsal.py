@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -187,5 +188,6 @@ def test_rehearsal_stops_everything_when_terminated(tmp_path):
     assert "everything the rehearsal started has been stopped" in output
     assert leftovers == {}, f"processes left running after SIGTERM: {leftovers}"
     report = json.loads((workdir / "rehearsal.json").read_text())
+    shutil.rmtree(report["ray_temp_dir"], ignore_errors=True)  # a failed rehearsal keeps Ray's logs for debugging
     assert report["ok"] is False
     assert report["leftover_processes_killed"] == [], "the orderly stop should leave nothing for the marker sweep"

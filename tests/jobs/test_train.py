@@ -6,8 +6,10 @@ DAVIS-layout corpus; training uses ``configs/tiny_cpu.yaml`` at 64x64.
 
 from __future__ import annotations
 
+import glob
 import io
 import os
+import tempfile
 import uuid
 
 import pytest
@@ -47,6 +49,12 @@ def _ckpt(run, step: int) -> dict:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
+def _scratch_dirs() -> set[str]:
+    """Scratch directories of training workers and the metrics writer (workers share this machine's temp dir)."""
+    return {p for prefix in ("hmhi-train-", "hmhi-tb-") for p in glob.glob(os.path.join(tempfile.gettempdir(),
+                                                                                        prefix + "*"))}
+
+
 def _steps(run) -> list[int]:
     return [int(r["step"]) for r in read_metrics_csv(run)]
 
@@ -69,8 +77,10 @@ def test_train_resubmit_and_worker_failure_resume_from_checkpoints(shard_set, s3
     open_storage(storage).upload_file(str(init), "weights/init.pt")
     args = ["--config", CONFIG, "--data", shard_set, "--storage", storage, "--run-name", "tiny", *SMALL,
             "--init-checkpoint", f"{storage}/weights/init.pt", "--set", "validation.every_steps=8"]
+    scratch_before = _scratch_dirs()
     first = main([*args, "--max-steps", "8", "--set", "checkpoint.every_steps=4"])
     assert first["counts"]["run"]["done"] == 1 and first["counters"]["steps"] == 8
+    assert _scratch_dirs() == scratch_before  # checkpoints, best model and TensorBoard files left no local copies
     run = open_storage(storage).child("tiny")
 
     # checkpoints in S3, written by Ray Train, holding the full training state
