@@ -151,6 +151,7 @@ def read_rates(out_url: str, per_file_url: str, clip_frames: int = 5, rounds: in
 
     import cv2
 
+    cv2.setNumThreads(1)  # as in the trainer's decode workers; both paths decode with the same functions
     # Lay the same member bytes out one file per frame (frame JPEG, zstd float16 flow, mask PNG).
     pf = open_storage(per_file_url)
     listing = []
@@ -176,7 +177,7 @@ def read_rates(out_url: str, per_file_url: str, clip_frames: int = 5, rounds: in
     def read_files(items):
         for base, has_mask, h, w in items:
             cv2.imdecode(np.frombuffer(pf.read_bytes(f"{base}.jpg"), np.uint8), cv2.IMREAD_COLOR)
-            decode_flow(pf.read_bytes(f"{base}.f16.zst"), h, w, f"{base}.f16.zst").astype(np.float32)
+            decode_flow(pf.read_bytes(f"{base}.f16.zst"), h, w, f"{base}.f16.zst")
             if has_mask:
                 decode_mask_png(pf.read_bytes(f"{base}.png"))
 

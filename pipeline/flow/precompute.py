@@ -184,10 +184,8 @@ def load_clips(row: dict[str, Any], input_url: str, clip_length: int, max_video_
 class FlowStage:
     """Ray Data actor: holds one flow engine and adds ``flows`` (float16) to each clip row."""
 
-    def __init__(self, engine: str, checkpoint: str | None, device: str, max_side: int, opts: dict[str, Any]):
-        from pipeline.flow.engines import create_flow_engine
-
-        self.engine = create_flow_engine(engine, checkpoint=checkpoint, device=device, max_side=max_side, **opts)
+    def __init__(self, flow: FlowConfig, device: str, threads: int):
+        self.engine = flow.create_engine(device=device, threads=threads)
         self.provenance = json.dumps(self.engine.provenance, sort_keys=True)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -206,9 +204,9 @@ class FlowStage:
 class FusedFlowStage(FlowStage):
     """Ray Data actor for CPU engines: one video row -> its encoded sample rows (load, flow, encode in place)."""
 
-    def __init__(self, engine: str, checkpoint: str | None, device: str, max_side: int, opts: dict[str, Any],
-                 load_kwargs: dict[str, Any], encode_kwargs: dict[str, Any]):
-        super().__init__(engine, checkpoint, device, max_side, opts)
+    def __init__(self, flow: FlowConfig, device: str, threads: int, load_kwargs: dict[str, Any],
+                 encode_kwargs: dict[str, Any]):
+        super().__init__(flow, device, threads)
         self.load_kwargs, self.encode_kwargs = load_kwargs, encode_kwargs
 
     def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:  # type: ignore[override]
@@ -321,17 +319,10 @@ def _timed(rows, summary, counter: str):
         yield row
 
 
-def _engine_opts(cfg: PrecomputeFlowConfig) -> tuple[str, dict[str, Any]]:
-    threads = max(1, int(cfg.compute.num_cpus_per_actor))
-    device = "cuda" if cfg.compute.num_gpus_per_actor > 0 and cfg.flow.engine != "dis" else "cpu"
-    return device, cfg.flow.engine_options(threads)
-
-
 def _build_dataset(cfg: PrecomputeFlowConfig, pending: list[dict[str, Any]], input_url: str):
     """The Ray Data pipeline: video rows -> encoded sample rows (fused actors, or decode -> flow -> encode)."""
     import ray
 
-    device, opts = _engine_opts(cfg)
     gpus = cfg.compute.num_gpus_per_actor
     fused = cfg.compute.fused if cfg.compute.fused is not None else gpus == 0
     res = ray.cluster_resources()
@@ -343,8 +334,9 @@ def _build_dataset(cfg: PrecomputeFlowConfig, pending: list[dict[str, Any]], inp
             concurrency = max(1, int(res.get("GPU", 0) // gpus))
         else:
             concurrency = max(1, int(total_cpus // (actor_cpus if fused else 2)))
-    engine_kwargs = {"engine": cfg.flow.engine, "checkpoint": cfg.flow.checkpoint, "device": device,
-                     "max_side": cfg.flow.max_side, "opts": opts}
+    # FlowConfig.create_engine keeps DIS on the CPU whatever the device.
+    engine_kwargs = {"flow": cfg.flow, "device": "cuda" if gpus > 0 else "cpu",
+                     "threads": max(1, int(cfg.compute.num_cpus_per_actor))}
     load_kwargs = {"input_url": input_url, "clip_length": cfg.shards.clip_length, "max_video_mb": cfg.max_video_mb}
     encode_kwargs = {"jpeg_quality": cfg.shards.jpeg_quality, "flow_level": cfg.shards.flow_compress_level}
     ds = ray.data.from_items(pending, override_num_blocks=len(pending))

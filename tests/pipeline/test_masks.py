@@ -49,6 +49,7 @@ def test_encode_mask_png_is_davis_palette_and_round_trips(blob):
     image = Image.open(io.BytesIO(data))
     assert image.format == "PNG" and image.mode == "P"
     assert image.getpalette()[:6] == [0, 0, 0, 128, 0, 0]
+    assert data[24] == 1  # IHDR bit depth: one bit per pixel (a width of 53 pads each packed row)
     indices = np.asarray(image)
     assert set(np.unique(indices)) == {0, 1}
     np.testing.assert_array_equal(indices == 1, blob)
