@@ -38,6 +38,8 @@ def colour_wheel() -> np.ndarray:
 
 
 _WHEEL = colour_wheel()
+_WHEEL_PLANES = np.ascontiguousarray(_WHEEL.T)
+_NEXT_WHEEL_PLANES = np.ascontiguousarray(np.roll(_WHEEL, -1, axis=0).T)  # colour k+1, wrapping to 0
 
 
 def flow_to_rgb(flow: np.ndarray, max_radius: float | None = None) -> np.ndarray:
@@ -48,26 +50,47 @@ def flow_to_rgb(flow: np.ndarray, max_radius: float | None = None) -> np.ndarray
         max_radius: magnitude drawn at full saturation; ``None`` uses this sample's largest magnitude, so every
             picture uses the whole saturation range (a zero flow renders white).
     """
-    flow = np.asarray(flow, dtype=np.float64)
+    flow = np.asarray(flow)
     if flow.shape[-1] != 2:
         raise ValueError(f"flow must have a last axis of size 2 (dx, dy), got shape {flow.shape}")
-    if not np.all(np.isfinite(flow)):
-        flow = np.nan_to_num(flow, nan=0.0, posinf=0.0, neginf=0.0)
+    # The reference's float64 arithmetic, operation for operation (so the picture is bit-identical), but on
+    # contiguous per-channel planes and in place: a 480p frame takes ~3x less time than (H, W, 3) temporaries.
+    dx, dy = flow[..., 0].astype(np.float64), flow[..., 1].astype(np.float64)
+    for plane in (dx, dy):
+        if not np.isfinite(plane).all():
+            np.nan_to_num(plane, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     if max_radius is None:
-        max_radius = float(np.sqrt((flow ** 2).sum(-1)).max()) if flow.size else 0.0
+        # sqrt is monotonic and correctly rounded: sqrt(max(r2)) == max(sqrt(r2)), one sqrt instead of H*W.
+        max_radius = float(np.sqrt((dx * dx + dy * dy).max())) if dx.size else 0.0
     elif not max_radius >= 0:
         raise ValueError(f"max_radius must be >= 0, got {max_radius!r}")
-    u = flow[..., 0] / (max_radius + _EPS)
-    v = flow[..., 1] / (max_radius + _EPS)
+    u = np.divide(dx, max_radius + _EPS, out=dx)
+    v = np.divide(dy, max_radius + _EPS, out=dy)
     rad = np.sqrt(u * u + v * v)
-    ncols = _WHEEL.shape[0]
-    angle = np.arctan2(-v, -u) / np.pi
-    fk = (angle + 1) / 2 * (ncols - 1)
-    k0 = np.floor(fk).astype(np.int64)
-    k1 = k0 + 1
-    k1[k1 == ncols] = 0
-    f = (fk - k0)[..., None]
-    col = (1 - f) * _WHEEL[k0] / 255.0 + f * _WHEEL[k1] / 255.0
-    inside = (rad <= 1)[..., None]
-    col = np.where(inside, 1 - rad[..., None] * (1 - col), col * 0.75)
-    return np.floor(255 * col).astype(np.uint8)
+    fk = np.arctan2(-v, -u)
+    fk /= np.pi
+    fk += 1
+    fk /= 2
+    fk *= _WHEEL.shape[0] - 1
+    k0 = np.floor(fk).astype(np.intp)  # in 0..ncols-1; the next colour wraps to 0 (_NEXT_WHEEL)
+    f = np.subtract(fk, k0, out=fk)
+    one_minus_f = 1 - f
+    inside = rad <= 1
+    out = np.empty(flow.shape[:-1] + (3,), np.uint8)
+    for c in range(3):
+        col = np.take(_WHEEL_PLANES[c], k0)
+        col *= one_minus_f
+        col /= 255.0
+        upper = np.take(_NEXT_WHEEL_PLANES[c], k0)
+        upper *= f
+        upper /= 255.0
+        col += upper
+        # inside the unit disc: 1 - rad * (1 - col); outside: col * 0.75
+        shaded = np.subtract(1, col, out=upper)
+        shaded *= rad
+        np.subtract(1, shaded, out=shaded)
+        col *= 0.75
+        np.copyto(col, shaded, where=inside)
+        col *= 255
+        out[..., c] = np.floor(col, out=col)
+    return out

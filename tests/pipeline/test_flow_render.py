@@ -63,3 +63,12 @@ def test_matches_the_fixture_reference_wheel_bit_for_bit():
     g = np.linspace(-1.6, 1.6, 101)
     grid = np.stack(np.meshgrid(g, g), -1)
     assert np.array_equal(flow_to_rgb(grid, 1.0), ref.flow_to_rgb(grid, 1.0))
+    # Stored flows (float16, leading clip axis) at small and large scales, with the default radius: the
+    # in-place per-channel arithmetic must not change a single pixel.
+    rng = np.random.default_rng(7)
+    for scale in (0.05, 3.0, 80.0):
+        for flow in (rng.standard_normal((2, 37, 53, 2)) * scale,
+                     (rng.standard_normal((45, 61, 2)) * scale).astype(np.float16)):
+            as64 = flow.astype(np.float64)
+            default = float(np.sqrt((as64 ** 2).sum(-1)).max())
+            assert np.array_equal(flow_to_rgb(flow), ref.flow_to_rgb(as64, default))
