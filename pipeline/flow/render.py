@@ -54,7 +54,7 @@ def flow_to_rgb(flow: np.ndarray, max_radius: float | None = None) -> np.ndarray
     if flow.shape[-1] != 2:
         raise ValueError(f"flow must have a last axis of size 2 (dx, dy), got shape {flow.shape}")
     # The reference's float64 arithmetic, operation for operation (so the picture is bit-identical), but on
-    # contiguous per-channel planes and in place: a 480p frame takes ~3x less time than (H, W, 3) temporaries.
+    # contiguous per-channel planes and in place: a 480p frame takes half the time of (H, W, 3) temporaries.
     dx, dy = flow[..., 0].astype(np.float64), flow[..., 1].astype(np.float64)
     for plane in (dx, dy):
         if not np.isfinite(plane).all():
@@ -72,7 +72,7 @@ def flow_to_rgb(flow: np.ndarray, max_radius: float | None = None) -> np.ndarray
     fk += 1
     fk /= 2
     fk *= _WHEEL.shape[0] - 1
-    k0 = np.floor(fk).astype(np.intp)  # in 0..ncols-1; the next colour wraps to 0 (_NEXT_WHEEL)
+    k0 = np.floor(fk).astype(np.intp)  # in 0..54; colour k0 + 1 wraps to 0 (_NEXT_WHEEL_PLANES)
     f = np.subtract(fk, k0, out=fk)
     one_minus_f = 1 - f
     inside = rad <= 1

@@ -77,11 +77,13 @@ class MetricsWriter:
             writer.writerow({k: r.get(k, "") for k in CSV_COLUMNS})
         self.run.write_text(CSV_REL, buf.getvalue())
         self.tb.flush()
-        for name in sorted(os.listdir(self._tb_dir)):
-            self.run.upload_file(os.path.join(self._tb_dir, name), f"{TB_REL}/{name}")
+        self._upload_tensorboard()
 
     def close(self) -> None:
         self.tb.close()
+        self._upload_tensorboard()
+        shutil.rmtree(self._tb_dir, ignore_errors=True)
+
+    def _upload_tensorboard(self) -> None:
         for name in sorted(os.listdir(self._tb_dir)):
             self.run.upload_file(os.path.join(self._tb_dir, name), f"{TB_REL}/{name}")
-        shutil.rmtree(self._tb_dir, ignore_errors=True)
