@@ -129,9 +129,9 @@ def run_job(input_url: str, output_url: str, engine: str, preset: str, ckpt_free
     with contextlib.redirect_stdout(sys.stderr):  # the job's summary; stdout carries only the JSON lines
         summary = run_precompute(cfg)
     wall = time.perf_counter() - t0
-    return {"wall_s": round(wall, 2), "frames": int(summary["counters"]["frames"]),
-            "fps": round(summary["counters"]["frames"] / wall, 2),
-            "bytes_written": int(summary["counters"]["bytes_written"])}
+    return {"wall_s": round(wall, 2), "frames": int(summary["figures"]["frames"]),
+            "fps": round(summary["figures"]["frames"] / wall, 2),
+            "bytes_written": int(summary["figures"]["bytes_written"])}
 
 
 def read_rates(out_url: str, per_file_url: str, clip_frames: int = 5, rounds: int = 3) -> dict:

@@ -229,19 +229,19 @@ def main(argv: list[str] | None = None) -> None:
                 f.write(synthetic_video(n, width, height))
             summary, memory = end_to_end(corpus, os.path.join(work, f"out{n}"), checkpoint, args.input_size, 1, False,
                                        args.cpus)  # fmt: skip
-            counters = summary["counters"]
+            figures = summary["figures"]
             peak = peaks[n] = memory.peak
             with open(os.path.join(work, f"out{n}", "done", f"video{n}.json")) as f:
                 video_seconds = json.load(f)[
                     "seconds"
                 ]  # from the video's first chunk request to its done marker
-            e2e = counters.get("frames_per_second", 0.0)
+            e2e = figures.get("frames_per_second", 0.0)
             print(json.dumps({
                 "bench": "segment_throughput", "device": "cpu", "machine": info, "frames": n,
                 "frame_size": f"{width}x{height}", "input_size": args.input_size, "videos_in_flight": 1,
                 "model": "hmhi_mit_b0 (decoder 32, ffn 64, T=3), random init", "flow": "dis medium",
                 "end_to_end_fps": e2e, "streaming_fps": round(n / video_seconds, 3),
-                "actor_model_fps": counters.get("model_frames_per_second"),
+                "actor_model_fps": figures.get("model_frames_per_second"),
                 "model_only_fps": round(cpu_model_fps, 3), "ratio_end_to_end_vs_model_only": round(e2e / cpu_model_fps, 3),
                 "peak_rss_mb": round(peak / 2**20, 1),
                 "memory_ratio_vs_shortest": round(peak / peaks[min(peaks)], 3),
@@ -262,12 +262,12 @@ def main(argv: list[str] | None = None) -> None:
                 model_fps = model_only_fps(gpu_net, args.input_size, in_flight, 50, "cuda")
                 summary, memory = end_to_end(corpus, os.path.join(work, f"out_gpu{in_flight}"), checkpoint,
                                            args.input_size, in_flight, True, args.cpus)  # fmt: skip
-                e2e = summary["counters"].get("frames_per_second", 0.0)
+                e2e = summary["figures"].get("frames_per_second", 0.0)
                 print(json.dumps({
                     "bench": "segment_throughput", "device": "cuda", "machine": info, "videos": 16,
                     "frames_per_video": args.gpu_frames, "frame_size": f"{width}x{height}",
                     "input_size": args.input_size, "videos_in_flight": in_flight, "end_to_end_fps": e2e,
-                    "actor_model_fps": summary["counters"].get("model_frames_per_second"),
+                    "actor_model_fps": summary["figures"].get("model_frames_per_second"),
                     "model_only_fps": round(model_fps, 3), "ratio_end_to_end_vs_model_only": round(e2e / model_fps, 3),
                     "peak_rss_mb": round(memory.peak / 2**20, 1),
                     "actor_peak_rss_mb": round(memory.role_peaks.get("actor", 0) / 2**20, 1),

@@ -97,15 +97,14 @@ def run(cfg: SegmentConfig) -> dict:
                 summary.add("model_seconds", float(row["model_seconds"]))
             else:
                 summary.rejected("video", str(row["video_id"]), str(row["error"]))
-    counters = summary.counters
-    frames = counters.get("frames", 0)
-    elapsed = max(summary.to_dict()["elapsed_s"], 1e-9)
-    summary.add("frames_per_second", round(frames / elapsed, 3) if frames else 0)
-    if counters.get("model_seconds"):
-        summary.add("model_frames_per_second", round(frames / counters["model_seconds"], 3))
-    result = summary.finish(storage=output, rel="summary.json")
-    result["config"] = config_to_dict(cfg)
-    return result
+    figures = summary.figures
+    frames = figures.get("frames", 0)
+    elapsed = max(summary.elapsed_s, 1e-9)
+    summary.set("frames_per_second", round(frames / elapsed, 3) if frames else 0)
+    if figures.get("model_seconds"):
+        summary.set("model_frames_per_second", round(frames / figures["model_seconds"], 3))
+    summary.config = config_to_dict(cfg)
+    return summary.finish(storage=output, rel="summary.json")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -17,6 +17,7 @@ from model.checkpoint import (
     save_checkpoint,
 )
 from model.hmhi import HMHIConfig, HMHINet, StreamState
+from model.precision import autocast, native_bf16, resolve_precision
 from model.registry import create_model, list_models, register_model
 
 __all__ = [
@@ -24,12 +25,15 @@ __all__ = [
     "HMHIConfig",
     "HMHINet",
     "LoadReport",
+    "autocast",
     "StreamState",
     "create_model",
     "list_models",
     "load_checkpoint",
     "model_from_checkpoint",
+    "native_bf16",
     "official_to_native",
     "register_model",
+    "resolve_precision",
     "save_checkpoint",
 ]

@@ -26,6 +26,8 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from pipeline.jobs import UserError
+
 __all__ = [
     "ConfigError",
     "config_from_dict",
@@ -40,7 +42,7 @@ __all__ = [
 C = TypeVar("C")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is invalid; the message names the dotted field path and the value."""
 
     def __init__(self, field: str, value: Any, message: str):

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.jobs import UserError
 from pipeline.masks import decode_mask_png, encode_mask_png
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ SHARD_DIR = "shards"
 MAX_CLIP_FRAMES = 1000  # member names carry a 3-digit frame number
 
 
-class ShardChecksumError(ValueError):
+class ShardChecksumError(UserError, ValueError):
     """A shard's content does not match its recorded SHA-256 (names the shard)."""
 
 

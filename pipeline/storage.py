@@ -38,6 +38,8 @@ from typing import Any
 
 import fsspec
 
+from pipeline.jobs import UserError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -55,7 +57,7 @@ S3_PART_BYTES = 16 << 20
 _TMP_MARK = ".tmp-"  # in-flight files are named ".<name>.tmp-<uuid>" and never listed
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """A storage operation failed; the message names the URL (never a credential)."""
 
 

@@ -469,10 +469,11 @@ def run_precompute(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
         if f.get("status") == "pending":  # should not happen: every clip of a loaded video reaches the writer
             summary.rejected("video", vid, "not all clips were written")
     out.write_parquet(MANIFEST_NAME, manifest_table(records, facts))
-    result = summary.finish()
-    frames = result["counters"].get("frames", 0)
-    result.update(format=listing.format, input=inp.url, output=out.url, index_rows=writer.index.num_rows,
-                  frames_per_s=round(frames / result["elapsed_s"], 3) if result["elapsed_s"] else None,
-                  config=config_to_dict(cfg))
-    out.write_json("summary.json", result)
-    return result
+    frames = summary.figures.get("frames", 0)
+    summary.set("format", listing.format)
+    summary.set("input", inp.url)
+    summary.set("output", out.url)
+    summary.set("index_rows", writer.index.num_rows)
+    summary.set("frames_per_s", round(frames / summary.elapsed_s, 3) if frames else 0)
+    summary.config = config_to_dict(cfg)
+    return summary.finish(storage=out, rel="summary.json")

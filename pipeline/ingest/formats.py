@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipeline.jobs import UserError
 from pipeline.video import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ MASK_EXTENSIONS: tuple[str, ...] = (".png", ".pgm", ".ppm", ".bmp", ".tif", ".ti
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
-class IngestError(ValueError):
+class IngestError(UserError, ValueError):
     """The input corpus cannot be read as the requested format (names the URL and what is missing)."""
 
 
@@ -82,6 +83,9 @@ class VideoRecord:
     """Frame files relative to the input root, in temporal order (kind 'frames' only)."""
     masks: dict[int, str] = field(default_factory=dict)
     """Frame index -> mask file relative to the input root, for annotated frames."""
+    flows: list[str] = field(default_factory=list)
+    """Flow pictures shipped with the corpus (the official archives' ``flow/`` or ``Flows/`` folder): one file per
+    frame, relative to the input root, aligned with ``frames``; empty when the corpus ships none."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -93,6 +97,7 @@ class VideoRecord:
         d = dict(d)
         d["masks"] = {int(k): v for k, v in (d.get("masks") or {}).items()}
         d["frames"] = list(d.get("frames") or [])
+        d["flows"] = list(d.get("flows") or [])
         return cls(**d)
 
 

@@ -16,6 +16,7 @@ from dataclasses import asdict
 from typing import Any
 
 from pipeline.config import ConfigError, config_to_dict
+from pipeline.jobs import UserError
 from pipeline.storage import StorageError, open_storage
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import ShardEntry, steps_per_epoch
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 __all__ = ["TrainInputError", "resolve_shards", "check_inputs", "build_trainer", "run_training"]
 
 
-class TrainInputError(ValueError):
+class TrainInputError(UserError, ValueError):
     """The job's inputs are unusable (missing/empty shards, bad checksum, missing checkpoint); names the URL."""
 
 

@@ -104,10 +104,10 @@ def test_end_to_end_round_trip_and_idempotent_rerun(storage_url, tmp_path):
     out = f"{storage_url}/davis"
 
     summary = main(["--input", davis_in, "--output", out, "--clip-length", "4", "--shard-size-mb", "0.2"])
-    assert summary["format"] == "davis2016"
+    assert summary["figures"]["format"] == "davis2016"
     assert summary["counts"]["video"] == {"done": 3, "skipped": 0, "rejected": 0}
-    assert summary["counters"]["frames"] == 26 and summary["counters"]["masks"] == 26
-    assert summary["counters"]["shards_written"] >= 3
+    assert summary["figures"]["frames"] == 26 and summary["figures"]["masks"] == 26
+    assert summary["figures"]["shards_written"] >= 3
     ids = {"bear": "bear", "cows": "cows"}
     ids.update({n: r["video_id"] for n, r in [(x["name"], x) for x in
                                                open_storage(out).read_parquet("manifest.parquet").to_pylist()]})
@@ -124,7 +124,7 @@ def test_end_to_end_round_trip_and_idempotent_rerun(storage_url, tmp_path):
     index_before = st.read_bytes("index.parquet")
     again = main(["--input", davis_in, "--output", out, "--clip-length", "4", "--shard-size-mb", "0.2"])
     assert again["counts"]["video"] == {"done": 0, "skipped": 3, "rejected": 0}
-    assert again["counters"]["shards_written"] == 0
+    assert again["figures"]["shards_written"] == 0
     assert {n: st.read_bytes(f"shards/{n}") for n in st.list("shards")} == before
     assert st.read_bytes("index.parquet") == index_before
     # Changing a setting that changes sample content is refused instead of mixing samples.
@@ -205,7 +205,7 @@ def test_bad_inputs_are_rejected_or_repaired_and_the_job_goes_on(s3_server, s3_b
     assert "00003.jpg" in reasons["trunc"] and "truncated" in reasons["trunc"]
     assert "00002.jpg" in reasons["sizes"] and "different sizes" in reasons["sizes"]
     assert "only 1 frame" in reasons["single"]
-    assert summary["counters"]["warnings"] >= 2
+    assert summary["figures"]["warnings"] >= 2
     index = read_index(out)
     assert sorted(set(index.column("video_id").to_pylist())) == sorted(
         ["good", summary_id(out, "with space"), summary_id(out, "ünïcødé")])

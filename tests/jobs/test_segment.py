@@ -100,7 +100,7 @@ def test_segment_videos_with_a_corrupt_one(storage_url, ray_cluster, tiny_checkp
     assert summary["counts"]["video"] == {"done": 2, "skipped": 0, "rejected": 1}
     rejected = summary["rejected"][0]
     assert rejected["name"] == "broken" and "broken.mp4" in rejected["reason"]
-    assert summary["counters"]["frames"] == 14 and summary["counters"]["frames_per_second"] > 0
+    assert summary["figures"]["frames"] == 14 and summary["figures"]["frames_per_second"] > 0
     out = open_storage(out_url)
     check_video_outputs(out, "clip", 9)
     other = [v for v in out.list("done")][0 if out.list("done")[0] != "clip.json" else 1].removesuffix(

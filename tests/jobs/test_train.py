@@ -79,7 +79,7 @@ def test_train_resubmit_and_worker_failure_resume_from_checkpoints(shard_set, s3
             "--init-checkpoint", f"{storage}/weights/init.pt", "--set", "validation.every_steps=8"]
     scratch_before = _scratch_dirs()
     first = main([*args, "--max-steps", "8", "--set", "checkpoint.every_steps=4"])
-    assert first["counts"]["run"]["done"] == 1 and first["counters"]["steps"] == 8
+    assert first["counts"]["run"]["done"] == 1 and first["figures"]["steps"] == 8
     assert _scratch_dirs() == scratch_before  # checkpoints, best model and TensorBoard files left no local copies
     run = open_storage(storage).child("tiny")
 
@@ -108,13 +108,13 @@ def test_train_resubmit_and_worker_failure_resume_from_checkpoints(shard_set, s3
     # fails once after step 9; FailureConfig restarts the worker group from checkpoint 9.
     second = main([*args, "--max-steps", "10", "--set", "checkpoint.every_steps=1", "--set", "fault.fail_at_step=9"])
     assert run.exists("faults/fail_at_step_9.json")  # the failure really fired (once)
-    assert second["counts"]["run"]["done"] == 1 and second["counters"]["steps"] == 10
+    assert second["counts"]["run"]["done"] == 1 and second["figures"]["steps"] == 10
     ck9, ck10 = _ckpt(run, 9), _ckpt(run, 10)
     assert ck9["resume_info"]["from_step"] == 8
     assert ck9["resume_info"]["optimizer_sha256"] == state_digest(ck8["optimizer"])
     assert ck10["resume_info"]["from_step"] == 9  # restarted from the last checkpoint, not from scratch
     assert ck10["resume_info"]["optimizer_sha256"] == state_digest(ck9["optimizer"])
-    assert second["counters"]["resumed_from_step"] == 9
+    assert second["figures"]["resumed_from_step"] == 9
     adam_steps = {float(s["step"]) for s in ck10["optimizer"]["state"].values()}
     assert adam_steps == {10.0}  # a fresh optimiser would have counted 1 or 2
     assert _steps(run) == list(range(1, 11))
@@ -125,7 +125,7 @@ def test_train_resubmit_and_worker_failure_resume_from_checkpoints(shard_set, s3
     # a third submission of the finished run changes nothing
     before = sorted(run.list(recursive=True))
     third = main([*args, "--max-steps", "10"])
-    assert third["counts"]["run"]["done"] == 1 and third["counters"]["steps"] == 10
+    assert third["counts"]["run"]["done"] == 1 and third["figures"]["steps"] == 10
     assert sorted(n for n in run.list(recursive=True) if n != "summary.json") == [
         n for n in before if n != "summary.json"]
 

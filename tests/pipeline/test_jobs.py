@@ -16,7 +16,7 @@ def test_summary_counts_reasons_and_file(storage_url, capsys):
     d = summary.finish(storage=open_storage(storage_url), rel="summary.json")
 
     assert d["counts"]["video"] == {"done": 2, "skipped": 1, "rejected": 1}
-    assert d["counters"] == {"frames": 186, "bytes_written": 1234}
+    assert d["figures"] == {"frames": 186, "bytes_written": 1234}
     assert d["rejected"] == [{"kind": "video", "name": "bad clip", "reason": "bad clip/00003.jpg: truncated JPEG"}]
     out = capsys.readouterr().out
     assert "4 in: 2 done, 1 skipped, 1 rejected" in out and "truncated JPEG" in out
