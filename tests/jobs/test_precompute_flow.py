@@ -134,7 +134,7 @@ def test_end_to_end_round_trip_and_idempotent_rerun(storage_url, tmp_path):
     # Video files (mp4 + mkv), decoded with PyAV; a deterministic val split since they have none.
     vout = f"{storage_url}/videos"
     vsum = main(["--input", videos_in, "--output", vout, "--clip-length", "3", "--val-fraction", "0.5"])
-    assert vsum["format"] == "videos" and vsum["counts"]["video"]["done"] == 2
+    assert vsum["figures"]["format"] == "videos" and vsum["counts"]["video"]["done"] == 2
     from pipeline.video import decode_video
 
     local = {"street": tmp_path / "videos" / "street.mp4", "sub__park": tmp_path / "videos" / "sub" / "park.mkv"}
