@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.config import config_to_dict, parse_job_args, require
-from pipeline.evaluation.dataset import SequenceResult, list_frames, resolve_gt_root, score_sequence
-from pipeline.evaluation.metrics import METRIC_KEYS, aggregate_results
+from pipeline.evaluate.dataset import SequenceResult, list_frames, resolve_gt_root, score_sequence
+from pipeline.evaluate.metrics import METRIC_KEYS, aggregate_results
 from pipeline.jobs import JobSummary, init_ray, run_job_main, setup_logging
 from pipeline.storage import Storage, open_storage
 

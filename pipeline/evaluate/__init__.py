@@ -1,6 +1,6 @@
 """DAVIS J&F evaluation: exact per-frame metrics (:mod:`.metrics`) and dataset scoring from storage (:mod:`.dataset`)."""
 
-from pipeline.evaluation.metrics import (
+from pipeline.evaluate.metrics import (
     METRIC_KEYS,
     PROTOCOLS,
     Protocol,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.evaluation.metrics import (
+from pipeline.evaluate.metrics import (
     DEFAULT_BOUND_TH,
     boundary_radius,
     db_eval_boundary,
