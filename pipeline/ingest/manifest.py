@@ -29,15 +29,17 @@ class CorpusListing:
     records: list[VideoRecord]
 
 
-def list_corpus(storage, fmt: str = "auto", davis_resolution: str = "480p") -> CorpusListing:
-    """List ``storage`` recursively once and find its videos."""
+def list_corpus(storage, fmt: str = "auto", davis_resolution: str = "480p",
+                files: list[str] | None = None) -> CorpusListing:
+    """List ``storage`` recursively once and find its videos (``files``: that listing, when the caller has it)."""
 
     class _Cfg:
         pass
 
     cfg = _Cfg()
     cfg.davis_resolution = davis_resolution
-    files = storage.list("", recursive=True)
+    if files is None:
+        files = storage.list("", recursive=True)
     found, records = discover_videos(files, storage.read_text, fmt, cfg)
     return CorpusListing(format=found, records=records)
 
