@@ -14,10 +14,11 @@ Layouts (paths relative to ``--input``):
   Frames ``*.jpg``; flow pictures with the *same file name* as the frame (one per frame, the last one too) fill
   :attr:`VideoRecord.flows`; masks ``<frame stem>.png`` (0/255). On the sparse sets (FBMS, YouTube-Objects) the
   archives hold the annotated frames only, so the memory steps over those (as the official inference does).
-- ``davis2016``: DAVIS-2016 as distributed (davisvideochallenge ``davis-2016`` / fperazzi/davis):
+- ``davis2016``: DAVIS-2016 as distributed (fperazzi/davis, the official DAVIS-2016 package, ``data/get_davis.sh``):
   ``JPEGImages/480p/<seq>/00000.jpg``, ``Annotations/480p/<seq>/00000.png`` (0/255), splits from
   ``ImageSets/480p/{train,val}.txt`` whose lines are ``/JPEGImages/480p/bear/00000.jpg
-  /Annotations/480p/bear/00000.png`` path pairs (or ``ImageSets/2016/{train,val}.txt``, one name a line).
+  /Annotations/480p/bear/00000.png`` path pairs (``trainval.txt`` is their union and adds nothing; or
+  ``ImageSets/2016/{train,val}.txt``, one name a line).
 - ``davis2017``: the same folders with palette masks (all objects are merged into one foreground), splits from
   ``ImageSets/2017/{train,val,test-dev,test-challenge}.txt`` (davisvideochallenge/davis2017-evaluation).
 - ``ytvos``: YouTube-VOS 2018/2019 (youtubevos starter code; ``{train,valid,test}/{JPEGImages,Annotations}/<vid>/``,

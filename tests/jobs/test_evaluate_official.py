@@ -22,7 +22,7 @@ from skimage.morphology import binary_dilation, disk
 from jobs.evaluate import main
 from pipeline.masks import encode_prob_png
 from pipeline.storage import open_storage
-from tests.archives import write_fbms, write_ytobj
+from tests.archives import write_fbms, write_hmhi, write_ytobj
 
 # The transcription keeps the official skimage call, deprecated in scikit-image 0.26.
 pytestmark = pytest.mark.filterwarnings("ignore:`binary_dilation` is deprecated:FutureWarning")
@@ -184,3 +184,22 @@ def test_official_preset_on_youtube_objects(tmp_path, ray_cluster, layout):
     assert per_class["aeroplane"]["J_mean"] == pytest.approx(aeroplane, abs=1e-9)
     assert per_class["cat"]["J_mean"] == pytest.approx(expected["cat_0001"]["J_mean"], abs=1e-9)
     assert figures["J_mean_over_classes"] == pytest.approx((aeroplane + expected["cat_0001"]["J_mean"]) / 2)
+
+
+@pytest.mark.parametrize("naming", ["code", "readme"])
+def test_official_preset_on_the_official_archive(tmp_path, ray_cluster, naming):
+    """The authors' own layout (frame|flow|mask/<split>/<video>/, or Images|Flows|Annotations): its val split is
+    scored, every mask frame, predictions named after the frames (<video>_<NNNNN>.png, as save_images names them)."""
+    truth = write_hmhi(tmp_path / "DAVIS2SEG_byvideo", naming,
+                       videos={"train": {"bear": 3}, "val": {"blackswan": 4, "cows": 3}})
+    truth = {k: v for k, v in truth.items() if k != "bear"}
+    pred = open_storage(str(tmp_path / "probs"))
+    written = write_predictions(pred, truth, lambda v, t: f"{v}_{t:05d}", resize={"cows"})
+    figures = main(["--preset", "official", "--pred", pred.url, "--gt", str(tmp_path / "DAVIS2SEG_byvideo"),
+                    "--output", str(tmp_path / "eval")])["figures"]  # fmt: skip
+    assert figures["gt_format"] == "hmhi" and figures["n_sequences"] == 2 and figures["n_frames"] == 7
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "eval" / "per_sequence.csv").read_text())))
+    expected = expected_scores(truth, written)
+    assert_rows_match(rows, expected)
+    jf = np.mean([(e["J_mean"] + e["F_mean"]) / 2 for e in expected.values()])
+    assert figures["JF_mean"] == pytest.approx(jf, abs=1e-9) and "per_class" not in figures

@@ -248,6 +248,8 @@ def test_davis2016_as_distributed(tmp_path):
                         splits={"train": ["bear"], "val": ["blackswan"]})
     assert (tmp_path / "ImageSets/480p/val.txt").read_text().splitlines()[0] == \
         "/JPEGImages/480p/blackswan/00000.jpg /Annotations/480p/blackswan/00000.png"
+    both = (tmp_path / "ImageSets/480p/train.txt").read_text() + (tmp_path / "ImageSets/480p/val.txt").read_text()
+    (tmp_path / "ImageSets/480p/trainval.txt").write_text(both)  # shipped too: the union, which changes nothing
     st = open_storage(str(tmp_path))
     listing = list_corpus(st)
     assert listing.format == "davis2016"
