@@ -498,6 +498,11 @@ def detect_format(files: list[str], davis_resolution: str = "480p") -> str:
         return "fbms"
     if any(_is_video(f) for f in files):
         return "videos"
+    nested = sorted({f.split("/", 1)[0] for f in files if _hmhi_naming([f.split("/", 1)[1]] if "/" in f else [])})
+    if nested:
+        # The official README keeps several archives side by side (data/DAVIS-16/Images/...): one root per run.
+        raise IngestError(f"{', '.join(nested)} hold official HMHI-Net archives ({{frame,flow,mask}}/<split>/ or "
+                          "{Images,Flows,Annotations}/<split>/): give one of them as the input root")
     if any(_is_image(f) and "/" in f for f in files):
         return "frames"
     raise IngestError("cannot detect the corpus format: no known layout, video files or frame folders found")

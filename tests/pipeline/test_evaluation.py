@@ -312,3 +312,14 @@ def test_evaluate_sequence_end_to_end_and_errors():
         evaluate_sequence(gts, [preds[0], preds[1][:10]], protocol="all")
     with pytest.raises(ValueError):
         evaluate_sequence(gts, preds[:3], protocol="all")
+
+
+def test_youtube_objects_class_of_a_sequence():
+    """The archive's class folder when known, else the official rule: the name up to its first '0'
+    (ZhengxyFlow/HMHI-Net utils/val_zvos.py); names outside the ten classes have none."""
+    from pipeline.evaluate.job import sequence_class
+
+    assert sequence_class("cat_0001", {"cat_0001": "cat"}) == "cat"
+    assert sequence_class("aeroplane0001", {}) == "aeroplane"
+    assert sequence_class("motorbike_0012", {}) == "motorbike"
+    assert sequence_class("bear", {}) is None and sequence_class("car-roundabout", {}) is None

@@ -236,6 +236,9 @@ def test_official_hmhi_archive_both_namings(tmp_path, naming):
     assert swan.masks == {t: f"{mask_dir}/val/blackswan/blackswan_{t:05d}.png" for t in range(4)}
     video = load_video(st, swan)
     assert np.array_equal(video.frames, truth["blackswan"][0]) and np.array_equal(video.masks, truth["blackswan"][1])
+    # the README's data/ folder holds several archives side by side: not taken as folders of frames
+    with pytest.raises(IngestError, match=r"DAVIS-16 hold official HMHI-Net archives.*input root"):
+        detect_format([f"DAVIS-16/{f}" for f in files])
     # a frame without its flow picture: the video keeps no flow pictures (and says so) rather than misalign them
     (tmp_path / flow_dir / "val" / "blackswan" / "blackswan_00003.jpg").unlink()
     assert {r.name: r for r in list_corpus(st).records}["blackswan"].flows == []
