@@ -300,6 +300,8 @@ def test_youtube_objects_uvos_archive(tmp_path, layout):
     cat = by["cat_0001"]
     assert (cat.category, cat.split, cat.name) == ("cat", "test", "cat/0001")
     assert sorted(cat.masks) == [1, 4] and len(cat.flows) == 6
+    row = {r["video_id"]: r for r in manifest_table(listing.records, {}).to_pylist()}["cat_0001"]
+    assert (row["category"], row["flow_pictures"], row["annotated_frames"]) == ("cat", True, [1, 4])
     video = load_video(st, cat)
     assert video.mask_valid.tolist() == [t in (1, 4) for t in range(6)]
     assert np.array_equal(video.masks[4], truth["cat_0001"][1][4])
