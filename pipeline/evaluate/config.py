@@ -32,28 +32,30 @@ class EvaluateConfig:
     """Score predicted masks against ground truth with the DAVIS J and F measures."""
 
     pred: str = ""
-    """URL or path of the predictions: <pred>/<sequence>/<frame>.png (e.g. segment's <output>/masks, or its
-    output root: masks/ is used, probs/ under the official preset)."""
+    """URL or path of the predictions, <pred>/<sequence>/<frame>.png, or a segment output root.
+    A segment output root is read through its masks/ folder (probs/, the soft maps, under the official preset)."""
     gt: str = ""
-    """URL or path of the ground truth: a DAVIS root (Annotations/480p/<sequence>/), a root of sequence folders,
-    or a dataset archive (see gt_format)."""
+    """URL or path of the ground truth: a DAVIS root, a root of sequence folders, or a dataset archive.
+    A DAVIS root is read through Annotations/480p/<sequence>/; archives as gt_format says."""
     output: str = ""
     """URL or path for the result files; empty: print the summary only."""
     preset: Literal["default", "official"] = "default"
-    """'official' reproduces the official HMHI-Net evaluation: protocol hmhi_official, predictions read as grey
-    levels, resized bilinearly to the ground truth, foreground > 128 of 255; the ground truth > 0; per-class
-    means for YouTube-Objects. It sets protocol (which must then be left at its default or hmhi_official)."""
+    """'default' or 'official' (the official HMHI-Net evaluation rules).
+    official: protocol hmhi_official, predictions read as grey levels, resized bilinearly to the ground truth,
+    foreground > 128 of 255; the ground truth > 0; per-class means for YouTube-Objects. It sets protocol (which
+    must then be left at its default or hmhi_official)."""
     protocol: Literal["davis2016", "all", "hmhi_official"] = "davis2016"
-    """Frames scored: davis2016 drops the first and last frame, all keeps every frame, hmhi_official
-    averages every frame but takes recall/decay over the inner frames (docs: evaluation.md §6)."""
+    """Frames scored: davis2016 (drops the first and last frame), all, or hmhi_official.
+    all keeps every frame; hmhi_official averages every frame but takes recall/decay over the inner frames
+    (docs: evaluation.md §6)."""
     threshold: float | None = None
-    """Soft (greyscale) predictions: foreground where value/255 > threshold. None: any non-zero pixel
-    (hmhi_official: > 128 of 255)."""
+    """Soft (greyscale) predictions: foreground where value/255 > threshold; null: any non-zero pixel.
+    Under protocol hmhi_official, null means > 128 of 255."""
     bound_th: float = 0.008
     """Boundary tolerance: a fraction of the image diagonal (< 1) or pixels (>= 1)."""
     gt_format: str = "auto"
-    """How --gt is laid out: auto, folders, or an ingest format (davis2016, davis2017, ytvos, fbms, ytobj,
-    hmhi); an archive is scored on its annotated frames, matched to the frames they annotate."""
+    """How --gt is laid out: auto, folders, or an ingest format (davis2016, davis2017, ytvos, fbms, ytobj, hmhi).
+    An archive is scored on its annotated frames, each matched to the frame it annotates."""
     gt_splits: list[str] = field(default_factory=lambda: ["test"])
     """Archive ground truth only: the splits scored (test = DAVIS val, FBMS Testset, HMHI val, YouTube-Objects)."""
     davis_resolution: str = "480p"

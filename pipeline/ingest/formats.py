@@ -54,7 +54,7 @@ import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pipeline.jobs import UserError
@@ -112,6 +112,20 @@ class VideoRecord:
     frame, relative to the input root, aligned with ``frames``; empty when the corpus ships none."""
     category: str = ""
     """The object class where the corpus names one (YouTube-Objects' class folder); empty otherwise."""
+
+    def annotated_only(self) -> VideoRecord:
+        """This video reduced to its annotated frames (with their flow pictures and masks), in order.
+
+        The official archives of the sparse sets (FBMS, YouTube-Objects) hold only these frames, and the official
+        inference steps the memory over them alone; this gives a full download (FBMS-59, YouTube-Objects with
+        every frame) the same form. Video files (kind 'video') have no frame list and are returned unchanged.
+        """
+        if self.kind != "frames" or not self.masks:
+            return self
+        keep = sorted(i for i in self.masks if 0 <= i < len(self.frames))
+        return replace(self, frames=[self.frames[i] for i in keep],
+                       flows=[self.flows[i] for i in keep] if self.flows else [],
+                       masks={k: self.masks[i] for k, i in enumerate(keep)})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -323,3 +323,18 @@ def test_youtube_objects_class_of_a_sequence():
     assert sequence_class("aeroplane0001", {}) == "aeroplane"
     assert sequence_class("motorbike_0012", {}) == "motorbike"
     assert sequence_class("bear", {}) is None and sequence_class("car-roundabout", {}) is None
+
+
+def test_evaluate_config_official_preset_and_validation():
+    from pipeline.config import ConfigError
+    from pipeline.evaluate.config import EvaluateConfig
+
+    cfg = EvaluateConfig(pred="p", gt="g", preset="official")
+    assert cfg.protocol == "hmhi_official" and cfg.official and cfg.effective_threshold == 128 / 255
+    assert EvaluateConfig(pred="p", gt="g").protocol == "davis2016"  # the default stays
+    for bad, field in (({"preset": "official", "protocol": "all"}, "protocol"),
+                       ({"preset": "official", "threshold": 0.5}, "threshold"),
+                       ({"preset": "paper"}, "preset"), ({"gt_format": "kitti"}, "gt_format"),
+                       ({"gt_splits": ["valid"]}, "gt_splits")):
+        with pytest.raises(ConfigError, match=f"'{field}'"):
+            EvaluateConfig(pred="p", gt="g", **bad)

@@ -300,6 +300,10 @@ def test_youtube_objects_uvos_archive(tmp_path, layout):
     cat = by["cat_0001"]
     assert (cat.category, cat.split, cat.name) == ("cat", "test", "cat/0001")
     assert sorted(cat.masks) == [1, 4] and len(cat.flows) == 6
+    # the official archives' form: the annotated frames only, with their flow pictures and masks
+    sparse = cat.annotated_only()
+    assert sparse.frames == [cat.frames[1], cat.frames[4]] and sparse.flows == [cat.flows[1], cat.flows[4]]
+    assert sparse.masks == {0: cat.masks[1], 1: cat.masks[4]} and cat.frames != sparse.frames
     row = {r["video_id"]: r for r in manifest_table(listing.records, {}).to_pylist()}["cat_0001"]
     assert (row["category"], row["flow_pictures"], row["annotated_frames"]) == ("cat", True, [1, 4])
     video = load_video(st, cat)
