@@ -10,7 +10,7 @@ from pipeline.evaluate.metrics import PROTOCOLS
 
 __all__ = ["EVALUATE_PRESETS", "GT_FORMATS", "HMHI_OFFICIAL_THRESHOLD", "EvaluateConfig"]
 
-# hmhi_official keeps stretched soft-map values > 128 (docs: evaluation.md §6); on a 0-255 scale that
+# hmhi_official keeps stretched soft-map values > 128 (docs/evaluation.md §6); on a 0-255 scale that
 # is value / 255 > 128 / 255. Binary masks (palette or 0/255) are unaffected.
 HMHI_OFFICIAL_THRESHOLD = 128 / 255
 
@@ -47,7 +47,7 @@ class EvaluateConfig:
     protocol: Literal["davis2016", "all", "hmhi_official"] = "davis2016"
     """Frames scored: davis2016 (drops the first and last frame), all, or hmhi_official.
     all keeps every frame; hmhi_official averages every frame but takes recall/decay over the inner frames
-    (docs: evaluation.md §6)."""
+    (docs/evaluation.md §6)."""
     threshold: float | None = None
     """Soft (greyscale) predictions: foreground where value/255 > threshold; null: any non-zero pixel.
     Under protocol hmhi_official, null means > 128 of 255."""
