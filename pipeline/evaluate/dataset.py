@@ -33,7 +33,7 @@ from pipeline.evaluate.metrics import (
     db_eval_iou,
     sequence_statistics,
 )
-from pipeline.ingest.formats import IngestError, VideoRecord, detect_format, mask_has_white_background
+from pipeline.ingest.formats import IngestError, VideoRecord, detect_layout, mask_has_white_background
 from pipeline.masks import OFFICIAL_UINT8_THRESHOLD, MaskError, read_mask, read_mask_grey
 from pipeline.storage import Storage, StorageError
 
@@ -102,14 +102,19 @@ def read_ground_truth(gt: Storage, gt_format: str = "auto", splits: tuple[str, .
     if fmt == "auto":
         files = gt.list("", recursive=True)
         try:
-            detected = detect_format(files, davis_resolution)
+            detected, prefix = detect_layout(files, davis_resolution)
         except IngestError:
-            detected = "folders"
-        fmt = detected if detected in ARCHIVE_FORMATS else "folders"
+            detected, prefix = "folders", ""
+        if detected not in ARCHIVE_FORMATS:
+            # DAVIS and plain folders: the folder reading, inside the archive's own folder if it was unpacked into one
+            root = resolve_gt_root(gt.child(prefix.rstrip("/")) if prefix else gt)
+            return GroundTruth(root, list_frames(root), "folders", {})
+        fmt = "auto"  # list_corpus finds the same archive, and its folder
     if fmt == "folders":
         root = resolve_gt_root(gt)
         return GroundTruth(root, list_frames(root), "folders", {})
     listing = list_corpus(gt, fmt, davis_resolution, files=files)
+    fmt = listing.format
     frames, categories = {}, {}
     for rec in listing.records:
         if rec.split in splits and rec.masks and rec.kind == "frames":

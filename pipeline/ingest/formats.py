@@ -70,6 +70,7 @@ __all__ = [
     "VideoRecord",
     "YTOBJ_CLASSES",
     "detect_format",
+    "detect_layout",
     "discover_videos",
     "mask_has_white_background",
     "natural_key",
@@ -522,11 +523,57 @@ def detect_format(files: list[str], davis_resolution: str = "480p") -> str:
     raise IngestError("cannot detect the corpus format: no known layout, video files or frame folders found")
 
 
+_FALLBACK_FORMATS = ("frames", "videos")
+
+
+def _wrapper(files: list[str]) -> str | None:
+    """The one folder every file is in (an archive unpacked into ``DAVIS/``), ignoring hidden and ``__MACOSX``."""
+    kept = [f for f in files if not f.startswith((".", "__MACOSX/"))]
+    tops = {f.split("/", 1)[0] for f in kept}
+    return tops.pop() if len(tops) == 1 and kept and all("/" in f for f in kept) else None
+
+
+def detect_layout(files: list[str], davis_resolution: str = "480p") -> tuple[str, str]:
+    """(format, prefix): like :func:`detect_format`, and when the root holds a single folder with a known archive
+    inside (a zip unpacked into ``DAVIS/``), that archive with ``prefix`` ``"DAVIS/"``."""
+    try:
+        fmt = detect_format(files, davis_resolution)
+    except IngestError:
+        fmt = None
+    if fmt in _FALLBACK_FORMATS or fmt is None:
+        top = _wrapper(files)
+        if top is not None:
+            inner = [f[len(top) + 1:] for f in files if f.startswith(top + "/")]
+            try:
+                inner_fmt, inner_prefix = detect_layout(inner, davis_resolution)
+            except IngestError:
+                inner_fmt = None
+            if inner_fmt is not None and inner_fmt not in _FALLBACK_FORMATS:
+                return inner_fmt, f"{top}/{inner_prefix}"
+    if fmt is None:
+        detect_format(files, davis_resolution)  # raises the error that names what is missing
+    return fmt, ""
+
+
+def _prefixed(rec: VideoRecord, prefix: str) -> VideoRecord:
+    return replace(rec, source=prefix + rec.source, frames=[prefix + f for f in rec.frames],
+                   masks={i: prefix + m for i, m in rec.masks.items()}, flows=[prefix + f for f in rec.flows])
+
+
 def discover_videos(files: list[str], read_text: Callable[[str], str], fmt: str, cfg) -> tuple[str, list[VideoRecord]]:
-    """(format, records) for a listing; ``fmt`` may be ``auto``. ``cfg`` needs ``davis_resolution``."""
+    """(format, records) for a listing; ``fmt`` may be ``auto``. ``cfg`` needs ``davis_resolution``.
+
+    ``auto`` also looks inside a single top-level folder (:func:`detect_layout`); the records' paths stay relative
+    to the listed root.
+    """
+    prefix = ""
     if fmt == "auto":
-        fmt = detect_format(files, cfg.davis_resolution)
-        log.info("detected corpus format: %s", fmt)
+        fmt, prefix = detect_layout(files, cfg.davis_resolution)
+        log.info("detected corpus format: %s%s", fmt, f" in {prefix}" if prefix else "")
     if fmt not in FORMATS:
         raise IngestError(f"unknown format {fmt!r}; choose auto or one of {sorted(FORMATS)}")
-    return fmt, FORMATS[fmt](files, read_text, cfg)
+    if not prefix:
+        return fmt, FORMATS[fmt](files, read_text, cfg)
+    inner = [f[len(prefix):] for f in files if f.startswith(prefix)]
+    records = FORMATS[fmt](inner, lambda rel: read_text(prefix + rel), cfg)
+    return fmt, [_prefixed(r, prefix) for r in records]

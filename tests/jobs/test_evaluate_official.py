@@ -164,9 +164,9 @@ def test_official_preset_on_fbms59(tmp_path, ray_cluster):
     assert default["figures"]["J_mean"] != pytest.approx(j, abs=1e-6)
 
 
-@pytest.mark.parametrize("layout", ["class", "top"])
-def test_official_preset_on_youtube_objects(tmp_path, ray_cluster, layout):
-    truth = write_ytobj(tmp_path / "YTO", layout)
+def test_official_preset_on_youtube_objects(tmp_path, ray_cluster):
+    # the per-class layout with every frame and sparse masks (the other layout reads the same: test_ingest.py)
+    truth = write_ytobj(tmp_path / "YTO", "class")
     pred = open_storage(str(tmp_path / "probs"))
     written = write_predictions(pred, truth, lambda v, t: f"{t + 1:05d}", resize={"aeroplane_0002"})
     summary = main(["--preset", "official", "--pred", pred.url, "--gt", str(tmp_path / "YTO"),
@@ -186,11 +186,11 @@ def test_official_preset_on_youtube_objects(tmp_path, ray_cluster, layout):
     assert figures["J_mean_over_classes"] == pytest.approx((aeroplane + expected["cat_0001"]["J_mean"]) / 2)
 
 
-@pytest.mark.parametrize("naming", ["code", "readme"])
-def test_official_preset_on_the_official_archive(tmp_path, ray_cluster, naming):
-    """The authors' own layout (frame|flow|mask/<split>/<video>/, or Images|Flows|Annotations): its val split is
-    scored, every mask frame, predictions named after the frames (<video>_<NNNNN>.png, as save_images names them)."""
-    truth = write_hmhi(tmp_path / "DAVIS2SEG_byvideo", naming,
+def test_official_preset_on_the_official_archive(tmp_path, ray_cluster):
+    """The authors' own layout (frame|flow|mask/<split>/<video>/; the README's naming reads the same:
+    test_ingest.py): its val split is scored, every mask frame, predictions named after the frames
+    (<video>_<NNNNN>.png, as save_images names them)."""
+    truth = write_hmhi(tmp_path / "DAVIS2SEG_byvideo", "code",
                        videos={"train": {"bear": 3}, "val": {"blackswan": 4, "cows": 3}})
     truth = {k: v for k, v in truth.items() if k != "bear"}
     pred = open_storage(str(tmp_path / "probs"))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.flow.precompute import clip_spans
-from pipeline.ingest.formats import IngestError, detect_format, natural_key, safe_name
+from pipeline.ingest.formats import IngestError, detect_format, detect_layout, natural_key, safe_name
 from pipeline.ingest.load import VideoRejected, load_video
 from pipeline.ingest.manifest import assign_val_split, list_corpus, manifest_table
 from pipeline.storage import open_storage
@@ -261,6 +261,24 @@ def test_davis2016_as_distributed(tmp_path):
     assert by["blackswan"].flows == []
     video = load_video(st, by["blackswan"])
     assert np.array_equal(video.masks, truth["blackswan"][1]) and video.mask_valid.all()
+
+
+def test_archive_unpacked_into_one_folder(tmp_path):
+    """A zip that unpacks into a folder (DAVIS-2016's into DAVIS/): the archive inside is found, paths stay relative
+    to the given root; plain folders of frames stay plain folders."""
+    write_davis(tmp_path / "DAVIS", {"bear": 2, "blackswan": 2}, size=(24, 32),
+                splits={"train": ["bear"], "val": ["blackswan"]})
+    st = open_storage(str(tmp_path))
+    assert detect_layout(st.list("", recursive=True)) == ("davis2016", "DAVIS/")
+    listing = list_corpus(st)
+    by = {r.name: r for r in listing.records}
+    assert listing.format == "davis2016" and by["blackswan"].split == "test"  # ImageSets read inside DAVIS/
+    assert by["bear"].frames[0] == "DAVIS/JPEGImages/480p/bear/00000.jpg"
+    assert load_video(st, by["bear"]).mask_valid.all()
+    write_hmhi(tmp_path / "data" / "DAVIS-16", "readme")  # the official README's data/<dataset>/ tree
+    assert list_corpus(open_storage(str(tmp_path / "data"))).format == "hmhi"
+    _touch(tmp_path / "plain", "clips/a/0.jpg", "clips/a/1.jpg")
+    assert detect_layout(open_storage(str(tmp_path / "plain")).list("", recursive=True)) == ("frames", "")
 
 
 def test_fbms59_as_distributed(tmp_path):
