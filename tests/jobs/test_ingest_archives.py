@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import webdataset as wds
 
 from jobs.precompute_flow import main
 from pipeline.shards import decode_clip
 from pipeline.storage import open_storage
 from tests.archives import write_fbms
-from tests.jobs.test_precompute_flow import _wds_samples
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -30,7 +30,7 @@ def test_sparse_archive_shards_with_its_annotated_frames(tmp_path):
     from pipeline.shards import shard_urls
 
     seen = set()
-    for sample in _wds_samples(shard_urls(out)):
+    for sample in wds.WebDataset(shard_urls(out), shardshuffle=False):
         clip = decode_clip(sample)
         _, masks, annotated = truth[clip.video_id]
         idx = list(clip.frame_indices)
