@@ -198,7 +198,7 @@ def _write_report(cfg: DemoConfig, root, val: list[str], timings: dict[str, floa
     from pipeline.synthetic import RES_DIR
 
     corpus, seg, ev, report = (root.child(p) for p in ("corpus", "segment", "eval", "report"))
-    summary = ev.read_json("summary.json")
+    summary = ev.read_json("summary.json")["figures"]  # evaluate's scores in the common job summary
     metas = {s: corpus.read_json(f"Meta/{s}/meta.json") for s in val}
     slices = slice_scores(ev.read_text("per_frame.csv"), metas)
     if ev.exists("jf_per_sequence.png"):

@@ -28,6 +28,7 @@ __all__ = [
     "davis_palette",
     "read_mask",
     "read_mask_values",
+    "read_mask_grey",
     "decode_mask_png",
     "encode_mask_png",
     "encode_prob_png",
@@ -125,11 +126,34 @@ def read_mask_values(data: bytes | str | Path, *, name: str | None = None) -> np
     return values
 
 
+def read_mask_grey(data: bytes | str | Path, *, name: str | None = None) -> np.ndarray:
+    """(H, W) uint8 grey levels of a prediction, as the official HMHI-Net evaluation reads it (``cv2.imread(p, 0)``).
+
+    Greyscale soft maps keep their values (16-bit ones are scaled to 8 bits) and colour images become their luma.
+    Indexed and 1-bit images are this project's binary masks: index != 0 becomes 255 (OpenCV would give the luma of
+    the palette colour, 38 for DAVIS's dark red, so a binary mask would vanish under ``> 128``).
+    """
+    image, label = _open_image(data, name)
+    if image.mode in ("P", "PA", "1"):
+        values, _ = _image_values(image, label)
+        return np.where(values != 0, 255, 0).astype(np.uint8)
+    if image.mode in ("L", "LA"):
+        return np.asarray(image.getchannel(0) if image.mode == "LA" else image, dtype=np.uint8)
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values, full = _image_values(image, label)
+        return (values.astype(np.float64) * 255.0 / full).astype(np.uint8)
+    try:
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    except ValueError as err:
+        raise MaskError(f"mask {label} has unsupported image mode {image.mode!r}") from err
+
+
 def read_mask(
     data: bytes | str | Path,
     *,
     threshold: float | None = None,
     name: str | None = None,
+    white_background: bool = False,
 ) -> np.ndarray:
     """Read a mask image (PNG, or anything Pillow reads) into a (H, W) bool array.
 
@@ -139,6 +163,8 @@ def read_mask(
             (greyscale/RGB) are foreground where ``value / full_scale > threshold``; indexed
             (palette) images are label maps and always use "index non-zero".
         name: what to call the mask in error messages (e.g. its URL) when ``data`` is bytes.
+        white_background: the mask draws its background white (FBMS-59 ``GroundTruth/*_gt.ppm``): foreground is
+            every pixel that is not pure white; ``threshold`` does not apply.
 
     Raises:
         MaskError: unreadable, truncated or unsupported images; the message names the file.
@@ -146,6 +172,12 @@ def read_mask(
     if threshold is not None and not 0.0 <= threshold < 1.0:
         raise MaskError(f"threshold must be in [0, 1), got {threshold!r}")
     image, label = _open_image(data, name)
+    if white_background:
+        try:
+            rgb = np.asarray(image.convert("RGB"))
+        except ValueError as err:
+            raise MaskError(f"mask {label} has unsupported image mode {image.mode!r}") from err
+        return (rgb != 255).any(axis=2)
     values, full_scale = _image_values(image, label)
     if threshold is None or full_scale == 0.0:
         return values != 0
@@ -196,16 +228,16 @@ def _check_prob(prob: np.ndarray) -> np.ndarray:
 
 
 def stretch_prob_uint8(prob: np.ndarray) -> np.ndarray:
-    """Official HMHI-Net soft map: ``floor(255 * (p - min) / (max - min))`` as uint8, per frame.
+    """Official HMHI-Net soft map, per frame: ``uint8(255 * (p - min) / (max - min + 1e-8))``.
 
-    A constant map (max == min) has nothing to stretch and becomes all zeros.
+    The arithmetic is the official ``utils/func.py:save_images`` one: float32, the ``+ 1e-8`` in the
+    denominator, truncation to uint8. A constant map (max == min) becomes all zeros. The ``+ 1e-8`` only shows
+    on maps whose range is tiny (range 1e-3: the maximum becomes 254, not 255).
     """
-    prob = _check_prob(prob)
+    prob = _check_prob(prob).astype(np.float32)
     low, high = prob.min(), prob.max()
-    if high <= low:
-        return np.zeros(prob.shape, dtype=np.uint8)
-    stretched = (prob - low) / (high - low) * 255.0  # ratio first, so the maximum is exactly 255
-    return np.clip(np.floor(stretched), 0, 255).astype(np.uint8)
+    stretched = (prob - low) / (high - low + np.float32(1e-8))
+    return (stretched * np.float32(255.0)).astype(np.uint8)
 
 
 def encode_prob_png(prob: np.ndarray, mode: BinarizeMode = "absolute") -> bytes:

@@ -19,7 +19,6 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "VideoError",
     "VideoInfo",
-    "is_video_name",
     "probe_video",
     "iter_video_frames",
     "decode_video",
@@ -46,10 +45,6 @@ class VideoInfo:
     frame_count: int | None
     """Frames reported by the container; ``None`` when the container does not say (decode to count)."""
     codec: str
-
-
-def is_video_name(name: str) -> bool:
-    return name.lower().endswith(VIDEO_EXTENSIONS)
 
 
 def _label(source: VideoSource, name: str | None) -> str:

@@ -528,7 +528,7 @@ class Rehearsal:
         if "segment" in ran and count["masks"] != expected_frames:
             problems.append(f"segment wrote {count['masks']} masks, expected {expected_frames}")
         if "evaluate" in ran:
-            summary = json.loads(s3.get_object(Bucket=c.bucket, Key="eval/summary.json")["Body"].read())
+            summary = json.loads(s3.get_object(Bucket=c.bucket, Key="eval/summary.json")["Body"].read())["figures"]
             self.report["evaluation"] = {k: summary.get(k) for k in ("JF_mean", "J_mean", "F_mean", "n_sequences",
                                                                       "n_frames", "protocol")}
             jf = summary.get("JF_mean")

@@ -7,7 +7,8 @@ Repaired (with a warning naming the file, kept in the video's ``warnings``):
     masks of a different size but the same aspect ratio (nearest-neighbour resize); masks that cannot be read or
     have another aspect ratio are dropped (the frame counts as unannotated); palette / non-binary masks become
     binary through :func:`pipeline.masks.read_mask` (any non-zero value is foreground); in DAVIS-2017 label
-    maps, the void label 255 next to object labels 1..K is background.
+    maps, the void label 255 next to object labels 1..K is background; FBMS-59's colour ``GroundTruth/*.ppm``
+    paint the background white (every non-white pixel is foreground).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.ingest.formats import VideoRecord
-from pipeline.masks import MaskError, read_mask_values
+from pipeline.ingest.formats import VideoRecord, mask_has_white_background
+from pipeline.masks import MaskError, read_mask, read_mask_values
 from pipeline.video import VideoError, decode_video, probe_video
 
 log = logging.getLogger(__name__)
@@ -85,9 +86,10 @@ def _load_mask(storage, rel: str, shape: tuple[int, int], warnings: list[str], v
     import cv2
 
     url = storage.join(rel) if ".." not in rel.split("/") else rel
+    white = mask_has_white_background(rel)
     try:
         data = _read(storage, rel, "mask")
-        values = read_mask_values(data, name=url)
+        values = read_mask(data, name=url, white_background=True) if white else read_mask_values(data, name=url)
     except (MaskError, VideoRejected, OSError) as e:
         warnings.append(f"video {video}: mask {rel} dropped: {e}")
         return None
@@ -96,7 +98,7 @@ def _load_mask(storage, rel: str, shape: tuple[int, int], warnings: list[str], v
         mask &= values != void_label  # DAVIS-2017 labels objects 1..K and marks void (unlabelled) pixels 255
     distinct = (np.count_nonzero(np.bincount(values.ravel())) if values.dtype == np.uint8
                 else len(np.unique(values)))
-    if distinct > 2:
+    if distinct > 2 and not white:
         warnings.append(f"video {video}: mask {rel} has {distinct} values; any non-zero taken as foreground")
     h, w = shape
     if mask.shape != (h, w):

@@ -1,4 +1,5 @@
-"""The manifest: one Parquet row per input video (id, source, split, frames, size, fps, annotated frames, status).
+"""The manifest: one Parquet row per input video (id, source, split, frames, size, fps, annotated frames, whether
+the corpus ships its flow pictures, the object class where known, status).
 
 Built in two steps: :func:`list_corpus` lists the input once and finds the videos (cheap, in the driver); the
 frame size, fps and (for video files) the frame count are filled in by the workers that decode the videos, and
@@ -29,15 +30,17 @@ class CorpusListing:
     records: list[VideoRecord]
 
 
-def list_corpus(storage, fmt: str = "auto", davis_resolution: str = "480p") -> CorpusListing:
-    """List ``storage`` recursively once and find its videos."""
+def list_corpus(storage, fmt: str = "auto", davis_resolution: str = "480p",
+                files: list[str] | None = None) -> CorpusListing:
+    """List ``storage`` recursively once and find its videos (``files``: that listing, when the caller has it)."""
 
     class _Cfg:
         pass
 
     cfg = _Cfg()
     cfg.davis_resolution = davis_resolution
-    files = storage.list("", recursive=True)
+    if files is None:
+        files = storage.list("", recursive=True)
     found, records = discover_videos(files, storage.read_text, fmt, cfg)
     return CorpusListing(format=found, records=records)
 
@@ -77,6 +80,8 @@ MANIFEST_SCHEMA = pa.schema([
     ("width", pa.int64()),
     ("fps", pa.float64()),
     ("annotated_frames", pa.list_(pa.int32())),
+    ("flow_pictures", pa.bool_()),
+    ("category", pa.string()),
     ("status", pa.string()),
     ("reason", pa.string()),
 ])
@@ -94,6 +99,7 @@ def manifest_table(records: list[VideoRecord], facts: dict[str, dict[str, Any]])
             "frame_count": f.get("frame_count", len(r.frames) if r.kind == "frames" else None),
             "height": f.get("height"), "width": f.get("width"), "fps": f.get("fps"),
             "annotated_frames": f.get("annotated_frames", sorted(r.masks)),
+            "flow_pictures": bool(r.flows), "category": r.category,
             "status": f.get("status", "pending"), "reason": f.get("reason"),
         })
     return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)

@@ -5,7 +5,7 @@
 - :mod:`pipeline.train.augment`  official per-frame flips + RGB photometric jitter (or clip-consistent flips), resize
 - :mod:`pipeline.train.losses`   20*focal + 10*BCE + Dice per frame, summed over the clip
 - :mod:`pipeline.train.data`     per-worker shard streaming with an even, hang-free split and an exact resume position
-- :mod:`pipeline.train.validate` validation J&F with :mod:`pipeline.evaluation`
+- :mod:`pipeline.train.validate` validation J&F with :mod:`pipeline.evaluate`
 - :mod:`pipeline.train.metrics`  CSV + TensorBoard in the run directory (through :mod:`pipeline.storage`)
 - :mod:`pipeline.train.loop`     ``train_loop_per_worker(config)``
 - :mod:`pipeline.train.trainer`  driver: input checks before any worker starts, ``TorchTrainer`` construction

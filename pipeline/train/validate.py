@@ -4,7 +4,7 @@ Each validation sample (a run of consecutive frames of one video) is segmented a
 clip forward (fresh memories at its first frame), without augmentation, at the training size. Logits are resized
 bilinearly to the ground-truth size (as the official inference does) and binarised at ``validation.threshold``.
 Frames with a ground-truth mask are scored; the J&F of the samples is averaged (unweighted over sequences) with
-``pipeline.evaluation``. Samples are split round-robin across ranks and the per-sequence results gathered.
+``pipeline.evaluate``. Samples are split round-robin across ranks and the per-sequence results gathered.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from pipeline.evaluation import aggregate_results, evaluate_sequence
+from pipeline.evaluate import aggregate_results, evaluate_sequence
 from pipeline.train.augment import prepare_clip
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import ShardEntry, read_samples

@@ -17,7 +17,9 @@ from segmetric.metrics import db_eval_boundary as official_boundary
 from segmetric.metrics import db_eval_iou as official_iou
 from segmetric.utils import db_statistics as official_statistics
 
-from jobs.evaluate import CSV_COLUMNS, main
+from jobs.evaluate import main
+from pipeline.evaluate.job import CSV_COLUMNS
+from pipeline.jobs import UserError
 from pipeline.masks import encode_mask_png, encode_prob_png
 from pipeline.storage import open_storage
 
@@ -82,11 +84,12 @@ def test_evaluate_matches_official_functions(storage_url, ray_cluster, protocol,
         expected = expected_row(*corpus[row["sequence"]], protocol)
         for key, value in expected.items():
             assert float(row[key]) == pytest.approx(value, abs=1e-6), (row["sequence"], key)
-    stored = out.read_json("summary.json")
+    full = out.read_json("summary.json")
+    assert full["job"] == "evaluate" and full["config"]["protocol"] == protocol and full["counts"]["sequence"]
+    assert summary["figures"] == full["figures"]
+    stored = full["figures"]  # the scores of the common job summary
     jf = np.mean([float(r["JF_mean"]) for r in rows])
-    assert stored["JF_mean"] == pytest.approx(jf, abs=1e-9) and summary["JF_mean"] == pytest.approx(
-        jf, abs=1e-9
-    )
+    assert stored["JF_mean"] == pytest.approx(jf, abs=1e-9)
     assert stored["J_mean"] == pytest.approx(np.mean([float(r["J_mean"]) for r in rows]), abs=1e-9)
     assert stored["protocol"] == protocol and stored["threshold"] is None
     assert stored["gt_resolutions"] == [f"{W}x{H}"]
@@ -113,15 +116,15 @@ def test_protocols_differ_and_soft_threshold(tmp_path, ray_cluster):
         store_pred.write_bytes(f"seq/{i:05d}.png", encode_prob_png(prob))
     common = ["--pred", str(pred_root), "--gt", str(gt_root)]
     # any non-zero: the 0.2 background is foreground everywhere
-    nonzero = main([*common, "--protocol", "all"])
+    nonzero = main([*common, "--protocol", "all"])["figures"]
     assert nonzero["J_mean"] == pytest.approx(disc(50, 30, 15).sum() / (H * W))
-    soft_all = main([*common, "--protocol", "all", "--threshold", "0.5"])
-    soft_2016 = main([*common, "--protocol", "davis2016", "--threshold", "0.5"])
+    soft_all = main([*common, "--protocol", "all", "--threshold", "0.5"])["figures"]
+    soft_2016 = main([*common, "--protocol", "davis2016", "--threshold", "0.5"])["figures"]
     assert soft_2016["J_mean"] == 1.0 and soft_2016["n_frames"] == 3
     assert soft_all["J_mean"] == pytest.approx(3 / 5) and soft_all["n_frames"] == 5
     assert soft_all["threshold"] == 0.5
     # hmhi_official: > 128 of 255 by default; means over all frames
-    official = main([*common, "--protocol", "hmhi_official"])
+    official = main([*common, "--protocol", "hmhi_official"])["figures"]
     assert official["threshold"] == pytest.approx(128 / 255) and official["n_frames"] == 5
     assert official["J_mean"] == pytest.approx(3 / 5)
 
@@ -137,15 +140,15 @@ def test_sequence_subset_short_sequences_and_resize(tmp_path, ray_cluster):
         pred.write_bytes(f"short/{i:05d}.png", encode_mask_png(disc(50, 30, 15)))
     gt.write_bytes("val.txt", b"long\nshort\nghost\n")
     summary = main(["--pred", pred.url, "--gt", gt.url, "--output", str(tmp_path / "out"),
-                    "--set", "sequence_list=val.txt"])  # fmt: skip
+                    "--set", "sequence_list=val.txt"])["figures"]  # fmt: skip
     assert summary["J_mean"] == 1.0 and summary["n_sequences"] == 1
     assert summary["excluded"] == ["short"]  # 2 frames: nothing left once first/last are dropped
     stored = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert stored["excluded"] == ["short"] and stored["job"]["counts"]["sequence"]["rejected"] == 1
-    assert "ghost" in json.dumps(stored["job"]["rejected"])
+    assert stored["figures"]["excluded"] == ["short"] and stored["counts"]["sequence"]["rejected"] == 1
+    assert "ghost" in json.dumps(stored["rejected"])
     rows = (tmp_path / "out" / "per_sequence.csv").read_text().splitlines()
     assert rows[2].startswith("short,nan")
-    only = main(["--pred", pred.url, "--gt", gt.url, "--sequences", "long", "--protocol", "all"])
+    only = main(["--pred", pred.url, "--gt", gt.url, "--sequences", "long", "--protocol", "all"])["figures"]
     assert only["n_sequences"] == 1 and only["n_frames"] == 4
 
 
@@ -158,9 +161,13 @@ def test_cli_plain_python_attaches_to_cluster(tmp_path, ray_cluster):
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    printed = json.loads(proc.stdout[proc.stdout.index("{") : proc.stdout.rindex("}") + 1])
+    printed, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{"):])  # then the job summary
     assert printed["protocol"] == "all" and 0 < printed["JF_mean"] < 1
     assert (tmp_path / "eval" / "per_sequence.csv").exists()
     bad = subprocess.run([sys.executable, "jobs/evaluate.py", "--gt", str(tmp_path)], cwd=REPO_ROOT, env=env,
                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert bad.returncode != 0 and "pred" in bad.stderr
+    assert bad.returncode == 2 and "pred" in bad.stderr
+    # An empty ground truth is a user error naming the URL (run_job_main prints it in one line, exit status 2).
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=str(tmp_path / "empty")):
+        main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "empty")])

@@ -149,7 +149,7 @@ def test_segment_davis_frames_then_evaluate(tmp_path, ray_cluster, tiny_checkpoi
     # official min-max keeps some foreground in every frame
     assert all(row["area"] > 0 for row in store.read_parquet("rle/bear.parquet").to_pylist())
     # The segment output root is accepted as --pred (its masks/ folder is used).
-    scores = evaluate(["--pred", str(out), "--gt", corpus.url, "--protocol", "all"])
+    scores = evaluate(["--pred", str(out), "--gt", corpus.url, "--protocol", "all"])["figures"]
     assert scores["n_sequences"] == 2 and scores["n_frames"] == 12
     assert scores["missing_prediction_frames"] == {} and 0 <= scores["JF_mean"] <= 1
 

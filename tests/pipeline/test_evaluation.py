@@ -15,7 +15,7 @@ from segmetric.metrics import db_eval_boundary as official_boundary
 from segmetric.metrics import db_eval_iou as official_iou
 from segmetric.utils import db_statistics as official_statistics
 
-from pipeline.evaluation import (
+from pipeline.evaluate import (
     aggregate_results,
     boundary_radius,
     db_eval_boundary,
@@ -312,3 +312,29 @@ def test_evaluate_sequence_end_to_end_and_errors():
         evaluate_sequence(gts, [preds[0], preds[1][:10]], protocol="all")
     with pytest.raises(ValueError):
         evaluate_sequence(gts, preds[:3], protocol="all")
+
+
+def test_youtube_objects_class_of_a_sequence():
+    """The archive's class folder when known, else the official rule: the name up to its first '0'
+    (ZhengxyFlow/HMHI-Net utils/val_zvos.py); names outside the ten classes have none."""
+    from pipeline.evaluate.job import sequence_class
+
+    assert sequence_class("cat_0001", {"cat_0001": "cat"}) == "cat"
+    assert sequence_class("aeroplane0001", {}) == "aeroplane"
+    assert sequence_class("motorbike_0012", {}) == "motorbike"
+    assert sequence_class("bear", {}) is None and sequence_class("car-roundabout", {}) is None
+
+
+def test_evaluate_config_official_preset_and_validation():
+    from pipeline.config import ConfigError
+    from pipeline.evaluate.config import EvaluateConfig
+
+    cfg = EvaluateConfig(pred="p", gt="g", preset="official")
+    assert cfg.protocol == "hmhi_official" and cfg.official and cfg.effective_threshold == 128 / 255
+    assert EvaluateConfig(pred="p", gt="g").protocol == "davis2016"  # the default stays
+    for bad, field in (({"preset": "official", "protocol": "all"}, "protocol"),
+                       ({"preset": "official", "threshold": 0.5}, "threshold"),
+                       ({"preset": "paper"}, "preset"), ({"gt_format": "kitti"}, "gt_format"),
+                       ({"gt_splits": ["valid"]}, "gt_splits")):
+        with pytest.raises(ConfigError, match=f"'{field}'"):
+            EvaluateConfig(pred="p", gt="g", **bad)

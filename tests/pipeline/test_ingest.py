@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from pipeline.flow.precompute import clip_spans
-from pipeline.ingest.formats import IngestError, detect_format, natural_key, safe_name
+from pipeline.ingest.formats import IngestError, detect_format, detect_layout, natural_key, safe_name
 from pipeline.ingest.load import VideoRejected, load_video
 from pipeline.ingest.manifest import assign_val_split, list_corpus, manifest_table
 from pipeline.storage import open_storage
+from tests.archives import write_fbms, write_hmhi, write_ytobj, write_ytvos
 from tests.media import (
     make_scene,
     truncate_file,
@@ -65,33 +66,6 @@ def test_davis2017_palette_masks_become_one_foreground(tmp_path):
 
 
 def test_other_layouts_are_detected_and_read(tmp_path):
-    ytvos = tmp_path / "ytvos"
-    _touch(ytvos, "train/JPEGImages/abc/00000.jpg", "train/JPEGImages/abc/00005.jpg",
-           "train/Annotations/abc/00005.png", "valid/JPEGImages/xyz/00000.jpg", "valid/Annotations/xyz/00000.png")
-    listing = list_corpus(open_storage(str(ytvos)))
-    assert listing.format == "ytvos"
-    abc, xyz = listing.records
-    assert (abc.split, xyz.split, xyz.source_split) == ("train", "test", "valid")
-    assert abc.masks == {1: "train/Annotations/abc/00005.png"}  # sparse: matched by name
-
-    fbms = tmp_path / "fbms"
-    _touch(fbms, "Trainingset/cars1/cars1_01.jpg", "Trainingset/cars1/cars1_02.jpg",
-           "Trainingset/cars1/cars1_03.jpg", "Trainingset/cars1/GroundTruth/cars1_03_gt.pgm",
-           "Testset/dogs/dogs01_01.jpg")
-    listing = list_corpus(open_storage(str(fbms)))
-    assert listing.format == "fbms"
-    cars = listing.records[0]
-    assert cars.masks == {2: "Trainingset/cars1/GroundTruth/cars1_03_gt.pgm"}  # matched by frame number
-    assert [r.split for r in listing.records] == ["train", "test"]
-
-    hmhi = tmp_path / "hmhi"
-    _touch(hmhi, "train/frame/v1/0.jpg", "train/frame/v1/1.jpg", "train/mask/v1/1.png", "train/flow/v1/0.jpg",
-           "val/frame/v2/0.jpg")
-    listing = list_corpus(open_storage(str(hmhi)))
-    assert listing.format == "hmhi"
-    assert [(r.name, r.split, r.masks) for r in listing.records] == [("v1", "train", {1: "train/mask/v1/1.png"}),
-                                                                      ("v2", "test", {})]
-
     frames = tmp_path / "frames"
     _touch(frames, "a/f1.png", "a/f10.png", "a/f2.png", "b/c/x.jpg")
     listing = list_corpus(open_storage(str(frames)))
@@ -238,3 +212,134 @@ def test_loader_rejects_videos_over_the_memory_budget(tmp_path):
     vst = open_storage(str(tmp_path / "v"))
     with pytest.raises(VideoRejected, match=r"5 frames of 48x32 exceed"):  # stops decoding at budget + 1
         load_video(vst, list_corpus(vst).records[0], max_video_mb=budget_mb)
+
+
+# -- the real archives, written as distributed (tests/archives.py) ------------------------------------------------
+
+@pytest.mark.parametrize("naming", ["code", "readme"])
+def test_official_hmhi_archive_both_namings(tmp_path, naming):
+    """ZhengxyFlow/HMHI-Net utils/dataloader.py reads <root>/frame|flow|mask/<split>/<video>/; its README documents
+    Images|Flows|Annotations/<split>/<video>/. Frames, same-named flow pictures and masks all come through."""
+    truth = write_hmhi(tmp_path, naming)
+    frame_dir, flow_dir, mask_dir = ("frame", "flow", "mask") if naming == "code" else ("Images", "Flows",
+                                                                                          "Annotations")
+    st = open_storage(str(tmp_path))
+    files = st.list("", recursive=True)
+    assert detect_format(files) == "hmhi"  # not plain "frames": the flow and mask folders are not videos
+    listing = list_corpus(st)
+    by = {r.name: r for r in listing.records}
+    assert sorted(by) == ["bear", "blackswan"]
+    bear, swan = by["bear"], by["blackswan"]
+    assert (bear.split, bear.source_split, swan.split, swan.source_split) == ("train", "train", "test", "val")
+    assert swan.frames == [f"{frame_dir}/val/blackswan/blackswan_{t:05d}.jpg" for t in range(4)]
+    assert swan.flows == [f"{flow_dir}/val/blackswan/blackswan_{t:05d}.jpg" for t in range(4)]
+    assert swan.masks == {t: f"{mask_dir}/val/blackswan/blackswan_{t:05d}.png" for t in range(4)}
+    video = load_video(st, swan)
+    assert np.array_equal(video.frames, truth["blackswan"][0]) and np.array_equal(video.masks, truth["blackswan"][1])
+    # the README's data/ folder holds several archives side by side: not taken as folders of frames
+    with pytest.raises(IngestError, match=r"DAVIS-16 hold official HMHI-Net archives.*input root"):
+        detect_format([f"DAVIS-16/{f}" for f in files])
+    # a frame without its flow picture: the video keeps no flow pictures (and says so) rather than misalign them
+    (tmp_path / flow_dir / "val" / "blackswan" / "blackswan_00003.jpg").unlink()
+    assert {r.name: r for r in list_corpus(st).records}["blackswan"].flows == []
+
+
+def test_davis2016_as_distributed(tmp_path):
+    """DAVIS-2016 (davis-2016 toolkit): JPEGImages/480p, Annotations/480p (0/255), ImageSets/480p/*.txt lines
+    '/JPEGImages/480p/bear/00000.jpg /Annotations/480p/bear/00000.png'."""
+    truth = write_davis(tmp_path, {"bear": 3, "blackswan": 3}, size=(24, 32),
+                        splits={"train": ["bear"], "val": ["blackswan"]})
+    assert (tmp_path / "ImageSets/480p/val.txt").read_text().splitlines()[0] == \
+        "/JPEGImages/480p/blackswan/00000.jpg /Annotations/480p/blackswan/00000.png"
+    both = (tmp_path / "ImageSets/480p/train.txt").read_text() + (tmp_path / "ImageSets/480p/val.txt").read_text()
+    (tmp_path / "ImageSets/480p/trainval.txt").write_text(both)  # shipped too: the union, which changes nothing
+    st = open_storage(str(tmp_path))
+    listing = list_corpus(st)
+    assert listing.format == "davis2016"
+    by = {r.name: r for r in listing.records}
+    assert (by["bear"].split, by["blackswan"].split, by["blackswan"].source_split) == ("train", "test", "val")
+    assert by["blackswan"].flows == []
+    video = load_video(st, by["blackswan"])
+    assert np.array_equal(video.masks, truth["blackswan"][1]) and video.mask_valid.all()
+
+
+def test_archive_unpacked_into_one_folder(tmp_path):
+    """A zip that unpacks into a folder (DAVIS-2016's into DAVIS/): the archive inside is found, paths stay relative
+    to the given root; plain folders of frames stay plain folders."""
+    write_davis(tmp_path / "DAVIS", {"bear": 2, "blackswan": 2}, size=(24, 32),
+                splits={"train": ["bear"], "val": ["blackswan"]})
+    st = open_storage(str(tmp_path))
+    assert detect_layout(st.list("", recursive=True)) == ("davis2016", "DAVIS/")
+    listing = list_corpus(st)
+    by = {r.name: r for r in listing.records}
+    assert listing.format == "davis2016" and by["blackswan"].split == "test"  # ImageSets read inside DAVIS/
+    assert by["bear"].frames[0] == "DAVIS/JPEGImages/480p/bear/00000.jpg"
+    assert load_video(st, by["bear"]).mask_valid.all()
+    write_hmhi(tmp_path / "data" / "DAVIS-16", "readme")  # the official README's data/<dataset>/ tree
+    assert list_corpus(open_storage(str(tmp_path / "data"))).format == "hmhi"
+    _touch(tmp_path / "plain", "clips/a/0.jpg", "clips/a/1.jpg")
+    assert detect_layout(open_storage(str(tmp_path / "plain")).list("", recursive=True)) == ("frames", "")
+
+
+def test_fbms59_as_distributed(tmp_path):
+    """FBMS-59 (ISCAS007/torchseg dataset/fbms_dataset.py): Trainingset/Testset, frames <seq>_NN.jpg, sparse
+    GroundTruth/<seq>_NNNN_gt.pgm (black background) or .ppm (white background; *PROB_gt.ppm skipped), matched to
+    frames by frame number."""
+    truth = write_fbms(tmp_path)
+    st = open_storage(str(tmp_path))
+    listing = list_corpus(st)
+    assert listing.format == "fbms"
+    by = {r.name: r for r in listing.records}
+    assert [(r.name, r.split) for r in listing.records] == [("bear01", "train"), ("cars1", "test"),
+                                                           ("dogs01", "test")]
+    assert by["cars1"].frames[0] == "Testset/cars1/cars1_01.jpg"
+    assert by["cars1"].masks == {0: "Testset/cars1/GroundTruth/cars1_0001_gt.pgm",
+                                 3: "Testset/cars1/GroundTruth/cars1_0004_gt.pgm",
+                                 6: "Testset/cars1/GroundTruth/cars1_0007_gt.pgm"}
+    assert sorted(by["dogs01"].masks) == [0, 3, 6] and all("PROB" not in m for m in by["dogs01"].masks.values())
+    for name in ("cars1", "dogs01"):
+        video = load_video(st, by[name])
+        _, masks, annotated = truth[name]
+        assert video.mask_valid.tolist() == [t in annotated for t in range(7)]
+        for t in annotated:  # the white .ppm background is background, the grey .pgm black one too
+            assert np.array_equal(video.masks[t], masks[t]), (name, t)
+
+
+@pytest.mark.parametrize("layout", ["class", "top"])
+def test_youtube_objects_uvos_archive(tmp_path, layout):
+    """YouTube-Objects as UVOS code reads it (suhwan-cho/TMO dataset_loaders/ytobj.py and dataset/ytobj.py): per-class
+    folders, sparse masks, JPEGFlows flow pictures; the class is kept."""
+    truth = write_ytobj(tmp_path, layout)
+    st = open_storage(str(tmp_path))
+    listing = list_corpus(st)
+    assert listing.format == "ytobj"
+    by = {r.video_id: r for r in listing.records}
+    assert sorted(by) == ["aeroplane_0001", "aeroplane_0002", "cat_0001"]
+    cat = by["cat_0001"]
+    assert (cat.category, cat.split, cat.name) == ("cat", "test", "cat/0001")
+    assert sorted(cat.masks) == [1, 4] and len(cat.flows) == 6
+    # the official archives' form: the annotated frames only, with their flow pictures and masks
+    sparse = cat.annotated_only()
+    assert sparse.frames == [cat.frames[1], cat.frames[4]] and sparse.flows == [cat.flows[1], cat.flows[4]]
+    assert sparse.masks == {0: cat.masks[1], 1: cat.masks[4]} and cat.frames != sparse.frames
+    row = {r["video_id"]: r for r in manifest_table(listing.records, {}).to_pylist()}["cat_0001"]
+    assert (row["category"], row["flow_pictures"], row["annotated_frames"]) == ("cat", True, [1, 4])
+    video = load_video(st, cat)
+    assert video.mask_valid.tolist() == [t in (1, 4) for t in range(6)]
+    assert np.array_equal(video.masks[4], truth["cat_0001"][1][4])
+
+
+def test_youtube_vos_skips_all_frames_duplicates(tmp_path):
+    """YouTube-VOS 2018/2019: train/valid JPEGImages + palette Annotations + meta.json; train_all_frames (the same
+    videos at 30 fps) is not read."""
+    truth = write_ytvos(tmp_path)
+    st = open_storage(str(tmp_path))
+    listing = list_corpus(st)
+    assert listing.format == "ytvos"
+    assert [(r.name, r.split, r.source_split) for r in listing.records] == [("003234408d", "train", "train"),
+                                                                          ("0062f687f1", "test", "valid")]
+    train, valid = listing.records
+    assert train.frames == [f"train/JPEGImages/003234408d/{5 * t:05d}.jpg" for t in range(3)]
+    assert sorted(train.masks) == [0, 1, 2] and sorted(valid.masks) == [0]
+    video = load_video(st, train)
+    assert np.array_equal(video.masks, truth["003234408d"][1])  # both palette objects are foreground

@@ -114,7 +114,7 @@ def test_encode_prob_png_absolute_and_official():
     prob = np.array([[0.0, 0.25, 0.5, 1.0]])
     grey = np.asarray(Image.open(io.BytesIO(encode_prob_png(prob))))
     assert grey.dtype == np.uint8 and grey.tolist() == [[0, 64, 128, 255]]
-    # official: floor(255 * (p - min) / (max - min)), per frame
+    # official: uint8(255 * (p - min) / (max - min + 1e-8)), per frame
     prob = np.array([[0.2, 0.3, 0.4, 0.6]])
     official = np.asarray(Image.open(io.BytesIO(encode_prob_png(prob, mode="official_minmax"))))
     assert official.tolist() == [[0, 63, 127, 255]]
@@ -134,11 +134,11 @@ def test_binarize_official_minmax_is_relative_per_frame():
     # A confident "nothing here" frame still yields foreground in the official mode.
     prob = np.array([[0.01, 0.02, 0.03, 0.04]])
     assert not binarize(prob).any()
-    # stretched: floor(255 * [0, 1/3, 2/3, 1]) = [0, 85, 170, 255]; > 128 keeps the last two
-    assert stretch_prob_uint8(prob).tolist()[0][2:] == [170, 255]
+    # stretched: 255 * [0, 1/3, 2/3, 1] / (1 + 1e-8 / 0.03), truncated: the official +1e-8 shows on a range of 0.03
+    assert stretch_prob_uint8(prob).tolist() == [[0, 84, 169, 254]]
     assert binarize(prob, mode="official_minmax").tolist() == [[False, False, True, True]]
     # 129/255 is the smallest kept stretched value: exactly 128 is dropped
-    prob = np.array([[0.0, 128 / 255 + 1e-9, 129 / 255 + 1e-9, 1.0]])
+    prob = np.array([[0.0, 128.5 / 255, 129.5 / 255, 1.0]])
     assert stretch_prob_uint8(prob).tolist() == [[0, 128, 129, 255]]
     assert binarize(prob, mode="official_minmax").tolist() == [[False, False, True, True]]
     # constant maps have nothing to stretch
@@ -184,3 +184,35 @@ def test_davis_palette_matches_known_colours():
     assert palette[3 * 2 : 3 * 2 + 3] == [0, 128, 0]
     assert palette[3 * 3 : 3 * 3 + 3] == [128, 128, 0]
     assert palette[3 * 255 : 3 * 255 + 3] == [224, 224, 192]
+
+
+def test_stretch_equals_official_save_images_arithmetic():
+    """ZhengxyFlow/HMHI-Net utils/func.py:save_images, transcribed on numpy (its sal is a float32 array; NumPy 1.24
+    adds the Python 1e-8 to the float32 range in float64, then divides the float32 array by it in float32)."""
+    rng = np.random.default_rng(0)
+    for scale in (1.0, 1e-2, 1e-4):
+        sal = (0.5 + scale * rng.random((40, 50))).astype(np.float32)
+        denominator = np.float32(float(sal.max() - sal.min()) + 1e-8)
+        official = ((sal - sal.min()) / denominator * np.float32(255)).astype(np.uint8)
+        ours = stretch_prob_uint8(sal.astype(np.float64))
+        assert np.abs(ours.astype(int) - official.astype(int)).max() <= 1
+        assert (ours == official).mean() > 0.99
+
+
+def test_white_background_ppm_and_grey_reading():
+    from pipeline.masks import read_mask_grey
+
+    # FBMS-59 GroundTruth/*_gt.ppm: colour regions on a white background (torchseg's fbms_dataset zeroes 255).
+    rgb = np.full((4, 5, 3), 255, np.uint8)
+    rgb[1, 1] = (255, 0, 0)
+    rgb[2, 3] = (0, 0, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PPM")
+    mask = read_mask(buffer.getvalue(), white_background=True, name="cars1_01_gt.ppm")
+    assert mask.sum() == 2 and mask[1, 1] and mask[2, 3]
+    assert read_mask(buffer.getvalue()).sum() == 19  # the default rule takes the white background as object
+    # grey reading: soft maps keep their level, binary palette masks become 0/255
+    soft = io.BytesIO()
+    Image.fromarray(np.array([[0, 128, 129]], np.uint8)).save(soft, format="PNG")
+    assert read_mask_grey(soft.getvalue()).tolist() == [[0, 128, 129]]
+    assert read_mask_grey(encode_mask_png(np.array([[0, 1, 1]]))).tolist() == [[0, 255, 255]]

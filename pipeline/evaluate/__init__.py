@@ -1,6 +1,7 @@
-"""DAVIS J&F evaluation: exact per-frame metrics (:mod:`.metrics`) and dataset scoring from storage (:mod:`.dataset`)."""
+"""DAVIS J&F evaluation: exact per-frame metrics (:mod:`.metrics`), dataset scoring from storage (:mod:`.dataset`),
+and the evaluation job (:mod:`.config`, :mod:`.job`; ``jobs/evaluate.py`` is its command line)."""
 
-from pipeline.evaluation.metrics import (
+from pipeline.evaluate.metrics import (
     METRIC_KEYS,
     PROTOCOLS,
     Protocol,

@@ -4,10 +4,14 @@ Layouts (local or any storage URL):
 
 - predictions: ``<pred>/<sequence>/<frame>.png`` (what ``jobs/segment.py`` writes under ``masks/``);
 - ground truth: a DAVIS root (``<gt>/Annotations/480p/<sequence>/<frame>.png``), its ``Annotations``
-  folder, or any root that directly holds sequence folders.
+  folder, or any root that directly holds sequence folders (frames matched by file stem, ``00012.png`` ↔
+  ``00012.png``; extensions may differ); or a dataset archive read by :mod:`pipeline.ingest.formats` (FBMS-59,
+  YouTube-Objects, YouTube-VOS, the official HMHI-Net layout), whose masks are matched to the *frame* they
+  annotate and looked up under that frame's stem, which is what ``jobs/segment.py`` names its outputs after
+  (``Testset/cars1/GroundTruth/cars1_0004_gt.pgm`` scores ``<pred>/cars1/cars1_04.png``).
 
-Frames are matched by file stem (``00012.png`` ↔ ``00012.png``; extensions may differ). Only frames
-that have ground truth are scored; a missing prediction frame is scored as an empty mask and reported.
+Only frames that have ground truth are scored (the sparse sets: the annotated frames only); a missing
+prediction frame is scored as an empty mask and reported.
 These functions run inside Ray tasks (``jobs/evaluate.py``), so they take picklable :class:`Storage`
 objects and return plain dicts.
 """
@@ -22,22 +26,26 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.evaluation.metrics import (
+from pipeline.evaluate.metrics import (
     DEFAULT_BOUND_TH,
     boundary_radius,
     db_eval_boundary,
     db_eval_iou,
     sequence_statistics,
 )
-from pipeline.masks import MaskError, read_mask
+from pipeline.ingest.formats import IngestError, VideoRecord, detect_layout, mask_has_white_background
+from pipeline.masks import OFFICIAL_UINT8_THRESHOLD, MaskError, read_mask, read_mask_grey
 from pipeline.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ARCHIVE_FORMATS",
     "GT_LAYOUTS",
     "MASK_SUFFIXES",
+    "GroundTruth",
     "SequenceResult",
+    "read_ground_truth",
     "resolve_gt_root",
     "list_frames",
     "score_sequence",
@@ -60,6 +68,62 @@ def resolve_gt_root(gt: Storage) -> Storage:
         if gt.isdir(layout):
             return gt.child(layout)
     return gt
+
+
+ARCHIVE_FORMATS: tuple[str, ...] = ("fbms", "ytobj", "ytvos", "hmhi")
+"""Archives that ``gt_format=auto`` reads through their own layout; DAVIS roots keep the folder reading."""
+
+
+@dataclass
+class GroundTruth:
+    """What is scored: per sequence, frame stem -> ground-truth file (relative to ``root``)."""
+
+    root: Storage
+    """Where the ground-truth paths are relative to."""
+    frames: dict[str, dict[str, str]]
+    """{sequence (the prediction folder name): {frame stem: ground-truth path}}."""
+    format: str
+    """'folders' or the archive's ingest format."""
+    categories: dict[str, str]
+    """{sequence: object class} where the archive names one (YouTube-Objects)."""
+
+
+def _archive_frames(rec: VideoRecord) -> dict[str, str]:
+    return {posixpath.splitext(posixpath.basename(rec.frames[i]))[0]: rel for i, rel in sorted(rec.masks.items())}
+
+
+def read_ground_truth(gt: Storage, gt_format: str = "auto", splits: tuple[str, ...] = ("test",),
+                      davis_resolution: str = "480p") -> GroundTruth:
+    """The ground truth under ``gt``: an archive's annotated frames (see :data:`ARCHIVE_FORMATS`) or folders."""
+    from pipeline.ingest.manifest import list_corpus
+
+    fmt = gt_format
+    files: list[str] | None = None
+    if fmt == "auto":
+        files = gt.list("", recursive=True)
+        try:
+            detected, prefix = detect_layout(files, davis_resolution)
+        except IngestError:
+            detected, prefix = "folders", ""
+        if detected not in ARCHIVE_FORMATS:
+            # DAVIS and plain folders: the folder reading, inside the archive's own folder if it was unpacked into one
+            root = resolve_gt_root(gt.child(prefix.rstrip("/")) if prefix else gt)
+            return GroundTruth(root, list_frames(root), "folders", {})
+        fmt = "auto"  # list_corpus finds the same archive, and its folder
+    if fmt == "folders":
+        root = resolve_gt_root(gt)
+        return GroundTruth(root, list_frames(root), "folders", {})
+    listing = list_corpus(gt, fmt, davis_resolution, files=files)
+    fmt = listing.format
+    frames, categories = {}, {}
+    for rec in listing.records:
+        if rec.split in splits and rec.masks and rec.kind == "frames":
+            frames[rec.video_id] = _archive_frames(rec)
+            if rec.category:
+                categories[rec.video_id] = rec.category
+    log.info("ground truth: %s archive %s, %d sequences of splits %s with annotated frames", fmt, gt.url,
+             len(frames), ",".join(splits))
+    return GroundTruth(gt, dict(sorted(frames.items())), fmt, categories)
 
 
 def list_frames(root: Storage, exclude: tuple[str, ...] = ()) -> dict[str, dict[str, str]]:
@@ -120,11 +184,18 @@ def score_sequence(
     protocol: str = "davis2016",
     threshold: float | None = None,
     bound_th: float = DEFAULT_BOUND_TH,
+    official: bool = False,
 ) -> SequenceResult:
     """Read and score one sequence, frame by frame (bounded memory).
 
     ``threshold`` None: any non-zero prediction pixel is foreground; otherwise soft (greyscale) maps
-    are foreground where ``value / 255 > threshold`` (palette masks always by index).
+    are foreground where ``value / 255 > threshold`` (palette masks always by index). Predictions of
+    another size are resized to the ground truth's by nearest neighbour.
+
+    ``official``: the official HMHI-Net rule (``utils/val_zvos.py:_read_and_eval_file``): the prediction
+    read as 8-bit grey, resized to the ground truth's size with ``cv2.resize``'s default *bilinear*
+    interpolation (the official call passes ``cv2.INTER_NEAREST`` in the ``dst`` position, so it is not
+    used), then foreground ``> 128``; ``threshold`` is ignored. Ground truth is ``> 0`` in both modes.
     """
     warnings: list[str] = []
     missing: list[str] = []
@@ -136,7 +207,8 @@ def score_sequence(
     for stem in stems:
         gt_url = gt_root.join(gt_frames[stem])
         try:
-            gt = read_mask(gt_root.read_bytes(gt_frames[stem]), name=gt_url)
+            gt = read_mask(gt_root.read_bytes(gt_frames[stem]), name=gt_url,
+                           white_background=mask_has_white_background(gt_frames[stem]))
         except (MaskError, StorageError, OSError) as err:
             return SequenceResult(
                 sequence, _nan_metrics(protocol), [], resolution, missing, unreadable, resized, warnings,
@@ -150,7 +222,15 @@ def score_sequence(
         else:
             pred_url = pred_root.join(pred_frames[stem])
             try:
-                pred = read_mask(pred_root.read_bytes(pred_frames[stem]), threshold=threshold, name=pred_url)
+                data = pred_root.read_bytes(pred_frames[stem])
+                if official:
+                    grey = read_mask_grey(data, name=pred_url)
+                    if grey.shape != gt.shape:
+                        grey = cv2.resize(grey, (gt.shape[1], gt.shape[0]))  # bilinear, as the official call
+                        resized += 1
+                    pred = grey > OFFICIAL_UINT8_THRESHOLD
+                else:
+                    pred = read_mask(data, threshold=threshold, name=pred_url)
             except (MaskError, StorageError, OSError) as err:
                 unreadable.append(stem)
                 warnings.append(f"{err}; scored as an empty mask")
@@ -173,8 +253,9 @@ def score_sequence(
             f"{sequence}: {len(missing)} of {len(stems)} frames have no prediction in {where} ({shown}); scored as empty masks"
         )
     if resized:
+        how = "bilinear, then > 128" if official else "nearest neighbour"
         warnings.append(
-            f"{sequence}: {resized} prediction frames resized to the ground-truth size {resolution}"
+            f"{sequence}: {resized} prediction frames resized to the ground-truth size {resolution} ({how})"
         )
     if resolution is not None:
         log.debug("%s: r=%d px at %s", sequence, boundary_radius(resolution, bound_th), resolution)

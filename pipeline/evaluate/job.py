@@ -1,0 +1,267 @@
+"""The evaluation job: score predicted masks against ground truth with the DAVIS J and F measures.
+
+One Ray task per sequence (:func:`pipeline.evaluate.dataset.score_sequence`). Writes to ``output``:
+``per_sequence.csv``, ``per_frame.csv``, ``jf_per_sequence.png`` and ``summary.json`` (the common job summary;
+the scores are under ``figures``). The protocol, threshold and evaluated resolution are recorded in every
+result file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from collections import defaultdict
+
+from pipeline.config import config_to_dict
+from pipeline.evaluate.config import EvaluateConfig
+from pipeline.evaluate.dataset import (
+    GroundTruth,
+    SequenceResult,
+    list_frames,
+    read_ground_truth,
+    score_sequence,
+)
+from pipeline.evaluate.metrics import METRIC_KEYS, aggregate_results
+from pipeline.ingest.formats import YTOBJ_CLASSES, IngestError
+from pipeline.jobs import JobSummary, init_ray
+from pipeline.storage import Storage, open_storage
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CSV_COLUMNS", "FLAGS", "run", "sequence_class"]
+
+CSV_COLUMNS = ("sequence", *METRIC_KEYS)
+
+FLAGS = {
+    "--pred": "pred",
+    "--gt": "gt",
+    "--output": "output",
+    "--preset": "preset",
+    "--protocol": "protocol",
+    "--threshold": "threshold",
+    "--sequences": "sequences",
+    "--gt-format": "gt_format",
+}
+"""Shortcut flags of ``jobs/evaluate.py`` (field paths of :class:`EvaluateConfig`)."""
+
+
+def _read_sequence_list(cfg: EvaluateConfig, gt: Storage) -> list[str]:
+    names = list(cfg.sequences)
+    if cfg.sequence_list:
+        source = cfg.sequence_list
+        if "://" not in source and not source.startswith("/") and gt.exists(source):
+            text = gt.read_text(source)
+        else:
+            directory, _, leaf = source.rstrip("/").rpartition("/")
+            text = open_storage(directory or ".").read_text(leaf)
+        names += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return list(dict.fromkeys(names))
+
+
+def _json_safe(value):
+    """NaN (a sequence too short for the protocol) becomes null, so the JSON stays standard."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _fmt(value: float) -> str:
+    return "nan" if isinstance(value, float) and math.isnan(value) else repr(float(value))
+
+
+def _per_sequence_csv(results: list[SequenceResult]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for result in results:
+        writer.writerow([result.sequence, *(_fmt(result.metrics[key]) for key in METRIC_KEYS)])
+    return buffer.getvalue().encode()
+
+
+def _per_frame_csv(results: list[SequenceResult]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("sequence", "frame", "J", "F", "prediction"))
+    for result in results:
+        missing, unreadable = set(result.missing), set(result.unreadable)
+        for stem, j, f in result.frames:
+            status = "missing" if stem in missing else "unreadable" if stem in unreadable else "ok"
+            writer.writerow([result.sequence, stem, _fmt(j), _fmt(f), status])
+    return buffer.getvalue().encode()
+
+
+def _plot_png(results: list[SequenceResult], summary: dict, title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on workers or CI
+    from matplotlib.figure import Figure
+
+    scored = [r for r in results if not math.isnan(r.metrics["JF_mean"])]
+    scored.sort(key=lambda r: r.metrics["JF_mean"], reverse=True)
+    figure = Figure(figsize=(max(6.0, 0.3 * len(scored) + 2), 4.5), dpi=100)
+    axes = figure.add_subplot()
+    names = [r.sequence for r in scored]
+    axes.bar(range(len(scored)), [r.metrics["JF_mean"] for r in scored], color="#4c72b0")
+    if not math.isnan(summary["JF_mean"]):
+        axes.axhline(
+            summary["JF_mean"], color="#c44e52", linestyle="--", label=f"mean J&F {summary['JF_mean']:.3f}"
+        )
+        axes.legend(loc="lower left")
+    axes.set_xticks(range(len(scored)), names, rotation=90, fontsize=7)
+    axes.set_ylim(0, 1)
+    axes.set_ylabel("J&F mean")
+    axes.set_title(title, fontsize=9)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def sequence_class(sequence: str, categories: dict[str, str]) -> str | None:
+    """The YouTube-Objects class of a sequence: the archive's class folder, else the official rule.
+
+    The official evaluation (``utils/val_zvos.py:eval_JF_from_data``) takes the video name up to its first
+    '0' (``aeroplane0001`` -> ``aeroplane``); only names that then start with a YouTube-Objects class count.
+    """
+    if sequence in categories:
+        return categories[sequence]
+    prefix = sequence.split("0")[0].rstrip("_-")
+    return prefix if prefix in YTOBJ_CLASSES else None
+
+
+def _per_class(scored: list[SequenceResult], categories: dict[str, str]) -> dict[str, dict[str, float]]:
+    by_class: dict[str, list[SequenceResult]] = defaultdict(list)
+    for result in scored:
+        cls = sequence_class(result.sequence, categories)
+        if cls is not None and not math.isnan(result.metrics["J_mean"]):
+            by_class[cls].append(result)
+    out = {}
+    for cls in sorted(by_class):
+        rows = by_class[cls]
+        j = sum(r.metrics["J_mean"] for r in rows) / len(rows)
+        f = sum(r.metrics["F_mean"] for r in rows) / len(rows)
+        out[cls] = {"J_mean": j, "F_mean": f, "JF_mean": (j + f) / 2, "n_sequences": len(rows)}
+    return out
+
+
+def _prediction_root(cfg: EvaluateConfig, pred: Storage, wanted: set[str]) -> tuple[Storage, dict]:
+    """The folder of prediction sequences: ``--pred`` itself, or the ``masks/`` (``probs/`` under the official
+    preset) folder of a segment output root."""
+    frames = list_frames(pred)
+    if set(frames) & wanted:
+        return pred, frames
+    for sub in (("probs", "masks") if cfg.official else ("masks",)):
+        if pred.isdir(sub):
+            child = pred.child(sub)
+            return child, list_frames(child)
+    return pred, frames
+
+
+def run(cfg: EvaluateConfig) -> dict:
+    """Evaluate and write the result files; returns the job summary (scores under ``figures``)."""
+    import ray
+
+    job = JobSummary("evaluate", config=config_to_dict(cfg))
+    gt_storage = open_storage(cfg.gt)
+    output = open_storage(cfg.output) if cfg.output else None
+    threshold = None if cfg.official else cfg.effective_threshold
+
+    truth: GroundTruth = read_ground_truth(gt_storage, cfg.gt_format, tuple(cfg.gt_splits), cfg.davis_resolution)
+    gt, gt_frames = truth.root, truth.frames
+    wanted = _read_sequence_list(cfg, gt_storage)
+    if wanted:
+        for name in wanted:
+            if name not in gt_frames:
+                job.rejected("sequence", name, f"no ground-truth frames in {gt.join(name)}")
+        gt_frames = {name: gt_frames[name] for name in wanted if name in gt_frames}
+    if not gt_frames:
+        raise IngestError(f"evaluate: no ground-truth sequences found in {gt.url} (read as {truth.format}; "
+                          "expected <sequence>/<frame>.png, a DAVIS root or a dataset archive)")
+    pred, pred_frames = _prediction_root(cfg, open_storage(cfg.pred), set(gt_frames))
+    extra = sorted(set(pred_frames) - set(gt_frames))
+    if extra:
+        log.warning("%d prediction folders have no ground truth and are ignored: %s", len(extra),
+                    ", ".join(extra[:10]))
+    log.info("evaluating %d sequences: pred %s, gt %s (%s), preset %s, protocol %s, threshold %s",
+             len(gt_frames), pred.url, gt.url, truth.format, cfg.preset, cfg.protocol, threshold)  # fmt: skip
+
+    init_ray()
+    score_task = ray.remote(num_cpus=1)(score_sequence)
+    pending = [
+        score_task.remote(seq, gt, frames, pred, pred_frames.get(seq, {}), cfg.protocol, threshold, cfg.bound_th,
+                          cfg.official)
+        for seq, frames in gt_frames.items()
+    ]  # fmt: skip
+    results: list[SequenceResult] = sorted(ray.get(pending), key=lambda r: r.sequence)
+
+    scored: list[SequenceResult] = []
+    for result in results:
+        for message in result.warnings:
+            log.warning("%s", message)
+        if result.error:
+            job.rejected("sequence", result.sequence, result.error)
+            continue
+        scored.append(result)
+        if result.metrics["n_frames"] == 0:
+            job.skipped("sequence", result.sequence, f"too few frames ({len(result.frames)}) for {cfg.protocol}")
+        else:
+            job.done("sequence", result.sequence, frames=result.metrics["n_frames"])
+        job.add("n_missing_prediction_frames", len(result.missing))
+        job.add("n_unreadable_prediction_frames", len(result.unreadable))
+        job.add("n_resized_prediction_frames", result.resized)
+
+    aggregate = aggregate_results({r.sequence: r.metrics for r in scored})
+    resolutions = sorted({f"{r.resolution[1]}x{r.resolution[0]}" for r in scored if r.resolution})
+    if cfg.official:
+        foreground = "grey level > 128 of 255 after a bilinear resize to the ground truth (official)"
+    elif threshold is None:
+        foreground = "any non-zero pixel"
+    else:
+        foreground = f"value/255 > {threshold:.6g} (palette: index != 0)"
+    scores = {
+        **{key: aggregate[key] for key in METRIC_KEYS},
+        "n_sequences": aggregate["n_sequences"],
+        "n_frames": aggregate["n_frames"],
+        "preset": cfg.preset,
+        "protocol": cfg.protocol,
+        "threshold": threshold,
+        "foreground": foreground,
+        "bound_th": cfg.bound_th,
+        "resolution": "ground truth (predictions resized to it, "
+                      + ("bilinear)" if cfg.official else "nearest neighbour)"),
+        "gt_resolutions": resolutions,
+        "gt_format": truth.format,
+        "pred": pred.url,
+        "gt": gt.url,
+        "excluded": aggregate["excluded"],
+        "missing_prediction_frames": {r.sequence: r.missing for r in scored if r.missing},
+        "unreadable_prediction_frames": {r.sequence: r.unreadable for r in scored if r.unreadable},
+    }
+    per_class = _per_class(scored, truth.categories)
+    if per_class:
+        # YouTube-Objects: the official code prints the per-class J means beside the per-video mean it returns;
+        # papers' YouTube-Objects tables are per class, with their mean over the classes.
+        scores["per_class"] = per_class
+        scores["J_mean_over_classes"] = sum(c["J_mean"] for c in per_class.values()) / len(per_class)
+    for key, value in _json_safe(scores).items():
+        job.set(key, value)
+
+    if output is not None:
+        output.write_bytes("per_sequence.csv", _per_sequence_csv(scored))
+        output.write_bytes("per_frame.csv", _per_frame_csv(scored))
+        if cfg.plot:
+            title = (f"J&F per sequence, protocol {cfg.protocol}, "
+                     f"threshold {threshold if threshold is not None else 'non-zero'}, {', '.join(resolutions)}")  # fmt: skip
+            output.write_bytes("jf_per_sequence.png", _plot_png(scored, aggregate, title))
+        # The HTML report (pipeline/evaluate/report.py:write_report) is written here, from `scored`, `scores`
+        # and the files above, before summary.json marks the evaluation finished.
+    printable = {k: v for k, v in _json_safe(scores).items() if k not in ("missing_prediction_frames",)}
+    print(json.dumps(printable, indent=2, default=str), flush=True)
+    return job.finish(storage=output, rel="summary.json")
