@@ -1,0 +1,119 @@
+"""CVAT's "Segmentation mask 1.1" archive (the Pascal VOC segmentation layout CVAT documents for import).
+
+    labelmap.txt                          label:R,G,B:parts:actions, one label per line (background first)
+    ImageSets/Segmentation/default.txt    one image name per line, without extension
+    SegmentationClass/<name>.png          RGB, each pixel the colour of its label in labelmap.txt
+    SegmentationObject/<name>.png         RGB, each instance in the Pascal VOC colour of its index (1: 128,0,0)
+
+CVAT matches annotation files to a task's images by name, so the names must be unique across the whole archive:
+frames of every video go into one flat namespace as ``<video>_<frame>`` (the sanitised video id and the frame
+name). Create the CVAT task from frames named that way (or import the archive with its images). Every frame of
+every video is listed, empty ones too (all background), so that CVAT knows they were looked at.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import zipfile
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipeline.export.finished import FinishedVideo
+from pipeline.masks import davis_palette, rle_to_mask
+from pipeline.storage import Storage
+
+__all__ = ["BACKGROUND_RGB", "CvatMaskWriter", "cvat_item_name", "labelmap_text", "object_rgb"]
+
+BACKGROUND_RGB = (0, 0, 0)
+"""CVAT's default background colour."""
+
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # a fixed timestamp: the same outputs give the same archive bytes
+
+
+def object_rgb(index: int = 1) -> tuple[int, int, int]:
+    """The Pascal VOC colour of label/instance ``index`` (CVAT's colour algorithm); 1 is (128, 0, 0)."""
+    palette = davis_palette()  # the DAVIS palette is the Pascal VOC colour map
+    return tuple(palette[3 * index: 3 * index + 3])  # type: ignore[return-value]
+
+
+def labelmap_text(category: str) -> str:
+    return ("# label:color_rgb:parts:actions\n"
+            f"background:{','.join(map(str, BACKGROUND_RGB))}::\n"
+            f"{category}:{','.join(map(str, object_rgb(1)))}::\n")  # fmt: skip
+
+
+def cvat_item_name(video_id: str, frame: str) -> str:
+    """The archive-wide image name of a frame: ``<video>_<frame>``."""
+    return f"{video_id}_{frame}"
+
+
+def _rgb_png(mask: np.ndarray, colour: tuple[int, int, int]) -> bytes:
+    rgb = np.zeros((*mask.shape, 3), np.uint8)
+    rgb[mask] = colour
+    buffer = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class CvatMaskWriter:
+    """Streams the masks into a local temporary zip (bounded memory) and uploads it at the end."""
+
+    def __init__(self, category: str):
+        if ":" in category or "\n" in category:
+            raise ValueError(f"CVAT label {category!r} must not contain ':' or a newline (labelmap.txt syntax)")
+        self.category = category
+        fd, self.path = tempfile.mkstemp(prefix="cvat-", suffix=".zip")
+        os.close(fd)
+        self.zip = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_DEFLATED)
+        self.names: list[str] = []
+        self.owner: dict[str, str] = {}
+
+    def _write(self, arcname: str, data: bytes) -> None:
+        # PNGs are compressed already: stored. Text is deflated.
+        compress = zipfile.ZIP_STORED if arcname.endswith(".png") else zipfile.ZIP_DEFLATED
+        info = zipfile.ZipInfo(arcname, date_time=_ZIP_TIME)
+        info.compress_type = compress
+        self.zip.writestr(info, data)
+
+    def check(self, video: FinishedVideo) -> str | None:
+        """Why the video cannot go into the archive (a name clash or an unusable name), or None."""
+        for frame in video.frames:
+            name = cvat_item_name(video.video_id, frame.name)
+            if any(c.isspace() for c in name) or "/" in name or "\\" in name:
+                return f"frame name {name!r} has a space or a slash (CVAT's list file is one name per line)"
+            if name in self.owner:
+                return f"frame name {name!r} is also a frame of video {self.owner[name]!r}"
+        return None
+
+    def add(self, video: FinishedVideo) -> None:
+        colour = object_rgb(1)
+        for frame in video.frames:
+            name = cvat_item_name(video.video_id, frame.name)
+            mask = rle_to_mask(frame.rle) if frame.area else np.zeros(frame.rle["size"], bool)
+            png = _rgb_png(mask, colour)
+            # One object per video: its instance mask is its class mask (instance 1 and the label share a colour).
+            self._write(f"SegmentationClass/{name}.png", png)
+            self._write(f"SegmentationObject/{name}.png", png)
+            self.names.append(name)
+            self.owner[name] = video.video_id
+
+    def finish(self, storage: Storage, rel: str) -> dict[str, Any]:
+        try:
+            self._write("labelmap.txt", labelmap_text(self.category).encode("utf-8"))
+            self._write("ImageSets/Segmentation/default.txt", "".join(f"{n}\n" for n in self.names).encode())
+            self.zip.close()
+            storage.upload_file(self.path, rel)
+        finally:
+            self.abort()
+        return {"url": storage.join(rel), "images": len(self.names)}
+
+    def abort(self) -> None:
+        try:
+            self.zip.close()
+        finally:
+            if os.path.exists(self.path):
+                os.remove(self.path)

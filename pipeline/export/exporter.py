@@ -1,0 +1,80 @@
+"""``export_outputs``: segment's finished videos as the files other tools read (one pass over the videos)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from pipeline.export.coco import CocoVideoWriter
+from pipeline.export.cvat import CvatMaskWriter
+from pipeline.export.finished import RejectedVideo, iter_finished_videos
+from pipeline.storage import Storage
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EXPORT_FILES", "EXPORT_FORMATS", "export_outputs"]
+
+EXPORT_FORMATS: tuple[str, ...] = ("coco", "cvat")
+"""coco: a YouTube-VIS-style video instance JSON; cvat: CVAT's "Segmentation mask 1.1" zip."""
+
+EXPORT_FILES: dict[str, str] = {"coco": "instances_ytvis.json", "cvat": "cvat_segmentation_mask_1.1.zip"}
+"""The file each format writes, below the export folder."""
+
+
+def export_outputs(storage: Storage, formats: Sequence[str], *, target: Storage | None = None,
+                   videos: Sequence[str] = (), category: str = "object", frame_ext: str = ".jpg",
+                   summary=None) -> dict[str, Any]:  # fmt: skip
+    """Export the finished videos of a segment output root ``storage`` in ``formats``.
+
+    Reads ``done/<video>.json`` and ``rle/<video>.parquet`` of every video with a done marker (only ``videos`` when
+    given) and writes each format's file (``EXPORT_FILES``) to ``target`` (default ``<storage>/exports``). A video
+    whose outputs cannot be read is left out and named in the result (and in ``summary``, a
+    ``pipeline.jobs.JobSummary``, when given); the others are exported. Files are replaced atomically, so a rerun
+    rewrites the same files. Returns ``{"videos": n, "frames": n, "files": {format: {...}}, "rejected": [...]}``.
+    """
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    if unknown:
+        raise ValueError(f"unknown export formats {unknown}; choose from {list(EXPORT_FORMATS)}")
+    target = target if target is not None else storage.child("exports")
+    coco = CocoVideoWriter(category, frame_ext) if "coco" in formats else None
+    cvat = CvatMaskWriter(category) if "cvat" in formats else None
+    rejected: list[dict[str, str]] = []
+    exported = frames = 0
+
+    def reject(video_id: str, reason: str) -> None:
+        rejected.append({"video": video_id, "reason": reason})
+        if summary is not None:
+            summary.rejected("video", video_id, reason)
+        else:
+            log.warning("export: video %r left out: %s", video_id, reason)
+
+    try:
+        for video in iter_finished_videos(storage, videos):
+            if isinstance(video, RejectedVideo):
+                reject(video.video_id, video.reason)
+                continue
+            problem = cvat.check(video) if cvat is not None else None
+            if problem:
+                reject(video.video_id, problem)
+                continue
+            if coco is not None:
+                coco.add(video)
+            if cvat is not None:
+                cvat.add(video)
+            exported += 1
+            frames += len(video.frames)
+            if summary is not None:
+                summary.done("video", video.video_id, frames=len(video.frames))
+        info = {"description": f"hmhi-uvos segmentation of {storage.url}", "videos": exported}
+        files = {}
+        if coco is not None:
+            files["coco"] = coco.finish(target, EXPORT_FILES["coco"], info)
+        if cvat is not None:
+            files["cvat"] = cvat.finish(target, EXPORT_FILES["cvat"])
+    finally:
+        if cvat is not None:
+            cvat.abort()
+    for fmt, written in files.items():
+        log.info("export %s: %s", fmt, written["url"])
+    return {"videos": exported, "frames": frames, "files": files, "rejected": rejected}

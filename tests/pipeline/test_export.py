@@ -1,0 +1,170 @@
+"""The exports of segment's outputs: outputs written by segment's own writer (VideoOutputs), exported by
+jobs/export.py, read back with pycocotools and checked against CVAT's documented "Segmentation mask 1.1" rules."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as coco_mask
+
+from jobs.export import main
+from pipeline.export import EXPORT_FILES, OVERLAY_INDEX, export_outputs
+from pipeline.masks import davis_palette, read_mask
+from pipeline.segment.config import SegmentOutputConfig
+from pipeline.segment.outputs import VideoOutputs
+from pipeline.storage import open_storage
+
+H, W = 24, 32
+
+
+def _probs(video: int, frames: int) -> list[np.ndarray]:
+    """A square moving right; frame 1 of video 0 is empty (nothing above the threshold)."""
+    out = []
+    for t in range(frames):
+        prob = np.full((H, W), 0.1, np.float32)
+        if not (video == 0 and t == 1):
+            prob[4 + video: 12 + video, 3 * t + 2: 3 * t + 10 + video] = 0.9
+        out.append(prob)
+    return out
+
+
+def write_segment_outputs(url: str, overlay_video: str | None = None) -> dict[str, list[str]]:
+    """Four videos as segment writes them: cat and dog finished, eel finished with a damaged RLE file,
+    fox unfinished (no done marker). Returns {video: frame names} of the finished, readable ones."""
+    storage = open_storage(url)
+    finished = {}
+    with ThreadPoolExecutor(2) as pool:
+        for v, video in enumerate(["cat", "dog", "eel", "fox"]):
+            cfg = SegmentOutputConfig(overlay=video == overlay_video)
+            outputs = VideoOutputs(storage, video, {"name": video, "source": f"videos/{video}.mp4"}, cfg, pool)
+            names = [f"{t:05d}" for t in range(3 + v % 2)]
+            for t, (name, prob) in enumerate(zip(names, _probs(v, len(names)), strict=True)):
+                frame = np.full((H, W, 3), 90, np.uint8)
+                outputs.add(t, name, prob, frame, 10.0)
+            if video == "fox":
+                outputs.abort()  # killed before its marker: not finished
+                continue
+            outputs.finish({"checkpoint": "test"})
+            if video == "eel":
+                storage.write_bytes("rle/eel.parquet", b"PAR1 not really")
+            else:
+                finished[video] = names
+    return finished
+
+
+def test_export_job_coco_matches_masks_and_cvat_follows_the_documented_layout(storage_url):
+    finished = write_segment_outputs(storage_url)
+    root = open_storage(storage_url)
+    summary = main(["--input", storage_url])
+    assert summary["counts"]["video"] == {"done": 2, "skipped": 0, "rejected": 1}
+    assert "eel" in summary["rejected"][0]["name"] and "rle/eel.parquet" in summary["rejected"][0]["reason"]
+    exports = root.child("exports")
+    assert exports.exists("summary.json")
+
+    # COCO / YouTube-VIS: pycocotools decodes each frame to the mask PNG segment wrote.
+    doc = json.loads(exports.read_bytes(EXPORT_FILES["coco"]))
+    assert doc["categories"] == [{"id": 1, "name": "object", "supercategory": "object"}]
+    assert [v["name"] for v in doc["videos"]] == ["cat", "dog"]
+    annotations = {a["video_id"]: a for a in doc["annotations"]}
+    assert len({a["id"] for a in doc["annotations"]}) == len(doc["annotations"])
+    empty_frames = 0
+    for video in doc["videos"]:
+        names = finished[video["name"]]
+        assert (video["width"], video["height"], video["length"]) == (W, H, len(names))
+        assert video["file_names"] == [f"{video['name']}/{n}.jpg" for n in names]
+        ann = annotations[video["id"]]
+        assert ann["category_id"] == 1
+        assert len(ann["segmentations"]) == len(ann["areas"]) == len(ann["bboxes"]) == len(names)
+        for name, seg, area, bbox in zip(names, ann["segmentations"], ann["areas"], ann["bboxes"], strict=True):
+            png = read_mask(root.read_bytes(f"masks/{video['name']}/{name}.png"))
+            if not png.any():
+                assert seg is None and area is None and bbox is None
+                empty_frames += 1
+                continue
+            rle = coco_mask.frPyObjects(seg, H, W) if isinstance(seg["counts"], list) else \
+                {"size": seg["size"], "counts": seg["counts"].encode()}
+            np.testing.assert_array_equal(coco_mask.decode(rle).astype(bool), png)
+            assert area == float(coco_mask.area(rle)) == png.sum()
+            assert bbox == pytest.approx(coco_mask.toBbox(rle).tolist())
+            rows, cols = np.nonzero(png)
+            assert bbox == [cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1]
+    assert empty_frames == 1  # cat's frame 1
+
+    # CVAT "Segmentation mask 1.1": labelmap, list file, class and object PNGs with matching names and colours.
+    archive = zipfile.ZipFile(io.BytesIO(exports.read_bytes(EXPORT_FILES["cvat"])))
+    members = set(archive.namelist())
+    labels = {}
+    for line in archive.read("labelmap.txt").decode().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, colour, parts, actions = line.split(":")  # label:R,G,B:parts:actions
+        labels[name] = tuple(int(c) for c in colour.split(","))
+    assert labels == {"background": (0, 0, 0), "object": (128, 0, 0)}
+    listed = archive.read("ImageSets/Segmentation/default.txt").decode().splitlines()
+    assert len(listed) == len(set(listed)) == sum(len(n) for n in finished.values())  # unique across videos
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", n) for n in listed)  # no extension, no path, no spaces
+    for folder in ("SegmentationClass", "SegmentationObject"):
+        pngs = {m[len(folder) + 1: -4] for m in members if m.startswith(folder + "/") and m.endswith(".png")}
+        assert pngs == set(listed)
+    voc_colours = np.array(davis_palette()).reshape(256, 3)
+    for video, names in finished.items():
+        for name in names:
+            item = f"{video}_{name}"
+            assert item in listed
+            png = read_mask(root.read_bytes(f"masks/{video}/{name}.png"))
+            class_img = Image.open(io.BytesIO(archive.read(f"SegmentationClass/{item}.png")))
+            assert class_img.mode == "RGB" and class_img.size == (W, H)
+            rgb = np.asarray(class_img)
+            colours = {tuple(c) for c in rgb.reshape(-1, 3)}
+            assert colours <= set(labels.values())
+            np.testing.assert_array_equal((rgb == labels["object"]).all(axis=2), png)
+            np.testing.assert_array_equal((rgb == labels["background"]).all(axis=2), ~png)
+            obj = np.asarray(Image.open(io.BytesIO(archive.read(f"SegmentationObject/{item}.png"))).convert("RGB"))
+            assert {tuple(c) for c in obj.reshape(-1, 3)} <= {tuple(voc_colours[0]), tuple(voc_colours[1])}
+            np.testing.assert_array_equal((obj != 0).any(axis=2), png)
+
+    # A rerun rewrites the same files.
+    before = {name: exports.read_bytes(name) for name in EXPORT_FILES.values()}
+    main(["--input", storage_url, "--formats", "coco,cvat"])
+    assert {name: exports.read_bytes(name) for name in EXPORT_FILES.values()} == before
+
+
+def test_export_outputs_for_segment_one_format_a_subset_and_the_overlay_index(tmp_path):
+    url = str(tmp_path / "seg")
+    write_segment_outputs(url, overlay_video="dog")
+    root = open_storage(url)
+    result = export_outputs(root, ["coco"], videos=["dog", "fox"], category="person")
+    assert result["videos"] == 1 and not result["rejected"]
+    assert set(result["files"]) == {"coco"} and not root.exists(f"exports/{EXPORT_FILES['cvat']}")
+    doc = root.child("exports").read_json(EXPORT_FILES["coco"])
+    assert [v["name"] for v in doc["videos"]] == ["dog"] and doc["categories"][0]["name"] == "person"
+    with pytest.raises(ValueError, match="unknown export formats"):
+        export_outputs(root, ["voc"])
+
+    summary = main(["--input", url, "--output", str(tmp_path / "out"), "--videos", "dog,fox", "--formats", "cvat"])
+    assert summary["counts"]["video"] == {"done": 1, "skipped": 1, "rejected": 0}
+    assert "fox" in summary["skipped"][0]["name"] and "done marker" in summary["skipped"][0]["reason"]
+    page = root.read_text(OVERLAY_INDEX)
+    assert summary["figures"]["overlay_index"] == root.join(OVERLAY_INDEX)
+    hrefs = re.findall(r'href="([^"]+)"', page)
+    assert hrefs == ["dog.mp4"] and root.exists("overlays/dog.mp4")
+    assert "4 frames" in page and "10 fps" in page
+
+
+def test_export_config_errors_name_the_field():
+    from pipeline.config import ConfigError
+    from pipeline.export.config import ExportConfig
+
+    with pytest.raises(ConfigError, match=r"'formats\[1\]'"):
+        ExportConfig(input="x", formats=["coco", "voc"])
+    with pytest.raises(ConfigError, match="'input'"):
+        ExportConfig()
+    with pytest.raises(ConfigError, match="'category'"):
+        ExportConfig(input="x", category="a:b")
