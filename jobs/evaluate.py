@@ -5,7 +5,8 @@
 
 Predictions: ``<pred>/<sequence>/<frame>.png``; ground truth: a DAVIS root (``Annotations/480p``), its
 ``Annotations`` folder, or a root of sequence folders. One Ray task per sequence. Writes to ``--output``:
-``per_sequence.csv``, ``per_frame.csv``, ``summary.json`` (also printed) and ``jf_per_sequence.png``.
+``per_sequence.csv``, ``per_frame.csv``, ``summary.json`` (also printed), ``jf_per_sequence.png`` and
+``report.html`` (the page to open: table, plot, the worst frames of each sequence over the frame images).
 The protocol, threshold and evaluated resolution are recorded in every result file.
 """
 
@@ -22,6 +23,7 @@ from typing import Literal
 from pipeline.config import config_to_dict, parse_job_args, require
 from pipeline.evaluation.dataset import SequenceResult, list_frames, resolve_gt_root, score_sequence
 from pipeline.evaluation.metrics import METRIC_KEYS, aggregate_results
+from pipeline.evaluation.report import resolve_frames_root, write_report
 from pipeline.jobs import JobSummary, init_ray, run_job_main, setup_logging
 from pipeline.storage import Storage, open_storage
 
@@ -56,6 +58,9 @@ class EvaluateConfig:
     """A text file (path/URL, or relative to --gt) with one sequence per line, e.g. ImageSets/2016/val.txt."""
     plot: bool = True
     """Write the per-sequence J&F bar plot."""
+    frames: str = ""
+    """URL or path of the frame images (<sequence>/<frame>.jpg) drawn under the masks in report.html; empty: the
+    DAVIS root's JPEGImages/480p when --gt is a DAVIS layout, else the masks are drawn over black."""
 
     def __post_init__(self):
         require(bool(self.pred), "pred", self.pred, "is required (URL or path of the predicted masks)")
@@ -231,13 +236,18 @@ def run(cfg: EvaluateConfig) -> dict:
         "rejected": {r.sequence: r.error for r in results if r.error},
         "config": config_to_dict(cfg),
     }
+    plot_png = None
     if output is not None:
         output.write_bytes("per_sequence.csv", _per_sequence_csv(scored))
         output.write_bytes("per_frame.csv", _per_frame_csv(scored))
         if cfg.plot:
             title = (f"J&F per sequence, protocol {cfg.protocol}, "
                      f"threshold {threshold if threshold is not None else 'non-zero'}, {', '.join(resolutions)}")  # fmt: skip
-            output.write_bytes("jf_per_sequence.png", _plot_png(scored, aggregate, title))
+            plot_png = _plot_png(scored, aggregate, title)
+            output.write_bytes("jf_per_sequence.png", plot_png)
+        summary["report"] = write_report(
+            output, scored, summary, gt=gt, gt_frames=gt_frames, pred=pred, pred_frames=pred_frames,
+            frames=resolve_frames_root(cfg.gt, cfg.frames), plot_png=plot_png, rejected=summary["rejected"])
         summary["job"] = job.to_dict()
         output.write_json("summary.json", _json_safe(summary))
     printable = {k: v for k, v in summary.items() if k not in ("config", "job")}
@@ -259,6 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
             "--protocol": "protocol",
             "--threshold": "threshold",
             "--sequences": "sequences",
+            "--frames": "frames",
         },
     )
     return run(cfg)
