@@ -9,11 +9,12 @@ from typing import Any
 from pipeline.export.coco import CocoVideoWriter
 from pipeline.export.cvat import CvatMaskWriter
 from pipeline.export.finished import RejectedVideo, iter_finished_videos
+from pipeline.export.overlays import write_overlay_index
 from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXPORT_FILES", "EXPORT_FORMATS", "export_outputs"]
+__all__ = ["EXPORT_FILES", "EXPORT_FORMATS", "export_outputs", "run_exports"]
 
 EXPORT_FORMATS: tuple[str, ...] = ("coco", "cvat")
 """coco: a YouTube-VIS-style video instance JSON; cvat: CVAT's "Segmentation mask 1.1" zip."""
@@ -24,13 +25,13 @@ EXPORT_FILES: dict[str, str] = {"coco": "instances_ytvis.json", "cvat": "cvat_se
 
 def export_outputs(storage: Storage, formats: Sequence[str], *, target: Storage | None = None,
                    videos: Sequence[str] = (), category: str = "object", frame_ext: str = ".jpg",
-                   summary=None) -> dict[str, Any]:  # fmt: skip
+                   summary=None, kind: str = "video") -> dict[str, Any]:  # fmt: skip
     """Export the finished videos of a segment output root ``storage`` in ``formats``.
 
     Reads ``done/<video>.json`` and ``rle/<video>.parquet`` of every video with a done marker (only ``videos`` when
     given) and writes each format's file (``EXPORT_FILES``) to ``target`` (default ``<storage>/exports``). A video
-    whose outputs cannot be read is left out and named in the result (and in ``summary``, a
-    ``pipeline.jobs.JobSummary``, when given); the others are exported. Files are replaced atomically, so a rerun
+    whose outputs cannot be read is left out and named in the result (and counted in ``summary``, a
+    ``pipeline.jobs.JobSummary``, when given, under ``kind``); the others are exported. Files are replaced atomically, so a rerun
     rewrites the same files. Returns ``{"videos": n, "frames": n, "files": {format: {...}}, "rejected": [...]}``.
     """
     unknown = [f for f in formats if f not in EXPORT_FORMATS]
@@ -45,7 +46,7 @@ def export_outputs(storage: Storage, formats: Sequence[str], *, target: Storage 
     def reject(video_id: str, reason: str) -> None:
         rejected.append({"video": video_id, "reason": reason})
         if summary is not None:
-            summary.rejected("video", video_id, reason)
+            summary.rejected(kind, video_id, reason)
         else:
             log.warning("export: video %r left out: %s", video_id, reason)
 
@@ -65,7 +66,7 @@ def export_outputs(storage: Storage, formats: Sequence[str], *, target: Storage 
             exported += 1
             frames += len(video.frames)
             if summary is not None:
-                summary.done("video", video.video_id, frames=len(video.frames))
+                summary.done(kind, video.video_id)
         info = {"description": f"hmhi-uvos segmentation of {storage.url}", "videos": exported}
         files = {}
         if coco is not None:
@@ -78,3 +79,25 @@ def export_outputs(storage: Storage, formats: Sequence[str], *, target: Storage 
     for fmt, written in files.items():
         log.info("export %s: %s", fmt, written["url"])
     return {"videos": exported, "frames": frames, "files": files, "rejected": rejected}
+
+
+def run_exports(storage: Storage, summary, formats: Sequence[str], *, overlay_index: bool = True,
+                kind: str = "video", **options: Any) -> dict[str, Any] | None:  # fmt: skip
+    """What a job runs at its end: :func:`export_outputs` in ``formats`` (none: no export) and the overlay index
+    page, recorded in ``summary`` (counts under ``kind``; figures ``<format>_file`` and ``overlay_index``, the
+    URLs). ``options`` go to :func:`export_outputs`. Returns export_outputs' result, or None without formats.
+
+    The segment job calls ``run_exports(output, summary, cfg.outputs.export, overlay_index=cfg.outputs.overlay,
+    kind="exported video")`` before ``summary.finish``.
+    """
+    result = None
+    if formats:
+        result = export_outputs(storage, formats, summary=summary, kind=kind, **options)
+        for fmt, written in result["files"].items():
+            summary.set(f"{fmt}_file", written["url"])
+        summary.add("exported_frames", result["frames"])
+    if overlay_index:
+        index = write_overlay_index(storage)
+        if index:
+            summary.set("overlay_index", index)
+    return result

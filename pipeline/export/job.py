@@ -6,10 +6,9 @@ import logging
 
 from pipeline.config import config_to_dict
 from pipeline.export.config import ExportConfig
-from pipeline.export.exporter import export_outputs
-from pipeline.export.overlays import write_overlay_index
+from pipeline.export.exporter import run_exports
 from pipeline.jobs import JobSummary
-from pipeline.storage import open_storage
+from pipeline.storage import StorageNotFoundError, open_storage
 
 log = logging.getLogger("jobs.export")
 
@@ -23,19 +22,15 @@ def run(cfg: ExportConfig) -> dict:
     """Export every finished video; returns the job summary (also written as <output>/summary.json)."""
     summary = JobSummary("export", config=config_to_dict(cfg))
     source = open_storage(cfg.input)
-    source.check("read")
+    if not source.exists("done"):
+        raise StorageNotFoundError(f"{source.join('done')} not found: {source.url} is not a segment output root, "
+                                   "or no video has finished yet")
     target = open_storage(cfg.output) if cfg.output else source.child("exports")
-    result = export_outputs(source, cfg.formats, target=target, videos=cfg.videos, category=cfg.category,
-                            frame_ext=cfg.frame_ext, summary=summary)  # fmt: skip
+    result = run_exports(source, summary, cfg.formats, overlay_index=cfg.overlay_index, target=target,
+                         videos=cfg.videos, category=cfg.category, frame_ext=cfg.frame_ext)  # fmt: skip
     for video in cfg.videos:
         if not source.exists(f"done/{video}.json"):
             summary.skipped("video", video, f"not finished: no done marker {source.join(f'done/{video}.json')}")
-    if result["videos"] == 0 and not result["rejected"]:
-        log.warning("no finished videos (done/<video>.json) in %s: the exports are empty", source.url)
-    for fmt, written in result["files"].items():
-        summary.set(f"{fmt}_file", written["url"])
-    if cfg.overlay_index:
-        index = write_overlay_index(source)
-        if index:
-            summary.set("overlay_index", index)
+    if result["videos"] == 0:
+        log.warning("no video exported from %s: the exports are empty", source.url)
     return summary.finish(storage=target, rel="summary.json")

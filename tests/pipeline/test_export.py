@@ -156,6 +156,18 @@ def test_export_outputs_for_segment_one_format_a_subset_and_the_overlay_index(tm
     hrefs = re.findall(r'href="([^"]+)"', page)
     assert hrefs == ["dog.mp4"] and root.exists("overlays/dog.mp4")
     assert "4 frames" in page and "10 fps" in page
+    assert summary["figures"]["exported_frames"] == 4 and "cvat_file" in summary["figures"]
+
+
+def test_export_job_errors_are_one_line_naming_the_input(tmp_path, capsys):
+    from jobs.export import main as export_main
+    from pipeline.jobs import run_job_main
+
+    assert run_job_main(export_main, ["--input", str(tmp_path / "nothing")]) == 2
+    assert f"{tmp_path / 'nothing'}/done not found" in capsys.readouterr().err
+    assert not (tmp_path / "nothing").exists()  # an input is never created
+    assert run_job_main(export_main, ["--input", str(tmp_path), "--formats", "voc"]) == 2
+    assert "'formats[0]'" in capsys.readouterr().err
 
 
 def test_export_config_errors_name_the_field():
