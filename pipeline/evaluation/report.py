@@ -16,6 +16,7 @@ import logging
 import math
 import posixpath
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -191,15 +192,16 @@ h1 small,h3 small{font-weight:normal;color:#555}
 def write_report(output: Storage, results: Sequence[SequenceResult], summary: Mapping[str, Any], *, gt: Storage,
                  gt_frames: Mapping[str, Mapping[str, str]], pred: Storage,
                  pred_frames: Mapping[str, Mapping[str, str]], frames: Storage | None = None,
-                 plot_png: bytes | None = None, worst_frames: int = 3,
-                 rejected: Mapping[str, str] | None = None) -> str:  # fmt: skip
+                 plot_png: bytes | None = None, worst_frames: int = 3, max_sequences: int = 100,
+                 rejected: Mapping[str, str] | None = None, threads: int = 8) -> str:  # fmt: skip
     """Write ``report.html`` to ``output``; returns its URL.
 
     ``results`` are the scored sequences and ``summary`` evaluate's summary (J/F/J&F means, protocol, threshold,
     n_sequences, n_frames); ``gt``/``pred`` the roots and ``gt_frames``/``pred_frames`` their
     ``{sequence: {stem: rel}}`` listings; ``frames`` the root of the frame images (None: masks over black);
-    ``plot_png`` the per-sequence plot; ``worst_frames`` frames shown per sequence; ``rejected`` sequences that
-    could not be scored, with reasons.
+    ``plot_png`` the per-sequence plot; ``worst_frames`` frames shown per sequence, for at most ``max_sequences``
+    sequences (the lowest J&F ones when there are more: every picture is embedded, so this bounds the page's size);
+    ``rejected`` sequences that could not be scored, with reasons. ``threads`` read the frames and masks.
     """
     protocol = str(summary.get("protocol", "davis2016"))
     threshold = summary.get("threshold")
@@ -214,11 +216,22 @@ def write_report(output: Storage, results: Sequence[SequenceResult], summary: Ma
                                                           "F_decay"))
             + f'<td>{m["n_frames"]}</td><td>{len(r.missing) + len(r.unreadable)}</td></tr>'
         )  # fmt: skip
-    sections = [
-        _sequence_section(r, protocol, worst_frames, gt, gt_frames.get(r.sequence, {}), pred,
-                          pred_frames.get(r.sequence, {}), frames, threshold)
-        for r in sorted(results, key=lambda r: r.sequence)
-    ]  # fmt: skip
+    shown = sorted(results, key=lambda r: r.sequence)
+    shown_note = ""
+    if len(shown) > max_sequences:
+        def jf(r: SequenceResult) -> float:
+            value = r.metrics["JF_mean"]
+            return math.inf if math.isnan(value) else value
+
+        shown = sorted(sorted(shown, key=lambda r: (jf(r), r.sequence))[:max_sequences], key=lambda r: r.sequence)
+        shown_note = f" Shown for the {max_sequences} sequences with the lowest J&amp;F of {len(results)}."
+
+    def section(r: SequenceResult) -> str:
+        return _sequence_section(r, protocol, worst_frames, gt, gt_frames.get(r.sequence, {}), pred,
+                                 pred_frames.get(r.sequence, {}), frames, threshold)  # fmt: skip
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:  # storage reads dominate: overlap them
+        sections = list(pool.map(section, shown))
     rejected_html = ""
     if rejected:
         items = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in sorted(rejected.items()))
@@ -243,7 +256,7 @@ Ground truth: {html.escape(str(summary.get("gt", gt.url)))}</p>
 {rejected_html}
 <h2>Worst frames</h2>
 <p>The {worst_frames} frames of each sequence with the lowest (J + F) / 2: <span class="pred">prediction</span> (left)
-and <span class="gt">ground truth</span> (right) over the frame. {frames_note}</p>
+and <span class="gt">ground truth</span> (right) over the frame. {frames_note}{shown_note}</p>
 {chr(10).join(sections)}
 </body></html>
 """

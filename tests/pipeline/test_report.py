@@ -133,3 +133,10 @@ def test_report_without_frames_draws_over_black_and_says_so(tmp_path):
     text = open(url).read()
     assert text.count("masks drawn over black") == 2 and "No frame images" in text
     assert text.count("<figure>") == 4
+    # Many sequences: worst frames only for the lowest-J&F ones, and the page says so.
+    url = write_report(open_storage(str(tmp_path / "eval")), results, summary, gt=gt, gt_frames=gt_frames,
+                       pred=pred, pred_frames=pred_frames, worst_frames=1, max_sequences=1)  # fmt: skip
+    text = open(url).read()
+    worst = min(results, key=lambda r: r.metrics["JF_mean"]).sequence
+    assert 'id="seq-poor"' in text and 'id="seq-good"' not in text and worst == "poor"
+    assert "Shown for the 1 sequences with the lowest J&amp;F of 2" in text and text.count("<figure>") == 1
