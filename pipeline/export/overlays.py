@@ -49,11 +49,11 @@ def write_overlay_index(storage: Storage) -> str | None:
             f'<figcaption><a href="{href}">{name}</a> <span>{details}</span></figcaption></figure>'
         )
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>hmhi-uvos overlays ({len(videos)} videos)</title>
+<html><head><meta charset="utf-8"><title>hmhi-uvos overlays ({len(videos)} video{"s" if len(videos) != 1 else ""})</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} figure{{display:inline-block;margin:0 1em 1em 0;vertical-align:top}}
 figcaption span{{color:#555;font-size:90%}}</style></head>
 <body><h1>Overlay videos</h1>
-<p>{len(videos)} segmented videos: each frame with the predicted mask tinted red and outlined. Files are next to
+<p>{len(videos)} segmented video{"s" if len(videos) != 1 else ""}: each frame with the predicted mask tinted red and outlined. Files are next to
 this page (<code>&lt;video&gt;.mp4</code>).</p>
 {chr(10).join(items)}
 </body></html>
