@@ -17,12 +17,13 @@ import io
 import os
 import tempfile
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from pipeline.export.finished import FinishedVideo
+from pipeline.export.finished import FinishedVideo, FrameRle
 from pipeline.masks import davis_palette, rle_to_mask
 from pipeline.storage import Storage
 
@@ -52,8 +53,7 @@ def cvat_item_name(video_id: str, frame: str) -> str:
 
 
 def _rgb_png(mask: np.ndarray, colour: tuple[int, int, int]) -> bytes:
-    rgb = np.zeros((*mask.shape, 3), np.uint8)
-    rgb[mask] = colour
+    rgb = mask[..., None] * np.array(colour, np.uint8)  # a broadcast product: ~10x faster than rgb[mask] = colour
     buffer = io.BytesIO()
     Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG")
     return buffer.getvalue()
@@ -62,7 +62,7 @@ def _rgb_png(mask: np.ndarray, colour: tuple[int, int, int]) -> bytes:
 class CvatMaskWriter:
     """Streams the masks into a local temporary zip (bounded memory) and uploads it at the end."""
 
-    def __init__(self, category: str):
+    def __init__(self, category: str, threads: int = min(8, os.cpu_count() or 1)):
         if ":" in category or "\n" in category:
             raise ValueError(f"CVAT label {category!r} must not contain ':' or a newline (labelmap.txt syntax)")
         self.category = category
@@ -71,6 +71,9 @@ class CvatMaskWriter:
         self.zip = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_DEFLATED)
         self.names: list[str] = []
         self.owner: dict[str, str] = {}
+        # Decoding the RLE and encoding the PNG take ~all the time, and zlib releases the GIL: frames encode in
+        # parallel, the zip is written in order by this thread.
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="cvat-png")
 
     def _write(self, arcname: str, data: bytes) -> None:
         # PNGs are compressed already: stored. Text is deflated.
@@ -91,10 +94,13 @@ class CvatMaskWriter:
 
     def add(self, video: FinishedVideo) -> None:
         colour = object_rgb(1)
-        for frame in video.frames:
-            name = cvat_item_name(video.video_id, frame.name)
+
+        def encode(frame: FrameRle) -> bytes:
             mask = rle_to_mask(frame.rle) if frame.area else np.zeros(frame.rle["size"], bool)
-            png = _rgb_png(mask, colour)
+            return _rgb_png(mask, colour)
+
+        for frame, png in zip(video.frames, self.pool.map(encode, video.frames), strict=True):
+            name = cvat_item_name(video.video_id, frame.name)
             # One object per video: its instance mask is its class mask (instance 1 and the label share a colour).
             self._write(f"SegmentationClass/{name}.png", png)
             self._write(f"SegmentationObject/{name}.png", png)
@@ -112,6 +118,7 @@ class CvatMaskWriter:
         return {"url": storage.join(rel), "images": len(self.names)}
 
     def abort(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
         try:
             self.zip.close()
         finally:
