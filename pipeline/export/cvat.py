@@ -13,7 +13,6 @@ every video is listed, empty ones too (all background), so that CVAT knows they 
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 import zipfile
@@ -21,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from pipeline.export.finished import FinishedVideo, FrameRle
 from pipeline.masks import davis_palette, rle_to_mask
@@ -53,10 +51,16 @@ def cvat_item_name(video_id: str, frame: str) -> str:
 
 
 def _rgb_png(mask: np.ndarray, colour: tuple[int, int, int]) -> bytes:
-    rgb = mask[..., None] * np.array(colour, np.uint8)  # a broadcast product: ~10x faster than rgb[mask] = colour
-    buffer = io.BytesIO()
-    Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
+    """An 8-bit RGB PNG: ``colour`` where ``mask``, black elsewhere."""
+    import cv2
+
+    bgr = mask[..., None] * np.array(colour[::-1], np.uint8)  # a broadcast product: ~10x faster than bgr[mask] = c
+    # zlib's run-length strategy suits masks: the smallest files and the least CPU of the settings measured.
+    ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 6,
+                                          cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])  # fmt: skip
+    if not ok:
+        raise ValueError(f"PNG encoding of a {mask.shape} mask failed")
+    return data.tobytes()
 
 
 class CvatMaskWriter:
@@ -71,8 +75,8 @@ class CvatMaskWriter:
         self.zip = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_DEFLATED)
         self.names: list[str] = []
         self.owner: dict[str, str] = {}
-        # Decoding the RLE and encoding the PNG take ~all the time, and zlib releases the GIL: frames encode in
-        # parallel, the zip is written in order by this thread.
+        # Encoding the PNGs takes ~all the time and cv2.imencode releases the GIL (Pillow's encoding to memory
+        # does not): frames encode in parallel, this thread writes the zip in order.
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="cvat-png")
 
     def _write(self, arcname: str, data: bytes) -> None:
