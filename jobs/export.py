@@ -5,8 +5,9 @@
 
 Reads every video with a done marker (``done/<video>.json``) and its ``rle/<video>.parquet``, and writes
 ``instances_ytvis.json`` (COCO-style video instances in the YouTube-VIS layout: per-frame RLE, areas, boxes; reads
-with pycocotools) and ``cvat_segmentation_mask_1.1.zip`` (CVAT's "Segmentation mask 1.1" import format, frames named
-``<video>_<frame>``), plus ``overlays/index.html`` when the input has overlay videos, and ``summary.json``.
+with pycocotools), ``cvat_segmentation_mask_1.1.zip`` (CVAT's "Segmentation mask 1.1" import format, frames named
+``<video>_<frame>``) and ``cvat/<video>.zip`` (the same per video, frames named ``frame_<index:06d>`` as in a CVAT
+video task), plus ``overlays/index.html`` when the input has overlay videos, and ``summary.json``.
 """
 
 from pipeline.export.config import ExportConfig

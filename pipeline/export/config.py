@@ -18,8 +18,9 @@ class ExportConfig:
     """URL or path of a segment output root (done/, rle/, masks/, overlays/)."""
     output: str = ""
     """URL or path of the folder the exports go to; empty: <input>/exports."""
-    formats: list[str] = field(default_factory=lambda: ["coco", "cvat"])
-    """coco (instances_ytvis.json, YouTube-VIS layout) and/or cvat (CVAT "Segmentation mask 1.1" zip)."""
+    formats: list[str] = field(default_factory=lambda: ["coco", "cvat", "cvat_video"])
+    """coco (instances_ytvis.json, YouTube-VIS layout), cvat (one CVAT "Segmentation mask 1.1" zip, images named
+    <video>_<frame>) and/or cvat_video (cvat/<video>.zip, images named frame_<index:06d> as in a CVAT video task)."""
     videos: list[str] = field(default_factory=list)
     """Only these video ids (default: every finished video)."""
     category: str = "object"

@@ -5,10 +5,15 @@
     SegmentationClass/<name>.png          RGB, each pixel the colour of its label in labelmap.txt
     SegmentationObject/<name>.png         RGB, each instance in the Pascal VOC colour of its index (1: 128,0,0)
 
-CVAT matches annotation files to a task's images by name, so the names must be unique across the whole archive:
-frames of every video go into one flat namespace as ``<video>_<frame>`` (the sanitised video id and the frame
-name). Create the CVAT task from frames named that way (or import the archive with its images). Every frame of
-every video is listed, empty ones too (all background), so that CVAT knows they were looked at.
+CVAT matches an archive's image names to a task's frames, so two namings are offered:
+
+- ``cvat``: one archive for the whole corpus, for a CVAT task made of images: the frames of every video share one
+  flat namespace as ``<video>_<frame>`` (the sanitised video id and the frame name), unique across videos;
+- ``cvat_video``: one archive per video (``cvat/<video>.zip``), for a CVAT task made from that video (or from its
+  frames in order): images are named ``frame_<index:06d>``, the names CVAT gives a video task's frames, which its
+  importer matches by frame number.
+
+Every frame is listed, empty ones too (all background), so that CVAT knows they were looked at.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,7 +31,8 @@ from pipeline.export.finished import FinishedVideo, FrameRle
 from pipeline.masks import davis_palette, rle_to_mask
 from pipeline.storage import Storage
 
-__all__ = ["BACKGROUND_RGB", "CvatMaskWriter", "cvat_item_name", "labelmap_text", "object_rgb"]
+__all__ = ["BACKGROUND_RGB", "CvatMaskWriter", "MaskPngEncoder", "cvat_item_name", "cvat_video_item_name", "labelmap_text",
+           "object_rgb"]
 
 BACKGROUND_RGB = (0, 0, 0)
 """CVAT's default background colour."""
@@ -45,9 +52,14 @@ def labelmap_text(category: str) -> str:
             f"{category}:{','.join(map(str, object_rgb(1)))}::\n")  # fmt: skip
 
 
-def cvat_item_name(video_id: str, frame: str) -> str:
-    """The archive-wide image name of a frame: ``<video>_<frame>``."""
-    return f"{video_id}_{frame}"
+def cvat_item_name(video_id: str, frame: FrameRle) -> str:
+    """The corpus-wide image name of a frame: ``<video>_<frame>``."""
+    return f"{video_id}_{frame.name}"
+
+
+def cvat_video_item_name(video_id: str, frame: FrameRle) -> str:
+    """The image name of a frame in its video's archive: ``frame_<index:06d>``, as CVAT names a video task's frames."""
+    return f"frame_{frame.index:06d}"
 
 
 def _rgb_png(mask: np.ndarray, colour: tuple[int, int, int]) -> bytes:
@@ -63,21 +75,42 @@ def _rgb_png(mask: np.ndarray, colour: tuple[int, int, int]) -> bytes:
     return data.tobytes()
 
 
-class CvatMaskWriter:
-    """Streams the masks into a local temporary zip (bounded memory) and uploads it at the end."""
+class MaskPngEncoder:
+    """Encodes a video's masks as CVAT PNGs, once for every archive they go into.
 
-    def __init__(self, category: str, threads: int = min(8, os.cpu_count() or 1)):
+    Encoding takes ~all the export time and cv2.imencode releases the GIL (Pillow's encoding to memory does not), so
+    frames encode in parallel on a small thread pool.
+    """
+
+    def __init__(self, threads: int = min(8, os.cpu_count() or 1)):
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="cvat-png")
+        self.colour = object_rgb(1)
+
+    def _encode(self, frame: FrameRle) -> bytes:
+        mask = rle_to_mask(frame.rle) if frame.area else np.zeros(frame.rle["size"], bool)
+        return _rgb_png(mask, self.colour)
+
+    def encode(self, video: FinishedVideo) -> list[bytes]:
+        """One PNG per frame, in frame order."""
+        return list(self.pool.map(self._encode, video.frames))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class CvatMaskWriter:
+    """Streams PNGs into a local temporary zip (bounded memory) and uploads it at the end."""
+
+    def __init__(self, category: str, item_name: Callable[[str, FrameRle], str] = cvat_item_name):
         if ":" in category or "\n" in category:
             raise ValueError(f"CVAT label {category!r} must not contain ':' or a newline (labelmap.txt syntax)")
         self.category = category
+        self.item_name = item_name
         fd, self.path = tempfile.mkstemp(prefix="cvat-", suffix=".zip")
         os.close(fd)
         self.zip = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_DEFLATED)
         self.names: list[str] = []
         self.owner: dict[str, str] = {}
-        # Encoding the PNGs takes ~all the time and cv2.imencode releases the GIL (Pillow's encoding to memory
-        # does not): frames encode in parallel, this thread writes the zip in order.
-        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="cvat-png")
 
     def _write(self, arcname: str, data: bytes) -> None:
         # PNGs are compressed already: stored. Text is deflated.
@@ -89,22 +122,17 @@ class CvatMaskWriter:
     def check(self, video: FinishedVideo) -> str | None:
         """Why the video cannot go into the archive (a name clash or an unusable name), or None."""
         for frame in video.frames:
-            name = cvat_item_name(video.video_id, frame.name)
+            name = self.item_name(video.video_id, frame)
             if any(c.isspace() for c in name) or "/" in name or "\\" in name:
                 return f"frame name {name!r} has a space or a slash (CVAT's list file is one name per line)"
             if name in self.owner:
                 return f"frame name {name!r} is also a frame of video {self.owner[name]!r}"
         return None
 
-    def add(self, video: FinishedVideo) -> None:
-        colour = object_rgb(1)
-
-        def encode(frame: FrameRle) -> bytes:
-            mask = rle_to_mask(frame.rle) if frame.area else np.zeros(frame.rle["size"], bool)
-            return _rgb_png(mask, colour)
-
-        for frame, png in zip(video.frames, self.pool.map(encode, video.frames), strict=True):
-            name = cvat_item_name(video.video_id, frame.name)
+    def add(self, video: FinishedVideo, pngs: list[bytes]) -> None:
+        """The video's frames, with their PNGs from :class:`MaskPngEncoder`."""
+        for frame, png in zip(video.frames, pngs, strict=True):
+            name = self.item_name(video.video_id, frame)
             # One object per video: its instance mask is its class mask (instance 1 and the label share a colour).
             self._write(f"SegmentationClass/{name}.png", png)
             self._write(f"SegmentationObject/{name}.png", png)
@@ -122,7 +150,6 @@ class CvatMaskWriter:
         return {"url": storage.join(rel), "images": len(self.names)}
 
     def abort(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
         try:
             self.zip.close()
         finally:

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.export.coco import CocoVideoWriter
-from pipeline.export.cvat import CvatMaskWriter
-from pipeline.export.finished import RejectedVideo, iter_finished_videos
+from pipeline.export.cvat import CvatMaskWriter, MaskPngEncoder, cvat_video_item_name
+from pipeline.export.finished import FinishedVideo, RejectedVideo, iter_finished_videos
 from pipeline.export.overlays import write_overlay_index
 from pipeline.storage import Storage
 
@@ -16,23 +16,37 @@ log = logging.getLogger(__name__)
 
 __all__ = ["EXPORT_FILES", "EXPORT_FORMATS", "export_outputs", "run_exports"]
 
-EXPORT_FORMATS: tuple[str, ...] = ("coco", "cvat")
-"""coco: a YouTube-VIS-style video instance JSON; cvat: CVAT's "Segmentation mask 1.1" zip."""
+EXPORT_FORMATS: tuple[str, ...] = ("coco", "cvat", "cvat_video")
+"""coco: a YouTube-VIS-style video instance JSON; cvat: CVAT's "Segmentation mask 1.1" zip for the whole corpus
+(images named <video>_<frame>); cvat_video: one such zip per video (images named frame_<index:06d>, for a CVAT
+task made from that video)."""
 
-EXPORT_FILES: dict[str, str] = {"coco": "instances_ytvis.json", "cvat": "cvat_segmentation_mask_1.1.zip"}
-"""The file each format writes, below the export folder."""
+EXPORT_FILES: dict[str, str] = {"coco": "instances_ytvis.json", "cvat": "cvat_segmentation_mask_1.1.zip",
+                                "cvat_video": "cvat/{video}.zip"}  # fmt: skip
+"""The file each format writes, below the export folder ({video}: the video id)."""
+
+
+def _write_video_archive(target: Storage, video: FinishedVideo, pngs: list[bytes], category: str) -> str:
+    archive = CvatMaskWriter(category, item_name=cvat_video_item_name)
+    try:
+        archive.add(video, pngs)
+    except BaseException:
+        archive.abort()
+        raise
+    return archive.finish(target, EXPORT_FILES["cvat_video"].format(video=video.video_id))["url"]
 
 
 def export_outputs(storage: Storage, formats: Sequence[str], *, target: Storage | None = None,
                    videos: Sequence[str] = (), category: str = "object", frame_ext: str = ".jpg",
                    summary=None, kind: str = "video") -> dict[str, Any]:  # fmt: skip
-    """Export the finished videos of a segment output root ``storage`` in ``formats``.
+    """Export the finished videos of a segment output root ``storage`` in ``formats`` (``EXPORT_FORMATS``).
 
     Reads ``done/<video>.json`` and ``rle/<video>.parquet`` of every video with a done marker (only ``videos`` when
-    given) and writes each format's file (``EXPORT_FILES``) to ``target`` (default ``<storage>/exports``). A video
-    whose outputs cannot be read is left out and named in the result (and counted in ``summary``, a
-    ``pipeline.jobs.JobSummary``, when given, under ``kind``); the others are exported. Files are replaced atomically, so a rerun
-    rewrites the same files. Returns ``{"videos": n, "frames": n, "files": {format: {...}}, "rejected": [...]}``.
+    given), one video at a time, and writes each format's files (``EXPORT_FILES``) to ``target`` (default
+    ``<storage>/exports``). A video whose outputs cannot be read is left out and named in the result (and counted in
+    ``summary``, a ``pipeline.jobs.JobSummary``, when given, under ``kind``); the others are exported. Files are
+    replaced atomically and are the same bytes for the same outputs, so a rerun rewrites the same files.
+    Returns ``{"videos": n, "frames": n, "files": {format: {"url": ..., ...}}, "rejected": [{video, reason}]}``.
     """
     unknown = [f for f in formats if f not in EXPORT_FORMATS]
     if unknown:
@@ -40,7 +54,9 @@ def export_outputs(storage: Storage, formats: Sequence[str], *, target: Storage 
     target = target if target is not None else storage.child("exports")
     coco = CocoVideoWriter(category, frame_ext) if "coco" in formats else None
     cvat = CvatMaskWriter(category) if "cvat" in formats else None
+    encoder = MaskPngEncoder() if {"cvat", "cvat_video"} & set(formats) else None
     rejected: list[dict[str, str]] = []
+    video_archives: list[str] = []
     exported = frames = 0
 
     def reject(video_id: str, reason: str) -> None:
@@ -61,21 +77,29 @@ def export_outputs(storage: Storage, formats: Sequence[str], *, target: Storage 
                 continue
             if coco is not None:
                 coco.add(video)
-            if cvat is not None:
-                cvat.add(video)
+            if encoder is not None:
+                pngs = encoder.encode(video)  # once for both CVAT forms
+                if cvat is not None:
+                    cvat.add(video, pngs)
+                if "cvat_video" in formats:
+                    video_archives.append(_write_video_archive(target, video, pngs, category))
             exported += 1
             frames += len(video.frames)
             if summary is not None:
                 summary.done(kind, video.video_id)
-        info = {"description": f"hmhi-uvos segmentation of {storage.url}", "videos": exported}
-        files = {}
+        files: dict[str, dict[str, Any]] = {}
         if coco is not None:
+            info = {"description": f"hmhi-uvos segmentation of {storage.url}", "videos": exported}
             files["coco"] = coco.finish(target, EXPORT_FILES["coco"], info)
         if cvat is not None:
             files["cvat"] = cvat.finish(target, EXPORT_FILES["cvat"])
+        if "cvat_video" in formats:
+            files["cvat_video"] = {"url": target.join("cvat"), "archives": len(video_archives)}
     finally:
         if cvat is not None:
             cvat.abort()
+        if encoder is not None:
+            encoder.close()
     for fmt, written in files.items():
         log.info("export %s: %s", fmt, written["url"])
     return {"videos": exported, "frames": frames, "files": files, "rejected": rejected}

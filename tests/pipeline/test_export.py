@@ -59,6 +59,39 @@ def write_segment_outputs(url: str, overlay_video: str | None = None) -> dict[st
     return finished
 
 
+def check_cvat_archive(data: bytes, expected: dict[str, np.ndarray]) -> None:
+    """The rules CVAT documents for "Segmentation mask 1.1" import, and the masks: ``expected`` maps every image
+    name to its mask."""
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    members = set(archive.namelist())
+    labels = {}
+    for line in archive.read("labelmap.txt").decode().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, colour, parts, actions = line.split(":")  # label:R,G,B:parts:actions, exactly 4 fields
+        assert name not in labels
+        labels[name] = tuple(int(c) for c in colour.split(","))
+    assert labels == {"background": (0, 0, 0), "object": (128, 0, 0)}
+    listed = archive.read("ImageSets/Segmentation/default.txt").decode().splitlines()
+    assert len(listed) == len(set(listed)) and set(listed) == set(expected)  # unique, every frame
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", n) for n in listed)  # no extension, no path, no spaces
+    for folder in ("SegmentationClass", "SegmentationObject"):
+        pngs = {m[len(folder) + 1: -4] for m in members if m.startswith(folder + "/") and m.endswith(".png")}
+        assert pngs == set(listed)
+    voc_colours = np.array(davis_palette()).reshape(256, 3)
+    for item, mask in expected.items():
+        class_img = Image.open(io.BytesIO(archive.read(f"SegmentationClass/{item}.png")))
+        assert class_img.mode == "RGB" and class_img.size == (mask.shape[1], mask.shape[0])
+        rgb = np.asarray(class_img)
+        assert {tuple(c) for c in rgb.reshape(-1, 3)} <= set(labels.values())  # colour-coded by the label map
+        np.testing.assert_array_equal((rgb == labels["object"]).all(axis=2), mask)
+        np.testing.assert_array_equal((rgb == labels["background"]).all(axis=2), ~mask)
+        obj = np.asarray(Image.open(io.BytesIO(archive.read(f"SegmentationObject/{item}.png"))).convert("RGB"))
+        # Instances in the Pascal VOC colours of their index: background 0, the one object 1.
+        assert {tuple(c) for c in obj.reshape(-1, 3)} <= {tuple(voc_colours[0]), tuple(voc_colours[1])}
+        np.testing.assert_array_equal((obj == voc_colours[1]).all(axis=2), mask)
+
+
 def test_export_job_coco_matches_masks_and_cvat_follows_the_documented_layout(storage_url):
     finished = write_segment_outputs(storage_url)
     root = open_storage(storage_url)
@@ -97,43 +130,21 @@ def test_export_job_coco_matches_masks_and_cvat_follows_the_documented_layout(st
             assert bbox == [cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1]
     assert empty_frames == 1  # cat's frame 1
 
-    # CVAT "Segmentation mask 1.1": labelmap, list file, class and object PNGs with matching names and colours.
-    archive = zipfile.ZipFile(io.BytesIO(exports.read_bytes(EXPORT_FILES["cvat"])))
-    members = set(archive.namelist())
-    labels = {}
-    for line in archive.read("labelmap.txt").decode().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name, colour, parts, actions = line.split(":")  # label:R,G,B:parts:actions
-        labels[name] = tuple(int(c) for c in colour.split(","))
-    assert labels == {"background": (0, 0, 0), "object": (128, 0, 0)}
-    listed = archive.read("ImageSets/Segmentation/default.txt").decode().splitlines()
-    assert len(listed) == len(set(listed)) == sum(len(n) for n in finished.values())  # unique across videos
-    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", n) for n in listed)  # no extension, no path, no spaces
-    for folder in ("SegmentationClass", "SegmentationObject"):
-        pngs = {m[len(folder) + 1: -4] for m in members if m.startswith(folder + "/") and m.endswith(".png")}
-        assert pngs == set(listed)
-    voc_colours = np.array(davis_palette()).reshape(256, 3)
-    for video, names in finished.items():
-        for name in names:
-            item = f"{video}_{name}"
-            assert item in listed
-            png = read_mask(root.read_bytes(f"masks/{video}/{name}.png"))
-            class_img = Image.open(io.BytesIO(archive.read(f"SegmentationClass/{item}.png")))
-            assert class_img.mode == "RGB" and class_img.size == (W, H)
-            rgb = np.asarray(class_img)
-            colours = {tuple(c) for c in rgb.reshape(-1, 3)}
-            assert colours <= set(labels.values())
-            np.testing.assert_array_equal((rgb == labels["object"]).all(axis=2), png)
-            np.testing.assert_array_equal((rgb == labels["background"]).all(axis=2), ~png)
-            obj = np.asarray(Image.open(io.BytesIO(archive.read(f"SegmentationObject/{item}.png"))).convert("RGB"))
-            assert {tuple(c) for c in obj.reshape(-1, 3)} <= {tuple(voc_colours[0]), tuple(voc_colours[1])}
-            np.testing.assert_array_equal((obj != 0).any(axis=2), png)
+    # CVAT "Segmentation mask 1.1": one archive for the corpus, images named <video>_<frame> ...
+    masks = {v: [read_mask(root.read_bytes(f"masks/{v}/{n}.png")) for n in names] for v, names in finished.items()}
+    corpus = {f"{v}_{n}": m for v, names in finished.items() for n, m in zip(names, masks[v], strict=True)}
+    check_cvat_archive(exports.read_bytes(EXPORT_FILES["cvat"]), corpus)
+    # ... and one per video, images named as CVAT names a video task's frames.
+    assert sorted(exports.list("cvat")) == ["cat.zip", "dog.zip"]
+    for video in finished:
+        frames = {f"frame_{t:06d}": m for t, m in enumerate(masks[video])}
+        check_cvat_archive(exports.read_bytes(EXPORT_FILES["cvat_video"].format(video=video)), frames)
 
     # A rerun rewrites the same files.
-    before = {name: exports.read_bytes(name) for name in EXPORT_FILES.values()}
-    main(["--input", storage_url, "--formats", "coco,cvat"])
-    assert {name: exports.read_bytes(name) for name in EXPORT_FILES.values()} == before
+    files = [EXPORT_FILES["coco"], EXPORT_FILES["cvat"], "cvat/cat.zip", "cvat/dog.zip"]
+    before = {name: exports.read_bytes(name) for name in files}
+    main(["--input", storage_url, "--formats", "coco,cvat,cvat_video"])
+    assert {name: exports.read_bytes(name) for name in files} == before
 
 
 def test_export_outputs_for_segment_one_format_a_subset_and_the_overlay_index(tmp_path):
@@ -180,3 +191,23 @@ def test_export_config_errors_name_the_field():
         ExportConfig()
     with pytest.raises(ConfigError, match="'category'"):
         ExportConfig(input="x", category="a:b")
+
+
+def test_cvat_names_that_would_clash_across_videos_are_refused():
+    from pipeline.export.cvat import CvatMaskWriter, MaskPngEncoder
+    from pipeline.export.finished import FinishedVideo, FrameRle
+    from pipeline.masks import mask_to_rle
+
+    empty = mask_to_rle(np.zeros((4, 4), bool))
+    first = FinishedVideo("a_b", {}, [FrameRle(0, "c", empty, 0)])
+    clash = FinishedVideo("a", {}, [FrameRle(0, "b_c", empty, 0)])
+    spaced = FinishedVideo("d", {}, [FrameRle(0, "x y", empty, 0)])
+    writer, encoder = CvatMaskWriter("object"), MaskPngEncoder(threads=1)
+    try:
+        assert writer.check(first) is None
+        writer.add(first, encoder.encode(first))
+        assert "'a_b_c' is also a frame of video 'a_b'" in writer.check(clash)
+        assert "space" in writer.check(spaced)
+    finally:
+        writer.abort()
+        encoder.close()
