@@ -1,6 +1,6 @@
 """Export segment's finished videos as files other tools read.
 
-    python jobs/export.py --input s3://bucket/run1/segment                      # both formats, to <input>/exports
+    python jobs/export.py --input s3://bucket/run1/segment                 # every format, to <input>/exports
     python jobs/export.py --input runs/seg --output runs/seg-exports --formats coco
 
 Reads every video with a done marker (``done/<video>.json``) and its ``rle/<video>.parquet``, and writes
