@@ -10,8 +10,10 @@ Stages (each job is run as ``python jobs/<job>.py ...``, exactly as a user would
 2. ``jobs/precompute_flow.py`` DIS optical flow, WebDataset shards             -> <storage>/shards
 3. ``jobs/train.py``           2 Ray Train workers (gloo DDP), configs/tiny_cpu -> <storage>/runs/<run_name>
 4. ``jobs/segment.py``         the best checkpoint on the held-out test videos -> <storage>/segment
-5. ``jobs/evaluate.py``        DAVIS-2016 J&F                                   -> <storage>/eval
-6. a small report: per-sequence plot, GIF overlays, J&F on paused / occluded frames -> <storage>/report/index.html
+5. ``jobs/evaluate.py``        DAVIS-2016 J&F and report.html (table, plot, worst frames over the frames) -> <storage>/eval
+
+It ends by printing J&F (also on the paused and occluded frames) and the path of evaluate's report.html; the
+figures are saved in <storage>/demo_summary.json.
 
 Every stage resumes: a rerun skips what is done (the corpus, shards, training steps, segmented videos).
 """
@@ -75,10 +77,6 @@ class DemoConfig:
     the boundary measure F lags far behind J (F 0.52, J 0.76 after 400 steps)."""
     flow_preset: str = "medium"
     """DIS preset for the flow stages: ultrafast, fast or medium."""
-    gif_sequences: int = 3
-    """Validation sequences rendered as GIF overlays in the report."""
-    gif_fps: int = 6
-    """Frame rate of the GIF overlays."""
 
     def __post_init__(self):
         require(bool(self.storage), "storage", self.storage, "is required")
@@ -92,8 +90,6 @@ class DemoConfig:
         require(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")
         require(self.flow_preset in ("ultrafast", "fast", "medium"), "flow_preset", self.flow_preset,
                 "must be ultrafast, fast or medium")
-        require(0 <= self.gif_sequences <= 50, "gif_sequences", self.gif_sequences, "must be in [0, 50]")
-        require(1 <= self.gif_fps <= 60, "gif_fps", self.gif_fps, "must be in [1, 60]")
 
 
 # -- stages ----------------------------------------------------------------------------------------------------------
@@ -172,76 +168,19 @@ def slice_scores(per_frame_csv: str, metas: dict[str, dict], drop_first_last: bo
     return out
 
 
-def _overlay_gif(frames: list[np.ndarray], preds: list[np.ndarray], gts: list[np.ndarray], fps: int) -> bytes:
-    """Frames with the predicted mask tinted red and the ground-truth outline in green, as an animated GIF."""
-    import cv2
-    from PIL import Image
-
-    pictures = []
-    for frame, pred, gt in zip(frames, preds, gts):
-        img = frame.astype(np.float32)
-        img[pred] = 0.5 * img[pred] + 0.5 * np.array([230, 40, 40], np.float32)
-        outline = cv2.morphologyEx(gt.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
-        img[outline] = (40, 230, 40)
-        side = np.concatenate([frame, img.astype(np.uint8)], axis=1)
-        scale = max(1, 256 // side.shape[0])
-        pictures.append(Image.fromarray(np.repeat(np.repeat(side, scale, 0), scale, 1)))
-    buf = io.BytesIO()
-    pictures[0].save(buf, format="GIF", save_all=True, append_images=pictures[1:], duration=int(1000 / fps), loop=0)
-    return buf.getvalue()
-
-
-def _write_report(cfg: DemoConfig, root, val: list[str], timings: dict[str, float]) -> tuple[str, dict]:
-    from PIL import Image
-
-    from pipeline.masks import read_mask
-    from pipeline.synthetic import RES_DIR
-
-    corpus, seg, ev, report = (root.child(p) for p in ("corpus", "segment", "eval", "report"))
+def _demo_summary(root, val: list[str], timings: dict[str, float], cfg: DemoConfig) -> dict:
+    """The demo's own figures (J&F overall and on paused / occluded frames, stage times), saved as
+    <storage>/demo_summary.json; the report to open is evaluate's report.html."""
+    corpus, ev = root.child("corpus"), root.child("eval")
     summary = ev.read_json("summary.json")["figures"]  # evaluate's scores in the common job summary
     metas = {s: corpus.read_json(f"Meta/{s}/meta.json") for s in val}
-    slices = slice_scores(ev.read_text("per_frame.csv"), metas)
-    if ev.exists("jf_per_sequence.png"):
-        report.write_bytes("jf_per_sequence.png", ev.read_bytes("jf_per_sequence.png"))
-    gifs = []
-    for seq in val[: cfg.gif_sequences]:
-        names = sorted(n for n in corpus.list(f"JPEGImages/{RES_DIR}/{seq}") if n.endswith(".jpg"))
-        frames, preds, gts = [], [], []
-        for name in names:
-            stem = name[:-4]
-            frames.append(np.asarray(Image.open(io.BytesIO(corpus.read_bytes(f"JPEGImages/{RES_DIR}/{seq}/{name}")))
-                                     .convert("RGB")))
-            gts.append(read_mask(corpus.read_bytes(f"Annotations/{RES_DIR}/{seq}/{stem}.png")))
-            rel = f"masks/{seq}/{stem}.png"
-            preds.append(read_mask(seg.read_bytes(rel)) if seg.exists(rel) else np.zeros_like(gts[-1]))
-        report.write_bytes(f"overlay_{seq}.gif", _overlay_gif(frames, preds, gts, cfg.gif_fps))
-        gifs.append(f"overlay_{seq}.gif")
-    per_seq = list(csv.DictReader(io.StringIO(ev.read_text("per_sequence.csv"))))
     result = {"JF_mean": summary["JF_mean"], "J_mean": summary["J_mean"], "F_mean": summary["F_mean"],
-              "protocol": summary["protocol"], "n_sequences": summary["n_sequences"], "slices": slices,
+              "protocol": summary["protocol"], "n_sequences": summary["n_sequences"],
+              "slices": slice_scores(ev.read_text("per_frame.csv"), metas),
+              "report": summary.get("report") or ev.join("report.html"),
               "timings_s": {k: round(v, 1) for k, v in timings.items()}, "config": config_to_dict(cfg)}
-    report.write_json("demo_summary.json", result)
-    rows = "".join(f"<tr><td>{r['sequence']}</td><td>{float(r['J_mean']):.3f}</td><td>{float(r['F_mean']):.3f}</td>"
-                   f"<td>{float(r['JF_mean']):.3f}</td></tr>" for r in per_seq)
-    slice_rows = "".join(f"<tr><td>{k}</td><td>{v['frames']}</td><td>{v['J']:.3f}</td><td>{v['F']:.3f}</td>"
-                         f"<td>{v['JF']:.3f}</td></tr>" for k, v in slices.items())
-    timing_rows = "".join(f"<tr><td>{k}</td><td>{v:.1f} s</td></tr>" for k, v in timings.items())
-    html = f"""<!doctype html><html><head><meta charset="utf-8"><title>hmhi-uvos demo</title></head><body>
-<h1>hmhi-uvos demo: J&amp;F {summary['JF_mean']:.3f}</h1>
-<p>{summary['n_sequences']} held-out synthetic test videos, protocol {summary['protocol']}
-(J {summary['J_mean']:.3f}, F {summary['F_mean']:.3f}). Red: predicted mask; green: ground-truth outline.</p>
-<img src="jf_per_sequence.png" alt="J&amp;F per sequence">
-<h2>Per sequence</h2><table border="1" cellpadding="3"><tr><th>sequence</th><th>J</th><th>F</th><th>J&amp;F</th></tr>
-{rows}</table>
-<h2>Frames where memory matters</h2><p>Paused: the object rests, so its flow matches the background's.
-Occluded: a background pole hides part of it. First and last frames left out.</p>
-<table border="1" cellpadding="3"><tr><th>frames</th><th>n</th><th>J</th><th>F</th><th>J&amp;F</th></tr>{slice_rows}</table>
-<h2>Overlays</h2>{''.join(f'<p>{g}<br><img src="{g}" alt="{g}"></p>' for g in gifs)}
-<h2>Stage times</h2><table border="1" cellpadding="3">{timing_rows}</table>
-</body></html>
-"""
-    report.write_text("index.html", html)
-    return report.join("index.html"), result
+    root.write_json("demo_summary.json", result)
+    return result
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -253,7 +192,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     root.check()
     urls = {name: root.join(name) for name in ("corpus", "shards", "runs", "segment", "eval")}
     timings: dict[str, float] = {}
-    total = 6
+    total = 5
     started = time.perf_counter()
 
     corpus_cfg = dataclasses.replace(cfg.corpus, out=urls["corpus"])
@@ -293,22 +232,19 @@ def run_demo(cfg: DemoConfig) -> dict:
         "--checkpoint", model_url, "--input-size", str(image_size), "--flow-model", "dis",
         "--set", f"flow.preset={cfg.flow_preset}", "--set", f"videos=[{','.join(val)}]"], "segment")
 
-    _banner(5, total, f"DAVIS-2016 J&F on the held-out test videos -> {urls['eval']}")
+    _banner(5, total, f"DAVIS-2016 J&F and report.html on the held-out test videos -> {urls['eval']}")
     timings["evaluate"] = _run_job("evaluate.py", [
         "--pred", root.join("segment/masks"), "--gt", urls["corpus"], "--output", urls["eval"],
         "--protocol", "davis2016", "--set", f"sequences=[{','.join(val)}]"], "evaluate")
 
-    _banner(6, total, "report")
-    t0 = time.perf_counter()
     timings["total"] = time.perf_counter() - started
-    report_url, result = _write_report(cfg, root, val, timings)
-    timings["report"] = time.perf_counter() - t0
+    result = _demo_summary(root, val, timings, cfg)
     s = result["slices"]
     print(f"\nJ&F = {result['JF_mean']:.3f}  (J {result['J_mean']:.3f}, F {result['F_mean']:.3f}; "
           f"{result['n_sequences']} held-out test videos, protocol {result['protocol']})", flush=True)
     print(f"  paused frames: J&F {s['paused']['JF']:.3f} ({s['paused']['frames']} frames); occluded frames: "
           f"J&F {s['occluded']['JF']:.3f} ({s['occluded']['frames']} frames)", flush=True)
-    print(f"report: {report_url}", flush=True)
+    print(f"report: {result['report']}", flush=True)
     print(f"demo finished in {time.perf_counter() - started:.0f} s", flush=True)
     return result
 

@@ -66,6 +66,9 @@ class EvaluateConfig:
     """A text file (path/URL, or relative to --gt) with one sequence per line, e.g. ImageSets/2016/val.txt."""
     plot: bool = True
     """Write the per-sequence J&F bar plot."""
+    frames: str = ""
+    """URL or path of the frame images (<sequence>/<frame>.jpg) drawn under the masks in report.html; empty: the
+    DAVIS root's JPEGImages/480p when --gt is a DAVIS layout, else the masks are drawn over black."""
 
     def __post_init__(self):
         require(bool(self.pred), "pred", self.pred, "is required (URL or path of the predicted masks)")

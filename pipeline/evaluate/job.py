@@ -25,6 +25,7 @@ from pipeline.evaluate.dataset import (
     score_sequence,
 )
 from pipeline.evaluate.metrics import METRIC_KEYS, aggregate_results
+from pipeline.evaluate.report import resolve_frames_root, write_report
 from pipeline.ingest.formats import YTOBJ_CLASSES, IngestError
 from pipeline.jobs import JobSummary, init_ray
 from pipeline.storage import Storage, open_storage
@@ -44,6 +45,7 @@ FLAGS = {
     "--threshold": "threshold",
     "--sequences": "sequences",
     "--gt-format": "gt_format",
+    "--frames": "frames",
 }
 """Shortcut flags of ``jobs/evaluate.py`` (field paths of :class:`EvaluateConfig`)."""
 
@@ -254,14 +256,19 @@ def run(cfg: EvaluateConfig) -> dict:
         job.set(key, value)
 
     if output is not None:
+        plot_png = None
         output.write_bytes("per_sequence.csv", _per_sequence_csv(scored))
         output.write_bytes("per_frame.csv", _per_frame_csv(scored))
         if cfg.plot:
             title = (f"J&F per sequence, protocol {cfg.protocol}, "
                      f"threshold {threshold if threshold is not None else 'non-zero'}, {', '.join(resolutions)}")  # fmt: skip
-            output.write_bytes("jf_per_sequence.png", _plot_png(scored, aggregate, title))
-        # The HTML report (pipeline/evaluate/report.py:write_report) is written here, from `scored`, `scores`
-        # and the files above, before summary.json marks the evaluation finished.
+            plot_png = _plot_png(scored, aggregate, title)
+            output.write_bytes("jf_per_sequence.png", plot_png)
+        # Written before summary.json, which marks the evaluation finished.
+        report = write_report(output, scored, scores, gt=gt, gt_frames=gt_frames, pred=pred, pred_frames=pred_frames,
+                              frames=resolve_frames_root(cfg.gt, cfg.frames), plot_png=plot_png,
+                              rejected={r.sequence: r.error for r in results if r.error})  # fmt: skip
+        job.set("report", report)
     printable = {k: v for k, v in _json_safe(scores).items() if k not in ("missing_prediction_frames",)}
     print(json.dumps(printable, indent=2, default=str), flush=True)
     return job.finish(storage=output, rel="summary.json")

@@ -1,16 +1,12 @@
-"""The demo driver's own pieces: J&F on paused/occluded frames from evaluate's per_frame.csv, the overlay GIF, the
-config checks. (The stages it runs are the real jobs, tested in tests/jobs/.)"""
+"""The demo driver's own pieces: J&F on paused/occluded frames from evaluate's per_frame.csv, the demo summary that
+points at evaluate's report.html, the config checks. (The stages it runs are the real jobs, tested in tests/jobs/.)"""
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import pytest
-from PIL import Image
 
 from pipeline.config import ConfigError
-from pipeline.demo import DemoConfig, _overlay_gif, slice_scores
+from pipeline.demo import DemoConfig, _demo_summary, slice_scores
 
 
 def test_slice_scores_pool_paused_and_occluded_frames_without_first_and_last():
@@ -27,23 +23,6 @@ def test_slice_scores_pool_paused_and_occluded_frames_without_first_and_last():
     assert out["occluded"]["JF"] == pytest.approx((0.7 + 0.35) / 2)
     kept = slice_scores("\n".join(rows) + "\n", metas, drop_first_last=False)
     assert kept["paused"]["frames"] == 3 and kept["all"]["frames"] == 12
-
-
-def test_overlay_gif_has_one_frame_per_video_frame_and_marks_prediction_and_outline():
-    frames = [np.full((32, 32, 3), 100 + 10 * i, np.uint8) for i in range(4)]  # distinct: GIF merges repeats
-    preds = [np.zeros((32, 32), bool) for _ in range(4)]
-    gts = [np.zeros((32, 32), bool) for _ in range(4)]
-    preds[1][8:16, 8:16] = True
-    gts[1][20:28, 20:28] = True
-    gif = Image.open(io.BytesIO(_overlay_gif(frames, preds, gts, fps=5)))
-    assert gif.n_frames == 4 and gif.size == (512, 256)  # frame | overlay, upscaled to 256 px high
-    gif.seek(1)
-    right = np.asarray(gif.convert("RGB"))[:, 256:].astype(int)
-    red = right[12 * 8, 12 * 8]
-    assert red[0] > red[1] + 50  # predicted pixels tinted red
-    green = right[20 * 8, 24 * 8]
-    assert green[1] > green[0] + 50  # ground-truth outline in green
-    assert np.abs(np.asarray(gif.convert("RGB"))[:, :256].astype(int) - 110).max() <= 8  # left: the frame as is
 
 
 @pytest.mark.parametrize("field, value", [("train_steps", 0), ("validate_every", -1), ("flow_preset", "slow"),
@@ -63,3 +42,19 @@ def test_demo_corpus_settings_are_the_synthetic_config():
         load_config(DemoConfig, None, ["corpus.videos=1"])
     with pytest.raises(ConfigError, match="'corpus.out'"):
         load_config(DemoConfig, None, ["corpus.out=/tmp/elsewhere"])
+
+
+def test_demo_summary_is_short_and_points_at_the_evaluate_report(tmp_path):
+    from pipeline.storage import open_storage
+
+    root = open_storage(str(tmp_path))
+    root.write_json("corpus/Meta/a/meta.json", {"frames": 4, "paused_frames": [1], "occluded_frames": [2]})
+    root.write_text("eval/per_frame.csv", "sequence,frame,J,F,prediction\n" + "".join(
+        f"a,{t:05d},{0.5 + t / 10},{0.4},ok\n" for t in range(4)))
+    report = root.join("eval/report.html")
+    root.write_json("eval/summary.json", {"figures": {"JF_mean": 0.5, "J_mean": 0.6, "F_mean": 0.4,
+                                                      "protocol": "davis2016", "n_sequences": 1, "report": report}})
+    result = _demo_summary(root, ["a"], {"train": 12.34}, DemoConfig(storage=str(tmp_path)))
+    assert result["report"] == report and result["timings_s"] == {"train": 12.3}
+    assert result["slices"]["paused"]["J"] == pytest.approx(0.6) and result["slices"]["all"]["frames"] == 2
+    assert root.read_json("demo_summary.json")["report"] == report

@@ -1,0 +1,264 @@
+"""``report.html``: the evaluation as a page a person opens, beside evaluate's CSVs.
+
+It holds the overall J&F, the per-sequence table (J&F cells coloured from red, 0, to green, 1), the per-sequence
+plot, and for each sequence its worst frames (lowest (J + F) / 2 among the frames the protocol scores): the
+prediction (red) and the ground truth (green) over the frame, side by side. Frame images come from a DAVIS root's
+``JPEGImages/<resolution>/<sequence>/`` (or ``--frames``); where none is found the masks are drawn over black and
+the page says so. Every image is embedded as a data URI: the one file is the whole report, with no server.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import math
+import posixpath
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipeline.evaluate.dataset import SequenceResult
+from pipeline.evaluate.metrics import _protocol_slices  # the frames the protocol's means count
+from pipeline.masks import MaskError, read_mask
+from pipeline.storage import Storage, StorageError, open_storage
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PRED_RGB", "GT_RGB", "REPORT_FILE", "jf_colour", "resolve_frames_root", "side_by_side",
+           "write_report"]  # fmt: skip
+
+REPORT_FILE = "report.html"
+PRED_RGB = (230, 40, 40)
+"""Tint of the predicted mask."""
+GT_RGB = (40, 200, 40)
+"""Tint of the ground-truth mask."""
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
+"""Frame image files looked for, by stem (the ground truth's frame names)."""
+_PANEL_HEIGHT = (120, 240)  # small frames are enlarged, large ones reduced, to a height in this range
+
+
+def resolve_frames_root(gt_url: str, frames: str = "") -> Storage | None:
+    """The folder of ``<sequence>/<frame>.jpg`` images: ``frames`` when given, else derived from a DAVIS ground
+    truth (``<root>/JPEGImages/480p`` for ``<root>``, ``<root>/Annotations/480p`` or ``<root>/Annotations``), else
+    None."""
+    if frames:
+        return open_storage(frames)
+    url = gt_url.rstrip("/")
+    for tail in ("/Annotations/480p", "/Annotations/Full-Resolution", "/Annotations"):
+        if url.endswith(tail):
+            images = url[: -len(tail)] + tail.replace("Annotations", "JPEGImages")
+            storage = open_storage(images)
+            return storage if storage.isdir() else None
+    root = open_storage(url)
+    for layout in ("JPEGImages/480p", "JPEGImages"):
+        if root.isdir(layout):
+            return root.child(layout)
+    return None
+
+
+def jf_colour(value: float) -> str:
+    """CSS colour of a J&F cell: red at 0, yellow at 0.5, green at 1; grey when not scored."""
+    if value is None or math.isnan(value):
+        return "#dddddd"
+    return f"hsl({120 * min(max(value, 0.0), 1.0):.0f}, 75%, 72%)"
+
+
+def _tint(frame: np.ndarray, mask: np.ndarray, rgb: tuple[int, int, int]) -> np.ndarray:
+    import cv2
+
+    out = frame.astype(np.float32)
+    out[mask] = 0.5 * out[mask] + 0.5 * np.array(rgb, np.float32)
+    outline = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    out[outline] = rgb
+    return out.astype(np.uint8)
+
+
+def side_by_side(frame: np.ndarray, pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """The frame with the prediction tinted red | a white gap | the frame with the ground truth tinted green,
+    scaled to a height in 120-240 px."""
+    import cv2
+
+    height, width = gt.shape
+    gap = np.full((height, max(2, width // 50), 3), 255, np.uint8)
+    picture = np.concatenate([_tint(frame, pred, PRED_RGB), gap, _tint(frame, gt, GT_RGB)], axis=1)
+    low, high = _PANEL_HEIGHT
+    if height < low:
+        scale = math.ceil(low / height)
+        return np.repeat(np.repeat(picture, scale, 0), scale, 1)
+    if height > high:
+        size = (round(picture.shape[1] * high / height), high)
+        return cv2.resize(picture, size, interpolation=cv2.INTER_AREA)
+    return picture
+
+
+def _data_uri(image: np.ndarray | bytes, fmt: str = "JPEG") -> str:
+    if isinstance(image, bytes):
+        return "data:image/png;base64," + base64.b64encode(image).decode("ascii")
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt, quality=88)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _frame_files(frames: Storage | None, sequence: str) -> dict[str, str]:
+    if frames is None:
+        return {}
+    try:
+        names = frames.list(sequence)
+    except StorageError:
+        return {}
+    found: dict[str, str] = {}
+    for name in names:
+        stem, ext = posixpath.splitext(name)
+        if ext.lower() in FRAME_SUFFIXES and stem not in found:
+            found[stem] = f"{sequence}/{name}"
+    return found
+
+
+def _worst_frames(result: SequenceResult, protocol: str, count: int) -> list[tuple[str, float, float]]:
+    frames = result.frames
+    if protocol in ("davis2016", "all", "hmhi_official"):
+        frames = frames[_protocol_slices(protocol)[0]] or frames
+    scored = [f for f in frames if not (math.isnan(f[1]) or math.isnan(f[2]))]
+    return sorted(scored, key=lambda f: ((f[1] + f[2]) / 2, f[0]))[:count]
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "&ndash;"
+    return f"{value:.{digits}f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def _sequence_section(result: SequenceResult, protocol: str, count: int, gt: Storage, gt_files: Mapping[str, str],
+                      pred: Storage, pred_files: Mapping[str, str], frames: Storage | None,
+                      threshold: float | None) -> str:  # fmt: skip
+    seq = html.escape(result.sequence)
+    parts = [f'<section id="seq-{seq}"><h3>{seq} <small>J&amp;F {_fmt(result.metrics["JF_mean"])}</small></h3>']
+    images = _frame_files(frames, result.sequence)
+    if not images:
+        where = html.escape(frames.join(result.sequence)) if frames is not None else "(no frames folder)"
+        parts.append(f'<p class="note">No frame images found for {seq} in {where}: masks drawn over black.</p>')
+    for stem, j, f in _worst_frames(result, protocol, count):
+        try:
+            gt_mask = read_mask(gt.read_bytes(gt_files[stem]), name=gt.join(gt_files[stem]))
+        except (MaskError, StorageError, OSError, KeyError) as err:
+            parts.append(f'<p class="note">frame {html.escape(stem)}: ground truth unreadable: {html.escape(str(err))}</p>')
+            continue
+        pred_mask = np.zeros_like(gt_mask)
+        if stem in pred_files:
+            try:
+                pred_mask = read_mask(pred.read_bytes(pred_files[stem]), threshold=threshold)
+            except (MaskError, StorageError, OSError):
+                pass  # scored as empty too; evaluate's warnings name the file
+        if pred_mask.shape != gt_mask.shape:
+            import cv2
+
+            pred_mask = cv2.resize(pred_mask.astype(np.uint8), gt_mask.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+        frame = np.zeros((*gt_mask.shape, 3), np.uint8)
+        if stem in images:
+            try:
+                picture = Image.open(io.BytesIO(frames.read_bytes(images[stem]))).convert("RGB")
+                if picture.size != gt_mask.shape[::-1]:
+                    picture = picture.resize(gt_mask.shape[::-1])
+                frame = np.asarray(picture)
+            except (OSError, StorageError) as err:
+                log.warning("report: frame %s unreadable (%s); drawn over black", frames.join(images[stem]), err)
+        elif images:
+            parts.append(f'<p class="note">frame {html.escape(stem)}: no image; drawn over black.</p>')
+        status = "" if stem in pred_files else " (no prediction)"
+        parts.append(
+            f'<figure><img src="{_data_uri(side_by_side(frame, pred_mask, gt_mask))}" '
+            f'alt="{seq} frame {html.escape(stem)}: prediction and ground truth">'
+            f"<figcaption>frame {html.escape(stem)}{status}: J {_fmt(j)}, F {_fmt(f)} &mdash; "
+            f'<span class="pred">prediction</span> | <span class="gt">ground truth</span></figcaption></figure>'
+        )
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+_STYLE = """
+body{font-family:sans-serif;margin:1.5em;color:#222} table{border-collapse:collapse;margin:0.5em 0}
+th,td{border:1px solid #999;padding:3px 8px;text-align:right} th{background:#e8e8e8} td:first-child{text-align:left}
+figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top} figcaption{font-size:85%}
+.note{color:#8a5a00} .pred{color:#c82828;font-weight:bold} .gt{color:#288c28;font-weight:bold}
+h1 small,h3 small{font-weight:normal;color:#555}
+"""
+
+
+def write_report(output: Storage, results: Sequence[SequenceResult], summary: Mapping[str, Any], *, gt: Storage,
+                 gt_frames: Mapping[str, Mapping[str, str]], pred: Storage,
+                 pred_frames: Mapping[str, Mapping[str, str]], frames: Storage | None = None,
+                 plot_png: bytes | None = None, worst_frames: int = 3, max_sequences: int = 100,
+                 rejected: Mapping[str, str] | None = None, threads: int = 8) -> str:  # fmt: skip
+    """Write ``report.html`` to ``output``; returns its URL.
+
+    ``results`` are the scored sequences and ``summary`` evaluate's summary (J/F/J&F means, protocol, threshold,
+    n_sequences, n_frames); ``gt``/``pred`` the roots and ``gt_frames``/``pred_frames`` their
+    ``{sequence: {stem: rel}}`` listings; ``frames`` the root of the frame images (None: masks over black);
+    ``plot_png`` the per-sequence plot; ``worst_frames`` frames shown per sequence, for at most ``max_sequences``
+    sequences (the lowest J&F ones when there are more: every picture is embedded, so this bounds the page's size);
+    ``rejected`` sequences that could not be scored, with reasons. ``threads`` read the frames and masks.
+    """
+    protocol = str(summary.get("protocol", "davis2016"))
+    threshold = summary.get("threshold")
+    rows = []
+    for r in sorted(results, key=lambda r: r.sequence):
+        m = r.metrics
+        seq = html.escape(r.sequence)
+        rows.append(
+            f'<tr><td><a href="#seq-{seq}">{seq}</a></td>'
+            f'<td style="background:{jf_colour(m["JF_mean"])}">{_fmt(m["JF_mean"])}</td>'
+            + "".join(f"<td>{_fmt(m[k])}</td>" for k in ("J_mean", "J_recall", "J_decay", "F_mean", "F_recall",
+                                                          "F_decay"))
+            + f'<td>{m["n_frames"]}</td><td>{len(r.missing) + len(r.unreadable)}</td></tr>'
+        )  # fmt: skip
+    shown = sorted(results, key=lambda r: r.sequence)
+    shown_note = ""
+    if len(shown) > max_sequences:
+        def jf(r: SequenceResult) -> float:
+            value = r.metrics["JF_mean"]
+            return math.inf if math.isnan(value) else value
+
+        shown = sorted(sorted(shown, key=lambda r: (jf(r), r.sequence))[:max_sequences], key=lambda r: r.sequence)
+        shown_note = f" Shown for the {max_sequences} sequences with the lowest J&amp;F of {len(results)}."
+
+    def section(r: SequenceResult) -> str:
+        return _sequence_section(r, protocol, worst_frames, gt, gt_frames.get(r.sequence, {}), pred,
+                                 pred_frames.get(r.sequence, {}), frames, threshold)  # fmt: skip
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:  # storage reads dominate: overlap them
+        sections = list(pool.map(section, shown))
+    rejected_html = ""
+    if rejected:
+        items = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in sorted(rejected.items()))
+        rejected_html = f"<h2>Not scored</h2><ul>{items}</ul>"
+    plot_html = f'<img class="plot" src="{_data_uri(plot_png)}" alt="J&amp;F per sequence">' if plot_png else ""
+    frames_note = (f"Frames from {html.escape(frames.url)}." if frames is not None
+                   else "No frame images (no --frames, and the ground truth is not a DAVIS root): masks over black.")
+    threshold_text = "any non-zero pixel" if threshold is None else f"value/255 &gt; {threshold:.4g}"
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>J&amp;F {_fmt(summary.get("JF_mean"))} &mdash; hmhi-uvos evaluation</title>
+<style>{_STYLE}</style></head><body>
+<h1>J&amp;F {_fmt(summary.get("JF_mean"))} <small>J {_fmt(summary.get("J_mean"))}, F {_fmt(summary.get("F_mean"))}</small></h1>
+<p>{summary.get("n_sequences", len(results))} sequences, {summary.get("n_frames", "?")} frames scored, protocol
+{html.escape(protocol)}, foreground: {threshold_text}.<br>Predictions: {html.escape(str(summary.get("pred", pred.url)))}<br>
+Ground truth: {html.escape(str(summary.get("gt", gt.url)))}</p>
+<h2>Per sequence</h2>
+<table><tr><th>sequence</th><th>J&amp;F</th><th>J mean</th><th>J recall</th><th>J decay</th><th>F mean</th>
+<th>F recall</th><th>F decay</th><th>frames</th><th>missing</th></tr>
+{chr(10).join(rows)}
+</table>
+{plot_html}
+{rejected_html}
+<h2>Worst frames</h2>
+<p>The {worst_frames} frames of each sequence with the lowest (J + F) / 2: <span class="pred">prediction</span> (left)
+and <span class="gt">ground truth</span> (right) over the frame. {frames_note}{shown_note}</p>
+{chr(10).join(sections)}
+</body></html>
+"""
+    output.write_text(REPORT_FILE, page)
+    return output.join(REPORT_FILE)

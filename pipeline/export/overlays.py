@@ -1,0 +1,62 @@
+"""``overlays/index.html``: one page linking every overlay video ``segment --overlay`` wrote (relative links, so the
+folder can be copied or opened from storage as is)."""
+
+from __future__ import annotations
+
+import html
+import posixpath
+from urllib.parse import quote
+
+from pipeline.storage import Storage, StorageError
+
+__all__ = ["OVERLAY_INDEX", "write_overlay_index"]
+
+OVERLAY_INDEX = "overlays/index.html"
+"""Where the index page goes, below the segment output root."""
+
+
+def _describe(marker: dict) -> str:
+    parts = []
+    if marker.get("frames") is not None:
+        parts.append(f"{marker['frames']} frames")
+    if marker.get("width") and marker.get("height"):
+        parts.append(f"{marker['width']}x{marker['height']}")
+    if marker.get("fps"):
+        parts.append(f"{float(marker['fps']):g} fps")
+    if marker.get("foreground_frames") is not None:
+        parts.append(f"object in {marker['foreground_frames']} frames")
+    return ", ".join(parts)
+
+
+def write_overlay_index(storage: Storage) -> str | None:
+    """Write ``overlays/index.html`` below the segment output root ``storage``; returns its URL, or None when
+    there are no overlay videos. Only finished videos (with a done marker) are listed."""
+    videos = sorted(posixpath.splitext(n)[0] for n in storage.list("overlays", suffix=".mp4") if "/" not in n)
+    videos = [v for v in videos if storage.exists(f"done/{v}.json")]
+    if not videos:
+        return None
+    items = []
+    for video in videos:
+        try:
+            marker = storage.read_json(f"done/{video}.json")
+        except (StorageError, ValueError, OSError):
+            marker = {}
+        href = quote(f"{video}.mp4")
+        name = html.escape(video)
+        details = html.escape(_describe(marker if isinstance(marker, dict) else {}))
+        items.append(
+            f'<figure id="{name}"><video controls muted preload="metadata" width="480" src="{href}"></video>'
+            f'<figcaption><a href="{href}">{name}</a> <span>{details}</span></figcaption></figure>'
+        )
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>hmhi-uvos overlays ({len(videos)} video{"s" if len(videos) != 1 else ""})</title>
+<style>body{{font-family:sans-serif;margin:1.5em}} figure{{display:inline-block;margin:0 1em 1em 0;vertical-align:top}}
+figcaption span{{color:#555;font-size:90%}}</style></head>
+<body><h1>Overlay videos</h1>
+<p>{len(videos)} segmented video{"s" if len(videos) != 1 else ""}: each frame with the predicted mask tinted red and outlined. Files are next to
+this page (<code>&lt;video&gt;.mp4</code>).</p>
+{chr(10).join(items)}
+</body></html>
+"""
+    storage.write_text(OVERLAY_INDEX, page)
+    return storage.join(OVERLAY_INDEX)
