@@ -1,7 +1,7 @@
 """Driver side of the training job: checks the inputs, then runs ``TorchTrainer`` on the worker loop.
 
 Everything that can be wrong with the inputs is checked here, before any worker starts: the shard index and its
-training split (missing or empty), each shard's checksum, the checkpoint to initialise from. A run's state lives
+training split (missing or empty), the checkpoint to initialise from. A run's state lives
 only in ``--storage``: Ray Train checkpoints under ``<storage>/<run_name>/checkpoint_<step>/``, our CSV and
 TensorBoard logs under ``<storage>/<run_name>/logs/``, the best model by validation J&F under ``best/``.
 """
@@ -11,15 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
 from pipeline.config import ConfigError, config_to_dict
 from pipeline.jobs import UserError
+from pipeline.shards import ShardEntry
 from pipeline.storage import StorageError, open_storage
 from pipeline.train.config import TrainConfig
-from pipeline.train.data import ShardEntry, steps_per_epoch
+from pipeline.train.data import steps_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,9 @@ def resolve_shards(data_url: str, split: str, verify: bool, need_masks: bool) ->
 
     Returns ``(shards, samples left out)``: with ``need_masks``, samples without any ground-truth mask are left out
     (the official sampler needs a mask for every sampled frame). With ``verify``, every shard's SHA-256 is checked
-    against the index (in parallel threads).
+    against the index by the worker that first reads it (not here: no whole-corpus work before the run).
     """
-    from pipeline.shards import read_index, verify_shard
+    from pipeline.shards import read_index
 
     try:
         table = read_index(data_url)
@@ -60,16 +60,9 @@ def resolve_shards(data_url: str, split: str, verify: bool, need_masks: bool) ->
     for shard in sorted(by_shard):
         samples = sorted(by_shard[shard], key=lambda r: r["offset"])
         entries.append(ShardEntry(url=root.join(shard), offsets=[r["offset"] for r in samples],
-                                  sizes=[r["bytes"] for r in samples], checksum=samples[0]["shard_sha256"]))
-    if verify and entries:
-        def check(entry: ShardEntry) -> None:
-            try:
-                verify_shard(entry.url, entry.checksum)
-            except (ValueError, StorageError, FileNotFoundError, OSError) as e:
-                raise TrainInputError(f"shard {entry.url} failed verification: {e}") from e
-
-        with ThreadPoolExecutor(max_workers=min(8, len(entries))) as pool:
-            list(pool.map(check, entries))
+                                  sizes=[r["bytes"] for r in samples],
+                                  # verified by the worker that reads the shard first (pipeline.shards.read_samples)
+                                  checksum=samples[0]["shard_sha256"] if verify else None))
     return entries, left_out
 
 

@@ -17,9 +17,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from pipeline.evaluation import aggregate_results, evaluate_sequence
+from pipeline.shards import ShardEntry, read_samples
 from pipeline.train.augment import prepare_clip
 from pipeline.train.config import TrainConfig
-from pipeline.train.data import ShardEntry, read_samples
 
 __all__ = ["validate", "val_sample_refs"]
 

@@ -134,7 +134,7 @@ def test_end_to_end_round_trip_and_idempotent_rerun(storage_url, tmp_path):
     # Video files (mp4 + mkv), decoded with PyAV; a deterministic val split since they have none.
     vout = f"{storage_url}/videos"
     vsum = main(["--input", videos_in, "--output", vout, "--clip-length", "3", "--val-fraction", "0.5"])
-    assert vsum["format"] == "videos" and vsum["counts"]["video"]["done"] == 2
+    assert vsum["figures"]["format"] == "videos" and vsum["counts"]["video"]["done"] == 2
     from pipeline.video import decode_video
 
     local = {"street": tmp_path / "videos" / "street.mp4", "sub__park": tmp_path / "videos" / "sub" / "park.mkv"}
@@ -149,14 +149,17 @@ def test_killed_run_resumes_with_every_video_exactly_once(s3_bucket, tmp_path, r
     corpus = f"{s3_bucket}/corpus"
     upload_tree(tmp_path / "c", corpus)
     out = f"{s3_bucket}/out"
-    args = ["--input", corpus, "--output", out, "--clip-length", "4", "--shard-size-mb", "0.01"]
+    args = ["--input", corpus, "--output", out, "--clip-length", "4", "--shard-size-mb", "0.01",
+            "--set", "shards.group_videos=1"]
     env = dict(os.environ, RAY_ADDRESS=ray_cluster, HMHI_PRECOMPUTE_KILL_AFTER_SHARDS="3",
                PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.run([sys.executable, "jobs/precompute_flow.py", *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-3000:]  # SIGKILL, as a crashed node would die
     st = open_storage(out)
-    assert len(set(read_index(out).column("shard").to_pylist())) == 3
+    # Three groups (one video each) were committed: three index parts, and only their videos in the index.
+    assert len(st.list("index")) == 3 and not st.exists("index.parquet")
+    assert len(set(read_index(out).column("video_id").to_pylist())) == 3
     assert not st.exists("summary.json")
     # Leftovers of an interrupted upload that never reached the index must not survive the resume.
     st.write_bytes("shards/train-000777.tar", b"partial")
