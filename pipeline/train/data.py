@@ -256,7 +256,7 @@ def make_training_clip(sample: dict, draw: int, decode_fn, seed: int, epoch: int
     rng = np.random.default_rng([seed, epoch, rank, draw, 0xC11B])
     picks = sample_clip_indices(eligible.tolist(), clip_length, max_skip, rng)
     clip = decode_fn(sample, positions=picks)  # only the sampled frames are decoded
-    return prepare_clip(np.asarray(clip.frames), np.asarray(clip.flows), np.asarray(clip.masks), image_size, rng,
+    return prepare_clip(np.asarray(clip.frames), np.asarray(clip.flow_images()), np.asarray(clip.masks), image_size, rng,
                         augment_cfg)
 
 

@@ -44,7 +44,7 @@ def validate(module, shards: list[ShardEntry], cfg: TrainConfig, decode_fn, devi
             valid = np.asarray(clip.mask_valid, bool)
             if not valid.any():
                 continue
-            frames, flows, masks = np.asarray(clip.frames), np.asarray(clip.flows), np.asarray(clip.masks)
+            frames, flows, masks = np.asarray(clip.frames), np.asarray(clip.flow_images()), np.asarray(clip.masks)
             tensors = prepare_clip(frames, flows, masks, cfg.model.image_size, None, None)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 full, _ = module.forward_clip(tensors.frames[None].to(device), tensors.flows[None].to(device))
