@@ -407,3 +407,68 @@ def test_flow_pictures_go_into_the_shards_unchanged_and_feed_training(tmp_path):
     want = normalize_images(np.stack([resize_rgb(p, 32) for p in sampled.flow_pictures]))
     assert tensors.flows.shape[0] == 3
     assert all(any(torch.equal(fed, w) for w in want) for fed in tensors.flows)  # every frame's input: a picture
+
+
+def test_settings_guard_hashes_a_flow_checkpoint_read_from_s3(s3_bucket):
+    """Resume trusts only what is complete: the fingerprint holds the checkpoint's SHA-256, not just its URL, so
+    new weights at the same URL are refused."""
+    import hashlib
+
+    from pipeline.dataset.config import PrecomputeFlowConfig
+    from pipeline.dataset.job import _check_settings, _settings
+
+    weights = open_storage(f"{s3_bucket}/weights")
+    weights.write_bytes("flow.ckpt", b"first weights")
+    cfg = PrecomputeFlowConfig(input="unused", output=f"{s3_bucket}/out")
+    cfg.flow.engine, cfg.flow.checkpoint = "rapidflow_it1", f"{s3_bucket}/weights/flow.ckpt"
+    assert _settings(cfg)["flow_checkpoint_sha256"] == hashlib.sha256(b"first weights").hexdigest()
+    out = open_storage(cfg.output)
+    _check_settings(out, cfg)
+    _check_settings(out, cfg)  # same weights: accepted
+    weights.write_bytes("flow.ckpt", b"other weights, same URL")
+    with pytest.raises(ConfigError, match="flow_checkpoint_sha256"):
+        _check_settings(out, cfg)
+    cfg.flow.checkpoint = f"{s3_bucket}/weights/missing.ckpt"
+    with pytest.raises(ConfigError, match=r"flow.checkpoint.*missing.ckpt"):
+        _settings(cfg)
+
+
+def test_growing_a_corpus_never_moves_a_finished_video_between_splits(tmp_path):
+    from pipeline.ingest.formats import VideoRecord
+    from pipeline.ingest.manifest import assign_val_split
+    from tests.media import write_frames_folder
+
+    def fresh_splits(names):  # what a stateless assignment would give for this corpus
+        recs = [VideoRecord(video_id=n, name=n, format="frames", split="train", source_split="", kind="frames",
+                            source=n) for n in names]
+        assign_val_split(recs, 0.25)
+        return {r.video_id: r.split for r in recs}
+
+    first = [f"a{i}" for i in range(4)]
+    # Added videos chosen so that a stateless assignment of the grown corpus would move a finished video.
+    added = next(extra for k in range(50) for extra in [[f"b{k}_{i}" for i in range(4)]]
+                 if any(fresh_splits(first + extra)[n] != fresh_splits(first)[n] for n in first))
+    corpus = tmp_path / "c"
+    for n in first:
+        write_frames_folder(corpus, n, make_scene(3, (32, 32), seed=len(n))[0])
+    out = str(tmp_path / "out")
+    args = ["--input", str(corpus), "--output", out, "--format", "frames", "--clip-length", "3", "--flow-preset",
+            "ultrafast", "--val-fraction", "0.25"]
+    main(args)
+
+    def splits():
+        rows = open_storage(out).read_parquet("manifest.parquet").to_pylist()
+        return {r["video_id"]: r["split"] for r in rows}
+
+    before = splits()
+    assert sorted(before.values()) == ["train", "train", "train", "val"]
+    for n in added:
+        write_frames_folder(corpus, n, make_scene(3, (32, 32), seed=len(n))[0])
+    summary = main(args)
+    assert summary["counts"]["video"] == {"done": 4, "skipped": 4, "rejected": 0}
+    after = splits()
+    assert {n: after[n] for n in first} == before  # finished videos keep their split
+    assert "val" in {after[n] for n in added}  # new videos get their own share of val
+    index = read_index(out)
+    for vid, split in zip(index.column("video_id").to_pylist(), index.column("split").to_pylist(), strict=True):
+        assert after[vid] == split
