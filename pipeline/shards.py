@@ -417,10 +417,11 @@ def read_index_parts(url) -> tuple[pa.Table, dict[str, Any], dict[str, str]]:
     tables = [consolidated] if consolidated is not None else []
     videos: dict[str, Any] = {}
     writers: dict[str, str] = {}
-    for part in list_index_parts(st):
-        if part in held:
-            continue
-        table = st.read_parquet(part)
+    pending = [part for part in list_index_parts(st) if part not in held]
+    # Small objects: on S3 the time is the round trips, so they are read concurrently (in name order).
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(pending)))) as pool:
+        loaded = list(pool.map(st.read_parquet, pending))
+    for part, table in zip(pending, loaded, strict=True):
         meta = table.schema.metadata or {}
         videos.update(json.loads(meta.get(_VIDEOS_KEY, b"{}")))
         writers[part] = meta.get(_WRITER_KEY, b"").decode()

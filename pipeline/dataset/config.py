@@ -29,6 +29,10 @@ class ShardConfig:
     commits the group as one index part. Larger groups make fuller shards and fewer commits; smaller ones spread
     small corpora over more workers and lose less work to a kill."""
 
+    consolidate_every: int = 1000
+    """Also consolidate the index parts into ``index.parquet`` (and the wids lists) every this many commits, so
+    that a resume or a reader after a kill reads few parts (0: only at the end of the run)."""
+
     def __post_init__(self):
         require(2 <= self.clip_length <= 999, "clip_length", self.clip_length, "must be in 2..999")
         require(1 <= self.jpeg_quality <= 100, "jpeg_quality", self.jpeg_quality, "must be in 1..100")
@@ -36,6 +40,7 @@ class ShardConfig:
         require(0 <= self.flow_compress_level <= 19, "flow_compress_level", self.flow_compress_level,
                 "must be in 0..19")
         require(self.group_videos >= 1, "group_videos", self.group_videos, "must be >= 1")
+        require(self.consolidate_every >= 0, "consolidate_every", self.consolidate_every, "must be >= 0")
 
 
 @dataclass

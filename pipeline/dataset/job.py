@@ -303,6 +303,11 @@ def run(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
                             int(result[figure]))
             summary.add("flows", int(result["frames"]))
             summary.add("worker_pack_s", float(result["pack_s"]))
+            every = cfg.shards.consolidate_every
+            if rows and every and commits % every == 0:
+                t1 = time.perf_counter()
+                consolidate_index(out)
+                summary.add("driver_consolidate_s", time.perf_counter() - t1)
             if kill_after and commits >= kill_after:
                 log.warning("%s=%d: killing this driver now (fault injection)", KILL_AFTER_COMMITS_ENV, kill_after)
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -313,7 +318,7 @@ def run(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     index = consolidate_index(out)
-    summary.set("driver_consolidate_s", round(time.perf_counter() - t0, 3))
+    summary.add("driver_consolidate_s", time.perf_counter() - t0)
     summary.set("index_parts_committed", commits)
     summary.set("writer_processes", len(writers))
     summary.set("shards_total", len(set(index.column("shard").to_pylist())))
