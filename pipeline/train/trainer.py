@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from dataclasses import asdict
 from typing import Any
 
 from pipeline.config import ConfigError, config_to_dict
 from pipeline.jobs import UserError
-from pipeline.shards import ShardEntry
+from pipeline.shards import ShardChecksumError, ShardEntry
 from pipeline.storage import StorageError, open_storage
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import steps_per_epoch
@@ -151,9 +152,36 @@ def build_trainer(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntr
     )
 
 
+def _checksum_failure(error: BaseException | None) -> str | None:
+    """The message of the ShardChecksumError a worker raised, if that is what failed the run (Ray Train wraps
+    worker errors: walk causes and ``worker_failures``; the text is the last resort)."""
+    stack, seen = [error], set()
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ShardChecksumError):  # Ray's RayTaskError(ShardChecksumError) is one too
+            return str(e).strip().splitlines()[-1]
+        stack += [e.__cause__, e.__context__, *getattr(e, "worker_failures", {}).values()]
+    found = re.search(r"shard \S+: SHA-256 \S+ does not match the index \(\S+\)", str(error or ""))
+    return found.group(0) if found else None
+
+
 def run_training(cfg: TrainConfig):
-    """Check inputs, train, and return the Ray ``Result``."""
+    """Check inputs, train, and return the Ray ``Result``. A shard failing its checksum in a worker (verified on
+    its first read) ends the run with :class:`TrainInputError` naming the shard's URL."""
     train, val = check_inputs(cfg)
     log.info("training on %d shards (%d samples), validating on %d shards; run %s/%s", len(train),
              sum(s.num_samples for s in train), len(val), cfg.storage, cfg.run_name)
-    return build_trainer(cfg, train, val).fit()
+    try:
+        result = build_trainer(cfg, train, val).fit()
+    except Exception as e:  # Ray Train raises its own wrapper around the worker's error
+        bad = _checksum_failure(e)
+        if bad is not None:
+            raise TrainInputError(bad) from e
+        raise
+    bad = _checksum_failure(result.error)
+    if bad is not None:
+        raise TrainInputError(bad) from result.error
+    return result
