@@ -1,6 +1,6 @@
 """Benchmark of the flow-precompute job and of reading its shards. One JSON line per setting on stdout.
 
-1. Job throughput: frames/s of ``run_precompute`` end to end (list, decode JPEGs, flow, encode, upload shards,
+1. Job throughput: frames/s of the flow job (``pipeline.dataset.job.run``) end to end (list, decode JPEGs, flow, encode, upload shards,
    index) on a generated 480p corpus, for DIS presets and light ptlflow models (random weights: the speed of a
    model does not depend on its weights), with Ray limited to 1 and to 2 CPUs. Each line carries a same-run
    baseline: the same engine in one plain process (decode -> flow -> encode, no Ray, no storage), and the ratio.
@@ -115,7 +115,8 @@ def baseline_fps(engine_name: str, opts: dict, corpus_frames: list[np.ndarray], 
 def run_job(input_url: str, output_url: str, engine: str, preset: str, ckpt_free: bool, max_videos: int,
             clip_length: int, flow_level: int = 1) -> dict:
     from pipeline.config import load_config
-    from pipeline.flow.precompute import PrecomputeFlowConfig, run_precompute
+    from pipeline.dataset.config import PrecomputeFlowConfig
+    from pipeline.dataset.job import run as run_precompute
 
     overrides = [f"input={input_url}", f"output={output_url}", f"flow.engine={engine}",
                  f"shards.clip_length={clip_length}", f"max_videos={max_videos}",

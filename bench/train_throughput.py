@@ -46,7 +46,8 @@ def synthetic_shards(root: str, videos: int, frames: int, size: str) -> str:
     import ray
 
     from pipeline.config import load_config
-    from pipeline.flow.precompute import PrecomputeFlowConfig, run_precompute
+    from pipeline.dataset.config import PrecomputeFlowConfig
+    from pipeline.dataset.job import run as run_precompute
     from pipeline.synthetic import main as synth_main
 
     corpus, shards = os.path.join(root, "corpus"), os.path.join(root, "shards")
@@ -63,8 +64,7 @@ def synthetic_shards(root: str, videos: int, frames: int, size: str) -> str:
 def export_per_file(shards, root: str) -> dict[str, list[tuple[str, str, str | None]]]:
     """Write the frames of every training sample as per-frame files; returns video -> [(rgb, flow, mask)]."""
     from pipeline.flow.render import flow_to_rgb
-    from pipeline.shards import decode_clip
-    from pipeline.train.data import read_samples
+    from pipeline.shards import decode_clip, read_samples
 
     videos: dict[str, list[tuple[int, tuple[str, str, str | None]]]] = defaultdict(list)
     for entry in shards:

@@ -12,14 +12,27 @@ One sample = a run of consecutive frames of one video. Its tar members, contiguo
     <key>.meta.json        video_id, split, frame_indices, sizes, mask_valid, flow provenance, render version,
                            flow_crc32 (CRC-32 of each stored flow member: zstd frames carry no checksum)
 
+    <key>.flowpic.000.jpg  instead of the flow members, when the flow source is the corpus's own flow pictures
+    ...                    (``--flow-model pictures``): the picture file's bytes unchanged (``.jpg`` or ``.png``);
+                           meta.json then has ``flow_source: "pictures"`` and no ``flow_crc32``
+
 ``key`` = ``<video_id>__<first frame index, 6 digits>`` (no dots: WebDataset splits member names at the first
-dot). Shards are ``shards/<split>-<number, 6 digits>.tar`` below the output root, numbered per split in commit
-order; ``index.parquet`` at the root lists every sample of every *committed* shard (a shard is uploaded first,
-then indexed), with its byte offset, size and SHA-256, and the shard's size and SHA-256.
+dot). The flow job writes shards ``shards/<split>-<group>-<number, 4 digits>.tar`` below the output root, where
+``<group>`` names the deterministic group of videos the shard was made from (the shard writer alone numbers them
+``shards/<split>-<number, 6 digits>.tar``).
+
+The index is a set of parts: ``index/<group>.parquet``, one small Parquet file per committed group of shards
+(written once its shards are complete: the part is the commit marker), and ``index.parquet`` at the root, the
+consolidation of parts (its metadata lists the parts it holds). :func:`read_index` returns their union: one row per
+sample of every *committed* shard, with its byte offset, size and SHA-256, and the shard's size and SHA-256.
+:func:`write_wids_index` also writes ``<split>.wids.json`` per split, the shard list of webdataset's indexed reader
+(``wids.ShardListDataset("train.wids.json")``), with shard URLs relative to the output root.
 
 Readers: :func:`decode_clip` takes one sample's raw member bytes keyed by member extension, which is what
 ``webdataset.WebDataset(urls)`` yields and what ``ray.data.read_webdataset(urls, decoder=None)`` rows hold
-(both add ``__key__`` and ``__url__``; Ray fills members a row lacks with ``None``).
+(both add ``__key__`` and ``__url__``; Ray fills members a row lacks with ``None``); :func:`read_samples` reads a
+run of samples of one shard (:class:`ShardEntry`) by byte range, verifying the whole shard's SHA-256 on its first
+read in a process.
 """
 
 from __future__ import annotations
@@ -33,10 +46,11 @@ import logging
 import os
 import tarfile
 import tempfile
+import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,32 +60,48 @@ import pyarrow as pa
 
 from pipeline.jobs import UserError
 from pipeline.masks import decode_mask_png, encode_mask_png
+from pipeline.storage import Storage, StorageNotFoundError, open_storage
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "FLOW_PICTURES",
     "INDEX_NAME",
+    "INDEX_PARTS_DIR",
     "INDEX_SCHEMA",
     "SAMPLE_VERSION",
     "SHARD_DIR",
     "ClipSample",
     "ShardChecksumError",
+    "ShardEntry",
     "ShardWriter",
+    "consolidate_index",
     "decode_clip",
     "decode_flow",
     "encode_clip",
     "empty_index",
+    "index_part_name",
+    "iter_tar_samples",
+    "list_index_parts",
     "read_index",
+    "read_index_parts",
+    "read_samples",
     "sample_key",
     "shard_urls",
     "verify_shard",
+    "write_index_part",
+    "write_wids_index",
 ]
 
 SAMPLE_VERSION = 2
 """Version of the sample layout above, stored in ``meta.json``. Version 1 kept all flows of a sample in one
 zip-deflated ``flows.npz`` member; :func:`decode_clip` still reads it."""
 INDEX_NAME = "index.parquet"
+INDEX_PARTS_DIR = "index"
 SHARD_DIR = "shards"
+FLOW_PICTURES = "pictures"
+"""``meta.json``'s ``flow_source`` (and the flow engine's name) of samples that carry the corpus's flow pictures."""
+WIDS_SUFFIX = ".wids.json"
 MAX_CLIP_FRAMES = 1000  # member names carry a 3-digit frame number
 
 
@@ -90,14 +120,23 @@ class ClipSample:
     """Index of each frame in its video."""
     frames: np.ndarray
     """(N, H, W, 3) uint8 RGB."""
-    flows: np.ndarray
-    """(N, H, W, 2) float16 as stored, pixels (dx, dy); render with ``pipeline.flow.render.flow_to_rgb``."""
+    flows: np.ndarray | None
+    """(N, H, W, 2) float16 as stored, pixels (dx, dy); render with ``pipeline.flow.render.flow_to_rgb``. None
+    when the sample carries flow pictures instead (``flow_pictures``)."""
     masks: np.ndarray
     """(N, H, W) bool, all False where ``mask_valid`` is False."""
     mask_valid: np.ndarray
     """(N,) bool: frames with a ground-truth mask."""
     meta: dict[str, Any] = field(default_factory=dict)
     """The sample's meta.json (flow provenance, render version, source names, sizes, ...)."""
+    flow_pictures: np.ndarray | None = None
+    """(N, h, w, 3) uint8 RGB: the corpus's own flow pictures (``meta["flow_source"] == "pictures"``), to be fed to
+    the model as they are (no ``flow_to_rgb``); their size may differ from the frames'. None for computed flow."""
+
+    def flow_images(self) -> np.ndarray:
+        """What the model's flow input is made from: the flow pictures when the sample has them, else the
+        float16 flows (which the caller renders with ``flow_to_rgb``)."""
+        return self.flow_pictures if self.flow_pictures is not None else self.flows
 
 
 def sample_key(video_id: str, first_frame: int) -> str:
@@ -114,6 +153,24 @@ def _mask_ext(i: int) -> str:
 
 def _flow_ext(i: int, level: int) -> str:
     return f"flow.{i:03d}.f16.zst" if level > 0 else f"flow.{i:03d}.f16"
+
+
+def _flowpic_ext(i: int, suffix: str) -> str:
+    return f"flowpic.{i:03d}{suffix}"
+
+
+PICTURE_SUFFIXES = (".jpg", ".png")
+"""Flow picture files kept as they are; anything else (e.g. ``.jpeg``) is stored under the nearest of these."""
+
+
+def picture_suffix(name: str) -> str:
+    """The member suffix for a flow picture file name (``.jpg`` for JPEG names, ``.png`` for PNG)."""
+    ext = os.path.splitext(name)[1].lower()
+    if ext in (".jpg", ".jpeg"):
+        return ".jpg"
+    if ext == ".png":
+        return ".png"
+    raise ValueError(f"flow picture {name!r}: only JPEG or PNG pictures can be stored")
 
 
 @functools.cache
@@ -143,9 +200,14 @@ def decode_flow(data: bytes, h: int, w: int, name: str, crc32: int | None = None
     return np.frombuffer(raw, "<f2").reshape(h, w, 2)
 
 
-def encode_clip(key: str, frames: np.ndarray, flows: np.ndarray, masks: np.ndarray, mask_valid: np.ndarray,
-                meta: dict[str, Any], jpeg_quality: int = 90, flow_level: int = 1) -> dict[str, bytes]:
-    """Encode one sample into member bytes keyed by extension (sorted), ready for a tar."""
+def encode_clip(key: str, frames: np.ndarray, flows: np.ndarray | None, masks: np.ndarray, mask_valid: np.ndarray,
+                meta: dict[str, Any], jpeg_quality: int = 90, flow_level: int = 1,
+                flow_pictures: Sequence[tuple[str, bytes]] | None = None) -> dict[str, bytes]:
+    """Encode one sample into member bytes keyed by extension (sorted), ready for a tar.
+
+    ``flow_pictures`` (one ``(file name, bytes)`` per frame) replaces ``flows``: the pictures' bytes are stored
+    unchanged as ``flowpic.NNN.jpg|png`` members and ``meta.json`` records ``flow_source: "pictures"``.
+    """
     import cv2
 
     n = len(frames)
@@ -153,12 +215,18 @@ def encode_clip(key: str, frames: np.ndarray, flows: np.ndarray, masks: np.ndarr
         raise ValueError(f"sample {key}: {n} frames (1..{MAX_CLIP_FRAMES} allowed)")
     if "." in key or "/" in key:
         raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
-    if flows.shape != frames.shape[:3] + (2,) or masks.shape != frames.shape[:3] or mask_valid.shape != (n,):
-        raise ValueError(f"sample {key}: shapes disagree: frames {frames.shape}, flows {flows.shape}, "
+    flow_shape = (len(flow_pictures),) if flow_pictures is not None else (None if flows is None else flows.shape)
+    expected_flow = (n,) if flow_pictures is not None else frames.shape[:3] + (2,)
+    if flow_shape != expected_flow or masks.shape != frames.shape[:3] or mask_valid.shape != (n,):
+        raise ValueError(f"sample {key}: shapes disagree: frames {frames.shape}, flows {flow_shape}, "
                          f"masks {masks.shape}, mask_valid {mask_valid.shape}")
     members: dict[str, bytes] = {}
     for i in range(n):
-        members[_flow_ext(i, flow_level)] = _encode_flow(flows[i], flow_level)
+        if flow_pictures is not None:
+            name, data = flow_pictures[i]
+            members[_flowpic_ext(i, picture_suffix(name))] = bytes(data)
+        else:
+            members[_flow_ext(i, flow_level)] = _encode_flow(flows[i], flow_level)
         ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(frames[i][..., ::-1]),
                                [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
         if not ok:
@@ -167,8 +235,11 @@ def encode_clip(key: str, frames: np.ndarray, flows: np.ndarray, masks: np.ndarr
         if mask_valid[i]:
             members[_mask_ext(i)] = encode_mask_png(masks[i])
     meta = dict(meta, key=key, n_frames=n, height=int(frames.shape[1]), width=int(frames.shape[2]),
-                mask_valid=[bool(v) for v in mask_valid], sample_version=SAMPLE_VERSION,
-                flow_crc32=[zlib.crc32(members[_flow_ext(i, flow_level)]) for i in range(n)])
+                mask_valid=[bool(v) for v in mask_valid], sample_version=SAMPLE_VERSION)
+    if flow_pictures is not None:
+        meta["flow_source"] = FLOW_PICTURES
+    else:
+        meta["flow_crc32"] = [zlib.crc32(members[_flow_ext(i, flow_level)]) for i in range(n)]
     members["meta.json"] = json.dumps(meta, sort_keys=True).encode("utf-8")
     return dict(sorted(members.items()))
 
@@ -209,20 +280,10 @@ def decode_clip(sample: Mapping[str, Any], positions: Sequence[int] | None = Non
         if img is None or img.shape[:2] != (h, w):
             raise ValueError(f"sample {key}: frame {i} is corrupt or has the wrong size")
         cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=frames[j])
-    # float16 as stored: numpy's float16 -> float32 conversion costs ~1 ms per 480p frame, and every consumer
-    # (flow_to_rgb, augmentation) converts the few frames it uses anyway.
-    flows = np.empty((len(pos), h, w, 2), np.float16)
-    if int(meta.get("sample_version", 1)) < 2:  # one zip-deflated flows.npz member per sample
-        with np.load(io.BytesIO(_member(sample, "flows.npz", key)), allow_pickle=False) as z:
-            stored = z["flows"]
-            if stored.shape != (n, h, w, 2):
-                raise ValueError(f"sample {key}: flows are {stored.shape}, expected {(n, h, w, 2)}")
-            flows[...] = stored if positions is None else stored[pos]
+    if meta.get("flow_source") == FLOW_PICTURES:
+        flows, pictures = None, _decode_pictures(sample, key, pos)
     else:
-        crcs = meta.get("flow_crc32")
-        for j, i in enumerate(pos):
-            ext = _flow_ext(i, 1) if _present(sample, _flow_ext(i, 1)) else _flow_ext(i, 0)
-            flows[j] = decode_flow(_member(sample, ext, key), h, w, f"{key}.{ext}", crcs[i] if crcs else None)
+        flows, pictures = _decode_flows(sample, meta, key, n, h, w, pos, positions is None), None
     all_valid = np.asarray(meta["mask_valid"], bool)
     valid = all_valid[pos]
     masks = np.zeros((len(pos), h, w), bool)
@@ -232,7 +293,46 @@ def decode_clip(sample: Mapping[str, Any], positions: Sequence[int] | None = Non
     indices = [int(i) for i in meta["frame_indices"]]
     return ClipSample(key=key, video_id=meta["video_id"], split=meta["split"],
                       frame_indices=[indices[i] for i in pos], frames=frames, flows=flows,
-                      masks=masks, mask_valid=valid, meta=meta)
+                      masks=masks, mask_valid=valid, meta=meta, flow_pictures=pictures)
+
+
+def _decode_pictures(sample: Mapping[str, Any], key: str, pos: list[int]) -> np.ndarray:
+    """The flow pictures of frames ``pos`` as (len(pos), h, w, 3) uint8 RGB (all one size)."""
+    import cv2
+
+    out = None
+    for j, i in enumerate(pos):
+        ext = next((_flowpic_ext(i, sfx) for sfx in PICTURE_SUFFIXES if _present(sample, _flowpic_ext(i, sfx))),
+                   _flowpic_ext(i, ".jpg"))
+        img = cv2.imdecode(np.frombuffer(_member(sample, ext, key), np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ValueError(f"sample {key}: flow picture {ext} is corrupt")
+        if out is None:
+            out = np.empty((len(pos),) + img.shape, np.uint8)
+        elif img.shape != out.shape[1:]:
+            raise ValueError(f"sample {key}: flow picture {ext} is {img.shape[1]}x{img.shape[0]}, the first one "
+                             f"{out.shape[2]}x{out.shape[1]}")
+        cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[j])
+    return out if out is not None else np.zeros((0, 1, 1, 3), np.uint8)
+
+
+def _decode_flows(sample: Mapping[str, Any], meta: dict[str, Any], key: str, n: int, h: int, w: int,
+                  pos: list[int], whole: bool) -> np.ndarray:
+    # float16 as stored: numpy's float16 -> float32 conversion costs ~1 ms per 480p frame, and every consumer
+    # (flow_to_rgb, augmentation) converts the few frames it uses anyway.
+    flows = np.empty((len(pos), h, w, 2), np.float16)
+    if int(meta.get("sample_version", 1)) < 2:  # one zip-deflated flows.npz member per sample
+        with np.load(io.BytesIO(_member(sample, "flows.npz", key)), allow_pickle=False) as z:
+            stored = z["flows"]
+            if stored.shape != (n, h, w, 2):
+                raise ValueError(f"sample {key}: flows are {stored.shape}, expected {(n, h, w, 2)}")
+            flows[...] = stored if whole else stored[pos]
+    else:
+        crcs = meta.get("flow_crc32")
+        for j, i in enumerate(pos):
+            ext = _flow_ext(i, 1) if _present(sample, _flow_ext(i, 1)) else _flow_ext(i, 0)
+            flows[j] = decode_flow(_member(sample, ext, key), h, w, f"{key}.{ext}", crcs[i] if crcs else None)
+    return flows
 
 
 # -- index --------------------------------------------------------------------------------------------------------
@@ -263,19 +363,123 @@ def empty_index() -> pa.Table:
     return INDEX_SCHEMA.empty_table()
 
 
-def _storage(url):
-    from pipeline.storage import open_storage
+_PARTS_KEY = b"hmhi.parts"
+"""``index.parquet`` metadata: JSON list of the part names it consolidates."""
+_VIDEOS_KEY = b"hmhi.videos"
+"""An index part's metadata: JSON {video_id: facts} of the videos its group committed (for the manifest)."""
+_WRITER_KEY = b"hmhi.writer"
+"""An index part's metadata: the process (host:pid) that wrote the part's shards."""
 
+
+def _storage(url) -> Storage:
     return open_storage(url)
 
 
+def index_part_name(group: str) -> str:
+    """The index part of a group of shards (the group's commit marker)."""
+    return f"{INDEX_PARTS_DIR}/{group}.parquet"
+
+
+def write_index_part(storage, group: str, rows: Sequence[Mapping[str, Any]],
+                     videos: Mapping[str, Any] | None = None, writer: str | None = None) -> str:
+    """Commit a group of complete shards: write its index rows as one small Parquet part (atomically; the part's
+    existence is the commit). The cost does not depend on how many parts exist. Returns the part's name."""
+    meta = {_VIDEOS_KEY: json.dumps(videos or {}, sort_keys=True).encode(), _WRITER_KEY: (writer or "").encode()}
+    table = pa.Table.from_pylist(list(rows), schema=INDEX_SCHEMA).replace_schema_metadata(meta)
+    name = index_part_name(group)
+    _storage(storage).write_parquet(name, table)
+    return name
+
+
+def list_index_parts(storage) -> list[str]:
+    """Names of the committed index parts below the output root (one listing), sorted."""
+    st = _storage(storage)
+    if not st.isdir(INDEX_PARTS_DIR):
+        return []
+    return sorted(f"{INDEX_PARTS_DIR}/{n}" for n in st.list(INDEX_PARTS_DIR, suffix=".parquet"))
+
+
+def _consolidated(st: Storage) -> tuple[pa.Table | None, set[str]]:
+    """``index.parquet`` (or None) and the parts it holds (an index written before parts existed holds none)."""
+    if not st.exists(INDEX_NAME):
+        return None, set()
+    table = st.read_parquet(INDEX_NAME)
+    parts = json.loads((table.schema.metadata or {}).get(_PARTS_KEY, b"[]"))
+    return table.replace_schema_metadata(None), set(parts)
+
+
+def read_index_parts(url) -> tuple[pa.Table, dict[str, Any], dict[str, str]]:
+    """The union of ``index.parquet`` and the parts it does not hold yet, with the video facts and the writer
+    recorded by those parts: ``(index, {video_id: facts}, {part: writer})``. An output without any index gives
+    an empty index."""
+    st = _storage(url)
+    consolidated, held = _consolidated(st)
+    tables = [consolidated] if consolidated is not None else []
+    videos: dict[str, Any] = {}
+    writers: dict[str, str] = {}
+    pending = [part for part in list_index_parts(st) if part not in held]
+    # Small objects: on S3 the time is the round trips, so they are read concurrently (in name order).
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(pending)))) as pool:
+        loaded = list(pool.map(st.read_parquet, pending))
+    for part, table in zip(pending, loaded, strict=True):
+        meta = table.schema.metadata or {}
+        videos.update(json.loads(meta.get(_VIDEOS_KEY, b"{}")))
+        writers[part] = meta.get(_WRITER_KEY, b"").decode()
+        tables.append(table.replace_schema_metadata(None))
+    index = pa.concat_tables([t.cast(INDEX_SCHEMA) for t in tables]) if tables else empty_index()
+    return index, videos, writers
+
+
 def read_index(url) -> pa.Table:
-    """The index of the shards below ``url`` (the output root of the flow job; or the index file's URL)."""
+    """The index of the shards below ``url`` (the output root of the flow job; or an index file's URL): the
+    union of ``index.parquet`` and the index parts not consolidated into it yet. Raises
+    :class:`pipeline.storage.StorageNotFoundError` when there is no index at all."""
     st = _storage(url)
     if str(url).rstrip("/").endswith(".parquet"):
         parent, _, leaf = st.url.rpartition("/")
-        return _storage(parent).read_parquet(leaf)
-    return st.read_parquet(INDEX_NAME)
+        return _storage(parent).read_parquet(leaf).replace_schema_metadata(None)
+    if not st.exists(INDEX_NAME) and not list_index_parts(st):
+        raise StorageNotFoundError(f"{st.join(INDEX_NAME)}: no shard index (neither {INDEX_NAME} nor "
+                                   f"{INDEX_PARTS_DIR}/*.parquet)")
+    return read_index_parts(st)[0]
+
+
+def consolidate_index(url) -> pa.Table:
+    """Merge every index part into ``index.parquet`` (sorted by shard and offset) and rewrite the ``wids`` shard
+    lists; nothing is written when ``index.parquet`` already holds every part (a rerun that did nothing). Parts
+    stay: they are the commit markers resume reads. Returns the whole index."""
+    st = _storage(url)
+    parts = list_index_parts(st)
+    _, held = _consolidated(st)
+    index = read_index_parts(st)[0]
+    if set(parts) <= held and st.exists(INDEX_NAME):
+        return index
+    index = index.sort_by([("shard", "ascending"), ("offset", "ascending")])
+    meta = {_PARTS_KEY: json.dumps(sorted(held | set(parts))).encode()}
+    st.write_parquet(INDEX_NAME, index.replace_schema_metadata(meta))
+    write_wids_index(st, index)
+    return index
+
+
+def write_wids_index(url, index: pa.Table) -> list[str]:
+    """Write ``<split>.wids.json`` per split: webdataset's indexed-reader shard list (``wids-shard-index-v1``)
+    with shard URLs relative to the output root, sample counts and file sizes, so
+    ``wids.ShardListDataset(root + "/train.wids.json")`` reads the shards without this package. Returns the names.
+    """
+    st = _storage(url)
+    per_split: dict[str, dict[str, list[int]]] = {}
+    for shard, split, size in zip(index.column("shard").to_pylist(), index.column("split").to_pylist(),
+                                  index.column("shard_bytes").to_pylist(), strict=True):
+        entry = per_split.setdefault(split, {}).setdefault(shard, [0, int(size)])
+        entry[0] += 1
+    names = []
+    for split, shards in sorted(per_split.items()):
+        doc = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": split,
+               "shardlist": [{"url": shard, "nsamples": n, "filesize": size}
+                             for shard, (n, size) in sorted(shards.items())]}
+        names.append(f"{split}{WIDS_SUFFIX}")
+        st.write_json(names[-1], doc)
+    return names
 
 
 def shard_urls(url, split: str | None = None) -> list[str]:
@@ -298,6 +502,99 @@ def verify_shard(url: str, checksum: str) -> None:
             digest.update(chunk)
     if digest.hexdigest() != checksum:
         raise ShardChecksumError(f"shard {url}: SHA-256 {digest.hexdigest()} does not match the index ({checksum})")
+
+
+# -- reading ------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard of the index, with the byte ranges of the samples used from it."""
+
+    url: str
+    """Full URL of the tar."""
+    offsets: tuple[int, ...]
+    """Byte offset of each used sample in the tar (index order)."""
+    sizes: tuple[int, ...]
+    """Byte size of each used sample's members."""
+    checksum: str | None = None
+    """SHA-256 of the whole shard recorded by the data pipeline: :func:`read_samples` verifies it on the shard's
+    first read in a process (None: not verified)."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "offsets", tuple(int(o) for o in self.offsets))
+        object.__setattr__(self, "sizes", tuple(int(b) for b in self.sizes))
+        if len(self.offsets) != len(self.sizes):
+            raise ValueError(f"shard {self.url}: {len(self.offsets)} offsets but {len(self.sizes)} sizes")
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.offsets)
+
+
+def iter_tar_samples(fileobj, label: str) -> Iterator[dict[str, bytes | str]]:
+    """Stream a WebDataset tar: yields ``{"__key__": key, ext: bytes, ...}`` per sample (contiguous members)."""
+    current: dict[str, bytes | str] | None = None
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                dirname, _, base = member.name.rpartition("/")
+                key, dot, ext = base.partition(".")
+                if not dot:
+                    continue
+                key = f"{dirname}/{key}" if dirname else key
+                if current is None or current["__key__"] != key:
+                    if current is not None:
+                        yield current
+                    current = {"__key__": key}
+                data = tar.extractfile(member)
+                current[ext] = data.read() if data is not None else b""
+    except tarfile.TarError as e:
+        raise ValueError(f"shard {label}: not a readable tar ({e})") from e
+    if current is not None:
+        yield current
+
+
+_verified: set[tuple[str, str]] = set()
+_verified_lock = threading.Lock()
+
+
+def _verify_once(entry: ShardEntry) -> None:
+    """Check the shard's SHA-256 the first time this process reads it (the training worker that reads it, not
+    the driver before the run); a mismatch raises :class:`ShardChecksumError` naming the shard's URL."""
+    if not entry.checksum or (entry.url, entry.checksum) in _verified:
+        return
+    verify_shard(entry.url, entry.checksum)
+    with _verified_lock:
+        _verified.add((entry.url, entry.checksum))
+
+
+def read_samples(entry: ShardEntry, start: int = 0, stop: int | None = None) -> Iterator[dict]:
+    """Raw samples ``start:stop`` of a shard, read by byte range (a rank reads only its part of a shared shard).
+
+    With ``entry.checksum``, the whole shard's SHA-256 is verified on its first read in this process.
+    """
+    parent, _, name = entry.url.rpartition("/")
+    stop = entry.num_samples if stop is None else stop
+    if start >= stop:
+        return
+    _verify_once(entry)
+    offsets, sizes = entry.offsets[start:stop], entry.sizes[start:stop]
+    # The block's samples are consecutive in the shard: one ranged GET streams them all.
+    with open_storage(parent).open_stream(name, start=offsets[0], stop=offsets[-1] + sizes[-1]) as f:
+        position = offsets[0]
+        for offset, size in zip(offsets, sizes, strict=True):
+            if offset < position:
+                raise ValueError(f"shard {entry.url}: sample offsets are not increasing at byte {offset}")
+            f.read(offset - position)  # padding between samples, if any
+            data = f.read(size)
+            position = offset + len(data)
+            if len(data) != size:
+                raise ValueError(f"shard {entry.url}: sample at byte {offset} is truncated ({len(data)} of {size})")
+            for sample in iter_tar_samples(io.BytesIO(data), entry.url):
+                sample["__url__"] = entry.url
+                yield sample
 
 
 # -- writer -------------------------------------------------------------------------------------------------------
@@ -328,17 +625,24 @@ class _OpenShard:
 class ShardWriter:
     """Packs samples into per-split shards of about ``target_bytes``, uploads them, then indexes them.
 
-    A shard is built in a local temporary file and streamed to ``shards/<split>-NNNNNN.tar`` by a background thread
-    while it grows (every ``stream_bytes``; an atomic write that becomes visible only when the shard is complete),
-    so that uploading overlaps the producer, and only then are its samples added to ``index.parquet`` (rewritten
-    atomically, in commit order, by the caller's thread, which also runs ``on_commit``). A run killed in between leaves an unindexed
-    shard that the next run overwrites under the same name: numbering continues from the index.
+    A shard is built in a local temporary file and streamed to ``shard_name(split, number)`` (default
+    ``shards/<split>-NNNNNN.tar``) by a background thread while it grows (every ``stream_bytes``; an atomic write
+    that becomes visible only when the shard is complete), so that uploading overlaps the producer, and only then are
+    its samples added to ``self.index`` and, when ``index_name`` is set, to that file (rewritten atomically, in
+    commit order, by the caller's thread, which also runs ``on_commit``). A run killed in between leaves an
+    unindexed shard that the next run overwrites under the same name: numbering continues from the index.
+
+    The flow job's workers use it with their group's ``shard_name`` and ``index_name=None``: the driver commits the
+    rows as one index part (:func:`write_index_part`).
     """
 
     def __init__(self, storage, target_bytes: int, index: pa.Table | None = None,
                  on_commit: Callable[[str, list[dict[str, Any]]], None] | None = None, tmpdir: str | None = None,
-                 max_pending: int = 2, stream_bytes: int = 16 << 20):
+                 max_pending: int = 2, stream_bytes: int = 16 << 20,
+                 shard_name: Callable[[str, int], str] | None = None, index_name: str | None = INDEX_NAME):
         self.storage = storage
+        self.shard_name = shard_name or (lambda split, num: f"{SHARD_DIR}/{split}-{num:06d}.tar")
+        self.index_name = index_name
         self.stream_bytes = max(1, int(stream_bytes))
         self.target_bytes = max(1, int(target_bytes))
         self.index = index if index is not None and index.num_rows else empty_index()
@@ -366,7 +670,7 @@ class ShardWriter:
         if shard is None:
             num = self._next.get(split, 0)
             self._next[split] = num + 1
-            shard = self._open[split] = _OpenShard(f"{SHARD_DIR}/{split}-{num:06d}.tar", self._tmp.name)
+            shard = self._open[split] = _OpenShard(self.shard_name(split, num), self._tmp.name)
         offset = shard.tar.offset
         digest = hashlib.sha256()
         for ext in sorted(members):
@@ -429,7 +733,8 @@ class ShardWriter:
             size, sha = future.result()  # an upload error propagates here
             rows = [dict(r, shard_bytes=size, shard_sha256=sha) for r in shard.rows]
             self.index = pa.concat_tables([self.index, pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)])
-            self.storage.write_parquet(INDEX_NAME, self.index)
+            if self.index_name:
+                self.storage.write_parquet(self.index_name, self.index)
             self.shards_written += 1
             self.bytes_written += size
             log.info("committed %s (%d samples, %.1f MB)", shard.name, len(rows), size / 1e6)

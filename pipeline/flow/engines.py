@@ -23,6 +23,7 @@ import numpy as np
 __all__ = [
     "FlowEngine",
     "DISFlowEngine",
+    "FlowPictures",
     "PtlflowEngine",
     "DIS_PRESETS",
     "register_flow_engine",
@@ -234,6 +235,21 @@ class PtlflowEngine:
                     flow[:, 1] *= h / wh
                 out[b:b + len(chunk)] = flow.permute(0, 2, 3, 1).cpu().numpy()
         return out
+
+
+@register_flow_engine("pictures")
+class FlowPictures:
+    """The flow "engine" of corpora that ship a flow picture per frame (the official HMHI-Net archives'
+    ``flow/`` or ``Flows/`` folders, ``VideoRecord.flows``): nothing is computed; the jobs read each frame's
+    picture and use it as it is (the flow job stores its bytes unchanged in the shards)."""
+
+    def __init__(self, checkpoint: str | None = None, device: str = "cpu", max_side: int | None = None, **_: Any):
+        if checkpoint:
+            raise ValueError("flow engine 'pictures' takes no checkpoint (the pictures come with the corpus)")
+        self.provenance = {"engine": "pictures", "source": "flow pictures shipped with the corpus"}
+
+    def compute(self, frames: np.ndarray) -> np.ndarray:
+        raise RuntimeError("flow engine 'pictures' computes nothing: read the corpus's flow pictures instead")
 
 
 def create_flow_engine(name: str = "dis", checkpoint: str | None = None, device: str = "cpu",

@@ -144,8 +144,7 @@ def iter_shard_frames(record: dict) -> Iterator[tuple[str, np.ndarray, np.ndarra
     Overlapping clips give a frame once; a gap in the frame indices (clips written with a stride) is logged,
     and the memory simply carries over it.
     """
-    from pipeline.shards import decode_clip
-    from pipeline.train.data import ShardEntry, read_samples
+    from pipeline.shards import ShardEntry, decode_clip, read_samples
 
     last = -1
     for sample in record["samples"]:

@@ -94,7 +94,7 @@ def flip_clip(
         frames[i] = frames[i, :, ::-1]
         flows[i] = flows[i, :, ::-1]
         masks[i] = masks[i, :, ::-1]
-        if cfg.flip_mode == "clip":
+        if cfg.flip_mode == "clip" and flows.shape[-1] == 2:  # a flow picture (..., 3) is flipped as an image
             flows[i, ..., 0] = -flows[i, ..., 0]
     return frames, flows, masks, flipped
 
@@ -130,7 +130,8 @@ def prepare_clip(
 ) -> ClipTensors:
     """Augment (when ``rng`` and ``cfg`` are given), render flow, resize and normalise one clip.
 
-    ``frames`` (L,H,W,3) uint8, ``flows`` (L,H,W,2) float, ``masks`` (L,H,W) bool. Validation passes
+    ``frames`` (L,H,W,3) uint8, ``flows`` (L,H,W,2) float or (L,h,w,3) uint8 flow pictures (``ClipSample.flow_images()``),
+    ``masks`` (L,H,W) bool. Validation passes
     ``rng=None`` to get the deterministic preprocessing only.
     """
     augment = rng is not None and cfg is not None
@@ -142,7 +143,9 @@ def prepare_clip(
         if augment and cfg.photometric:
             img = photometric_distort(img, rng, cfg)
         rgb.append(resize_rgb(np.ascontiguousarray(img), size))
-        flow_rgb.append(resize_rgb(np.ascontiguousarray(flow_to_rgb(np.ascontiguousarray(flows[i], np.float32))), size))
+        # (h, w, 3) uint8 flow pictures shipped with the corpus are fed as they are; (H, W, 2) flow is rendered.
+        pic = flows[i] if flows.shape[-1] == 3 else flow_to_rgb(np.ascontiguousarray(flows[i], np.float32))
+        flow_rgb.append(resize_rgb(np.ascontiguousarray(pic), size))
         gt.append(resize_mask(np.ascontiguousarray(masks[i]), size))
     return ClipTensors(
         frames=normalize_images(np.stack(rgb)),

@@ -76,7 +76,8 @@ class DataConfig:
     """Processes per training worker that decode and augment samples in parallel (0 = in the prefetch thread).
     Needed on GPUs, where one thread cannot keep up; keep ``cpus_per_worker`` >= decode_workers + 1."""
     verify_checksums: bool = True
-    """Verify every shard's checksum from the index before any worker starts."""
+    """Verify each shard's SHA-256 from the index in the worker that first reads it (a mismatch fails the run,
+    naming the shard)."""
 
     def __post_init__(self):
         require(bool(self.train_split), "train_split", self.train_split, "must not be empty")

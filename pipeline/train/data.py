@@ -20,12 +20,10 @@ workers on small clusters. The equivalent used here:
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import multiprocessing
 import queue
-import tarfile
 import threading
 import time
 from collections import deque
@@ -36,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.storage import open_storage
+from pipeline.shards import ShardEntry, read_samples
 from pipeline.train.augment import ClipTensors, prepare_clip
 from pipeline.train.config import AugmentConfig, DataConfig
 from pipeline.train.sampler import sample_clip_indices
@@ -44,41 +42,14 @@ from pipeline.train.sampler import sample_clip_indices
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ShardEntry",
     "ClipBatch",
     "DataPosition",
     "TrainStream",
-    "iter_tar_samples",
-    "read_samples",
     "rank_block",
     "steps_per_epoch",
     "Prefetcher",
     "make_training_clip",
 ]
-
-
-@dataclass(frozen=True)
-class ShardEntry:
-    """One shard of the index, with the byte ranges of the samples used from it."""
-
-    url: str
-    """Full URL of the tar."""
-    offsets: tuple[int, ...]
-    """Byte offset of each used sample in the tar (index order)."""
-    sizes: tuple[int, ...]
-    """Byte size of each used sample's members."""
-    checksum: str | None = None
-    """SHA-256 of the whole shard recorded by the data pipeline (verified before training)."""
-
-    def __post_init__(self):
-        object.__setattr__(self, "offsets", tuple(int(o) for o in self.offsets))
-        object.__setattr__(self, "sizes", tuple(int(b) for b in self.sizes))
-        if len(self.offsets) != len(self.sizes):
-            raise ValueError(f"shard {self.url}: {len(self.offsets)} offsets but {len(self.sizes)} sizes")
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.offsets)
 
 
 @dataclass
@@ -107,54 +78,6 @@ class ClipBatch:
     """Data position after this batch (what a checkpoint taken after this step must record)."""
     keys: list[str]
     """Sample keys of the clips (for debugging)."""
-
-
-def iter_tar_samples(fileobj, label: str) -> Iterator[dict[str, bytes | str]]:
-    """Stream a WebDataset tar: yields ``{"__key__": key, ext: bytes, ...}`` per sample (contiguous members)."""
-    current: dict[str, bytes | str] | None = None
-    try:
-        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                dirname, _, base = member.name.rpartition("/")
-                key, dot, ext = base.partition(".")
-                if not dot:
-                    continue
-                key = f"{dirname}/{key}" if dirname else key
-                if current is None or current["__key__"] != key:
-                    if current is not None:
-                        yield current
-                    current = {"__key__": key}
-                data = tar.extractfile(member)
-                current[ext] = data.read() if data is not None else b""
-    except tarfile.TarError as e:
-        raise ValueError(f"shard {label}: not a readable tar ({e})") from e
-    if current is not None:
-        yield current
-
-
-def read_samples(entry: ShardEntry, start: int = 0, stop: int | None = None) -> Iterator[dict]:
-    """Raw samples ``start:stop`` of a shard, read by byte range (a rank reads only its part of a shared shard)."""
-    parent, _, name = entry.url.rpartition("/")
-    stop = entry.num_samples if stop is None else stop
-    if start >= stop:
-        return
-    offsets, sizes = entry.offsets[start:stop], entry.sizes[start:stop]
-    # The block's samples are consecutive in the shard: one ranged GET streams them all.
-    with open_storage(parent).open_stream(name, start=offsets[0], stop=offsets[-1] + sizes[-1]) as f:
-        position = offsets[0]
-        for offset, size in zip(offsets, sizes):
-            if offset < position:
-                raise ValueError(f"shard {entry.url}: sample offsets are not increasing at byte {offset}")
-            f.read(offset - position)  # padding between samples, if any
-            data = f.read(size)
-            position = offset + len(data)
-            if len(data) != size:
-                raise ValueError(f"shard {entry.url}: sample at byte {offset} is truncated ({len(data)} of {size})")
-            for sample in iter_tar_samples(io.BytesIO(data), entry.url):
-                sample["__url__"] = entry.url
-                yield sample
 
 
 def steps_per_epoch(shards: list[ShardEntry], world_size: int, batch_size: int) -> int:
@@ -333,7 +256,7 @@ def make_training_clip(sample: dict, draw: int, decode_fn, seed: int, epoch: int
     rng = np.random.default_rng([seed, epoch, rank, draw, 0xC11B])
     picks = sample_clip_indices(eligible.tolist(), clip_length, max_skip, rng)
     clip = decode_fn(sample, positions=picks)  # only the sampled frames are decoded
-    return prepare_clip(np.asarray(clip.frames), np.asarray(clip.flows), np.asarray(clip.masks), image_size, rng,
+    return prepare_clip(np.asarray(clip.frames), np.asarray(clip.flow_images()), np.asarray(clip.masks), image_size, rng,
                         augment_cfg)
 
 

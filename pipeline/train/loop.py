@@ -27,9 +27,10 @@ import torch
 import torch.distributed as dist
 
 from pipeline.config import config_from_dict, config_to_dict
+from pipeline.shards import ShardEntry
 from pipeline.storage import Storage, open_storage
 from pipeline.train.config import OptimConfig, TrainConfig
-from pipeline.train.data import DataPosition, Prefetcher, ShardEntry, TrainStream
+from pipeline.train.data import DataPosition, Prefetcher, TrainStream
 from pipeline.train.losses import clip_loss
 from pipeline.train.metrics import MetricsWriter
 from pipeline.train.validate import validate

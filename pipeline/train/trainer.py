@@ -1,7 +1,7 @@
 """Driver side of the training job: checks the inputs, then runs ``TorchTrainer`` on the worker loop.
 
 Everything that can be wrong with the inputs is checked here, before any worker starts: the shard index and its
-training split (missing or empty), each shard's checksum, the checkpoint to initialise from. A run's state lives
+training split (missing or empty), the checkpoint to initialise from. A run's state lives
 only in ``--storage``: Ray Train checkpoints under ``<storage>/<run_name>/checkpoint_<step>/``, our CSV and
 TensorBoard logs under ``<storage>/<run_name>/logs/``, the best model by validation J&F under ``best/``.
 """
@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
 from pipeline.config import ConfigError, config_to_dict
 from pipeline.jobs import UserError
+from pipeline.shards import ShardChecksumError, ShardEntry
 from pipeline.storage import StorageError, open_storage
 from pipeline.train.config import TrainConfig
-from pipeline.train.data import ShardEntry, steps_per_epoch
+from pipeline.train.data import steps_per_epoch
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,9 @@ def resolve_shards(data_url: str, split: str, verify: bool, need_masks: bool) ->
 
     Returns ``(shards, samples left out)``: with ``need_masks``, samples without any ground-truth mask are left out
     (the official sampler needs a mask for every sampled frame). With ``verify``, every shard's SHA-256 is checked
-    against the index (in parallel threads).
+    against the index by the worker that first reads it (not here: no whole-corpus work before the run).
     """
-    from pipeline.shards import read_index, verify_shard
+    from pipeline.shards import read_index
 
     try:
         table = read_index(data_url)
@@ -60,16 +61,9 @@ def resolve_shards(data_url: str, split: str, verify: bool, need_masks: bool) ->
     for shard in sorted(by_shard):
         samples = sorted(by_shard[shard], key=lambda r: r["offset"])
         entries.append(ShardEntry(url=root.join(shard), offsets=[r["offset"] for r in samples],
-                                  sizes=[r["bytes"] for r in samples], checksum=samples[0]["shard_sha256"]))
-    if verify and entries:
-        def check(entry: ShardEntry) -> None:
-            try:
-                verify_shard(entry.url, entry.checksum)
-            except (ValueError, StorageError, FileNotFoundError, OSError) as e:
-                raise TrainInputError(f"shard {entry.url} failed verification: {e}") from e
-
-        with ThreadPoolExecutor(max_workers=min(8, len(entries))) as pool:
-            list(pool.map(check, entries))
+                                  sizes=[r["bytes"] for r in samples],
+                                  # verified by the worker that reads the shard first (pipeline.shards.read_samples)
+                                  checksum=samples[0]["shard_sha256"] if verify else None))
     return entries, left_out
 
 
@@ -158,9 +152,36 @@ def build_trainer(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntr
     )
 
 
+def _checksum_failure(error: BaseException | None) -> str | None:
+    """The message of the ShardChecksumError a worker raised, if that is what failed the run (Ray Train wraps
+    worker errors: walk causes and ``worker_failures``; the text is the last resort)."""
+    stack, seen = [error], set()
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ShardChecksumError):  # Ray's RayTaskError(ShardChecksumError) is one too
+            return str(e).strip().splitlines()[-1]
+        stack += [e.__cause__, e.__context__, *getattr(e, "worker_failures", {}).values()]
+    found = re.search(r"shard \S+: SHA-256 \S+ does not match the index \(\S+\)", str(error or ""))
+    return found.group(0) if found else None
+
+
 def run_training(cfg: TrainConfig):
-    """Check inputs, train, and return the Ray ``Result``."""
+    """Check inputs, train, and return the Ray ``Result``. A shard failing its checksum in a worker (verified on
+    its first read) ends the run with :class:`TrainInputError` naming the shard's URL."""
     train, val = check_inputs(cfg)
     log.info("training on %d shards (%d samples), validating on %d shards; run %s/%s", len(train),
              sum(s.num_samples for s in train), len(val), cfg.storage, cfg.run_name)
-    return build_trainer(cfg, train, val).fit()
+    try:
+        result = build_trainer(cfg, train, val).fit()
+    except Exception as e:  # Ray Train raises its own wrapper around the worker's error
+        bad = _checksum_failure(e)
+        if bad is not None:
+            raise TrainInputError(bad) from e
+        raise
+    bad = _checksum_failure(result.error)
+    if bad is not None:
+        raise TrainInputError(bad) from result.error
+    return result

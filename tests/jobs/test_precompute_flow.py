@@ -149,14 +149,17 @@ def test_killed_run_resumes_with_every_video_exactly_once(s3_bucket, tmp_path, r
     corpus = f"{s3_bucket}/corpus"
     upload_tree(tmp_path / "c", corpus)
     out = f"{s3_bucket}/out"
-    args = ["--input", corpus, "--output", out, "--clip-length", "4", "--shard-size-mb", "0.01"]
+    args = ["--input", corpus, "--output", out, "--clip-length", "4", "--shard-size-mb", "0.01",
+            "--set", "shards.group_videos=1"]
     env = dict(os.environ, RAY_ADDRESS=ray_cluster, HMHI_PRECOMPUTE_KILL_AFTER_SHARDS="3",
                PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.run([sys.executable, "jobs/precompute_flow.py", *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-3000:]  # SIGKILL, as a crashed node would die
     st = open_storage(out)
-    assert len(set(read_index(out).column("shard").to_pylist())) == 3
+    # Three groups (one video each) were committed: three index parts, and only their videos in the index.
+    assert len(st.list("index")) == 3 and not st.exists("index.parquet")
+    assert len(set(read_index(out).column("video_id").to_pylist())) == 3
     assert not st.exists("summary.json")
     # Leftovers of an interrupted upload that never reached the index must not survive the resume.
     st.write_bytes("shards/train-000777.tar", b"partial")
@@ -264,3 +267,208 @@ def test_ptlflow_engine_with_a_local_checkpoint(tmp_path):
     expected = engine.compute(gt["a"][0])
     np.testing.assert_allclose(clip.flows, expected, atol=0.02 + 2e-3 * np.abs(expected).max())
     assert json.loads(json.dumps(summary))  # the summary is plain JSON
+
+
+def _part_writers(out: str) -> dict[str, str]:
+    """Index part -> the worker process (host:pid) that wrote its shards, from the parts' own metadata."""
+    import pyarrow.parquet as pq
+
+    st = open_storage(out)
+    return {p: pq.read_schema(st.join(f"index/{p}")).metadata[b"hmhi.writer"].decode() for p in st.list("index")}
+
+
+def test_workers_write_the_shards_and_a_rerun_writes_nothing(tmp_path):
+    """Two Ray worker processes make and upload shards in one run; the driver only commits index parts; both
+    ``wids.ShardListDataset`` (webdataset's indexed reader, from the written ``<split>.wids.json``) and plain
+    ``webdataset`` read every sample; a rerun changes no object."""
+    import wids
+
+    gt = write_davis(tmp_path / "c", {f"v{i}": 4 for i in range(6)}, size=(32, 48))
+    out = tmp_path / "out"
+    args = ["--input", str(tmp_path / "c"), "--output", str(out), "--clip-length", "2", "--flow-preset",
+            "ultrafast", "--concurrency", "2", "--set", "shards.group_videos=1", "--val-fraction", "0.3"]
+    summary = main(args)
+    assert summary["counts"]["video"]["done"] == 6
+    writers = _part_writers(str(out))
+    assert len(writers) == 6 and len(set(writers.values())) == 2  # shards of one run made by two processes
+    assert summary["figures"]["writer_processes"] == 2
+    assert str(os.getpid()) not in {w.rsplit(":", 1)[1] for w in writers.values()}  # not by the driver
+    index = read_index(str(out))
+    keys = sorted(index.column("key").to_pylist())
+    assert len(keys) == 12
+    # Shard names are the group's: shards/<split>-<group>-NNNN.tar, and each group's shards hold only its video.
+    for shard, vid in zip(index.column("shard").to_pylist(), index.column("video_id").to_pylist(), strict=True):
+        assert shard.startswith("shards/") and shard.endswith("-0000.tar")
+        assert len({v for s, v in zip(index.column("shard").to_pylist(), index.column("video_id").to_pylist(),
+                                      strict=True) if s == shard}) == 1, vid
+
+    by_wids = {}
+    for split in ("train", "val"):
+        doc = json.loads((out / f"{split}.wids.json").read_text())
+        assert doc["__kind__"] == "wids-shard-index-v1" and doc["wids_version"] == 1
+        assert all(not s["url"].startswith("/") for s in doc["shardlist"])  # relative to the output root
+        ds = wids.ShardListDataset(str(out / f"{split}.wids.json"), cache_dir=str(tmp_path / "wids-cache"),
+                                   transformations=[])
+        assert len(ds) == sum(s["nsamples"] for s in doc["shardlist"])
+        for i in range(len(ds)):
+            sample = ds[i]
+            # wids yields members as file objects keyed ".<ext>"
+            clip = decode_clip({k.lstrip("."): v.read() if hasattr(v, "read") else v for k, v in sample.items()})
+            assert clip.split == split
+            by_wids[clip.key] = clip
+    by_wds = {s["__key__"]: decode_clip(s) for s in _wds_samples(shard_urls(str(out)))}
+    assert sorted(by_wids) == sorted(by_wds) == keys
+    for key, clip in by_wds.items():
+        assert np.array_equal(clip.frames, by_wids[key].frames) and np.array_equal(clip.flows, by_wids[key].flows)
+        assert np.abs(clip.frames.astype(int) - gt[clip.video_id][0][clip.frame_indices]).mean() < 5  # JPEG q90
+
+    def snapshot():
+        return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+                if p.is_file() and p.name != "summary.json"}
+
+    before = snapshot()
+    again = main(args)
+    assert again["counts"]["video"] == {"done": 0, "skipped": 6, "rejected": 0}
+    assert again["figures"]["shards_written"] == 0 and again["figures"]["groups_planned"] == 0
+    assert snapshot() == before  # no shard, part, index, wids list or manifest changed
+
+
+def test_flow_pictures_go_into_the_shards_unchanged_and_feed_training(tmp_path):
+    """``--flow-model pictures``: the corpus's flow picture files are stored byte for byte, decoded as
+    ``ClipSample.flow_pictures`` and fed to training as they are (no flow rendering); a video without pictures is
+    rejected with a reason naming it."""
+    import cv2
+
+    from pipeline.dataset.config import PrecomputeFlowConfig
+    from pipeline.dataset.job import plan_groups
+    from pipeline.dataset.stages import GroupStage
+    from pipeline.ingest.formats import VideoRecord
+    from pipeline.shards import consolidate_index, write_index_part
+    from pipeline.train.augment import normalize_images, resize_rgb
+    from pipeline.train.config import AugmentConfig
+    from pipeline.train.data import make_training_clip
+
+    root = tmp_path / "archive"
+    records, pictures = [], {}
+    for v, name in enumerate(["bear", "nopics"]):
+        frames, masks = make_scene(5, (48, 64), seed=v)
+        rel_frames, rel_flows = [], []
+        for t in range(5):
+            write_jpeg(root / "frame" / name / f"{t:05d}.jpg", frames[t])
+            rel_frames.append(f"frame/{name}/{t:05d}.jpg")
+            if name == "bear":  # a flow picture per frame, at another size than the frame (as some archives)
+                pic = np.random.default_rng(t).integers(0, 255, (24, 32, 3), np.uint8)
+                write_jpeg(root / "flow" / name / f"{t:05d}.jpg", pic)
+                rel_flows.append(f"flow/{name}/{t:05d}.jpg")
+                pictures[t] = (root / "flow" / name / f"{t:05d}.jpg").read_bytes()
+        masks_rel = {}
+        for t in range(5):
+            p = root / "mask" / name / f"{t:05d}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(p), masks[t].astype(np.uint8) * 255)
+            masks_rel[t] = f"mask/{name}/{t:05d}.png"
+        records.append(VideoRecord(video_id=name, name=name, format="hmhi", split="train", source_split="train",
+                                   kind="frames", source=f"frame/{name}", frames=rel_frames, masks=masks_rel,
+                                   flows=rel_flows))
+    out = tmp_path / "out"
+    cfg = PrecomputeFlowConfig(input=str(root), output=str(out))
+    cfg.flow.engine = "pictures"
+    cfg.shards.clip_length = 3
+    stage = GroupStage(cfg.flow, "cpu", 1,
+                       load_kwargs={"input_url": str(root), "clip_length": 3, "flow_pictures": True},
+                       encode_kwargs={"jpeg_quality": 90, "flow_level": 1}, output_url=str(out), target_bytes=10**9)
+    (group,) = plan_groups([{"video_id": r.video_id, "record": json.dumps(r.to_dict()), "skip_keys": "[]"}
+                            for r in records], group_videos=2)
+    result = stage(group)
+    videos = json.loads(result["videos"])
+    assert videos["nopics"]["status"] == "rejected"
+    assert "nopics" in videos["nopics"]["reason"] and "0 flow pictures for 5 frames" in videos["nopics"]["reason"]
+    write_index_part(str(out), result["group"], json.loads(result["rows"]))
+    consolidate_index(str(out))
+
+    (url,) = shard_urls(str(out))
+    samples = _wds_samples([url])
+    assert [s["__key__"] for s in samples] == ["bear__000000", "bear__000002"]  # clips of 2 and 3 frames
+    for s in samples:
+        meta = json.loads(s["meta.json"])
+        assert meta["flow_source"] == "pictures" and meta["flow"]["engine"] == "pictures"
+        assert not [k for k in s if k.startswith("flow.")]  # no computed flow members
+        for i, t in enumerate(meta["frame_indices"]):
+            assert s[f"flowpic.{i:03d}.jpg"] == pictures[t]  # the file's bytes, not re-encoded
+    clip = decode_clip(samples[1])
+    assert clip.flows is None and clip.flow_pictures.shape == (3, 24, 32, 3) and clip.frame_indices == [2, 3, 4]
+    expected = cv2.imdecode(np.frombuffer(pictures[3], np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    assert np.array_equal(clip.flow_pictures[1], expected)
+
+    # A training clip from the sample feeds the picture itself (resized, normalised): no flow_to_rgb.
+    no_aug = AugmentConfig(flip_prob=0.0, photometric=False)
+    tensors = make_training_clip(samples[1], 1, decode_clip, 0, 0, 0, 3, 1, 32, no_aug)
+    sampled = decode_clip(samples[1], positions=list(range(3)))
+    want = normalize_images(np.stack([resize_rgb(p, 32) for p in sampled.flow_pictures]))
+    assert tensors.flows.shape[0] == 3
+    assert all(any(torch.equal(fed, w) for w in want) for fed in tensors.flows)  # every frame's input: a picture
+
+
+def test_settings_guard_hashes_a_flow_checkpoint_read_from_s3(s3_bucket):
+    """Resume trusts only what is complete: the fingerprint holds the checkpoint's SHA-256, not just its URL, so
+    new weights at the same URL are refused."""
+    import hashlib
+
+    from pipeline.dataset.config import PrecomputeFlowConfig
+    from pipeline.dataset.job import _check_settings, _settings
+
+    weights = open_storage(f"{s3_bucket}/weights")
+    weights.write_bytes("flow.ckpt", b"first weights")
+    cfg = PrecomputeFlowConfig(input="unused", output=f"{s3_bucket}/out")
+    cfg.flow.engine, cfg.flow.checkpoint = "rapidflow_it1", f"{s3_bucket}/weights/flow.ckpt"
+    assert _settings(cfg)["flow_checkpoint_sha256"] == hashlib.sha256(b"first weights").hexdigest()
+    out = open_storage(cfg.output)
+    _check_settings(out, cfg)
+    _check_settings(out, cfg)  # same weights: accepted
+    weights.write_bytes("flow.ckpt", b"other weights, same URL")
+    with pytest.raises(ConfigError, match="flow_checkpoint_sha256"):
+        _check_settings(out, cfg)
+    cfg.flow.checkpoint = f"{s3_bucket}/weights/missing.ckpt"
+    with pytest.raises(ConfigError, match=r"flow.checkpoint.*missing.ckpt"):
+        _settings(cfg)
+
+
+def test_growing_a_corpus_never_moves_a_finished_video_between_splits(tmp_path):
+    from pipeline.ingest.formats import VideoRecord
+    from pipeline.ingest.manifest import assign_val_split
+    from tests.media import write_frames_folder
+
+    def fresh_splits(names):  # what a stateless assignment would give for this corpus
+        recs = [VideoRecord(video_id=n, name=n, format="frames", split="train", source_split="", kind="frames",
+                            source=n) for n in names]
+        assign_val_split(recs, 0.25)
+        return {r.video_id: r.split for r in recs}
+
+    first = [f"a{i}" for i in range(4)]
+    # Added videos chosen so that a stateless assignment of the grown corpus would move a finished video.
+    added = next(extra for k in range(50) for extra in [[f"b{k}_{i}" for i in range(4)]]
+                 if any(fresh_splits(first + extra)[n] != fresh_splits(first)[n] for n in first))
+    corpus = tmp_path / "c"
+    for n in first:
+        write_frames_folder(corpus, n, make_scene(3, (32, 32), seed=len(n))[0])
+    out = str(tmp_path / "out")
+    args = ["--input", str(corpus), "--output", out, "--format", "frames", "--clip-length", "3", "--flow-preset",
+            "ultrafast", "--val-fraction", "0.25"]
+    main(args)
+
+    def splits():
+        rows = open_storage(out).read_parquet("manifest.parquet").to_pylist()
+        return {r["video_id"]: r["split"] for r in rows}
+
+    before = splits()
+    assert sorted(before.values()) == ["train", "train", "train", "val"]
+    for n in added:
+        write_frames_folder(corpus, n, make_scene(3, (32, 32), seed=len(n))[0])
+    summary = main(args)
+    assert summary["counts"]["video"] == {"done": 4, "skipped": 4, "rejected": 0}
+    after = splits()
+    assert {n: after[n] for n in first} == before  # finished videos keep their split
+    assert "val" in {after[n] for n in added}  # new videos get their own share of val
+    index = read_index(out)
+    for vid, split in zip(index.column("video_id").to_pylist(), index.column("split").to_pylist(), strict=True):
+        assert after[vid] == split

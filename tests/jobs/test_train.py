@@ -149,8 +149,10 @@ def test_bad_inputs_fail_before_training(shard_set, s3_server, tmp_path, capsys)
     data = bytearray(bad.read_bytes(f"shards/{victim}"))
     data[700] ^= 0xFF
     bad.write_bytes(f"shards/{victim}", bytes(data))
+    # Verified by the worker that first reads the shard (not on the driver before the run): fails loudly, naming it.
     with pytest.raises(SystemExit) as exc:
-        main([*base, "--data", bad.url])
+        main(["--config", CONFIG, "--storage", storage, "--run-name", "bad-shard", *SMALL, "--data", bad.url,
+              "--set", "max_failures=0"])
     assert exc.value.code == 2 and victim in capsys.readouterr().out
 
     missing = f"{storage}/weights/{uuid.uuid4().hex}.pt"

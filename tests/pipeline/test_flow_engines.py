@@ -86,3 +86,15 @@ def test_ptlflow_random_weights_and_local_checkpoint_round_trip(scene, tmp_path)
     torch.save(engine.net.state_dict(), bare)
     with pytest.raises(ValueError, match="not in ptlflow's format"):
         create_flow_engine("rapidflow_it1", checkpoint=str(bare))
+
+
+def test_pictures_engine_reads_instead_of_computing():
+    from pipeline.config import ConfigError
+    from pipeline.flow.config import FlowConfig
+
+    engine = FlowConfig(engine="pictures").create_engine()
+    assert engine.provenance["engine"] == "pictures" and FlowConfig(engine="pictures").uses_pictures
+    with pytest.raises(RuntimeError, match="computes nothing"):
+        engine.compute(np.zeros((2, 8, 8, 3), np.uint8))
+    with pytest.raises(ConfigError, match="checkpoint"):
+        FlowConfig(engine="pictures", checkpoint="x.ckpt")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.flow.precompute import clip_spans
+from pipeline.dataset.stages import clip_spans
 from pipeline.ingest.formats import IngestError, detect_format, detect_layout, natural_key, safe_name
 from pipeline.ingest.load import VideoRejected, load_video
 from pipeline.ingest.manifest import assign_val_split, list_corpus, manifest_table

@@ -206,3 +206,103 @@ def test_writer_continues_numbering_from_an_existing_index(tmp_path):
         writer.close()
     index = read_index(str(tmp_path))
     assert index.column("shard").to_pylist() == ["shards/train-000000.tar", "shards/train-000001.tar"]
+
+
+def _rows(shard: str, keys: list[str], split: str = "train") -> list[dict]:
+    return [{"key": k, "shard": shard, "split": split, "video_id": k.split("__")[0], "clip_index": i, "n_clips": 1,
+             "frame_indices": [0], "n_frames": 1, "n_masks": 1, "height": 8, "width": 8, "offset": 512 * i,
+             "bytes": 512, "sha256": "s", "shard_bytes": 4096, "shard_sha256": "x"} for i, k in enumerate(keys)]
+
+
+def test_index_parts_are_unioned_consolidated_and_listed_for_wids(storage_url):
+    from pipeline.shards import consolidate_index, list_index_parts, read_index_parts, write_index_part
+
+    st = open_storage(storage_url)
+    with pytest.raises(FileNotFoundError, match="no shard index"):
+        read_index(storage_url)
+    write_index_part(st, "g1", _rows("shards/train-g1-0000.tar", ["a__000000", "b__000000"]),
+                     videos={"a": {"frame_count": 1}}, writer="host:1")
+    write_index_part(st, "g2", _rows("shards/val-g2-0000.tar", ["c__000000"], split="val"), writer="host:2")
+    assert list_index_parts(st) == ["index/g1.parquet", "index/g2.parquet"]
+    assert not st.exists(INDEX_NAME)
+    assert sorted(read_index(storage_url).column("key").to_pylist()) == ["a__000000", "b__000000", "c__000000"]
+    _, videos, writers = read_index_parts(storage_url)
+    assert videos == {"a": {"frame_count": 1}} and set(writers.values()) == {"host:1", "host:2"}
+
+    consolidate_index(storage_url)
+    whole = st.read_bytes(INDEX_NAME)
+    assert read_index(storage_url).num_rows == 3 and read_index_parts(storage_url)[1] == {}  # parts are held
+    consolidate_index(storage_url)
+    assert st.read_bytes(INDEX_NAME) == whole  # nothing new: nothing rewritten
+    doc = st.read_json("train.wids.json")
+    assert doc["__kind__"] == "wids-shard-index-v1" and doc["wids_version"] == 1
+    assert doc["shardlist"] == [{"url": "shards/train-g1-0000.tar", "nsamples": 2, "filesize": 4096}]
+    assert [s["url"] for s in st.read_json("val.wids.json")["shardlist"]] == ["shards/val-g2-0000.tar"]
+
+    # A part committed after the consolidation is seen at once, and the next consolidation takes it in.
+    write_index_part(st, "g3", _rows("shards/train-g3-0000.tar", ["d__000000"]))
+    assert read_index(storage_url).num_rows == 4
+    consolidate_index(storage_url)
+    assert [s["nsamples"] for s in st.read_json("train.wids.json")["shardlist"]] == [2, 1]
+    assert sorted(shard_urls(storage_url)) == sorted(st.join(s) for s in
+                                                     ["shards/train-g1-0000.tar", "shards/val-g2-0000.tar",
+                                                      "shards/train-g3-0000.tar"])
+
+
+def test_a_commit_does_not_read_or_rewrite_what_is_committed(tmp_path):
+    """Constant-cost commits: committing a part writes one small object, whatever the number of parts."""
+    from pipeline.shards import write_index_part
+
+    st = open_storage(str(tmp_path))
+    for g in range(50):
+        write_index_part(st, f"g{g:03d}", _rows(f"shards/train-g{g:03d}-0000.tar", [f"v{g}__000000"]))
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    write_index_part(st, "g999", _rows("shards/train-g999-0000.tar", ["w__000000"]))
+    after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert set(after) - set(before) == {tmp_path / "index" / "g999.parquet"}
+    assert all(after[p] == t for p, t in before.items())
+
+
+def test_read_samples_verifies_the_shard_once_in_the_reading_process(tmp_path, monkeypatch):
+    import pipeline.shards as shards_mod
+    from pipeline.shards import ShardEntry, read_samples
+
+    st = open_storage(str(tmp_path))
+    writer = ShardWriter(st, target_bytes=1 << 30)
+    for start in (0, 4):
+        key, frames, flows, masks, valid, meta = _sample("v", start, seed=start)
+        writer.add("train", key, encode_clip(key, frames, flows, masks, valid, meta),
+                   {"video_id": "v", "clip_index": start // 4, "n_clips": 2, "frame_indices": [0, 1, 2, 3],
+                    "n_frames": 4, "n_masks": 2, "height": 48, "width": 64})
+    writer.close()
+    rows = read_index(str(tmp_path)).to_pylist()
+    entry = ShardEntry(url=st.join(rows[0]["shard"]), offsets=[r["offset"] for r in rows],
+                       sizes=[r["bytes"] for r in rows], checksum=rows[0]["shard_sha256"])
+    calls = []
+    real = shards_mod.verify_shard
+    monkeypatch.setattr(shards_mod, "verify_shard", lambda url, sha: (calls.append(url), real(url, sha)))
+    assert [s["__key__"] for s in read_samples(entry, 0, 1)] == ["v__000000"]
+    assert [s["__key__"] for s in read_samples(entry, 1, 2)] == ["v__000004"]
+    assert calls == [entry.url]  # the first read verified the whole shard; the second did not again
+    bad = ShardEntry(url=entry.url, offsets=entry.offsets, sizes=entry.sizes, checksum="0" * 64)
+    with pytest.raises(ShardChecksumError, match="train-000000.tar"):
+        next(read_samples(bad, 0, 1))
+
+
+def test_flow_pictures_are_stored_unchanged_and_decoded(tmp_path):
+    import cv2
+
+    key, frames, _, masks, valid, meta = _sample(n=3)
+    pics = []
+    for i in range(3):
+        ok, buf = cv2.imencode(".png" if i == 1 else ".jpg", np.full((20, 30, 3), 40 * i, np.uint8))
+        pics.append((f"{i:05d}{'.png' if i == 1 else '.jpg'}", buf.tobytes()))
+    members = encode_clip(key, frames, None, masks, valid, meta, flow_pictures=pics)
+    assert [m for m in members if m.startswith("flow")] == ["flowpic.000.jpg", "flowpic.001.png", "flowpic.002.jpg"]
+    assert members["flowpic.001.png"] == pics[1][1]
+    clip = decode_clip(members, positions=[2, 1])
+    assert clip.flows is None and clip.meta["flow_source"] == "pictures"
+    assert clip.flow_pictures.shape == (2, 20, 30, 3) and int(clip.flow_pictures[1].mean()) == 40
+    assert clip.flow_images() is clip.flow_pictures
+    with pytest.raises(ValueError, match="only JPEG or PNG"):
+        encode_clip(key, frames, None, masks, valid, meta, flow_pictures=[("a.bmp", b"x")] * 3)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.shards import ShardEntry, iter_tar_samples
 from pipeline.train.config import OptimConfig
-from pipeline.train.data import Prefetcher, ShardEntry, iter_tar_samples, rank_block, steps_per_epoch
+from pipeline.train.data import Prefetcher, rank_block, steps_per_epoch
 from pipeline.train.loop import lr_lambda
 
 

@@ -1,0 +1,251 @@
+"""Scale benchmark of the dataset build (issue 13): driver cost per video, commit cost, segment's work list.
+
+One JSON line per section on stdout (the machine and its load are in every line):
+
+1. ``commit``: the cost of committing one group of shards (one index part, ``pipeline.shards.write_index_part``)
+   when 100, 1,000 and 10,000 parts already exist, on local disk and on the moto S3 server; beside it, what the
+   previous design paid per commit (rewriting the whole index, one row per sample) at the same size.
+2. ``flow_job``: the flow job (``pipeline.dataset.job.run``) on many tiny videos (8 frames of 64x64, DIS
+   ultrafast, frame folders on local disk): driver CPU-seconds per video (``time.process_time`` of the driver
+   process, Ray Data's executor threads included), wall time, and the job's own figures.
+3. ``segment_worklist``: what segment's driver does before any work, for N videos: one listing of N done markers
+   and the work list from the shard index (``pipeline.segment.source.shard_records``).
+
+    python bench/scale.py                       # 2,000 videos, commits up to 10,000 parts (~5 min on 2 cores)
+    python bench/scale.py --videos 10000        # the issue's size
+    python bench/scale.py --sections commit     # one section
+
+Figures on a shared machine are noisy; compare ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on loopback
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def _machine() -> dict:
+    from bench.flow_throughput import machine  # TODO(lead): bench/common.py's machine() once merged
+
+    return machine()
+
+
+def _rows(group: str, samples: int = 4) -> list[dict]:
+    shard = f"shards/train-{group}-0000.tar"
+    return [{"key": f"{group}_{i}__000000", "shard": shard, "split": "train", "video_id": f"{group}_{i}",
+             "clip_index": 0, "n_clips": 1, "frame_indices": list(range(8)), "n_frames": 8, "n_masks": 0,
+             "height": 64, "width": 64, "offset": 100_000 * i, "bytes": 100_000, "sha256": "0" * 64,
+             "shard_bytes": 400_000, "shard_sha256": "1" * 64} for i in range(samples)]
+
+
+def bench_commit(root: str, sizes: list[int], probes: int) -> dict:
+    """Median seconds of one commit (an index part) with N parts present, and the old whole-index rewrite."""
+    import pyarrow as pa
+
+    from pipeline.shards import INDEX_SCHEMA, list_index_parts, read_index, write_index_part
+    from pipeline.storage import open_storage
+
+    st = open_storage(root)
+    out: dict = {"storage": "s3" if root.startswith("s3://") else "local", "samples_per_part": 4}
+    present = 0
+    for n in sizes:
+        with ThreadPoolExecutor(8) as pool:  # populate (not measured)
+            list(pool.map(lambda g: write_index_part(st, f"p{g:06d}", _rows(f"p{g:06d}")), range(present, n)))
+        present = n
+        times, cpu = [], []
+        for k in range(probes):
+            t0, c0 = time.perf_counter(), time.process_time()
+            write_index_part(st, f"probe{n}_{k}", _rows(f"probe{n}_{k}"))
+            times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+            st.delete(f"index/probe{n}_{k}.parquet")
+        whole = pa.Table.from_pylist(_rows("x", 4) * n, schema=INDEX_SCHEMA)
+        t0 = time.perf_counter()
+        st.write_parquet("old_index.parquet", whole)  # what every commit cost before: the whole index rewritten
+        old = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        listed = len(list_index_parts(st))
+        list_s = time.perf_counter() - t0
+        read_s = None
+        if n <= 1000 or st.is_local:
+            t0 = time.perf_counter()
+            read_index(root)
+            read_s = round(time.perf_counter() - t0, 3)
+        out[str(n)] = {"commit_ms_median": round(1000 * statistics.median(times), 3),
+                       "commit_cpu_ms_median": round(1000 * statistics.median(cpu), 3),
+                       "commit_ms_p90": round(1000 * sorted(times)[int(0.9 * (len(times) - 1))], 3),
+                       "old_whole_index_rewrite_ms": round(1000 * old, 3), "list_parts_s": round(list_s, 3),
+                       "parts_listed": listed, "read_index_unconsolidated_s": read_s}
+    for figure in ("commit_ms_median", "commit_cpu_ms_median"):
+        meds = [out[str(n)][figure] for n in sizes]
+        out[f"{figure}_ratio_last_to_first"] = round(meds[-1] / meds[0], 3)
+        out[f"{figure}_flat_within_25pct"] = abs(meds[-1] / meds[0] - 1) <= 0.25
+    return out
+
+
+def _write_tiny_corpus(root: str, videos: int, frames: int, size: int) -> None:
+    """``videos`` folders of ``frames`` JPEGs (a shifted noise texture: DIS has something to track)."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur(rng.integers(0, 255, (size * 2, size * 2, 3), np.uint8), (5, 5), 0)
+    encoded = [cv2.imencode(".jpg", np.ascontiguousarray(base[t:t + size, t:t + size]))[1].tobytes()
+               for t in range(frames)]
+    for v in range(videos):
+        d = os.path.join(root, f"v{v:06d}")
+        os.makedirs(d, exist_ok=True)
+        for t, data in enumerate(encoded):
+            with open(os.path.join(d, f"{t:05d}.jpg"), "wb") as f:
+                f.write(data)
+
+
+def bench_flow_job(tmp: str, videos: int, group_videos: int, cpus: int) -> dict:
+    import ray
+
+    from pipeline.config import load_config
+    from pipeline.dataset.config import PrecomputeFlowConfig
+    from pipeline.dataset.job import run
+
+    corpus, out = os.path.join(tmp, "corpus"), os.path.join(tmp, "shards")
+    t0 = time.perf_counter()
+    _write_tiny_corpus(corpus, videos, 8, 64)
+    gen_s = time.perf_counter() - t0
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        cfg = load_config(PrecomputeFlowConfig, None, [
+            f"input={corpus}", f"output={out}", "format=frames", "flow.preset=ultrafast", "shards.clip_length=8",
+            f"shards.group_videos={group_videos}"])
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):  # the job's summary; stdout carries only the JSON lines
+            summary = run(cfg)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        cpu1, t1 = time.process_time(), time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):
+            rerun = run(cfg)
+        rerun_wall, rerun_cpu = time.perf_counter() - t1, time.process_time() - cpu1
+    finally:
+        ray.shutdown()
+    f = summary["figures"]
+    return {"videos": videos, "frames_per_video": 8, "size": "64x64", "group_videos": group_videos,
+            "ray_cpus": cpus, "corpus_write_s": round(gen_s, 2), "wall_s": round(wall, 2),
+            "videos_per_s": round(videos / wall, 2), "driver_cpu_s": round(cpu, 3),
+            "driver_cpu_ms_per_video": round(1000 * cpu / videos, 3),
+            "driver_cpu_ms_per_video_in_run": f.get("driver_cpu_ms_per_video"),
+            "driver_commit_s": round(float(f.get("driver_commit_s", 0)), 3),
+            "index_parts_committed": f.get("index_parts_committed"), "shards": f.get("shards_total"),
+            "writer_processes": f.get("writer_processes"), "consolidate_s": f.get("driver_consolidate_s"),
+            "done": summary["counts"]["video"]["done"], "rerun_wall_s": round(rerun_wall, 2),
+            "rerun_driver_cpu_ms_per_video": round(1000 * rerun_cpu / videos, 3),
+            "rerun_skipped": rerun["counts"]["video"]["skipped"], "target_driver_cpu_ms_per_video": 2.0}
+
+
+def bench_segment_worklist(root: str, videos: int) -> dict:
+    """One listing of N done markers plus the shard work list of N videos (an index of N one-sample videos)."""
+    from pipeline.shards import consolidate_index, write_index_part
+    from pipeline.storage import open_storage
+
+    st = open_storage(root)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda v: st.write_bytes(f"done/v{v:06d}.json", b"{}"), range(videos)))
+        list(pool.map(lambda g: write_index_part(st, f"g{g:06d}", _rows(f"g{g:06d}", 16)),
+                      range(videos // 16)))
+    consolidate_index(st)
+    t0 = time.perf_counter()
+    done = {os.path.splitext(n)[0] for n in st.list("done", suffix=".json")}
+    list_s = time.perf_counter() - t0
+    out = {"storage": "s3" if root.startswith("s3://") else "local", "videos": videos, "done_markers": len(done),
+           "list_done_markers_s": round(list_s, 3)}
+    try:
+        from pipeline.segment.source import shard_records
+    except ImportError as e:  # the segment helper may move it
+        out["shard_records"] = f"unavailable: {e}"
+        return out
+    t0 = time.perf_counter()
+    records = shard_records(st)
+    out["shard_records_s"] = round(time.perf_counter() - t0, 3)
+    out["worklist_videos"] = len(records)
+    out["worklist_total_s"] = round(out["shard_records_s"] + list_s, 3)
+    return out
+
+
+@contextlib.contextmanager
+def moto_s3():
+    """A moto S3 server in its own process on loopback, with a bucket; yields its s3:// root."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    moto = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    server = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
+                          AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="scale")
+        yield "s3://scale"
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--videos", type=int, default=2000, help="tiny videos in the flow-job section")
+    p.add_argument("--group-videos", type=int, default=16, help="shards.group_videos of the flow job")
+    p.add_argument("--cpus", type=int, default=2, help="Ray CPUs of the flow job")
+    p.add_argument("--commit-sizes", default="100,1000,10000")
+    p.add_argument("--probes", type=int, default=100, help="commits timed per size")
+    p.add_argument("--segment-videos", type=int, default=10000)
+    p.add_argument("--sections", default="commit,flow_job,segment_worklist")
+    p.add_argument("--storages", default="local,s3", help="for the commit and segment sections")
+    args = p.parse_args(argv)
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    sections = args.sections.split(",")
+    sizes = [int(n) for n in args.commit_sizes.split(",")]
+    desc = _machine()
+    tmp = tempfile.mkdtemp(prefix="scale-bench-")
+    try:
+        with contextlib.ExitStack() as stack:
+            roots = {}
+            for name in args.storages.split(","):
+                roots[name] = stack.enter_context(moto_s3()) if name == "s3" else os.path.join(tmp, "local")
+            if "commit" in sections:
+                for root in roots.values():
+                    res = bench_commit(f"{root}/commit", sizes, args.probes)
+                    print(json.dumps({"bench": "scale", "section": "commit", **res, "machine": desc}), flush=True)
+            if "segment_worklist" in sections:
+                for root in roots.values():
+                    res = bench_segment_worklist(f"{root}/segment", args.segment_videos)
+                    print(json.dumps({"bench": "scale", "section": "segment_worklist", **res, "machine": desc}),
+                          flush=True)
+        if "flow_job" in sections:
+            res = bench_flow_job(os.path.join(tmp, "flow"), args.videos, args.group_videos, args.cpus)
+            print(json.dumps({"bench": "scale", "section": "flow_job", **res, "machine": desc}), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,336 @@
+"""The precompute_flow job's driver: plan groups of videos, let the workers make the shards, commit index parts.
+
+The driver lists the corpus once, reads the index (``index.parquet`` plus the parts not consolidated yet) to find
+the videos already done, cuts the sorted pending videos into groups of ``shards.group_videos`` and hands the groups
+to the workers (``pipeline/dataset/stages.py``), which decode, compute flow, encode, pack and upload whole shards.
+For each finished group the driver commits one small index part (``index/<group>.parquet``, written after the
+group's shards are complete: its existence is the commit), so a commit costs the same at the 10th and the
+10,000th group. At the end it consolidates the parts into ``index.parquet`` and the ``<split>.wids.json`` shard
+lists, and writes ``manifest.parquet`` and ``summary.json``.
+
+A rerun resumes: videos whose samples are all indexed are skipped; shards of a group that never got its part (a
+killed run) are deleted first, and the group is made again under the same names when its members are the same.
+Settings that change sample content are fixed at the first run (``precompute_settings.json``), and so is the
+validation split (``val_split.parquet``): growing a corpus never moves a finished video between splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+from collections import defaultdict
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.config import ConfigError, config_to_dict
+from pipeline.dataset.config import PrecomputeFlowConfig
+from pipeline.dataset.stages import (
+    FlowStage,
+    GroupStage,
+    encode_clip_row,
+    group_name,
+    load_clips,
+    pack_group_batch,
+)
+from pipeline.flow.engines import file_sha256
+from pipeline.flow.render import RENDER_VERSION
+from pipeline.ingest.formats import VideoRecord
+from pipeline.ingest.manifest import assign_val_split, list_corpus, manifest_table
+from pipeline.jobs import JobSummary, init_ray
+from pipeline.shards import (
+    SAMPLE_VERSION,
+    SHARD_DIR,
+    consolidate_index,
+    read_index_parts,
+    write_index_part,
+)
+from pipeline.storage import Storage, StorageError, open_storage
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FLAGS", "KILL_AFTER_COMMITS_ENV", "plan_groups", "run"]
+
+FLAGS = {
+    "--input": "input",
+    "--output": "output",
+    "--format": "format",
+    "--flow-model": "flow.engine",
+    "--flow-preset": "flow.preset",
+    "--flow-ckpt": "flow.checkpoint",
+    "--clip-length": "shards.clip_length",
+    "--jpeg-quality": "shards.jpeg_quality",
+    "--shard-size-mb": "shards.shard_size_mb",
+    "--val-fraction": "val_fraction",
+    "--max-side": "flow.max_side",
+    "--num-gpus-per-actor": "compute.num_gpus_per_actor",
+    "--concurrency": "compute.concurrency",
+}
+
+KILL_AFTER_COMMITS_ENV = "HMHI_PRECOMPUTE_KILL_AFTER_SHARDS"
+"""Fault injection for resume tests: SIGKILL this driver right after it commits that many groups (index parts)."""
+SETTINGS_NAME = "precompute_settings.json"
+MANIFEST_NAME = "manifest.parquet"
+VAL_SPLIT_NAME = "val_split.parquet"
+
+
+# -- settings guard ------------------------------------------------------------------------------------------------
+
+def _checkpoint_sha256(url: str) -> str:
+    """SHA-256 of the flow checkpoint at a local path or storage URL (streamed; names the field when missing)."""
+    try:
+        if "://" not in url:
+            return file_sha256(url)
+        parent, _, leaf = url.rstrip("/").rpartition("/")
+        digest = hashlib.sha256()
+        with open_storage(parent).open_stream(leaf) as f:
+            for chunk in iter(lambda: f.read(8 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+    except (StorageError, OSError) as e:
+        raise ConfigError("flow.checkpoint", url, f"cannot be read ({e})") from e
+
+
+def _settings(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
+    """Settings that change sample content: a resumed run must use the same ones."""
+    ckpt_sha = _checkpoint_sha256(cfg.flow.checkpoint) if cfg.flow.checkpoint else None
+    return {"format": cfg.format, "davis_resolution": cfg.davis_resolution, "val_fraction": cfg.val_fraction,
+            "flow_engine": cfg.flow.engine, "flow_preset": cfg.flow.preset if cfg.flow.engine == "dis" else None,
+            "flow_checkpoint_sha256": ckpt_sha,
+            "flow_max_side": None if cfg.flow.uses_pictures else cfg.flow.max_side,
+            "clip_length": cfg.shards.clip_length, "jpeg_quality": cfg.shards.jpeg_quality,
+            "render_version": RENDER_VERSION, "sample_version": SAMPLE_VERSION}
+
+
+def _check_settings(out: Storage, cfg: PrecomputeFlowConfig) -> None:
+    settings = _settings(cfg)
+    if out.exists(SETTINGS_NAME):
+        previous = out.read_json(SETTINGS_NAME)
+        diff = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+        if diff:
+            detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
+            raise ConfigError("output", out.url, f"holds shards made with other settings ({detail}); "
+                              "use a new --output or the same settings")
+    else:
+        out.write_json(SETTINGS_NAME, settings)
+
+
+def _assign_splits(out: Storage, records: list[VideoRecord], val_fraction: float) -> int:
+    """Apply the stored validation split to the videos it knows; carve ``val_fraction`` of the *new* train videos
+    only; store the result. Returns how many videos are in val."""
+    if val_fraction <= 0:
+        return 0
+    stored: dict[str, str] = {}
+    if out.exists(VAL_SPLIT_NAME):
+        t = out.read_parquet(VAL_SPLIT_NAME)
+        stored = dict(zip(t.column("video_id").to_pylist(), t.column("split").to_pylist(), strict=True))
+    train = [r for r in records if r.split == "train"]
+    new = [r for r in train if r.video_id not in stored]
+    for r in train:
+        if r.video_id in stored:
+            r.split = stored[r.video_id]
+    if not stored:
+        assign_val_split(records, val_fraction)
+    elif new:
+        assign_val_split(new, val_fraction)
+    if new or not stored:
+        ids = sorted(stored.keys() | {r.video_id for r in train})
+        split_of = dict(stored, **{r.video_id: r.split for r in train})
+        out.write_parquet(VAL_SPLIT_NAME, pa.table({"video_id": ids, "split": [split_of[i] for i in ids]}))
+    return sum(r.split == "val" for r in records)
+
+
+# -- planning ------------------------------------------------------------------------------------------------------
+
+def plan_groups(pending: list[dict[str, Any]], group_videos: int) -> list[dict[str, Any]]:
+    """Cut the pending videos (sorted by video id) into consecutive groups of ``group_videos``; each group row
+    carries its deterministic name and its videos (JSON)."""
+    pending = sorted(pending, key=lambda p: p["video_id"])
+    groups = []
+    for i in range(0, len(pending), group_videos):
+        members = pending[i:i + group_videos]
+        groups.append({"group": group_name(p["video_id"] for p in members),
+                       "videos": json.dumps([{k: p[k] for k in ("record", "skip_keys")} for p in members])})
+    return groups
+
+
+def _remove_uncommitted_shards(out: Storage, committed: set[str]) -> int:
+    """Delete shards that no index part lists: made by a group whose run was killed before its commit."""
+    removed = 0
+    for name in out.list(SHARD_DIR, suffix=".tar") if out.isdir(SHARD_DIR) else []:
+        rel = f"{SHARD_DIR}/{name}"
+        if rel not in committed:
+            log.warning("removing %s: written by an interrupted run but never committed", out.join(rel))
+            out.delete(rel)
+            removed += 1
+    return removed
+
+
+def _timed(rows, summary: JobSummary, counter: str):
+    """Yield from ``rows``, adding the seconds spent waiting for each row to ``summary``'s ``counter``."""
+    it = iter(rows)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            row = next(it)
+        except StopIteration:
+            return
+        finally:
+            summary.add(counter, time.perf_counter() - t0)
+        yield row
+
+
+def _build_dataset(cfg: PrecomputeFlowConfig, groups: list[dict[str, Any]], input_url: str, output_url: str):
+    """The Ray Data pipeline: group rows -> group result rows (fused actors, or decode -> flow -> encode -> pack)."""
+    import ray
+
+    gpus = cfg.compute.num_gpus_per_actor
+    fused = cfg.compute.fused if cfg.compute.fused is not None else gpus == 0
+    res = ray.cluster_resources()
+    total_cpus = float(res.get("CPU", 1))
+    actor_cpus, task_cpus = cfg.compute.num_cpus_per_actor, cfg.compute.num_cpus_per_task
+    concurrency = cfg.compute.concurrency
+    if concurrency is None:
+        if gpus > 0:
+            concurrency = max(1, int(res.get("GPU", 0) // gpus))
+        else:
+            concurrency = max(1, int(total_cpus // (actor_cpus if fused else 2)))
+    # FlowConfig.create_engine keeps DIS on the CPU whatever the device.
+    engine_kwargs = {"flow": cfg.flow, "device": "cuda" if gpus > 0 else "cpu",
+                     "threads": max(1, int(cfg.compute.num_cpus_per_actor))}
+    load_kwargs = {"input_url": input_url, "clip_length": cfg.shards.clip_length, "max_video_mb": cfg.max_video_mb,
+                   "flow_pictures": cfg.flow.uses_pictures}
+    encode_kwargs = {"jpeg_quality": cfg.shards.jpeg_quality, "flow_level": cfg.shards.flow_compress_level}
+    pack_kwargs = {"output_url": output_url, "target_bytes": int(cfg.shards.shard_size_mb * 1e6)}
+    if fused:
+        ds = ray.data.from_items(groups, override_num_blocks=len(groups))
+        return ds.map(GroupStage, fn_constructor_kwargs=dict(engine_kwargs, load_kwargs=load_kwargs,
+                                                             encode_kwargs=encode_kwargs, **pack_kwargs),
+                      compute=ray.data.ActorPoolStrategy(size=min(concurrency, len(groups))),
+                      num_cpus=min(actor_cpus, total_cpus), num_gpus=gpus or None)
+    if concurrency * actor_cpus + task_cpus > total_cpus:
+        # Actors holding every CPU would starve the decode/encode tasks: shrink the reservations to fit.
+        scale = total_cpus / (concurrency * actor_cpus + task_cpus)
+        actor_cpus, task_cpus = actor_cpus * scale, task_cpus * scale
+        log.warning("%d flow actor(s) x %.2g CPU + tasks do not fit in %.3g CPUs: reserving %.2g CPU per actor "
+                    "and %.2g per task", concurrency, cfg.compute.num_cpus_per_actor, total_cpus, actor_cpus,
+                    task_cpus)
+    videos = [dict(v, group=g["group"]) for g in groups for v in json.loads(g["videos"])]
+    ds = ray.data.from_items(videos, override_num_blocks=len(videos))
+    ds = ds.flat_map(load_clips, fn_kwargs=load_kwargs, num_cpus=task_cpus)
+    ds = ds.map(FlowStage, fn_constructor_kwargs=engine_kwargs, compute=ray.data.ActorPoolStrategy(size=concurrency),
+                num_cpus=actor_cpus, num_gpus=gpus or None)
+    ds = ds.map(encode_clip_row, fn_kwargs=encode_kwargs, num_cpus=task_cpus)
+    ds = ds.select_columns(["group", "video_id", "start", "kind", "info", "key", "names", "blob", "index_row"])
+    return ds.groupby("group").map_groups(pack_group_batch, fn_kwargs=pack_kwargs, batch_format="numpy",
+                                          num_cpus=task_cpus)
+
+
+def run(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
+    """Run the job on Ray (attached or local); returns the summary dict (also written to summary.json)."""
+    init_ray()
+    cpu0 = time.process_time()
+    summary = JobSummary("precompute_flow", config=config_to_dict(cfg))
+    inp, out = open_storage(cfg.input), open_storage(cfg.output)
+    inp.check()
+    out.check()
+    _check_settings(out, cfg)
+    listing = list_corpus(inp, cfg.format, cfg.davis_resolution)
+    records = listing.records[:cfg.max_videos] if cfg.max_videos else listing.records
+    n_val = _assign_splits(out, records, cfg.val_fraction)
+    log.info("%s: %d videos (%s)%s", inp.url, len(records), listing.format, f", {n_val} in val" if n_val else "")
+
+    index, part_videos, _ = read_index_parts(out)
+    committed_shards = set(index.column("shard").to_pylist())
+    _remove_uncommitted_shards(out, committed_shards)
+    indexed_keys: dict[str, set[str]] = defaultdict(set)
+    n_clips_of: dict[str, int] = {}
+    for vid, key, nc in zip(index.column("video_id").to_pylist(), index.column("key").to_pylist(),
+                            index.column("n_clips").to_pylist(), strict=True):
+        indexed_keys[vid].add(key)
+        n_clips_of[vid] = nc
+    previous_facts: dict[str, dict[str, Any]] = {}
+    if out.exists(MANIFEST_NAME):
+        for r in out.read_parquet(MANIFEST_NAME).to_pylist():
+            previous_facts[r["video_id"]] = {k: r[k] for k in ("frame_count", "height", "width", "fps",
+                                                               "annotated_frames", "status", "reason")}
+    previous_facts.update(part_videos)
+
+    facts: dict[str, dict[str, Any]] = {}
+    pending = []
+    for r in records:
+        done_keys = indexed_keys.get(r.video_id, set())
+        if done_keys and len(done_keys) == n_clips_of[r.video_id]:
+            summary.skipped("video", r.video_id, "already done (all samples indexed)")
+            facts[r.video_id] = dict(previous_facts.get(r.video_id, {}), status="done", reason=None)
+            continue
+        pending.append({"video_id": r.video_id, "record": json.dumps(r.to_dict()),
+                        "skip_keys": json.dumps(sorted(done_keys))})
+    groups = plan_groups(pending, cfg.shards.group_videos)
+    summary.set("groups_planned", len(groups))
+
+    kill_after = int(os.environ.get(KILL_AFTER_COMMITS_ENV, "0") or 0)
+    commits, writers = 0, set()
+    if groups:
+        ds = _build_dataset(cfg, groups, inp.url, out.url)
+        for result in _timed(ds.iter_rows(), summary, "driver_wait_s"):
+            t0 = time.perf_counter()
+            rows, videos = json.loads(result["rows"]), json.loads(result["videos"])
+            if rows:  # the group's shards are complete: commit them (the part is the marker)
+                write_index_part(out, str(result["group"]), rows,
+                                 {v: {k: f.get(k) for k in ("frame_count", "height", "width", "fps",
+                                                            "annotated_frames")}
+                                  for v, f in videos.items() if f["status"] == "done"}, str(result["writer"]))
+                commits += 1
+            summary.add("driver_commit_s", time.perf_counter() - t0)
+            writers.add(str(result["writer"]))
+            for vid, f in videos.items():
+                if f["status"] == "rejected":
+                    summary.rejected("video", f["name"], f["reason"])
+                    facts[vid] = {"status": "rejected", "reason": f["reason"]}
+                    continue
+                for w in f.pop("warnings", []):
+                    summary.add("warnings")
+                    log.warning(w)
+                summary.done("video", vid)
+                facts[vid] = f
+            for figure in ("samples", "frames", "masks", "shards", "bytes"):
+                summary.add({"shards": "shards_written", "bytes": "bytes_written"}.get(figure, figure),
+                            int(result[figure]))
+            summary.add("flows", int(result["frames"]))
+            summary.add("worker_pack_s", float(result["pack_s"]))
+            every = cfg.shards.consolidate_every
+            if rows and every and commits % every == 0:
+                t1 = time.perf_counter()
+                consolidate_index(out)
+                summary.add("driver_consolidate_s", time.perf_counter() - t1)
+            if kill_after and commits >= kill_after:
+                log.warning("%s=%d: killing this driver now (fault injection)", KILL_AFTER_COMMITS_ENV, kill_after)
+                os.kill(os.getpid(), signal.SIGKILL)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("Ray Data stats:\n%s", ds.stats())
+    for figure in ("samples", "frames", "flows", "masks", "shards_written", "bytes_written", "driver_commit_s"):
+        summary.add(figure, 0)
+
+    t0 = time.perf_counter()
+    index = consolidate_index(out)
+    summary.add("driver_consolidate_s", time.perf_counter() - t0)
+    summary.set("index_parts_committed", commits)
+    summary.set("writer_processes", len(writers))
+    summary.set("shards_total", len(set(index.column("shard").to_pylist())))
+    out.write_parquet(MANIFEST_NAME, manifest_table(records, facts))
+    frames = summary.figures.get("frames", 0)
+    driver_cpu = time.process_time() - cpu0
+    summary.set("driver_cpu_s", round(driver_cpu, 3))
+    summary.set("driver_cpu_ms_per_video", round(1000 * driver_cpu / max(1, len(records)), 3))
+    summary.set("format", listing.format)
+    summary.set("input", inp.url)
+    summary.set("output", out.url)
+    summary.set("index_rows", index.num_rows)
+    summary.set("frames_per_s", round(frames / summary.elapsed_s, 3) if frames else 0)
+    return summary.finish(storage=out, rel="summary.json")
+
