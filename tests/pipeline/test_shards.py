@@ -125,7 +125,9 @@ def test_writer_commits_shards_then_indexes_them(storage_url):
                                              "frame_indices": list(range(start, start + 4)), "n_frames": 4,
                                              "n_masks": int(valid.sum()), "height": 48, "width": 64})
             if split == "train" and v == "a" and start == 0:
-                assert not st.exists(INDEX_NAME)  # nothing is indexed before its shard is uploaded
+                # Nothing is indexed before its shard is uploaded (the upload thread may already have finished).
+                indexed = read_index(storage_url).column("shard").to_pylist() if st.exists(INDEX_NAME) else []
+                assert all(st.exists(shard) for shard in indexed)
     writer.close()
     index = read_index(storage_url)
     assert sorted(index.column("key").to_pylist()) == sorted(expected)
