@@ -44,6 +44,7 @@ import logging
 import os
 import posixpath
 import random
+import re
 import shutil
 import socket
 import threading
@@ -67,6 +68,7 @@ __all__ = [
     "StorageError",
     "StorageNotFoundError",
     "StorageUnavailableError",
+    "clean_leftovers",
     "open_storage",
     "retry_counts",
     "storage_filesystem",
@@ -724,6 +726,57 @@ class Storage:
             if not self.fs.exists(path):
                 return
             self.fs.rm(path, recursive=recursive)
+
+
+_TMP_NAME = re.compile(r"\.tmp-[0-9a-f]{32}$")  # open_write's ".<leaf>.tmp-<uuid>", download_file's "<path>.tmp-<uuid>"
+
+
+def clean_leftovers(storage: Storage, older_than: float) -> dict[str, int]:
+    """Collect what runs that died left below ``storage``'s root; returns counts by kind.
+
+    - S3: incomplete multipart uploads under the root prefix initiated before ``older_than`` (epoch seconds,
+      compared with the store's ``Initiated``: pass a time on the store's clock, as :class:`pipeline.lease.
+      OutputLease` does). They are invisible but billed; a bucket lifecycle rule (infra/README.md) collects those
+      of outputs no job reruns.
+    - Local: this module's temporary files (``.<name>.tmp-<uuid>`` of atomic writes, ``<name>.tmp-<uuid>`` of
+      downloads) older than ``older_than``.
+
+    Call it only while holding the output's lease: nothing else tells a live run's upload or temporary file from a
+    dead one's. Failures are logged, not raised: leftovers cost money, not correctness.
+    """
+    counts = {"multipart_uploads_aborted": 0, "temp_files_removed": 0}
+    try:
+        if storage.scheme == "s3":
+            bucket, _, prefix = storage.root.partition("/")
+            client = _s3_client(storage.s3)
+            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else ""}
+            while True:
+                with storage._errors("list uploads", ""):
+                    page = client.list_multipart_uploads(**kwargs)
+                for up in page.get("Uploads", []):
+                    if up["Initiated"].timestamp() < older_than:
+                        with storage._errors("abort upload", ""):
+                            client.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+                        counts["multipart_uploads_aborted"] += 1
+                        log.info("aborted an incomplete upload of s3://%s/%s (initiated %s)", bucket, up["Key"],
+                                 up["Initiated"].isoformat())
+                if not page.get("IsTruncated"):
+                    break
+                kwargs.update(KeyMarker=page.get("NextKeyMarker", ""), UploadIdMarker=page.get("NextUploadIdMarker", ""))
+        elif os.path.isdir(storage.root):
+            for directory, _, files in os.walk(storage.root):
+                for name in files:
+                    if not _TMP_NAME.search(name):
+                        continue
+                    path = os.path.join(directory, name)
+                    with contextlib.suppress(FileNotFoundError):
+                        if os.stat(path).st_mtime < older_than:
+                            os.remove(path)
+                            counts["temp_files_removed"] += 1
+                            log.info("removed a leftover temporary file %s", path)
+    except Exception as err:
+        log.warning("%s: could not collect leftovers of earlier runs: %s", storage.url, err)
+    return counts
 
 
 def open_storage(url: str | Storage, s3: S3Options | None = None) -> Storage:

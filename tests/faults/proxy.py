@@ -66,6 +66,8 @@ class FaultPlan:
     """Upper bound of a uniform random delay added before every request."""
     max_faults_per_request: int = 3
     """The same request (method, path, range) is faulted at most this many times in a row."""
+    ignore_conditional_writes: bool = False
+    """Drop ``If-None-Match``/``If-Match`` from PUTs, as S3-compatible stores without conditional writes do."""
 
 
 class _Server(ThreadingHTTPServer):
@@ -202,7 +204,10 @@ class _Handler(BaseHTTPRequestHandler):
             conn = self._upstream_conn()
             try:
                 conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                drop_conditions = self.command == "PUT" and self.server.proxy.plan.ignore_conditional_writes
                 for name, value in self.headers.items():
+                    if drop_conditions and name.lower() in ("if-none-match", "if-match"):
+                        continue
                     if name.lower() not in _HOP_BY_HOP:
                         conn.putheader(name, value)
                 conn.endheaders()
