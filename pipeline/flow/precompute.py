@@ -27,6 +27,7 @@ import numpy as np
 
 from pipeline.config import ConfigError, config_to_dict, require
 from pipeline.flow.config import FlowConfig
+from pipeline.lease import holds_output_lease
 
 log = logging.getLogger(__name__)
 
@@ -358,6 +359,7 @@ def _build_dataset(cfg: PrecomputeFlowConfig, pending: list[dict[str, Any]], inp
     return ds.map(encode_clip_row, fn_kwargs=encode_kwargs, num_cpus=task_cpus)
 
 
+@holds_output_lease("precompute_flow")  # one run per output (pipeline/lease.py)
 def run_precompute(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
     """Run the job (Ray must be initialised); returns the summary dict (also written to summary.json)."""
     import ray

@@ -314,6 +314,11 @@ class FaultProxy:
         with self._lock:
             return sum(v for k, v in self.counts.items() if k.startswith(("error_", "cut_")))
 
+    def seen(self, method: str, contains: str) -> int:
+        """How many ``method`` requests whose path contains ``contains`` reached the proxy since the plan was set."""
+        with self._lock:
+            return sum(n for key, n in self._seen.items() if key.startswith(f"{method} ") and contains in key)
+
     def _decide(self, method: str, path: str, range_header: str) -> _Fault:
         key = f"{method} {path} {range_header}"
         with self._lock:

@@ -1,0 +1,91 @@
+"""Jobs against a faulty S3 (the fault proxy in front of moto) and against a second run on the same output.
+
+The faulty run is a separate driver attached to the session's Ray cluster, with ``AWS_ENDPOINT_URL`` pointing at
+the proxy for the driver *and* its Ray workers (a job runtime env), so that every read and write of the job, in
+the driver and in the Ray Data stages, goes through the faults.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jobs.precompute_flow import main as flow_main
+from pipeline.lease import LEASE_NAME, LeaseHeldError
+from pipeline.shards import read_index, verify_shard
+from pipeline.storage import open_storage
+from tests.conftest import REPO_ROOT
+from tests.faults.conftest import ISSUE_PLAN
+from tests.media import upload_tree, write_davis
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+# A driver whose Ray workers see the proxy as their S3 endpoint too (a cluster's workers inherit the environment
+# the cluster started with; a job runtime env is how a job gives them its own).
+_DRIVER = """
+import os, sys
+import ray
+ray.init(address=sys.argv[1], runtime_env={"env_vars": {"AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]}})
+from jobs.precompute_flow import main
+from pipeline.storage import retry_counts
+summary = main(sys.argv[2:])
+print("RETRIES", retry_counts(), flush=True)
+"""
+
+
+def _shards_and_index(url: str) -> tuple[dict[str, bytes], list[dict]]:
+    st = open_storage(url)
+    index = read_index(url)
+    for shard, checksum in set(zip(index.column("shard").to_pylist(), index.column("shard_sha256").to_pylist(),
+                                   strict=True)):
+        verify_shard(st.join(shard), checksum)
+    return {n: st.read_bytes(f"shards/{n}") for n in st.list("shards")}, index.to_pylist()
+
+
+def test_flow_job_under_faults_equals_a_clean_run_and_refuses_a_second_run(s3_bucket, tmp_path, ray_cluster,
+                                                                           fault_proxy):
+    write_davis(tmp_path / "c", {f"v{i}": 6 for i in range(3)}, size=(48, 64))
+    corpus = f"{s3_bucket}/corpus"
+    upload_tree(tmp_path / "c", corpus)
+    args = ["--clip-length", "3", "--shard-size-mb", "0.01", "--concurrency", "1"]
+
+    # The first run, under the issue's faults (10% 503/500, 1% cut bodies) plus some latency.
+    fault_proxy.set_plan(ISSUE_PLAN, latency_s=0.02)
+    faulty_out = f"{s3_bucket}/faulty"
+    env = dict(os.environ, AWS_ENDPOINT_URL=fault_proxy.endpoint_url, PYTHONPATH=str(REPO_ROOT))
+    first = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER, ray_cluster, "--input", corpus, "--output", faulty_out, *args],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # A second run on the same output, started while the first holds its lease, is refused by name.
+        st = open_storage(faulty_out)
+        deadline = time.time() + 240
+        while not st.exists(LEASE_NAME) and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, first.communicate()[0][-3000:]
+        with pytest.raises(LeaseHeldError, match=f"job precompute_flow run .* pid {first.pid}, started"):
+            flow_main(["--input", corpus, "--output", faulty_out, *args])
+        log_text, _ = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, log_text[-4000:]
+    assert fault_proxy.faults > 0 and fault_proxy.counts["requests"] > 50, fault_proxy.counts
+    assert fault_proxy.seen("GET", ".jpg") >= 18  # the Ray Data stages' frame reads went through the faults too
+    assert "RETRIES {" in log_text and "'s3_request'" in log_text  # the driver retried some of its requests
+    assert not st.exists(LEASE_NAME)  # released at the end
+    summary = st.read_json("summary.json")
+    assert summary["counts"]["video"] == {"done": 3, "skipped": 0, "rejected": 0}
+
+    # A fault-free run of the same corpus writes exactly the same shards and index rows.
+    clean_out = f"{s3_bucket}/clean"
+    clean = flow_main(["--input", corpus, "--output", clean_out, *args])
+    assert clean["counts"]["video"]["done"] == 3
+    faulty_shards, faulty_index = _shards_and_index(faulty_out)
+    clean_shards, clean_index = _shards_and_index(clean_out)
+    assert faulty_shards == clean_shards and faulty_index == clean_index
+    assert len(faulty_index) == 6  # 3 videos x 2 clips, each exactly once
