@@ -36,6 +36,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import io
@@ -68,6 +69,7 @@ __all__ = [
     "StorageError",
     "StorageNotFoundError",
     "StorageUnavailableError",
+    "LocalDiskFullError",
     "clean_leftovers",
     "open_storage",
     "retry_counts",
@@ -93,6 +95,25 @@ class StorageAuthError(StorageError, PermissionError):
 
 class StorageUnavailableError(StorageError):
     """The store kept failing (throttling, 5xx, dropped connections) after every retry."""
+
+
+class LocalDiskFullError(StorageError, OSError):
+    """A local disk (an output directory, or the temporary directory a download goes to) is full."""
+
+
+@contextlib.contextmanager
+def _local_space(op: str, url: str, path: str) -> Iterator[None]:
+    """Turn "no space left" while writing the local file ``path`` into an error naming it and the way out."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or isinstance(e, StorageError):
+            raise
+        directory = os.path.dirname(os.path.abspath(path))
+        raise LocalDiskFullError(
+            f"{op} {url}: no space left on the local disk holding {directory} ({os.strerror(e.errno)}); free "
+            "space there (or point TMPDIR at a larger disk for temporary files) and rerun: finished work is kept"
+        ) from e
 
 
 DEFAULT_MAX_ATTEMPTS = 8
@@ -650,12 +671,13 @@ class Storage:
         os.makedirs(os.path.dirname(os.path.abspath(local_path)) or ".", exist_ok=True)
         tmp = f"{local_path}{_TMP_MARK}{uuid.uuid4().hex}"
         try:
-            if self.scheme == "file":
-                with self._errors("download", rel):
-                    shutil.copyfile(self._path(rel), tmp)
-            else:  # one streaming GET, resumed at the byte reached if the connection drops
-                with self.open_stream(rel) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, length=8 << 20)
+            with _local_space("download", f"{self.join(rel)} to {local_path}", tmp):
+                if self.scheme == "file":
+                    with self._errors("download", rel):
+                        shutil.copyfile(self._path(rel), tmp)
+                else:  # one streaming GET, resumed at the byte reached if the connection drops
+                    with self.open_stream(rel) as src, open(tmp, "wb") as dst:
+                        shutil.copyfileobj(src, dst, length=8 << 20)
             os.replace(tmp, local_path)
         finally:
             if os.path.exists(tmp):
@@ -673,7 +695,7 @@ class Storage:
             os.makedirs(directory, exist_ok=True)
             tmp = os.path.join(directory, f".{leaf}{_TMP_MARK}{uuid.uuid4().hex}")
             try:
-                with open(tmp, "wb") as f:
+                with _local_space("write", path, tmp), open(tmp, "wb") as f:
                     yield f
                     f.flush()
                     os.fsync(f.fileno())

@@ -6,8 +6,8 @@ layer and the jobs can be tested against them with real clients (boto3, s3fs/aio
 go through it when ``AWS_ENDPOINT_URL`` or ``S3Options.endpoint_url`` names it).
 
 What happens to a request is decided by a :class:`FaultPlan` and is reproducible from its seed regardless of
-thread interleaving: the decision is a hash of (seed, method, path and query, Range header, how many times this
-same request was seen before). A retry of a faulted request is therefore a new draw, and the same sequence of
+thread interleaving: the decision is a hash of (seed, method, path and query without the bucket name, Range
+header, how many times this same request was seen before). A retry of a faulted request is therefore a new draw, and the same sequence of
 requests meets the same faults in every run.
 
 - ``error_rate``: the request is answered, without reaching the store, with ``503 SlowDown`` or
@@ -320,7 +320,9 @@ class FaultProxy:
             return sum(n for key, n in self._seen.items() if key.startswith(f"{method} ") and contains in key)
 
     def _decide(self, method: str, path: str, range_header: str) -> _Fault:
-        key = f"{method} {path} {range_header}"
+        # Without the bucket (tests make randomly named ones), so that a test's faults are the same in every run.
+        _, _, in_bucket = path.lstrip("/").partition("/")
+        key = f"{method} /{in_bucket} {range_header}"
         with self._lock:
             plan = self.plan
             nth = self._seen[key]

@@ -7,6 +7,7 @@ the driver and in the Ray Data stages, goes through the faults.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,14 +28,21 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 # A driver whose Ray workers see the proxy as their S3 endpoint too (a cluster's workers inherit the environment
 # the cluster started with; a job runtime env is how a job gives them its own).
 _DRIVER = """
-import os, sys
+import json, sys
 import ray
-ray.init(address=sys.argv[1], runtime_env={"env_vars": {"AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]}})
+ray.init(address=sys.argv[1], runtime_env={"env_vars": json.loads(sys.argv[2])})
 from jobs.precompute_flow import main
 from pipeline.storage import retry_counts
-summary = main(sys.argv[2:])
+summary = main(sys.argv[3:])
 print("RETRIES", retry_counts(), flush=True)
 """
+
+
+def _driver(ray_address: str, worker_env: dict[str, str], args: list[str], **env: str) -> subprocess.Popen:
+    """The flow job in its own driver process, its Ray workers given ``worker_env``."""
+    return subprocess.Popen([sys.executable, "-c", _DRIVER, ray_address, json.dumps(worker_env), *args],
+                            cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), **env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _shards_and_index(url: str) -> tuple[dict[str, bytes], list[dict]]:
@@ -56,10 +64,8 @@ def test_flow_job_under_faults_equals_a_clean_run_and_refuses_a_second_run(s3_bu
     # The first run, under the issue's faults (10% 503/500, 1% cut bodies) plus some latency.
     fault_proxy.set_plan(ISSUE_PLAN, latency_s=0.02)
     faulty_out = f"{s3_bucket}/faulty"
-    env = dict(os.environ, AWS_ENDPOINT_URL=fault_proxy.endpoint_url, PYTHONPATH=str(REPO_ROOT))
-    first = subprocess.Popen(
-        [sys.executable, "-c", _DRIVER, ray_cluster, "--input", corpus, "--output", faulty_out, *args],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = _driver(ray_cluster, {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url},
+                    ["--input", corpus, "--output", faulty_out, *args], AWS_ENDPOINT_URL=fault_proxy.endpoint_url)
     try:
         # A second run on the same output, started while the first holds its lease, is refused by name.
         st = open_storage(faulty_out)
@@ -89,3 +95,4 @@ def test_flow_job_under_faults_equals_a_clean_run_and_refuses_a_second_run(s3_bu
     clean_shards, clean_index = _shards_and_index(clean_out)
     assert faulty_shards == clean_shards and faulty_index == clean_index
     assert len(faulty_index) == 6  # 3 videos x 2 clips, each exactly once
+
