@@ -47,7 +47,7 @@ from pipeline.storage import Storage, StorageError, _error_code, _s3_client, cle
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LEASE_NAME", "LeaseHeldError", "LeaseLostError", "OutputLease", "holds_output_lease"]
+__all__ = ["LEASE_NAME", "LeaseHeldError", "LeaseLostError", "OutputLease", "check_lease", "holds_output_lease"]
 
 LEASE_NAME = "_lease.json"
 """Name of the lease object at an output root."""
@@ -408,9 +408,27 @@ def holds_output_lease(job: str, output: Callable[[Any], str] = lambda cfg: cfg.
     def wrap(run: Callable[[Any], Any]) -> Callable[[Any], Any]:
         @functools.wraps(run)
         def wrapper(cfg, *args, **kwargs):
-            with OutputLease(open_storage(output(cfg)), job=job):
-                return run(cfg, *args, **kwargs)
+            global _CURRENT
+            with OutputLease(open_storage(output(cfg)), job=job) as lease:
+                previous, _CURRENT = _CURRENT, lease
+                try:
+                    return run(cfg, *args, **kwargs)
+                finally:
+                    _CURRENT = previous
 
         return wrapper
 
     return wrap
+
+
+_CURRENT: OutputLease | None = None
+
+
+def check_lease() -> None:
+    """Raise :class:`LeaseLostError` if the lease this process's job holds (``holds_output_lease``) was taken over.
+
+    For a job's commit points (an index or done-marker write), so that a run that stalled past its TTL and was
+    replaced stops instead of overwriting its successor's work. A no-op outside a leased run.
+    """
+    if _CURRENT is not None:
+        _CURRENT.check()

@@ -42,10 +42,10 @@ def test_stale_lease_is_taken_over(storage_url):
     st = open_storage(storage_url)
     st.check()
     # A holder on another host that stopped renewing: taken over once its TTL has passed (store clock, 1 s steps).
-    _foreign_lease(st, host="elsewhere.example", pid=12345, ttl_s=1.0)
+    _foreign_lease(st, host="elsewhere.example", pid=12345, ttl_s=3.0)
     with pytest.raises(LeaseHeldError, match="elsewhere.example pid 12345"):
         OutputLease(st, job="segment").acquire()
-    time.sleep(2.2)
+    time.sleep(4.2)
     with OutputLease(st, job="segment") as lease:
         assert st.read_json(LEASE_NAME)["run_id"] == lease.info.run_id
     # A holder on this host whose process is gone: taken over at once, whatever its TTL (a killed run's rerun).
@@ -58,9 +58,9 @@ def test_stale_lease_is_taken_over(storage_url):
 
 def test_renewal_keeps_the_lease_and_a_taken_over_holder_notices(s3_bucket):
     st = open_storage(f"{s3_bucket}/out")
-    lease = OutputLease(st, job="segment", ttl_s=1.5, renew_every_s=0.3).acquire()
+    lease = OutputLease(st, job="segment", ttl_s=3.0, renew_every_s=0.3).acquire()
     try:
-        time.sleep(3.0)  # twice the TTL: only renewal keeps it
+        time.sleep(4.5)  # past the TTL: only renewal keeps it
         with pytest.raises(LeaseHeldError):
             OutputLease(st, job="segment").acquire()
         _foreign_lease(st, host="elsewhere.example", pid=1, ttl_s=60)  # another run took it over
@@ -123,3 +123,28 @@ def test_lease_file_is_plain_json_naming_the_run(tmp_path):
         data = json.loads((tmp_path / "o" / LEASE_NAME).read_text())
         assert {"job", "run_id", "host", "pid", "pid_start", "started", "renewed", "ttl_s", "output"} <= set(data)
         assert data["ttl_s"] == 30 and data["output"] == st.url and lease.acquired_at > 0
+
+
+def test_decorated_run_holds_the_lease_and_check_lease_sees_a_takeover(tmp_path):
+    import pipeline.lease as lease_mod
+    from pipeline.lease import check_lease, holds_output_lease
+
+    class Cfg:
+        output = str(tmp_path / "o")
+
+    @holds_output_lease("demo")
+    def run(cfg):
+        st = open_storage(cfg.output)
+        assert st.read_json(LEASE_NAME)["job"] == "demo"
+        check_lease()  # held: nothing to say
+        with pytest.raises(LeaseHeldError, match="job demo"):
+            holds_output_lease("demo")(lambda c: None)(cfg)  # a second run, even in this process
+        _foreign_lease(st, host="elsewhere.example", pid=1, ttl_s=60)  # taken over while this run stalled
+        lease_mod._CURRENT.renew()
+        with pytest.raises(LeaseLostError, match="taken over"):
+            check_lease()
+        return "ran"
+
+    assert run(Cfg()) == "ran"
+    check_lease()  # outside a leased run: a no-op
+    assert open_storage(Cfg.output).read_json(LEASE_NAME)["host"] == "elsewhere.example"  # the winner's, kept
