@@ -31,16 +31,17 @@ _DRIVER = """
 import json, sys
 import ray
 ray.init(address=sys.argv[1], runtime_env={"env_vars": json.loads(sys.argv[2])})
-from jobs.precompute_flow import main
+from importlib import import_module
 from pipeline.storage import retry_counts
-summary = main(sys.argv[3:])
+summary = import_module(sys.argv[3]).main(sys.argv[4:])
 print("RETRIES", retry_counts(), flush=True)
 """
 
 
-def _driver(ray_address: str, worker_env: dict[str, str], args: list[str], **env: str) -> subprocess.Popen:
-    """The flow job in its own driver process, its Ray workers given ``worker_env``."""
-    return subprocess.Popen([sys.executable, "-c", _DRIVER, ray_address, json.dumps(worker_env), *args],
+def _driver(ray_address: str, worker_env: dict[str, str], args: list[str], job: str = "jobs.precompute_flow",
+            **env: str) -> subprocess.Popen:
+    """A job (``jobs.<name>``) in its own driver process, its Ray workers given ``worker_env``."""
+    return subprocess.Popen([sys.executable, "-c", _DRIVER, ray_address, json.dumps(worker_env), job, *args],
                             cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), **env),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -96,3 +97,38 @@ def test_flow_job_under_faults_equals_a_clean_run_and_refuses_a_second_run(s3_bu
     assert faulty_shards == clean_shards and faulty_index == clean_index
     assert len(faulty_index) == 6  # 3 videos x 2 clips, each exactly once
 
+
+
+def test_segment_under_faults_writes_the_same_masks_as_a_clean_run(s3_bucket, tmp_path, ray_cluster, fault_proxy):
+    import torch
+
+    from jobs.segment import main as segment_main
+    from model import create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    net = create_model("hmhi_mit_b0", decoder_width=16, readout_ffn_dim=32, semantic_mask_hidden=16, memory_size=3)
+    ckpt = tmp_path / "tiny.pth"
+    save_checkpoint(net, str(ckpt))
+    write_davis(tmp_path / "c", {"bear": 6, "cows": 5}, size=(48, 80))
+    corpus = f"{s3_bucket}/corpus"
+    upload_tree(tmp_path / "c", corpus)
+
+    def args(out: str) -> list[str]:
+        return ["--input", corpus, "--output", out, "--checkpoint", str(ckpt), "--input-size", "64",
+                "--num-actors", "1", "--set", "runtime.videos_in_flight=2", "--set", "flow.preset=ultrafast"]
+
+    fault_proxy.set_plan(ISSUE_PLAN)
+    faulty = _driver(ray_cluster, {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url}, args(f"{s3_bucket}/faulty"),
+                     job="jobs.segment", AWS_ENDPOINT_URL=fault_proxy.endpoint_url)
+    log_text, _ = faulty.communicate(timeout=600)
+    assert faulty.returncode == 0, log_text[-4000:]
+    assert fault_proxy.faults > 0 and fault_proxy.seen("GET", ".jpg") >= 11, fault_proxy.counts
+    clean = segment_main(args(f"{s3_bucket}/clean"))
+    assert clean["counts"]["video"]["done"] == 2
+    a, b = open_storage(f"{s3_bucket}/faulty"), open_storage(f"{s3_bucket}/clean")
+    assert a.read_json("summary.json")["counts"]["video"] == {"done": 2, "skipped": 0, "rejected": 0}
+    names = b.list("masks", recursive=True)
+    assert len(names) == 11 and a.list("masks", recursive=True) == names
+    assert all(a.read_bytes(f"masks/{n}") == b.read_bytes(f"masks/{n}") for n in names)
+    assert a.list("rle") == b.list("rle") and a.list("done") == b.list("done") == ["bear.json", "cows.json"]
+    assert not a.exists("_lease.json")
