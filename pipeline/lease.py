@@ -43,7 +43,16 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from pipeline.jobs import UserError
-from pipeline.storage import Storage, StorageError, _error_code, _s3_client, clean_leftovers, open_storage
+from pipeline.storage import (
+    Storage,
+    StorageError,
+    StorageUnavailableError,
+    _error_code,
+    _s3_client,
+    _transient_read_errors,
+    clean_leftovers,
+    open_storage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -252,14 +261,21 @@ class OutputLease:
                 return None
             return self._parse(data), age, None
         bucket, _, key = self.storage._path(self.name).partition("/")
-        try:
-            with self.storage._errors("read lease", self.name):
-                resp = _s3_client(self.storage.s3).get_object(Bucket=bucket, Key=key)
-                data = resp["Body"].read()
-        except StorageError as e:
-            if isinstance(e.__cause__, Exception) and _error_code(e.__cause__) in ("NoSuchKey", "404"):
-                return None
-            raise
+        attempts = self.storage.s3.max_attempts or 1
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.storage._errors("read lease", self.name):
+                    resp = _s3_client(self.storage.s3).get_object(Bucket=bucket, Key=key)
+                    data = resp["Body"].read()
+                break
+            except StorageError as e:
+                if isinstance(e.__cause__, Exception) and _error_code(e.__cause__) in ("NoSuchKey", "404"):
+                    return None
+                if attempt == attempts or not isinstance(e, StorageUnavailableError):
+                    raise
+            except _transient_read_errors():  # the body was cut: a few hundred bytes, read again whole
+                if attempt == attempts:
+                    raise
         return self._parse(data), _age(resp), resp.get("ETag")
 
     def _acquire_local(self) -> None:

@@ -148,3 +148,13 @@ def test_decorated_run_holds_the_lease_and_check_lease_sees_a_takeover(tmp_path)
     assert run(Cfg()) == "ran"
     check_lease()  # outside a leased run: a no-op
     assert open_storage(Cfg.output).read_json(LEASE_NAME)["host"] == "elsewhere.example"  # the winner's, kept
+
+
+def test_lease_reads_survive_cut_bodies_and_errors(s3_server, fault_proxy):
+    st = open_storage(f"s3://{s3_server.create_bucket('cut')}/out", S3Options(endpoint_url=fault_proxy.endpoint_url))
+    fault_proxy.set_plan(FaultPlan(seed=5, error_rate=0.3, cut_rate=1.0, max_faults_per_request=2))
+    with OutputLease(st, job="segment") as first:
+        with pytest.raises(LeaseHeldError, match=first.info.run_id):
+            OutputLease(st, job="segment").acquire()
+    assert fault_proxy.counts["cut_rst"] + fault_proxy.counts["cut_fin"] >= 2  # the lease GETs were cut
+    assert not open_storage(f"s3://{st.root}").exists(LEASE_NAME)  # and the release still happened
