@@ -23,6 +23,7 @@ import posixpath
 from pipeline.config import config_to_dict, parse_job_args
 from pipeline.ingest.manifest import list_corpus
 from pipeline.jobs import JobSummary, init_ray, run_job_main, setup_logging
+from pipeline.lease import holds_output_lease
 from pipeline.segment.config import SegmentConfig
 from pipeline.segment.outputs import done_marker
 from pipeline.segment.runner import SegmentActor
@@ -37,6 +38,7 @@ def _finished(output) -> set[str]:
     return {posixpath.splitext(name)[0] for name in output.list("done", suffix=".json")}
 
 
+@holds_output_lease("segment")  # one run per output (pipeline/lease.py)
 def run(cfg: SegmentConfig) -> dict:
     """Run the job; returns the summary dict (also written to ``<output>/summary.json``)."""
     import ray

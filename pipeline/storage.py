@@ -19,19 +19,39 @@ Guarantees:
   part. Nothing is written if the writing block raises (the multipart upload is aborted) or the process dies.
 - Listings ignore zero-byte directory-marker objects (``prefix/``) and in-flight temporary files.
 - Errors name the URL, never a secret: :class:`StorageNotFoundError` for a missing bucket or path,
-  :class:`StorageAuthError` for missing or rejected credentials.
+  :class:`StorageAuthError` for missing or rejected credentials, :class:`StorageUnavailableError` when the store
+  kept failing after every retry.
+- Transient failures are retried with one policy for every client (:attr:`S3Options.max_attempts`): botocore's
+  ``standard`` (or ``adaptive``) retry mode for boto3 and s3fs, the same number of attempts for s3fs's own retries
+  and pyarrow's ``AwsStandardS3RetryStrategy``. A streamed GET whose body fails part-way (connection reset,
+  incomplete read) is reopened at the byte it reached, with ``If-Match`` on the first response's ETag so that a
+  replaced object is never spliced. Permanent errors (missing bucket or key, access denied) are not retried.
+  :func:`retry_counts` counts the retries of this process, for job summaries.
+- Credentials are never frozen into a ``Storage``: unless keys are given explicitly, each process uses its own
+  SDK provider chain (environment, profile, IRSA web identity, instance role; refreshed tokens), and pickling a
+  ``Storage`` for a Ray task carries the endpoint and region but no key material (explicit keys only with
+  :attr:`S3Options.share_credentials`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
+import http.client
 import io
 import json
 import logging
 import os
 import posixpath
+import random
+import re
 import shutil
+import socket
+import threading
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -48,7 +68,11 @@ __all__ = [
     "StorageAuthError",
     "StorageError",
     "StorageNotFoundError",
+    "StorageUnavailableError",
+    "LocalDiskFullError",
+    "clean_leftovers",
     "open_storage",
+    "retry_counts",
     "storage_filesystem",
 ]
 
@@ -69,63 +93,296 @@ class StorageAuthError(StorageError, PermissionError):
     """Credentials are missing, or the store rejected them."""
 
 
+class StorageUnavailableError(StorageError):
+    """The store kept failing (throttling, 5xx, dropped connections) after every retry."""
+
+
+class LocalDiskFullError(StorageError, OSError):
+    """A local disk (an output directory, or the temporary directory a download goes to) is full."""
+
+
+@contextlib.contextmanager
+def _local_space(op: str, url: str, path: str) -> Iterator[None]:
+    """Turn "no space left" while writing the local file ``path`` into an error naming it and the way out."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or isinstance(e, StorageError):
+            raise
+        directory = os.path.dirname(os.path.abspath(path))
+        raise LocalDiskFullError(
+            f"{op} {url}: no space left on the local disk holding {directory} ({os.strerror(e.errno)}); free "
+            "space there (or point TMPDIR at a larger disk for temporary files) and rerun: finished work is kept"
+        ) from e
+
+
+DEFAULT_MAX_ATTEMPTS = 8
+"""Attempts per S3 request when neither ``S3Options.max_attempts`` nor ``AWS_MAX_ATTEMPTS`` says otherwise.
+
+Eight attempts with botocore's capped exponential backoff ride out about 20-60 s of throttling or 5xx answers."""
+
+_RETRY_LOCK = threading.Lock()
+_RETRIES: Counter[str] = Counter()
+
+
+def _count_retry(kind: str, n: int = 1) -> None:
+    with _RETRY_LOCK:
+        _RETRIES[kind] += n
+
+
+def retry_counts() -> dict[str, int]:
+    """Retries made by this process so far, by kind (a snapshot; it only grows).
+
+    - ``s3_request``: requests that boto3 or s3fs resent after a throttle, a 5xx or a connection error
+      (botocore's own count, ``RetryAttempts``);
+    - ``s3_read_resume``: streamed GETs reopened at the byte they reached after their body failed.
+
+    pyarrow's retries (the AWS C++ SDK inside Ray Data and Ray Train I/O) and s3fs's re-reads of a block are not
+    counted: neither library reports them. Each Ray worker process has its own counts.
+    """
+    with _RETRY_LOCK:
+        return dict(_RETRIES)
+
+
+def _count_call_retries(context=None, **_: Any) -> None:
+    """botocore ``after-call``/``after-call-error`` hook: add the retries this API call needed."""
+    attempt = ((context or {}).get("retries") or {}).get("attempt", 1)
+    if attempt > 1:
+        _count_retry("s3_request", attempt - 1)
+
+
+def _register_retry_hooks(events) -> None:
+    events.register("after-call.s3", _count_call_retries, unique_id="hmhi-retry-count")
+    events.register("after-call-error.s3", _count_call_retries, unique_id="hmhi-retry-count-error")
+
+
+# Environment variables that decide which credentials the SDK's chain finds (the values are never stored).
+_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                   "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
+                   "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+
+
+def _credential_env_fingerprint() -> str:
+    """A digest of the credential environment, so a client is rebuilt when it changes (no secret is kept)."""
+    text = "\0".join(f"{k}={os.environ.get(k, '')}" for k in _CREDENTIAL_ENV)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class S3Options:
-    """How to reach an S3-compatible store. Unset fields fall back to the standard AWS environment variables."""
+    """How to reach an S3-compatible store. Unset fields fall back to the standard AWS environment variables.
+
+    Endpoint, region and retry settings are resolved once, where the ``Storage`` is made, and travel with it to
+    Ray workers, so they reach the same store. Credentials are *not* resolved here: left unset, every process
+    asks its own SDK provider chain (which reads ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/
+    ``AWS_SESSION_TOKEN``, a profile, IRSA or an instance role, and refreshes expiring tokens).
+    """
 
     endpoint_url: str | None = None
     """Endpoint such as ``http://127.0.0.1:9000``; default ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (AWS when unset)."""
     region: str | None = None
     """Region; default ``AWS_REGION``, ``AWS_DEFAULT_REGION``, else ``us-east-1``."""
     access_key_id: str | None = field(default=None, repr=False)
-    """Access key id; default ``AWS_ACCESS_KEY_ID``, else the SDK's chain (profile, IRSA, instance profile)."""
+    """Explicit access key id. Unset (the normal case): the SDK's chain of the process using the storage
+    (``AWS_ACCESS_KEY_ID``, a profile, IRSA, an instance role)."""
     secret_access_key: str | None = field(default=None, repr=False)
-    """Secret key; default ``AWS_SECRET_ACCESS_KEY``. Never logged."""
+    """Explicit secret key, with ``access_key_id``. Never logged; not pickled unless ``share_credentials``."""
     session_token: str | None = field(default=None, repr=False)
-    """Session token; default ``AWS_SESSION_TOKEN``."""
+    """Explicit session token, with the keys. A token given here cannot be refreshed: prefer the chain."""
     anonymous: bool = False
     """Unsigned requests (public buckets)."""
+    max_attempts: int | None = None
+    """Attempts per request, the first included, for every client (boto3, s3fs, pyarrow) and for reopening a
+    streamed read; default ``AWS_MAX_ATTEMPTS``, else ``DEFAULT_MAX_ATTEMPTS``."""
+    retry_mode: str | None = None
+    """botocore's retry mode, ``standard`` or ``adaptive`` (client-side rate limiting under throttling); default
+    ``AWS_RETRY_MODE``, else ``standard``. pyarrow always uses the AWS SDK's standard strategy."""
+    share_credentials: bool = False
+    """Pickle explicit keys along with the storage (into Ray tasks, the object store, spill files). Off: a worker
+    receiving the storage uses its own provider chain, so no secret travels or lands on disk."""
+
+    def __post_init__(self) -> None:
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise StorageError(f"S3Options.max_attempts = {self.max_attempts}: must be >= 1")
+        if self.retry_mode not in (None, "standard", "adaptive"):
+            raise StorageError(f"S3Options.retry_mode = {self.retry_mode!r}: must be 'standard' or 'adaptive'")
+
+    @property
+    def explicit_credentials(self) -> bool:
+        return bool(self.access_key_id and self.secret_access_key)
 
     def resolved(self) -> S3Options:
-        """These options with every unset field filled from the environment."""
+        """These options with endpoint, region and retry settings filled from the environment (not credentials)."""
         env = os.environ
+        attempts = self.max_attempts
+        if attempts is None:
+            try:
+                attempts = int(env.get("AWS_MAX_ATTEMPTS") or DEFAULT_MAX_ATTEMPTS)
+            except ValueError as e:
+                raise StorageError(f"AWS_MAX_ATTEMPTS={env.get('AWS_MAX_ATTEMPTS')!r}: not an integer") from e
+        mode = self.retry_mode or env.get("AWS_RETRY_MODE") or "standard"
+        if mode == "legacy":  # botocore's old default; its backoff is not what this module promises
+            mode = "standard"
         return replace(
             self,
             endpoint_url=self.endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
             region=self.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-            access_key_id=self.access_key_id or env.get("AWS_ACCESS_KEY_ID") or None,
-            secret_access_key=self.secret_access_key or env.get("AWS_SECRET_ACCESS_KEY") or None,
-            session_token=self.session_token or env.get("AWS_SESSION_TOKEN") or None,
+            max_attempts=attempts,
+            retry_mode=mode,
         )
 
+    def without_secrets(self) -> S3Options:
+        """These options without any key material (what a pickled ``Storage`` carries by default)."""
+        return replace(self, access_key_id=None, secret_access_key=None, session_token=None)
 
-_S3_CLIENTS: dict[tuple[int, S3Options], Any] = {}
+    def _botocore_config(self):
+        import botocore
+        import botocore.config
+
+        return botocore.config.Config(
+            max_pool_connections=32, signature_version=botocore.UNSIGNED if self.anonymous else None,
+            retries={"mode": self.retry_mode or "standard", "max_attempts": self.max_attempts or DEFAULT_MAX_ATTEMPTS},
+            connect_timeout=20, read_timeout=120)
+
+    def _explicit_keys(self) -> dict[str, str | None]:
+        if not self.explicit_credentials:
+            return {}
+        return {"aws_access_key_id": self.access_key_id, "aws_secret_access_key": self.secret_access_key,
+                "aws_session_token": self.session_token}
+
+
+_S3_CLIENTS: dict[tuple[int, S3Options, str], Any] = {}
 
 
 def _s3_client(options: S3Options):
     """A boto3 S3 client for these options, one per process (clients are thread-safe, not fork-safe).
 
     Plain GETs go through it: a single streaming GET reads ~3x faster than s3fs's block reads and costs less per
-    request, which is what shard streaming and per-frame reads need.
+    request, which is what shard streaming and per-frame reads need. Without explicit keys the client's session
+    resolves credentials through the SDK chain and refreshes them; a change of the credential environment gives
+    a new client.
     """
-    key = (os.getpid(), options)
+    key = (os.getpid(), options, "" if options.explicit_credentials else _credential_env_fingerprint())
     client = _S3_CLIENTS.get(key)
     if client is None:
         import boto3
-        import botocore
-        import botocore.config
 
-        config = botocore.config.Config(max_pool_connections=32,
-                                        signature_version=botocore.UNSIGNED if options.anonymous else None)
-        client = _S3_CLIENTS[key] = boto3.session.Session().client(
-            "s3", region_name=options.region, endpoint_url=options.endpoint_url, config=config,
-            aws_access_key_id=options.access_key_id, aws_secret_access_key=options.secret_access_key,
-            aws_session_token=options.session_token)
+        session = boto3.session.Session()
+        _register_retry_hooks(session.events)
+        client = _S3_CLIENTS[key] = session.client(
+            "s3", region_name=options.region, endpoint_url=options.endpoint_url,
+            config=options._botocore_config(), **options._explicit_keys())
     return client
 
 
+def _transient_read_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a response body that failed part-way: the connection, not the object, is at fault."""
+    import botocore.exceptions as bx
+    import urllib3.exceptions as ux
+
+    return (bx.ResponseStreamingError, bx.IncompleteReadError, bx.ReadTimeoutError, bx.ConnectionClosedError,
+            bx.EndpointConnectionError, ux.ProtocolError, ux.ReadTimeoutError, ux.IncompleteRead,
+            http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError)
+
+
+class _S3Body(io.RawIOBase):
+    """Raw reader of bytes ``start:stop`` of one S3 object through streaming GETs.
+
+    When the body fails part-way (connection reset, incomplete read, read timeout), the GET is reopened at the
+    byte reached, up to ``max_attempts`` times in a row, with ``If-Match`` on the first response's ETag: an
+    object replaced meanwhile is an error, never a splice of two versions.
+    """
+
+    def __init__(self, storage: Storage, rel: str, start: int, stop: int | None):
+        self._storage, self._rel = storage, rel
+        self._bucket, _, self._key = storage._path(rel).partition("/")
+        self._pos, self._stop = start, stop
+        self._etag: str | None = None
+        self._end: int | None = stop  # one past the last byte this reader must deliver, once known
+        self._attempts = storage.s3.max_attempts or DEFAULT_MAX_ATTEMPTS
+        self._body = None
+        self._open()
+
+    def _open(self) -> None:
+        kwargs: dict[str, Any] = {}
+        if self._pos or self._stop is not None:
+            kwargs["Range"] = f"bytes={self._pos}-{'' if self._stop is None else self._stop - 1}"
+        if self._etag:
+            kwargs["IfMatch"] = self._etag
+        with self._storage._errors("read", self._rel):
+            try:
+                resp = _s3_client(self._storage.s3).get_object(Bucket=self._bucket, Key=self._key, **kwargs)
+            except Exception as e:
+                if self._etag and _error_code(e) in ("PreconditionFailed", "412"):
+                    raise StorageError(f"read {self._storage.join(self._rel)}: the object changed while it was "
+                                       "being read") from e
+                raise
+        self._body = resp["Body"]
+        if self._etag is None:
+            self._etag = resp.get("ETag")
+            length = resp.get("ContentLength")
+            if length is not None:
+                self._end = self._pos + int(length)
+
+    def readable(self) -> bool:
+        return True
+
+    def _read(self, n: int) -> bytes:
+        if self._end is not None:
+            n = min(n, self._end - self._pos)
+        if n <= 0:
+            return b""
+        transient = _transient_read_errors()
+        failures = 0
+        while True:
+            try:
+                data = self._body.read(n)
+                if not data and self._end is not None and self._pos < self._end:
+                    raise ConnectionError(f"body ended at byte {self._pos} of {self._end}")
+                break
+            except transient as e:
+                failures += 1
+                url = self._storage.join(self._rel)
+                if failures >= self._attempts:
+                    raise StorageUnavailableError(
+                        f"read {url}: the connection failed {failures} times in a row at byte {self._pos} "
+                        f"({type(e).__name__})") from e
+                _count_retry("s3_read_resume")
+                log.info("read %s: %s at byte %d; reopening there (retry %d of %d)", url, type(e).__name__,
+                         self._pos, failures, self._attempts - 1)
+                with contextlib.suppress(Exception):
+                    self._body.close()
+                time.sleep(random.uniform(0, min(0.05 * 2 ** failures, 2.0)))  # jittered, short: data was flowing
+                self._open()
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self._read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        # Large pieces: RawIOBase.readall would read 8 KiB at a time.
+        pieces = []
+        while data := self._read(8 << 20):
+            pieces.append(data)
+        return b"".join(pieces)
+
+    def close(self) -> None:
+        if not self.closed and self._body is not None:
+            with contextlib.suppress(Exception):
+                self._body.close()
+        super().close()
+
+
+def _error_code(e: BaseException) -> str:
+    response = getattr(e, "response", None)
+    return (response or {}).get("Error", {}).get("Code", "") if isinstance(response, dict) else ""
+
+
 class _RangeReader(io.RawIOBase):
-    """Raw reader over a stream (an S3 GET body or a local file), stopping after ``limit`` bytes if given."""
+    """Raw reader over a local file, stopping after ``limit`` bytes if given."""
 
     def __init__(self, stream, limit: int | None = None):
         self._stream = stream
@@ -178,7 +435,8 @@ class Storage:
     """A storage root (local directory or S3 prefix) with atomic writes and marker-free listings.
 
     Relative names (``rel``) are POSIX paths below the root. A ``Storage`` is cheap, picklable and safe to send to
-    Ray tasks: the filesystems are created lazily in each process.
+    Ray tasks: the filesystems are created lazily in each process, and no key material is pickled (see
+    :attr:`S3Options.share_credentials`).
     """
 
     def __init__(self, url: str, s3: S3Options | None = None):
@@ -191,6 +449,10 @@ class Storage:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_fs"] = None  # filesystems are rebuilt in the receiving process
+        if self.s3 is not None and not self.s3.share_credentials:
+            # The receiving process uses its own provider chain (its role, its refreshed token): a key pickled
+            # into a task would sit in the object store and spill files, and a token would expire there.
+            state["s3"] = self.s3.without_secrets()
         return state
 
     def __repr__(self) -> str:
@@ -206,16 +468,29 @@ class Storage:
         if self._fs is None:
             if self.scheme == "s3":
                 import s3fs
+                from aiobotocore.session import AioSession
 
                 o = self.s3
                 client_kwargs = {"region_name": o.region}
                 if o.endpoint_url:
                     client_kwargs["endpoint_url"] = o.endpoint_url
+                session = AioSession()
+                _register_retry_hooks(session.get_component("event_emitter"))
+                keys = {"key": o.access_key_id, "secret": o.secret_access_key, "token": o.session_token} \
+                    if o.explicit_credentials else {}
                 # Listing caches would hide objects written by other processes (Ray workers, a resumed run).
-                self._fs = s3fs.S3FileSystem(
-                    key=o.access_key_id, secret=o.secret_access_key, token=o.session_token, anon=o.anonymous,
-                    client_kwargs=client_kwargs, use_listings_cache=False, skip_instance_cache=True,
+                # botocore retries throttles, 5xx and connection errors (same mode and attempts as boto3); s3fs's
+                # own loop re-reads a block whose body was cut, up to the same number of attempts.
+                fs = s3fs.S3FileSystem(
+                    anon=o.anonymous, client_kwargs=client_kwargs, use_listings_cache=False,
+                    skip_instance_cache=True, session=session,
+                    config_kwargs={"retries": {"mode": o.retry_mode or "standard",
+                                               "max_attempts": o.max_attempts or DEFAULT_MAX_ATTEMPTS},
+                                   "connect_timeout": 20, "read_timeout": 120},
+                    **keys,
                 )
+                fs.retries = o.max_attempts or DEFAULT_MAX_ATTEMPTS
+                self._fs = fs
             else:
                 self._fs = fsspec.filesystem("file", auto_mkdir=True)
         return self._fs
@@ -227,8 +502,11 @@ class Storage:
         if self.scheme == "file":
             return pafs.LocalFileSystem(), self.root
         o = self.s3
-        kwargs: dict[str, Any] = {"region": o.region, "anonymous": o.anonymous}
-        if o.access_key_id and o.secret_access_key:
+        kwargs: dict[str, Any] = {
+            "region": o.region, "anonymous": o.anonymous,
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=o.max_attempts or DEFAULT_MAX_ATTEMPTS),
+        }
+        if o.explicit_credentials:  # else the AWS SDK's own chain in this process (env, profile, IRSA, role)
             kwargs.update(access_key=o.access_key_id, secret_key=o.secret_access_key, session_token=o.session_token)
         if o.endpoint_url:
             kwargs["endpoint_override"] = o.endpoint_url
@@ -268,11 +546,19 @@ class Storage:
                 raise StorageAuthError(
                     f"{op} {url}: no usable S3 credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                     "a profile, or an instance role)") from e
-            code = getattr(e, "response", {}).get("Error", {}).get("Code", "") if hasattr(e, "response") else ""
+            code = _error_code(e)
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
                 raise StorageAuthError(f"{op} {url}: credentials rejected ({code})") from e
             if code in ("NoSuchBucket", "NoSuchKey", "404"):
                 raise StorageNotFoundError(f"{op} {url}: not found ({code})") from e
+            attempts = (self.s3.max_attempts if self.s3 else None) or DEFAULT_MAX_ATTEMPTS
+            if code in ("SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "500", "502", "503",
+                        "504", "Throttling", "ThrottlingException", "RequestLimitExceeded"):
+                raise StorageUnavailableError(
+                    f"{op} {url}: the store kept failing after {attempts} attempts ({code})") from e
+            if isinstance(e, _transient_read_errors()):
+                raise StorageUnavailableError(
+                    f"{op} {url}: the connection kept failing after {attempts} attempts ({type(e).__name__})") from e
             raise
 
     def check(self, op: str = "check") -> None:
@@ -355,10 +641,7 @@ class Storage:
                 f = open(path, "rb")
                 f.seek(start)
                 return io.BufferedReader(_RangeReader(f, None if stop is None else stop - start), 1 << 20)
-            bucket, _, key = path.partition("/")
-            kwargs = {"Range": f"bytes={start}-{'' if stop is None else stop - 1}"} if start or stop else {}
-            body = _s3_client(self.s3).get_object(Bucket=bucket, Key=key, **kwargs)["Body"]
-            return io.BufferedReader(_RangeReader(body), 1 << 20)
+        return io.BufferedReader(_S3Body(self, rel, start, stop), 1 << 20)
 
     def read_bytes(self, rel: str) -> bytes:
         path = self._path(rel)
@@ -366,8 +649,8 @@ class Storage:
             if self.scheme == "file":
                 with open(path, "rb") as f:
                     return f.read()
-            bucket, _, key = path.partition("/")
-            return _s3_client(self.s3).get_object(Bucket=bucket, Key=key)["Body"].read()
+        with _S3Body(self, rel, 0, None) as body:  # reopened at the byte reached if the connection drops
+            return body.readall()
 
     def read_text(self, rel: str) -> str:
         return self.read_bytes(rel).decode("utf-8")
@@ -388,8 +671,13 @@ class Storage:
         os.makedirs(os.path.dirname(os.path.abspath(local_path)) or ".", exist_ok=True)
         tmp = f"{local_path}{_TMP_MARK}{uuid.uuid4().hex}"
         try:
-            with self._errors("download", rel):
-                self.fs.get_file(self._path(rel), tmp)
+            with _local_space("download", f"{self.join(rel)} to {local_path}", tmp):
+                if self.scheme == "file":
+                    with self._errors("download", rel):
+                        shutil.copyfile(self._path(rel), tmp)
+                else:  # one streaming GET, resumed at the byte reached if the connection drops
+                    with self.open_stream(rel) as src, open(tmp, "wb") as dst:
+                        shutil.copyfileobj(src, dst, length=8 << 20)
             os.replace(tmp, local_path)
         finally:
             if os.path.exists(tmp):
@@ -407,7 +695,7 @@ class Storage:
             os.makedirs(directory, exist_ok=True)
             tmp = os.path.join(directory, f".{leaf}{_TMP_MARK}{uuid.uuid4().hex}")
             try:
-                with open(tmp, "wb") as f:
+                with _local_space("write", path, tmp), open(tmp, "wb") as f:
                     yield f
                     f.flush()
                     os.fsync(f.fileno())
@@ -460,6 +748,57 @@ class Storage:
             if not self.fs.exists(path):
                 return
             self.fs.rm(path, recursive=recursive)
+
+
+_TMP_NAME = re.compile(r"\.tmp-[0-9a-f]{32}$")  # open_write's ".<leaf>.tmp-<uuid>", download_file's "<path>.tmp-<uuid>"
+
+
+def clean_leftovers(storage: Storage, older_than: float) -> dict[str, int]:
+    """Collect what runs that died left below ``storage``'s root; returns counts by kind.
+
+    - S3: incomplete multipart uploads under the root prefix initiated before ``older_than`` (epoch seconds,
+      compared with the store's ``Initiated``: pass a time on the store's clock, as :class:`pipeline.lease.
+      OutputLease` does). They are invisible but billed; a bucket lifecycle rule (infra/README.md) collects those
+      of outputs no job reruns.
+    - Local: this module's temporary files (``.<name>.tmp-<uuid>`` of atomic writes, ``<name>.tmp-<uuid>`` of
+      downloads) older than ``older_than``.
+
+    Call it only while holding the output's lease: nothing else tells a live run's upload or temporary file from a
+    dead one's. Failures are logged, not raised: leftovers cost money, not correctness.
+    """
+    counts = {"multipart_uploads_aborted": 0, "temp_files_removed": 0}
+    try:
+        if storage.scheme == "s3":
+            bucket, _, prefix = storage.root.partition("/")
+            client = _s3_client(storage.s3)
+            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else ""}
+            while True:
+                with storage._errors("list uploads", ""):
+                    page = client.list_multipart_uploads(**kwargs)
+                for up in page.get("Uploads", []):
+                    if up["Initiated"].timestamp() < older_than:
+                        with storage._errors("abort upload", ""):
+                            client.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+                        counts["multipart_uploads_aborted"] += 1
+                        log.info("aborted an incomplete upload of s3://%s/%s (initiated %s)", bucket, up["Key"],
+                                 up["Initiated"].isoformat())
+                if not page.get("IsTruncated"):
+                    break
+                kwargs.update(KeyMarker=page.get("NextKeyMarker", ""), UploadIdMarker=page.get("NextUploadIdMarker", ""))
+        elif os.path.isdir(storage.root):
+            for directory, _, files in os.walk(storage.root):
+                for name in files:
+                    if not _TMP_NAME.search(name):
+                        continue
+                    path = os.path.join(directory, name)
+                    with contextlib.suppress(FileNotFoundError):
+                        if os.stat(path).st_mtime < older_than:
+                            os.remove(path)
+                            counts["temp_files_removed"] += 1
+                            log.info("removed a leftover temporary file %s", path)
+    except Exception as err:
+        log.warning("%s: could not collect leftovers of earlier runs: %s", storage.url, err)
+    return counts
 
 
 def open_storage(url: str | Storage, s3: S3Options | None = None) -> Storage:

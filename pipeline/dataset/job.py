@@ -42,6 +42,7 @@ from pipeline.flow.render import RENDER_VERSION
 from pipeline.ingest.formats import VideoRecord
 from pipeline.ingest.manifest import assign_val_split, list_corpus, manifest_table
 from pipeline.jobs import JobSummary, init_ray
+from pipeline.lease import check_lease, holds_output_lease
 from pipeline.shards import (
     SAMPLE_VERSION,
     SHARD_DIR,
@@ -230,6 +231,7 @@ def _build_dataset(cfg: PrecomputeFlowConfig, groups: list[dict[str, Any]], inpu
                                           num_cpus=task_cpus)
 
 
+@holds_output_lease("precompute_flow")  # one run per output (pipeline/lease.py)
 def run(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
     """Run the job on Ray (attached or local); returns the summary dict (also written to summary.json)."""
     init_ray()
@@ -281,6 +283,7 @@ def run(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
             t0 = time.perf_counter()
             rows, videos = json.loads(result["rows"]), json.loads(result["videos"])
             if rows:  # the group's shards are complete: commit them (the part is the marker)
+                check_lease()  # a run whose output was taken over must not commit into it
                 write_index_part(out, str(result["group"]), rows,
                                  {v: {k: f.get(k) for k in ("frame_count", "height", "width", "fps",
                                                             "annotated_frames")}

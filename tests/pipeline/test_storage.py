@@ -256,8 +256,10 @@ def test_bad_credentials_error_names_url_not_secret(auth_s3_endpoint):
     secret = "SUPERSECRETVALUE123456"
     opts = S3Options(endpoint_url=auth_s3_endpoint, access_key_id="AKIAUNKNOWNKEY000000", secret_access_key=secret)
     st = open_storage("s3://some-bucket/prefix", s3=opts)
+    t0 = time.monotonic()
     with pytest.raises(StorageAuthError, match="s3://some-bucket/prefix") as info:
         st.list()
+    assert time.monotonic() - t0 < 3.0  # a rejected key is permanent: not retried with backoff
     assert secret not in str(info.value) and secret not in repr(opts)
 
 

@@ -1,0 +1,134 @@
+"""Jobs against a faulty S3 (the fault proxy in front of moto) and against a second run on the same output.
+
+The faulty run is a separate driver attached to the session's Ray cluster, with ``AWS_ENDPOINT_URL`` pointing at
+the proxy for the driver *and* its Ray workers (a job runtime env), so that every read and write of the job, in
+the driver and in the Ray Data stages, goes through the faults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jobs.precompute_flow import main as flow_main
+from pipeline.lease import LEASE_NAME, LeaseHeldError
+from pipeline.shards import read_index, verify_shard
+from pipeline.storage import open_storage
+from tests.conftest import REPO_ROOT
+from tests.faults.conftest import ISSUE_PLAN
+from tests.media import upload_tree, write_davis
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+# A driver whose Ray workers see the proxy as their S3 endpoint too (a cluster's workers inherit the environment
+# the cluster started with; a job runtime env is how a job gives them its own).
+_DRIVER = """
+import json, sys
+import ray
+ray.init(address=sys.argv[1], runtime_env={"env_vars": json.loads(sys.argv[2])})
+from importlib import import_module
+from pipeline.storage import retry_counts
+summary = import_module(sys.argv[3]).main(sys.argv[4:])
+print("RETRIES", retry_counts(), flush=True)
+"""
+
+
+def _driver(ray_address: str, worker_env: dict[str, str], args: list[str], job: str = "jobs.precompute_flow",
+            **env: str) -> subprocess.Popen:
+    """A job (``jobs.<name>``) in its own driver process, its Ray workers given ``worker_env``."""
+    return subprocess.Popen([sys.executable, "-c", _DRIVER, ray_address, json.dumps(worker_env), job, *args],
+                            cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), **env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _shards_and_index(url: str) -> tuple[dict[str, bytes], list[dict]]:
+    st = open_storage(url)
+    index = read_index(url)
+    for shard, checksum in set(zip(index.column("shard").to_pylist(), index.column("shard_sha256").to_pylist(),
+                                   strict=True)):
+        verify_shard(st.join(shard), checksum)
+    return {n: st.read_bytes(f"shards/{n}") for n in st.list("shards")}, index.to_pylist()
+
+
+def test_flow_job_under_faults_equals_a_clean_run_and_refuses_a_second_run(s3_bucket, tmp_path, ray_cluster,
+                                                                           fault_proxy):
+    write_davis(tmp_path / "c", {f"v{i}": 6 for i in range(3)}, size=(48, 64))
+    corpus = f"{s3_bucket}/corpus"
+    upload_tree(tmp_path / "c", corpus)
+    args = ["--clip-length", "3", "--shard-size-mb", "0.01", "--concurrency", "1"]
+
+    # The first run, under the issue's faults (10% 503/500, 1% cut bodies) plus some latency.
+    fault_proxy.set_plan(ISSUE_PLAN, latency_s=0.02)
+    faulty_out = f"{s3_bucket}/faulty"
+    first = _driver(ray_cluster, {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url},
+                    ["--input", corpus, "--output", faulty_out, *args], AWS_ENDPOINT_URL=fault_proxy.endpoint_url)
+    try:
+        # A second run on the same output, started while the first holds its lease, is refused by name.
+        st = open_storage(faulty_out)
+        deadline = time.time() + 240
+        while not st.exists(LEASE_NAME) and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, first.communicate()[0][-3000:]
+        with pytest.raises(LeaseHeldError, match=f"job precompute_flow run .* pid {first.pid}, started"):
+            flow_main(["--input", corpus, "--output", faulty_out, *args])
+        log_text, _ = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, log_text[-4000:]
+    assert fault_proxy.faults > 0 and fault_proxy.counts["requests"] > 50, fault_proxy.counts
+    assert fault_proxy.seen("GET", ".jpg") >= 18  # the Ray Data stages' frame reads went through the faults too
+    assert "RETRIES {" in log_text and "'s3_request'" in log_text  # the driver retried some of its requests
+    assert not st.exists(LEASE_NAME)  # released at the end
+    summary = st.read_json("summary.json")
+    assert summary["counts"]["video"] == {"done": 3, "skipped": 0, "rejected": 0}
+
+    # A fault-free run of the same corpus writes exactly the same shards and index rows.
+    clean_out = f"{s3_bucket}/clean"
+    clean = flow_main(["--input", corpus, "--output", clean_out, *args])
+    assert clean["counts"]["video"]["done"] == 3
+    faulty_shards, faulty_index = _shards_and_index(faulty_out)
+    clean_shards, clean_index = _shards_and_index(clean_out)
+    assert faulty_shards == clean_shards and faulty_index == clean_index
+    assert len(faulty_index) == 6  # 3 videos x 2 clips, each exactly once
+
+
+
+def test_segment_under_faults_writes_the_same_masks_as_a_clean_run(s3_bucket, tmp_path, ray_cluster, fault_proxy):
+    import torch
+
+    from jobs.segment import main as segment_main
+    from model import create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    net = create_model("hmhi_mit_b0", decoder_width=16, readout_ffn_dim=32, semantic_mask_hidden=16, memory_size=3)
+    ckpt = tmp_path / "tiny.pth"
+    save_checkpoint(net, str(ckpt))
+    write_davis(tmp_path / "c", {"bear": 6, "cows": 5}, size=(48, 80))
+    corpus = f"{s3_bucket}/corpus"
+    upload_tree(tmp_path / "c", corpus)
+
+    def args(out: str) -> list[str]:
+        return ["--input", corpus, "--output", out, "--checkpoint", str(ckpt), "--input-size", "64",
+                "--num-actors", "1", "--set", "runtime.videos_in_flight=2", "--set", "flow.preset=ultrafast"]
+
+    fault_proxy.set_plan(ISSUE_PLAN)
+    faulty = _driver(ray_cluster, {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url}, args(f"{s3_bucket}/faulty"),
+                     job="jobs.segment", AWS_ENDPOINT_URL=fault_proxy.endpoint_url)
+    log_text, _ = faulty.communicate(timeout=600)
+    assert faulty.returncode == 0, log_text[-4000:]
+    assert fault_proxy.faults > 0 and fault_proxy.seen("GET", ".jpg") >= 11, fault_proxy.counts
+    clean = segment_main(args(f"{s3_bucket}/clean"))
+    assert clean["counts"]["video"]["done"] == 2
+    a, b = open_storage(f"{s3_bucket}/faulty"), open_storage(f"{s3_bucket}/clean")
+    assert a.read_json("summary.json")["counts"]["video"] == {"done": 2, "skipped": 0, "rejected": 0}
+    names = b.list("masks", recursive=True)
+    assert len(names) == 11 and a.list("masks", recursive=True) == names
+    assert all(a.read_bytes(f"masks/{n}") == b.read_bytes(f"masks/{n}") for n in names)
+    assert a.list("rle") == b.list("rle") and a.list("done") == b.list("done") == ["bear.json", "cows.json"]
+    assert not a.exists("_lease.json")
