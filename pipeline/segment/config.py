@@ -7,6 +7,12 @@ from typing import Any, Literal
 
 from pipeline.config import require
 from pipeline.flow.config import FlowConfig
+from pipeline.transforms import DECODERS
+
+PRESETS: tuple[str, ...] = ("", "official")
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")  # as model.precision.PRECISIONS (not imported: no torch here)
+PICTURES_ENGINE = "pictures"
+"""``flow.engine`` value that feeds the corpus' own flow pictures (VideoRecord.flows) instead of computing flow."""
 
 __all__ = [
     "SegmentModelConfig",
@@ -32,8 +38,10 @@ class SegmentModelConfig:
     """Square side the frames and flow pictures are resized to for the model; a multiple of 32."""
     device: str = "auto"
     """'auto' (CUDA when the actor has a GPU, else CPU), 'cpu' or 'cuda'."""
-    half: bool = False
-    """Run the model in float16 autocast on CUDA."""
+    precision: str = "auto"
+    """Model arithmetic: 'bf16' (autocast), 'fp32', or 'auto' (bf16 where the CPU or GPU computes it natively)."""
+    decoder: str = "opencv"
+    """Image decoder for frame and flow picture files: 'opencv' (fast) or 'pil' (the official code's)."""
 
     def __post_init__(self):
         require(self.input_size >= 32 and self.input_size % 32 == 0, "input_size", self.input_size,
@@ -42,6 +50,8 @@ class SegmentModelConfig:
             self.memory_size is None or self.memory_size >= 1, "memory_size", self.memory_size, "must be >= 1"
         )
         require(self.device in ("auto", "cpu", "cuda"), "device", self.device, "must be auto, cpu or cuda")
+        require(self.precision in PRECISIONS, "precision", self.precision, f"must be one of {', '.join(PRECISIONS)}")
+        require(self.decoder in DECODERS, "decoder", self.decoder, f"must be one of {', '.join(DECODERS)}")
 
 
 @dataclass
@@ -111,6 +121,13 @@ class SegmentConfig:
     format: str = "auto"
     """Corpus layout: auto, shards (the data pipeline's output: frames and flow from its index.parquet), or a
     pipeline.ingest format: videos, frames, davis2016, davis2017, ytvos, fbms, hmhi."""
+    preset: str = ""
+    """'' (the project's defaults) or 'official': the official HMHI-Net inference protocol. It sets, where they are
+    left at their defaults: model.memory_size=3, model.input_size=512, model.decoder=pil, model.precision=fp32,
+    outputs.binarize and outputs.prob_mode = official_minmax, outputs.save_probs=true, frames=annotated."""
+    frames: Literal["all", "annotated"] = "all"
+    """Frames stepped through the model: 'all', or 'annotated' (only frames with a ground-truth mask, for videos
+    with sparse annotation, as the official inference on FBMS and YouTube-Objects archives does)."""
     davis_resolution: str = "480p"
     """DAVIS resolution folder (480p or Full-Resolution)."""
     videos: list[str] = field(default_factory=list)
@@ -132,3 +149,26 @@ class SegmentConfig:
         require(bool(self.model.checkpoint), "model.checkpoint", self.model.checkpoint,
                 "is required (--checkpoint PATH_OR_URL)")  # fmt: skip
         require(self.max_videos >= 0, "max_videos", self.max_videos, "must be >= 0")
+        require(self.preset in PRESETS, "preset", self.preset, "must be '' or 'official'")
+        require(self.frames in ("all", "annotated"), "frames", self.frames, "must be all or annotated")
+        if self.preset == "official":
+            self._apply_official_preset()
+
+    def _apply_official_preset(self) -> None:
+        """Official protocol values for the fields still at their defaults (idempotent: configs travel as dicts)."""
+        defaults = {"model": SegmentModelConfig(), "outputs": SegmentOutputConfig()}
+        official = {
+            ("model", "memory_size"): 3,  # the shipped inference script uses the config default T=3
+            ("model", "input_size"): 512,
+            ("model", "decoder"): "pil",
+            ("model", "precision"): "fp32",
+            ("outputs", "binarize"): "official_minmax",
+            ("outputs", "prob_mode"): "official_minmax",
+            ("outputs", "save_probs"): True,
+        }
+        for (section, name), value in official.items():
+            part = getattr(self, section)
+            if getattr(part, name) == getattr(defaults[section], name):
+                setattr(part, name, value)
+        if self.frames == "all":
+            self.frames = "annotated"
