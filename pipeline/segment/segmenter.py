@@ -152,7 +152,7 @@ class VideoSegmenter:
             "binarize": self.cfg.outputs.binarize,
             "precision": "bf16" if self.dtype == torch.bfloat16 else "fp32",
             "preset": self.cfg.preset,
-            "frames": self.cfg.frames,
+            "stepped_frames": self.cfg.frames,  # all, or annotated only
         }
 
     # ------------------------------------------------------------------------------------- stage 1: input

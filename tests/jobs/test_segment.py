@@ -137,8 +137,10 @@ def test_segment_davis_frames_then_evaluate(tmp_path, ray_cluster, tiny_checkpoi
             Image.fromarray(gt).save(buffer, format="PNG")
             corpus.write_bytes(f"Annotations/480p/{seq}/{i:05d}.png", buffer.getvalue())
     out = tmp_path / "out"
+    # fp32: the check below that two videos stepped side by side get identical masks holds bit for bit in fp32
+    # only (bf16 kernels may round batch rows differently).
     summary = main([*common_args(tiny_checkpoint, corpus.url, str(out)), "--set", "runtime.videos_in_flight=4",
-                    "--binarize", "official_minmax"])  # fmt: skip
+                    "--binarize", "official_minmax", "--precision", "fp32"])  # fmt: skip
     assert summary["counts"]["video"]["done"] == 2
     store = open_storage(str(out))
     for seq in ("bear", "cows"):
