@@ -107,6 +107,8 @@ def run(cfg: SegmentConfig) -> dict:
         init_ray()
         rt = cfg.runtime
         cpus = ray.cluster_resources().get("CPU", 0)
+        rt.cpus_per_actor = rt.actor_cpus(cpus)  # travels to the actors resolved; summary.config keeps the asked value
+        summary.set("actor_cpus", rt.cpus_per_actor)
         needed = rt.num_actors * rt.cpus_per_actor + rt.decode_cpus
         if cpus < needed:
             # Actors holding every CPU would leave none for decoding: the job would wait forever.

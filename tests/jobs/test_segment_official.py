@@ -123,12 +123,12 @@ def test_official_preset_with_flow_pictures_matches_the_official_code(tmp_path, 
     out = tmp_path / "out"
     summary = main(["--input", str(archive), "--output", str(out), "--checkpoint", official_checkpoint,
                     "--format", "hmhi", "--preset", "official", "--flow-model", "pictures",
-                    "--set", "runtime.videos_in_flight=2", "--set", "runtime.cpus_per_actor=1.5",
-                    "--set", "runtime.decode_cpus=0.5"])  # fmt: skip
+                    "--set", "runtime.videos_in_flight=2"])  # fmt: skip
     assert summary["counts"]["video"] == {"done": 2, "skipped": 0, "rejected": 0}, summary["rejected"]
     config = summary["config"]
     assert config["model"]["memory_size"] == 3 and config["model"]["decoder"] == "pil"
     assert config["model"]["precision"] == "fp32" and config["outputs"]["binarize"] == "official_minmax"
+    assert summary["figures"]["actor_cpus"] == 1.8  # auto: 2 CPUs less 2 decode tasks x 0.1
     store = open_storage(str(out))
 
     # 1. The fixture clip (512x512): the official post-processing of the official model's own logits.

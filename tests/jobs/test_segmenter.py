@@ -22,7 +22,7 @@ def test_video_segmenter_equals_the_job(tmp_path, ray_cluster, tiny_checkpoint):
     out = open_storage(str(tmp_path / "out"))
     # One video in flight and one torch thread in the actor: the same arithmetic as the segmenter below.
     summary = main([*common_args(tiny_checkpoint, corpus.url, out.url), "--save-probs", "--precision", "fp32",
-                    "--set", "runtime.videos_in_flight=1"])  # fmt: skip
+                    "--set", "runtime.videos_in_flight=1", "--set", "runtime.cpus_per_actor=1"])  # fmt: skip
     assert summary["counts"]["video"]["done"] == 1
 
     segmenter = VideoSegmenter(tiny_checkpoint, flow="dis", input_size=64, precision="fp32", device="cpu",
