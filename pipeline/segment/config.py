@@ -139,7 +139,8 @@ class SegmentConfig:
     outputs.binarize and outputs.prob_mode = official_minmax, outputs.save_probs=true, frames=annotated."""
     frames: Literal["all", "annotated"] = "all"
     """Frames stepped through the model: 'all', or 'annotated' (only frames with a ground-truth mask, for videos
-    with sparse annotation, as the official inference on FBMS and YouTube-Objects archives does)."""
+    with sparse annotation, as the official inference on FBMS and YouTube-Objects archives does). With a computed
+    flow engine, flow then runs between consecutive stepped frames; the official archives ship flow pictures."""
     davis_resolution: str = "480p"
     """DAVIS resolution folder (480p or Full-Resolution)."""
     videos: list[str] = field(default_factory=list)
