@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from jobs.segment import main
+from pipeline.flow.config import FlowConfig
 from pipeline.masks import decode_mask_png
 from pipeline.segment import VideoSegmenter
 from pipeline.storage import open_storage
@@ -25,9 +26,9 @@ def test_video_segmenter_equals_the_job(tmp_path, ray_cluster, tiny_checkpoint):
                     "--set", "runtime.videos_in_flight=1", "--set", "runtime.cpus_per_actor=1"])  # fmt: skip
     assert summary["counts"]["video"]["done"] == 1
 
-    segmenter = VideoSegmenter(tiny_checkpoint, flow="dis", input_size=64, precision="fp32", device="cpu",
+    flow = FlowConfig(engine="dis", preset="ultrafast", max_side=128)  # as common_args sets them
+    segmenter = VideoSegmenter(tiny_checkpoint, flow=flow, input_size=64, precision="fp32", device="cpu",
                                chunk_frames=4)  # fmt: skip
-    segmenter.cfg.flow.preset, segmenter.cfg.flow.max_side = "ultrafast", 128  # as common_args sets them
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
