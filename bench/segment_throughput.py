@@ -3,6 +3,12 @@
     python bench/segment_throughput.py                       # CPU: 50- and 500-frame videos, small model
     python bench/segment_throughput.py --frames 50 500 --size 320x180 --input-size 128
     python bench/segment_throughput.py --gpu                 # also: videos in flight 1, 4, 16 on one GPU actor
+    python bench/segment_throughput.py --model hmhi_mit_b1 --input-size 512 --frames 50 1000 --size 432x240
+
+Each setting runs for every ``--precision`` (default fp32 and bf16). ``startup_s`` is the job's wall time less the
+video's own time in the actor (Ray start, imports, model load, scheduling); ``ratio_streaming_vs_model_only`` is the
+steady-state end-to-end rate (``streaming_fps``) over the model alone stepping with every core (``--cpus`` torch
+threads), in the same run: the job is as fast as its model when it is near 1.
 
 Prints one JSON line per setting: the machine, the setting, end-to-end frames/s (decode + flow + model +
 writing masks/RLE, on a fresh local Ray cluster), the model-only frames/s measured in the same run with the same
@@ -147,25 +153,33 @@ def synthetic_video(n: int, width: int, height: int, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def small_model(path: str, device: str):
+SMALL_MODEL = "hmhi_mit_b0 (decoder 32, ffn 64, T=3), random init"
+
+
+def small_model(path: str, device: str, name: str = "small"):
     import torch
 
     from model import create_model, save_checkpoint
 
     torch.manual_seed(0)
-    net = create_model(
-        "hmhi_mit_b0", decoder_width=32, readout_ffn_dim=64, semantic_mask_hidden=32, memory_size=3
-    )
+    if name == "small":
+        net = create_model(
+            "hmhi_mit_b0", decoder_width=32, readout_ffn_dim=64, semantic_mask_hidden=32, memory_size=3
+        )
+    else:
+        net = create_model(name)
     save_checkpoint(net, path)
     return net.eval().to(device)
 
 
-def model_only_fps(net, input_size: int, videos: int, steps: int, device: str) -> float:
+def model_only_fps(net, input_size: int, videos: int, steps: int, device: str, precision: str = "fp32") -> float:
     import torch
+
+    from model import autocast, resolve_precision
 
     state = net.init_state(videos, device=device)
     frame = torch.randn(videos, 3, input_size, input_size, device=device)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, resolve_precision(precision, device)):
         for _ in range(5):  # warm-up; also fills the memory to its steady-state size
             _, state = net.step(frame, frame, state)
         if device == "cuda":
@@ -179,12 +193,12 @@ def model_only_fps(net, input_size: int, videos: int, steps: int, device: str) -
 
 
 def end_to_end(corpus: str, out: str, checkpoint: str, input_size: int, videos_in_flight: int, gpu: bool,
-               cpus: int) -> tuple[dict, PeakMemory]:  # fmt: skip
+               cpus: int, precision: str = "auto") -> tuple[dict, PeakMemory]:  # fmt: skip
     """Run ``python jobs/segment.py`` as its own process on a fresh local Ray cluster; (summary, memory)."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args = [sys.executable, os.path.join(repo, "jobs", "segment.py"), "--input", corpus, "--output", out,
             "--checkpoint", checkpoint, "--input-size", str(input_size), "--videos-in-flight", str(videos_in_flight),
-            "--set", "runtime.chunk_frames=8"]  # fmt: skip
+            "--set", "runtime.chunk_frames=8", "--precision", precision]  # fmt: skip
     if gpu:
         args += ["--set", "runtime.gpus_per_actor=1"]
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
@@ -209,46 +223,55 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
     parser.add_argument("--gpu", action="store_true", help="also time 1, 4 and 16 videos in flight on a GPU")
     parser.add_argument("--gpu-frames", type=int, default=100, help="frames per video in the GPU settings")
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], help="model precisions to time")
+    parser.add_argument("--model", default="small", help="'small' (b0, narrow, T=3) or a registered model name")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.cpus)  # the model-only reference gets every core
     info = machine()
     work = tempfile.mkdtemp(prefix="bench-segment-")
     try:
         checkpoint = os.path.join(work, "small.pth")
-        net = small_model(checkpoint, "cpu")
-        cpu_model_fps = model_only_fps(net, args.input_size, 1, 30, "cpu")
-        peaks: dict[int, int] = {}
-        for n in sorted(args.frames):
-            corpus = os.path.join(work, f"corpus{n}")
-            os.makedirs(corpus)
-            with open(os.path.join(corpus, f"video{n}.mp4"), "wb") as f:
-                f.write(synthetic_video(n, width, height))
-            summary, memory = end_to_end(corpus, os.path.join(work, f"out{n}"), checkpoint, args.input_size, 1, False,
-                                       args.cpus)  # fmt: skip
-            figures = summary["figures"]
-            peak = peaks[n] = memory.peak
-            with open(os.path.join(work, f"out{n}", "done", f"video{n}.json")) as f:
-                video_seconds = json.load(f)[
-                    "seconds"
-                ]  # from the video's first chunk request to its done marker
-            e2e = figures.get("frames_per_second", 0.0)
-            print(json.dumps({
-                "bench": "segment_throughput", "device": "cpu", "machine": info, "frames": n,
-                "frame_size": f"{width}x{height}", "input_size": args.input_size, "videos_in_flight": 1,
-                "model": "hmhi_mit_b0 (decoder 32, ffn 64, T=3), random init", "flow": "dis medium",
-                "end_to_end_fps": e2e, "streaming_fps": round(n / video_seconds, 3),
-                "actor_model_fps": figures.get("model_frames_per_second"),
-                "model_only_fps": round(cpu_model_fps, 3), "ratio_end_to_end_vs_model_only": round(e2e / cpu_model_fps, 3),
-                "peak_rss_mb": round(peak / 2**20, 1),
-                "memory_ratio_vs_shortest": round(peak / peaks[min(peaks)], 3),
-                "actor_peak_rss_mb": round(memory.role_peaks.get("actor", 0) / 2**20, 1),
-                "decode_task_peak_rss_mb": round(memory.role_peaks.get("decode", 0) / 2**20, 1),
-                "wall_s": summary["elapsed_s"],
-            }), flush=True)  # fmt: skip
+        net = small_model(checkpoint, "cpu", args.model)
+        model_name = SMALL_MODEL if args.model == "small" else f"{args.model} (T={net.config.memory_size}), random init"
+        for precision in args.precision:
+            cpu_model_fps = model_only_fps(net, args.input_size, 1, 10 if args.input_size >= 384 else 30, "cpu",
+                                           precision)  # fmt: skip
+            peaks: dict[int, int] = {}
+            for n in sorted(args.frames):
+                corpus = os.path.join(work, f"corpus{n}")
+                if not os.path.isdir(corpus):
+                    os.makedirs(corpus)
+                    with open(os.path.join(corpus, f"video{n}.mp4"), "wb") as f:
+                        f.write(synthetic_video(n, width, height))
+                out = os.path.join(work, f"out{n}-{precision}")
+                summary, memory = end_to_end(corpus, out, checkpoint, args.input_size, 1, False, args.cpus,
+                                             precision)  # fmt: skip
+                figures = summary["figures"]
+                peak = peaks[n] = memory.peak
+                with open(os.path.join(out, "done", f"video{n}.json")) as f:
+                    video_seconds = json.load(f)["seconds"]  # from the video's first chunk request to its done marker
+                e2e = figures.get("frames_per_second", 0.0)
+                streaming = n / video_seconds
+                print(json.dumps({
+                    "bench": "segment_throughput", "device": "cpu", "machine": info, "frames": n,
+                    "frame_size": f"{width}x{height}", "input_size": args.input_size, "videos_in_flight": 1,
+                    "precision": precision, "model": model_name, "flow": "dis medium",
+                    "actor_cpus": figures.get("actor_cpus"),
+                    "startup_s": round(summary["elapsed_s"] - video_seconds, 2),
+                    "end_to_end_fps": e2e, "streaming_fps": round(streaming, 3),
+                    "actor_model_fps": figures.get("model_frames_per_second"),
+                    "model_only_fps_all_cores": round(cpu_model_fps, 3),
+                    "ratio_streaming_vs_model_only": round(streaming / cpu_model_fps, 3),
+                    "peak_rss_mb": round(peak / 2**20, 1),
+                    "memory_ratio_vs_shortest": round(peak / peaks[min(peaks)], 3),
+                    "actor_peak_rss_mb": round(memory.role_peaks.get("actor", 0) / 2**20, 1),
+                    "decode_task_peak_rss_mb": round(memory.role_peaks.get("decode", 0) / 2**20, 1),
+                    "wall_s": summary["elapsed_s"],
+                }), flush=True)  # fmt: skip
         if args.gpu:
             if not torch.cuda.is_available():
                 raise SystemExit("--gpu: no CUDA device")

@@ -1,7 +1,7 @@
 """Video file helpers on PyAV: probe, decode to RGB arrays, encode from RGB arrays.
 
 Every job that reads or writes video files (flow precompute, segmentation overlays, test corpora) goes through
-these helpers, so that codec choices and error messages live in one place. Sources may be local paths or
+these helpers (:class:`VideoWriter` streams frames into a file), so that codec choices and error messages live in one place. Sources may be local paths or
 binary file objects (e.g. ``Storage.open_read``); errors are :class:`VideoError` naming the source.
 """
 
@@ -23,6 +23,7 @@ __all__ = [
     "iter_video_frames",
     "decode_video",
     "encode_video",
+    "VideoWriter",
 ]
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
@@ -131,32 +132,73 @@ def decode_video(source: VideoSource, *, name: str | None = None,
     return array, info
 
 
+class VideoWriter:
+    """Streaming encoder: frames go in one at a time (bounded memory), ``close`` finishes the file.
+
+    H.264 (``libx264``, ``crf``) or any PyAV encoder, yuv420p; odd sizes are padded by one pixel (edge replication)
+    rather than failing. ``container_format`` is needed when ``dest`` is a file object (e.g. ``"mp4"``). Use as a
+    context manager, or call :meth:`close` (success) or :meth:`abort` (drop what was written to a path).
+    """
+
+    def __init__(self, dest: str | os.PathLike | BinaryIO, width: int, height: int, *, fps: float = 25.0,
+                 codec: str = "libx264", crf: int | None = 18, container_format: str | None = None):
+        import av
+
+        self.width, self.height = width, height
+        # yuv420p needs even sizes
+        self.padded_width, self.padded_height = width + width % 2, height + height % 2
+        self.dest = os.fspath(dest) if isinstance(dest, (str, os.PathLike)) else dest
+        self.container = av.open(self.dest, mode="w", format=container_format)
+        self.stream = self.container.add_stream(codec, rate=Fraction(fps or 25.0).limit_denominator(1001))
+        self.stream.width, self.stream.height, self.stream.pix_fmt = self.padded_width, self.padded_height, "yuv420p"
+        if codec == "libx264" and crf is not None:
+            self.stream.options = {"crf": str(crf), "preset": "veryfast"}
+        self.frames = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        """Encode one (H, W, 3) uint8 RGB frame of the size given at construction."""
+        import av
+
+        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"frame must be ({self.height}, {self.width}, 3) uint8, got {frame.shape} {frame.dtype}")
+        pad_h, pad_w = self.padded_height - self.height, self.padded_width - self.width
+        if pad_h or pad_w:
+            frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        for packet in self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            self.container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        """Flush the encoder and close the container."""
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+
+    def abort(self) -> None:
+        """Close without flushing and remove the partial file (when writing to a path)."""
+        try:
+            self.container.close()
+        finally:
+            if isinstance(self.dest, str) and os.path.exists(self.dest):
+                os.remove(self.dest)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.container.close()
+
+
 def encode_video(frames: np.ndarray, dest: str | os.PathLike | BinaryIO, *, fps: float = 25.0,
                  codec: str = "libx264", crf: int | None = 18, container_format: str | None = None) -> None:
-    """Encode (N, H, W, 3) uint8 RGB frames into a video file (yuv420p; odd sizes are padded by one pixel).
-
-    ``codec`` is any PyAV encoder (``libx264`` and ``mpeg4`` are always available here); ``crf`` applies to x264.
-    ``container_format`` is needed when ``dest`` is a file object (e.g. ``"mp4"``).
-    """
-    import av
-
+    """Encode (N, H, W, 3) uint8 RGB frames into a video file (a :class:`VideoWriter` over the frames)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    n, h, w, _ = frames.shape
-    # yuv420p needs even sizes: pad by edge replication rather than failing.
-    ph, pw = h + (h % 2), w + (w % 2)
-    if (ph, pw) != (h, w):
-        frames = np.pad(frames, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-    target = os.fspath(dest) if isinstance(dest, (str, os.PathLike)) else dest
-    with av.open(target, mode="w", format=container_format) as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
-        if codec == "libx264" and crf is not None:
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
-        for i in range(n):
-            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    with VideoWriter(dest, frames.shape[2], frames.shape[1], fps=fps, codec=codec, crf=crf,
+                     container_format=container_format) as writer:
+        for frame in frames:
+            writer.write(frame)

@@ -6,7 +6,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pipeline.config import require
+from pipeline.export.exporter import EXPORT_FORMATS
 from pipeline.flow.config import FlowConfig
+from pipeline.transforms import DECODERS
+
+PRESETS: tuple[str, ...] = ("", "official")
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")  # as model.precision.PRECISIONS (not imported: no torch here)
+PICTURES_ENGINE = "pictures"
+"""``flow.engine`` value that feeds the corpus' own flow pictures (VideoRecord.flows) instead of computing flow."""
 
 __all__ = [
     "SegmentModelConfig",
@@ -32,8 +39,10 @@ class SegmentModelConfig:
     """Square side the frames and flow pictures are resized to for the model; a multiple of 32."""
     device: str = "auto"
     """'auto' (CUDA when the actor has a GPU, else CPU), 'cpu' or 'cuda'."""
-    half: bool = False
-    """Run the model in float16 autocast on CUDA."""
+    precision: str = "auto"
+    """Model arithmetic: 'bf16' (autocast), 'fp32', or 'auto' (bf16 where the CPU or GPU computes it natively)."""
+    decoder: str = "opencv"
+    """Image decoder for frame and flow picture files: 'opencv' (fast) or 'pil' (the official code's)."""
 
     def __post_init__(self):
         require(self.input_size >= 32 and self.input_size % 32 == 0, "input_size", self.input_size,
@@ -42,6 +51,8 @@ class SegmentModelConfig:
             self.memory_size is None or self.memory_size >= 1, "memory_size", self.memory_size, "must be >= 1"
         )
         require(self.device in ("auto", "cpu", "cuda"), "device", self.device, "must be auto, cpu or cuda")
+        require(self.precision in PRECISIONS, "precision", self.precision, f"must be one of {', '.join(PRECISIONS)}")
+        require(self.decoder in DECODERS, "decoder", self.decoder, f"must be one of {', '.join(DECODERS)}")
 
 
 @dataclass
@@ -57,12 +68,17 @@ class SegmentOutputConfig:
     prob_mode: Literal["absolute", "official_minmax"] = "absolute"
     """Soft PNG values: round(255 p), or the official per-frame min-max stretch."""
     overlay: bool = False
-    """Also write an overlay MP4 (frames with the mask tinted) under overlays/<video>.mp4."""
+    """Also write an overlay MP4 (frames with the mask tinted) under overlays/<video>.mp4, and overlays/index.html."""
+    export: list[str] = field(default_factory=list)
+    """At the end, export the finished videos for other tools (pipeline/export): coco (YouTube-VIS-style JSON),
+    cvat (Segmentation mask 1.1 zip), cvat_video (one zip per video)."""
     overwrite: bool = False
     """Redo videos that already have a done marker (default: skip them)."""
 
     def __post_init__(self):
         require(0.0 <= self.threshold < 1.0, "threshold", self.threshold, "must be in [0, 1)")
+        for i, fmt in enumerate(self.export):
+            require(fmt in EXPORT_FORMATS, f"export[{i}]", fmt, f"must be one of {list(EXPORT_FORMATS)}")
 
 
 @dataclass
@@ -73,14 +89,17 @@ class SegmentRuntimeConfig:
     """Model actors (one per GPU on GPU clusters)."""
     gpus_per_actor: float = 0.0
     """GPUs per model actor (0 = CPU inference)."""
-    cpus_per_actor: float = 1.0
-    """CPUs per model actor (also its torch thread count on CPU, rounded up)."""
+    cpus_per_actor: float = 0.0
+    """CPUs per model actor (its torch thread count on CPU, rounded up). 0 = auto: CPU actors share the cluster's
+    CPUs less what their decode tasks reserve (videos_in_flight x decode_cpus each); GPU actors take 1."""
     videos_in_flight: int = 4
     """Videos each actor steps together (the model's batch dimension)."""
     videos_per_batch: int = 0
     """Videos handed to an actor at a time (0 = 2 x videos_in_flight); finished slots refill from it."""
-    decode_cpus: float = 1.0
-    """CPUs per decode+flow task (one task per video in flight)."""
+    decode_cpus: float = 0.1
+    """CPUs reserved per decode+flow task (one task per video in flight). Decoding, DIS flow, rendering and resizing
+    to 512 take 15-25 ms of CPU per 240x432 frame (measured), against 250-1000 ms for the model on CPU: a tenth
+    of a core keeps up, and the model gets the rest. Raise it for ptlflow flow on CPU or very large frames."""
     chunk_frames: int = 8
     """Frames per chunk passed from a decode task to the actor (memory is bounded by chunks, not videos)."""
     prefetch_chunks: int = 2
@@ -91,13 +110,22 @@ class SegmentRuntimeConfig:
     def __post_init__(self):
         require(self.num_actors >= 1, "num_actors", self.num_actors, "must be >= 1")
         require(self.gpus_per_actor >= 0, "gpus_per_actor", self.gpus_per_actor, "must be >= 0")
-        require(self.cpus_per_actor > 0, "cpus_per_actor", self.cpus_per_actor, "must be > 0")
+        require(self.cpus_per_actor >= 0, "cpus_per_actor", self.cpus_per_actor, "must be >= 0 (0 = auto)")
         require(self.videos_in_flight >= 1, "videos_in_flight", self.videos_in_flight, "must be >= 1")
         require(self.videos_per_batch >= 0, "videos_per_batch", self.videos_per_batch, "must be >= 0")
         require(self.decode_cpus > 0, "decode_cpus", self.decode_cpus, "must be > 0")
         require(self.chunk_frames >= 1, "chunk_frames", self.chunk_frames, "must be >= 1")
         require(self.prefetch_chunks >= 1, "prefetch_chunks", self.prefetch_chunks, "must be >= 1")
         require(self.write_threads >= 1, "write_threads", self.write_threads, "must be >= 1")
+
+    def actor_cpus(self, cluster_cpus: float) -> float:
+        """``cpus_per_actor``, with 0 (auto) resolved for a cluster of ``cluster_cpus`` CPUs."""
+        if self.cpus_per_actor > 0:
+            return self.cpus_per_actor
+        if self.gpus_per_actor > 0:
+            return 1.0
+        spare = cluster_cpus / self.num_actors - self.videos_in_flight * self.decode_cpus
+        return max(1.0, float(int(spare * 10)) / 10)  # tenths: Ray's fractional CPUs are exact in that unit
 
 
 @dataclass
@@ -111,6 +139,14 @@ class SegmentConfig:
     format: str = "auto"
     """Corpus layout: auto, shards (the data pipeline's output: frames and flow from its index.parquet), or a
     pipeline.ingest format: videos, frames, davis2016, davis2017, ytvos, fbms, hmhi."""
+    preset: str = ""
+    """'' (the project's defaults) or 'official': the official HMHI-Net inference protocol. It sets, where they are
+    left at their defaults: model.memory_size=3, model.input_size=512, model.decoder=pil, model.precision=fp32,
+    outputs.binarize and outputs.prob_mode = official_minmax, outputs.save_probs=true, frames=annotated."""
+    frames: Literal["all", "annotated"] = "all"
+    """Frames stepped through the model: 'all', or 'annotated' (only frames with a ground-truth mask, for videos
+    with sparse annotation, as the official inference on FBMS and YouTube-Objects archives does). With a computed
+    flow engine, flow then runs between consecutive stepped frames; the official archives ship flow pictures."""
     davis_resolution: str = "480p"
     """DAVIS resolution folder (480p or Full-Resolution)."""
     videos: list[str] = field(default_factory=list)
@@ -132,3 +168,26 @@ class SegmentConfig:
         require(bool(self.model.checkpoint), "model.checkpoint", self.model.checkpoint,
                 "is required (--checkpoint PATH_OR_URL)")  # fmt: skip
         require(self.max_videos >= 0, "max_videos", self.max_videos, "must be >= 0")
+        require(self.preset in PRESETS, "preset", self.preset, "must be '' or 'official'")
+        require(self.frames in ("all", "annotated"), "frames", self.frames, "must be all or annotated")
+        if self.preset == "official":
+            self._apply_official_preset()
+
+    def _apply_official_preset(self) -> None:
+        """Official protocol values for the fields still at their defaults (idempotent: configs travel as dicts)."""
+        defaults = {"model": SegmentModelConfig(), "outputs": SegmentOutputConfig()}
+        official = {
+            ("model", "memory_size"): 3,  # the shipped inference script uses the config default T=3
+            ("model", "input_size"): 512,
+            ("model", "decoder"): "pil",
+            ("model", "precision"): "fp32",
+            ("outputs", "binarize"): "official_minmax",
+            ("outputs", "prob_mode"): "official_minmax",
+            ("outputs", "save_probs"): True,
+        }
+        for (section, name), value in official.items():
+            part = getattr(self, section)
+            if getattr(part, name) == getattr(defaults[section], name):
+                setattr(part, name, value)
+        if self.frames == "all":
+            self.frames = "annotated"

@@ -14,17 +14,18 @@ without its marker is redone from scratch and its files are overwritten, never d
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from fractions import Fraction
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image
 
-from pipeline.masks import binarize, encode_mask_png, encode_prob_png, mask_to_rle
+from pipeline.masks import encode_mask_png, mask_to_rle
 from pipeline.segment.config import SegmentOutputConfig
 from pipeline.storage import Storage
 
@@ -65,43 +66,27 @@ def overlay_frame(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np
 
 
 class OverlayWriter:
-    """Streams frames into an H.264 MP4 in a local temporary file (bounded memory), then uploads it."""
+    """Streams overlay frames into an H.264 MP4 in a local temporary file (bounded memory), then uploads it."""
 
     def __init__(self, fps: float | None, width: int, height: int):
-        import av
+        from pipeline.video import VideoWriter
 
         fd, self.path = tempfile.mkstemp(prefix="overlay-", suffix=".mp4")
         os.close(fd)
-        self.width, self.height = width + width % 2, height + height % 2  # yuv420p needs even sizes
-        self.container = av.open(self.path, mode="w")
-        self.stream = self.container.add_stream("libx264", rate=Fraction(fps or 25.0).limit_denominator(1001))
-        self.stream.width, self.stream.height, self.stream.pix_fmt = self.width, self.height, "yuv420p"
-        self.stream.options = {"crf": "23", "preset": "veryfast"}
+        self.writer = VideoWriter(self.path, width, height, fps=fps or 25.0, crf=23)
 
     def add(self, frame: np.ndarray) -> None:
-        import av
-
-        pad_h, pad_w = self.height - frame.shape[0], self.width - frame.shape[1]
-        if pad_h or pad_w:
-            frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-        for packet in self.stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-            self.container.mux(packet)
+        self.writer.write(frame)
 
     def finish(self, storage: Storage, rel: str) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
+        self.writer.close()
         try:
             storage.upload_file(self.path, rel)
         finally:
             os.remove(self.path)
 
     def abort(self) -> None:
-        try:
-            self.container.close()
-        finally:
-            if os.path.exists(self.path):
-                os.remove(self.path)
+        self.writer.abort()
 
 
 class VideoOutputs:
@@ -109,6 +94,9 @@ class VideoOutputs:
 
     def __init__(self, storage: Storage, video_id: str, record: dict, cfg: SegmentOutputConfig,
                  pool: ThreadPoolExecutor):  # fmt: skip
+        if cfg.overwrite:
+            # The marker goes first: a run killed (or failing) while redoing the video must not leave it marked done.
+            storage.delete(done_marker(video_id))
         self.storage = storage
         self.video_id = video_id
         self.record = record
@@ -127,19 +115,18 @@ class VideoOutputs:
         if len(self.pending) > _MAX_PENDING_WRITES:
             self.pending.pop(0).result()  # back-pressure, and surface write errors early
 
-    def _write_frame(self, name: str, mask: np.ndarray, prob: np.ndarray | None) -> None:
+    def _write_frame(self, name: str, mask: np.ndarray, soft: np.ndarray | None) -> None:
         self.storage.write_bytes(f"masks/{self.video_id}/{name}.png", encode_mask_png(mask))
-        if prob is not None:
-            self.storage.write_bytes(
-                f"probs/{self.video_id}/{name}.png", encode_prob_png(prob, self.cfg.prob_mode)
-            )
+        if soft is not None:
+            buffer = io.BytesIO()
+            Image.fromarray(soft).save(buffer, format="PNG")  # 8-bit greyscale, as the official code saves it
+            self.storage.write_bytes(f"probs/{self.video_id}/{name}.png", buffer.getvalue())
 
-    def add(
-        self, index: int, name: str, prob: np.ndarray, original: np.ndarray | None, fps: float | None
-    ) -> None:
-        """One frame's (H, W) probability map at the original resolution (and the frame, for overlays)."""
-        mask = binarize(prob, self.cfg.binarize, self.cfg.threshold)
-        self.size = prob.shape
+    def add(self, index: int, name: str, mask: np.ndarray, soft: np.ndarray | None, original: np.ndarray | None,
+            fps: float | None) -> None:  # fmt: skip
+        """One frame's (H, W) mask at the original resolution, its uint8 soft map (when probabilities are saved)
+        and the original frame (for overlays); the segmenter post-processed them."""
+        self.size = mask.shape
         self.fps = fps
         rle = mask_to_rle(mask)
         area = int(np.count_nonzero(mask))
@@ -155,7 +142,7 @@ class VideoOutputs:
                 "area": area,
             }
         )
-        self._submit(self._write_frame, name, mask, prob if self.cfg.save_probs else None)
+        self._submit(self._write_frame, name, mask, soft if self.cfg.save_probs else None)
         if self.cfg.overlay and original is not None:
             if self.overlay is None:
                 self.overlay = OverlayWriter(fps, original.shape[1], original.shape[0])
@@ -190,16 +177,17 @@ class VideoOutputs:
         return marker
 
     def abort(self) -> None:
-        """Drop a failed video's partial outputs (best effort): a rerun starts it afresh."""
+        """Drop every output a failed video had started (best effort): a rerun starts it afresh."""
         for future in self.pending:
             future.exception()
         self.pending.clear()
         if self.overlay is not None:
             self.overlay.abort()
             self.overlay = None
-        for rel in (f"masks/{self.video_id}", f"probs/{self.video_id}"):
+        for rel, recursive in ((done_marker(self.video_id), False), (f"rle/{self.video_id}.parquet", False),
+                               (f"overlays/{self.video_id}.mp4", False), (f"masks/{self.video_id}", True),
+                               (f"probs/{self.video_id}", True)):  # fmt: skip
             try:
-                if self.storage.exists(rel):
-                    self.storage.delete(rel, recursive=True)
+                self.storage.delete(rel, recursive=recursive)  # absent is fine
             except Exception as err:  # cleanup must not hide the original failure
                 log.warning("could not remove partial outputs %s: %s", self.storage.join(rel), err)

@@ -6,14 +6,15 @@ slot (:func:`pipeline.segment.source.video_chunks`), and loops: every step runs 
 next chunk is ready (``active``), a slot that starts a video is ``reset``, and a finished slot takes the
 next video of the batch. Outputs are written as frames come out (:class:`VideoOutputs`), so memory is
 bounded by the slots and chunks, not by video length.
+
+Preprocessing, flow, the model step and post-processing are :class:`~pipeline.segment.VideoSegmenter`'s (the
+decode tasks run its ``Preprocessing``); this actor only adds batching across videos and storage.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -24,49 +25,17 @@ import numpy as np
 from pipeline.config import config_from_dict
 from pipeline.segment.config import SegmentConfig
 from pipeline.segment.outputs import VideoOutputs
+from pipeline.segment.segmenter import VideoSegmenter
 from pipeline.segment.source import Chunk, video_chunks
 from pipeline.storage import open_storage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SegmentActor", "load_segmentation_model", "RESULT_COLUMNS"]
+__all__ = ["SegmentActor", "RESULT_COLUMNS"]
 
 _WAIT_WARNING_S = 120.0  # how long the model may starve before the actor says so
 
 RESULT_COLUMNS = ("video_id", "status", "frames", "seconds", "model_seconds", "error")
-
-
-def _local_copy(url: str) -> tuple[str, str | None]:
-    """A local path for a checkpoint given as a path or storage URL (downloaded to a temp file)."""
-    if "://" not in url or url.startswith("file://"):
-        return url.removeprefix("file://"), None
-    directory, _, leaf = url.rstrip("/").rpartition("/")
-    fd, tmp = tempfile.mkstemp(prefix="checkpoint-", suffix=os.path.splitext(leaf)[1])
-    os.close(fd)
-    open_storage(directory).download_file(leaf, tmp)
-    return tmp, tmp
-
-
-def load_segmentation_model(cfg: SegmentConfig):
-    """Build the network for ``cfg.model`` and load its weights (``weights_only`` loading in model.checkpoint)."""
-    from model import CheckpointError, create_model, load_checkpoint, model_from_checkpoint
-
-    path, tmp = _local_copy(cfg.model.checkpoint)
-    overrides = {} if cfg.model.memory_size is None else {"memory_size": cfg.model.memory_size}
-    try:
-        try:
-            net, report = model_from_checkpoint(path, **overrides)
-        except CheckpointError as err:
-            if "does not record its model" not in str(err):
-                raise
-            # An official (or bare) checkpoint: the model comes from the config.
-            net = create_model(cfg.model.name, **{**cfg.model.options, **overrides})
-            report = load_checkpoint(net, path)
-    finally:
-        if tmp:
-            os.remove(tmp)
-    log.info("model %s from %s: %s", net.model_name, cfg.model.checkpoint, report.summary())
-    return net.eval()
 
 
 @dataclass
@@ -98,10 +67,9 @@ class SegmentActor:
         )
         if want_cuda and not torch.cuda.is_available():
             raise RuntimeError("segment: model.device wants CUDA but this actor has no GPU")
-        self.device = torch.device("cuda" if want_cuda else "cpu")
-        if self.device.type == "cpu":
+        if not want_cuda:
             torch.set_num_threads(max(1, int(np.ceil(rt.cpus_per_actor))))
-        self.net = load_segmentation_model(self.cfg).to(self.device)
+        self.segmenter = VideoSegmenter.from_config(self.cfg, device="cuda" if want_cuda else "cpu")
         self.output = open_storage(self.cfg.output)
         self.input = open_storage(self.cfg.input)
         # The CPU stage: one generator task per video in flight, at most prefetch_chunks ahead of the model.
@@ -109,27 +77,11 @@ class SegmentActor:
             num_cpus=rt.decode_cpus, _generator_backpressure_num_objects=rt.prefetch_chunks
         )
         self.pool = ThreadPoolExecutor(max_workers=rt.write_threads, thread_name_prefix="segment-write")
-        self.provenance = {
-            "checkpoint": self.cfg.model.checkpoint,
-            "model": self.net.model_name,
-            "input_size": self.cfg.model.input_size,
-            "memory_size": self.net.config.memory_size,
-            "flow_engine": self.cfg.flow.engine,
-            "threshold": self.cfg.outputs.threshold,
-            "binarize": self.cfg.outputs.binarize,
-        }
+        self.provenance = self.segmenter.provenance
 
     # -------------------------------------------------------------------------------------------- helpers
     def _start(self, record: dict) -> _Slot:
-        rt = self.cfg.runtime
-        generator = self.decode_task.remote(
-            self.input,
-            record,
-            self.cfg.model.input_size,
-            rt.chunk_frames,
-            self.cfg.flow,
-            self.cfg.outputs.overlay,
-        )
+        generator = self.decode_task.remote(self.input, record, self.segmenter.preprocessing)
         outputs = VideoOutputs(self.output, record["video_id"], record, self.cfg.outputs, self.pool)
         return _Slot(record=record, generator=generator, outputs=outputs)
 
@@ -163,9 +115,8 @@ class SegmentActor:
         slot.chunk, slot.position = item, 0
         return None
 
-    def _tensors(self, slots: list[_Slot | None], active: list[bool]):
-        from pipeline.train.augment import normalize_images
-
+    def _inputs(self, slots: list[_Slot | None], active: list[bool]) -> tuple[np.ndarray, np.ndarray]:
+        """(B, S, S, 3) uint8 frames and flow pictures of the active slots (zeros for idle ones)."""
         size = self.cfg.model.input_size
         frames = np.zeros((len(slots), size, size, 3), np.uint8)
         flows = np.zeros_like(frames)
@@ -173,18 +124,16 @@ class SegmentActor:
             if active[b]:
                 frames[b] = slot.chunk.frames[slot.position]
                 flows[b] = slot.chunk.flows[slot.position]
-        return (normalize_images(frames).to(self.device, non_blocking=True),
-                normalize_images(flows).to(self.device, non_blocking=True))  # fmt: skip
+        return frames, flows
 
     # ------------------------------------------------------------------------------------------ main loop
     def __call__(self, batch: dict) -> dict:
         import ray
-        import torch
 
         records = deque(json.loads(text) for text in batch["record"])
         width = self.cfg.runtime.videos_in_flight
         slots: list[_Slot | None] = [None] * width
-        state = self.net.init_state(width, device=self.device)
+        state = self.segmenter.new_state(width)
         results: list[dict] = []
 
         def close(b: int, status: str, error: str = "") -> None:
@@ -227,13 +176,10 @@ class SegmentActor:
                 continue
             active = [s is not None and s.chunk is not None for s in slots]
             reset = [bool(active[b] and slots[b].needs_reset) for b in range(width)]
-            frame_t, flow_t = self._tensors(slots, active)
+            frames, flows = self._inputs(slots, active)
             started = time.perf_counter()
-            with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.cfg.model.half
-                                                        and self.device.type == "cuda"):  # fmt: skip
-                logits, state = self.net.step(frame_t, flow_t, state, reset=torch.tensor(reset),
-                                              active=torch.tensor(active))  # fmt: skip
-                probs = self._upsample(logits, slots, active)
+            logits = self.segmenter.step(frames, flows, state, reset, active)
+            results_now = self._postprocess(logits, slots, active)
             elapsed = time.perf_counter() - started
             stepped = sum(active)
             for b, slot in enumerate(slots):
@@ -243,8 +189,9 @@ class SegmentActor:
                 slot.model_seconds += elapsed / stepped
                 chunk, i = slot.chunk, slot.position
                 original = chunk.original[i] if chunk.original is not None else None
+                mask, soft = results_now[b]
                 try:
-                    slot.outputs.add(chunk.start + i, chunk.names[i], probs[b], original, chunk.fps)
+                    slot.outputs.add(chunk.indices[i], chunk.names[i], mask, soft, original, chunk.fps)
                 except Exception as err:  # a failed write rejects this video only
                     close(b, "rejected", f"video {slot.record.get('name')!r}: writing outputs failed: {err}")
                     continue
@@ -254,17 +201,11 @@ class SegmentActor:
                     slot.chunk = None
         return {key: np.array([r[key] for r in results]) for key in RESULT_COLUMNS}
 
-    def _upsample(self, logits, slots: list[_Slot | None], active: list[bool]) -> dict[int, np.ndarray]:
-        """Sigmoid probabilities at each video's original size, (H, W) float32 on the CPU."""
-        import torch.nn.functional as F
-
-        probs = {}
+    def _postprocess(self, logits, slots: list[_Slot | None], active: list[bool]) -> dict[int, tuple]:
+        """Per active slot: (mask, uint8 soft map or None) at the video's original size."""
+        out = {}
         for b, slot in enumerate(slots):
-            if not active[b]:
-                continue
-            size = (slot.chunk.height, slot.chunk.width)
-            row = logits[b : b + 1].float()
-            if tuple(row.shape[-2:]) != size:
-                row = F.interpolate(row, size=size, mode="bilinear", align_corners=False)
-            probs[b] = row.sigmoid()[0, 0].cpu().numpy()
-        return probs
+            if active[b]:
+                mask, prob = self.segmenter.postprocess(logits[b], (slot.chunk.height, slot.chunk.width))
+                out[b] = (mask, self.segmenter.soft_map(prob) if self.cfg.outputs.save_probs else None)
+        return out

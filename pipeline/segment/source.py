@@ -4,10 +4,17 @@
 decoding and flow overlap with the model and a video is never held in memory whole: it yields chunks of
 ``chunk_frames`` frames, and Ray's generator back-pressure stops it a few chunks ahead of the model.
 
-Videos from the data pipeline's shards carry their flow, which is used as stored. Otherwise flow for frame t is the forward flow t -> t+1 and, for the last frame, the backward flow to the frame before
-(as pipeline.flow.engines defines it); a one-frame look-ahead gives the same flow as computing the whole video.
-Flow is computed at the original resolution (capped by the engine's ``max_side``), rendered with the
-Middlebury wheel, and resized like a frame, as the training pipeline does (pipeline.train.augment).
+Where the flow picture of a frame comes from:
+
+- videos from the data pipeline's shards carry their flow, used as stored (rendered with the Middlebury wheel);
+- ``flow.engine = "pictures"``: the flow picture shipped with the corpus next to each frame
+  (``VideoRecord.flows``, the official archives' ``flow/`` folder), decoded and fed as it is (no rendering);
+- otherwise flow is computed: for frame t the forward flow t -> t+1 and, for the last frame, the backward flow to
+  the frame before (as pipeline.flow.engines defines it); a one-frame look-ahead gives the same flow as computing
+  the whole video. It is computed at the original resolution (capped by the engine's ``max_side``) and rendered.
+
+Frames and flow pictures are then resized like a frame for the model (pipeline.transforms). The same functions
+serve :class:`pipeline.segment.VideoSegmenter` (frame arrays, files, folders) and the Ray decode tasks.
 """
 
 from __future__ import annotations
@@ -17,21 +24,22 @@ import os
 import posixpath
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from pipeline.flow.config import FlowConfig
 from pipeline.flow.render import flow_to_rgb
 from pipeline.ingest.formats import VideoRecord
-from pipeline.ingest.load import decode_image
+from pipeline.segment.config import PICTURES_ENGINE
 from pipeline.storage import Storage, StorageError
-from pipeline.train.augment import resize_rgb
+from pipeline.transforms import decode_rgb, resize_rgb
 from pipeline.video import VideoError, iter_video_frames, probe_video
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Chunk", "SourceError", "iter_source_frames", "iter_shard_frames", "shard_records", "video_chunks"]
+__all__ = ["Chunk", "FrameItem", "Preprocessing", "SourceError", "chunk_items", "iter_source_frames",
+           "iter_shard_frames", "shard_records", "video_chunks"]
 
 
 class SourceError(ValueError):
@@ -39,11 +47,54 @@ class SourceError(ValueError):
 
 
 @dataclass
+class Preprocessing:
+    """What the CPU stage needs to turn a video into model-ready chunks (no model; travels to Ray tasks)."""
+
+    input_size: int = 512
+    """Square side frames and flow pictures are resized to."""
+    chunk_frames: int = 8
+    """Frames per chunk."""
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    """Flow engine settings, or ``engine="pictures"`` for the corpus' own flow pictures."""
+    decoder: str = "opencv"
+    """Image decoder for frame and flow picture files (pipeline.transforms.decode_rgb)."""
+    frames: str = "all"
+    """'all' frames, or only the 'annotated' ones of a video with sparse masks."""
+    keep_original: bool = False
+    """Keep the original frames in the chunks (for overlays)."""
+
+    def __post_init__(self):
+        if self.chunk_frames < 1 or self.input_size < 32:
+            raise ValueError(f"Preprocessing: chunk_frames {self.chunk_frames} must be >= 1 and input_size "
+                             f"{self.input_size} >= 32")  # fmt: skip
+
+    @property
+    def uses_pictures(self) -> bool:
+        return self.flow.engine == PICTURES_ENGINE
+
+
+@dataclass
+class FrameItem:
+    """One decoded frame on its way to a chunk."""
+
+    index: int
+    """Frame index in the video."""
+    name: str
+    """Output frame name (file stem)."""
+    frame: np.ndarray
+    """(H, W, 3) uint8 RGB at the original size."""
+    fps: float | None = None
+    """Frame rate of a video file (None for frame folders)."""
+    picture: np.ndarray | None = None
+    """(h, w, 3) uint8 flow picture when known (shipped or stored); None: flow is computed."""
+
+
+@dataclass
 class Chunk:
     """Consecutive frames of one video, ready for the model."""
 
-    start: int
-    """Index of the first frame in the video."""
+    indices: list[int]
+    """Frame index in the video of each frame of the chunk."""
     names: list[str]
     """Output frame names (file stems): the input frame's stem for frame folders, 00000.. for video files."""
     frames: np.ndarray
@@ -76,9 +127,29 @@ def _video_path(storage: Storage, rec: VideoRecord) -> tuple[str, str | None]:
     return tmp, tmp
 
 
-def iter_source_frames(storage: Storage, rec: VideoRecord) -> Iterator[tuple[str, np.ndarray, float | None]]:
-    """Yield ``(frame name, (H, W, 3) uint8 RGB, fps)`` one frame at a time; :class:`SourceError` on bad input."""
+def _selected_frames(rec: VideoRecord, frames: str) -> list[int]:
+    """Indices of the frames to step: all, or the annotated ones of a sparsely annotated video."""
+    count = len(rec.frames)
+    if frames == "annotated" and rec.masks and len(rec.masks) < count:
+        return sorted(i for i in rec.masks if 0 <= i < count)
+    return list(range(count))
+
+
+def _read_image(storage: Storage, rel: str, rec: VideoRecord, decoder: str, what: str) -> np.ndarray:
+    url = storage.join(rel)
+    try:
+        return decode_rgb(storage.read_bytes(rel), f"{what} {url}", decoder)
+    except (ValueError, StorageError, OSError) as err:
+        raise SourceError(f"video {rec.name!r}: {err}") from err
+
+
+def iter_source_frames(storage: Storage, rec: VideoRecord, prep: Preprocessing | None = None) -> Iterator[FrameItem]:
+    """Yield the video's frames (and shipped flow pictures) one at a time; :class:`SourceError` on bad input."""
+    prep = prep or Preprocessing()
     if rec.kind == "video":
+        if prep.uses_pictures:
+            raise SourceError(f"video {rec.name!r}: flow.engine=pictures needs flow pictures shipped with the corpus; "
+                              f"{storage.join(rec.source)} is a video file (use a computed flow engine, e.g. dis)")
         try:
             path, tmp = _video_path(storage, rec)
         except (StorageError, OSError, ValueError) as err:
@@ -86,26 +157,30 @@ def iter_source_frames(storage: Storage, rec: VideoRecord) -> Iterator[tuple[str
         try:
             fps = probe_video(path, name=storage.join(rec.source)).fps or None
             for index, frame in enumerate(iter_video_frames(path, name=storage.join(rec.source))):
-                yield f"{index:05d}", frame, fps
+                yield FrameItem(index, f"{index:05d}", frame, fps)
         except VideoError as err:
             raise SourceError(str(err)) from err
         finally:
             if tmp:
                 os.remove(tmp)
         return
+    if prep.uses_pictures and len(rec.flows) != len(rec.frames):
+        raise SourceError(f"video {rec.name!r}: flow.engine=pictures needs one flow picture per frame; "
+                          f"{storage.join(rec.source)} has {len(rec.frames)} frames and {len(rec.flows)} flow "
+                          "pictures")  # fmt: skip
     first_shape = None
-    for rel in rec.frames:
-        url = storage.join(rel)
-        try:
-            frame = decode_image(storage.read_bytes(rel), f"frame {url}")
-        except (ValueError, StorageError, OSError) as err:
-            raise SourceError(f"video {rec.name!r}: {err}") from err
+    for index in _selected_frames(rec, prep.frames):
+        rel = rec.frames[index]
+        frame = _read_image(storage, rel, rec, prep.decoder, "frame")
         if first_shape is None:
             first_shape = frame.shape
         elif frame.shape != first_shape:
-            raise SourceError(f"video {rec.name!r}: frame {url} is {frame.shape[1]}x{frame.shape[0]}, the first "
-                              f"frame is {first_shape[1]}x{first_shape[0]} (frames of different sizes)")  # fmt: skip
-        yield posixpath.splitext(posixpath.basename(rel))[0], frame, None
+            raise SourceError(f"video {rec.name!r}: frame {storage.join(rel)} is {frame.shape[1]}x{frame.shape[0]}, "
+                              f"the first frame is {first_shape[1]}x{first_shape[0]} (frames of different sizes)")
+        picture = None
+        if prep.uses_pictures:
+            picture = _read_image(storage, rec.flows[index], rec, prep.decoder, "flow picture")
+        yield FrameItem(index, posixpath.splitext(posixpath.basename(rel))[0], frame, None, picture)
 
 
 def shard_records(storage: Storage) -> list[dict]:
@@ -138,8 +213,10 @@ def shard_records(storage: Storage) -> list[dict]:
     return items
 
 
-def iter_shard_frames(record: dict) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """Yield ``(frame name, RGB frame, (H, W, 2) flow)`` of one video from its shard samples, in frame order.
+def iter_shard_frames(record: dict) -> Iterator[tuple[str, np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """Yield ``(frame name, RGB frame, (H, W, 2) flow, flow picture)`` of one video from its shard samples, in
+    frame order: samples made with ``--flow-model pictures`` carry the corpus's flow picture and no flow, the others
+    the float flow and no picture.
 
     Overlapping clips give a frame once; a gap in the frame indices (clips written with a stride) is logged,
     and the memory simply carries over it.
@@ -165,115 +242,93 @@ def iter_shard_frames(record: dict) -> Iterator[tuple[str, np.ndarray, np.ndarra
                 log.warning("video %s: frames %d..%d are not in the shards; continuing after the gap",
                             record["name"], last + 1, index - 1)  # fmt: skip
             last = index
-            yield f"{index:05d}", clip.frames[i], clip.flows[i]
+            flow = None if clip.flows is None else clip.flows[i]
+            picture = None if clip.flow_pictures is None else clip.flow_pictures[i]
+            yield f"{index:05d}", clip.frames[i], flow, picture
 
 
-def _shard_chunks(record: dict, size: int, chunk_frames: int, keep_original: bool) -> Iterator[Chunk]:
-    items: list[tuple[str, np.ndarray, np.ndarray]] = []
-    start = 0
+def _shard_items(record: dict) -> Iterator[FrameItem]:
+    for name, frame, flow, picture in iter_shard_frames(record):
+        yield FrameItem(int(name), name, frame, None, picture if picture is not None else flow_to_rgb(flow))
 
-    def make(batch, last: bool) -> Chunk:
-        height, width = batch[0][1].shape[:2]
+
+def chunk_items(items: Iterator[FrameItem], prep: Preprocessing, label: str, engine=None) -> Iterator[Chunk]:
+    """Cut frames into model-ready chunks; flow is computed with ``engine`` for frames without a picture.
+
+    Holds at most ``chunk_frames + 1`` frames (a chunk and its look-ahead frame, whose flow partner it is).
+    ``label`` names the video in errors.
+    """
+    size = prep.input_size
+    pending: list[FrameItem] = []  # frames of the chunk being built, plus one look-ahead
+    previous: FrameItem | None = None  # last frame of the previous chunk (backward flow of a 1-frame tail)
+    total = 0
+
+    def make(batch: list[FrameItem], flow_frames: list[FrameItem], last: bool) -> Chunk:
+        if any(item.picture is None for item in batch):
+            if engine is None:
+                raise SourceError(f"video {label}: no flow picture for frame {batch[0].name} and no flow engine")
+            flows = engine.compute(np.stack([item.frame for item in flow_frames]))
+            offset = 0 if flow_frames[0] is batch[0] else 1  # a 1-frame tail is preceded by its flow partner
+            pictures = [resize_rgb(flow_to_rgb(f), size) for f in flows[offset : offset + len(batch)]]
+        else:
+            pictures = [resize_rgb(np.ascontiguousarray(item.picture), size) for item in batch]
+        height, width = batch[0].frame.shape[:2]
         return Chunk(
-            start=start,
-            names=[name for name, _, _ in batch],
-            frames=np.stack([resize_rgb(frame, size) for _, frame, _ in batch]),
-            flows=np.stack([resize_rgb(flow_to_rgb(flow), size) for _, _, flow in batch]),
+            indices=[item.index for item in batch],
+            names=[item.name for item in batch],
+            frames=np.stack([resize_rgb(item.frame, size) for item in batch]),
+            flows=np.stack(pictures),
             height=height,
             width=width,
-            fps=None,
-            original=np.stack([frame for _, frame, _ in batch]) if keep_original else None,
+            fps=batch[0].fps,
+            original=np.stack([item.frame for item in batch]) if prep.keep_original else None,
             last=last,
         )
 
-    for item in iter_shard_frames(record):
-        if items and item[1].shape != items[0][1].shape:
-            raise SourceError(
-                f"video {record['name']!r}: frame {item[0]} has another size than frame {items[0][0]}"
-            )
-        items.append(item)
-        if len(items) == chunk_frames + 1:  # hold one back so the final chunk is marked last
-            yield make(items[:chunk_frames], last=False)
-            start += chunk_frames
-            items = items[chunk_frames:]
-    if items:
-        yield make(items, last=True)
+    for item in items:
+        reference = pending[0] if pending else previous
+        if reference is not None and item.frame.shape != reference.frame.shape:
+            raise SourceError(f"video {label}: frame {item.name} is {item.frame.shape[1]}x{item.frame.shape[0]}, "
+                              f"frame {reference.name} is {reference.frame.shape[1]}x{reference.frame.shape[0]}")
+        pending.append(item)
+        total += 1
+        if len(pending) == prep.chunk_frames + 1:  # a full chunk and its look-ahead frame
+            batch = pending[: prep.chunk_frames]
+            yield make(batch, pending, last=False)
+            previous = batch[-1]
+            pending = pending[prep.chunk_frames :]
+    needs_flow = any(item.picture is None for item in pending)
+    if total < 2 and needs_flow:
+        raise SourceError(f"video {label}: only {total} frame(s); at least 2 are needed for optical flow")
+    if not pending:
+        raise SourceError(f"video {label}: no frames")
+    flow_frames = pending if len(pending) > 1 or not needs_flow else [previous, *pending]
+    yield make(pending, flow_frames, last=True)
 
 
-def _flow_pictures(engine, frames: list[np.ndarray], size: int) -> list[np.ndarray]:
-    flows = engine.compute(np.stack(frames))
-    return [resize_rgb(flow_to_rgb(flow), size) for flow in flows]
-
-
-def video_chunks(
-    storage: Storage,
-    record: dict,
-    size: int,
-    chunk_frames: int,
-    flow: FlowConfig,
-    keep_original: bool = False,
-) -> Iterator[Chunk | dict]:
+def video_chunks(storage: Storage, record: dict, prep: Preprocessing) -> Iterator[Chunk | dict]:
     """Generator: the chunks of one video, then nothing; on bad input a final ``{"error": message}``.
 
     Errors are yielded rather than raised so the actor reports them as a rejected video with a clean
     message (the frames before the error were already yielded and are discarded by the actor).
     """
     if record.get("kind") == "shards":
+        label = repr(record["name"])
         try:
-            yield from _shard_chunks(record, size, chunk_frames, keep_original)
+            yield from chunk_items(_shard_items(record), prep, label)
         except SourceError as err:
             yield {"error": str(err)}
         return
     rec = VideoRecord.from_dict(record)
-    try:
-        engine = flow.create_engine(device="cpu", threads=1)  # decode tasks are CPU tasks
-    except (ValueError, OSError, RuntimeError) as err:
-        yield {"error": f"video {rec.name!r}: flow engine {flow.engine!r} unavailable: {err}"}
-        return
-
-    pending: list[tuple[str, np.ndarray]] = []  # frames of the chunk being built, plus one look-ahead
-    previous: np.ndarray | None = None  # last frame of the previous chunk (backward flow of a 1-frame tail)
-    start = 0
-    fps: float | None = None
-    height = width = 0
-
-    def make_chunk(
-        items: list[tuple[str, np.ndarray]], flow_frames: list[np.ndarray], offset: int, last: bool
-    ):
-        pictures = _flow_pictures(engine, flow_frames, size)[offset : offset + len(items)]
-        return Chunk(
-            start=start,
-            names=[name for name, _ in items],
-            frames=np.stack([resize_rgb(frame, size) for _, frame in items]),
-            flows=np.stack(pictures),
-            height=height,
-            width=width,
-            fps=fps,
-            original=np.stack([frame for _, frame in items]) if keep_original else None,
-            last=last,
-        )
-
-    try:
-        for name, frame, frame_fps in iter_source_frames(storage, rec):
-            if not pending and previous is None:
-                height, width, fps = frame.shape[0], frame.shape[1], frame_fps
-            pending.append((name, frame))
-            if len(pending) == chunk_frames + 1:  # a full chunk and its look-ahead frame
-                items = pending[:chunk_frames]
-                yield make_chunk(items, [f for _, f in pending], 0, last=False)
-                start += len(items)
-                previous = items[-1][1]
-                pending = pending[chunk_frames:]
-        total = start + len(pending)
-        if total < 2:
-            yield {"error": f"video {rec.name!r}: only {total} frame(s) in {storage.join(rec.source)}; "
-                            "at least 2 are needed for optical flow"}  # fmt: skip
+    engine = None
+    if not prep.uses_pictures:
+        try:
+            engine = prep.flow.create_engine(device="cpu", threads=1)  # decode tasks are CPU tasks
+        except (ValueError, OSError, RuntimeError, ImportError) as err:
+            yield {"error": f"video {rec.name!r}: flow engine {prep.flow.engine!r} unavailable: {err}"}
             return
-        flow_frames = [f for _, f in pending]
-        offset = 0
-        if len(pending) == 1:  # the last frame needs its predecessor for its backward flow
-            flow_frames = [previous, *flow_frames]
-            offset = 1
-        yield make_chunk(pending, flow_frames, offset, last=True)
+    try:
+        yield from chunk_items(iter_source_frames(storage, rec, prep), prep, f"{rec.name!r} ({storage.join(rec.source)})",
+                               engine)  # fmt: skip
     except SourceError as err:
         yield {"error": str(err)}

@@ -19,17 +19,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 from pipeline.flow.render import flow_to_rgb
 from pipeline.train.config import AugmentConfig
+from pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_images, resize_mask, resize_rgb  # noqa: F401  (re-exported)
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ClipTensors", "photometric_distort", "flip_clip", "prepare_clip",
            "normalize_images", "resize_rgb", "resize_mask"]
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
 
 @dataclass
 class ClipTensors:
@@ -97,27 +93,6 @@ def flip_clip(
         if cfg.flip_mode == "clip" and flows.shape[-1] == 2:  # a flow picture (..., 3) is flipped as an image
             flows[i, ..., 0] = -flows[i, ..., 0]
     return frames, flows, masks, flipped
-
-
-def resize_rgb(img: np.ndarray, size: int) -> np.ndarray:
-    """PIL bilinear resize (antialiased when shrinking, aspect not kept) of an (H, W, 3) uint8 image."""
-    if img.shape[:2] == (size, size):
-        return img
-    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
-
-
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour resize of an (H, W) bool mask."""
-    if mask.shape == (size, size):
-        return mask
-    return np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((size, size), Image.NEAREST)) > 0
-
-
-def normalize_images(images: np.ndarray) -> torch.Tensor:
-    """(L, H, W, 3) uint8 -> (L, 3, H, W) float32 ImageNet-normalised tensor."""
-    x = images.astype(np.float32) / 255.0
-    x = (x - IMAGENET_MEAN) / IMAGENET_STD
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
 def prepare_clip(

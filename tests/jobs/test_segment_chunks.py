@@ -12,9 +12,9 @@ from pipeline.flow.config import FlowConfig
 from pipeline.flow.engines import create_flow_engine
 from pipeline.flow.render import flow_to_rgb
 from pipeline.ingest.formats import VideoRecord
-from pipeline.segment.source import Chunk, video_chunks
+from pipeline.segment.source import Chunk, Preprocessing, video_chunks
 from pipeline.storage import open_storage
-from pipeline.train.augment import resize_rgb
+from pipeline.transforms import resize_rgb
 
 H, W, SIZE = 40, 56, 32
 
@@ -23,6 +23,10 @@ def png(frame: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(frame).save(buffer, format="PNG")  # lossless, so decoded frames equal the originals
     return buffer.getvalue()
+
+
+def prep(chunk_frames: int, flow: FlowConfig, **kw) -> Preprocessing:
+    return Preprocessing(input_size=SIZE, chunk_frames=chunk_frames, flow=flow, **kw)
 
 
 def folder_record(storage, n: int, name: str = "seq", shapes=None) -> tuple[VideoRecord, np.ndarray]:
@@ -45,10 +49,11 @@ def test_chunks_match_whole_video_flow(tmp_path, n, chunk):
     storage = open_storage(str(tmp_path))
     rec, frames = folder_record(storage, n)
     flow_cfg = FlowConfig(engine="dis", preset="ultrafast", max_side=64)
-    items = list(video_chunks(storage, rec.to_dict(), SIZE, chunk, flow_cfg, keep_original=True))
+    items = list(video_chunks(storage, rec.to_dict(), prep(chunk, flow_cfg, keep_original=True)))
     assert all(isinstance(c, Chunk) for c in items)
     assert [c.last for c in items] == [False] * (len(items) - 1) + [True]
-    assert [c.start for c in items] == list(range(0, n, chunk))[: len(items)]
+    assert [c.indices[0] for c in items] == list(range(0, n, chunk))[: len(items)]
+    assert [i for c in items for i in c.indices] == list(range(n))
     names = [name for c in items for name in c.names]
     assert names == [f"f{i:03d}" for i in range(n)]
     got_flows = np.concatenate([c.flows for c in items])
@@ -65,10 +70,10 @@ def test_bad_inputs_end_with_an_error_item(tmp_path):
     storage = open_storage(str(tmp_path))
     flow_cfg = FlowConfig(engine="dis", preset="ultrafast")
     single, _ = folder_record(storage, 1, name="one")
-    items = list(video_chunks(storage, single.to_dict(), SIZE, 4, flow_cfg))
+    items = list(video_chunks(storage, single.to_dict(), prep(4, flow_cfg)))
     assert len(items) == 1 and "only 1 frame" in items[0]["error"]
     mixed, _ = folder_record(storage, 6, name="mixed", shapes={5: 30})
-    items = list(video_chunks(storage, mixed.to_dict(), SIZE, 2, flow_cfg))
+    items = list(video_chunks(storage, mixed.to_dict(), prep(2, flow_cfg)))
     assert (
         isinstance(items[0], Chunk)
         and "mixed/f005.png" in items[-1]["error"]
@@ -78,11 +83,11 @@ def test_bad_inputs_end_with_an_error_item(tmp_path):
     storage.write_bytes("bad/f001.png", b"\x89PNG\r\n\x1a\n truncated")
     bad = VideoRecord(video_id="bad", name="bad", format="frames", split="train", source_split="", kind="frames",
                       source="bad", frames=["bad/f000.png", "bad/f001.png"])  # fmt: skip
-    items = list(video_chunks(storage, bad.to_dict(), SIZE, 4, flow_cfg))
+    items = list(video_chunks(storage, bad.to_dict(), prep(4, flow_cfg)))
     assert "bad/f001.png" in items[-1]["error"]
     missing = VideoRecord(video_id="gone", name="gone", format="videos", split="train", source_split="", kind="video",
                           source="gone.mp4")  # fmt: skip
-    items = list(video_chunks(storage, missing.to_dict(), SIZE, 4, flow_cfg))
+    items = list(video_chunks(storage, missing.to_dict(), prep(4, flow_cfg)))
     assert "gone" in items[-1]["error"]
 
 
@@ -118,7 +123,7 @@ def test_shards_give_frames_and_stored_flow(tmp_path):
     write_shards(storage, "cows", 3, [(0, 2)])
     records = shard_records(storage)
     assert [r["video_id"] for r in records] == ["bear", "cows"] and records[0]["kind"] == "shards"
-    items = list(video_chunks(storage, records[0], SIZE, 3, FlowConfig(), keep_original=True))
+    items = list(video_chunks(storage, records[0], prep(3, FlowConfig(), keep_original=True)))
     assert [c.names for c in items] == [["00000", "00001", "00002"], ["00003", "00004", "00005"], ["00006"]]
     assert [c.last for c in items] == [False, False, True] and (items[0].height, items[0].width) == (H, W)
     expected = np.stack([resize_rgb(flow_to_rgb(f), SIZE) for f in flows])  # the stored flow, not recomputed
@@ -129,5 +134,5 @@ def test_shards_give_frames_and_stored_flow(tmp_path):
     offset = records[0]["samples"][0]["offset"]
     data[offset + 600 : offset + 2000] = b"\0" * 1400
     storage.write_bytes(f"shards/{shard}", bytes(data))
-    items = list(video_chunks(storage, shard_records(storage)[0], SIZE, 3, FlowConfig()))
+    items = list(video_chunks(storage, shard_records(storage)[0], prep(3, FlowConfig())))
     assert "bear" in items[-1]["error"] and shard in items[-1]["error"]

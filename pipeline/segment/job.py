@@ -1,0 +1,149 @@
+"""The segment job: segment every video of a corpus with HMHI-Net and write the masks back to storage.
+
+Input: video files, DAVIS-style frame folders or any layout pipeline.ingest reads (``--format``, default auto), or
+the data pipeline's shards (a root holding ``index.parquet``; frames and flow are read from them). Otherwise flow is
+computed on the fly (``--flow-model``, default dis) or taken from the corpus' own flow pictures
+(``--flow-model pictures``). Ray Data hands videos to an actor pool; each actor steps ``videos_in_flight`` videos
+together through one :class:`~pipeline.segment.VideoSegmenter` while Ray generator tasks decode and compute flow
+ahead of it. Outputs per video (original resolution): ``masks/<video>/<frame>.png``, ``rle/<video>.parquet``,
+optional ``probs/`` and ``overlays/``, and ``done/<video>.json`` written last. A rerun skips finished videos; a
+killed run redoes unfinished ones; a corrupt video is reported, its partial outputs removed, and the others finish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+
+from pipeline.config import config_to_dict
+from pipeline.export import run_exports
+from pipeline.ingest.manifest import list_corpus
+from pipeline.jobs import JobSummary, init_ray
+from pipeline.lease import holds_output_lease
+from pipeline.segment.config import SegmentConfig
+from pipeline.segment.source import shard_records
+from pipeline.shards import INDEX_NAME, list_index_parts
+from pipeline.storage import open_storage
+
+log = logging.getLogger("pipeline.segment.job")
+
+__all__ = ["FLAGS", "run"]
+
+FLAGS = {
+    "--input": "input",
+    "--output": "output",
+    "--checkpoint": "model.checkpoint",
+    "--model": "model.name",
+    "--format": "format",
+    "--preset": "preset",
+    "--flow-model": "flow.engine",
+    "--input-size": "model.input_size",
+    "--precision": "model.precision",
+    "--threshold": "outputs.threshold",
+    "--binarize": "outputs.binarize",
+    "--save-probs": ("outputs.save_probs", True),
+    "--overlay": ("outputs.overlay", True),
+    "--export": "outputs.export",
+    "--overwrite": ("outputs.overwrite", True),
+    "--num-actors": "runtime.num_actors",
+    "--videos-in-flight": "runtime.videos_in_flight",
+}
+
+_LISTED_SKIPS = 20  # skipped videos named one by one in the summary; beyond that only counted
+
+
+def _finished(output) -> set[str]:
+    """Video ids with a done marker: one listing of ``done/``, whatever the number of videos."""
+    return {posixpath.splitext(name)[0] for name in output.list("done", suffix=".json")}
+
+
+def work_list(cfg: SegmentConfig, summary: JobSummary, source, output) -> tuple[str, list[dict], int]:
+    """(format, the records to segment, number of records found); skips and unknown ``--videos`` go in ``summary``.
+
+    One listing of the input and one of ``done/``: no request per video on the driver.
+    """
+    # A killed flow run may have committed index parts and no consolidated index yet: still shards.
+    if cfg.format == "shards" or (cfg.format == "auto" and (source.exists(INDEX_NAME) or list_index_parts(source))):
+        fmt, records = "shards", shard_records(source)  # frames and flow from the data pipeline's shards
+    else:
+        listing = list_corpus(source, cfg.format, cfg.davis_resolution)
+        fmt, records = listing.format, [rec.to_dict() for rec in listing.records]
+    if cfg.videos:
+        wanted = set(cfg.videos)
+        records = [r for r in records if r["video_id"] in wanted or r["name"] in wanted]
+        for name in sorted(wanted - {r["video_id"] for r in records} - {r["name"] for r in records}):
+            summary.rejected("video", name, f"not found in {source.url} (format {fmt})")
+    finished = set() if cfg.outputs.overwrite else _finished(output)
+    todo, skipped = [], 0
+    for rec in records:
+        if rec["video_id"] not in finished:
+            todo.append(rec)
+            continue
+        skipped += 1
+        if skipped <= _LISTED_SKIPS:
+            summary.skipped("video", rec["video_id"], f"already done ({output.join('done/' + rec['video_id'])}.json)")
+        else:  # a rerun over 100,000 finished videos: count them, do not list them
+            summary.counts["video"]["skipped"] += 1
+    if skipped > _LISTED_SKIPS:
+        summary.set("skipped_not_listed", skipped - _LISTED_SKIPS)
+    if cfg.max_videos:
+        todo = todo[: cfg.max_videos]
+    return fmt, todo, len(records)
+
+
+@holds_output_lease("segment")  # one run per output (pipeline/lease.py)
+def run(cfg: SegmentConfig) -> dict:
+    """Run the job; returns the summary dict (also written to ``<output>/summary.json``)."""
+    import ray
+
+    from pipeline.segment.runner import SegmentActor
+
+    summary = JobSummary("segment", config=config_to_dict(cfg))
+    source = open_storage(cfg.input)
+    output = open_storage(cfg.output)
+    output.check()
+    fmt, todo, found = work_list(cfg, summary, source, output)
+    summary.set("work_list_s", round(summary.elapsed_s, 3))
+    log.info("%d videos found in %s (format %s); %d to segment, %d already done",
+             found, source.url, fmt, len(todo), summary.counts["video"]["skipped"])  # fmt: skip
+
+    if todo:
+        init_ray()
+        rt = cfg.runtime
+        cpus = ray.cluster_resources().get("CPU", 0)
+        rt.cpus_per_actor = rt.actor_cpus(cpus)  # travels to the actors resolved; summary.config keeps the asked value
+        summary.set("actor_cpus", rt.cpus_per_actor)
+        needed = rt.num_actors * rt.cpus_per_actor + rt.decode_cpus
+        if cpus < needed:
+            # Actors holding every CPU would leave none for decoding: the job would wait forever.
+            log.warning("the cluster has %s CPUs, fewer than %s actors x %s CPUs + one %s-CPU decode task = %s; "
+                        "unless it scales up, lower runtime.num_actors, cpus_per_actor or decode_cpus",
+                        cpus, rt.num_actors, rt.cpus_per_actor, rt.decode_cpus, needed)  # fmt: skip
+        batch = rt.videos_per_batch or 2 * rt.videos_in_flight
+        items = [{"video_id": rec["video_id"], "record": json.dumps(rec)} for rec in todo]
+        dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * rt.num_actors)))
+        results = dataset.map_batches(
+            SegmentActor,
+            fn_constructor_kwargs={"config": config_to_dict(cfg)},
+            batch_size=batch,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=rt.num_actors),
+            num_cpus=rt.cpus_per_actor,
+            num_gpus=rt.gpus_per_actor,
+        )
+        for row in results.iter_rows():
+            if row["status"] == "done":
+                summary.done("video", str(row["video_id"]), frames=int(row["frames"]))
+                summary.add("model_seconds", float(row["model_seconds"]))
+            else:
+                summary.rejected("video", str(row["video_id"]), str(row["error"]))
+    figures = summary.figures
+    frames = figures.get("frames", 0)
+    elapsed = max(summary.elapsed_s, 1e-9)
+    summary.set("frames_per_second", round(frames / elapsed, 3) if frames else 0)
+    if figures.get("model_seconds"):
+        summary.set("model_frames_per_second", round(frames / figures["model_seconds"], 3))
+    # Exports and the overlay index page cover every finished video of the output, this run's and earlier ones.
+    run_exports(output, summary, cfg.outputs.export, overlay_index=cfg.outputs.overlay, kind="exported video")
+    return summary.finish(storage=output, rel="summary.json")

@@ -1,0 +1,271 @@
+"""VideoSegmenter: HMHI-Net on one video at a time, without Ray, frame by frame with bounded memory.
+
+    from pipeline.segment import VideoSegmenter
+    segmenter = VideoSegmenter("hmhi_davis.pth", flow="dis")           # any checkpoint model.load_checkpoint reads
+    for index, mask, prob in segmenter.segment("clip.mp4"):            # a video file, a frame folder or frame arrays
+        print(index, mask.sum(), prob.max())                           # (H, W) bool mask, (H, W) float32 sigmoid
+
+It owns the whole per-video path: preprocessing and flow (:mod:`pipeline.segment.source`), the model's streaming
+``step`` in the chosen precision, and post-processing back to the frame size (:mod:`pipeline.transforms`). The
+segment job's actor uses the same object for each of these stages and only adds batching across videos and
+storage, so the job and this API give the same masks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from pipeline.flow.config import FlowConfig
+from pipeline.ingest.formats import IMAGE_EXTENSIONS, VideoRecord, natural_key
+from pipeline.segment.config import SegmentConfig, SegmentModelConfig, SegmentOutputConfig
+from pipeline.segment.source import (
+    Chunk,
+    FrameItem,
+    Preprocessing,
+    SourceError,
+    chunk_items,
+    iter_source_frames,
+)
+from pipeline.storage import open_storage
+from pipeline.transforms import OFFICIAL_MASK_THRESHOLD, logits_to_probs, normalize_images, official_soft_map
+
+log = logging.getLogger(__name__)
+
+__all__ = ["VideoSegmenter", "load_segmentation_model"]
+
+
+def _local_copy(url: str) -> tuple[str, str | None]:
+    """A local path for a checkpoint given as a path or storage URL (downloaded to a temp file)."""
+    if "://" not in url or url.startswith("file://"):
+        return url.removeprefix("file://"), None
+    directory, _, leaf = url.rstrip("/").rpartition("/")
+    fd, tmp = tempfile.mkstemp(prefix="checkpoint-", suffix=os.path.splitext(leaf)[1])
+    os.close(fd)
+    open_storage(directory).download_file(leaf, tmp)
+    return tmp, tmp
+
+
+def load_segmentation_model(model_cfg: SegmentModelConfig):
+    """Build the network for ``model_cfg`` and load its weights (``weights_only`` loading in model.checkpoint)."""
+    from model import CheckpointError, create_model, load_checkpoint, model_from_checkpoint
+
+    path, tmp = _local_copy(model_cfg.checkpoint)
+    overrides = {} if model_cfg.memory_size is None else {"memory_size": model_cfg.memory_size}
+    try:
+        try:
+            net, report = model_from_checkpoint(path, **overrides)
+        except CheckpointError as err:
+            if "does not record its model" not in str(err):
+                raise
+            # An official (or bare) checkpoint: the model comes from the config.
+            net = create_model(model_cfg.name, **{**model_cfg.options, **overrides})
+            report = load_checkpoint(net, path)
+    finally:
+        if tmp:
+            os.remove(tmp)
+    log.info("model %s from %s: %s", net.model_name, model_cfg.checkpoint, report.summary())
+    return net.eval()
+
+
+class VideoSegmenter:
+    """Segments videos one frame at a time with HMHI-Net (CPU or GPU, no Ray).
+
+    ``checkpoint``: path or storage URL of any checkpoint ``model.load_checkpoint`` reads (official files need
+    ``model`` to name their architecture, default ``hmhi_mit_b1``). ``flow``: a flow engine name (``"dis"``, a
+    ptlflow model), a :class:`~pipeline.flow.config.FlowConfig`, or ``"pictures"`` to use flow pictures given with
+    the frames. ``preset="official"`` applies the official inference protocol (see ``SegmentConfig.preset``).
+    Other keyword arguments are :class:`SegmentModelConfig` fields (``memory_size``, ``input_size``, ``device``,
+    ``precision``, ``decoder``, ``options``) or :class:`SegmentOutputConfig` fields (``threshold``, ``binarize``).
+    """
+
+    def __init__(self, checkpoint: str, flow: str | FlowConfig = "dis", *, model: str = "hmhi_mit_b1",
+                 preset: str = "", chunk_frames: int = 8, **options: Any):  # fmt: skip
+        model_fields = set(SegmentModelConfig.__dataclass_fields__)
+        output_fields = {"threshold", "binarize"}
+        unknown = set(options) - model_fields - output_fields
+        if unknown:
+            raise TypeError(f"VideoSegmenter: unknown option(s) {sorted(unknown)}; model options: "
+                            f"{sorted(model_fields)}, output options: {sorted(output_fields)}")  # fmt: skip
+        flow_cfg = flow if isinstance(flow, FlowConfig) else FlowConfig(engine=flow)
+        cfg = SegmentConfig(
+            input="<api>",
+            output="<api>",
+            preset=preset,
+            model=SegmentModelConfig(checkpoint=checkpoint, name=model,
+                                     **{k: v for k, v in options.items() if k in model_fields}),  # fmt: skip
+            outputs=SegmentOutputConfig(**{k: v for k, v in options.items() if k in output_fields}),
+            flow=flow_cfg,
+        )
+        cfg.runtime.chunk_frames = chunk_frames
+        self._setup(cfg, None)
+
+    @classmethod
+    def from_config(cls, cfg: SegmentConfig, device: str | None = None) -> VideoSegmenter:
+        """The segmenter a segment job's config describes; ``device`` overrides ``cfg.model.device``."""
+        self = cls.__new__(cls)
+        self._setup(cfg, device)
+        return self
+
+    def _setup(self, cfg: SegmentConfig, device: str | None) -> None:
+        import torch
+
+        from model import resolve_precision
+
+        self.cfg = cfg
+        wanted = device or cfg.model.device
+        if wanted == "auto":
+            wanted = "cuda" if torch.cuda.is_available() else "cpu"
+        if wanted == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("VideoSegmenter: device 'cuda' was asked for but no CUDA GPU is available")
+        self.device = torch.device(wanted)
+        self.dtype = resolve_precision(cfg.model.precision, self.device)
+        self.net = load_segmentation_model(cfg.model).to(self.device)
+        self.preprocessing = Preprocessing(
+            input_size=cfg.model.input_size,
+            chunk_frames=cfg.runtime.chunk_frames,
+            flow=cfg.flow,
+            decoder=cfg.model.decoder,
+            frames=cfg.frames,
+            keep_original=cfg.outputs.overlay,
+        )
+        self._engine = None
+
+    # ------------------------------------------------------------------------------------------- provenance
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What produced the masks (recorded in every done marker)."""
+        import torch
+
+        return {
+            "checkpoint": self.cfg.model.checkpoint,
+            "model": self.net.model_name,
+            "input_size": self.cfg.model.input_size,
+            "memory_size": self.net.config.memory_size,
+            "flow_engine": self.cfg.flow.engine,
+            "threshold": self.cfg.outputs.threshold,
+            "binarize": self.cfg.outputs.binarize,
+            "precision": "bf16" if self.dtype == torch.bfloat16 else "fp32",
+            "preset": self.cfg.preset,
+            "stepped_frames": self.cfg.frames,  # all, or annotated only
+        }
+
+    # ------------------------------------------------------------------------------------- stage 1: input
+    def _flow_engine(self):
+        if self._engine is None and not self.preprocessing.uses_pictures:
+            self._engine = self.cfg.flow.create_engine(device=str(self.device), threads=1)
+        return self._engine
+
+    def chunks(self, source, flows: str | os.PathLike | None = None) -> Iterator[Chunk]:
+        """Model-ready chunks of ``source`` (see :meth:`segment`); :class:`SourceError` on bad input."""
+        items, label = self._items(source, flows)
+        return chunk_items(items, self.preprocessing, label, self._flow_engine())
+
+    def _items(self, source, flows) -> tuple[Iterator[FrameItem], str]:
+        if isinstance(source, VideoRecord):
+            raise TypeError("VideoSegmenter: give a VideoRecord together with its storage via segment_record()")
+        if isinstance(source, (str, os.PathLike)):
+            path = os.fspath(source)
+            if os.path.isdir(path):
+                frames = _image_files(path)
+                flow_files = _image_files(os.fspath(flows)) if flows is not None else []
+                root = os.path.commonpath([path] + ([os.fspath(flows)] if flows is not None else []))
+                rel = lambda p: os.path.relpath(p, root).replace(os.sep, "/")  # noqa: E731
+                rec = VideoRecord(video_id="video", name=path, format="frames", split="test", source_split="",
+                                  kind="frames", source=rel(path), frames=[rel(f) for f in frames],
+                                  flows=[rel(f) for f in flow_files])  # fmt: skip
+                return iter_source_frames(open_storage(root), rec, self.preprocessing), repr(path)
+            if not os.path.exists(path):
+                raise SourceError(f"video {path!r} does not exist")
+            directory, leaf = os.path.split(os.path.abspath(path))
+            rec = VideoRecord(video_id="video", name=path, format="videos", split="test", source_split="",
+                              kind="video", source=leaf)  # fmt: skip
+            return iter_source_frames(open_storage(directory), rec, self.preprocessing), repr(path)
+        return _array_items(source, self.preprocessing.uses_pictures), "<frames>"
+
+    def record_chunks(self, storage, record: VideoRecord) -> Iterator[Chunk]:
+        """Model-ready chunks of a corpus video (a :class:`VideoRecord` below ``storage``)."""
+        items = iter_source_frames(storage, record, self.preprocessing)
+        return chunk_items(items, self.preprocessing, f"{record.name!r} ({storage.join(record.source)})",
+                           self._flow_engine())  # fmt: skip
+
+    # ------------------------------------------------------------------------------------- stage 2: model
+    def new_state(self, batch_size: int = 1):
+        """Empty streaming memory for ``batch_size`` videos stepped side by side."""
+        return self.net.init_state(batch_size, device=self.device)
+
+    def step(self, frames: np.ndarray, flows: np.ndarray, state, reset: list[bool], active: list[bool]):
+        """One frame of each of B videos: (B, S, S, 3) uint8 frames and flow pictures -> (B, 1, S, S) fp32 logits.
+
+        ``reset[b]``: video b starts with this frame; ``active[b]`` False: slot b is idle (its rows are ignored).
+        """
+        import torch
+
+        from model import autocast
+
+        frame_t = normalize_images(frames).to(self.device, non_blocking=True)
+        flow_t = normalize_images(flows).to(self.device, non_blocking=True)
+        with torch.inference_mode(), autocast(self.device, self.dtype):
+            logits, state = self.net.step(frame_t, flow_t, state, reset=torch.tensor(reset),
+                                          active=torch.tensor(active))  # fmt: skip
+        return logits.float()
+
+    # ------------------------------------------------------------------------------------ stage 3: output
+    def postprocess(self, logits, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """One frame's (1, S, S) logits -> ((H, W) bool mask, (H, W) float32 probability) at ``size`` = (H, W)."""
+        prob = logits_to_probs(logits, size)
+        if self.cfg.outputs.binarize == "official_minmax":
+            return official_soft_map(prob) > OFFICIAL_MASK_THRESHOLD, prob
+        return prob > self.cfg.outputs.threshold, prob
+
+    def soft_map(self, prob: np.ndarray) -> np.ndarray:
+        """The uint8 soft map written to ``probs/``: round(255 p), or the official per-frame stretch."""
+        if self.cfg.outputs.prob_mode == "official_minmax":
+            return official_soft_map(prob)
+        return np.round(np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+    # ------------------------------------------------------------------------------------------ the API
+    def segment(self, source, flows: str | os.PathLike | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Yield ``(frame_index, mask, probability)`` for each frame of ``source``, one frame at a time.
+
+        ``source``: a video file path, a folder of frame images (natural order), or an iterable of (H, W, 3)
+        uint8 RGB frames (with ``flow="pictures"``: of ``(frame, flow_picture)`` pairs). ``flows``: with
+        ``flow="pictures"`` and a frame folder, the folder of flow pictures (one per frame, same order).
+        Memory holds one chunk of frames and the model's T-frame memory, whatever the video's length.
+        """
+        return self._run(self.chunks(source, flows))
+
+    def segment_record(self, storage, record: VideoRecord) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """:meth:`segment` for a corpus video found by pipeline.ingest (frames, masks and flow pictures)."""
+        return self._run(self.record_chunks(storage, record))
+
+    def _run(self, chunks: Iterable[Chunk]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        state = self.new_state(1)
+        first = True
+        for chunk in chunks:
+            for i in range(len(chunk.names)):
+                logits = self.step(chunk.frames[i : i + 1], chunk.flows[i : i + 1], state, [first], [True])
+                first = False
+                mask, prob = self.postprocess(logits[0], (chunk.height, chunk.width))
+                yield chunk.indices[i], mask, prob
+
+
+def _image_files(folder: str) -> list[str]:
+    names = [n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS)]
+    if not names:
+        raise SourceError(f"folder {folder!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return [os.path.join(folder, n) for n in sorted(names, key=natural_key)]
+
+
+def _array_items(frames: Iterable, with_pictures: bool) -> Iterator[FrameItem]:
+    for index, item in enumerate(frames):
+        frame, picture = (item if with_pictures else (item, None))
+        frame = np.asarray(frame)
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise SourceError(f"frame {index}: expected (H, W, 3) uint8 RGB, got {frame.shape} {frame.dtype}")
+        yield FrameItem(index, f"{index:05d}", frame, None, None if picture is None else np.asarray(picture))

@@ -1,0 +1,116 @@
+"""The model's input and output transforms, shared by training, validation and segmentation.
+
+Input (docs/hmhi-architecture.md §14, the official ``utils/dataloader.py``): frames and flow pictures are decoded to
+RGB, resized to a square with PIL's bilinear filter (antialiased when shrinking, aspect not kept; this is exactly
+what torchvision's ``Resize((S, S))`` does to a PIL image), then ImageNet-normalised in float32 in the order
+``ToTensor`` + ``Normalize`` use (``u8 / 255``, minus the mean, over the std), which is bit-exact with torchvision.
+Masks use nearest-neighbour resizing.
+
+Output (the official ``utils/func.py``): the full-resolution logits are resized bilinearly (``align_corners=False``)
+to the frame's size and passed through a sigmoid (:func:`logits_to_probs`). The official soft map then stretches
+each frame to its own min and max (``+1e-8``), multiplies by 255 and truncates to uint8 (:func:`official_soft_map`);
+its evaluation keeps values ``> 128`` (:data:`OFFICIAL_MASK_THRESHOLD`).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported where used, so configs can import this module cheaply
+    import torch
+
+__all__ = [
+    "DECODERS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "OFFICIAL_MASK_THRESHOLD",
+    "decode_rgb",
+    "logits_to_probs",
+    "normalize_images",
+    "official_soft_map",
+    "resize_mask",
+    "resize_rgb",
+]
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+OFFICIAL_MASK_THRESHOLD = 128
+"""The official evaluation keeps stretched uint8 soft-map values strictly above this."""
+
+Decoder = Literal["opencv", "pil"]
+DECODERS: tuple[str, ...] = ("opencv", "pil")
+
+
+def decode_rgb(data: bytes, name: str, decoder: Decoder = "opencv") -> np.ndarray:
+    """Decode an encoded image to (H, W, 3) uint8 RGB; ``ValueError`` naming ``name`` when it is corrupt.
+
+    ``opencv`` is the project's decoder (pipeline.ingest.load.decode_image, faster); ``pil`` is the official code's
+    ``Image.open(f).convert('RGB')``. The two JPEG decoders may differ by a grey level on some pixels.
+    """
+    if decoder == "opencv":
+        from pipeline.ingest.load import decode_image
+
+        return decode_image(data, name)
+    if decoder != "pil":
+        raise ValueError(f"decoder {decoder!r}: expected one of {', '.join(DECODERS)}")
+    if not data:
+        raise ValueError(f"{name} is empty (zero bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except Exception as err:  # Pillow raises many types for corrupt or truncated data
+        raise ValueError(f"{name} cannot be decoded as an image ({type(err).__name__}: {err})") from err
+
+
+def resize_rgb(img: np.ndarray, size: int) -> np.ndarray:
+    """PIL bilinear resize (antialiased when shrinking, aspect not kept) of an (H, W, 3) uint8 image to size x size."""
+    if img.shape[:2] == (size, size):
+        return img
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of an (H, W) bool mask."""
+    if mask.shape == (size, size):
+        return mask
+    return np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((size, size), Image.NEAREST)) > 0
+
+
+def normalize_images(images: np.ndarray) -> torch.Tensor:
+    """(L, H, W, 3) uint8 -> (L, 3, H, W) float32 ImageNet-normalised tensor."""
+    import torch
+
+    x = images.astype(np.float32) / 255.0
+    x = (x - IMAGENET_MEAN) / IMAGENET_STD
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def logits_to_probs(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(1, H', W') or (1, 1, H', W') logits -> (H, W) float32 sigmoid probabilities at ``size`` = (H, W).
+
+    Resized before the sigmoid, bilinearly with ``align_corners=False``, as the official ``save_images`` does.
+    """
+    import torch.nn.functional as F
+
+    row = logits.reshape(1, 1, *logits.shape[-2:]).float()
+    if tuple(row.shape[-2:]) != tuple(size):
+        row = F.interpolate(row, size=tuple(size), mode="bilinear", align_corners=False)
+    return row.sigmoid()[0, 0].cpu().numpy()
+
+
+def official_soft_map(prob: np.ndarray) -> np.ndarray:
+    """The official per-frame soft map: ``uint8(255 * (p - min) / (max - min + 1e-8))``, truncated.
+
+    Computed in float32 like the official numpy code (the denominator as numpy 1.x forms it: float32
+    ``max - min`` plus ``1e-8`` in float64, cast back for the division).
+    """
+    prob = np.asarray(prob, dtype=np.float32)
+    low, high = prob.min(), prob.max()
+    denominator = np.float32(np.float64(high - low) + 1e-8)
+    stretched = (prob - low) / denominator
+    return (stretched * np.float32(255)).astype(np.uint8)
