@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +23,7 @@ from pipeline.config import config_from_dict
 from pipeline.segment.config import SegmentConfig
 from pipeline.segment.outputs import VideoOutputs
 from pipeline.segment.source import Chunk, video_chunks
-from pipeline.storage import open_storage
+from pipeline.storage import local_copy, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +34,12 @@ _WAIT_WARNING_S = 120.0  # how long the model may starve before the actor says s
 RESULT_COLUMNS = ("video_id", "status", "frames", "seconds", "model_seconds", "error")
 
 
-def _local_copy(url: str) -> tuple[str, str | None]:
-    """A local path for a checkpoint given as a path or storage URL (downloaded to a temp file)."""
-    if "://" not in url or url.startswith("file://"):
-        return url.removeprefix("file://"), None
-    directory, _, leaf = url.rstrip("/").rpartition("/")
-    fd, tmp = tempfile.mkstemp(prefix="checkpoint-", suffix=os.path.splitext(leaf)[1])
-    os.close(fd)
-    open_storage(directory).download_file(leaf, tmp)
-    return tmp, tmp
-
-
 def load_segmentation_model(cfg: SegmentConfig):
     """Build the network for ``cfg.model`` and load its weights (``weights_only`` loading in model.checkpoint)."""
     from model import CheckpointError, create_model, load_checkpoint, model_from_checkpoint
 
-    path, tmp = _local_copy(cfg.model.checkpoint)
     overrides = {} if cfg.model.memory_size is None else {"memory_size": cfg.model.memory_size}
-    try:
+    with local_copy(cfg.model.checkpoint, prefix="hmhi-checkpoint-") as path:
         try:
             net, report = model_from_checkpoint(path, **overrides)
         except CheckpointError as err:
@@ -62,9 +48,6 @@ def load_segmentation_model(cfg: SegmentConfig):
             # An official (or bare) checkpoint: the model comes from the config.
             net = create_model(cfg.model.name, **{**cfg.model.options, **overrides})
             report = load_checkpoint(net, path)
-    finally:
-        if tmp:
-            os.remove(tmp)
     log.info("model %s from %s: %s", net.model_name, cfg.model.checkpoint, report.summary())
     return net.eval()
 
