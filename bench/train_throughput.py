@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from pipeline.shards import decode_clip
     from pipeline.train.config import AugmentConfig, DataConfig
     from pipeline.train.data import Prefetcher, TrainStream
-    from pipeline.train.trainer import resolve_shards
+    from pipeline.train.job import resolve_shards
 
     if args.threads:
         torch.set_num_threads(args.threads)

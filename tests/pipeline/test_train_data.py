@@ -120,7 +120,7 @@ def test_train_stream_is_deterministic_parallel_and_resumable(tmp_path):
     from pipeline.shards import decode_clip
     from pipeline.train.config import AugmentConfig, DataConfig
     from pipeline.train.data import TrainStream
-    from pipeline.train.trainer import resolve_shards
+    from pipeline.train.job import resolve_shards
 
     root = str(tmp_path / "shards")
     _write_shards(root)
