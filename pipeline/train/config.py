@@ -80,6 +80,9 @@ class DataConfig:
     Needed on GPUs, where one thread cannot keep up; keep ``cpus_per_worker`` >= decode_workers + 1."""
     verify_checksums: bool = True
     """Verify every shard's checksum from the index before any worker starts."""
+    read_retries: int = 3
+    """Times a worker reopens a shard whose read failed (at the sample it reached, waiting 1, 2, 4... s) before
+    the error restarts the worker group from the last checkpoint (``max_failures``)."""
 
     def __post_init__(self):
         require(bool(self.train_split), "train_split", self.train_split, "must not be empty")
@@ -89,6 +92,7 @@ class DataConfig:
         require(self.shuffle_buffer >= 1, "shuffle_buffer", self.shuffle_buffer, "must be >= 1")
         require(self.prefetch_batches >= 0, "prefetch_batches", self.prefetch_batches, "must be >= 0")
         require(self.decode_workers >= 0, "decode_workers", self.decode_workers, "must be >= 0")
+        require(self.read_retries >= 0, "read_retries", self.read_retries, "must be >= 0")
 
 
 @dataclass

@@ -338,6 +338,8 @@ def _train_worker(config: dict, scratch: str) -> None:
                         "resume_info": resume_info,
                     })
                     checkpoint = ray.train.Checkpoint.from_directory(ckpt_dir)
+            if do_ckpt and writer is not None:
+                writer.flush()  # the rows up to this checkpoint, for a restart from it (best-effort)
             ray.train.report(metrics, checkpoint=checkpoint,
                              checkpoint_dir_name=f"checkpoint_{step:08d}" if do_ckpt else None)
             if ckpt_dir is not None:

@@ -256,3 +256,42 @@ def test_best_model_commit_pointer_is_written_last_and_names_a_matching_file(tmp
             inside = torch.load(io.BytesIO(run.read_bytes(rel)), weights_only=True)
             assert inside["step"] == step
     assert sorted(run.list("best")) == ["meta.json", "model-00000016.pt", "model.pt"]  # the old version is gone
+
+
+def test_metrics_uploads_are_best_effort_and_retried(tmp_path, caplog):
+    """Issue 14: a failed metrics upload logs a warning and is retried with later rows; training never sees it."""
+    import logging
+    import time
+
+    from pipeline.storage import Storage, StorageError
+    from pipeline.train.metrics import MetricsWriter, read_metrics_csv
+
+    class FlakyStorage(Storage):
+        """Local storage whose first two CSV writes fail as a storage outage would."""
+
+        failures_left = 2
+
+        def write_text(self, rel, text):
+            if FlakyStorage.failures_left > 0:
+                FlakyStorage.failures_left -= 1
+                raise StorageError(f"write {self.join(rel)}: 503 SlowDown")
+            return super().write_text(rel, text)
+
+        def child(self, rel):
+            return FlakyStorage(self.join(rel))
+
+    run = FlakyStorage(str(tmp_path / "run"))
+    writer = MetricsWriter(run, resume_step=0)
+    writer.MAX_BACKOFF_S = 0.2  # keep the test's retries quick
+    with caplog.at_level(logging.WARNING, logger="pipeline.train.metrics"):
+        start = time.perf_counter()
+        for step in range(1, 6):
+            writer.write(step, {"step": step, "loss": 1.0 / step})  # never raises, never waits on storage
+        assert time.perf_counter() - start < 1.0
+        deadline = time.time() + 30
+        while len(read_metrics_csv(Storage(run.url))) < 5 and time.time() < deadline:
+            time.sleep(0.1)
+        writer.close()
+    assert [int(r["step"]) for r in read_metrics_csv(Storage(run.url))] == [1, 2, 3, 4, 5]
+    assert writer.failed_uploads == 2
+    assert sum("metrics upload to" in r.message and "503 SlowDown" in r.message for r in caplog.records) == 2
