@@ -1,4 +1,4 @@
-"""Training augmentation and preprocessing of one clip (docs/hmhi-architecture.md §14).
+"""Training augmentation and preprocessing of one clip (docs/model.md §9).
 
 Official behaviour, reproduced by default:
 - each frame is flipped horizontally on its own with p=0.5 (image, flow and mask together); the flow image's

@@ -1,6 +1,6 @@
 """Typed configuration of the training job (``jobs/train.py``).
 
-Defaults follow the official HMHI-Net recipe as it is actually implemented (docs/hmhi-architecture.md §12-§14):
+Defaults follow the official HMHI-Net recipe as it is actually implemented (docs/model.md §7-§9):
 AdamW lr 6e-5 / weight decay 5e-4, constant LR, no clipping, fp32, 5-frame clips at 512x512, per-frame flips
 and RGB-only photometric jitter, loss 20*focal + 10*BCE + 1*Dice summed over the frames.
 """

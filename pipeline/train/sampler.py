@@ -1,4 +1,4 @@
-"""The official HMHI-Net training clip sampler (docs/model.md, "Training data and sampling").
+"""The official HMHI-Net training clip sampler (docs/model.md §9).
 
 Frames are chosen among the *eligible* frames (those with a ground-truth mask), numbered 0..n-1 in frame order
 (the official code's frame indices; every frame of its training sets is annotated):
