@@ -241,10 +241,10 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _read_yaml(path: str) -> dict[str, Any]:
     if "://" in str(path):
-        from pipeline.storage import open_storage  # remote configs (s3://...) go through the storage layer
+        from pipeline.storage import open_url  # remote configs (s3://...) go through the storage layer
 
-        parent, _, leaf = str(path).rpartition("/")
-        text = open_storage(parent).read_text(leaf)
+        storage, leaf = open_url(str(path))
+        text = storage.read_text(leaf)
     else:
         try:
             with open(path, encoding="utf-8") as f:
