@@ -295,3 +295,21 @@ def test_metrics_uploads_are_best_effort_and_retried(tmp_path, caplog):
     assert [int(r["step"]) for r in read_metrics_csv(Storage(run.url))] == [1, 2, 3, 4, 5]
     assert writer.failed_uploads == 2
     assert sum("metrics upload to" in r.message and "503 SlowDown" in r.message for r in caplog.records) == 2
+
+
+def test_hue_shift_draws_integers_from_minus_18_to_17_like_the_official_code():
+    """numpy.random.randint(-18, 18) in the official PhotoMetricDistortion excludes +18 (issue 12)."""
+    import cv2
+
+    hues = np.arange(180, dtype=np.uint8)
+    full = np.full(180, 255, np.uint8)
+    # Every hue at full saturation and value: the HSV round trip is exact, so the shift is read back exactly.
+    img = cv2.cvtColor(np.stack([hues, full, full], -1)[None], cv2.COLOR_HSV2BGR)
+    cfg = AugmentConfig(brightness_delta=0, contrast_range=(1.0, 1.0), saturation_range=(1.0, 1.0))
+    shifts = set()
+    for seed in range(1500):  # seeded: each of the 36 shifts is drawn (p = 1/72 per seed)
+        out = photometric_distort(img, np.random.default_rng(seed), cfg)
+        delta = (cv2.cvtColor(out, cv2.COLOR_BGR2HSV)[0, :, 0].astype(int) - hues) % 180
+        assert len(set(delta.tolist())) == 1  # one shift for the whole frame
+        shifts.add((int(delta[0]) + 90) % 180 - 90)
+    assert shifts == set(range(-18, 18))
