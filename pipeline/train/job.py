@@ -177,6 +177,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     beyond ``max_failures`` restarts still writes its summary (the run rejected, with the error), then raises
     :class:`~pipeline.jobs.JobFailed`.
     """
+    from ray.train import TrainingFailedError
+
     summary = JobSummary("train", config=config_to_dict(cfg))
     train, val = check_inputs(cfg)
     for warning in cadence_warnings(cfg):
@@ -184,8 +186,6 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     init_ray()
     log.info("training on %d shards (%d samples), validating on %d shards; run %s/%s", len(train),
              sum(s.num_samples for s in train), len(val), cfg.storage, cfg.run_name)
-    from ray.train import TrainingFailedError
-
     run_storage = open_storage(cfg.storage).child(cfg.run_name)
     summary.set("run", run_storage.url)
     try:
