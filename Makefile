@@ -1,7 +1,7 @@
 # One-command setup and tests. `make test` creates .venv if missing, installs the project with its dev extra
 # (only when pyproject.toml changed since the last install), and runs the whole pytest suite (what CI runs).
 # `make test-fast` runs the unit tests only: no Ray cluster, no S3 server, nothing under tests/jobs or tests/infra
-# (the `integration` marker, set in tests/conftest.py).
+# (the `integration` marker, set in tests/conftest.py), and no test marked `slow` (a minute or more on 2 cores).
 
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
 install: $(STAMP)
 
