@@ -1,20 +1,25 @@
 # One-command setup and tests. `make test` creates .venv if missing, installs the project with its dev extra
-# (only when pyproject.toml changed since the last install), and runs the whole pytest suite.
+# (only when pyproject.toml changed since the last install), and runs the whole pytest suite (what CI runs).
+# `make test-fast` runs the unit tests only: no Ray cluster, no S3 server, nothing under tests/jobs or tests/infra
+# (the `integration` marker, set in tests/conftest.py), and no test marked `slow` (a minute or more on 2 cores).
 
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hmhi-installed
 
-# Keep Ray on loopback and keep SDKs away from cloud metadata services (see ../shared/docs/environment.md).
+# Keep Ray on loopback and keep SDKs away from cloud metadata services (see docs/environment.md).
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export AWS_EC2_METADATA_DISABLED := true
 
-.PHONY: test install lint demo
+.PHONY: test test-fast install lint demo
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
 install: $(STAMP)
 

@@ -25,13 +25,13 @@ import argparse
 import json
 import math
 import os
-import platform
 import re
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import machine
 
 VARIANTS = ("none", "semantic", "hierarchical", "full")
 
@@ -59,12 +59,6 @@ def _ablated_class():
             return self.pixel_memory.readout(z1, *pixel_kv, key_valid[0]), semantic
 
     return AblatedHMHINet
-
-
-def _machine() -> dict:
-    return {"machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "note": "shared 2-core machine: timings are noisy"}
 
 
 def build_corpus(videos: int, frames: int, size: int, seed: int, val_fraction: float, flow_preset: str):
@@ -231,7 +225,7 @@ def main(argv=None) -> list[dict]:
         net, train_s = train_variant(variant, data, train_ids, args, init, val_ids)
         scores = evaluate_variant(net, data, val_ids, args.image_size)
         row = {"bench": "ablation_memory", "variant": variant, **scores, "train_s": round(train_s, 1),
-               "steps": args.steps, "n_val_videos": len(val_ids), "machine": _machine()}
+               "steps": args.steps, "n_val_videos": len(val_ids), "machine": {**machine(), "note": "shared 2-core machine: timings are noisy"}}
         base = next((r for r in rows if r["variant"] == "none"), None)
         row["JF_ratio_to_none"] = round(row["JF"] / base["JF"], 4) if base and base["JF"] > 0 else None
         rows.append(row)

@@ -22,7 +22,6 @@ import contextlib
 import importlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -31,26 +30,10 @@ import time
 import uuid
 
 import numpy as np
+from common import machine
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on loopback
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-
-def machine() -> dict:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    import cv2
-    import ray
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": model, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
-            "ray": ray.__version__, "opencv": cv2.__version__, "torch": torch.__version__,
-            "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
 def scene(n: int, h: int, w: int, seed: int) -> np.ndarray:

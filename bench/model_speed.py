@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+from common import machine as machine_description
 
 from model import create_model
 from model.memory import dense_topk_attention
@@ -40,22 +39,6 @@ OFFICIAL_CPU_S_PER_FRAME = {5: 2.43, 3: 2.13}  # official code, this CPU, 2 thre
 OFFICIAL_CPU_TIME_PER_FRAME = {5: 4.76, 3: 4.20}  # same runs, process CPU time over both threads
 CPU_TARGET_S_PER_FRAME = 1.3
 QUIET_GEMM_GFLOPS_PER_THREAD = 100.0  # 1024^3 fp32 matmul on this CPU when idle: 180-220 GFLOP/s on 2 threads
-
-
-def machine_description(device: str) -> dict:
-    desc = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                desc["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    desc["load_average_1m"] = round(os.getloadavg()[0], 2)  # >> threads means a shared, busy machine
-    if device == "cuda":
-        desc["gpu"] = torch.cuda.get_device_name()
-    return desc
 
 
 def gemm_gflops(device: str, dtype: torch.dtype, size: int = 1024, repeats: int = 5) -> float:

@@ -28,7 +28,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -37,24 +36,7 @@ import threading
 import time
 
 import numpy as np
-
-
-def machine() -> dict:
-    import torch
-
-    info = {
-        "cpu": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    try:
-        with open("/proc/meminfo") as f:
-            info["mem_gb"] = round(int(f.readline().split()[1]) / 1024**2, 1)
-    except OSError:
-        pass
-    return info
+from common import machine
 
 
 def _status_bytes(pid: int, field: str = "VmRSS") -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,15 +29,8 @@ from collections import defaultdict
 
 import numpy as np
 import torch
+from common import machine
 from PIL import Image
-
-
-def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def synthetic_shards(root: str, videos: int, frames: int, size: str) -> str:
@@ -175,7 +167,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from pipeline.shards import decode_clip
     from pipeline.train.config import AugmentConfig, DataConfig
     from pipeline.train.data import Prefetcher, TrainStream
-    from pipeline.train.trainer import resolve_shards
+    from pipeline.train.job import resolve_shards
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -241,10 +241,10 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _read_yaml(path: str) -> dict[str, Any]:
     if "://" in str(path):
-        from pipeline.storage import open_storage  # remote configs (s3://...) go through the storage layer
+        from pipeline.storage import open_url  # remote configs (s3://...) go through the storage layer
 
-        parent, _, leaf = str(path).rpartition("/")
-        text = open_storage(parent).read_text(leaf)
+        storage, leaf = open_url(str(path))
+        text = storage.read_text(leaf)
     else:
         try:
             with open(path, encoding="utf-8") as f:
@@ -262,18 +262,25 @@ def _read_yaml(path: str) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[C], path: str | None = None, overrides: Sequence[str] = (),
-                base: Mapping[str, Any] | None = None) -> C:
-    """``cls`` from the YAML file ``path`` (optional), then ``key.sub=value`` overrides applied in order."""
-    data: dict[str, Any] = dict(base or {})
-    if path:
-        for k, v in _read_yaml(path).items():
-            data[k] = v
+Override = str | tuple[str, Any]
+"""A config override: ``"key.sub=value"`` (the value parsed as the field's type, as on the command line) or
+``(dotted_key, value)`` with the value as it is."""
+
+
+def load_config(cls: type[C], path: str | None = None, overrides: Sequence[Override] = ()) -> C:
+    """``cls`` from the YAML file ``path`` (optional), then the overrides applied in order.
+
+    The one way a config is built from a file and overrides: :func:`parse_job_args` comes here too.
+    """
+    data: dict[str, Any] = _read_yaml(path) if path else {}
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(item, None, "an override needs the form key.sub=value")
-        _set_dotted(data, key, raw)
+        if isinstance(item, tuple):
+            key, value = item
+        else:
+            key, sep, value = str(item).partition("=")
+            if not sep:
+                raise ConfigError(str(item), None, "an override needs the form key.sub=value")
+        _set_dotted(data, key, value)
     return config_from_dict(cls, data)
 
 
@@ -310,7 +317,7 @@ def parse_job_args(cls: type[C], argv: Sequence[str] | None, description: str = 
     parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                         help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    dests: dict[str, tuple[str, bool]] = {}
+    dests: dict[str, str] = {}
     for flag, target in flags.items():
         dotted, const = (target if isinstance(target, tuple) else (target, None))
         _, doc = _field_at(cls, dotted)
@@ -320,22 +327,16 @@ def parse_job_args(cls: type[C], argv: Sequence[str] | None, description: str = 
             parser.add_argument(flag, dest=dest, action="store_const", const=const, default=None, help=help_text)
         else:
             parser.add_argument(flag, dest=dest, default=None, metavar="VALUE", help=help_text)
-        dests[dest] = (dotted, isinstance(target, tuple))
+        dests[dest] = dotted
     args = parser.parse_args(list(argv) if argv is not None else None)
 
-    overrides = []
-    for dest, (dotted, _) in dests.items():
+    # Shortcut flags first, then --set in order: both are overrides of the --config file.
+    overrides: list[Override] = []
+    for dest, dotted in dests.items():
         value = getattr(args, dest)
-        if value is not None:
-            overrides.append(f"{dotted}={value}" if isinstance(value, str) else (dotted, value))
-    data: dict[str, Any] = _read_yaml(args.config) if args.config else {}
-    for item in overrides:
-        if isinstance(item, tuple):
-            _set_dotted(data, item[0], item[1])
-        else:
-            key, _, raw = item.partition("=")
-            _set_dotted(data, key, raw)
-    config = load_config(cls, None, args.overrides, base=data)
+        if value is not None:  # a switch's constant, or the flag's text (coerced to the field type like --set)
+            overrides.append((dotted, value))
+    config = load_config(cls, args.config, [*overrides, *args.overrides])
     if args.print_config:
         print(config_to_yaml(config), end="")
         raise SystemExit(0)

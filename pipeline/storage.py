@@ -811,3 +811,42 @@ def open_storage(url: str | Storage, s3: S3Options | None = None) -> Storage:
 def storage_filesystem(url: str, s3: S3Options | None = None):
     """``(pyarrow.fs.FileSystem, path)`` for ``url``: what Ray Data and Ray Train take (no ``s3://`` in the path)."""
     return open_storage(url, s3).pyarrow()
+
+
+# -- single files named by a full URL ----------------------------------------------------------------------------
+
+
+def open_url(url: str, s3: S3Options | None = None) -> tuple[Storage, str]:
+    """``(storage of the parent folder, leaf name)`` of the file at ``url`` (a local path or ``s3://...``).
+
+    The one place that turns a file URL into a storage and a name (``s3://b/runs/x/model.pt`` ->
+    ``(Storage("s3://b/runs/x"), "model.pt")``); a bare file name resolves against the working directory.
+    """
+    parent, _, leaf = str(url).rstrip("/").rpartition("/")
+    if not leaf:
+        raise StorageError(f"{url!r} does not name a file")
+    if parent.endswith(":/") or parent.endswith(":"):  # "s3://bucket" has no folder above the object
+        raise StorageError(f"{url!r} names a bucket, not a file")
+    return open_storage(parent or ".", s3), leaf
+
+
+@contextlib.contextmanager
+def local_copy(url: str, s3: S3Options | None = None, *, prefix: str = "hmhi-copy-") -> Iterator[str]:
+    """A local path holding the file at ``url`` for the duration of the block.
+
+    A local file is used in place (nothing is copied); a remote one is downloaded to a private temporary folder
+    that is removed when the block ends. A missing file raises :class:`StorageNotFoundError` naming the URL.
+    """
+    import tempfile
+
+    storage, leaf = open_url(url, s3)
+    if storage.is_local:
+        path = os.path.join(storage.root, leaf)
+        if not os.path.isfile(path):
+            raise StorageNotFoundError(f"{url}: no such file")
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        path = os.path.join(tmp, leaf)
+        storage.download_file(leaf, path)
+        yield path

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -104,22 +103,6 @@ def _resize_flow_back(flow: np.ndarray, h: int, w: int) -> np.ndarray:
     return out
 
 
-def _local_checkpoint(checkpoint: str) -> tuple[str, str | None]:
-    """A local path for ``checkpoint`` (downloading storage URLs to a temp file) and the temp path to remove."""
-    if "://" not in checkpoint:
-        if not os.path.isfile(checkpoint):
-            # ptlflow would treat an unknown path as a checkpoint *name* and try to download it.
-            raise FileNotFoundError(f"flow checkpoint {checkpoint!r} is not a file")
-        return checkpoint, None
-    from pipeline.storage import open_storage
-
-    parent, _, leaf = checkpoint.rstrip("/").rpartition("/")
-    fd, tmp = tempfile.mkstemp(prefix="flow-ckpt-", suffix=os.path.splitext(leaf)[1] or ".ckpt")
-    os.close(fd)
-    open_storage(parent).download_file(leaf, tmp)
-    return tmp, tmp
-
-
 @register_flow_engine("dis")
 class DISFlowEngine:
     """OpenCV Dense Inverse Search flow on grayscale frames (CPU)."""
@@ -185,20 +168,20 @@ class PtlflowEngine:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if threads:
             torch.set_num_threads(int(threads))
-        sha = None
-        local, tmp = (None, None)
-        if checkpoint is not None:
-            local, tmp = _local_checkpoint(checkpoint)
-        try:
+        import contextlib
+
+        from pipeline.storage import local_copy
+
+        # local_copy checks that a local path is a file: ptlflow would take an unknown path for a checkpoint *name*
+        # and try to download it.
+        with (local_copy(checkpoint, prefix="flow-ckpt-") if checkpoint is not None
+              else contextlib.nullcontext()) as local:
             sha = file_sha256(local) if local else None
             try:
                 net = ptlflow.get_model(model, ckpt_path=local)
             except KeyError as e:
                 raise ValueError(f"flow checkpoint {checkpoint!r} is not in ptlflow's format "
                                  f"(a dict with a 'state_dict' key): missing {e}") from e
-        finally:
-            if tmp:
-                os.remove(tmp)
         self.device = torch.device(device)
         self.net = net.eval().to(self.device)
         self.max_side = max_side

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -32,7 +31,7 @@ from pipeline.segment.source import (
     chunk_items,
     iter_source_frames,
 )
-from pipeline.storage import open_storage
+from pipeline.storage import local_copy, open_storage
 from pipeline.transforms import OFFICIAL_MASK_THRESHOLD, logits_to_probs, normalize_images, official_soft_map
 
 log = logging.getLogger(__name__)
@@ -40,24 +39,12 @@ log = logging.getLogger(__name__)
 __all__ = ["VideoSegmenter", "load_segmentation_model"]
 
 
-def _local_copy(url: str) -> tuple[str, str | None]:
-    """A local path for a checkpoint given as a path or storage URL (downloaded to a temp file)."""
-    if "://" not in url or url.startswith("file://"):
-        return url.removeprefix("file://"), None
-    directory, _, leaf = url.rstrip("/").rpartition("/")
-    fd, tmp = tempfile.mkstemp(prefix="checkpoint-", suffix=os.path.splitext(leaf)[1])
-    os.close(fd)
-    open_storage(directory).download_file(leaf, tmp)
-    return tmp, tmp
-
-
 def load_segmentation_model(model_cfg: SegmentModelConfig):
     """Build the network for ``model_cfg`` and load its weights (``weights_only`` loading in model.checkpoint)."""
     from model import CheckpointError, create_model, load_checkpoint, model_from_checkpoint
 
-    path, tmp = _local_copy(model_cfg.checkpoint)
     overrides = {} if model_cfg.memory_size is None else {"memory_size": model_cfg.memory_size}
-    try:
+    with local_copy(model_cfg.checkpoint, prefix="hmhi-checkpoint-") as path:
         try:
             net, report = model_from_checkpoint(path, **overrides)
         except CheckpointError as err:
@@ -66,9 +53,6 @@ def load_segmentation_model(model_cfg: SegmentModelConfig):
             # An official (or bare) checkpoint: the model comes from the config.
             net = create_model(model_cfg.name, **{**model_cfg.options, **overrides})
             report = load_checkpoint(net, path)
-    finally:
-        if tmp:
-            os.remove(tmp)
     log.info("model %s from %s: %s", net.model_name, model_cfg.checkpoint, report.summary())
     return net.eval()
 

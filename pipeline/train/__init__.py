@@ -8,5 +8,5 @@
 - :mod:`pipeline.train.validate` validation J&F with :mod:`pipeline.evaluate`
 - :mod:`pipeline.train.metrics`  CSV + TensorBoard in the run directory (through :mod:`pipeline.storage`)
 - :mod:`pipeline.train.loop`     ``train_loop_per_worker(config)``
-- :mod:`pipeline.train.trainer`  driver: input checks before any worker starts, ``TorchTrainer`` construction
+- :mod:`pipeline.train.job`      the job: input checks before any worker starts, ``TorchTrainer``, the summary
 """

@@ -1,4 +1,4 @@
-"""Training augmentation and preprocessing of one clip (docs/hmhi-architecture.md §14).
+"""Training augmentation and preprocessing of one clip (docs/model.md §9).
 
 Official behaviour, reproduced by default:
 - each frame is flipped horizontally on its own with p=0.5 (image, flow and mask together); the flow image's
@@ -64,7 +64,8 @@ def photometric_distort(img: np.ndarray, rng: np.random.Generator, cfg: AugmentC
         img = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
     if rng.integers(2):  # hue, in OpenCV's 0..179 units
         hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
-        shift = int(rng.integers(-cfg.hue_delta, cfg.hue_delta + 1))
+        # [-delta, delta): numpy.random.randint(-18, 18) in the official code excludes +18
+        shift = int(rng.integers(-cfg.hue_delta, cfg.hue_delta))
         hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + shift) % 180).astype(np.uint8)
         img = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
     if not contrast_first:

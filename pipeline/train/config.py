@@ -1,6 +1,6 @@
 """Typed configuration of the training job (``jobs/train.py``).
 
-Defaults follow the official HMHI-Net recipe as it is actually implemented (docs/hmhi-architecture.md §12-§14):
+Defaults follow the official HMHI-Net recipe as it is actually implemented (docs/model.md §7-§9):
 AdamW lr 6e-5 / weight decay 5e-4, constant LR, no clipping, fp32, 5-frame clips at 512x512, per-frame flips
 and RGB-only photometric jitter, loss 20*focal + 10*BCE + 1*Dice summed over the frames.
 """
@@ -22,6 +22,9 @@ __all__ = [
     "ValidationConfig",
     "FaultConfig",
     "TrainConfig",
+    "cadence_warnings",
+    "MIN_STEPS_BETWEEN_SAVES",
+    "MAX_SAVES_PER_RUN",
 ]
 
 
@@ -78,6 +81,9 @@ class DataConfig:
     verify_checksums: bool = True
     """Verify each shard's SHA-256 from the index in the worker that first reads it (a mismatch fails the run,
     naming the shard)."""
+    read_retries: int = 3
+    """Times a worker reopens a shard whose read failed (at the sample it reached, waiting 1, 2, 4... s) before
+    the error restarts the worker group from the last checkpoint (``max_failures``)."""
 
     def __post_init__(self):
         require(bool(self.train_split), "train_split", self.train_split, "must not be empty")
@@ -87,6 +93,7 @@ class DataConfig:
         require(self.shuffle_buffer >= 1, "shuffle_buffer", self.shuffle_buffer, "must be >= 1")
         require(self.prefetch_batches >= 0, "prefetch_batches", self.prefetch_batches, "must be >= 0")
         require(self.decode_workers >= 0, "decode_workers", self.decode_workers, "must be >= 0")
+        require(self.read_retries >= 0, "read_retries", self.read_retries, "must be >= 0")
 
 
 @dataclass
@@ -105,7 +112,7 @@ class AugmentConfig:
     saturation_range: tuple[float, float] = (0.5, 1.5)
     """Saturation factor range."""
     hue_delta: int = 18
-    """Hue shift range (+-, in OpenCV's 0-179 hue units)."""
+    """Hue shift drawn from the integers in [-hue_delta, hue_delta) (official: [-18, 17]), in OpenCV's 0-179 hue units."""
 
     def __post_init__(self):
         require(0.0 <= self.flip_prob <= 1.0, "flip_prob", self.flip_prob, "must be in [0, 1]")
@@ -226,8 +233,11 @@ class TrainConfig:
     """Train on GPUs (NCCL); otherwise CPU with gloo."""
     cpus_per_worker: float = 1.0
     """CPUs reserved per worker."""
-    max_failures: int = 1
-    """Worker-group restarts allowed (each resumes from the last checkpoint)."""
+    max_failures: int = 10
+    """Worker-group restarts allowed (each resumes from the last checkpoint). A long run meets lost nodes,
+    preempted instances and storage outages that outlast the retries; each costs at most ``checkpoint.every_steps``
+    steps, so 10 absorbs the blips of a multi-day run while a deterministic error (which fails again at once)
+    still ends the run after 10 quick restarts. -1 retries forever."""
     log_every_steps: int = 10
     """Report metrics and write a CSV/TensorBoard row every this many steps."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -250,5 +260,34 @@ class TrainConfig:
     def __post_init__(self):
         require(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")
         require(self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "must be > 0")
-        require(self.max_failures >= 0, "max_failures", self.max_failures, "must be >= 0")
+        require(self.max_failures >= -1, "max_failures", self.max_failures, "must be >= 0, or -1 (no limit)")
         require(self.log_every_steps >= 1, "log_every_steps", self.log_every_steps, "must be >= 1")
+
+
+MIN_STEPS_BETWEEN_SAVES = 50
+"""A checkpoint or a validation pass costs about as much as tens of small-model steps (upload, gather, barrier)."""
+MAX_SAVES_PER_RUN = 20
+"""More checkpoints (or validations) than this per run, each fewer than ``MIN_STEPS_BETWEEN_SAVES`` steps apart,
+and the run spends a large share of its time saving or validating instead of training."""
+
+
+def cadence_warnings(cfg: TrainConfig) -> list[str]:
+    """Warnings for a checkpoint or validation cadence that would make the run checkpoint-bound.
+
+    A cadence is flagged when it is both dense (fewer than ``MIN_STEPS_BETWEEN_SAVES`` steps apart) and frequent
+    over the run (more than ``MAX_SAVES_PER_RUN`` times): ``checkpoint.every_steps=4`` is right for an 8-step test
+    and wrong for ``--max-steps 800`` (200 checkpoints). The job logs these before training starts.
+    """
+    steps = cfg.optim.max_steps
+    out = []
+    for what, field_name, every in (("checkpoint", "checkpoint.every_steps", cfg.checkpoint.every_steps),
+                                    ("validation", "validation.every_steps", cfg.validation.every_steps)):
+        if every <= 0:
+            continue
+        count = steps // every
+        if every < MIN_STEPS_BETWEEN_SAVES and count > MAX_SAVES_PER_RUN:
+            suggested = max(MIN_STEPS_BETWEEN_SAVES, steps // MAX_SAVES_PER_RUN)
+            out.append(f"{field_name}={every} with optim.max_steps={steps}: {count} {what}s in this run, each "
+                       f"{every} steps apart; the run may spend more time on {what}s than on training "
+                       f"(e.g. --set {field_name}={suggested})")
+    return out

@@ -42,6 +42,7 @@ from pipeline.train.sampler import sample_clip_indices
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ShardReadError",
     "ClipBatch",
     "DataPosition",
     "TrainStream",
@@ -50,6 +51,10 @@ __all__ = [
     "Prefetcher",
     "make_training_clip",
 ]
+
+
+class ShardReadError(RuntimeError):
+    """A shard could not be read after the stream's retries; names the shard URL and the sample reached."""
 
 
 @dataclass
@@ -146,7 +151,39 @@ class TrainStream:
     # -- raw sample stream --------------------------------------------------------------------------------------
     def _block_samples(self, epoch: int) -> Iterator[dict]:
         for shard_idx, start, stop in rank_block(self.shards, epoch, self.seed, self.world_size, self.rank):
-            yield from read_samples(self.shards[shard_idx], start, stop)
+            yield from self._read_with_retries(self.shards[shard_idx], start, stop)
+
+    RETRY_BACKOFF_S = 1.0
+    """First wait before reopening a shard after a failed read (doubled after each further failure)."""
+
+    def _read_with_retries(self, entry: ShardEntry, start: int, stop: int) -> Iterator[dict]:
+        """Samples ``start:stop`` of a shard; a read that fails (a dropped connection, a storage blip, a body cut
+        short) reopens the shard at the first sample not yet yielded, up to ``data.read_retries`` times with a
+        back-off, before the error goes up and Ray Train restarts the worker group from the last checkpoint.
+
+        A missing shard or rejected credentials fail at once: retrying cannot fix them.
+        """
+        from pipeline.storage import StorageAuthError, StorageNotFoundError
+
+        position, failures = start, 0
+        while True:
+            try:
+                for sample in read_samples(entry, position, stop):
+                    yield sample
+                    position += 1
+                return
+            except (StorageNotFoundError, StorageAuthError):
+                raise
+            except Exception as e:  # botocore and fsspec raise many types for one dropped connection
+                failures += 1
+                if failures > self.cfg.read_retries:
+                    raise ShardReadError(f"shard {entry.url}: reading sample {position} of {entry.num_samples} "
+                                         f"failed {failures} times; last error: {type(e).__name__}: {e}") from e
+                wait = self.RETRY_BACKOFF_S * 2 ** (failures - 1)
+                log.warning("rank %d: reading shard %s failed at sample %d (%s: %s); reopening in %.1f s "
+                            "(attempt %d of %d)", self.rank, entry.url, position, type(e).__name__, e, wait,
+                            failures + 1, self.cfg.read_retries + 1)
+                time.sleep(wait)
 
     def _shuffled(self, epoch: int) -> Iterator[dict]:
         """Shuffle-buffered raw samples of this rank's block, repeated (new shuffle per pass) forever."""

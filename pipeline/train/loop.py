@@ -1,6 +1,6 @@
 """``train_loop_per_worker(config)``: the Ray Train worker of the HMHI-Net training job.
 
-``config`` is built by :func:`pipeline.train.trainer.build_loop_config`: ``{"train": <TrainConfig as dict>,
+``config`` is built by :func:`pipeline.train.job.build_loop_config`: ``{"train": <TrainConfig as dict>,
 "shards": [...], "val_shards": [...]}``. The shard lists are resolved and verified by the driver before any
 worker starts.
 
@@ -27,8 +27,9 @@ import torch
 import torch.distributed as dist
 
 from pipeline.config import config_from_dict, config_to_dict
+from pipeline.jobs import quiet_frameworks
 from pipeline.shards import ShardEntry
-from pipeline.storage import Storage, open_storage
+from pipeline.storage import Storage, local_copy, open_storage
 from pipeline.train.config import OptimConfig, TrainConfig
 from pipeline.train.data import DataPosition, Prefetcher, TrainStream
 from pipeline.train.losses import clip_loss
@@ -37,7 +38,8 @@ from pipeline.train.validate import validate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train_loop_per_worker", "lr_lambda", "state_digest", "CHECKPOINT_FILE", "FAULT_MARKER_DIR"]
+__all__ = ["train_loop_per_worker", "lr_lambda", "state_digest", "commit_best_model", "CHECKPOINT_FILE",
+           "FAULT_MARKER_DIR"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 """File name of the training state inside a Ray checkpoint directory (project checkpoint format)."""
@@ -113,17 +115,6 @@ def _mean_across_ranks(values: dict[str, float], device: torch.device, world_siz
     return {k: float(v) / world_size for k, v in zip(keys, t.tolist())}
 
 
-def _download(url: str, local_dir: str) -> str:
-    """Fetch a checkpoint URL (or local path) to a local file and return its path."""
-    parent, _, name = url.rstrip("/").rpartition("/")
-    st = open_storage(parent or ".")
-    if st.is_local:
-        return os.path.join(st.root, name)
-    path = os.path.join(local_dir, name)
-    st.download_file(name, path)
-    return path
-
-
 def _read_ray_checkpoint(checkpoint, scratch: str) -> dict[str, Any]:
     """Copy a reported checkpoint's state file to this process's scratch dir and load it (weights only).
 
@@ -143,6 +134,28 @@ def _read_ray_checkpoint(checkpoint, scratch: str) -> dict[str, Any]:
         os.remove(local)
 
 
+BEST_DIR = "best"
+"""Folder of the best model by validation J&F in the run directory."""
+
+
+def commit_best_model(run: Storage, local_path: str, step: int, scores: dict[str, Any]) -> None:
+    """Publish a new best model so that a reader never pairs one model with another's metadata.
+
+    The model file carries its own step and scores (``save_checkpoint`` extra). It is uploaded first under a
+    versioned, never rewritten name (``best/model-<step>.pt``); ``best/meta.json`` (step, scores, and ``model``, the
+    versioned file's name) is written last and is the commit point: read it, then the file it names. The same file
+    is then copied to ``best/model.pt``, the fixed name for tools that want "the best model" (it still says which
+    step it is from inside), and the previous versioned file is deleted. Every write is atomic (pipeline.storage).
+    """
+    name = f"model-{step:08d}.pt"
+    previous = run.read_json(f"{BEST_DIR}/meta.json").get("model") if run.exists(f"{BEST_DIR}/meta.json") else None
+    run.upload_file(local_path, f"{BEST_DIR}/{name}")
+    run.write_json(f"{BEST_DIR}/meta.json", {"step": step, "val": scores, "model": name})
+    run.upload_file(local_path, f"{BEST_DIR}/model.pt")
+    if previous and previous != name:
+        run.delete(f"{BEST_DIR}/{previous}")
+
+
 def _maybe_inject_fault(cfg: TrainConfig, run: Storage, step: int, rank: int) -> None:
     """Testing aid: rank 0 fails once after ``fault.fail_at_step`` (a marker in the run dir keeps it to once)."""
     if cfg.fault.fail_at_step is None or step != cfg.fault.fail_at_step or rank != 0:
@@ -156,6 +169,7 @@ def _maybe_inject_fault(cfg: TrainConfig, run: Storage, step: int, rank: int) ->
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point: trains on this worker's share of the shards; scratch files go when it returns."""
+    quiet_frameworks()  # warning filters are per process: the DDP notice is raised here, not in the driver
     with tempfile.TemporaryDirectory(prefix="hmhi-train-") as scratch:
         _train_worker(config, scratch)
 
@@ -187,7 +201,8 @@ def _train_worker(config: dict, scratch: str) -> None:
         net.load_state_dict(state["model"], strict=True)
         log.info("rank %d: resuming from step %d", rank, state["step"])
     elif cfg.model.init_checkpoint:
-        load_checkpoint(net, _download(cfg.model.init_checkpoint, scratch), strict=cfg.model.init_strict)
+        with local_copy(cfg.model.init_checkpoint, prefix="hmhi-train-init-") as path:
+            load_checkpoint(net, path, strict=cfg.model.init_strict)
         log.info("rank %d: initialised from %s", rank, cfg.model.init_checkpoint)
 
     net = ray.train.torch.prepare_model(
@@ -290,8 +305,8 @@ def _train_worker(config: dict, scratch: str) -> None:
                     best_path = os.path.join(scratch, "best.pt")
                     save_checkpoint(module, best_path, {"step": step, "val": scores,
                                                         "config": config_to_dict(cfg)})
-                    run.upload_file(best_path, "best/model.pt")
-                    run.write_json("best/meta.json", {"step": step, "val": scores})
+                    commit_best_model(run, best_path, step, scores)
+                    os.remove(best_path)
                 metrics["best_val_JF_mean"] = best_jf if math.isfinite(best_jf) else float("nan")
             if writer is not None:
                 writer.write(step, {k: v for k, v in metrics.items() if k != "start_step"})
@@ -324,6 +339,8 @@ def _train_worker(config: dict, scratch: str) -> None:
                         "resume_info": resume_info,
                     })
                     checkpoint = ray.train.Checkpoint.from_directory(ckpt_dir)
+            if do_ckpt and writer is not None:
+                writer.flush()  # the rows up to this checkpoint, for a restart from it (best-effort)
             ray.train.report(metrics, checkpoint=checkpoint,
                              checkpoint_dir_name=f"checkpoint_{step:08d}" if do_ckpt else None)
             if ckpt_dir is not None:

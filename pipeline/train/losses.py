@@ -1,4 +1,4 @@
-"""The official HMHI-Net training loss (docs/hmhi-architecture.md §12).
+"""The official HMHI-Net training loss (docs/model.md §7).
 
 Per frame, on full-resolution logits: ``focal_w * focal + bce_w * bce + dice_w * dice`` with
 focal = mean over pixels of bce_px * (1 - p_t)^gamma * (alpha*y + (1-alpha)*(1-y)),

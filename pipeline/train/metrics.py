@@ -1,9 +1,13 @@
 """Run-directory metric files: a CSV and TensorBoard event files, written through the storage layer.
 
 Both live under ``<run>/logs/`` in the run storage (local or S3). TensorBoard writes to a local scratch directory
-and each flush uploads the event files atomically, so nothing assumes the run directory is a local disk.
+and the files are uploaded atomically, so nothing assumes the run directory is a local disk.
 On resume, CSV rows after the resumed step are dropped first, so a restarted run neither loses nor duplicates
 rows. (TensorBoard event files are append-only; a restarted attempt starts a new event file.)
+
+Uploads are asynchronous and best-effort: ``write`` only records the row, a background thread uploads the latest
+state, and a failed upload (a storage blip) logs a warning and is retried with the next rows (with a back-off),
+so metrics never stall or kill training. The checkpoints, not these files, are what a resume relies on.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 
 from pipeline.storage import Storage
 
@@ -39,7 +44,10 @@ def read_metrics_csv(run: Storage) -> list[dict[str, str]]:
 
 
 class MetricsWriter:
-    """Appends metric rows to the run's CSV and TensorBoard files (rank 0 only)."""
+    """Appends metric rows to the run's CSV and TensorBoard files (rank 0 only); uploads in the background."""
+
+    MAX_BACKOFF_S = 60.0
+    """Longest wait before retrying after failed uploads (doubling from 1 s)."""
 
     def __init__(self, run: Storage, resume_step: int):
         from torch.utils.tensorboard import SummaryWriter
@@ -48,42 +56,89 @@ class MetricsWriter:
         self.rows = [r for r in read_metrics_csv(run) if int(r["step"]) <= resume_step]
         self._tb_dir = tempfile.mkdtemp(prefix="hmhi-tb-")
         self.tb = SummaryWriter(self._tb_dir)
+        self.failed_uploads = 0
+        """Uploads that failed (each was retried with later rows)."""
+        self._lock = threading.Lock()  # rows and the TensorBoard writer, shared with the upload thread
+        self._upload_lock = threading.Lock()  # one upload at a time, so an older snapshot never lands last
+        self._pending = threading.Event()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._upload_loop, name="metrics-upload", daemon=True)
+        self._thread.start()
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
+        """Record one row (merged with a row of the same step) and schedule an upload; never blocks on storage."""
         row = {k: "" for k in CSV_COLUMNS}
-        for key, value in metrics.items():
-            if key in row and value is not None:
-                if key == "wall_time":
-                    row[key] = f"{value:.3f}"
-                else:
-                    row[key] = f"{value:.6g}" if isinstance(value, float) else str(value)
-            if isinstance(value, (int, float)) and key != "step" and math.isfinite(float(value)):
-                self.tb.add_scalar(key.replace("val_", "val/").replace("loss_", "loss/"), float(value), step)
-        row["step"] = str(step)
-        # One row per step: a validation result at a logged step merges into that row.
-        if self.rows and self.rows[-1]["step"] == str(step):
-            merged = dict(self.rows[-1])
-            merged.update({k: v for k, v in row.items() if v != ""})
-            self.rows[-1] = merged
-        else:
-            self.rows.append(row)
-        self.flush()
+        with self._lock:
+            for key, value in metrics.items():
+                if key in row and value is not None:
+                    if key == "wall_time":
+                        row[key] = f"{value:.3f}"
+                    else:
+                        row[key] = f"{value:.6g}" if isinstance(value, float) else str(value)
+                if isinstance(value, (int, float)) and key != "step" and math.isfinite(float(value)):
+                    self.tb.add_scalar(key.replace("val_", "val/").replace("loss_", "loss/"), float(value), step)
+            row["step"] = str(step)
+            # One row per step: a validation result at a logged step merges into that row.
+            if self.rows and self.rows[-1]["step"] == str(step):
+                merged = dict(self.rows[-1])
+                merged.update({k: v for k, v in row.items() if v != ""})
+                self.rows[-1] = merged
+            else:
+                self.rows.append(row)
+        self._pending.set()
 
-    def flush(self) -> None:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for r in self.rows:
-            writer.writerow({k: r.get(k, "") for k in CSV_COLUMNS})
-        self.run.write_text(CSV_REL, buf.getvalue())
-        self.tb.flush()
-        self._upload_tensorboard()
+    def flush(self) -> bool:
+        """Upload the current state now (in the calling thread); False (and a warning) if the upload failed.
+
+        The training loop calls it at checkpoints, so a restart from a checkpoint finds the rows up to it.
+        """
+        with self._upload_lock:
+            return self._upload()
+
+    def _upload(self) -> bool:
+        with self._lock:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            for r in self.rows:
+                writer.writerow({k: r.get(k, "") for k in CSV_COLUMNS})
+            self.tb.flush()
+            # A snapshot of the event files: the TensorBoard writer may append while they upload.
+            snapshot = tempfile.mkdtemp(prefix="hmhi-tb-up-")
+            for name in sorted(os.listdir(self._tb_dir)):
+                shutil.copyfile(os.path.join(self._tb_dir, name), os.path.join(snapshot, name))
+        try:
+            self.run.write_text(CSV_REL, buf.getvalue())
+            for name in sorted(os.listdir(snapshot)):
+                self.run.upload_file(os.path.join(snapshot, name), f"{TB_REL}/{name}")
+            return True
+        except Exception as e:  # any storage failure: metrics are best-effort, training goes on
+            self.failed_uploads += 1
+            log.warning("metrics upload to %s failed (%s: %s); retrying with the next rows", self.run.join("logs"),
+                        type(e).__name__, e)
+            return False
+        finally:
+            shutil.rmtree(snapshot, ignore_errors=True)
+
+    def _upload_loop(self) -> None:
+        backoff = 0.0
+        while not self._closing.is_set():
+            if not self._pending.wait(timeout=0.5):
+                continue
+            if backoff and self._closing.wait(backoff):
+                return  # close() makes the last attempt
+            self._pending.clear()
+            if self.flush():
+                backoff = 0.0
+            else:
+                self._pending.set()  # the rows are still to be uploaded
+                backoff = min(self.MAX_BACKOFF_S, max(1.0, 2 * backoff))
 
     def close(self) -> None:
-        self.tb.close()
-        self._upload_tensorboard()
+        """Stop the upload thread and make one last upload attempt (a failure is logged, not raised)."""
+        self._closing.set()
+        self._thread.join(timeout=60)
+        with self._lock:
+            self.tb.close()
+        self.flush()
         shutil.rmtree(self._tb_dir, ignore_errors=True)
-
-    def _upload_tensorboard(self) -> None:
-        for name in sorted(os.listdir(self._tb_dir)):
-            self.run.upload_file(os.path.join(self._tb_dir, name), f"{TB_REL}/{name}")

@@ -121,7 +121,7 @@ def test_train_stream_is_deterministic_parallel_and_resumable(tmp_path):
     from pipeline.shards import decode_clip
     from pipeline.train.config import AugmentConfig, DataConfig
     from pipeline.train.data import TrainStream
-    from pipeline.train.trainer import resolve_shards
+    from pipeline.train.job import resolve_shards
 
     root = str(tmp_path / "shards")
     _write_shards(root)
@@ -154,3 +154,58 @@ def test_train_stream_is_deterministic_parallel_and_resumable(tmp_path):
     ranks = [iter(stream(world=2, rank=r)) for r in (0, 1)]
     keys = [{k for _ in range(2) for k in next(r).keys} for r in ranks]
     assert not keys[0] & keys[1] and len(keys[0]) == len(keys[1]) == 4
+
+
+def test_train_stream_reopens_a_shard_whose_read_fails_and_names_it_when_it_keeps_failing(tmp_path, monkeypatch,
+                                                                                           caplog):
+    """Issue 14: a dropped connection in the middle of a shard is retried at the sample reached (same batches as a
+    fault-free stream); a shard that keeps failing raises ShardReadError naming its URL."""
+    import pipeline.train.data as data
+    from pipeline.shards import decode_clip
+    from pipeline.train.config import AugmentConfig, DataConfig
+    from pipeline.train.data import ShardReadError, TrainStream
+    from pipeline.train.job import resolve_shards
+
+    root = str(tmp_path / "shards")
+    _write_shards(root, target_bytes=400_000)  # shards of several samples: the cut lands inside one
+    shards, _ = resolve_shards(root, "train", verify=False, need_masks=True)
+    assert max(s.num_samples for s in shards) >= 2
+
+    def stream(read_retries=3):
+        cfg = DataConfig(batch_size_per_worker=2, shuffle_buffer=3, read_retries=read_retries)
+        s = TrainStream(shards, cfg, AugmentConfig(), 32, 7, 1, 0, decode_clip)
+        s.RETRY_BACKOFF_S = 0.01
+        return s
+
+    it = iter(stream())
+    expected = [next(it) for _ in range(4)]  # one epoch, fault-free
+
+    real_read = data.read_samples
+    calls, cut = [], []
+
+    def read_cut_once(entry, start=0, stop=None):
+        """The real reader; its connection drops once, after the first sample of a range (as a reset body would)."""
+        calls.append((entry.url, start))
+        for i, sample in enumerate(real_read(entry, start, stop)):
+            if not cut and i == 1:
+                cut.append(len(calls) - 1)
+                raise ConnectionResetError("connection reset by peer")
+            yield sample
+
+    monkeypatch.setattr(data, "read_samples", read_cut_once)
+    it = iter(stream())
+    got = [next(it) for _ in range(4)]
+    for a, b in zip(expected, got):
+        assert a.keys == b.keys and torch.equal(a.frames, b.frames) and a.position == b.position
+    failed = calls[cut[0]]
+    assert calls[cut[0] + 1] == (failed[0], failed[1] + 1)  # reopened the same shard at the sample it reached
+    assert "reopening" in caplog.text and failed[0] in caplog.text
+
+    def read_always_fails(entry, start=0, stop=None):
+        raise OSError("503 SlowDown")
+        yield  # a generator, like the real reader
+
+    monkeypatch.setattr(data, "read_samples", read_always_fails)
+    with pytest.raises(ShardReadError, match="failed 3 times") as err:
+        next(iter(stream(read_retries=2)))
+    assert any(s.url in str(err.value) for s in shards) and "503 SlowDown" in str(err.value)

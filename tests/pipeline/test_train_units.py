@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch.nn.functional as F
 
 from pipeline.config import ConfigError, load_config
 from pipeline.train.augment import flip_clip, photometric_distort, prepare_clip
-from pipeline.train.config import AugmentConfig, LossConfig, OptimConfig, TrainConfig
+from pipeline.train.config import AugmentConfig, LossConfig, OptimConfig, TrainConfig, cadence_warnings
 from pipeline.train.losses import clip_loss, dice_loss, focal_loss
 from pipeline.train.sampler import sample_clip_indices
 
@@ -49,6 +51,61 @@ def test_sampler_first_pick_is_uniform_over_long_videos():
         counts[sample_clip_indices(range(100), 5, 7, rng)] += 1
     # every frame gets picked (the first pick is uniform) and the ends are not starved
     assert counts.min() > 0 and counts[:10].sum() > 0.3 * counts[45:55].sum()
+
+
+def _official_clip(num_video_frames: int, num_frames: int, rnd) -> list[int]:
+    """The clip sampler of ZhengxyFlow/HMHI-Net ``utils/dataloader.py`` (``__getitem__``), transcribed as it is
+    (fixed skip of 7, Python's ``random``), the oracle of the statistical test below."""
+    selected_frames = []
+    all_frames = list(range(num_video_frames))
+    first_frame = rnd.sample(all_frames, 1)
+    selected_frames.append(first_frame[0])
+    all_frames.pop(first_frame[0])
+    for i in range(num_frames - 1):
+        if len(all_frames) < 1:
+            break
+        last_select = selected_frames[i]
+        select_range = all_frames[max(0, last_select - 7):min(last_select + 7, len(all_frames) - 1)]
+        if len(select_range) < 1:
+            select_range = all_frames
+        selected_frame = rnd.sample(select_range, 1)
+        selected_frames.append(selected_frame[0])
+        before_num = 0
+        for j in range(len(selected_frames)):
+            if selected_frames[j] < selected_frame[0]:
+                before_num += 1
+        all_frames.pop(selected_frame[0] - before_num)
+    selected_frames.sort()
+    if len(selected_frames) != num_frames:
+        for _ in range(num_frames - len(selected_frames)):
+            selected_frames.append(selected_frames[-1])
+    return selected_frames
+
+
+def test_sampler_matches_the_official_loop_statistically():
+    """Issue 12: the window is centred on the previous pick's frame index. On 36-frame videos the mean clip span
+    is ~11.5 frames (official) and the per-frame pick frequencies agree; the position-centred sampler gave 10.7."""
+    import random
+
+    n, draws = 36, 20000
+    rnd, rng = random.Random(0), np.random.default_rng(0)
+    official = np.array([_official_clip(n, 5, rnd) for _ in range(draws)])
+    ours = np.array([sample_clip_indices(range(n), 5, 7, rng) for _ in range(draws)])
+    span_official = (official[:, -1] - official[:, 0]).mean()
+    span_ours = (ours[:, -1] - ours[:, 0]).mean()
+    assert 11.2 < span_official < 11.8  # the figure the issue quotes
+    # spans have a standard deviation of ~4 frames: 20000 draws give a standard error of ~0.03 per mean
+    assert abs(span_ours - span_official) < 0.15, (span_ours, span_official)
+    # the gap between consecutive sorted picks and the frequency of every frame agree too
+    np.testing.assert_allclose(np.diff(ours, axis=1).mean(0), np.diff(official, axis=1).mean(0), atol=0.1)
+    freq_ours = np.bincount(ours.ravel(), minlength=n) / ours.size
+    freq_official = np.bincount(official.ravel(), minlength=n) / official.size
+    np.testing.assert_allclose(freq_ours, freq_official, atol=0.004)
+    # sparse annotations: the sampler works on the annotated frames' order and returns their frame numbers
+    eligible = list(range(0, 72, 2))
+    sparse = np.array([sample_clip_indices(eligible, 5, 7, np.random.default_rng(s)) for s in range(2000)])
+    assert set(sparse.ravel()) <= set(eligible)
+    assert abs((sparse[:, -1] - sparse[:, 0]).mean() / 2 - span_official) < 0.5
 
 
 def _clip(num=5, h=40, w=48):
@@ -146,12 +203,113 @@ def test_config_errors_name_the_field():
         OptimConfig(lr=-1)
 
 
-@pytest.mark.parametrize("name", ["pretrain_ytvos", "finetune_davis16", "tiny_cpu"])
+@pytest.mark.parametrize("name", ["pretrain_ytvos", "finetune_davis16", "tiny_cpu", "synthetic", "test"])
 def test_shipped_configs_load(name):
     from tests.conftest import REPO_ROOT
 
     cfg = load_config(TrainConfig, str(REPO_ROOT / "configs" / f"{name}.yaml"))
     assert cfg.data.clip_length == 5
-    if name != "tiny_cpu":
+    if name in ("pretrain_ytvos", "finetune_davis16"):
         assert cfg.model.image_size == 512 and cfg.optim.lr == pytest.approx(6e-5)
         assert cfg.optim.weight_decay == pytest.approx(5e-4)
+    # every shipped config's own cadence fits its own run length (the test config's 8-step run included)
+    assert cadence_warnings(cfg) == []
+
+
+def test_cadence_warning_for_a_checkpoint_bound_run():
+    from tests.conftest import REPO_ROOT
+
+    configs = REPO_ROOT / "configs"
+    # the test config's cadence on a long run: the case issue 17 met (200 checkpoints, 100 validations)
+    long_test = load_config(TrainConfig, str(configs / "test.yaml"), ["optim.max_steps=800"])
+    warnings = cadence_warnings(long_test)
+    assert len(warnings) == 2
+    assert "checkpoint.every_steps=4" in warnings[0] and "200 checkpoints" in warnings[0]
+    assert "validation.every_steps=8" in warnings[1] and "100 validations" in warnings[1]
+    # the laptop config at the length a new user tries, and at 8x its default: no warning
+    for steps in (800, 3200):
+        assert cadence_warnings(load_config(TrainConfig, str(configs / "tiny_cpu.yaml"),
+                                            [f"optim.max_steps={steps}"])) == []
+    # dense but few (a short run), or frequent but far apart (a long run): neither is checkpoint-bound
+    assert cadence_warnings(load_config(TrainConfig, None, ["optim.max_steps=80", "checkpoint.every_steps=4",
+                                                            "validation.every_steps=0"])) == []
+    assert cadence_warnings(load_config(TrainConfig, None, ["optim.max_steps=200000", "checkpoint.every_steps=500",
+                                                            "validation.every_steps=0"])) == []
+    # validation disabled is never flagged; a dense validation cadence is
+    only_val = cadence_warnings(load_config(TrainConfig, None, ["optim.max_steps=1000", "validation.every_steps=10"]))
+    assert len(only_val) == 1 and only_val[0].startswith("validation.every_steps=10")
+
+
+def test_best_model_commit_pointer_is_written_last_and_names_a_matching_file(tmp_path):
+    from pipeline.storage import open_storage
+    from pipeline.train.loop import commit_best_model
+
+    run = open_storage(str(tmp_path / "run"))
+    for step, jf in ((8, 0.5), (16, 0.7)):
+        local = tmp_path / f"best-{step}.pt"
+        torch.save({"step": step, "val": {"JF_mean": jf}}, local)
+        commit_best_model(run, str(local), step, {"JF_mean": jf})
+        meta = run.read_json("best/meta.json")
+        assert meta == {"step": step, "val": {"JF_mean": jf}, "model": f"model-{step:08d}.pt"}
+        # the file the pointer names, and the fixed name, hold the same model with the same step inside
+        for rel in (f"best/{meta['model']}", "best/model.pt"):
+            inside = torch.load(io.BytesIO(run.read_bytes(rel)), weights_only=True)
+            assert inside["step"] == step
+    assert sorted(run.list("best")) == ["meta.json", "model-00000016.pt", "model.pt"]  # the old version is gone
+
+
+def test_metrics_uploads_are_best_effort_and_retried(tmp_path, caplog):
+    """Issue 14: a failed metrics upload logs a warning and is retried with later rows; training never sees it."""
+    import logging
+    import time
+
+    from pipeline.storage import Storage, StorageError
+    from pipeline.train.metrics import MetricsWriter, read_metrics_csv
+
+    class FlakyStorage(Storage):
+        """Local storage whose first two CSV writes fail as a storage outage would."""
+
+        failures_left = 2
+
+        def write_text(self, rel, text):
+            if FlakyStorage.failures_left > 0:
+                FlakyStorage.failures_left -= 1
+                raise StorageError(f"write {self.join(rel)}: 503 SlowDown")
+            return super().write_text(rel, text)
+
+        def child(self, rel):
+            return FlakyStorage(self.join(rel))
+
+    run = FlakyStorage(str(tmp_path / "run"))
+    writer = MetricsWriter(run, resume_step=0)
+    writer.MAX_BACKOFF_S = 0.2  # keep the test's retries quick
+    with caplog.at_level(logging.WARNING, logger="pipeline.train.metrics"):
+        start = time.perf_counter()
+        for step in range(1, 6):
+            writer.write(step, {"step": step, "loss": 1.0 / step})  # never raises, never waits on storage
+        assert time.perf_counter() - start < 1.0
+        deadline = time.time() + 30
+        while len(read_metrics_csv(Storage(run.url))) < 5 and time.time() < deadline:
+            time.sleep(0.1)
+        writer.close()
+    assert [int(r["step"]) for r in read_metrics_csv(Storage(run.url))] == [1, 2, 3, 4, 5]
+    assert writer.failed_uploads == 2
+    assert sum("metrics upload to" in r.message and "503 SlowDown" in r.message for r in caplog.records) == 2
+
+
+def test_hue_shift_draws_integers_from_minus_18_to_17_like_the_official_code():
+    """numpy.random.randint(-18, 18) in the official PhotoMetricDistortion excludes +18 (issue 12)."""
+    import cv2
+
+    hues = np.arange(180, dtype=np.uint8)
+    full = np.full(180, 255, np.uint8)
+    # Every hue at full saturation and value: the HSV round trip is exact, so the shift is read back exactly.
+    img = cv2.cvtColor(np.stack([hues, full, full], -1)[None], cv2.COLOR_HSV2BGR)
+    cfg = AugmentConfig(brightness_delta=0, contrast_range=(1.0, 1.0), saturation_range=(1.0, 1.0))
+    shifts = set()
+    for seed in range(1500):  # seeded: each of the 36 shifts is drawn (p = 1/72 per seed)
+        out = photometric_distort(img, np.random.default_rng(seed), cfg)
+        delta = (cv2.cvtColor(out, cv2.COLOR_BGR2HSV)[0, :, 0].astype(int) - hues) % 180
+        assert len(set(delta.tolist())) == 1  # one shift for the whole frame
+        shifts.add((int(delta[0]) + 90) % 180 - 90)
+    assert shifts == set(range(-18, 18))

@@ -1,30 +1,45 @@
-"""Driver side of the training job: checks the inputs, then runs ``TorchTrainer`` on the worker loop.
+"""The training job (``jobs/train.py``): checks the inputs, runs ``TorchTrainer`` on the worker loop, and
+returns the job summary.
 
 Everything that can be wrong with the inputs is checked here, before any worker starts: the shard index and its
 training split (missing or empty), the checkpoint to initialise from. A run's state lives
 only in ``--storage``: Ray Train checkpoints under ``<storage>/<run_name>/checkpoint_<step>/``, our CSV and
-TensorBoard logs under ``<storage>/<run_name>/logs/``, the best model by validation J&F under ``best/``.
+TensorBoard logs under ``<storage>/<run_name>/logs/``, the best model by validation J&F under ``best/``, and the
+summary in ``<storage>/<run_name>/summary.json``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import math
 import re
-import tempfile
 from dataclasses import asdict
 from typing import Any
 
 from pipeline.config import ConfigError, config_to_dict
-from pipeline.jobs import UserError
+from pipeline.jobs import JobFailed, JobSummary, UserError, init_ray
 from pipeline.shards import ShardChecksumError, ShardEntry
-from pipeline.storage import StorageError, open_storage
-from pipeline.train.config import TrainConfig
+from pipeline.storage import StorageError, local_copy, open_storage
+from pipeline.train.config import TrainConfig, cadence_warnings
 from pipeline.train.data import steps_per_epoch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainInputError", "resolve_shards", "check_inputs", "build_trainer", "run_training"]
+__all__ = ["FLAGS", "TrainInputError", "resolve_shards", "check_inputs", "build_trainer", "run"]
+
+FLAGS = {
+    "--data": "data.url",
+    "--storage": "storage",
+    "--run-name": "run_name",
+    "--num-workers": "num_workers",
+    "--use-gpu": ("use_gpu", True),
+    "--init-checkpoint": "model.init_checkpoint",
+    "--max-steps": "optim.max_steps",
+}
+"""Command-line shortcuts of ``jobs/train.py`` (flag -> config field)."""
+
+FINAL_METRICS = ("loss", "val_JF_mean", "best_val_JF_mean", "clips_per_s")
+"""Metrics of the last report recorded in the summary as ``final_<name>``."""
 
 
 class TrainInputError(UserError, ValueError):
@@ -103,19 +118,16 @@ def check_init_checkpoint(cfg: TrainConfig) -> None:
     from model import CheckpointError, create_model, load_checkpoint
 
     url = cfg.model.init_checkpoint
-    parent, _, name = url.rstrip("/").rpartition("/")
-    st = open_storage(parent or ".")
     try:
-        if not st.exists(name):
-            raise TrainInputError(f"init checkpoint {url} does not exist (model.init_checkpoint)")
-        with tempfile.TemporaryDirectory(prefix="hmhi-init-") as tmp:
-            local = os.path.join(st.root, name) if st.is_local else os.path.join(tmp, name)
-            if not st.is_local:
-                st.download_file(name, local)
+        with local_copy(url, prefix="hmhi-init-") as path:
             net = create_model(cfg.model.name, memory_size=cfg.model.memory_size,
                                decoder_width=cfg.model.decoder_width)
-            report = load_checkpoint(net, local, strict=cfg.model.init_strict)
-    except (StorageError, CheckpointError, FileNotFoundError) as e:
+            report = load_checkpoint(net, path, strict=cfg.model.init_strict)
+    except (FileNotFoundError, StorageError) as e:  # StorageNotFoundError is both
+        if isinstance(e, FileNotFoundError):
+            raise TrainInputError(f"init checkpoint {url} does not exist (model.init_checkpoint)") from e
+        raise TrainInputError(f"init checkpoint {url} cannot be used (model.init_checkpoint): {e}") from e
+    except CheckpointError as e:
         raise TrainInputError(f"init checkpoint {url} cannot be used (model.init_checkpoint): {e}") from e
     log.info("init checkpoint %s: %s format, loads into %s", url, report.format, cfg.model.name)
 
@@ -168,20 +180,49 @@ def _checksum_failure(error: BaseException | None) -> str | None:
     return found.group(0) if found else None
 
 
-def run_training(cfg: TrainConfig):
-    """Check inputs, train, and return the Ray ``Result``. A shard failing its checksum in a worker (verified on
-    its first read) ends the run with :class:`TrainInputError` naming the shard's URL."""
+def run(cfg: TrainConfig) -> dict[str, Any]:
+    """Check the inputs, train, and return the job summary (also written to ``<storage>/<run_name>/summary.json``).
+
+    Input problems raise a :class:`~pipeline.jobs.UserError` before any worker starts. A run whose workers fail
+    beyond ``max_failures`` restarts still writes its summary (the run rejected, with the error), then raises
+    :class:`~pipeline.jobs.JobFailed`.
+    """
+    from ray.train import TrainingFailedError
+
+    summary = JobSummary("train", config=config_to_dict(cfg))
     train, val = check_inputs(cfg)
+    for warning in cadence_warnings(cfg):
+        log.warning("%s", warning)
+    init_ray()
     log.info("training on %d shards (%d samples), validating on %d shards; run %s/%s", len(train),
              sum(s.num_samples for s in train), len(val), cfg.storage, cfg.run_name)
+    run_storage = open_storage(cfg.storage).child(cfg.run_name)
+    summary.set("run", run_storage.url)
     try:
         result = build_trainer(cfg, train, val).fit()
-    except Exception as e:  # Ray Train raises its own wrapper around the worker's error
-        bad = _checksum_failure(e)
-        if bad is not None:
-            raise TrainInputError(bad) from e
-        raise
-    bad = _checksum_failure(result.error)
-    if bad is not None:
-        raise TrainInputError(bad) from result.error
-    return result
+        error = result.error
+    except TrainingFailedError as e:  # Ray Train 2.x raises once the workers have used up max_failures
+        result, error = None, e
+    bad = _checksum_failure(error)
+    if bad is not None:  # a shard failed its checksum in the worker that read it first: the input is bad
+        raise TrainInputError(bad) from error
+    if error is not None:
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        reason = f"training failed: {lines[-1] if lines else type(error).__name__}"
+        summary.rejected("run", cfg.run_name, reason=reason)
+        d = summary.finish(storage=run_storage, rel="summary.json")
+        raise JobFailed(f"training run {run_storage.url} {reason} (summary: {run_storage.join('summary.json')})",
+                        summary=d) from error
+    metrics = result.metrics or {}
+    summary.done("run", cfg.run_name)
+    summary.set("steps", int(metrics.get("step", 0)))
+    summary.set("resumed_from_step", int(metrics.get("start_step", 0)))
+    for key in FINAL_METRICS:
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            summary.set(f"final_{key}", float(value))
+    if result.checkpoint is not None:
+        summary.set("latest_checkpoint", run_storage.join(result.checkpoint.path.rstrip("/").rpartition("/")[2]))
+    if run_storage.exists("best/model.pt"):
+        summary.set("best_model", run_storage.join("best/model.pt"))
+    return summary.finish(storage=run_storage, rel="summary.json")

@@ -1,0 +1,55 @@
+"""Helpers every benchmark shares (imported as ``from common import ...``: the benchmarks run as
+``python bench/<name>.py``, which puts this folder first on ``sys.path``).
+
+Every benchmark prints the machine it ran on next to its figures, because the figures mean little without it: the
+CI machine is 2 shared cores, and a 1-minute load average well above the core count means the timings are noisy
+(compare ratios measured in the same run, not absolute numbers across runs).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+__all__ = ["machine"]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _memory_gb() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            return round(int(f.readline().split()[1]) / 1024**2, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def machine(device: str | None = None) -> dict:
+    """The machine a benchmark ran on: CPU model, cores, memory, 1-minute load average, Python and library versions
+    (torch always; Ray and OpenCV when the benchmark has imported them), torch's intra-op threads, and the GPU when
+    ``device`` is ``"cuda"`` (or, with no ``device``, whenever one is visible)."""
+    import torch
+
+    info = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "mem_gb": _memory_gb(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # well above "cores": a shared, busy machine
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    for module in ("ray", "cv2"):
+        if module in sys.modules:
+            info[module] = getattr(sys.modules[module], "__version__", "?")
+    if (device == "cuda" or device is None) and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
