@@ -47,7 +47,7 @@ def write_segment_outputs(url: str, overlay_video: str | None = None) -> dict[st
             names = [f"{t:05d}" for t in range(3 + v % 2)]
             for t, (name, prob) in enumerate(zip(names, _probs(v, len(names)), strict=True)):
                 frame = np.full((H, W, 3), 90, np.uint8)
-                outputs.add(t, name, prob, frame, 10.0)
+                outputs.add(t, name, prob > 0.5, (prob * 255).astype(np.uint8), frame, 10.0)
             if video == "fox":
                 outputs.abort()  # killed before its marker: not finished
                 continue
