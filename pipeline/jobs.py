@@ -285,8 +285,24 @@ class JobSummary:
                 lines.append(f"    ... and {len(d['rejected']) - max_reasons} more (see the summary file)")
         return "\n".join(lines)
 
+    def __post_init__(self) -> None:
+        from pipeline.storage import retry_counts
+
+        self._retries_at_start = retry_counts()
+
+    def _count_storage_retries(self) -> None:
+        """Storage retries this job's driver made (``storage_retries_<kind>``; workers count their own, in their
+        logs): a run that succeeded only after many retries shows it."""
+        from pipeline.storage import retry_counts
+
+        for kind, count in retry_counts().items():
+            made = count - self._retries_at_start.get(kind, 0)
+            if made:
+                self.set(f"storage_retries_{kind}", made)
+
     def finish(self, storage=None, rel: str = "summary.json") -> dict[str, Any]:
         """Print the summary; write it as JSON (atomically) to ``storage``/``rel`` when given. Returns the dict."""
+        self._count_storage_retries()
         d = self.to_dict()
         print(self.format(), flush=True)
         if storage is not None:

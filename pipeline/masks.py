@@ -22,6 +22,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.transforms import official_soft_map
+
 __all__ = [
     "MaskError",
     "BinarizeMode",
@@ -234,10 +236,7 @@ def stretch_prob_uint8(prob: np.ndarray) -> np.ndarray:
     denominator, truncation to uint8. A constant map (max == min) becomes all zeros. The ``+ 1e-8`` only shows
     on maps whose range is tiny (range 1e-3: the maximum becomes 254, not 255).
     """
-    prob = _check_prob(prob).astype(np.float32)
-    low, high = prob.min(), prob.max()
-    stretched = (prob - low) / (high - low + np.float32(1e-8))
-    return (stretched * np.float32(255.0)).astype(np.uint8)
+    return official_soft_map(_check_prob(prob))  # one implementation of the official arithmetic
 
 
 def encode_prob_png(prob: np.ndarray, mode: BinarizeMode = "absolute") -> bytes:

@@ -87,6 +87,7 @@ def test_flow_job_under_faults_equals_a_clean_run_and_refuses_a_second_run(s3_bu
     assert not st.exists(LEASE_NAME)  # released at the end
     summary = st.read_json("summary.json")
     assert summary["counts"]["video"] == {"done": 3, "skipped": 0, "rejected": 0}
+    assert summary["figures"]["storage_retries_s3_request"] > 0  # the summary counts the driver's retries
 
     # A fault-free run of the same corpus writes exactly the same shards and index rows.
     clean_out = f"{s3_bucket}/clean"
