@@ -124,11 +124,11 @@ def read_rates(out_url: str, per_file_url: str, clip_frames: int = 5, rounds: in
 
     from pipeline.masks import decode_mask_png
     from pipeline.shards import decode_clip, decode_flow, shard_urls
-    from pipeline.storage import open_storage
+    from pipeline.storage import open_storage, open_url
 
     def s3_open(url, mode="rb", bufsize=8192, **kw):
-        parent, _, leaf = url.rpartition("/")
-        return open_storage(parent).open_stream(leaf)
+        parent, leaf = open_url(url)
+        return parent.open_stream(leaf)
 
     importlib.import_module("webdataset.gopen").gopen_schemes["s3"] = s3_open
     urls = shard_urls(out_url)

@@ -60,7 +60,7 @@ import pyarrow as pa
 
 from pipeline.jobs import UserError
 from pipeline.masks import decode_mask_png, encode_mask_png
-from pipeline.storage import Storage, StorageNotFoundError, open_storage
+from pipeline.storage import Storage, StorageNotFoundError, open_storage, open_url
 
 log = logging.getLogger(__name__)
 
@@ -436,8 +436,8 @@ def read_index(url) -> pa.Table:
     :class:`pipeline.storage.StorageNotFoundError` when there is no index at all."""
     st = _storage(url)
     if str(url).rstrip("/").endswith(".parquet"):
-        parent, _, leaf = st.url.rpartition("/")
-        return _storage(parent).read_parquet(leaf).replace_schema_metadata(None)
+        parent, leaf = open_url(st.url)
+        return parent.read_parquet(leaf).replace_schema_metadata(None)
     if not st.exists(INDEX_NAME) and not list_index_parts(st):
         raise StorageNotFoundError(f"{st.join(INDEX_NAME)}: no shard index (neither {INDEX_NAME} nor "
                                    f"{INDEX_PARTS_DIR}/*.parquet)")
@@ -494,8 +494,7 @@ def shard_urls(url, split: str | None = None) -> list[str]:
 
 def verify_shard(url: str, checksum: str) -> None:
     """Raise :class:`ShardChecksumError` unless the file at ``url`` has SHA-256 ``checksum``."""
-    parent, _, leaf = str(url).rstrip("/").rpartition("/")
-    st = _storage(parent)
+    st, leaf = open_url(str(url))
     digest = hashlib.sha256()
     with st.open_stream(leaf) as f:
         for chunk in iter(lambda: f.read(8 << 20), b""):
@@ -575,14 +574,14 @@ def read_samples(entry: ShardEntry, start: int = 0, stop: int | None = None) -> 
 
     With ``entry.checksum``, the whole shard's SHA-256 is verified on its first read in this process.
     """
-    parent, _, name = entry.url.rpartition("/")
+    parent, name = open_url(entry.url)
     stop = entry.num_samples if stop is None else stop
     if start >= stop:
         return
     _verify_once(entry)
     offsets, sizes = entry.offsets[start:stop], entry.sizes[start:stop]
     # The block's samples are consecutive in the shard: one ranged GET streams them all.
-    with open_storage(parent).open_stream(name, start=offsets[0], stop=offsets[-1] + sizes[-1]) as f:
+    with parent.open_stream(name, start=offsets[0], stop=offsets[-1] + sizes[-1]) as f:
         position = offsets[0]
         for offset, size in zip(offsets, sizes, strict=True):
             if offset < position:

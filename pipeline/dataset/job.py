@@ -50,7 +50,7 @@ from pipeline.shards import (
     read_index_parts,
     write_index_part,
 )
-from pipeline.storage import Storage, StorageError, open_storage
+from pipeline.storage import Storage, StorageError, open_storage, open_url
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,9 @@ def _checkpoint_sha256(url: str) -> str:
     try:
         if "://" not in url:
             return file_sha256(url)
-        parent, _, leaf = url.rstrip("/").rpartition("/")
+        parent, leaf = open_url(url)
         digest = hashlib.sha256()
-        with open_storage(parent).open_stream(leaf) as f:
+        with parent.open_stream(leaf) as f:
             for chunk in iter(lambda: f.read(8 << 20), b""):
                 digest.update(chunk)
         return digest.hexdigest()

@@ -28,7 +28,7 @@ from pipeline.evaluate.metrics import METRIC_KEYS, aggregate_results
 from pipeline.evaluate.report import resolve_frames_root, write_report
 from pipeline.ingest.formats import YTOBJ_CLASSES, IngestError
 from pipeline.jobs import JobSummary, init_ray
-from pipeline.storage import Storage, open_storage
+from pipeline.storage import Storage, open_storage, open_url
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ def _read_sequence_list(cfg: EvaluateConfig, gt: Storage) -> list[str]:
         if "://" not in source and not source.startswith("/") and gt.exists(source):
             text = gt.read_text(source)
         else:
-            directory, _, leaf = source.rstrip("/").rpartition("/")
-            text = open_storage(directory or ".").read_text(leaf)
+            storage, leaf = open_url(source)
+            text = storage.read_text(leaf)
         names += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     return list(dict.fromkeys(names))
 

@@ -24,7 +24,7 @@ from pipeline.config import ConfigError
 from pipeline.flow.engines import create_flow_engine
 from pipeline.flow.render import RENDER_VERSION
 from pipeline.shards import decode_clip, read_index, shard_urls, verify_shard
-from pipeline.storage import open_storage, storage_filesystem
+from pipeline.storage import open_storage, open_url, storage_filesystem
 from tests.conftest import REPO_ROOT
 from tests.media import make_scene, truncate_file, upload_tree, write_davis, write_jpeg, write_mp4
 
@@ -42,8 +42,8 @@ def _corpus_url(local_dir, storage_url: str, name: str) -> str:
 
 def _wds_samples(urls: list[str]) -> list[dict]:
     def s3_open(url, mode="rb", bufsize=8192, **kw):
-        parent, _, leaf = url.rpartition("/")
-        return open_storage(parent).open_stream(leaf)
+        parent, leaf = open_url(url)
+        return parent.open_stream(leaf)
 
     importlib.import_module("webdataset.gopen").gopen_schemes["s3"] = s3_open  # webdataset 1.0.2 has no s3:// handler
     return list(wds.WebDataset(urls, shardshuffle=False))
