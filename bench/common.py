@@ -8,11 +8,16 @@ CI machine is 2 shared cores, and a 1-minute load average well above the core co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
 
-__all__ = ["machine"]
+__all__ = ["machine", "moto_s3"]
 
 
 def _cpu_model() -> str:
@@ -53,3 +58,33 @@ def machine(device: str | None = None) -> dict:
     if (device == "cuda" or device is None) and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str) -> Iterator[str]:
+    """A moto S3 server on loopback with ``bucket``; sets ``AWS_ENDPOINT_URL`` and dummy keys, yields ``s3://bucket``.
+
+    A separate process, as a real object store would be: an in-process server would compete with the benchmarked
+    driver for the GIL.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    moto = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    server = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
+                          AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        yield f"s3://{bucket}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

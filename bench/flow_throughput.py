@@ -30,7 +30,7 @@ import time
 import uuid
 
 import numpy as np
-from common import machine
+from common import machine, moto_s3
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on loopback
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -228,32 +228,12 @@ def main(argv=None) -> None:
     from pipeline.storage import open_storage
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
-    server = None
+    cleanup = contextlib.ExitStack()
     if args.storage == "s3":
-        import socket
-        import subprocess
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        # A separate process, as a real object store would be: an in-process server would compete with the
-        # job's driver for the GIL.
-        moto = os.path.join(os.path.dirname(sys.executable), "moto_server")
-        server = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
-        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
-                          AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket="bench")
-        root = "s3://bench"
+        root = cleanup.enter_context(moto_s3("bench"))
     else:
         root = tempfile.mkdtemp(prefix="flow-bench-")
+        cleanup.callback(shutil.rmtree, root, ignore_errors=True)
     desc = machine()
     corpus = f"{root}/corpus"
     frames = write_corpus(open_storage(corpus), args.videos, max(args.frames, args.ptlflow_frames), h, w)
@@ -288,11 +268,7 @@ def main(argv=None) -> None:
                               "clip_frames": 5, "flow_compress_level": args.flow_compress_level, **rates,
                               "machine": desc}), flush=True)
     finally:
-        if server:
-            server.terminate()
-            server.wait(timeout=30)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        cleanup.close()
 
 
 if __name__ == "__main__":

@@ -25,22 +25,16 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from common import machine, moto_s3
+
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on loopback
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-
-def _machine() -> dict:
-    from bench.flow_throughput import machine  # TODO(lead): bench/common.py's machine() once merged
-
-    return machine()
 
 
 def _rows(group: str, samples: int = 4) -> list[dict]:
@@ -182,32 +176,6 @@ def bench_segment_worklist(root: str, videos: int) -> dict:
     return out
 
 
-@contextlib.contextmanager
-def moto_s3():
-    """A moto S3 server in its own process on loopback, with a bucket; yields its s3:// root."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    moto = os.path.join(os.path.dirname(sys.executable), "moto_server")
-    server = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
-        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
-                          AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket="scale")
-        yield "s3://scale"
-    finally:
-        server.terminate()
-        server.wait()
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", type=int, default=2000, help="tiny videos in the flow-job section")
@@ -224,13 +192,13 @@ def main(argv=None) -> None:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     sections = args.sections.split(",")
     sizes = [int(n) for n in args.commit_sizes.split(",")]
-    desc = _machine()
+    desc = machine()
     tmp = tempfile.mkdtemp(prefix="scale-bench-")
     try:
         with contextlib.ExitStack() as stack:
             roots = {}
             for name in args.storages.split(","):
-                roots[name] = stack.enter_context(moto_s3()) if name == "s3" else os.path.join(tmp, "local")
+                roots[name] = stack.enter_context(moto_s3("scale")) if name == "s3" else os.path.join(tmp, "local")
             if "commit" in sections:
                 for root in roots.values():
                     res = bench_commit(f"{root}/commit", sizes, args.probes)
