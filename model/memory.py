@@ -9,6 +9,7 @@ same and each stored frame costs one projection.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -154,7 +155,9 @@ class MemoryEncoder(nn.Module):
             nn.GELU(),
         )
         self.feat_proj = nn.Conv2d(dim, dim, 1)
-        self.fuser = nn.Sequential(ConvNeXtBlock(dim), ConvNeXtBlock(dim))
+        # The official Fuser deep-copies one block (get_clones), so both blocks start from the same weights.
+        block = ConvNeXtBlock(dim)
+        self.fuser = nn.Sequential(block, copy.deepcopy(block))
 
     def forward(self, feature: torch.Tensor, quarter_logits: torch.Tensor) -> torch.Tensor:
         """feature (B, d, h, w), quarter_logits (B, 1, H/4, W/4) -> (B, h*w, d) memory tokens."""
