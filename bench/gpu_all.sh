@@ -46,7 +46,7 @@ if [ "$DRY_RUN" = 1 ]; then
                 --precisions fp32,bf16)
     FLOW_ARGS=(--settings rapidflow_it1 --cpus 1 --videos 1 --frames 2 --ptlflow-frames 2 --size 64x96
                --storage local)
-    LIMIT_MODEL=120 LIMIT_SEGMENT=240 LIMIT_TRAIN=240 LIMIT_FLOW=240
+    LIMIT_MODEL=300 LIMIT_SEGMENT=300 LIMIT_TRAIN=300 LIMIT_FLOW=300  # only to stop a hang on a loaded CPU
 else
     if ! command -v nvidia-smi >/dev/null || ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
         echo "gpu_all.sh: no CUDA GPU here; use --dry-run on a CPU machine" >&2
