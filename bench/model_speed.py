@@ -1,12 +1,15 @@
 """HMHI-Net inference speed and memory: one JSON line per setting.
 
-    python bench/model_speed.py                         # CPU, 2 threads, 512x512, T=5, batches 1 and 4
+    python bench/model_speed.py                         # CPU, 2 threads, 512x512, T=5, batches 1 and 4, fp32+bf16
+    python bench/model_speed.py --batches 1 --no-baseline --skip memory   # issue 16's bf16-vs-fp32 CPU figure
     python bench/model_speed.py --device cuda           # GPU: fp32 and bf16, batches 1, 4, 16
     python bench/model_speed.py --memory-check-size 512 # the memory-flatness run at full size (slow on CPU)
 
 Settings:
 - ``steady_state``: per-frame latency of :meth:`HMHINet.step` once the memory holds T frames (the first T+1 frames
-  are warm-up), median over ``--steady-frames`` steps. Every line also carries a same-run baseline: the same model
+  are warm-up), median over ``--steady-frames`` steps. fp32 and bf16 (``net.step`` under ``model.autocast``) are
+  timed in one interleaved run; the bf16 line carries ``speedup_vs_fp32_same_run``. Every line also carries a
+  same-run baseline (``--no-baseline`` drops it): the same model
   with the official top-k formulation (full T*4096-wide logits, -inf mask, dense softmax @ v, see
   ``model.memory.dense_topk_attention``), and a same-run dense-GEMM throughput so figures taken on a shared,
   loaded machine can be normalised (``efficiency`` = official FLOPs per frame / time / GEMM rate).
@@ -31,13 +34,13 @@ import time
 import torch
 from common import machine as machine_description
 
-from model import create_model
+from model import autocast, create_model, resolve_precision
 from model.memory import dense_topk_attention
 
 OFFICIAL_GFLOP_PER_FRAME = {5: 209.0, 3: 191.0}  # 512x512 steady state (hmhi-architecture.md §11)
 OFFICIAL_CPU_S_PER_FRAME = {5: 2.43, 3: 2.13}  # official code, this CPU, 2 threads, batch 1
 OFFICIAL_CPU_TIME_PER_FRAME = {5: 4.76, 3: 4.20}  # same runs, process CPU time over both threads
-CPU_TARGET_S_PER_FRAME = 1.3
+CPU_TARGET_S_PER_FRAME = {"fp32": 1.3, "bf16": 0.35}  # issue 16: bf16 also >= 2.7x fp32, same run
 QUIET_GEMM_GFLOPS_PER_THREAD = 100.0  # 1024^3 fp32 matmul on this CPU when idle: 180-220 GFLOP/s on 2 threads
 
 
@@ -79,17 +82,12 @@ def build(args, dense_topk: bool = False):
     return net
 
 
-def autocast(device: str, dtype: str):
-    if dtype == "bf16":
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
-    return torch.autocast(device_type=device, enabled=False)
-
-
-def time_steps(nets: dict, args, batch: int, size: int, dtype: str, steady: int) -> dict:
+def time_steps(nets: dict, args, batch: int, size: int, steady: int) -> dict:
     """Per-model step timings, the models' steps interleaved so all see the same machine load.
 
-    Returns {name: {"wall": [...], "cpu": [...], "gemm": [...]}} for ``steady`` steps after T+1 warm-up steps;
-    "gemm" is the dense-GEMM rate (GFLOP/s) measured around each timed step.
+    ``nets`` maps a name to ``(net, dtype)``; each step runs under that dtype's autocast. Returns
+    {name: {"wall": [...], "cpu": [...], "gemm": [...]}} for ``steady`` steps after T+1 warm-up steps; "gemm" is the
+    dense-GEMM rate (GFLOP/s, in the model's dtype) measured around each timed step.
     """
     g = torch.Generator().manual_seed(1)
     frame = torch.randn(batch, 3, size, size, generator=g).to(args.device)
@@ -97,17 +95,18 @@ def time_steps(nets: dict, args, batch: int, size: int, dtype: str, steady: int)
     if args.channels_last:
         frame = frame.contiguous(memory_format=torch.channels_last)
         flow = flow.contiguous(memory_format=torch.channels_last)
-    gemm_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
-    states = {name: net.init_state(batch, device=args.device) for name, net in nets.items()}
+    states = {name: net.init_state(batch, device=args.device) for name, (net, _) in nets.items()}
     out = {name: {"wall": [], "cpu": [], "gemm": []} for name in nets}
-    with torch.inference_mode(), autocast(args.device, dtype):
+    with torch.inference_mode():
         for i in range(args.memory_size + 1 + steady):
-            for name, net in nets.items():
+            for name, (net, dtype) in nets.items():
+                gemm_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
                 timed = i > args.memory_size
                 rate_before = gemm_gflops(args.device, gemm_dtype, repeats=3) if timed else 0.0
                 sync(args.device)
                 start, cpu_start = time.perf_counter(), time.process_time()
-                _, states[name] = net.step(frame, flow, states[name])
+                with autocast(args.device, resolve_precision(dtype, args.device)):
+                    _, states[name] = net.step(frame, flow, states[name])
                 sync(args.device)
                 if timed:
                     out[name]["wall"].append(time.perf_counter() - start)
@@ -116,12 +115,29 @@ def time_steps(nets: dict, args, batch: int, size: int, dtype: str, steady: int)
     return out
 
 
-def steady_state(args, batch: int, dtype: str) -> dict:
-    nets = {"ours": build(args)}
-    if args.baseline:
-        nets["baseline"] = build(args, dense_topk=True)
-    timings = time_steps(nets, args, batch, args.size, dtype, args.steady_frames)
-    ours = timings["ours"]
+def steady_state(args, batch: int, dtypes: list[str]) -> list[dict]:
+    """One line per dtype; all dtypes (and baselines) are timed in the same interleaved run, so their ratio
+    (``speedup_vs_fp32_same_run`` on the bf16 line) is not skewed by a shared machine's changing load."""
+    nets = {}
+    for dtype in dtypes:
+        nets[dtype] = (build(args), dtype)
+        if args.baseline:
+            nets[f"baseline_{dtype}"] = (build(args, dense_topk=True), dtype)
+    timings = time_steps(nets, args, batch, args.size, args.steady_frames)
+    lines = [_steady_line(args, batch, dtype, timings) for dtype in dtypes]
+    if "fp32" in timings:
+        fp32_s = statistics.median(timings["fp32"]["wall"])
+        for line in lines:
+            if line["dtype"] != "fp32":
+                line["fp32_s_per_frame_same_run"] = round(fp32_s / batch, 4)
+                line["speedup_vs_fp32_same_run"] = round(fp32_s / (line["s_per_frame"] * batch), 3)
+                line["cpu_speedup_vs_fp32_same_run"] = round(
+                    statistics.median(timings["fp32"]["cpu"]) / (line["cpu_s_per_frame"] * batch), 3)
+    return lines
+
+
+def _steady_line(args, batch: int, dtype: str, timings: dict) -> dict:
+    ours = timings[dtype]
     step_s = statistics.median(ours["wall"])
     rate = statistics.median(ours["gemm"])
     line = {
@@ -133,7 +149,7 @@ def steady_state(args, batch: int, dtype: str) -> dict:
         "cpu_s_per_frame": round(statistics.median(ours["cpu"]) / batch, 4),  # process CPU time, all threads
         "gemm_gflops_during": round(rate, 1),
     }
-    if args.device == "cpu":
+    if args.device == "cpu" and dtype == "fp32":
         # What the same step would take with the GEMM rate of a quiet machine (a projection, not a measurement):
         # each step's wall time scaled by (GEMM rate around that step / quiet GEMM rate).
         quiet = QUIET_GEMM_GFLOPS_PER_THREAD * args.threads
@@ -145,11 +161,12 @@ def steady_state(args, batch: int, dtype: str) -> dict:
         if args.device == "cpu":
             line["official_s_per_frame_documented"] = OFFICIAL_CPU_S_PER_FRAME[args.memory_size]
             line["official_cpu_s_per_frame_documented"] = OFFICIAL_CPU_TIME_PER_FRAME[args.memory_size]
-            line["target_s_per_frame"] = CPU_TARGET_S_PER_FRAME
-            if args.threads == 2:  # the target is for 2 threads
-                line["meets_target_projected"] = line["projected_quiet_s_per_frame"] <= CPU_TARGET_S_PER_FRAME
+            target = CPU_TARGET_S_PER_FRAME[dtype]
+            line["target_s_per_frame"] = target
+            if args.threads == 2 and "projected_quiet_s_per_frame" in line:  # the target is for 2 threads
+                line["meets_target_projected"] = line["projected_quiet_s_per_frame"] <= target
     if args.baseline:
-        base_s = statistics.median(timings["baseline"]["wall"])
+        base_s = statistics.median(timings[f"baseline_{dtype}"]["wall"])
         line["baseline"] = "same model with the official dense top-k read-out, steps interleaved with ours"
         line["baseline_s_per_step"] = round(base_s, 4)
         line["speedup_vs_baseline"] = round(base_s / step_s, 3)
@@ -167,7 +184,7 @@ def memory_flatness(args, dtype: str) -> dict:
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    with torch.inference_mode(), autocast(args.device, dtype):
+    with torch.inference_mode(), autocast(args.device, resolve_precision(dtype, args.device)):
         for i in range(checkpoints[-1]):
             _, state = net.step(frames[i % 8], frames[(i + 3) % 8], state)
             if i + 1 in checkpoints:
@@ -198,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--memory-size", type=int, default=5, help="memory window T")
     parser.add_argument("--batches", default=None, help="comma list (default cpu: 1,4; cuda: 1,4,16)")
-    parser.add_argument("--dtypes", default=None, help="comma list of fp32,bf16 (default cpu: fp32; cuda: both)")
+    parser.add_argument("--dtypes", default=None, help="comma list of fp32,bf16 (default: both, timed in one interleaved run)")
     parser.add_argument("--steady-frames", type=int, default=4)
     parser.add_argument("--no-baseline", dest="baseline", action="store_false")
     parser.add_argument("--channels-last", action="store_true")
@@ -212,17 +229,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda: no CUDA device available")
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in (args.batches or ("1,4" if args.device == "cpu" else "1,4,16")).split(",")]
-    dtypes = (args.dtypes or ("fp32" if args.device == "cpu" else "fp32,bf16")).split(",")
+    dtypes = (args.dtypes or "fp32,bf16").split(",")
+    if not set(dtypes) <= {"fp32", "bf16"}:
+        parser.error(f"--dtypes {args.dtypes}: expected a comma list of fp32, bf16")
     args.memory_check_frames = [int(n) for n in args.memory_check_frames.split(",")]
     if args.memory_check_size is None:
         args.memory_check_size = 128 if args.device == "cpu" else args.size
     skip = set(filter(None, args.skip.split(",")))
     machine = machine_description(args.device)
-    for dtype in dtypes:
-        if "steady_state" not in skip:
-            for batch in batches:
-                print(json.dumps({**steady_state(args, batch, dtype), "machine": machine}), flush=True)
-        if "memory" not in skip:
+    if "steady_state" not in skip:
+        for batch in batches:
+            for line in steady_state(args, batch, dtypes):
+                print(json.dumps({**line, "machine": machine}), flush=True)
+    if "memory" not in skip:
+        for dtype in dtypes:
             print(json.dumps({**memory_flatness(args, dtype), "machine": machine}), flush=True)
     return 0
 

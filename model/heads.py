@@ -67,8 +67,11 @@ class TopDownDecoder(nn.Module):
         x = None
         for i, stage in enumerate(self.stages):
             x = stage(levels[3 - i], x)
-        quarter = self.predictor(x)
-        full = F.interpolate(quarter, scale_factor=4, mode="bicubic", align_corners=False)
+        # The logits stay fp32 under bf16 autocast: the masks are their sign and the memory writes their sigmoid,
+        # and near 0 a bf16 logit (8 significant bits) flips pixels; this 256 -> 1 conv is ~0.1% of the FLOPs.
+        with torch.autocast(x.device.type, enabled=False):
+            quarter = self.predictor(x.float())
+            full = F.interpolate(quarter, scale_factor=4, mode="bicubic", align_corners=False)
         return full, quarter
 
 

@@ -15,7 +15,6 @@ Each memory is a FIFO of the last T written frames (frame 0 is not pinned). Two 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -24,9 +23,18 @@ from torch import nn
 from model.backbone import MIT_VARIANTS, DualStreamMiT
 from model.heads import PLAM, SGIM, TopDownDecoder
 from model.memory import ConvNeXtBlock, LayerNorm2d, MemoryEncoder, ReadoutLayer
-from pipeline.config import require
 
 __all__ = ["HMHIConfig", "HMHINet", "MemoryBank", "StreamState"]
+
+
+def _require(condition: bool, field: str, value, message: str) -> None:
+    """Raise ValueError naming the :class:`HMHIConfig` field unless ``condition`` holds.
+
+    model/ stands alone (importable with only torch and timm), so it does not use the pipeline's ConfigError;
+    callers that need a user-facing error wrap this ValueError.
+    """
+    if not condition:
+        raise ValueError(f"HMHIConfig field '{field}' = {value!r}: {message}")
 
 
 @dataclass
@@ -53,16 +61,16 @@ class HMHIConfig:
     """Hidden channels of the level-3 memory's mask downsampler (official: 256)."""
 
     def __post_init__(self):
-        require(self.encoder in MIT_VARIANTS, "encoder", self.encoder, f"must be one of {sorted(MIT_VARIANTS)}")
-        require(isinstance(self.memory_size, int) and self.memory_size >= 1, "memory_size", self.memory_size,
+        _require(self.encoder in MIT_VARIANTS, "encoder", self.encoder, f"must be one of {sorted(MIT_VARIANTS)}")
+        _require(isinstance(self.memory_size, int) and self.memory_size >= 1, "memory_size", self.memory_size,
                 "must be an integer >= 1")
-        require(self.decoder_width >= 1, "decoder_width", self.decoder_width, "must be >= 1")
-        require(self.readout_ffn_dim >= 1, "readout_ffn_dim", self.readout_ffn_dim, "must be >= 1")
-        require(0.0 <= self.readout_dropout < 1.0, "readout_dropout", self.readout_dropout, "must be in [0, 1)")
-        require(self.topk >= 1, "topk", self.topk, "must be >= 1")
-        require(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", self.drop_path_rate, "must be in [0, 1)")
-        require(self.pixel_mask_hidden >= 1, "pixel_mask_hidden", self.pixel_mask_hidden, "must be >= 1")
-        require(self.semantic_mask_hidden >= 1, "semantic_mask_hidden", self.semantic_mask_hidden, "must be >= 1")
+        _require(self.decoder_width >= 1, "decoder_width", self.decoder_width, "must be >= 1")
+        _require(self.readout_ffn_dim >= 1, "readout_ffn_dim", self.readout_ffn_dim, "must be >= 1")
+        _require(0.0 <= self.readout_dropout < 1.0, "readout_dropout", self.readout_dropout, "must be in [0, 1)")
+        _require(self.topk >= 1, "topk", self.topk, "must be >= 1")
+        _require(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", self.drop_path_rate, "must be in [0, 1)")
+        _require(self.pixel_mask_hidden >= 1, "pixel_mask_hidden", self.pixel_mask_hidden, "must be >= 1")
+        _require(self.semantic_mask_hidden >= 1, "semantic_mask_hidden", self.semantic_mask_hidden, "must be >= 1")
 
 
 class MemoryBank(nn.Module):
@@ -154,7 +162,8 @@ class HMHINet(nn.Module):
     def _init_weights(self) -> None:
         """Official init order (§9): MiT init for the encoder (done in DualStreamMiT), N(0, 0.01) for every conv
         of encoder and decoder, PyTorch defaults for memories/SGIM/PLAM except Kaiming-uniform PLAM convs with
-        zero bias and ConvNeXt layer scales of 1e-6."""
+        zero bias and ConvNeXt layer scales of 1e-6. (The memory encoders' two fuser blocks are copies of one
+        block, see :class:`model.memory.MemoryEncoder`.)"""
         for module in self.backbone.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, 0.0, 0.01)
@@ -162,9 +171,12 @@ class HMHINet(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, 0.0, 0.01)
                 nn.init.zeros_(module.bias)
+        # Every PLAM conv, the CBAM 3x3 ones included, is built by the official Conv/ConvRelu wrappers, which call
+        # kaiming_uniform_ with its default a=0 (bound sqrt(6 / fan_in), not PyTorch's Conv2d default a=sqrt(5))
+        # and zero the bias.
         for module in self.plam.modules():
-            if isinstance(module, nn.Conv2d) and module.kernel_size != (3, 3):
-                nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_uniform_(module.weight, a=0.0)
                 nn.init.zeros_(module.bias)
         for module in self.modules():
             if isinstance(module, ConvNeXtBlock):

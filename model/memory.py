@@ -9,6 +9,7 @@ same and each stored frame costs one projection.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -112,10 +113,14 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        # Statistics in fp32 even under bf16 autocast (a no-op in fp32): a bf16 mean and (x - mean)^2 lose most of
+        # their significant bits to cancellation, as nn.LayerNorm's own kernels avoid by accumulating in fp32.
+        x = x.float()
         mean = x.mean(1, keepdim=True)
         var = (x - mean).pow(2).mean(1, keepdim=True)
         x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+        return (self.weight[:, None, None] * x + self.bias[:, None, None]).to(dtype)
 
 
 class ConvNeXtBlock(nn.Module):
@@ -154,7 +159,9 @@ class MemoryEncoder(nn.Module):
             nn.GELU(),
         )
         self.feat_proj = nn.Conv2d(dim, dim, 1)
-        self.fuser = nn.Sequential(ConvNeXtBlock(dim), ConvNeXtBlock(dim))
+        # The official Fuser deep-copies one block (get_clones), so both blocks start from the same weights.
+        block = ConvNeXtBlock(dim)
+        self.fuser = nn.Sequential(block, copy.deepcopy(block))
 
     def forward(self, feature: torch.Tensor, quarter_logits: torch.Tensor) -> torch.Tensor:
         """feature (B, d, h, w), quarter_logits (B, 1, H/4, W/4) -> (B, h*w, d) memory tokens."""
@@ -184,13 +191,25 @@ def topk_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk
     ``embedding_bag`` (never materialised). Queries are processed in chunks so that at most ~``chunk_elements``
     logits exist at once (the Nq x Nk matrix is never built whole). If fewer than ``topk`` keys are valid, every
     valid key is kept (invalid ones get weight 0).
+
+    Low precision (q in bf16/fp16, e.g. under autocast): the full logit matrix is computed in q's dtype only to
+    shortlist ``1.5 * topk`` keys per query; the kept logits are then recomputed in fp32 from those keys, and the
+    top-``topk`` choice, the softmax and the weighted sum of v run in fp32. Why: bf16 keeps 8 significant bits,
+    so bf16 logits tie and reorder around the 50th place (the fp32 gap there is often < 1e-4, see the fixture
+    README) and the softmax weights would carry ~0.4% errors; 25 extra places cover such reorderings (a wider
+    shortlist costs top-k time: 100 places made the read-out 1.5x slower on CPU).
     """
     batch, n_q, dim = q.shape
     n_k = k.shape[1]
     keep = min(topk, n_k)
+    low_precision = q.dtype in (torch.bfloat16, torch.float16)
+    shortlist = min(n_k, keep + keep // 2) if low_precision else keep
     chunk = max(1, min(n_q, chunk_elements // max(1, batch * n_k)))
-    k_t = k.transpose(1, 2)
+    k_t = k.transpose(1, 2).to(q.dtype)
     v_flat = v.reshape(batch * n_k, dim)
+    if low_precision:
+        v_flat = v_flat.float()
+        k_flat = k.reshape(batch * n_k, dim).float()
     offsets = (torch.arange(batch, device=q.device) * n_k).view(batch, 1, 1)
     outputs = []
     for start in range(0, n_q, chunk):
@@ -199,12 +218,20 @@ def topk_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk
         logits = torch.baddbmm(q_chunk.new_empty(()), q_chunk, k_t, beta=0.0, alpha=dim ** -0.5)
         if key_valid is not None:
             logits.masked_fill_(~key_valid[:, None, :], float("-inf"))
-        top_logits, top_index = logits.topk(keep, dim=-1, sorted=False)
+        top_logits, top_index = logits.topk(shortlist, dim=-1, sorted=False)
         del logits
+        if low_precision:
+            with torch.autocast(q.device.type, enabled=False):  # fp32 from here on (see the docstring)
+                candidates = k_flat.index_select(0, (top_index + offsets).flatten()).view(*top_index.shape, dim)
+                exact = (candidates * q_chunk.float()[:, :, None, :]).sum(-1) * dim ** -0.5  # (B, c, shortlist)
+                if key_valid is not None:
+                    exact.masked_fill_(torch.isneginf(top_logits), float("-inf"))
+                top_logits, pick = exact.topk(keep, dim=-1, sorted=False)
+                top_index = top_index.gather(-1, pick)
         weights = F.dropout(top_logits.softmax(dim=-1), p=dropout_p, training=dropout_p > 0)
         rows = (top_index + offsets).flatten(0, 1)  # (B*c, keep) rows of v_flat
         out = F.embedding_bag(rows, v_flat, per_sample_weights=weights.flatten(0, 1).to(v_flat.dtype), mode="sum")
-        outputs.append(out.view(batch, -1, dim))
+        outputs.append(out.view(batch, -1, dim).to(q.dtype))
     return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
 
 

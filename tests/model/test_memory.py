@@ -80,3 +80,23 @@ def test_sine_code_matches_formula():
     expected = [math.sin(y / dim_t[0]), math.cos(y / dim_t[1]), math.sin(y / dim_t[2]), math.cos(y / dim_t[3]),
                 math.sin(x / dim_t[0]), math.cos(x / dim_t[1]), math.sin(x / dim_t[2]), math.cos(x / dim_t[3])]
     torch.testing.assert_close(code[row * 5 + col], torch.tensor(expected), atol=1e-6, rtol=0)
+
+
+def test_bf16_topk_selects_and_weighs_in_fp32():
+    """Under bf16 autocast the top-k choice and softmax are those of fp32 logits of the (bf16) q and k."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, n, 64, generator=g).bfloat16() for n in (300, 2000, 2000))
+    valid = torch.ones(2, 2000, dtype=torch.bool)
+    valid[1, :1500] = False  # invalid keys must not come back through the fp32 re-scoring
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = topk_cross_attention(q, k, v, topk=50, key_valid=valid, chunk_elements=1 << 16)
+    assert got.dtype == torch.bfloat16
+    exact = dense_topk_attention(q.float(), k.float(), v.float(), topk=50, key_valid=valid)
+    # Only the final rounding of the output to bf16 separates them (|out| < ~1, bf16 spacing <= 2^-8).
+    assert (got.float() - exact).abs().max() <= 2 ** -8
+    # Control: selecting among bf16-rounded logits changes some queries' outputs by far more.
+    logits = (q @ k.transpose(1, 2) * 64 ** -0.5).masked_fill(~valid[:, None], float("-inf"))  # bf16
+    index = logits.topk(50, dim=-1).indices
+    masked = torch.full_like(logits, float("-inf")).scatter(-1, index, logits.gather(-1, index))
+    naive = masked.float().softmax(-1) @ v.float()
+    assert (naive - exact).abs().max() > 4 * 2 ** -8
