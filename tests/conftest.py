@@ -101,18 +101,6 @@ def storage_url(request, tmp_path) -> str:
 
 _INTEGRATION_FIXTURES = {"ray_cluster", "s3_server", "s3_bucket"}
 _INTEGRATION_DIRS = ("jobs", "infra")
-# Unit tests that take a minute or more on the 2-core machine (measured 2026-11-29 under load: 47-98 s each, 60% of
-# the unit tier's time), marked ``slow`` here until their files mark them: the larger MiT variants and the long
-# streaming runs. ``make test`` still runs them.
-_SLOW_UNIT_TESTS = (
-    "tests/model/test_hmhi.py::test_variant_shapes[hmhi_mit_b3]",
-    "tests/model/test_hmhi.py::test_variant_shapes[hmhi_mit_b4]",
-    "tests/model/test_hmhi.py::test_variant_shapes[hmhi_mit_b5]",
-    "tests/model/test_hmhi.py::test_memory_is_bounded_whatever_the_length",
-    "tests/model/test_hmhi.py::test_fifo_window_changes_outputs_exactly_after_T_frames",
-    "tests/model/test_parity.py::test_official_parity_T3",
-)
-
 
 def pytest_collection_modifyitems(config, items):
     """Mark as ``integration`` every test that starts the Ray cluster or the S3 server (directly or through another
@@ -130,5 +118,3 @@ def pytest_collection_modifyitems(config, items):
             top = ""
         if fixtures & _INTEGRATION_FIXTURES or params.get("storage_url") == "s3" or top in _INTEGRATION_DIRS:
             item.add_marker(pytest.mark.integration)
-        if item.nodeid in _SLOW_UNIT_TESTS:
-            item.add_marker(pytest.mark.slow)

@@ -44,7 +44,9 @@ def test_official_b1_parameter_count():
     assert sum(p.numel() for p in net.parameters()) == 46_099_658
 
 
-@pytest.mark.parametrize("name", [f"hmhi_mit_b{i}" for i in range(6)])
+# The larger MiT variants take a minute or more each on 2 cores: `slow` keeps them out of `make test-fast`.
+@pytest.mark.parametrize("name", [f"hmhi_mit_b{i}" if i < 3 else pytest.param(f"hmhi_mit_b{i}", marks=pytest.mark.slow)
+                                  for i in range(6)])
 def test_variant_shapes(name):
     net = create_model(name, decoder_width=32, readout_ffn_dim=64).eval()
     frames, flows = random_clip(1, 2, size=64)
@@ -83,6 +85,7 @@ def test_streaming_equals_clip_forward_with_fifo_eviction():
     assert state.pixel_keys.shape[:2] == (2, 2)  # the ring never grows
 
 
+@pytest.mark.slow  # a long streaming run: over a minute on 2 cores
 def test_fifo_window_changes_outputs_exactly_after_T_frames():
     """Frames 0..T read the same memory whatever the window; frame T+1 is the first that misses frame 0."""
     frames, flows = random_clip(1, 5, size=64, seed=3)
@@ -99,6 +102,7 @@ def test_fifo_window_changes_outputs_exactly_after_T_frames():
     torch.testing.assert_close(streamed, outs[2], atol=ATOL, rtol=0)
 
 
+@pytest.mark.slow  # a long streaming run: over a minute on 2 cores
 def test_memory_is_bounded_whatever_the_length():
     net = tiny_model(memory_size=3).eval()
     frames, flows = random_clip(1, 2, size=64)

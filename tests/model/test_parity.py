@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from model import create_model, load_checkpoint
@@ -27,6 +28,7 @@ def _normalise(u8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))[None]
 
 
+@pytest.mark.slow  # the full official model in fp32: over a minute on 2 cores
 def test_official_parity_T3(official_fixture_dir, official_weights, tmp_path):
     keys = json.loads((official_fixture_dir / "keys.json").read_text())
     state = official_weights(0)
