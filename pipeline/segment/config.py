@@ -118,13 +118,17 @@ class SegmentRuntimeConfig:
         require(self.prefetch_chunks >= 1, "prefetch_chunks", self.prefetch_chunks, "must be >= 1")
         require(self.write_threads >= 1, "write_threads", self.write_threads, "must be >= 1")
 
-    def actor_cpus(self, cluster_cpus: float) -> float:
-        """``cpus_per_actor``, with 0 (auto) resolved for a cluster of ``cluster_cpus`` CPUs."""
+    def actor_cpus(self, cluster_cpus: float, node_cpus: float | None = None) -> float:
+        """``cpus_per_actor``, with 0 (auto) resolved for a cluster of ``cluster_cpus`` CPUs whose largest node has
+        ``node_cpus`` (an actor runs on one node: asking for more than a node has would never be scheduled)."""
         if self.cpus_per_actor > 0:
             return self.cpus_per_actor
         if self.gpus_per_actor > 0:
             return 1.0
-        spare = cluster_cpus / self.num_actors - self.videos_in_flight * self.decode_cpus
+        share = cluster_cpus / self.num_actors
+        if node_cpus is not None:
+            share = min(share, node_cpus)
+        spare = share - self.videos_in_flight * self.decode_cpus
         return max(1.0, float(int(spare * 10)) / 10)  # tenths: Ray's fractional CPUs are exact in that unit
 
 

@@ -112,7 +112,8 @@ def run(cfg: SegmentConfig) -> dict:
         init_ray()
         rt = cfg.runtime
         cpus = ray.cluster_resources().get("CPU", 0)
-        rt.cpus_per_actor = rt.actor_cpus(cpus)  # travels to the actors resolved; summary.config keeps the asked value
+        node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=cpus)
+        rt.cpus_per_actor = rt.actor_cpus(cpus, node_cpus)  # travels to the actors resolved; summary.config keeps the asked value
         summary.set("actor_cpus", rt.cpus_per_actor)
         needed = rt.num_actors * rt.cpus_per_actor + rt.decode_cpus
         if cpus < needed:

@@ -31,6 +31,8 @@ def test_actor_cpus_leave_the_decode_share():
     assert SegmentRuntimeConfig(videos_in_flight=16).actor_cpus(1) == 1.0  # at least one
     assert SegmentRuntimeConfig(gpus_per_actor=1).actor_cpus(32) == 1.0
     assert SegmentRuntimeConfig(cpus_per_actor=3).actor_cpus(32) == 3
+    # Two 2-CPU nodes: the actor must fit on one node, with the decode share left there.
+    assert SegmentRuntimeConfig(videos_in_flight=2).actor_cpus(4, node_cpus=2) == 1.8
 
 
 def test_official_soft_map_is_the_official_formula():
