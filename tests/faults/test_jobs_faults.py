@@ -115,8 +115,11 @@ def test_segment_under_faults_writes_the_same_masks_as_a_clean_run(s3_bucket, tm
     upload_tree(tmp_path / "c", corpus)
 
     def args(out: str) -> list[str]:
+        # fp32: this random-init model's probabilities sit within 1e-5 of 0.5, where bf16 rounding decides a mask
+        # pixel; the test is about storage faults, so the arithmetic must be exactly repeatable.
         return ["--input", corpus, "--output", out, "--checkpoint", str(ckpt), "--input-size", "64",
-                "--num-actors", "1", "--set", "runtime.videos_in_flight=2", "--set", "flow.preset=ultrafast"]
+                "--num-actors", "1", "--set", "runtime.videos_in_flight=2", "--set", "flow.preset=ultrafast",
+                "--precision", "fp32"]
 
     fault_proxy.set_plan(ISSUE_PLAN)
     faulty = _driver(ray_cluster, {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url}, args(f"{s3_bucket}/faulty"),

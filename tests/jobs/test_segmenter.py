@@ -42,11 +42,12 @@ def test_video_segmenter_equals_the_job(tmp_path, ray_cluster, tiny_checkpoint):
         written = np.asarray(Image.open(io.BytesIO(out.read_bytes(f"probs/clip/{index:05d}.png")))).astype(int)
         assert np.abs(written - np.round(prob * 255)).max() <= 1
         np.testing.assert_array_equal(decode_mask_png(out.read_bytes(f"masks/clip/{index:05d}.png")), mask)
-    # An iterator of frames gives the same probabilities as the file (masks are not compared: this random-init
-    # model's probabilities all lie within 1e-5 of 0.5, so float noise decides them).
+    # An iterator of frames gives the same probabilities as the file, to float noise (masks are not compared: this
+    # random-init model's probabilities all lie within 1e-5 of 0.5, so float noise decides them; the official init,
+    # fuser blocks starting as copies, moved the noise here from under 2e-6 to 2.9e-6).
     for (i, _, prob), (j, _, prob2) in zip(results, from_arrays, strict=True):
         assert i == j
-        np.testing.assert_allclose(prob, prob2, atol=2e-6)
+        np.testing.assert_allclose(prob, prob2, atol=5e-6)
 
 
 def decoded_frames(path):
