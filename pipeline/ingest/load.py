@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from pipeline.ingest.formats import VideoRecord, mask_has_white_background
 from pipeline.masks import MaskError, read_mask, read_mask_values
+from pipeline.storage import local_copy
 from pipeline.video import VideoError, decode_video, probe_video
 
 log = logging.getLogger(__name__)
@@ -137,29 +137,20 @@ def _frames_from_folder(storage, rec: VideoRecord, max_bytes: int) -> tuple[np.n
 
 
 def _frames_from_video(storage, rec: VideoRecord, max_bytes: int) -> tuple[np.ndarray, float]:
-    if storage.is_local:
-        path, tmp = os.path.join(storage.root, rec.source), None
-    else:
-        # Download first: demuxers seek a lot, and ranged reads on S3 per seek are slow.
-        fd, tmp = tempfile.mkstemp(prefix="video-", suffix=os.path.splitext(rec.source)[1])
-        os.close(fd)
-        path = tmp
-        try:
-            storage.download_file(rec.source, tmp)
-        except ValueError as e:
-            os.remove(tmp)
-            raise VideoRejected(f"video {rec.source!r}: unsafe path ({e})") from e
     try:
-        info = probe_video(path, name=rec.source)
-        budget = max(1, max_bytes // (info.width * info.height * 3))
-        frames, info = decode_video(path, name=rec.source, max_frames=budget + 1)
-        if len(frames) > budget:
-            raise _too_long(rec, len(frames), frames.shape[1:], max_bytes)
-    except VideoError as e:
-        raise VideoRejected(str(e)) from e
-    finally:
-        if tmp:
-            os.remove(tmp)
+        url = storage.join(rec.source)
+    except ValueError as e:
+        raise VideoRejected(f"video {rec.source!r}: unsafe path ({e})") from e
+    # A remote file is downloaded first: demuxers seek a lot, and ranged reads on S3 per seek are slow.
+    with local_copy(url, prefix="hmhi-video-") as path:
+        try:
+            info = probe_video(path, name=rec.source)
+            budget = max(1, max_bytes // (info.width * info.height * 3))
+            frames, info = decode_video(path, name=rec.source, max_frames=budget + 1)
+            if len(frames) > budget:
+                raise _too_long(rec, len(frames), frames.shape[1:], max_bytes)
+        except VideoError as e:
+            raise VideoRejected(str(e)) from e
     return frames, info.fps
 
 

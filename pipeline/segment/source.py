@@ -19,10 +19,9 @@ serve :class:`pipeline.segment.VideoSegmenter` (frame arrays, files, folders) an
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import posixpath
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -32,7 +31,7 @@ from pipeline.flow.config import FlowConfig
 from pipeline.flow.render import flow_to_rgb
 from pipeline.ingest.formats import VideoRecord
 from pipeline.segment.config import PICTURES_ENGINE
-from pipeline.storage import Storage, StorageError
+from pipeline.storage import Storage, StorageError, local_copy
 from pipeline.transforms import decode_rgb, resize_rgb
 from pipeline.video import VideoError, iter_video_frames, probe_video
 
@@ -113,20 +112,6 @@ class Chunk:
     """True on the video's final chunk."""
 
 
-def _video_path(storage: Storage, rec: VideoRecord) -> tuple[str, str | None]:
-    """A local path for the video file (downloaded to a temporary file from object storage)."""
-    if storage.is_local:
-        return os.path.join(storage.root, rec.source), None
-    fd, tmp = tempfile.mkstemp(prefix="segment-", suffix=posixpath.splitext(rec.source)[1])
-    os.close(fd)
-    try:
-        storage.download_file(rec.source, tmp)
-    except BaseException:
-        os.remove(tmp)
-        raise
-    return tmp, tmp
-
-
 def _selected_frames(rec: VideoRecord, frames: str) -> list[int]:
     """Indices of the frames to step: all, or the annotated ones of a sparsely annotated video."""
     count = len(rec.frames)
@@ -150,19 +135,19 @@ def iter_source_frames(storage: Storage, rec: VideoRecord, prep: Preprocessing |
         if prep.uses_pictures:
             raise SourceError(f"video {rec.name!r}: flow.engine=pictures needs flow pictures shipped with the corpus; "
                               f"{storage.join(rec.source)} is a video file (use a computed flow engine, e.g. dis)")
-        try:
-            path, tmp = _video_path(storage, rec)
-        except (StorageError, OSError, ValueError) as err:
-            raise SourceError(f"video {rec.name!r}: cannot read {storage.join(rec.source)}: {err}") from err
-        try:
-            fps = probe_video(path, name=storage.join(rec.source)).fps or None
-            for index, frame in enumerate(iter_video_frames(path, name=storage.join(rec.source))):
-                yield FrameItem(index, f"{index:05d}", frame, fps)
-        except VideoError as err:
-            raise SourceError(str(err)) from err
-        finally:
-            if tmp:
-                os.remove(tmp)
+        url = f"{storage.url}/{rec.source}"  # for messages; storage.join below refuses unsafe names
+        with contextlib.ExitStack() as stack:
+            try:
+                url = storage.join(rec.source)
+                path = stack.enter_context(local_copy(url, prefix="hmhi-segment-"))  # demuxers seek: download first
+            except (StorageError, OSError, ValueError) as err:
+                raise SourceError(f"video {rec.name!r}: cannot read {url}: {err}") from err
+            try:
+                fps = probe_video(path, name=url).fps or None
+                for index, frame in enumerate(iter_video_frames(path, name=url)):
+                    yield FrameItem(index, f"{index:05d}", frame, fps)
+            except VideoError as err:
+                raise SourceError(str(err)) from err
         return
     if prep.uses_pictures and len(rec.flows) != len(rec.frames):
         raise SourceError(f"video {rec.name!r}: flow.engine=pictures needs one flow picture per frame; "
