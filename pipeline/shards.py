@@ -60,7 +60,7 @@ import pyarrow as pa
 
 from pipeline.jobs import UserError
 from pipeline.masks import decode_mask_png, encode_mask_png
-from pipeline.storage import Storage, StorageNotFoundError, open_storage, open_url
+from pipeline.storage import Storage, StorageNotFoundError, open_storage, open_url, url_sha256
 
 log = logging.getLogger(__name__)
 
@@ -494,13 +494,9 @@ def shard_urls(url, split: str | None = None) -> list[str]:
 
 def verify_shard(url: str, checksum: str) -> None:
     """Raise :class:`ShardChecksumError` unless the file at ``url`` has SHA-256 ``checksum``."""
-    st, leaf = open_url(str(url))
-    digest = hashlib.sha256()
-    with st.open_stream(leaf) as f:
-        for chunk in iter(lambda: f.read(8 << 20), b""):
-            digest.update(chunk)
-    if digest.hexdigest() != checksum:
-        raise ShardChecksumError(f"shard {url}: SHA-256 {digest.hexdigest()} does not match the index ({checksum})")
+    actual = url_sha256(str(url))
+    if actual != checksum:
+        raise ShardChecksumError(f"shard {url}: SHA-256 {actual} does not match the index ({checksum})")
 
 
 # -- reading ------------------------------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ __all__ = [
     "open_storage",
     "retry_counts",
     "storage_filesystem",
+    "url_sha256",
 ]
 
 S3_PART_BYTES = 16 << 20
@@ -850,3 +851,13 @@ def local_copy(url: str, s3: S3Options | None = None, *, prefix: str = "hmhi-cop
         path = os.path.join(tmp, leaf)
         storage.download_file(leaf, path)
         yield path
+
+
+def url_sha256(url: str, s3: S3Options | None = None) -> str:
+    """SHA-256 of the file at ``url`` (a local path or ``s3://...``), streamed: a shard's or checkpoint's fingerprint."""
+    storage, leaf = open_url(url, s3)
+    digest = hashlib.sha256()
+    with storage.open_stream(leaf) as f:
+        for chunk in iter(lambda: f.read(8 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -16,7 +16,6 @@ validation split (``val_split.parquet``): growing a corpus never moves a finishe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -37,7 +36,6 @@ from pipeline.dataset.stages import (
     load_clips,
     pack_group_batch,
 )
-from pipeline.flow.engines import file_sha256
 from pipeline.flow.render import RENDER_VERSION
 from pipeline.ingest.formats import VideoRecord
 from pipeline.ingest.manifest import assign_val_split, list_corpus, manifest_table
@@ -50,7 +48,7 @@ from pipeline.shards import (
     read_index_parts,
     write_index_part,
 )
-from pipeline.storage import Storage, StorageError, open_storage, open_url
+from pipeline.storage import Storage, StorageError, open_storage, url_sha256
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +82,7 @@ VAL_SPLIT_NAME = "val_split.parquet"
 def _checkpoint_sha256(url: str) -> str:
     """SHA-256 of the flow checkpoint at a local path or storage URL (streamed; names the field when missing)."""
     try:
-        if "://" not in url:
-            return file_sha256(url)
-        parent, leaf = open_url(url)
-        digest = hashlib.sha256()
-        with parent.open_stream(leaf) as f:
-            for chunk in iter(lambda: f.read(8 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return url_sha256(url)
     except (StorageError, OSError) as e:
         raise ConfigError("flow.checkpoint", url, f"cannot be read ({e})") from e
 

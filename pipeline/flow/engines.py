@@ -12,7 +12,6 @@ most ``max_side`` before flow, and the flow is resized back and rescaled to the 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -28,7 +27,6 @@ __all__ = [
     "register_flow_engine",
     "list_flow_engines",
     "create_flow_engine",
-    "file_sha256",
     "flow_pairs",
 ]
 
@@ -59,14 +57,6 @@ def register_flow_engine(name: str):
 def list_flow_engines() -> list[str]:
     """Engines registered here; any ptlflow model name is accepted as well."""
     return sorted(_REGISTRY)
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def flow_pairs(n: int) -> list[tuple[int, int]]:
@@ -170,13 +160,13 @@ class PtlflowEngine:
             torch.set_num_threads(int(threads))
         import contextlib
 
-        from pipeline.storage import local_copy
+        from pipeline.storage import local_copy, url_sha256
 
         # local_copy checks that a local path is a file: ptlflow would take an unknown path for a checkpoint *name*
         # and try to download it.
         with (local_copy(checkpoint, prefix="flow-ckpt-") if checkpoint is not None
               else contextlib.nullcontext()) as local:
-            sha = file_sha256(local) if local else None
+            sha = url_sha256(local) if local else None
             try:
                 net = ptlflow.get_model(model, ckpt_path=local)
             except KeyError as e:

@@ -261,9 +261,9 @@ def test_ptlflow_engine_with_a_local_checkpoint(tmp_path):
     (clip,) = [decode_clip(s) for s in _wds_samples(shard_urls(str(out)))]
     prov = clip.meta["flow"]
     assert prov["engine"] == "ptlflow" and prov["model"] == "rapidflow_it1" and prov["random_init"] is False
-    from pipeline.flow.engines import file_sha256
+    from pipeline.storage import url_sha256
 
-    assert prov["checkpoint_sha256"] == file_sha256(str(ckpt))
+    assert prov["checkpoint_sha256"] == url_sha256(str(ckpt))
     expected = engine.compute(gt["a"][0])
     np.testing.assert_allclose(clip.flows, expected, atol=0.02 + 2e-3 * np.abs(expected).max())
     assert json.loads(json.dumps(summary))  # the summary is plain JSON
