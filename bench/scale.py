@@ -10,9 +10,15 @@ One JSON line per section on stdout (the machine and its load are in every line)
    process, Ray Data's executor threads included), wall time, and the job's own figures.
 3. ``segment_worklist``: what segment's driver does before any work, for N videos: one listing of N done markers
    and the work list from the shard index (``pipeline.segment.source.shard_records``).
+4. ``segment``: the segment job (``jobs/segment.py``, the real job) on the flow job's shards of N tiny videos with the
+   smallest model (a random-init ``hmhi_mit_b0`` with narrow heads, input 64, fp32): a first run is killed (SIGKILL
+   of its process group) once half the done markers exist; the rerun, in this process, resumes: its work-list time,
+   driver CPU ms per video, per-video overhead beyond the model (the run's wall time minus the time the actors spent
+   inside the model, per video), and that every video ends exactly once (the first run's markers untouched, the
+   rerun doing only the others); then a rerun with nothing left to do.
 
     python bench/scale.py                       # 2,000 videos, commits up to 10,000 parts (~5 min on 2 cores)
-    python bench/scale.py --videos 10000        # the issue's size
+    python bench/scale.py --videos 10000 --segment-videos 10000    # the issue's size
     python bench/scale.py --sections commit     # one section
 
 Figures on a shared machine are noisy; compare ratios measured in the same run.
@@ -176,6 +182,114 @@ def bench_segment_worklist(root: str, videos: int) -> dict:
     return out
 
 
+def _tiny_checkpoint(path: str) -> str:
+    """The smallest model: a seeded random-init ``hmhi_mit_b0`` with narrow heads (as the tests' ``tiny_checkpoint``)."""
+    import torch
+
+    from model import create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    net = create_model("hmhi_mit_b0", decoder_width=16, readout_ffn_dim=32, semantic_mask_hidden=16, memory_size=3)
+    save_checkpoint(net, path)
+    return path
+
+
+def _segment_args(shards: str, out: str, checkpoint: str) -> list[str]:
+    return ["--input", shards, "--output", out, "--checkpoint", checkpoint, "--input-size", "64",
+            "--precision", "fp32", "--set", "runtime.chunk_frames=8"]
+
+
+def _marker_mtimes(out: str) -> dict[str, int]:
+    done = os.path.join(out, "done")
+    return {n: os.stat(os.path.join(done, n)).st_mtime_ns for n in os.listdir(done)} if os.path.isdir(done) else {}
+
+
+def bench_segment(tmp: str, videos: int, group_videos: int, cpus: int, kill_fraction: float = 0.5) -> dict:
+    """The segment job on the flow job's shards of ``videos`` tiny videos: kill at ``kill_fraction``, resume, rerun."""
+    import signal
+    import subprocess
+
+    import ray
+
+    from jobs.segment import main as segment_main
+    from pipeline.config import load_config
+    from pipeline.dataset.config import PrecomputeFlowConfig
+    from pipeline.dataset.job import run as flow_run
+
+    corpus, shards, out = (os.path.join(tmp, name) for name in ("corpus", "shards", "out"))
+    checkpoint = _tiny_checkpoint(os.path.join(tmp, "tiny.pth"))
+    _write_tiny_corpus(corpus, videos, 8, 64)
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        t0 = time.perf_counter()
+        flow_cfg = load_config(PrecomputeFlowConfig, None, [
+            f"input={corpus}", f"output={shards}", "format=frames", "flow.preset=ultrafast", "shards.clip_length=8",
+            f"shards.group_videos={group_videos}", "val_fraction=0"])
+        with contextlib.redirect_stdout(sys.stderr):
+            flow_run(flow_cfg)
+        shards_s = time.perf_counter() - t0
+        args = _segment_args(shards, out, checkpoint)
+
+        # 1. The first run, a separate driver on this Ray cluster, SIGKILLed once half the done markers exist.
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, PYTHONPATH=repo)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, os.path.join(repo, "jobs", "segment.py"), *args], cwd=repo, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            while proc.poll() is None and len(_marker_mtimes(out)) < kill_fraction * videos:
+                time.sleep(0.2)
+            killed_at = len(_marker_mtimes(out))
+            if proc.poll() is not None:
+                raise RuntimeError(f"the first segment run ended (status {proc.returncode}) before it was killed")
+            os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+        first_wall = time.perf_counter() - t0
+        first = _marker_mtimes(out)  # markers are written last: each is a finished video
+
+        # 2. The rerun resumes in this process: only the videos without a marker.
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):
+            resumed = segment_main(args)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        after = _marker_mtimes(out)
+
+        # 3. A rerun with every video done: the work list (one listing of N markers) and nothing else.
+        cpu1, t1 = time.process_time(), time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):
+            idle = segment_main(args)
+        idle_wall, idle_cpu = time.perf_counter() - t1, time.process_time() - cpu1
+    finally:
+        ray.shutdown()
+    counts, f = resumed["counts"]["video"], resumed["figures"]
+    runtime = resumed["config"]["runtime"]
+    actors = runtime["num_actors"]
+    model_s = float(f.get("model_seconds", 0.0))
+    overhead = (wall - model_s / actors) / max(1, counts["done"])
+    untouched = all(after.get(n) == m for n, m in first.items())
+    return {"videos": videos, "frames_per_video": 8, "size": "64x64", "input_size": 64, "model": "hmhi_mit_b0 tiny",
+            "precision": "fp32", "ray_cpus": cpus, "num_actors": actors,
+            "videos_in_flight": runtime["videos_in_flight"], "shards_build_s": round(shards_s, 1),
+            "first_run_killed_after_s": round(first_wall, 1), "markers_when_killed": killed_at,
+            "markers_after_kill": len(first),
+            "resume_work_list_s": f.get("work_list_s"), "resume_done": counts["done"],
+            "resume_skipped": counts["skipped"], "resume_rejected": counts["rejected"],
+            "resume_did_only_the_rest": counts["done"] == videos - len(first) and counts["skipped"] == len(first),
+            "first_run_markers_untouched": untouched,
+            "every_video_exactly_once": untouched and len(after) == videos and counts["done"] + len(first) == videos,
+            "resume_wall_s": round(wall, 2), "resume_model_s": round(model_s, 2),
+            "resume_frames": f.get("frames"), "per_video_overhead_ms": round(1000 * overhead, 1),
+            "model_ms_per_video": round(1000 * model_s / max(1, counts["done"]), 1),
+            "driver_cpu_s": round(cpu, 3), "driver_cpu_ms_per_video": round(1000 * cpu / max(1, counts["done"]), 3),
+            "rerun_nothing_to_do_s": round(idle_wall, 2), "rerun_work_list_s": idle["figures"].get("work_list_s"),
+            "rerun_driver_cpu_ms_per_video": round(1000 * idle_cpu / videos, 3),
+            "rerun_skipped": idle["counts"]["video"]["skipped"],
+            "target_per_video_overhead_ms": 100, "target_driver_cpu_ms_per_video": 2.0}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--videos", type=int, default=2000, help="tiny videos in the flow-job section")
@@ -183,8 +297,9 @@ def main(argv=None) -> None:
     p.add_argument("--cpus", type=int, default=2, help="Ray CPUs of the flow job")
     p.add_argument("--commit-sizes", default="100,1000,10000")
     p.add_argument("--probes", type=int, default=100, help="commits timed per size")
-    p.add_argument("--segment-videos", type=int, default=10000)
-    p.add_argument("--sections", default="commit,flow_job,segment_worklist")
+    p.add_argument("--worklist-videos", type=int, default=10000, help="videos in the segment_worklist section")
+    p.add_argument("--segment-videos", type=int, default=2000, help="tiny videos in the segment section")
+    p.add_argument("--sections", default="commit,flow_job,segment_worklist,segment")
     p.add_argument("--storages", default="local,s3", help="for the commit and segment sections")
     args = p.parse_args(argv)
     import logging
@@ -205,12 +320,15 @@ def main(argv=None) -> None:
                     print(json.dumps({"bench": "scale", "section": "commit", **res, "machine": desc}), flush=True)
             if "segment_worklist" in sections:
                 for root in roots.values():
-                    res = bench_segment_worklist(f"{root}/segment", args.segment_videos)
+                    res = bench_segment_worklist(f"{root}/segment", args.worklist_videos)
                     print(json.dumps({"bench": "scale", "section": "segment_worklist", **res, "machine": desc}),
                           flush=True)
         if "flow_job" in sections:
             res = bench_flow_job(os.path.join(tmp, "flow"), args.videos, args.group_videos, args.cpus)
             print(json.dumps({"bench": "scale", "section": "flow_job", **res, "machine": desc}), flush=True)
+        if "segment" in sections:
+            res = bench_segment(os.path.join(tmp, "segment"), args.segment_videos, args.group_videos, args.cpus)
+            print(json.dumps({"bench": "scale", "section": "segment", **res, "machine": machine()}), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
