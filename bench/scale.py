@@ -16,6 +16,10 @@ One JSON line per section on stdout (the machine and its load are in every line)
    driver CPU ms per video, per-video overhead beyond the model (the run's wall time minus the time the actors spent
    inside the model, per video), and that every video ends exactly once (the first run's markers untouched, the
    rerun doing only the others); then a rerun with nothing left to do.
+5. ``rehearsal``: the same jobs on the two-node loopback rehearsal (``infra/local/rehearse.py``: a Ray head and a
+   worker node, moto S3, every stage a ``ray job submit``) at a small scale: synthetic corpus of N tiny videos, the
+   flow job (one group per few videos), a one-step training run for a checkpoint, segment; the flow and segment
+   drivers' CPU ms per video, segment's per-video overhead, and the groups of shards each node wrote.
 
     python bench/scale.py                       # 2,000 videos, commits up to 10,000 parts (~5 min on 2 cores)
     python bench/scale.py --videos 10000 --segment-videos 10000    # the issue's size
@@ -284,10 +288,40 @@ def bench_segment(tmp: str, videos: int, group_videos: int, cpus: int, kill_frac
             "resume_frames": f.get("frames"), "per_video_overhead_ms": round(1000 * overhead, 1),
             "model_ms_per_video": round(1000 * model_s / max(1, counts["done"]), 1),
             "driver_cpu_s": round(cpu, 3), "driver_cpu_ms_per_video": round(1000 * cpu / max(1, counts["done"]), 3),
+            "job_driver_cpu_ms_per_video": f.get("driver_cpu_ms_per_video"),
+            "job_overhead_ms_per_video": f.get("overhead_ms_per_video"),
             "rerun_nothing_to_do_s": round(idle_wall, 2), "rerun_work_list_s": idle["figures"].get("work_list_s"),
             "rerun_driver_cpu_ms_per_video": round(1000 * idle_cpu / videos, 3),
             "rerun_skipped": idle["counts"]["video"]["skipped"],
             "target_per_video_overhead_ms": 100, "target_driver_cpu_ms_per_video": 2.0}
+
+
+def bench_rehearsal(tmp: str, videos: int, group_videos: int) -> dict:
+    """The flow and segment jobs on the two-node loopback rehearsal cluster; their figures from its report."""
+    from infra.local.rehearse import Rehearsal, RehearsalConfig
+
+    cfg = RehearsalConfig(workdir=tmp, videos=videos, frames=8, size="64x64", group_videos=group_videos,
+                          stages=["check", "synthetic", "flow", "train", "segment"], train_steps=1,
+                          job_timeout_s=1800.0)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        ok = Rehearsal(cfg).run()
+    report = json.loads(open(os.path.join(tmp, "rehearsal.json")).read())
+    if not ok:
+        raise RuntimeError(f"the rehearsal failed: {report.get('error')}")
+    flow, segment = report["job_figures"]["flow"], report["job_figures"]["segment"]
+    stage_s = {s["name"]: s["seconds"] for s in report["stages"]}
+    return {"videos": videos, "frames_per_video": 8, "size": "64x64", "group_videos": group_videos,
+            "nodes": [{"head": n["is_head"], "cpus": n["cpus"]} for n in report["nodes"]],
+            "total_s": round(time.perf_counter() - t0, 1), "stage_s": stage_s,
+            "flow_driver_cpu_ms_per_video": flow.get("driver_cpu_ms_per_video"),
+            "flow_groups_by_node": report["flow_groups_by_node"], "flow_writer_processes": flow.get("writer_processes"),
+            "flow_index_parts": flow.get("index_parts_committed"), "flow_driver_commit_s": flow.get("driver_commit_s"),
+            "segment_driver_cpu_ms_per_video": segment.get("driver_cpu_ms_per_video"),
+            "segment_overhead_ms_per_video": segment.get("overhead_ms_per_video"),
+            "segment_model_ms_per_video": round(1000 * segment.get("model_seconds", 0) / videos, 1),
+            "segment_work_list_s": segment.get("work_list_s"), "segment_frames": segment.get("frames"),
+            "segment_input": "frame folders on S3, DIS flow computed by the decode tasks, input 96"}
 
 
 def main(argv=None) -> None:
@@ -299,7 +333,9 @@ def main(argv=None) -> None:
     p.add_argument("--probes", type=int, default=100, help="commits timed per size")
     p.add_argument("--worklist-videos", type=int, default=10000, help="videos in the segment_worklist section")
     p.add_argument("--segment-videos", type=int, default=2000, help="tiny videos in the segment section")
-    p.add_argument("--sections", default="commit,flow_job,segment_worklist,segment")
+    p.add_argument("--rehearsal-videos", type=int, default=200, help="tiny videos in the rehearsal section")
+    p.add_argument("--sections", default="commit,flow_job,segment_worklist,segment",
+                   help="comma-separated, from commit, flow_job, segment_worklist, segment, rehearsal")
     p.add_argument("--storages", default="local,s3", help="for the commit and segment sections")
     args = p.parse_args(argv)
     import logging
@@ -329,6 +365,9 @@ def main(argv=None) -> None:
         if "segment" in sections:
             res = bench_segment(os.path.join(tmp, "segment"), args.segment_videos, args.group_videos, args.cpus)
             print(json.dumps({"bench": "scale", "section": "segment", **res, "machine": machine()}), flush=True)
+        if "rehearsal" in sections:
+            res = bench_rehearsal(os.path.join(tmp, "rehearsal"), args.rehearsal_videos, max(1, args.group_videos // 4))
+            print(json.dumps({"bench": "scale", "section": "rehearsal", **res, "machine": machine()}), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -368,7 +368,7 @@ _PARTS_KEY = b"hmhi.parts"
 _VIDEOS_KEY = b"hmhi.videos"
 """An index part's metadata: JSON {video_id: facts} of the videos its group committed (for the manifest)."""
 _WRITER_KEY = b"hmhi.writer"
-"""An index part's metadata: the process (host:pid) that wrote the part's shards."""
+"""An index part's metadata: the process (``host:ray-node-id:pid``) that wrote the part's shards."""
 
 
 def _storage(url) -> Storage:

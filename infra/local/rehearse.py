@@ -17,7 +17,8 @@ What it does, in order (every Ray and S3 server binds 127.0.0.1; nothing leaves 
 5. checks that the outputs landed; that every connection of its processes went to a loopback peer and every socket
    they listened on is a loopback address (sampled every second during the jobs), except the wildcard listener of
    PyTorch's DDP rendezvous store in Ray Train's rank 0, which torch cannot restrict (reported separately); and that
-   the dashboard refuses requests without the token;
+   the dashboard refuses requests without the token; and records the flow and segment jobs' figures (driver CPU
+   per video, per-video overhead) and how many groups of shards each node's flow actors wrote;
 6. stops everything it started, by pid (SIGTERM, then SIGKILL of the process group), on success, failure, Ctrl-C or
    SIGTERM, and finally kills by pid any process still carrying this run's ``HMHI_REHEARSAL_ID`` marker.
 
@@ -77,6 +78,9 @@ class RehearsalConfig:
     """Frames per synthetic video (also the shard clip length; the tiny training config samples 5)."""
     size: str = "64x64"
     """Synthetic frame size, HEIGHTxWIDTH."""
+    group_videos: int = 1
+    """``shards.group_videos`` of the flow stage: videos per group of shards (one index part each). 1 makes as many
+    groups as videos, so the flow actors of both nodes write shards even in a small corpus."""
     train_steps: int = 2
     """Optimiser steps of the rehearsal training run."""
     train_workers: int = 2
@@ -98,6 +102,7 @@ class RehearsalConfig:
         require(self.videos >= 4, "videos", self.videos,
                 "must be >= 4 (two training videos, one validation and one held-out test video)")
         require(self.frames >= 6, "frames", self.frames, "must be >= 6")
+        require(self.group_videos >= 1, "group_videos", self.group_videos, "must be >= 1")
         require(self.train_steps >= 1, "train_steps", self.train_steps, "must be >= 1")
         require(self.train_workers >= 1, "train_workers", self.train_workers, "must be >= 1")
         require(self.head_cpus >= 1, "head_cpus", self.head_cpus, "must be >= 1")
@@ -324,7 +329,8 @@ def pipeline_stages(cfg: RehearsalConfig, bucket: str) -> dict[str, list[str]]:
         "synthetic": ["python", "-m", "pipeline.synthetic", f"{root}/corpus", "--videos", str(cfg.videos),
                       "--frames", str(cfg.frames), "--size", cfg.size, "--seed", "0"],
         "flow": ["python", "jobs/precompute_flow.py", "--input", f"{root}/corpus", "--output", f"{root}/shards",
-                 "--flow-model", "dis", "--clip-length", str(cfg.frames), "--val-fraction", "0.25"],
+                 "--flow-model", "dis", "--clip-length", str(cfg.frames), "--val-fraction", "0.25",
+                 "--set", f"shards.group_videos={cfg.group_videos}"],
         # Validation at the last step writes <run>/best/model.pt, the checkpoint the segment stage loads.
         "train": ["python", "jobs/train.py", "--config", "configs/tiny_cpu.yaml", "--data", f"{root}/shards",
                   "--storage", f"{root}/runs", "--run-name", run, "--num-workers", str(cfg.train_workers),
@@ -534,6 +540,15 @@ class Rehearsal:
             jf = summary.get("JF_mean")
             if not (isinstance(jf, (int, float)) and 0.0 <= jf <= 1.0) or summary.get("n_sequences") != self.cfg.videos:
                 problems.append(f"eval/summary.json: JF_mean={jf!r}, n_sequences={summary.get('n_sequences')!r}")
+        self.report["job_figures"] = figures = {}
+        for stage, key in (("flow", "shards/summary.json"), ("segment", "segment/summary.json")):
+            if stage in ran and key in keys:
+                figures[stage] = json.loads(s3.get_object(Bucket=c.bucket, Key=key)["Body"].read())["figures"]
+        if "flow" in figures:
+            # Which node's actors wrote the shards (the flow job records the Ray node of each group's writer).
+            role = {n["node_id"]: "head" if n["is_head"] else "worker" for n in self.report.get("nodes", [])}
+            by_node = figures["flow"].get("groups_by_writer_node", {})
+            self.report["flow_groups_by_node"] = {role.get(node, node): n for node, n in by_node.items()}
         if problems:
             raise RehearsalError("outputs missing: " + "; ".join(problems))
         log.info("outputs in s3://%s: %s", c.bucket, count)

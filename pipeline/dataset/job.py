@@ -267,7 +267,7 @@ def run(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
     summary.set("groups_planned", len(groups))
 
     kill_after = int(os.environ.get(KILL_AFTER_COMMITS_ENV, "0") or 0)
-    commits, writers = 0, set()
+    commits, writers = 0, defaultdict(int)  # writer -> index parts (groups) it wrote the shards of
     if groups:
         ds = _build_dataset(cfg, groups, inp.url, out.url)
         for result in _timed(ds.iter_rows(), summary, "driver_wait_s"):
@@ -281,7 +281,7 @@ def run(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
                                   for v, f in videos.items() if f["status"] == "done"}, str(result["writer"]))
                 commits += 1
             summary.add("driver_commit_s", time.perf_counter() - t0)
-            writers.add(str(result["writer"]))
+            writers[str(result["writer"])] += 1
             for vid, f in videos.items():
                 if f["status"] == "rejected":
                     summary.rejected("video", f["name"], f["reason"])
@@ -315,6 +315,10 @@ def run(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
     summary.add("driver_consolidate_s", time.perf_counter() - t0)
     summary.set("index_parts_committed", commits)
     summary.set("writer_processes", len(writers))
+    by_node: dict[str, int] = defaultdict(int)
+    for writer, groups_written in writers.items():
+        by_node[writer.rsplit(":", 2)[1] if writer.count(":") >= 2 else "?"] += groups_written
+    summary.set("groups_by_writer_node", dict(sorted(by_node.items())))
     summary.set("shards_total", len(set(index.column("shard").to_pylist())))
     out.write_parquet(MANIFEST_NAME, manifest_table(records, facts))
     frames = summary.figures.get("frames", 0)

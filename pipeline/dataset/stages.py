@@ -236,7 +236,16 @@ class GroupPacker:
         return {"group": self.group, "rows": json.dumps(self.rows), "videos": json.dumps(self.videos),
                 "shards": self.writer.shards_written, "bytes": self.writer.bytes_written, "samples": self.samples,
                 "frames": self.frames, "masks": self.masks, "pack_s": round(self.writer.write_s, 3),
-                "writer": f"{socket.gethostname()}:{os.getpid()}"}
+                "writer": writer_label()}
+
+
+def writer_label() -> str:
+    """The process that writes shards, as ``host:ray-node-id:pid`` (the Ray node tells the two nodes of a loopback
+    rehearsal apart, which share one host name); ``-`` for the node outside Ray."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "-"
+    return f"{socket.gethostname()}:{node}:{os.getpid()}"
 
 
 class GroupStage(FlowStage):

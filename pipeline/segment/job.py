@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import time
 
 from pipeline.config import config_to_dict
 from pipeline.export import run_exports
@@ -99,6 +100,7 @@ def run(cfg: SegmentConfig) -> dict:
 
     from pipeline.segment.runner import SegmentActor
 
+    cpu0 = time.process_time()
     summary = JobSummary("segment", config=config_to_dict(cfg))
     source = open_storage(cfg.input)
     output = open_storage(cfg.output)
@@ -145,6 +147,13 @@ def run(cfg: SegmentConfig) -> dict:
     summary.set("frames_per_second", round(frames / elapsed, 3) if frames else 0)
     if figures.get("model_seconds"):
         summary.set("model_frames_per_second", round(frames / figures["model_seconds"], 3))
+    done = summary.counts["video"]["done"]
+    if done:
+        # What scale costs beyond the model: the driver's own CPU, and the job's wall time not spent inside the
+        # model (actors step in parallel, so their model time counts once per actor), per finished video.
+        summary.set("driver_cpu_ms_per_video", round(1000 * (time.process_time() - cpu0) / done, 3))
+        model_wall = figures.get("model_seconds", 0.0) / max(1, cfg.runtime.num_actors)
+        summary.set("overhead_ms_per_video", round(1000 * max(0.0, elapsed - model_wall) / done, 1))
     # Exports and the overlay index page cover every finished video of the output, this run's and earlier ones.
     run_exports(output, summary, cfg.outputs.export, overlay_index=cfg.outputs.overlay, kind="exported video")
     return summary.finish(storage=output, rel="summary.json")

@@ -147,6 +147,12 @@ def test_rehearsal_end_to_end(tmp_path):
     outputs = report["outputs"]
     assert outputs["shards"] >= 1 and outputs["best_model"] == 1 and outputs["masks"] == outputs["corpus_frames"] > 0
     assert 0.0 <= report["evaluation"]["JF_mean"] <= 1.0
+    # The flow job's workers wrote the shards, one group per video (group_videos=1), each on a node of the cluster.
+    by_node = report["flow_groups_by_node"]
+    assert set(by_node) <= {"head", "worker"} and sum(by_node.values()) == 4, by_node
+    flow, segment = report["job_figures"]["flow"], report["job_figures"]["segment"]
+    assert flow["index_parts_committed"] == 4 and flow["driver_cpu_ms_per_video"] > 0
+    assert segment["driver_cpu_ms_per_video"] > 0 and segment["overhead_ms_per_video"] >= 0
     # Everything it started is gone, and nothing had to be swept up after the orderly stop.
     assert leftovers == {}, f"processes left running: {leftovers}"
     assert report["leftover_processes_killed"] == []

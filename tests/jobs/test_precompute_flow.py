@@ -270,7 +270,7 @@ def test_ptlflow_engine_with_a_local_checkpoint(tmp_path):
 
 
 def _part_writers(out: str) -> dict[str, str]:
-    """Index part -> the worker process (host:pid) that wrote its shards, from the parts' own metadata."""
+    """Index part -> the worker process (host:ray-node-id:pid) that wrote its shards, from the parts' own metadata."""
     import pyarrow.parquet as pq
 
     st = open_storage(out)
@@ -293,6 +293,11 @@ def test_workers_write_the_shards_and_a_rerun_writes_nothing(tmp_path):
     assert len(writers) == 6 and len(set(writers.values())) == 2  # shards of one run made by two processes
     assert summary["figures"]["writer_processes"] == 2
     assert str(os.getpid()) not in {w.rsplit(":", 1)[1] for w in writers.values()}  # not by the driver
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()  # the test cluster's one node, recorded with each writer
+    assert {w.rsplit(":", 2)[1] for w in writers.values()} == {node}
+    assert summary["figures"]["groups_by_writer_node"] == {node: 6}
     index = read_index(str(out))
     keys = sorted(index.column("key").to_pylist())
     assert len(keys) == 12

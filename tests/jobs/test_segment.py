@@ -206,3 +206,9 @@ def test_segment_from_shards(tmp_path, ray_cluster, tiny_checkpoint):
     assert [row["frame"] for row in table] == [f"{i:05d}" for i in range(6)]
     assert (table[0]["height"], table[0]["width"]) == (40, 56)  # the shards' frame size
     assert out.read_json("done/bear.json")["frames"] == 6
+    # The scale figures: the driver's CPU and the wall time beyond the model, per finished video.
+    figures = summary["figures"]
+    assert 0 < figures["driver_cpu_ms_per_video"] < 1000 * summary["elapsed_s"] + 1
+    assert figures["model_seconds"] > 0
+    assert figures["overhead_ms_per_video"] == pytest.approx(
+        1000 * (summary["elapsed_s"] - figures["model_seconds"]), abs=1000 * 0.1 * summary["elapsed_s"] + 50)
