@@ -93,11 +93,86 @@ def bench_commit(root: str, sizes: list[int], probes: int) -> dict:
                        "commit_ms_p90": round(1000 * sorted(times)[int(0.9 * (len(times) - 1))], 3),
                        "old_whole_index_rewrite_ms": round(1000 * old, 3), "list_parts_s": round(list_s, 3),
                        "parts_listed": listed, "read_index_unconsolidated_s": read_s}
+    # The first size once more, in a fresh folder, after the others: a difference between the first and the last
+    # size that this probe shares is drift of the machine (warm-up, load), not the number of parts present.
+    fresh = open_storage(f"{root}-again")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda g: write_index_part(fresh, f"p{g:06d}", _rows(f"p{g:06d}")), range(sizes[0])))
+    again, again_cpu = [], []
+    for k in range(probes):
+        t0, c0 = time.perf_counter(), time.process_time()
+        write_index_part(fresh, f"probe_{k}", _rows(f"probe_{k}"))
+        again.append(time.perf_counter() - t0)
+        again_cpu.append(time.process_time() - c0)
+    out[f"{sizes[0]}_again_last"] = {"commit_ms_median": round(1000 * statistics.median(again), 3),
+                                     "commit_cpu_ms_median": round(1000 * statistics.median(again_cpu), 3)}
     for figure in ("commit_ms_median", "commit_cpu_ms_median"):
         meds = [out[str(n)][figure] for n in sizes]
         out[f"{figure}_ratio_last_to_first"] = round(meds[-1] / meds[0], 3)
         out[f"{figure}_flat_within_25pct"] = abs(meds[-1] / meds[0] - 1) <= 0.25
+        out[f"{figure}_ratio_last_to_first_again"] = round(meds[-1] / out[f"{sizes[0]}_again_last"][figure], 3)
     return out
+
+
+class ThreadCpu:
+    """Where a process's CPU time goes, by thread: samples ``/proc/self/task/*/stat`` every ``interval_s`` (Linux)
+    and names each thread by Python's ``threading`` name, else the OS name (Ray's C++ threads name themselves).
+
+    A thread's last sample is its CPU time; threads that end between samples lose at most ``interval_s`` of it.
+    """
+
+    def __init__(self, interval_s: float = 0.5):
+        import threading
+
+        self.interval_s = interval_s
+        self.cpu: dict[int, float] = {}
+        self.names: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-thread-cpu-sampler", daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def sample(self) -> None:
+        import threading
+
+        py_names = {t.native_id: t.name for t in threading.enumerate()}
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/self/task/{tid}/comm") as f:
+                    comm = f.read().strip()
+            except OSError:  # the thread ended
+                continue
+            t = int(tid)
+            self.cpu[t] = (int(fields[11]) + int(fields[12])) / self._tick  # utime + stime
+            self.names.setdefault(t, py_names.get(t, comm))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def __enter__(self) -> ThreadCpu:
+        self.sample()
+        self.start = dict(self.cpu)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def by_name(self) -> dict[str, float]:
+        """CPU seconds spent during the block, per thread name (digits folded: ``ThreadPoolExecutor-3_1`` and
+        ``-4_0`` are one entry), largest first; the sampler's own thread is left out."""
+        import re
+
+        out: dict[str, float] = {}
+        for t, cpu in self.cpu.items():
+            name = re.sub(r"\d+", "N", self.names[t])
+            if name != "bench-thread-cpu-sampler":
+                out[name] = out.get(name, 0.0) + cpu - self.start.get(t, 0.0)
+        return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v >= 0.01}
 
 
 def _write_tiny_corpus(root: str, videos: int, frames: int, size: int) -> None:
@@ -134,7 +209,7 @@ def bench_flow_job(tmp: str, videos: int, group_videos: int, cpus: int) -> dict:
             f"input={corpus}", f"output={out}", "format=frames", "flow.preset=ultrafast", "shards.clip_length=8",
             f"shards.group_videos={group_videos}"])
         cpu0, t0 = time.process_time(), time.perf_counter()
-        with contextlib.redirect_stdout(sys.stderr):  # the job's summary; stdout carries only the JSON lines
+        with contextlib.redirect_stdout(sys.stderr), ThreadCpu() as threads:  # stdout carries only the JSON lines
             summary = run(cfg)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         cpu1, t1 = time.process_time(), time.perf_counter()
@@ -148,6 +223,7 @@ def bench_flow_job(tmp: str, videos: int, group_videos: int, cpus: int) -> dict:
             "ray_cpus": cpus, "corpus_write_s": round(gen_s, 2), "wall_s": round(wall, 2),
             "videos_per_s": round(videos / wall, 2), "driver_cpu_s": round(cpu, 3),
             "driver_cpu_ms_per_video": round(1000 * cpu / videos, 3),
+            "driver_cpu_s_per_wall_s": round(cpu / wall, 4), "driver_cpu_s_by_thread": threads.by_name(),
             "driver_cpu_ms_per_video_in_run": f.get("driver_cpu_ms_per_video"),
             "driver_commit_s": round(float(f.get("driver_commit_s", 0)), 3),
             "index_parts_committed": f.get("index_parts_committed"), "shards": f.get("shards_total"),
