@@ -332,7 +332,7 @@ def bench_segment(tmp: str, videos: int, group_videos: int, cpus: int, kill_frac
 
         # 2. The rerun resumes in this process: only the videos without a marker.
         cpu0, t0 = time.process_time(), time.perf_counter()
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), ThreadCpu() as threads:
             resumed = segment_main(args)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         after = _marker_mtimes(out)
@@ -364,6 +364,7 @@ def bench_segment(tmp: str, videos: int, group_videos: int, cpus: int, kill_frac
             "resume_frames": f.get("frames"), "per_video_overhead_ms": round(1000 * overhead, 1),
             "model_ms_per_video": round(1000 * model_s / max(1, counts["done"]), 1),
             "driver_cpu_s": round(cpu, 3), "driver_cpu_ms_per_video": round(1000 * cpu / max(1, counts["done"]), 3),
+            "driver_cpu_s_per_wall_s": round(cpu / wall, 4), "driver_cpu_s_by_thread": threads.by_name(),
             "job_driver_cpu_ms_per_video": f.get("driver_cpu_ms_per_video"),
             "job_overhead_ms_per_video": f.get("overhead_ms_per_video"),
             "rerun_nothing_to_do_s": round(idle_wall, 2), "rerun_work_list_s": idle["figures"].get("work_list_s"),
