@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -69,12 +70,16 @@ def bench_commit(root: str, sizes: list[int], probes: int) -> dict:
         with ThreadPoolExecutor(8) as pool:  # populate (not measured)
             list(pool.map(lambda g: write_index_part(st, f"p{g:06d}", _rows(f"p{g:06d}")), range(present, n)))
         present = n
-        times, cpu = [], []
+        times, cpu, user, system = [], [], [], []
         for k in range(probes):
             t0, c0 = time.perf_counter(), time.process_time()
+            r0 = resource.getrusage(resource.RUSAGE_THREAD)  # this thread alone: user (Python) vs kernel (files)
             write_index_part(st, f"probe{n}_{k}", _rows(f"probe{n}_{k}"))
+            r1 = resource.getrusage(resource.RUSAGE_THREAD)
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
+            user.append(r1.ru_utime - r0.ru_utime)
+            system.append(r1.ru_stime - r0.ru_stime)
             st.delete(f"index/probe{n}_{k}.parquet")
         whole = pa.Table.from_pylist(_rows("x", 4) * n, schema=INDEX_SCHEMA)
         t0 = time.perf_counter()
@@ -90,6 +95,8 @@ def bench_commit(root: str, sizes: list[int], probes: int) -> dict:
             read_s = round(time.perf_counter() - t0, 3)
         out[str(n)] = {"commit_ms_median": round(1000 * statistics.median(times), 3),
                        "commit_cpu_ms_median": round(1000 * statistics.median(cpu), 3),
+                       "commit_thread_user_cpu_ms_mean": round(1000 * statistics.mean(user), 3),
+                       "commit_thread_system_cpu_ms_mean": round(1000 * statistics.mean(system), 3),
                        "commit_ms_p90": round(1000 * sorted(times)[int(0.9 * (len(times) - 1))], 3),
                        "old_whole_index_rewrite_ms": round(1000 * old, 3), "list_parts_s": round(list_s, 3),
                        "parts_listed": listed, "read_index_unconsolidated_s": read_s}
