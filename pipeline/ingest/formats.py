@@ -27,9 +27,13 @@ Layouts (paths relative to ``--input``):
   are ignored: taking them too would train on every training video twice.
 - ``fbms``: FBMS-59 as distributed (lmb.informatik.uni-freiburg.de; read as ISCAS007/torchseg
   ``dataset/fbms_dataset.py`` does): ``{Trainingset,Testset}/<seq>/<seq>_NN.jpg`` (2-4 digits; ``tennis``:
-  ``tennis000.jpg``) with masks on a few frames in ``<seq>/GroundTruth/``: ``<seq>_<NNNN>_gt.pgm`` (grey, black
-  background) or ``*_gt.ppm`` (colour, *white* background; ``*PROB*`` files are not masks), matched to the frame
-  with the same frame number (the zero padding differs).
+  ``tennis000.jpg``) with masks on a few frames in ``<seq>/GroundTruth/``: ``*_gt.pgm`` (grey, black background) or
+  ``*_gt.ppm`` (colour, *white* background; ``*PROB*`` files are not masks; UVOS cleaners, e.g.
+  charigyang/motiongrouping ``tools/FBMS_clean.py``, use the same two rules), every object merged into one
+  foreground (the UVOS protocol: tfzhou/MATNet issue 30). Each mask goes on the frame that ``<seq>/GroundTruth/
+  <seq>Def.dat`` names for it (``Frame number``, 0-based in the shot, then ``File name``; alex-xun-xu/
+  LearnSubspaceMoSeg ``Dataset/FBMS/collect_dataset.py`` ``LoadGT``), which holds where a ground-truth file's number
+  is not its frame's; without a ``Def.dat`` a mask goes to the frame with the same number (zero padding aside).
 - ``ytobj``: YouTube-Objects as the UVOS papers evaluate it (10 classes, sparse masks; suhwan-cho/TMO
   ``dataset/ytobj.py`` and ``dataset_loaders/ytobj.py``): either ``{JPEGImages,JPEGFlows,Annotations}/<class>/
   <video>/`` (masks and flow pictures named as the frames) or ``<class>/<video>/{JPEGImages,JPEGFlows,
