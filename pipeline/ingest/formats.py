@@ -373,8 +373,9 @@ def _fbms_masks(frames: list[str], gt_files: list[str], video: str, read_text: C
 
     With the sequence's ``Def.dat`` (as distributed), its frame numbers say which frame each ground-truth file
     annotates: that holds on every sequence, including those whose ground-truth file numbers are not the frame
-    files' numbers (the UVOS cleaners, e.g. charigyang/motiongrouping ``tools/FBMS_clean.py``, assume they are and
-    special-case sequences). Without it (or when it cannot be read), a mask goes to the frame with the same number.
+    files' numbers (charigyang/motiongrouping ``tools/FBMS_clean.py`` assumes they are, renaming frame i to i+1 and
+    each mask to its file's number; its pull request 19 reports the two then disagree). Without it (or when it
+    cannot be read), a mask goes to the frame with the same number.
     """
     gt_files = [f for f in gt_files if "prob" not in _stem(f).lower()]  # *PROB_gt.ppm: not a mask
     if definition is not None:
