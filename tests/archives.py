@@ -58,33 +58,54 @@ def write_hmhi(root: str | Path, naming: str = "code", videos: dict[str, dict[st
     return out
 
 
+def _fbms_definition(name: str, n_frames: int, annotated: dict[int, str]) -> bytes:
+    """``<seq>Def.dat`` as FBMS-59 ships it: labelled values, each on the line after its label, one ``Frame number``
+    (0-based frame of the shot) and ``File name`` pair per annotated frame (the form alex-xun-xu/LearnSubspaceMoSeg
+    ``Dataset/FBMS/collect_dataset.py`` reads)."""
+    lines = ["Ground truth definition file; do not change!", "", "Total number of frames in this shot:",
+             str(n_frames), "Total number of labeled frames for this shot:", str(len(annotated))]
+    for t, file_name in sorted(annotated.items()):
+        lines += ["Frame number:", str(t), "File name:", file_name]
+    return ("\n".join(lines) + "\n").encode()
+
+
 def write_fbms(root: str | Path, seed: int = 0) -> dict:
     """FBMS-59: ``Testset/<seq>/<seq>_NN.jpg`` (frames numbered from 1, 2-digit here) with ground truth on every
-    3rd frame in ``GroundTruth/``: ``cars1`` as grey ``cars1_NNNN_gt.pgm`` (4-digit, black background), ``dogs01``
-    as colour ``dogs01_NNNN_gt.ppm`` on a white background next to a ``*PROB_gt.ppm`` and the ``Def.dat``
-    file; one ``Trainingset`` video."""
+    3rd frame in ``GroundTruth/`` and the ``<seq>Def.dat`` that says which frame each file annotates: ``cars1`` as
+    grey ``cars1_NNNN_gt.pgm`` (4-digit, black background), ``dogs01`` as colour ``dogs01_NNNN_gt.ppm`` on a white
+    background next to a ``*PROB_gt.ppm``; ``tennis`` with frames ``tennisNNN.jpg`` numbered from 0 and ground
+    truth numbered from 1 (``tennisNNN_gt.pgm``: a file's number is not its frame's, as on the sequences the UVOS
+    cleaners special-case; only ``Def.dat`` places them) holding two objects in two grey levels; one
+    ``Trainingset`` video."""
     root, out = Path(root), {}
-    for k, (split, name, ext) in enumerate((("Testset", "cars1", "pgm"), ("Testset", "dogs01", "ppm"),
-                                            ("Trainingset", "bear01", "pgm"))):
+    sequences = (("Testset", "cars1", "pgm"), ("Testset", "dogs01", "ppm"), ("Trainingset", "bear01", "pgm"),
+                 ("Testset", "tennis", "pgm"))
+    for k, (split, name, ext) in enumerate(sequences):
         n = 7
         frames, masks = make_scene(n, SIZE, seed=seed + k)
         decoded = np.empty_like(frames)
-        annotated = [0, 3, 6]
+        annotated = [0, 3, 6] if name != "tennis" else [1, 4]
         for t in range(n):
-            decoded[t] = _frames(root / split / name / f"{name}_{t + 1:02d}.jpg", frames[t])
+            frame_name = f"{name}{t:03d}.jpg" if name == "tennis" else f"{name}_{t + 1:02d}.jpg"
+            decoded[t] = _frames(root / split / name / frame_name, frames[t])
         gt_dir = root / split / name / "GroundTruth"
+        definition = {}
         for t in annotated:
-            stem = f"{name}_{t + 1:04d}_gt"
+            stem = f"{name}{t + 1:03d}_gt" if name == "tennis" else f"{name}_{t + 1:04d}_gt"
             buffer = io.BytesIO()
             if ext == "pgm":
-                Image.fromarray(masks[t].astype(np.uint8) * 255).save(buffer, format="PPM")  # P5: grey
+                grey = masks[t].astype(np.uint8) * 255
+                if name == "tennis":  # a second object: the right half of the square, another grey level
+                    grey[:, SIZE[1] // 2:] //= 2
+                Image.fromarray(grey).save(buffer, format="PPM")  # P5: grey
             else:
                 rgb = np.full((*SIZE, 3), 255, np.uint8)
                 rgb[masks[t]] = (255, 0, 0)
                 Image.fromarray(rgb).save(buffer, format="PPM")  # P6: colour
                 _write(gt_dir / f"{name}_{t + 1:04d}_PROB_gt.ppm", buffer.getvalue())
             _write(gt_dir / f"{stem}.{ext}", buffer.getvalue())
-        _write(gt_dir / f"{name}Def.dat", b"Ground truth definition file\n")
+            definition[t] = f"{stem}.{ext}"
+        _write(gt_dir / f"{name}Def.dat", _fbms_definition(name, n, definition))
         out[name] = (decoded, masks, annotated)
     return out
 

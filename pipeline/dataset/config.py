@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 
 from pipeline.config import require
 from pipeline.flow.config import FlowConfig
+from pipeline.ingest.formats import FORMATS
 
 __all__ = ["FORMAT_CHOICES", "ComputeConfig", "FlowConfig", "PrecomputeFlowConfig", "ShardConfig"]
 
-FORMAT_CHOICES = ("auto", "davis2016", "davis2017", "ytvos", "fbms", "hmhi", "frames", "videos")
+FORMAT_CHOICES: tuple[str, ...] = ("auto", *FORMATS)
+"""``auto`` and every corpus layout :mod:`pipeline.ingest.formats` reads (its registry is the one list)."""
 
 
 @dataclass
@@ -73,7 +75,8 @@ class PrecomputeFlowConfig:
     output: str = ""
     """Output root for shards/, the index, manifest.parquet and summary.json."""
     format: str = "auto"
-    """Corpus layout: auto, davis2016, davis2017, ytvos, fbms, hmhi, frames or videos."""
+    """Corpus layout: auto or a pipeline.ingest format (davis2016, davis2017, ytvos, fbms, ytobj, hmhi, frames,
+    videos)."""
     davis_resolution: str = "480p"
     """DAVIS resolution folder (480p or Full-Resolution)."""
     val_fraction: float = 0.0

@@ -27,9 +27,13 @@ Layouts (paths relative to ``--input``):
   are ignored: taking them too would train on every training video twice.
 - ``fbms``: FBMS-59 as distributed (lmb.informatik.uni-freiburg.de; read as ISCAS007/torchseg
   ``dataset/fbms_dataset.py`` does): ``{Trainingset,Testset}/<seq>/<seq>_NN.jpg`` (2-4 digits; ``tennis``:
-  ``tennis000.jpg``) with masks on a few frames in ``<seq>/GroundTruth/``: ``<seq>_<NNNN>_gt.pgm`` (grey, black
-  background) or ``*_gt.ppm`` (colour, *white* background; ``*PROB*`` files are not masks), matched to the frame
-  with the same frame number (the zero padding differs).
+  ``tennis000.jpg``) with masks on a few frames in ``<seq>/GroundTruth/``: ``*_gt.pgm`` (grey, black background) or
+  ``*_gt.ppm`` (colour, *white* background; ``*PROB*`` files are not masks; UVOS cleaners, e.g.
+  charigyang/motiongrouping ``tools/FBMS_clean.py``, use the same two rules), every object merged into one
+  foreground (the UVOS protocol: tfzhou/MATNet issue 30). Each mask goes on the frame that ``<seq>/GroundTruth/
+  <seq>Def.dat`` names for it (``Frame number``, 0-based in the shot, then ``File name``; alex-xun-xu/
+  LearnSubspaceMoSeg ``Dataset/FBMS/collect_dataset.py`` ``LoadGT``), which holds where a ground-truth file's number
+  is not its frame's; without a ``Def.dat`` a mask goes to the frame with the same number (zero padding aside).
 - ``ytobj``: YouTube-Objects as the UVOS papers evaluate it (10 classes, sparse masks; suhwan-cho/TMO
   ``dataset/ytobj.py`` and ``dataset_loaders/ytobj.py``): either ``{JPEGImages,JPEGFlows,Annotations}/<class>/
   <video>/`` (masks and flow pictures named as the frames) or ``<class>/<video>/{JPEGImages,JPEGFlows,
@@ -332,8 +336,67 @@ def mask_has_white_background(rel: str) -> bool:
     return rel.lower().endswith(".ppm") and posixpath.basename(posixpath.dirname(rel)) == "GroundTruth"
 
 
-def _fbms_masks(frames: list[str], gt_files: list[str], video: str) -> dict[int, str]:
+FBMS_DEFINITION_SUFFIX = "Def.dat"
+"""FBMS-59's ground-truth definition file, ``<seq>/GroundTruth/<seq>Def.dat``: which frame each mask annotates."""
+
+
+def _fbms_definition(text: str, rel: str) -> list[tuple[int, str]]:
+    """(frame index, ground-truth file name) pairs of an FBMS-59 ``<seq>Def.dat``.
+
+    The file is a list of labelled blocks, each label on its own line and its value on the next: ``Total number of
+    frames in this shot:``, ``Total number of labeled frames for this shot:``, then per annotated frame ``Frame
+    number:`` (0-based index of the frame in the shot) and ``File name:`` (its file in ``GroundTruth/``), as
+    alex-xun-xu/LearnSubspaceMoSeg ``Dataset/FBMS/collect_dataset.py`` (``LoadGT``) reads it. Raises
+    ``ValueError`` naming ``rel`` and the line when a frame number is not an integer or a file name is missing.
+    """
+    lines = [ln.strip() for ln in text.splitlines()]
+    pairs: list[tuple[int, str]] = []
+    frame: int | None = None
+    for i, line in enumerate(lines):
+        value = lines[i + 1] if i + 1 < len(lines) else ""
+        if line.lower().startswith("frame number"):
+            try:
+                frame = int(value)
+            except ValueError:
+                raise ValueError(f"{rel} line {i + 2}: frame number {value!r} is not an integer") from None
+        elif line.lower().startswith("file name"):
+            if frame is None or not value:
+                raise ValueError(f"{rel} line {i + 1}: 'File name' without a frame number or a file name")
+            pairs.append((frame, value))
+            frame = None
+    return pairs
+
+
+def _fbms_masks(frames: list[str], gt_files: list[str], video: str, read_text: Callable[[str], str],
+                definition: str | None) -> dict[int, str]:
+    """Frame index -> mask of an FBMS-59 sequence.
+
+    With the sequence's ``Def.dat`` (as distributed), its frame numbers say which frame each ground-truth file
+    annotates: that holds on every sequence, including those whose ground-truth file numbers are not the frame
+    files' numbers (charigyang/motiongrouping ``tools/FBMS_clean.py`` assumes they are, renaming frame i to i+1 and
+    each mask to its file's number; its pull request 19 reports the two then disagree). Without it (or when it
+    cannot be read), a mask goes to the frame with the same number.
+    """
     gt_files = [f for f in gt_files if "prob" not in _stem(f).lower()]  # *PROB_gt.ppm: not a mask
+    if definition is not None:
+        by_name = {posixpath.basename(f): f for f in gt_files}
+        try:
+            pairs = _fbms_definition(read_text(definition), definition)
+        except (ValueError, OSError, UnicodeDecodeError) as e:
+            log.warning("FBMS %s: %s cannot be read (%s); masks matched by frame number", video, definition, e)
+        else:
+            out: dict[int, str] = {}
+            for index, name in pairs:
+                if name not in by_name:
+                    log.warning("FBMS %s: %s names %s, which is not in GroundTruth/; ignored", video, definition, name)
+                elif not 0 <= index < len(frames):
+                    log.warning("FBMS %s: %s puts %s on frame %d, the sequence has %d frames; ignored", video,
+                                definition, name, index, len(frames))
+                else:
+                    out[index] = by_name[name]
+            if out:
+                return out
+            log.warning("FBMS %s: no usable entry in %s; masks matched by frame number", video, definition)
     by_number: dict[int, str] = {}
     for f in sorted(gt_files, key=lambda p: (natural_key(_stem(p)), not p.lower().endswith(".pgm"))):
         n = _frame_number(_stem(f))
@@ -344,13 +407,16 @@ def _fbms_masks(frames: list[str], gt_files: list[str], video: str) -> dict[int,
 
 def _fbms(files: list[str], read_text, cfg) -> list[VideoRecord]:
     recs = _Records()
+    fileset = set(files)
     for source_split, split in (("Trainingset", "train"), ("Testset", "test")):
         frames_by_video = _group_by_parent(files, source_split, _is_image)
         for name in sorted(frames_by_video, key=natural_key):
             frames = frames_by_video[name]
             gt = _group_by_parent(files, f"{source_split}/{name}", _is_mask).get("GroundTruth", [])
+            definition = f"{source_split}/{name}/GroundTruth/{name}{FBMS_DEFINITION_SUFFIX}"
+            masks = _fbms_masks(frames, gt, name, read_text, definition if definition in fileset else None)
             recs.add(name=name, format="fbms", split=split, source_split=source_split, kind="frames",
-                     source=f"{source_split}/{name}", frames=frames, masks=_fbms_masks(frames, gt, name))
+                     source=f"{source_split}/{name}", frames=frames, masks=masks)
     if not recs.records:
         raise IngestError("no frames under {Trainingset,Testset}/<sequence>/ (format fbms)")
     return recs.records

@@ -142,7 +142,7 @@ class SegmentConfig:
     """URL or path of the output root (masks/, probs/, rle/, overlays/, done/, summary.json)."""
     format: str = "auto"
     """Corpus layout: auto, shards (the data pipeline's output: frames and flow from its index.parquet), or a
-    pipeline.ingest format: videos, frames, davis2016, davis2017, ytvos, fbms, hmhi."""
+    pipeline.ingest format: videos, frames, davis2016, davis2017, ytvos, fbms, ytobj, hmhi."""
     preset: str = ""
     """'' (the project's defaults) or 'official': the official HMHI-Net inference protocol. It sets, where they are
     left at their defaults: model.memory_size=3, model.input_size=512, model.decoder=pil, model.precision=fp32,

@@ -139,16 +139,21 @@ def assert_rows_match(rows: list[dict], expected: dict[str, dict[str, float]]) -
                 assert ours == pytest.approx(float(value), abs=1e-6), (row["sequence"], key)
 
 
+def fbms_frame_name(video: str, t: int) -> str:
+    """The file stem of frame ``t`` in the FBMS-59 miniature (tests/archives.py: tennis is numbered from 0)."""
+    return f"tennis{t:03d}" if video == "tennis" else f"{video}_{t + 1:02d}"
+
+
 def test_official_preset_on_fbms59(tmp_path, ray_cluster):
     truth = {k: v for k, v in write_fbms(tmp_path / "FBMS").items() if k != "bear01"}  # Testset only
     out = open_storage(str(tmp_path / "seg"))
-    written = write_predictions(out.child("probs"), truth, lambda v, t: f"{v}_{t + 1:02d}", resize={"dogs01"})
+    written = write_predictions(out.child("probs"), truth, fbms_frame_name, resize={"dogs01"})
     out.write_bytes("masks/cars1/cars1_01.png", b"binary masks are not what the official protocol reads")
     summary = main(["--preset", "official", "--pred", out.url, "--gt", str(tmp_path / "FBMS"),
                     "--output", str(tmp_path / "eval")])  # fmt: skip
     figures = summary["figures"]
     assert (figures["preset"], figures["protocol"], figures["gt_format"]) == ("official", "hmhi_official", "fbms")
-    assert figures["n_sequences"] == 2 and figures["n_frames"] == 6  # the annotated frames only
+    assert figures["n_sequences"] == 3 and figures["n_frames"] == 8  # the annotated frames only
     assert figures["pred"].endswith("/probs")
     rows = list(csv.DictReader(io.StringIO((tmp_path / "eval" / "per_sequence.csv").read_text())))
     expected = expected_scores(truth, written)
@@ -159,6 +164,7 @@ def test_official_preset_on_fbms59(tmp_path, ray_cluster):
     assert figures["F_mean"] == pytest.approx(f, abs=1e-9)
     frames = list(csv.DictReader(io.StringIO((tmp_path / "eval" / "per_frame.csv").read_text())))
     assert [r["frame"] for r in frames if r["sequence"] == "cars1"] == ["cars1_01", "cars1_04", "cars1_07"]
+    assert [r["frame"] for r in frames if r["sequence"] == "tennis"] == ["tennis001", "tennis004"]  # by Def.dat
     # the official rule differs from the default one on these soft maps (> 128 after a bilinear resize)
     default = main(["--pred", out.url + "/probs", "--gt", str(tmp_path / "FBMS"), "--protocol", "hmhi_official"])
     assert default["figures"]["J_mean"] != pytest.approx(j, abs=1e-6)

@@ -1,12 +1,27 @@
-"""The authors' archive layout end to end through the four real jobs: an official HMHI-Net archive (README naming,
-with its flow pictures) -> shards with the pictures (--flow-model pictures) -> training from those shards ->
-segment from the shards (the pictures fed as they are) -> evaluate against the archive's own ground truth."""
+"""Every dataset archive, written as distributed (tests/archives.py, tests/media.py; each layout's public source is
+cited in pipeline/ingest/formats.py), end to end through the four real jobs: the archive -> shards (the flow job:
+the archive's own flow pictures where it ships them, DIS otherwise) -> two training steps from those shards ->
+segment from the shards -> evaluate against the archive's own ground truth.
+
+One case per archive: the official HMHI-Net layout in both namings, DAVIS-2016, FBMS-59, YouTube-Objects and
+YouTube-VOS. What each case checks is what the archive makes hard: sparse annotation arriving on the frames it
+annotates (FBMS's ``Def.dat`` placing ``tennis``'s ground truth, YouTube-Objects' N-th-frame masks, YouTube-VOS's
+first-frame-only ``valid``), flow pictures going into the shards unchanged, and evaluation scoring exactly the
+annotated frames of the benchmark split under the frame names ``segment`` wrote. Training is one worker, two steps at
+64x64 (DDP itself is tested in tests/jobs/test_train.py); YouTube-Objects has no training split (all of it is the
+benchmark), so its case trains on its test shards (``data.train_split=test``) to prove they are trainable.
+"""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+import math
 import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -16,49 +31,113 @@ from jobs.segment import main as segment_main
 from jobs.train import main as train_main
 from pipeline.shards import shard_urls
 from pipeline.storage import open_storage, open_url
-from tests.archives import write_hmhi
+from tests.archives import write_fbms, write_hmhi, write_ytobj, write_ytvos
 from tests.conftest import REPO_ROOT
+from tests.media import write_davis
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
+SIZE = (24, 32)
 
-def test_official_archive_with_flow_pictures_shards_trains_segments_and_evaluates(tmp_path):
-    archive = tmp_path / "HMHI"
-    truth = write_hmhi(archive, naming="readme", videos={"train": {"bear": 6, "camel": 6}, "val": {"blackswan": 5}})
-    shards, runs, seg, ev = (str(tmp_path / p) for p in ("shards", "runs", "seg", "eval"))
 
-    flow = flow_main(["--input", str(archive), "--output", shards, "--flow-model", "pictures", "--clip-length", "6"])
-    assert flow["counts"]["video"] == {"done": 3, "skipped": 0, "rejected": 0}
-    # The pictures' bytes are in the shards unchanged, and the samples say where their flow came from.
-    pictures = {}
+@dataclass(frozen=True)
+class ArchiveCase:
+    """One archive miniature and what the jobs must make of it."""
+
+    write: Callable[[Path], dict]
+    """Writes the miniature under a root; returns ``{video: (frames, masks[, annotated])}`` (tests/archives.py)."""
+    flow_pictures: str | None
+    """The archive's flow-picture folder name (its pictures go into the shards), or None (DIS computes flow)."""
+    test_videos: tuple[str, ...]
+    """Video ids of the benchmark split, the ones evaluation scores."""
+    frame_stem: Callable[[str, int], str]
+    """The file stem of frame ``t`` of a video (what segment names its masks and evaluation its rows)."""
+    train_split: str = "train"
+    """The shard split trained on."""
+    gt_format: str = "auto"
+    """evaluate's --gt-format: auto reads every archive by its own layout except a DAVIS root, which it reads as
+    folders (every sequence); ``davis2016`` reads it as the archive, so its benchmark split (val) is scored."""
+
+
+def _davis(root: Path) -> dict:
+    truth = write_davis(root, {"bear": 6, "camel": 6, "blackswan": 5}, size=SIZE,
+                        splits={"train": ["bear", "camel"], "val": ["blackswan"]})
+    return {v: (frames, masks, list(range(len(frames)))) for v, (frames, masks) in truth.items()}
+
+
+CASES: dict[str, ArchiveCase] = {
+    "hmhi_readme": ArchiveCase(
+        lambda root: write_hmhi(root, "readme", {"train": {"bear": 6, "camel": 6}, "val": {"blackswan": 5}}),
+        "Flows", ("blackswan",), lambda v, t: f"{v}_{t:05d}"),
+    "hmhi_code": ArchiveCase(
+        lambda root: write_hmhi(root, "code", {"train": {"bear": 5}, "val": {"blackswan": 4}}),
+        "flow", ("blackswan",), lambda v, t: f"{v}_{t:05d}"),
+    "davis2016": ArchiveCase(_davis, None, ("blackswan",), lambda v, t: f"{t:05d}", gt_format="davis2016"),
+    "fbms": ArchiveCase(write_fbms, None, ("cars1", "dogs01", "tennis"),
+                        lambda v, t: f"tennis{t:03d}" if v == "tennis" else f"{v}_{t + 1:02d}"),
+    "ytobj": ArchiveCase(lambda root: write_ytobj(root, "class"), "JPEGFlows",
+                         ("aeroplane_0001", "aeroplane_0002", "cat_0001"), lambda v, t: f"{t + 1:05d}",
+                         train_split="test"),
+    "ytvos": ArchiveCase(write_ytvos, None, ("0062f687f1",), lambda v, t: f"{5 * t:05d}"),
+}
+
+
+def _shard_members(shards: str) -> tuple[list[dict], list[bytes]]:
+    """(every sample's meta.json, every flow picture's bytes) in the shard set."""
+    metas, pictures = [], []
     for url in shard_urls(shards):
         parent, leaf = open_url(url)
         with tarfile.open(fileobj=io.BytesIO(parent.read_bytes(leaf))) as tar:
             for member in tar.getmembers():
                 data = tar.extractfile(member).read()
                 if member.name.endswith("meta.json"):
-                    assert json.loads(data)["flow_source"] == "pictures"
+                    metas.append(json.loads(data))
                 elif ".flowpic." in member.name:
-                    pictures[member.name] = data
-    assert len(pictures) == 6 + 6 + 5
-    bear0 = (archive / "Flows" / "train" / "bear" / "bear_00000.jpg").read_bytes()
-    assert bear0 in pictures.values()
+                    pictures.append(data)
+    return metas, pictures
 
-    # Training from the authors' flow pictures (4 steps, 2 DDP workers) leaves a checkpoint to segment with.
+
+@pytest.mark.parametrize("archive", list(CASES))
+def test_archive_ingests_shards_trains_segments_and_evaluates(tmp_path, archive):
+    case = CASES[archive]
+    root = tmp_path / archive
+    truth = case.write(root)
+    shards, runs, seg, ev = (str(tmp_path / p) for p in ("shards", "runs", "seg", "eval"))
+
+    # Shards: every video, its annotated frames where the archive annotates them, flow from where it comes.
+    flow_model = ["--flow-model", "pictures"] if case.flow_pictures else []
+    flow = flow_main(["--input", str(root), "--output", shards, "--clip-length", "4", *flow_model])
+    assert flow["counts"]["video"] == {"done": len(truth), "skipped": 0, "rejected": 0}
+    manifest = {r["video_id"]: r for r in open_storage(shards).read_parquet("manifest.parquet").to_pylist()}
+    assert sorted(manifest) == sorted(truth)
+    for video, (_, _, annotated) in truth.items():
+        assert manifest[video]["annotated_frames"] == annotated, video
+    metas, pictures = _shard_members(shards)
+    assert {m["flow_source"] for m in metas} == {"pictures" if case.flow_pictures else "computed"}
+    if case.flow_pictures:  # the archive's pictures, byte for byte
+        shipped = {p.read_bytes() for p in root.rglob("*.jpg") if case.flow_pictures in p.parts}
+        assert pictures and set(pictures) <= shipped
+
+    # Training from this archive's own shards.
     train = train_main(["--config", str(REPO_ROOT / "configs" / "test.yaml"), "--data", shards, "--storage", runs,
-                        "--run-name", "pictures", "--set", "model.image_size=64", "--max-steps", "4"])
-    assert train["counts"]["run"]["done"] == 1 and train["figures"]["steps"] == 4
+                        "--run-name", archive, "--num-workers", "1", "--max-steps", "2",
+                        "--set", "model.image_size=64", "--set", f"data.train_split={case.train_split}"])
+    assert train["counts"]["run"]["done"] == 1 and train["figures"]["steps"] == 2
+    assert math.isfinite(train["figures"]["final_loss"]) and train["figures"]["final_loss"] > 0
     checkpoint = open_storage(train["figures"]["latest_checkpoint"]).join("checkpoint.pt")
 
-    # Segment from the shards: frames and flow pictures come from them.
+    # Segment every video from the shards with that checkpoint.
     summary = segment_main(["--input", shards, "--output", seg, "--checkpoint", checkpoint, "--input-size", "64",
                             "--precision", "fp32"])  # fmt: skip
-    assert summary["counts"]["video"] == {"done": 3, "skipped": 0, "rejected": 0}
-    assert summary["figures"]["frames"] == 17
-    assert len(open_storage(seg).list("masks/blackswan")) == 5
+    assert summary["counts"]["video"] == {"done": len(truth), "skipped": 0, "rejected": 0}
+    assert summary["figures"]["frames"] == sum(len(frames) for frames, _, _ in truth.values())
 
-    # Evaluate against the archive's ground truth: its test split (the official 'val') is scored, every frame.
-    scores = evaluate_main(["--pred", seg, "--gt", str(archive), "--output", ev, "--protocol", "all"])
-    assert scores["counts"]["sequence"]["done"] == 1 and scores["figures"]["n_frames"] == 5
-    assert 0.0 <= scores["figures"]["JF_mean"] <= 1.0
-    assert set(truth) == {"bear", "camel", "blackswan"}
+    # Evaluate against the archive: its benchmark split, exactly its annotated frames, under segment's names.
+    scores = evaluate_main(["--pred", seg, "--gt", str(root), "--output", ev, "--protocol", "all",
+                            "--gt-format", case.gt_format])
+    assert scores["counts"]["sequence"] == {"done": len(case.test_videos), "skipped": 0, "rejected": 0}
+    rows = list(csv.DictReader(io.StringIO((Path(ev) / "per_frame.csv").read_text())))
+    expected = sorted((v, case.frame_stem(v, t)) for v in case.test_videos for t in truth[v][2])
+    assert sorted((r["sequence"], r["frame"]) for r in rows) == expected
+    assert scores["figures"]["n_frames"] == len(expected)
+    assert 0.0 <= scores["figures"]["J_mean"] <= 1.0

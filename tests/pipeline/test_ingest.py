@@ -1,5 +1,7 @@
 """Corpus formats, the manifest and the video loader (validation and repair), on real files."""
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -283,26 +285,44 @@ def test_archive_unpacked_into_one_folder(tmp_path):
 
 def test_fbms59_as_distributed(tmp_path):
     """FBMS-59 (ISCAS007/torchseg dataset/fbms_dataset.py): Trainingset/Testset, frames <seq>_NN.jpg, sparse
-    GroundTruth/<seq>_NNNN_gt.pgm (black background) or .ppm (white background; *PROB_gt.ppm skipped), matched to
-    frames by frame number."""
+    GroundTruth/<seq>_NNNN_gt.pgm (black background) or .ppm (white background; *PROB_gt.ppm skipped), placed on
+    their frames by <seq>Def.dat (alex-xun-xu/LearnSubspaceMoSeg Dataset/FBMS/collect_dataset.py: 'Frame number'
+    is the 0-based frame of the shot, 'File name' its ground truth), multi-object masks merged."""
     truth = write_fbms(tmp_path)
     st = open_storage(str(tmp_path))
     listing = list_corpus(st)
     assert listing.format == "fbms"
     by = {r.name: r for r in listing.records}
     assert [(r.name, r.split) for r in listing.records] == [("bear01", "train"), ("cars1", "test"),
-                                                           ("dogs01", "test")]
+                                                           ("dogs01", "test"), ("tennis", "test")]
     assert by["cars1"].frames[0] == "Testset/cars1/cars1_01.jpg"
     assert by["cars1"].masks == {0: "Testset/cars1/GroundTruth/cars1_0001_gt.pgm",
                                  3: "Testset/cars1/GroundTruth/cars1_0004_gt.pgm",
                                  6: "Testset/cars1/GroundTruth/cars1_0007_gt.pgm"}
     assert sorted(by["dogs01"].masks) == [0, 3, 6] and all("PROB" not in m for m in by["dogs01"].masks.values())
-    for name in ("cars1", "dogs01"):
+    # tennis: frames tennis000.jpg..., ground truth numbered from 1; Def.dat puts tennis002_gt.pgm on frame 1
+    assert by["tennis"].frames[1] == "Testset/tennis/tennis001.jpg"
+    assert by["tennis"].masks == {1: "Testset/tennis/GroundTruth/tennis002_gt.pgm",
+                                  4: "Testset/tennis/GroundTruth/tennis005_gt.pgm"}
+    for name in ("cars1", "dogs01", "tennis"):
         video = load_video(st, by[name])
         _, masks, annotated = truth[name]
         assert video.mask_valid.tolist() == [t in annotated for t in range(7)]
-        for t in annotated:  # the white .ppm background is background, the grey .pgm black one too
+        for t in annotated:  # white .ppm background, black .pgm one; tennis's two grey objects are one foreground
             assert np.array_equal(video.masks[t], masks[t]), (name, t)
+
+
+def test_fbms59_without_or_with_a_broken_definition_file(tmp_path, caplog):
+    """Without <seq>Def.dat a mask goes to the frame of the same number; an unreadable one is named in a warning
+    and the same rule applies (the sequence is still read)."""
+    write_fbms(tmp_path)
+    (tmp_path / "Testset" / "cars1" / "GroundTruth" / "cars1Def.dat").unlink()
+    (tmp_path / "Testset" / "tennis" / "GroundTruth" / "tennisDef.dat").write_text("Frame number:\none\n")
+    with caplog.at_level(logging.WARNING, logger="pipeline.ingest.formats"):
+        by = {r.name: r for r in list_corpus(open_storage(str(tmp_path))).records}
+    assert sorted(by["cars1"].masks) == [0, 3, 6]
+    assert sorted(by["tennis"].masks) == [2, 5]  # by number: what Def.dat corrects
+    assert "tennisDef.dat line 2: frame number 'one' is not an integer" in caplog.text
 
 
 @pytest.mark.parametrize("layout", ["class", "top"])
