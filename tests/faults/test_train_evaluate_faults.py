@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 
 import pytest
 
+from pipeline.lease import LEASE_NAME, LeaseHeldError
 from pipeline.storage import open_storage
 from tests.conftest import REPO_ROOT
 from tests.faults.conftest import ISSUE_PLAN
@@ -19,6 +21,18 @@ from tests.faults.driver import start_driver
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 CONFIG = str(REPO_ROOT / "configs" / "test.yaml")
+
+
+def _refuses_a_second_run(first, output: str, second, timeout: float = 300) -> None:
+    """While ``first`` (a driver process) holds the lease of ``output``, ``second()`` (the same job in this process,
+    on the same output) is refused with an error naming the first run."""
+    st = open_storage(output)
+    deadline = time.time() + timeout
+    while not st.exists(LEASE_NAME) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert first.poll() is None, first.communicate()[0][-3000:]
+    with pytest.raises(LeaseHeldError, match=f"{output} is being written by another run .* pid {first.pid}, started"):
+        second()
 
 
 def _finish(proc, timeout: float = 600) -> str:
@@ -31,7 +45,7 @@ def _finish(proc, timeout: float = 600) -> str:
     return log_text
 
 
-def test_train_under_faults_reaches_the_same_step_as_a_clean_run(s3_bucket, tmp_path, ray_cluster, fault_proxy):
+def test_train_under_faults_reaches_the_same_step_as_a_clean_run_and_refuses_a_second_run(s3_bucket, tmp_path, ray_cluster, fault_proxy):
     from jobs.precompute_flow import main as precompute_main
     from jobs.train import main as train_main
     from model import create_model, load_checkpoint
@@ -54,7 +68,10 @@ def test_train_under_faults_reaches_the_same_step_as_a_clean_run(s3_bucket, tmp_
     fault_proxy.set_plan(ISSUE_PLAN)
     faulty = start_driver(ray_cluster, {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url},
                           args(f"{s3_bucket}/faulty"), job="jobs.train", AWS_ENDPOINT_URL=fault_proxy.endpoint_url)
-    log_text = _finish(faulty)
+    try:  # a second run of the same run folder, while the first trains, is refused by name; the first goes on
+        _refuses_a_second_run(faulty, f"{s3_bucket}/faulty/tiny", lambda: train_main(args(f"{s3_bucket}/faulty")))
+    finally:
+        log_text = _finish(faulty)
     assert fault_proxy.faults > 0, fault_proxy.counts
     assert fault_proxy.seen("GET", ".tar") > 0  # the training workers' shard reads went through the faults
     assert fault_proxy.seen("PUT", "checkpoint") > 0  # and so did Ray Train's checkpoint uploads
@@ -82,10 +99,10 @@ def test_train_under_faults_reaches_the_same_step_as_a_clean_run(s3_bucket, tmp_
     report = load_checkpoint(net, str(path))
     assert report.format
     assert run.exists("best/model.pt") and run.read_json("best/meta.json")["step"] == 4
-    assert not run.exists("_lease.json")
+    assert not run.exists(LEASE_NAME)
 
 
-def test_evaluate_under_faults_scores_as_a_clean_run(s3_bucket, ray_cluster, fault_proxy):
+def test_evaluate_under_faults_scores_as_a_clean_run_and_refuses_a_second_run(s3_bucket, ray_cluster, fault_proxy):
     from jobs.evaluate import main as evaluate_main
     from tests.jobs.test_evaluate import make_corpus
 
@@ -96,8 +113,12 @@ def test_evaluate_under_faults_scores_as_a_clean_run(s3_bucket, ray_cluster, fau
         return ["--pred", root.join("pred"), "--gt", root.join("DAVIS"), "--output", root.join(out)]
 
     fault_proxy.set_plan(ISSUE_PLAN)
-    _finish(start_driver(ray_cluster, {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url}, args("faulty"),
-                         job="jobs.evaluate", AWS_ENDPOINT_URL=fault_proxy.endpoint_url))
+    first = start_driver(ray_cluster, {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url}, args("faulty"),
+                         job="jobs.evaluate", AWS_ENDPOINT_URL=fault_proxy.endpoint_url)
+    try:  # a second evaluation into the same output, while the first runs, is refused by name; the first goes on
+        _refuses_a_second_run(first, root.join("faulty"), lambda: evaluate_main(args("faulty")))
+    finally:
+        _finish(first)
     assert fault_proxy.faults > 0 and fault_proxy.seen("GET", ".png") >= 30, fault_proxy.counts
     fault_proxy.set_plan(None)
     clean = evaluate_main(args("clean"))
@@ -117,3 +138,4 @@ def test_evaluate_under_faults_scores_as_a_clean_run(s3_bucket, ray_cluster, fau
         assert faulty_out.read_text(name) == clean_out.read_text(name), name
     frames = list(csv.DictReader(io.StringIO(faulty_out.read_text("per_frame.csv"))))
     assert len(frames) == 16
+    assert not faulty_out.exists(LEASE_NAME)  # released at the end
