@@ -45,6 +45,7 @@ def _finish(proc, timeout: float = 600) -> str:
     return log_text
 
 
+@pytest.mark.slow  # shards, then two 4-step DDP runs (faulty and clean): several minutes on 2 loaded cores
 def test_train_under_faults_reaches_the_same_step_as_a_clean_run_and_refuses_a_second_run(s3_bucket, tmp_path, ray_cluster, fault_proxy):
     from jobs.precompute_flow import main as precompute_main
     from jobs.train import main as train_main
