@@ -81,7 +81,6 @@ def test_flow_job_on_a_full_temporary_disk_names_it_and_a_rerun_completes(s3_buc
     assert set(read_index(out).column("video_id").to_pylist()) == {"a", "b"}
 
 
-@pytest.mark.slow  # two segment runs of a model on CPU: about two minutes on 2 loaded cores
 def test_segment_on_a_full_temporary_disk_names_it_and_a_rerun_completes(s3_bucket, tmp_path, ray_cluster,
                                                                           tiny_disk):
     import torch
