@@ -419,13 +419,18 @@ def holds_output_lease(job: str, output: Callable[[Any], str] = lambda cfg: cfg.
     """Decorator for a job's ``run(cfg)``: the whole run holds the lease of ``output(cfg)``.
 
     One line on the job's ``run``, wherever that function lives; refused runs raise :class:`LeaseHeldError`.
+    Where ``output(cfg)`` is empty (a job whose output is optional, or a config that ``run`` itself rejects), there
+    is nothing to protect and the run goes ahead without a lease.
     """
 
     def wrap(run: Callable[[Any], Any]) -> Callable[[Any], Any]:
         @functools.wraps(run)
         def wrapper(cfg, *args, **kwargs):
             global _CURRENT
-            with OutputLease(open_storage(output(cfg)), job=job) as lease:
+            url = output(cfg)
+            if not url:
+                return run(cfg, *args, **kwargs)
+            with OutputLease(open_storage(url), job=job) as lease:
                 previous, _CURRENT = _CURRENT, lease
                 try:
                     return run(cfg, *args, **kwargs)

@@ -60,7 +60,7 @@ import pyarrow as pa
 
 from pipeline.jobs import UserError
 from pipeline.masks import decode_mask_png, encode_mask_png
-from pipeline.storage import Storage, StorageNotFoundError, open_storage, open_url, url_sha256
+from pipeline.storage import Storage, StorageNotFoundError, _local_space, open_storage, open_url, url_sha256
 
 log = logging.getLogger(__name__)
 
@@ -665,15 +665,19 @@ class ShardWriter:
         if shard is None:
             num = self._next.get(split, 0)
             self._next[split] = num + 1
-            shard = self._open[split] = _OpenShard(self.shard_name(split, num), self._tmp.name)
+            name = self.shard_name(split, num)
+            with _local_space("build shard", self.storage.join(name), os.path.join(self._tmp.name, "shard.tar")):
+                shard = self._open[split] = _OpenShard(name, self._tmp.name)
         offset = shard.tar.offset
         digest = hashlib.sha256()
-        for ext in sorted(members):
-            data = members[ext]
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            shard.tar.addfile(info, io.BytesIO(data))
-            digest.update(ext.encode() + b"\0" + data)
+        # The shard is built in a local temporary file: a full disk there is a LocalDiskFullError naming it.
+        with _local_space("build shard", self.storage.join(shard.name), shard.path):
+            for ext in sorted(members):
+                data = members[ext]
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                shard.tar.addfile(info, io.BytesIO(data))
+                digest.update(ext.encode() + b"\0" + data)
         shard.rows.append(dict(row, key=key, split=split, shard=shard.name, offset=offset,
                                bytes=shard.tar.offset - offset, sha256=digest.hexdigest()))
         self.write_s += time.perf_counter() - t0
@@ -711,7 +715,8 @@ class ShardWriter:
         """Upload thread: close the tar, send the rest, complete the atomic write; returns size and checksum."""
         for push in shard.pushes:
             push.result()  # a failed earlier part fails the shard
-        shard.tar.close()
+        with _local_space("build shard", self.storage.join(shard.name), shard.path):
+            shard.tar.close()
         size = os.path.getsize(shard.path)
         self._push(shard, size)
         t0 = time.perf_counter()
@@ -751,7 +756,8 @@ class ShardWriter:
         self._uploader.shutdown(wait=True, cancel_futures=True)
         aborted = RuntimeError("shard writer aborted")
         for shard in [*self._open.values(), *(shard for shard, _ in self._pending)]:
-            shard.tar.close()
+            with contextlib.suppress(OSError):  # the tar's last block on a full disk: the file goes anyway
+                shard.tar.close()
             with contextlib.suppress(Exception):  # abort the streamed write: it never becomes visible
                 shard.remote.__exit__(RuntimeError, aborted, None)
         self._open.clear()

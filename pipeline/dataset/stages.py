@@ -34,7 +34,7 @@ from pipeline.flow.render import RENDER_VERSION
 from pipeline.ingest.formats import VideoRecord
 from pipeline.ingest.load import VideoRejected, decode_image, load_video
 from pipeline.shards import SHARD_DIR, ShardWriter, encode_clip, picture_suffix, sample_key
-from pipeline.storage import StorageError, open_storage
+from pipeline.storage import LocalDiskFullError, StorageError, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +226,18 @@ class GroupPacker:
         self.frames += index_row["n_frames"]
         self.masks += index_row["n_masks"]
 
+    def reject_all(self, videos: list[dict[str, Any]], error: LocalDiskFullError) -> dict[str, Any]:
+        """The result row of a group that could not be built (its shards' local disk is full): every video of the
+        group rejected with the error, nothing to commit; a rerun redoes the group."""
+        self.writer.abort()
+        records = [json.loads(v["record"]) for v in videos]
+        names = {rec["video_id"]: rec["name"] for rec in records}
+        rejected = {vid: {"name": name, "status": "rejected", "reason": f"video {name!r} (group {self.group}): {error}"}
+                    for vid, name in names.items()}
+        return {"group": self.group, "rows": "[]", "videos": json.dumps(rejected), "shards": 0, "bytes": 0,
+                "samples": 0, "frames": 0, "masks": 0, "pack_s": round(self.writer.write_s, 3),
+                "writer": f"{socket.gethostname()}:{os.getpid()}"}
+
     def finish(self) -> dict[str, Any]:
         """Upload the last shards and return the group's result row (small: index rows and video facts)."""
         try:
@@ -261,15 +273,18 @@ class GroupStage(FlowStage):
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
         t0 = time.perf_counter()
         packer = GroupPacker(self.output_url, row["group"], self.target_bytes)
+        videos = json.loads(row["videos"])
         try:
-            for video in json.loads(row["videos"]):  # sorted by video id: shard members come out sorted
+            for video in videos:  # sorted by video id: shard members come out sorted
                 video["group"] = row["group"]
                 for clip in load_clips(video, **self.load_kwargs):
                     packer.add(encode_clip_row(super().__call__(clip), **self.encode_kwargs))
+            result = packer.finish()
+        except LocalDiskFullError as err:  # bad for this group, not for the job: report its videos and go on
+            result = packer.reject_all(videos, err)
         except BaseException:
             packer.writer.abort()
             raise
-        result = packer.finish()
         result["worker_s"] = round(time.perf_counter() - t0, 3)
         return result
 

@@ -28,6 +28,7 @@ from pipeline.evaluate.metrics import METRIC_KEYS, aggregate_results
 from pipeline.evaluate.report import resolve_frames_root, write_report
 from pipeline.ingest.formats import YTOBJ_CLASSES, IngestError
 from pipeline.jobs import JobSummary, init_ray
+from pipeline.lease import holds_output_lease
 from pipeline.storage import Storage, open_storage, open_url
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ def _prediction_root(cfg: EvaluateConfig, pred: Storage, wanted: set[str]) -> tu
     return pred, frames
 
 
+@holds_output_lease("evaluate", output=lambda cfg: cfg.output)  # one run per output; none without --output
 def run(cfg: EvaluateConfig) -> dict:
     """Evaluate and write the result files; returns the job summary (scores under ``figures``)."""
     import ray

@@ -18,6 +18,7 @@ from typing import Any
 
 from pipeline.config import ConfigError, config_to_dict
 from pipeline.jobs import JobFailed, JobSummary, UserError, init_ray
+from pipeline.lease import holds_output_lease
 from pipeline.shards import ShardChecksumError, ShardEntry
 from pipeline.storage import StorageError, local_copy, open_storage
 from pipeline.train.config import TrainConfig, cadence_warnings
@@ -180,6 +181,15 @@ def _checksum_failure(error: BaseException | None) -> str | None:
     return found.group(0) if found else None
 
 
+def _run_root(cfg: TrainConfig) -> str:
+    """The run's own folder ``<storage>/<run_name>``: what the lease protects ("" until both are set)."""
+    return open_storage(cfg.storage).child(cfg.run_name).url if cfg.storage and cfg.run_name else ""
+
+
+# One driver per run folder (pipeline/lease.py). The lease is the driver's: Ray Train's worker-group restarts
+# (FailureConfig) happen inside this one call and keep it; a resubmission after the run finished finds it released,
+# and one after the driver was killed takes the dead holder's lease over (at once on its host, else after the TTL).
+@holds_output_lease("train", output=_run_root)
 def run(cfg: TrainConfig) -> dict[str, Any]:
     """Check the inputs, train, and return the job summary (also written to ``<storage>/<run_name>/summary.json``).
 

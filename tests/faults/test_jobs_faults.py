@@ -7,10 +7,6 @@ the driver and in the Ray Data stages, goes through the faults.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -19,31 +15,11 @@ from jobs.precompute_flow import main as flow_main
 from pipeline.lease import LEASE_NAME, LeaseHeldError
 from pipeline.shards import read_index, verify_shard
 from pipeline.storage import open_storage
-from tests.conftest import REPO_ROOT
 from tests.faults.conftest import ISSUE_PLAN
+from tests.faults.driver import start_driver
 from tests.media import upload_tree, write_davis
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-
-# A driver whose Ray workers see the proxy as their S3 endpoint too (a cluster's workers inherit the environment
-# the cluster started with; a job runtime env is how a job gives them its own).
-_DRIVER = """
-import json, sys
-import ray
-ray.init(address=sys.argv[1], runtime_env={"env_vars": json.loads(sys.argv[2])})
-from importlib import import_module
-from pipeline.storage import retry_counts
-summary = import_module(sys.argv[3]).main(sys.argv[4:])
-print("RETRIES", retry_counts(), flush=True)
-"""
-
-
-def _driver(ray_address: str, worker_env: dict[str, str], args: list[str], job: str = "jobs.precompute_flow",
-            **env: str) -> subprocess.Popen:
-    """A job (``jobs.<name>``) in its own driver process, its Ray workers given ``worker_env``."""
-    return subprocess.Popen([sys.executable, "-c", _DRIVER, ray_address, json.dumps(worker_env), job, *args],
-                            cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), **env),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _shards_and_index(url: str) -> tuple[dict[str, bytes], list[dict]]:
@@ -65,7 +41,7 @@ def test_flow_job_under_faults_equals_a_clean_run_and_refuses_a_second_run(s3_bu
     # The first run, under the issue's faults (10% 503/500, 1% cut bodies) plus some latency.
     fault_proxy.set_plan(ISSUE_PLAN, latency_s=0.02)
     faulty_out = f"{s3_bucket}/faulty"
-    first = _driver(ray_cluster, {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url},
+    first = start_driver(ray_cluster, {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url},
                     ["--input", corpus, "--output", faulty_out, *args], AWS_ENDPOINT_URL=fault_proxy.endpoint_url)
     try:
         # A second run on the same output, started while the first holds its lease, is refused by name.
@@ -122,7 +98,7 @@ def test_segment_under_faults_writes_the_same_masks_as_a_clean_run(s3_bucket, tm
                 "--precision", "fp32"]
 
     fault_proxy.set_plan(ISSUE_PLAN)
-    faulty = _driver(ray_cluster, {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url}, args(f"{s3_bucket}/faulty"),
+    faulty = start_driver(ray_cluster, {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url}, args(f"{s3_bucket}/faulty"),
                      job="jobs.segment", AWS_ENDPOINT_URL=fault_proxy.endpoint_url)
     log_text, _ = faulty.communicate(timeout=600)
     assert faulty.returncode == 0, log_text[-4000:]
