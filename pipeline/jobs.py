@@ -142,9 +142,11 @@ def init_ray(**kwargs: Any) -> None:
     if ray.is_initialized():
         return
     kwargs.setdefault("log_to_driver", True)  # the workers' progress lines (training steps) are the job's log
+    started = time.perf_counter()
     ray.init(**kwargs)
     res = ray.cluster_resources()
-    log.info("Ray: %d CPUs, %d GPUs, %d nodes", res.get("CPU", 0), res.get("GPU", 0), len(ray.nodes()))
+    log.info("Ray: %d CPUs, %d GPUs, %d nodes (ray.init %.1f s)", res.get("CPU", 0), res.get("GPU", 0),
+             len(ray.nodes()), time.perf_counter() - started)
 
 
 def format_duration(seconds: float) -> str:
