@@ -328,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
             extra = lengths[-1] - lengths[0]
             # Steady state: the longest video less the shortest, so start-up, the first chunk's latency and the
             # model's warm-up (paid once per video) cancel out.
-            steady_fps = extra / max(long["video_seconds"] - short["video_seconds"], 1e-9)
+            spent = long["video_seconds"] - short["video_seconds"]
+            steady_fps = extra / spent if spent > 0 else float("nan")  # nan: the machine's load swamped the lengths
             for n in lengths:
                 run = runs[n]
                 figures, summary, memory = run["summary"]["figures"], run["summary"], run["memory"]
