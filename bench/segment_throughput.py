@@ -3,23 +3,32 @@
     python bench/segment_throughput.py                       # CPU: 50- and 500-frame videos, small model
     python bench/segment_throughput.py --frames 50 500 --size 320x180 --input-size 128
     python bench/segment_throughput.py --gpu                 # also: videos in flight 1, 4, 16 on one GPU actor
-    python bench/segment_throughput.py --model hmhi_mit_b1 --input-size 512 --frames 50 1000 --size 432x240
+    python bench/segment_throughput.py --model hmhi_mit_b1 --input-size 512 --size 512x512 --frames 8 40  # issue 16
 
-Each setting runs for every ``--precision`` (default fp32 and bf16). ``startup_s`` is the job's wall time less the
-video's own time in the actor (Ray start, imports, model load, scheduling); ``ratio_streaming_vs_model_only`` is the
-steady-state end-to-end rate (``streaming_fps``) over the model alone stepping with every core (``--cpus`` torch
-threads), in the same run: the job is as fast as its model when it is near 1.
+Each setting runs for every ``--precision`` (default fp32 and bf16), one job per video length (``--frames``, two
+or more). Per precision, in the same run:
 
-Prints one JSON line per setting: the machine, the setting, end-to-end frames/s (decode + flow + model +
-writing masks/RLE, on a fresh local Ray cluster), the model-only frames/s measured in the same run with the same
-model and input size (``net.step`` on random tensors, no I/O), their ratio, ``streaming_fps`` (the video's frames
-over the time from its start in the actor to its done marker: decode, flow, model and writes overlapped, without
-Ray start-up and model loading), and the peak resident memory of the
-job's process tree (driver, raylet, GCS, Ray workers) (sampled every 50 ms from /proc, Linux only; the job runs as
-``python jobs/segment.py`` in its own process with its own local Ray cluster). Peak memory should not grow
-with video length (the job streams chunks); ``memory_ratio_vs_shortest`` compares each video length with the
-shortest one. ``actor_peak_rss_mb`` / ``decode_task_peak_rss_mb`` are the high-water marks (VmHWM) of the
-model actor and of the decode+flow task processes alone, which exclude the fixed Ray overhead.
+- ``model_only_fps_all_cores``: the model alone as the actor runs it (``VideoSegmenter.step``: same model, input
+  size, precision, on frames and DIS flow pictures prepared from the shortest video beforehand) with every core
+  (``--cpus`` torch threads), no decoding, flow or writing while it is timed;
+- ``steady_state_fps``: the job's steady-state end-to-end rate, (longest - shortest video's frames) over the
+  difference of their times in the actor (first chunk request to done marker: decode, flow, model and writes
+  overlapped), so Ray start, model load, the first chunk's latency and warm-up cancel out;
+  ``ratio_steady_state_vs_model_only`` is their ratio (issue 16's target: >= 0.9 with ``--model hmhi_mit_b1
+  --input-size 512``);
+- ``actor_cpu_s_per_frame_steady`` / ``decode_cpu_s_per_frame_steady``: CPU seconds per extra frame of the model
+  actor and of the decode+flow task processes (/proc, same difference), against ``model_only_cpu_s_per_frame``;
+- ``startup_s``: the job's wall time less the video's own time in the actor (Ray start, imports, model load,
+  scheduling), and ``startup_parts``: ``ray.init`` and the model actor's torch import and model load as the job
+  logs them, the actor's torch threads, and the driver's imports (a fresh interpreter importing jobs.segment);
+- ``end_to_end_fps`` (whole job, start-up included), ``streaming_fps`` (a video's frames over its time in the
+  actor) and ``actor_model_fps`` (frames over the actor's time inside step + post-processing).
+
+Peak memory: the peak resident memory of the job's process tree (driver, raylet, GCS, Ray workers), sampled every
+50 ms from /proc (Linux only; the job runs as ``python jobs/segment.py`` in its own process with its own local Ray
+cluster). It should not grow with video length (the job streams chunks); ``memory_ratio_vs_shortest`` compares
+each length with the shortest. ``actor_peak_rss_mb`` / ``decode_task_peak_rss_mb`` are the high-water marks
+(VmHWM) of the model actor and of the decode+flow task processes alone, which exclude the fixed Ray overhead.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +59,16 @@ def _status_bytes(pid: int, field: str = "VmRSS") -> int:
     except OSError:
         pass
     return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat), 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _cmdline(pid: int) -> bytes:
@@ -90,6 +110,7 @@ class PeakMemory:
         self.peak = 0
         self.roles: dict[int, str] = {}  # pid -> "actor" / "decode", seen while the process ran that work
         self.role_peaks: dict[str, int] = {}
+        self.cpu: dict[int, float] = {}  # pid -> its last sampled CPU seconds (kept after the process exits)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -106,7 +127,12 @@ class PeakMemory:
                     self.roles[pid] = "decode"
             for pid, role in self.roles.items():
                 self.role_peaks[role] = max(self.role_peaks.get(role, 0), _status_bytes(pid, "VmHWM"))
+                self.cpu[pid] = max(self.cpu.get(pid, 0.0), _cpu_seconds(pid))
             self._stop.wait(self.interval)
+
+    def role_cpu_s(self, role: str) -> float:
+        """CPU seconds of the processes seen doing ``role`` work (a Ray worker's whole life, start-up included)."""
+        return sum(cpu for pid, cpu in self.cpu.items() if self.roles.get(pid) == role)
 
     def __enter__(self):
         self._thread.start()
@@ -134,6 +160,8 @@ def synthetic_video(n: int, width: int, height: int, seed: int = 0) -> bytes:
     encode_video(frames, buffer, fps=25, codec="libx264", container_format="mp4")
     return buffer.getvalue()
 
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SMALL_MODEL = "hmhi_mit_b0 (decoder 32, ffn 64, T=3), random init"
 
@@ -175,10 +203,9 @@ def model_only_fps(net, input_size: int, videos: int, steps: int, device: str, p
 
 
 def end_to_end(corpus: str, out: str, checkpoint: str, input_size: int, videos_in_flight: int, gpu: bool,
-               cpus: int, precision: str = "auto") -> tuple[dict, PeakMemory]:  # fmt: skip
-    """Run ``python jobs/segment.py`` as its own process on a fresh local Ray cluster; (summary, memory)."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    args = [sys.executable, os.path.join(repo, "jobs", "segment.py"), "--input", corpus, "--output", out,
+               cpus: int, precision: str = "auto") -> tuple[dict, PeakMemory, str]:  # fmt: skip
+    """Run ``python jobs/segment.py`` as its own process on a fresh local Ray cluster; (summary, memory, its log)."""
+    args = [sys.executable, os.path.join(REPO, "jobs", "segment.py"), "--input", corpus, "--output", out,
             "--checkpoint", checkpoint, "--input-size", str(input_size), "--videos-in-flight", str(videos_in_flight),
             "--set", "runtime.chunk_frames=8", "--precision", precision]  # fmt: skip
     if gpu:
@@ -186,13 +213,65 @@ def end_to_end(corpus: str, out: str, checkpoint: str, input_size: int, videos_i
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
     env.pop("RAY_ADDRESS", None)  # a fresh cluster per setting, so peaks are not shared
     with PeakMemory(extra_pid=None) as memory:
-        proc = subprocess.Popen(args, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         memory.extra_pid = proc.pid
         _, stderr = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"segment failed ({proc.returncode}):\n{stderr.decode()[-3000:]}")
     with open(os.path.join(out, "summary.json")) as f:
-        return json.load(f), memory
+        return json.load(f), memory, stderr.decode(errors="replace")
+
+
+def model_only_rate(checkpoint: str, video: str, input_size: int, precision: str, threads: int,
+                    steps: int) -> dict:
+    """The model alone as the actor runs it: ``VideoSegmenter.step`` (same model, input size, precision and
+    preprocessing) on frames and DIS flow pictures already prepared from ``video``, with ``threads`` torch threads;
+    no decoding, flow, post-processing or writing while it is timed. Wall and CPU time per frame, steady state."""
+    import torch
+
+    from pipeline.segment import VideoSegmenter
+
+    torch.set_num_threads(threads)
+    segmenter = VideoSegmenter(checkpoint, flow="dis", input_size=input_size, precision=precision, device="cpu")
+    chunks = list(segmenter.chunks(video))
+    frames = np.concatenate([c.frames for c in chunks])
+    flows = np.concatenate([c.flows for c in chunks])
+    state = segmenter.new_state(1)
+    warmup = 3  # fills the memory window towards its steady size and warms oneDNN's kernel caches
+    for i in range(warmup):
+        segmenter.step(frames[i : i + 1], flows[i : i + 1], state, [i == 0], [True])
+    wall, cpu = time.perf_counter(), time.process_time()
+    for k in range(steps):
+        i = (warmup + k) % len(frames)
+        segmenter.step(frames[i : i + 1], flows[i : i + 1], state, [False], [True])
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"fps": steps / wall, "cpu_s_per_frame": cpu / steps, "threads": torch.get_num_threads()}
+
+
+_ACTOR_READY = re.compile(r"model actor ready in ([0-9.]+) s \(torch import ([0-9.]+) s, model build \+ load "
+                          r"([0-9.]+) s\); (\d+) torch threads")
+_RAY_INIT = re.compile(r"Ray: .*\(ray\.init ([0-9.]+) s\)")
+
+
+def startup_parts(log_text: str) -> dict:
+    """Start-up figures the job logs: ray.init, and the model actor's imports and model load (and its threads)."""
+    parts = {}
+    if m := _RAY_INIT.search(log_text):
+        parts["ray_init_s"] = float(m.group(1))
+    if m := _ACTOR_READY.search(log_text):
+        parts.update(actor_init_s=float(m.group(1)), actor_torch_import_s=float(m.group(2)),
+                     actor_model_load_s=float(m.group(3)), actor_torch_threads=int(m.group(4)))
+    return parts
+
+
+def driver_import_s() -> float:
+    """Seconds for a fresh interpreter to import the segment job's driver side, less a bare interpreter's start."""
+    def timed(code: str) -> float:
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+        return time.perf_counter() - started
+
+    return max(0.0, timed("import jobs.segment") - timed("pass"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -207,7 +286,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu-frames", type=int, default=100, help="frames per video in the GPU settings")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], help="model precisions to time")
     parser.add_argument("--model", default="small", help="'small' (b0, narrow, T=3) or a registered model name")
+    parser.add_argument("--model-steps", type=int, default=0,
+                        help="steps timed for the model-only rate (0: 10 at input >= 384, else 30)")
     args = parser.parse_args(argv)
+    if len(args.frames) < 2:
+        parser.error("--frames needs two lengths or more: the steady-state rate is their difference")
     width, height = (int(v) for v in args.size.lower().split("x"))
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import torch
@@ -219,40 +302,61 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint = os.path.join(work, "small.pth")
         net = small_model(checkpoint, "cpu", args.model)
         model_name = SMALL_MODEL if args.model == "small" else f"{args.model} (T={net.config.memory_size}), random init"
+        lengths = sorted(args.frames)
+        corpora = {}
+        for n in lengths:
+            corpus = corpora[n] = os.path.join(work, f"corpus{n}")
+            os.makedirs(corpus)
+            with open(os.path.join(corpus, f"video{n}.mp4"), "wb") as f:
+                f.write(synthetic_video(n, width, height))
+        imports_s = driver_import_s()
         for precision in args.precision:
-            cpu_model_fps = model_only_fps(net, args.input_size, 1, 10 if args.input_size >= 384 else 30, "cpu",
-                                           precision)  # fmt: skip
-            peaks: dict[int, int] = {}
-            for n in sorted(args.frames):
-                corpus = os.path.join(work, f"corpus{n}")
-                if not os.path.isdir(corpus):
-                    os.makedirs(corpus)
-                    with open(os.path.join(corpus, f"video{n}.mp4"), "wb") as f:
-                        f.write(synthetic_video(n, width, height))
+            steps = args.model_steps or (10 if args.input_size >= 384 else 30)
+            model_only = model_only_rate(checkpoint, os.path.join(corpora[lengths[0]], f"video{lengths[0]}.mp4"),
+                                         args.input_size, precision, args.cpus, steps)  # fmt: skip
+            runs = {}
+            for n in lengths:
                 out = os.path.join(work, f"out{n}-{precision}")
-                summary, memory = end_to_end(corpus, out, checkpoint, args.input_size, 1, False, args.cpus,
-                                             precision)  # fmt: skip
-                figures = summary["figures"]
-                peak = peaks[n] = memory.peak
+                summary, memory, log_text = end_to_end(corpora[n], out, checkpoint, args.input_size, 1, False,
+                                                       args.cpus, precision)  # fmt: skip
                 with open(os.path.join(out, "done", f"video{n}.json")) as f:
                     video_seconds = json.load(f)["seconds"]  # from the video's first chunk request to its done marker
-                e2e = figures.get("frames_per_second", 0.0)
-                streaming = n / video_seconds
+                runs[n] = {"summary": summary, "memory": memory, "video_seconds": video_seconds,
+                           "actor_cpu_s": memory.role_cpu_s("actor"), "decode_cpu_s": memory.role_cpu_s("decode"),
+                           "startup": startup_parts(log_text)}  # fmt: skip
+            short, long = runs[lengths[0]], runs[lengths[-1]]
+            extra = lengths[-1] - lengths[0]
+            # Steady state: the longest video less the shortest, so start-up, the first chunk's latency and the
+            # model's warm-up (paid once per video) cancel out.
+            spent = long["video_seconds"] - short["video_seconds"]
+            steady_fps = extra / spent if spent > 0 else float("nan")  # nan: the machine's load swamped the lengths
+            for n in lengths:
+                run = runs[n]
+                figures, summary, memory = run["summary"]["figures"], run["summary"], run["memory"]
                 print(json.dumps({
                     "bench": "segment_throughput", "device": "cpu", "machine": info, "frames": n,
                     "frame_size": f"{width}x{height}", "input_size": args.input_size, "videos_in_flight": 1,
                     "precision": precision, "model": model_name, "flow": "dis medium",
                     "actor_cpus": figures.get("actor_cpus"),
-                    "startup_s": round(summary["elapsed_s"] - video_seconds, 2),
-                    "end_to_end_fps": e2e, "streaming_fps": round(streaming, 3),
+                    "startup_s": round(summary["elapsed_s"] - run["video_seconds"], 2),
+                    "startup_parts": {**run["startup"], "driver_imports_s": round(imports_s, 2)},
+                    "end_to_end_fps": figures.get("frames_per_second", 0.0),
+                    "streaming_fps": round(n / run["video_seconds"], 3),
                     "actor_model_fps": figures.get("model_frames_per_second"),
-                    "model_only_fps_all_cores": round(cpu_model_fps, 3),
-                    "ratio_streaming_vs_model_only": round(streaming / cpu_model_fps, 3),
-                    "peak_rss_mb": round(peak / 2**20, 1),
-                    "memory_ratio_vs_shortest": round(peak / peaks[min(peaks)], 3),
+                    "steady_state_fps": round(steady_fps, 3),
+                    "model_only_fps_all_cores": round(model_only["fps"], 3),
+                    "model_only_threads": model_only["threads"],
+                    "ratio_steady_state_vs_model_only": round(steady_fps / model_only["fps"], 3),
+                    "model_only_cpu_s_per_frame": round(model_only["cpu_s_per_frame"], 3),
+                    "actor_cpu_s_per_frame_steady": round((long["actor_cpu_s"] - short["actor_cpu_s"]) / extra, 3),
+                    "decode_cpu_s_per_frame_steady": round((long["decode_cpu_s"] - short["decode_cpu_s"]) / extra,
+                                                           4),
+                    "peak_rss_mb": round(memory.peak / 2**20, 1),
+                    "memory_ratio_vs_shortest": round(memory.peak / short["memory"].peak, 3),
                     "actor_peak_rss_mb": round(memory.role_peaks.get("actor", 0) / 2**20, 1),
                     "decode_task_peak_rss_mb": round(memory.role_peaks.get("decode", 0) / 2**20, 1),
                     "wall_s": summary["elapsed_s"],
+                    "load_avg_1m_after": round(os.getloadavg()[0], 2),
                 }), flush=True)  # fmt: skip
         if args.gpu:
             if not torch.cuda.is_available():
@@ -265,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
                     f.write(synthetic_video(args.gpu_frames, width, height, seed=k))
             for in_flight in (1, 4, 16):
                 model_fps = model_only_fps(gpu_net, args.input_size, in_flight, 50, "cuda")
-                summary, memory = end_to_end(corpus, os.path.join(work, f"out_gpu{in_flight}"), checkpoint,
+                summary, memory, _ = end_to_end(corpus, os.path.join(work, f"out_gpu{in_flight}"), checkpoint,
                                            args.input_size, in_flight, True, args.cpus)  # fmt: skip
                 e2e = summary["figures"].get("frames_per_second", 0.0)
                 print(json.dumps({

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -117,6 +118,12 @@ class SegmentRuntimeConfig:
         require(self.chunk_frames >= 1, "chunk_frames", self.chunk_frames, "must be >= 1")
         require(self.prefetch_chunks >= 1, "prefetch_chunks", self.prefetch_chunks, "must be >= 1")
         require(self.write_threads >= 1, "write_threads", self.write_threads, "must be >= 1")
+
+    def torch_threads(self) -> int:
+        """Intra-op threads of a CPU model actor: its CPUs rounded up. The decode tasks' fractions (0.1 each) are
+        what they need on average, well under a core, so the actor's last thread shares a core with them rather
+        than leaving most of it idle (rounding down would run 1 thread on a 2-core machine: ~1.8x slower)."""
+        return max(1, math.ceil(self.cpus_per_actor - 1e-9))
 
     def actor_cpus(self, cluster_cpus: float, node_cpus: float | None = None) -> float:
         """``cpus_per_actor``, with 0 (auto) resolved for a cluster of ``cluster_cpus`` CPUs whose largest node has

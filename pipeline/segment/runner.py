@@ -57,9 +57,15 @@ class SegmentActor:
     dict, or a shard item from :func:`pipeline.segment.source.shard_records`)."""
 
     def __init__(self, config: dict):
+        started = time.perf_counter()
         import ray
         import torch
 
+        from pipeline.jobs import setup_logging
+
+        setup_logging()  # Ray Data workers drop INFO records; the actor's lines (model, start-up) are the job's log
+
+        imported = time.perf_counter()
         self.cfg: SegmentConfig = config_from_dict(SegmentConfig, config)
         rt = self.cfg.runtime
         want_cuda = self.cfg.model.device == "cuda" or (
@@ -68,8 +74,12 @@ class SegmentActor:
         if want_cuda and not torch.cuda.is_available():
             raise RuntimeError("segment: model.device wants CUDA but this actor has no GPU")
         if not want_cuda:
-            torch.set_num_threads(max(1, int(np.ceil(rt.cpus_per_actor))))
+            torch.set_num_threads(rt.torch_threads())
         self.segmenter = VideoSegmenter.from_config(self.cfg, device="cuda" if want_cuda else "cpu")
+        # Start-up is part of every run's cost (issue 16: <= 10 s for one short video): say where it went.
+        log.info("model actor ready in %.1f s (torch import %.1f s, model build + load %.1f s); %d torch threads "
+                 "for %s CPUs", time.perf_counter() - started, imported - started,
+                 time.perf_counter() - imported, torch.get_num_threads(), rt.cpus_per_actor)  # fmt: skip
         self.output = open_storage(self.cfg.output)
         self.input = open_storage(self.cfg.input)
         # The CPU stage: one generator task per video in flight, at most prefetch_chunks ahead of the model.

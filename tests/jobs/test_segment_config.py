@@ -35,6 +35,22 @@ def test_actor_cpus_leave_the_decode_share():
     assert SegmentRuntimeConfig(videos_in_flight=2).actor_cpus(4, node_cpus=2) == 1.8
 
 
+def test_cpu_actor_torch_threads_round_the_share_up():
+    """On 2 cores the actor's 1.9 (or 1.6) CPUs run 2 torch threads, not 1: the decode tasks' 0.1 CPU each is their
+    average need, far under a core, and a thread left out idles most of that core (issue 16: 1.9 s vs 1.04 s/frame)."""
+    rt = SegmentRuntimeConfig(videos_in_flight=1)
+    rt.cpus_per_actor = rt.actor_cpus(2)
+    assert (rt.cpus_per_actor, rt.torch_threads()) == (1.9, 2)
+    rt = SegmentRuntimeConfig(videos_in_flight=4)
+    rt.cpus_per_actor = rt.actor_cpus(2)
+    assert (rt.cpus_per_actor, rt.torch_threads()) == (1.6, 2)
+    assert SegmentRuntimeConfig(cpus_per_actor=3).torch_threads() == 3  # whole CPUs stay exact
+    assert SegmentRuntimeConfig(cpus_per_actor=0.5).torch_threads() == 1
+    rt = SegmentRuntimeConfig(videos_in_flight=16)
+    rt.cpus_per_actor = rt.actor_cpus(1)
+    assert rt.torch_threads() == 1
+
+
 def test_official_soft_map_is_the_official_formula():
     rng = np.random.default_rng(0)
     prob = rng.uniform(0.43, 0.54, (37, 53)).astype(np.float32)
