@@ -60,7 +60,14 @@ import pyarrow as pa
 
 from pipeline.jobs import UserError
 from pipeline.masks import decode_mask_png, encode_mask_png
-from pipeline.storage import Storage, StorageNotFoundError, _local_space, open_storage, open_url, url_sha256
+from pipeline.storage import (
+    Storage,
+    StorageNotFoundError,
+    local_disk_full_errors,
+    open_storage,
+    open_url,
+    url_sha256,
+)
 
 log = logging.getLogger(__name__)
 
@@ -666,12 +673,12 @@ class ShardWriter:
             num = self._next.get(split, 0)
             self._next[split] = num + 1
             name = self.shard_name(split, num)
-            with _local_space("build shard", self.storage.join(name), os.path.join(self._tmp.name, "shard.tar")):
+            with local_disk_full_errors("build shard", self.storage.join(name), os.path.join(self._tmp.name, "shard.tar")):
                 shard = self._open[split] = _OpenShard(name, self._tmp.name)
         offset = shard.tar.offset
         digest = hashlib.sha256()
         # The shard is built in a local temporary file: a full disk there is a LocalDiskFullError naming it.
-        with _local_space("build shard", self.storage.join(shard.name), shard.path):
+        with local_disk_full_errors("build shard", self.storage.join(shard.name), shard.path):
             for ext in sorted(members):
                 data = members[ext]
                 info = tarfile.TarInfo(f"{key}.{ext}")
@@ -715,7 +722,7 @@ class ShardWriter:
         """Upload thread: close the tar, send the rest, complete the atomic write; returns size and checksum."""
         for push in shard.pushes:
             push.result()  # a failed earlier part fails the shard
-        with _local_space("build shard", self.storage.join(shard.name), shard.path):
+        with local_disk_full_errors("build shard", self.storage.join(shard.name), shard.path):
             shard.tar.close()
         size = os.path.getsize(shard.path)
         self._push(shard, size)

@@ -71,6 +71,7 @@ __all__ = [
     "StorageUnavailableError",
     "LocalDiskFullError",
     "clean_leftovers",
+    "local_disk_full_errors",
     "open_storage",
     "retry_counts",
     "storage_filesystem",
@@ -103,7 +104,7 @@ class LocalDiskFullError(StorageError, OSError):
 
 
 @contextlib.contextmanager
-def _local_space(op: str, url: str, path: str) -> Iterator[None]:
+def local_disk_full_errors(op: str, url: str, path: str) -> Iterator[None]:
     """Turn "no space left" while writing the local file ``path`` into an error naming it and the way out."""
     try:
         yield
@@ -672,7 +673,7 @@ class Storage:
         os.makedirs(os.path.dirname(os.path.abspath(local_path)) or ".", exist_ok=True)
         tmp = f"{local_path}{_TMP_MARK}{uuid.uuid4().hex}"
         try:
-            with _local_space("download", f"{self.join(rel)} to {local_path}", tmp):
+            with local_disk_full_errors("download", f"{self.join(rel)} to {local_path}", tmp):
                 if self.scheme == "file":
                     with self._errors("download", rel):
                         shutil.copyfile(self._path(rel), tmp)
@@ -696,7 +697,7 @@ class Storage:
             os.makedirs(directory, exist_ok=True)
             tmp = os.path.join(directory, f".{leaf}{_TMP_MARK}{uuid.uuid4().hex}")
             try:
-                with _local_space("write", path, tmp), open(tmp, "wb") as f:
+                with local_disk_full_errors("write", path, tmp), open(tmp, "wb") as f:
                     yield f
                     f.flush()
                     os.fsync(f.fileno())

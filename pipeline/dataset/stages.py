@@ -236,7 +236,7 @@ class GroupPacker:
                     for vid, name in names.items()}
         return {"group": self.group, "rows": "[]", "videos": json.dumps(rejected), "shards": 0, "bytes": 0,
                 "samples": 0, "frames": 0, "masks": 0, "pack_s": round(self.writer.write_s, 3),
-                "writer": f"{socket.gethostname()}:{os.getpid()}"}
+                "writer": writer_label()}
 
     def finish(self) -> dict[str, Any]:
         """Upload the last shards and return the group's result row (small: index rows and video facts)."""
