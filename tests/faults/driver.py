@@ -32,3 +32,15 @@ def start_driver(ray_address: str, worker_env: dict[str, str], args: list[str], 
     return subprocess.Popen([sys.executable, "-c", _DRIVER, ray_address, json.dumps(worker_env), job, *args],
                             cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), **env),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish_driver(proc: subprocess.Popen, timeout: float = 600) -> str:
+    """Wait for a driver from :func:`start_driver` (killed if it overruns ``timeout``), assert that it exited 0 and
+    return its log."""
+    try:
+        log_text, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, log_text[-4000:]
+    return log_text

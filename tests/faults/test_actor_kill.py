@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.shards import read_index, verify_shard
 from pipeline.storage import Storage, open_storage
-from tests.faults.driver import start_driver
+from tests.faults.driver import finish_driver, start_driver
 from tests.media import write_davis
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -49,16 +49,6 @@ def _restarts(actor_id: str) -> int:
     return actor_table(actor_id)["NumRestarts"]
 
 
-def _finish(job: Popen, timeout: float = 600) -> str:
-    try:
-        log_text, _ = job.communicate(timeout=timeout)
-    finally:
-        if job.poll() is None:
-            job.kill()
-    assert job.returncode == 0, log_text[-4000:]
-    return log_text
-
-
 def test_flow_job_with_a_killed_actor_writes_every_video_exactly_once(s3_bucket, tmp_path, ray_cluster):
     videos = {f"v{i}": 8 for i in range(6)}
     write_davis(tmp_path / "c", videos, size=(48, 64))
@@ -69,7 +59,7 @@ def test_flow_job_with_a_killed_actor_writes_every_video_exactly_once(s3_bucket,
                                          "--set", "shards.group_videos=1"])
     st = open_storage(out)
     killed = _kill_map_actor_once_committed(job, "GroupStage", st, "index")
-    _finish(job)
+    finish_driver(job)
     assert _restarts(killed) >= 1  # Ray restarted the killed actor, and the job went on
 
     summary = st.read_json("summary.json")
@@ -107,7 +97,7 @@ def test_segment_with_a_killed_actor_completes_every_video_once(s3_bucket, tmp_p
                        job="jobs.segment")
     st = open_storage(out)
     killed = _kill_map_actor_once_committed(job, "SegmentActor", st, "done")
-    _finish(job)
+    finish_driver(job)
     assert _restarts(killed) >= 1  # Ray restarted the killed actor, and the job went on
 
     summary = st.read_json("summary.json")

@@ -16,7 +16,7 @@ from pipeline.lease import LEASE_NAME, LeaseHeldError
 from pipeline.storage import open_storage
 from tests.conftest import REPO_ROOT
 from tests.faults.conftest import ISSUE_PLAN
-from tests.faults.driver import start_driver
+from tests.faults.driver import finish_driver, start_driver
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -33,16 +33,6 @@ def _refuses_a_second_run(first, output: str, second, timeout: float = 300) -> N
     assert first.poll() is None, first.communicate()[0][-3000:]
     with pytest.raises(LeaseHeldError, match=f"{output} is being written by another run .* pid {first.pid}, started"):
         second()
-
-
-def _finish(proc, timeout: float = 600) -> str:
-    try:
-        log_text, _ = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, log_text[-4000:]
-    return log_text
 
 
 @pytest.mark.slow  # shards, then two 4-step DDP runs (faulty and clean): several minutes on 2 loaded cores
@@ -72,7 +62,7 @@ def test_train_under_faults_reaches_the_same_step_as_a_clean_run_and_refuses_a_s
     try:  # a second run of the same run folder, while the first trains, is refused by name; the first goes on
         _refuses_a_second_run(faulty, f"{s3_bucket}/faulty/tiny", lambda: train_main(args(f"{s3_bucket}/faulty")))
     finally:
-        log_text = _finish(faulty)
+        log_text = finish_driver(faulty)
     assert fault_proxy.faults > 0, fault_proxy.counts
     assert fault_proxy.seen("GET", ".tar") > 0  # the training workers' shard reads went through the faults
     assert fault_proxy.seen("PUT", "checkpoint") > 0  # and so did Ray Train's checkpoint uploads
@@ -119,7 +109,7 @@ def test_evaluate_under_faults_scores_as_a_clean_run_and_refuses_a_second_run(s3
     try:  # a second evaluation into the same output, while the first runs, is refused by name; the first goes on
         _refuses_a_second_run(first, root.join("faulty"), lambda: evaluate_main(args("faulty")))
     finally:
-        _finish(first)
+        finish_driver(first)
     assert fault_proxy.faults > 0 and fault_proxy.seen("GET", ".png") >= 30, fault_proxy.counts
     fault_proxy.set_plan(None)
     clean = evaluate_main(args("clean"))
