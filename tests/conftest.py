@@ -5,6 +5,7 @@
 - ``ray_cluster`` (session): a local Ray cluster with 2 CPUs, started after the S3 environment is in place so its
   workers inherit it. Jobs' ``pipeline.jobs.init_ray()`` reuses it.
 - ``storage_url`` (function, parametrised ``local`` / ``s3``): a fresh, empty storage root.
+- ``tiny_checkpoint`` (session): a tiny random-init HMHI-Net checkpoint file, for jobs that need a model.
 """
 
 from __future__ import annotations
@@ -87,6 +88,22 @@ def ray_cluster(s3_server):
                  log_to_driver=True, configure_logging=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """A tiny random-init ``hmhi_mit_b0`` checkpoint (seeded), for the jobs' tests that need a model, not a good one."""
+    import torch
+
+    from model import create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    net = create_model(
+        "hmhi_mit_b0", decoder_width=16, readout_ffn_dim=32, semantic_mask_hidden=16, memory_size=3
+    )
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    save_checkpoint(net, str(path))
+    return str(path)
 
 
 @pytest.fixture(params=["local", "s3"])

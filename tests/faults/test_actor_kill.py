@@ -77,21 +77,13 @@ def test_flow_job_with_a_killed_actor_writes_every_video_exactly_once(s3_bucket,
     assert not st.exists("_lease.json")
 
 
-def test_segment_with_a_killed_actor_completes_every_video_once(s3_bucket, tmp_path, ray_cluster):
-    import torch
-
-    from model import create_model, save_checkpoint
-
-    torch.manual_seed(0)
-    net = create_model("hmhi_mit_b0", decoder_width=16, readout_ffn_dim=32, semantic_mask_hidden=16, memory_size=3)
-    ckpt = tmp_path / "tiny.pth"
-    save_checkpoint(net, str(ckpt))
+def test_segment_with_a_killed_actor_completes_every_video_once(s3_bucket, tmp_path, ray_cluster, tiny_checkpoint):
     videos = {f"v{i}": 5 for i in range(6)}
     write_davis(tmp_path / "c", videos, size=(48, 80))
     out = f"{s3_bucket}/seg"
     # One actor, one video per batch: the batches pass through the actor one after the other.
-    job = start_driver(ray_cluster, {}, ["--input", str(tmp_path / "c"), "--output", out, "--checkpoint", str(ckpt),
-                                         "--input-size", "64", "--num-actors", "1",
+    job = start_driver(ray_cluster, {}, ["--input", str(tmp_path / "c"), "--output", out,
+                                         "--checkpoint", tiny_checkpoint, "--input-size", "64", "--num-actors", "1",
                                          "--set", "runtime.videos_in_flight=1", "--set", "runtime.videos_per_batch=1",
                                          "--set", "flow.preset=ultrafast", "--precision", "fp32"],
                        job="jobs.segment")

@@ -25,21 +25,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 H, W = 48, 80  # deliberately not square and not a multiple of 32
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> str:
-    import torch
-
-    from model import create_model, save_checkpoint
-
-    torch.manual_seed(0)
-    net = create_model(
-        "hmhi_mit_b0", decoder_width=16, readout_ffn_dim=32, semantic_mask_hidden=16, memory_size=3
-    )
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    save_checkpoint(net, str(path))
-    return str(path)
-
-
 def moving_square_frames(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     frames = np.empty((n, H, W, 3), np.uint8)

@@ -14,10 +14,10 @@ from pipeline.flow.config import FlowConfig
 from pipeline.masks import decode_mask_png
 from pipeline.segment import VideoSegmenter
 from pipeline.storage import open_storage
-from tests.jobs.test_segment import common_args, moving_square_frames, mp4_bytes, tiny_checkpoint  # noqa: F401
+from tests.jobs.test_segment import common_args, moving_square_frames, mp4_bytes
 
 
-def test_video_segmenter_equals_the_job(tmp_path, ray_cluster, tiny_checkpoint):  # noqa: F811
+def test_video_segmenter_equals_the_job(tmp_path, ray_cluster, tiny_checkpoint):
     corpus = open_storage(str(tmp_path / "corpus"))
     corpus.write_bytes("clip.mp4", mp4_bytes(moving_square_frames(11)))
     out = open_storage(str(tmp_path / "out"))
@@ -56,7 +56,7 @@ def decoded_frames(path):
     yield from iter_video_frames(str(path))
 
 
-def test_overwrite_with_a_failing_video_leaves_no_outputs(tmp_path, ray_cluster, tiny_checkpoint):  # noqa: F811
+def test_overwrite_with_a_failing_video_leaves_no_outputs(tmp_path, ray_cluster, tiny_checkpoint):
     corpus = open_storage(str(tmp_path / "corpus"))
     good = mp4_bytes(moving_square_frames(7))
     corpus.write_bytes("clip.mp4", good)
