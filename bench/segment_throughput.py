@@ -10,12 +10,15 @@ or more). Per precision, in the same run:
 
 - ``model_only_fps_all_cores``: the model alone as the actor runs it (``VideoSegmenter.step``: same model, input
   size, precision, on frames and DIS flow pictures prepared from the shortest video beforehand) with every core
-  (``--cpus`` torch threads), no decoding, flow or writing while it is timed;
+  (``--cpus`` torch threads), no decoding, flow or writing while it is timed, timed right before and right after the
+  jobs (``model_only_fps_before`` / ``_after``) and averaged, because this machine's speed drifts by 10-30%
+  within minutes (a shared host);
 - ``steady_state_fps``: the job's steady-state end-to-end rate, (longest - shortest video's frames) over the
   difference of their times in the actor (first chunk request to done marker: decode, flow, model and writes
   overlapped), so Ray start, model load, the first chunk's latency and warm-up cancel out;
   ``ratio_steady_state_vs_model_only`` is their ratio (issue 16's target: >= 0.9 with ``--model hmhi_mit_b1
-  --input-size 512``);
+  --input-size 512``). ``--repeats N`` runs the whole measurement N times (each line carries its ``repeat``) and
+  ends with one ``summary`` line per precision: the median ratio and its range;
 - ``actor_cpu_s_per_frame_steady`` / ``decode_cpu_s_per_frame_steady``: CPU seconds per extra frame of the model
   actor and of the decode+flow task processes (/proc, same difference), against ``model_only_cpu_s_per_frame``;
 - ``startup_s``: the job's wall time less the video's own time in the actor (Ray start, imports, model load,
@@ -39,6 +42,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,7 +107,8 @@ def _descendants(root: int) -> set[int]:
 class PeakMemory:
     """Samples the summed RSS of the job's process (``extra_pid``) and all its descendants (raylet, Ray workers)."""
 
-    def __init__(self, interval: float = 0.05, extra_pid: int | None = None):
+    def __init__(self, interval: float = 0.2, extra_pid: int | None = None):
+        # 0.2 s, not faster: each sample walks /proc, and the sampler's CPU competes with the job it measures.
         # Only the job's own process tree: other Ray clusters on the machine must not count.
         self.interval = interval
         self.extra_pid = extra_pid
@@ -288,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="small", help="'small' (b0, narrow, T=3) or a registered model name")
     parser.add_argument("--model-steps", type=int, default=0,
                         help="steps timed for the model-only rate (0: 10 at input >= 384, else 30)")
+    parser.add_argument("--repeats", type=int, default=1, help="repeat the CPU measurement; a summary line per "
+                        "precision gives the median ratio")
     args = parser.parse_args(argv)
     if len(args.frames) < 2:
         parser.error("--frames needs two lengths or more: the steady-state rate is their difference")
@@ -310,10 +317,11 @@ def main(argv: list[str] | None = None) -> None:
             with open(os.path.join(corpus, f"video{n}.mp4"), "wb") as f:
                 f.write(synthetic_video(n, width, height))
         imports_s = driver_import_s()
-        for precision in args.precision:
+        ratios: dict[str, list[float]] = {}
+        for repeat, precision in ((r, p) for r in range(args.repeats) for p in args.precision):
             steps = args.model_steps or (10 if args.input_size >= 384 else 30)
-            model_only = model_only_rate(checkpoint, os.path.join(corpora[lengths[0]], f"video{lengths[0]}.mp4"),
-                                         args.input_size, precision, args.cpus, steps)  # fmt: skip
+            reference_video = os.path.join(corpora[lengths[0]], f"video{lengths[0]}.mp4")
+            model_before = model_only_rate(checkpoint, reference_video, args.input_size, precision, args.cpus, steps)
             runs = {}
             for n in lengths:
                 out = os.path.join(work, f"out{n}-{precision}")
@@ -324,19 +332,23 @@ def main(argv: list[str] | None = None) -> None:
                 runs[n] = {"summary": summary, "memory": memory, "video_seconds": video_seconds,
                            "actor_cpu_s": memory.role_cpu_s("actor"), "decode_cpu_s": memory.role_cpu_s("decode"),
                            "startup": startup_parts(log_text)}  # fmt: skip
+            model_after = model_only_rate(checkpoint, reference_video, args.input_size, precision, args.cpus, steps)
+            model_only = {"fps": (model_before["fps"] + model_after["fps"]) / 2, "threads": model_before["threads"],
+                          "cpu_s_per_frame": (model_before["cpu_s_per_frame"] + model_after["cpu_s_per_frame"]) / 2}
             short, long = runs[lengths[0]], runs[lengths[-1]]
             extra = lengths[-1] - lengths[0]
             # Steady state: the longest video less the shortest, so start-up, the first chunk's latency and the
             # model's warm-up (paid once per video) cancel out.
             spent = long["video_seconds"] - short["video_seconds"]
             steady_fps = extra / spent if spent > 0 else float("nan")  # nan: the machine's load swamped the lengths
+            ratios.setdefault(precision, []).append(steady_fps / model_only["fps"])
             for n in lengths:
                 run = runs[n]
                 figures, summary, memory = run["summary"]["figures"], run["summary"], run["memory"]
                 print(json.dumps({
                     "bench": "segment_throughput", "device": "cpu", "machine": info, "frames": n,
                     "frame_size": f"{width}x{height}", "input_size": args.input_size, "videos_in_flight": 1,
-                    "precision": precision, "model": model_name, "flow": "dis medium",
+                    "precision": precision, "repeat": repeat, "model": model_name, "flow": "dis medium",
                     "actor_cpus": figures.get("actor_cpus"),
                     "startup_s": round(summary["elapsed_s"] - run["video_seconds"], 2),
                     "startup_parts": {**run["startup"], "driver_imports_s": round(imports_s, 2)},
@@ -345,6 +357,8 @@ def main(argv: list[str] | None = None) -> None:
                     "actor_model_fps": figures.get("model_frames_per_second"),
                     "steady_state_fps": round(steady_fps, 3),
                     "model_only_fps_all_cores": round(model_only["fps"], 3),
+                    "model_only_fps_before": round(model_before["fps"], 3),
+                    "model_only_fps_after": round(model_after["fps"], 3),
                     "model_only_threads": model_only["threads"],
                     "ratio_steady_state_vs_model_only": round(steady_fps / model_only["fps"], 3),
                     "model_only_cpu_s_per_frame": round(model_only["cpu_s_per_frame"], 3),
@@ -358,6 +372,13 @@ def main(argv: list[str] | None = None) -> None:
                     "wall_s": summary["elapsed_s"],
                     "load_avg_1m_after": round(os.getloadavg()[0], 2),
                 }), flush=True)  # fmt: skip
+        for precision, values in ratios.items():
+            print(json.dumps({
+                "bench": "segment_throughput", "setting": "summary", "device": "cpu", "machine": info,
+                "precision": precision, "model": model_name, "input_size": args.input_size, "repeats": len(values),
+                "ratio_steady_state_vs_model_only_median": round(statistics.median(values), 3),
+                "ratio_min": round(min(values), 3), "ratio_max": round(max(values), 3), "target": 0.9,
+            }), flush=True)  # fmt: skip
         if args.gpu:
             if not torch.cuda.is_available():
                 raise SystemExit("--gpu: no CUDA device")

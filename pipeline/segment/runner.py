@@ -73,13 +73,18 @@ class SegmentActor:
         )
         if want_cuda and not torch.cuda.is_available():
             raise RuntimeError("segment: model.device wants CUDA but this actor has no GPU")
-        if not want_cuda:
-            torch.set_num_threads(rt.torch_threads())
-        self.segmenter = VideoSegmenter.from_config(self.cfg, device="cuda" if want_cuda else "cpu")
+        # Every torch call of this actor runs on this one thread. Why: Ray Data calls __call__ on a thread of its
+        # own, not the one that ran __init__, and each thread that starts OpenMP work gets its own OpenMP thread
+        # team. With two teams there are more OpenMP threads than CPUs, so libgomp stops spinning at its barriers
+        # and sleeps at each of the thousands per frame: measured at 2 threads, ~12% of the CPU idle and steps
+        # 10-30% slower than the same model on one thread.
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-model")
+        threads = None if want_cuda else rt.torch_threads()
+        self.segmenter, threads = self._model_thread.submit(self._load_model, threads, want_cuda).result()
         # Start-up is part of every run's cost (issue 16: <= 10 s for one short video): say where it went.
         log.info("model actor ready in %.1f s (torch import %.1f s, model build + load %.1f s); %d torch threads "
                  "for %s CPUs", time.perf_counter() - started, imported - started,
-                 time.perf_counter() - imported, torch.get_num_threads(), rt.cpus_per_actor)  # fmt: skip
+                 time.perf_counter() - imported, threads, rt.cpus_per_actor)  # fmt: skip
         self.output = open_storage(self.cfg.output)
         self.input = open_storage(self.cfg.input)
         # The CPU stage: one generator task per video in flight, at most prefetch_chunks ahead of the model.
@@ -88,6 +93,14 @@ class SegmentActor:
         )
         self.pool = ThreadPoolExecutor(max_workers=rt.write_threads, thread_name_prefix="segment-write")
         self.provenance = self.segmenter.provenance
+
+    def _load_model(self, threads: int | None, want_cuda: bool) -> tuple[VideoSegmenter, int]:
+        """On the torch thread: (the segmenter, the torch threads it steps with)."""
+        import torch
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        return VideoSegmenter.from_config(self.cfg, device="cuda" if want_cuda else "cpu"), torch.get_num_threads()
 
     # -------------------------------------------------------------------------------------------- helpers
     def _start(self, record: dict) -> _Slot:
@@ -138,6 +151,10 @@ class SegmentActor:
 
     # ------------------------------------------------------------------------------------------ main loop
     def __call__(self, batch: dict) -> dict:
+        # On the actor's one torch thread (see __init__), not on the thread Ray Data calls from.
+        return self._model_thread.submit(self._segment_batch, batch).result()
+
+    def _segment_batch(self, batch: dict) -> dict:
         import ray
 
         records = deque(json.loads(text) for text in batch["record"])

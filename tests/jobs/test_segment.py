@@ -197,3 +197,35 @@ def test_segment_from_shards(tmp_path, ray_cluster, tiny_checkpoint):
     assert figures["model_seconds"] > 0
     assert figures["overhead_ms_per_video"] == pytest.approx(
         1000 * (summary["elapsed_s"] - figures["model_seconds"]), abs=1000 * 0.1 * summary["elapsed_s"] + 50)
+
+
+def test_actor_runs_the_model_on_the_thread_that_loaded_it(tmp_path, ray_cluster, tiny_checkpoint):
+    """Ray Data calls a map actor from a thread other than the one that built it. The actor still steps the model
+    on the one thread that loaded it: a second thread doing torch work starts a second OpenMP team, and with more
+    OpenMP threads than cores libgomp sleeps at every barrier (steps 10-30% slower, see SegmentActor.__init__)."""
+    import threading
+
+    from pipeline.config import config_from_dict, config_to_dict
+    from pipeline.ingest.formats import VideoRecord
+    from pipeline.segment.config import SegmentConfig
+    from pipeline.segment.runner import SegmentActor
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "clip.mp4").write_bytes(mp4_bytes(moving_square_frames(6)))
+    cfg = config_from_dict(SegmentConfig, {
+        "input": str(corpus), "output": str(tmp_path / "out"), "model": {"checkpoint": tiny_checkpoint, "input_size": 64},
+        "runtime": {"chunk_frames": 4, "cpus_per_actor": 1}, "flow": {"preset": "ultrafast", "max_side": 128},
+    })  # fmt: skip
+    actor = SegmentActor(config_to_dict(cfg))
+    loader = actor._model_thread.submit(threading.get_ident).result()  # the actor's one pool thread loaded the model
+    stepped_on = set()
+    actor.segmenter.net.backbone.register_forward_pre_hook(lambda *_: stepped_on.add(threading.get_ident()))
+    record = VideoRecord(video_id="clip", name="clip.mp4", format="videos", split="test", source_split="",
+                         kind="video", source="clip.mp4")  # fmt: skip
+    results = []
+    caller = threading.Thread(target=lambda: results.append(actor({"record": [json.dumps(record.to_dict())]})))
+    caller.start()  # as Ray Data does: a thread that is not the one that ran __init__
+    caller.join()
+    assert list(results[0]["status"]) == ["done"] and list(results[0]["frames"]) == [6]
+    assert stepped_on == {loader} and caller.ident not in stepped_on
