@@ -222,3 +222,34 @@ def test_non_square_input_runs():
         streamed, _ = stream(net, frames, flows)
     assert full.shape == (1, 3, 1, 32, 64)
     torch.testing.assert_close(streamed, full, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("shape, factor", [((2, 3, 8, 8), 2), ((1, 5, 6, 10), 2), ((1, 1, 16, 16), 4), ((1, 2, 1, 3), 4)])
+def test_bicubic_upsampling_equals_torch_interpolate(shape, factor):
+    """The decoder's matmul bicubic upsampling gives F.interpolate's numbers: fp32 up to summation order; bf16
+    computed in fp32 and rounded once (within half a bf16 step of the fp32 result; torch's own bf16 kernel, with
+    bf16 weights, strays further at factor 4); borders clamped; non-square maps too."""
+    import torch.nn.functional as F
+
+    from model.heads import upsample_bicubic
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 3
+    reference = F.interpolate(x, scale_factor=factor, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(upsample_bicubic(x, factor), reference, atol=2e-6, rtol=1e-6)
+    low = x.bfloat16()
+    ours = upsample_bicubic(low, factor)
+    exact = F.interpolate(low.float(), scale_factor=factor, mode="bicubic", align_corners=False)
+    assert ours.dtype == torch.bfloat16
+    assert ((ours.float() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()  # half a bf16 step
+
+
+def test_bicubic_matrices_cached_in_inference_serve_training():
+    """The interpolation matrices are cached; one first built under inference_mode must still work with autograd."""
+    from model.heads import upsample_bicubic
+
+    with torch.inference_mode():
+        upsample_bicubic(torch.randn(1, 1, 7, 7), 2)
+    x = torch.randn(1, 1, 7, 7, requires_grad=True)
+    upsample_bicubic(x, 2).sum().backward()
+    # Every output row/column of the interpolation sums to 1, so d(sum)/dx sums to the number of outputs.
+    assert x.grad is not None and torch.isclose(x.grad.sum(), torch.tensor(14.0 * 14.0))
