@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
             model_before = model_only_rate(checkpoint, reference_video, args.input_size, precision, args.cpus, steps)
             runs = {}
             for n in lengths:
-                out = os.path.join(work, f"out{n}-{precision}")
+                out = os.path.join(work, f"out{n}-{precision}-{repeat}")  # a fresh output: a rerun would skip
                 summary, memory, log_text = end_to_end(corpora[n], out, checkpoint, args.input_size, 1, False,
                                                        args.cpus, precision)  # fmt: skip
                 with open(os.path.join(out, "done", f"video{n}.json")) as f:

@@ -3,7 +3,7 @@
 - :mod:`.config`: typed job configuration (and the ``official`` preset);
 - :mod:`.segmenter`: :class:`VideoSegmenter`, one video at a time without Ray (preprocessing, flow, model, output);
 - :mod:`.source`: the CPU stage (decode, flow, chunks), run as Ray generator tasks by the job;
-- :mod:`.runner`: the model stage, a Ray Data actor stepping several videos at once through a VideoSegmenter;
+- :mod:`.runner`: the model stage, a Ray actor stepping several videos at once through a VideoSegmenter;
 - :mod:`.outputs`: per-video masks, RLE Parquet, soft maps, overlays and the done marker;
 - :mod:`.job`: the job's ``run(cfg)`` and its CLI ``FLAGS``.
 """

@@ -3,9 +3,9 @@
 Input: video files, DAVIS-style frame folders or any layout pipeline.ingest reads (``--format``, default auto), or
 the data pipeline's shards (a root holding ``index.parquet``; frames and flow are read from them). Otherwise flow is
 computed on the fly (``--flow-model``, default dis) or taken from the corpus' own flow pictures
-(``--flow-model pictures``). Ray Data hands videos to an actor pool; each actor steps ``videos_in_flight`` videos
-together through one :class:`~pipeline.segment.VideoSegmenter` while Ray generator tasks decode and compute flow
-ahead of it. Outputs per video (original resolution): ``masks/<video>/<frame>.png``, ``rle/<video>.parquet``,
+(``--flow-model pictures``). The driver hands batches of videos to a pool of Ray actors; each steps
+``videos_in_flight`` videos together through one :class:`~pipeline.segment.VideoSegmenter` while Ray generator
+tasks decode and compute flow ahead of it. Outputs per video (original resolution): ``masks/<video>/<frame>.png``, ``rle/<video>.parquet``,
 optional ``probs/`` and ``overlays/``, and ``done/<video>.json`` written last. A rerun skips finished videos; a
 killed run redoes unfinished ones; a corrupt video is reported, its partial outputs removed, and the others finish.
 """
@@ -16,6 +16,8 @@ import json
 import logging
 import posixpath
 import time
+from collections import deque
+from collections.abc import Iterator
 
 from pipeline.config import config_to_dict
 from pipeline.export import run_exports
@@ -93,12 +95,51 @@ def work_list(cfg: SegmentConfig, summary: JobSummary, source, output) -> tuple[
     return fmt, todo, len(records)
 
 
+def _segment_on_actors(cfg: SegmentConfig, batches: list[list[str]]) -> Iterator[dict]:
+    """Segment ``batches`` of JSON records on ``runtime.num_actors`` model actors; yields one result row per video.
+
+    Plain Ray actors, each kept two batches ahead, and a blocking ``ray.wait``, not a Ray Data stage: Ray Data's
+    driver polls its output queue a hundred times a second, and on a node whose cores all step the model every
+    such wake-up stalls the model's OpenMP team (measured: a 100 Hz poller next to a 2-thread model step made it
+    12% slower). Ray restarts a killed actor and reruns its unfinished batches on it; a rerun video overwrites the
+    same objects, so every video still ends with one set of outputs and one done marker.
+    """
+    import ray
+
+    from pipeline.segment.runner import SegmentActor
+
+    rt = cfg.runtime
+    actor_class = ray.remote(SegmentActor).options(
+        num_cpus=rt.cpus_per_actor, num_gpus=rt.gpus_per_actor, max_restarts=-1, max_task_retries=-1
+    )
+    config = config_to_dict(cfg)
+    actors = [actor_class.remote(config) for _ in range(min(rt.num_actors, len(batches)))]
+    queue = deque(batches)
+    running: dict = {}  # result ref -> the actor computing it
+
+    def submit(actor) -> None:
+        running[actor.segment_batch.remote(queue.popleft())] = actor
+
+    try:
+        for _ in range(2):  # two per actor: the next batch waits in the actor's queue, not on the driver
+            for actor in actors:
+                if queue:
+                    submit(actor)
+        while running:
+            [ready], _ = ray.wait(list(running), num_returns=1)
+            actor = running.pop(ready)
+            yield from ray.get(ready)
+            if queue:
+                submit(actor)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
 @holds_output_lease("segment")  # one run per output (pipeline/lease.py)
 def run(cfg: SegmentConfig) -> dict:
     """Run the job; returns the summary dict (also written to ``<output>/summary.json``)."""
     import ray
-
-    from pipeline.segment.runner import SegmentActor
 
     cpu0 = time.process_time()
     summary = JobSummary("segment", config=config_to_dict(cfg))
@@ -124,18 +165,9 @@ def run(cfg: SegmentConfig) -> dict:
                         "unless it scales up, lower runtime.num_actors, cpus_per_actor or decode_cpus",
                         cpus, rt.num_actors, rt.cpus_per_actor, rt.decode_cpus, needed)  # fmt: skip
         batch = rt.videos_per_batch or 2 * rt.videos_in_flight
-        items = [{"video_id": rec["video_id"], "record": json.dumps(rec)} for rec in todo]
-        dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * rt.num_actors)))
-        results = dataset.map_batches(
-            SegmentActor,
-            fn_constructor_kwargs={"config": config_to_dict(cfg)},
-            batch_size=batch,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=rt.num_actors),
-            num_cpus=rt.cpus_per_actor,
-            num_gpus=rt.gpus_per_actor,
-        )
-        for row in results.iter_rows():
+        records = [json.dumps(rec) for rec in todo]
+        batches = [records[i : i + batch] for i in range(0, len(records), batch)]
+        for row in _segment_on_actors(cfg, batches):
             if row["status"] == "done":
                 summary.done("video", str(row["video_id"]), frames=int(row["frames"]))
                 summary.add("model_seconds", float(row["model_seconds"]))

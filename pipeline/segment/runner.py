@@ -1,7 +1,7 @@
-"""The model stage of batch inference: a Ray Data actor that steps several videos at once.
+"""The model stage of batch inference: a Ray actor that steps several videos at once.
 
 Each actor owns one network and one streaming state with ``videos_in_flight`` slots (the batch dimension
-of ``net.step``). It is handed a batch of videos (Ray Data rows), starts one decode+flow generator task per
+of ``net.step``). It is handed a batch of videos (JSON work items), starts one decode+flow generator task per
 slot (:func:`pipeline.segment.source.video_chunks`), and loops: every step runs one frame of each slot whose
 next chunk is ready (``active``), a slot that starts a video is ``reset``, and a finished slot takes the
 next video of the batch. Outputs are written as frames come out (:class:`VideoOutputs`), so memory is
@@ -31,11 +31,12 @@ from pipeline.storage import open_storage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SegmentActor", "RESULT_COLUMNS"]
+__all__ = ["SegmentActor", "RESULT_FIELDS"]
 
 _WAIT_WARNING_S = 120.0  # how long the model may starve before the actor says so
 
-RESULT_COLUMNS = ("video_id", "status", "frames", "seconds", "model_seconds", "error")
+RESULT_FIELDS = ("video_id", "status", "frames", "seconds", "model_seconds", "error")
+"""One result per video: 'done' or 'rejected' (with the error naming the video), frames, wall and model seconds."""
 
 
 @dataclass
@@ -53,8 +54,8 @@ class _Slot:
 
 
 class SegmentActor:
-    """Callable class for ``Dataset.map_batches``: rows carry ``record`` (a JSON work item: a VideoRecord
-    dict, or a shard item from :func:`pipeline.segment.source.shard_records`)."""
+    """A Ray actor class (``ray.remote(SegmentActor)``, see ``pipeline.segment.job``): :meth:`segment_batch` takes
+    JSON work items (a VideoRecord dict, or a shard item from :func:`pipeline.segment.source.shard_records`)."""
 
     def __init__(self, config: dict):
         started = time.perf_counter()
@@ -73,9 +74,9 @@ class SegmentActor:
         )
         if want_cuda and not torch.cuda.is_available():
             raise RuntimeError("segment: model.device wants CUDA but this actor has no GPU")
-        # Every torch call of this actor runs on this one thread. Why: Ray Data calls __call__ on a thread of its
-        # own, not the one that ran __init__, and each thread that starts OpenMP work gets its own OpenMP thread
-        # team. With two teams there are more OpenMP threads than CPUs, so libgomp stops spinning at its barriers
+        # Every torch call of this actor runs on this one thread. Why: an actor's methods may run on another thread
+        # than __init__ (Ray Data's map actors do; so do threaded actors), and each thread that starts OpenMP work
+        # gets its own OpenMP thread team. With two teams there are more OpenMP threads than CPUs, so libgomp stops spinning at its barriers
         # and sleeps at each of the thousands per frame: measured at 2 threads, ~12% of the CPU idle and steps
         # 10-30% slower than the same model on one thread.
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-model")
@@ -150,14 +151,15 @@ class SegmentActor:
         return frames, flows
 
     # ------------------------------------------------------------------------------------------ main loop
-    def __call__(self, batch: dict) -> dict:
-        # On the actor's one torch thread (see __init__), not on the thread Ray Data calls from.
-        return self._model_thread.submit(self._segment_batch, batch).result()
+    def segment_batch(self, records: list[str]) -> list[dict]:
+        """Segment the videos of ``records`` (JSON work items); one result dict per video (:data:`RESULT_FIELDS`)."""
+        # On the actor's one torch thread (see __init__), whichever thread calls.
+        return self._model_thread.submit(self._segment_batch, records).result()
 
-    def _segment_batch(self, batch: dict) -> dict:
+    def _segment_batch(self, texts: list[str]) -> list[dict]:
         import ray
 
-        records = deque(json.loads(text) for text in batch["record"])
+        records = deque(json.loads(text) for text in texts)
         width = self.cfg.runtime.videos_in_flight
         slots: list[_Slot | None] = [None] * width
         state = self.segmenter.new_state(width)
@@ -226,7 +228,7 @@ class SegmentActor:
                 slot.position += 1
                 if slot.position == len(chunk.names):
                     slot.chunk = None
-        return {key: np.array([r[key] for r in results]) for key in RESULT_COLUMNS}
+        return results
 
     def _postprocess(self, logits, slots: list[_Slot | None], active: list[bool]) -> dict[int, tuple]:
         """Per active slot: (mask, uint8 soft map or None) at the video's original size."""

@@ -25,8 +25,8 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
 def _kill_map_actor_once_committed(job: Popen, stage: str, out: Storage, commits: str, timeout: float = 300) -> str:
-    """Wait until the job has committed something under ``out/commits`` and a live Ray Data map actor of
-    ``stage`` (its UDF class) exists, SIGKILL that actor's process and return the actor's id."""
+    """Wait until the job has committed something under ``out/commits`` and a live actor of ``stage`` exists (a
+    plain actor of that class, or a Ray Data map actor of that UDF class), SIGKILL its process and return its id."""
     # The GCS actor table: ray.util.state.list_actors needs the dashboard, which the session cluster runs without.
     from ray._private.state import actors as actor_table
 
@@ -35,7 +35,8 @@ def _kill_map_actor_once_committed(job: Popen, stage: str, out: Storage, commits
         assert job.poll() is None, f"the job ended before an actor could be killed:\n{job.communicate()[0][-3000:]}"
         if out.isdir(commits) and out.list(commits):
             actors = [a for a in actor_table().values()
-                      if a["State"] == "ALIVE" and f"({stage})" in a["ActorClassName"] and a["Pid"]]
+                      if a["State"] == "ALIVE" and a["Pid"]
+                      and (a["ActorClassName"] == stage or f"({stage})" in a["ActorClassName"])]
             if actors:
                 os.kill(actors[0]["Pid"], signal.SIGKILL)
                 return actors[0]["ActorID"]

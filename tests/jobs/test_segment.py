@@ -200,9 +200,10 @@ def test_segment_from_shards(tmp_path, ray_cluster, tiny_checkpoint):
 
 
 def test_actor_runs_the_model_on_the_thread_that_loaded_it(tmp_path, ray_cluster, tiny_checkpoint):
-    """Ray Data calls a map actor from a thread other than the one that built it. The actor still steps the model
-    on the one thread that loaded it: a second thread doing torch work starts a second OpenMP team, and with more
-    OpenMP threads than cores libgomp sleeps at every barrier (steps 10-30% slower, see SegmentActor.__init__)."""
+    """An actor's method may run on another thread than its __init__ (Ray Data's map actors, threaded actors). The
+    actor still steps the model on the one thread that loaded it: a second thread doing torch work starts a second
+    OpenMP team, and with more OpenMP threads than cores libgomp sleeps at every barrier (steps 10-30% slower, see
+    SegmentActor.__init__)."""
     import threading
 
     from pipeline.config import config_from_dict, config_to_dict
@@ -224,8 +225,8 @@ def test_actor_runs_the_model_on_the_thread_that_loaded_it(tmp_path, ray_cluster
     record = VideoRecord(video_id="clip", name="clip.mp4", format="videos", split="test", source_split="",
                          kind="video", source="clip.mp4")  # fmt: skip
     results = []
-    caller = threading.Thread(target=lambda: results.append(actor({"record": [json.dumps(record.to_dict())]})))
+    caller = threading.Thread(target=lambda: results.extend(actor.segment_batch([json.dumps(record.to_dict())])))
     caller.start()  # as Ray Data does: a thread that is not the one that ran __init__
     caller.join()
-    assert list(results[0]["status"]) == ["done"] and list(results[0]["frames"]) == [6]
+    assert [(r["status"], r["frames"]) for r in results] == [("done", 6)]
     assert stepped_on == {loader} and caller.ident not in stepped_on
