@@ -136,8 +136,9 @@ def init_ray(**kwargs: Any) -> None:
     No-op when Ray is already initialised (tests, or a driver that set it up). Otherwise ``ray.init`` connects to
     ``RAY_ADDRESS`` or a running local cluster (``ray job submit`` sets this up), and else starts a local cluster.
     A local cluster starts without the dashboard: no job uses it, and its processes cost seconds of every local
-    run's start-up (issue 16: 15-20 s vs 11-12 s for ``ray.init`` on the loaded 2-core machine). For the
-    dashboard, start Ray with ``ray start --head`` and run the job against it.
+    run's start-up (issue 16: 15-20 s vs 11-12 s for ``ray.init`` on the loaded 2-core machine); a job that needs it
+    passes ``include_dashboard`` (the train job: Ray Train asks the State API). For the dashboard, start Ray with
+    ``ray start --head`` and run the job against it.
     """
     import ray
 

@@ -203,7 +203,10 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     train, val = check_inputs(cfg)
     for warning in cadence_warnings(cfg):
         log.warning("%s", warning)
-    init_ray()
+    # With the dashboard, unlike the other jobs: Ray Train's placement-group cleaner asks the State API (served by
+    # the dashboard) every second whether the training controller still lives, and without one it logs a warning
+    # each time (hundreds per run). None: started when Ray's dashboard packages are installed.
+    init_ray(include_dashboard=None)
     log.info("training on %d shards (%d samples), validating on %d shards; run %s/%s", len(train),
              sum(s.num_samples for s in train), len(val), cfg.storage, cfg.run_name)
     run_storage = open_storage(cfg.storage).child(cfg.run_name)
