@@ -76,9 +76,9 @@ class SegmentActor:
             raise RuntimeError("segment: model.device wants CUDA but this actor has no GPU")
         # Every torch call of this actor runs on this one thread. Why: an actor's methods may run on another thread
         # than __init__ (Ray Data's map actors do; so do threaded actors), and each thread that starts OpenMP work
-        # gets its own OpenMP thread team. With two teams there are more OpenMP threads than CPUs, so libgomp stops spinning at its barriers
-        # and sleeps at each of the thousands per frame: measured at 2 threads, ~12% of the CPU idle and steps
-        # 10-30% slower than the same model on one thread.
+        # gets its own OpenMP thread team. With two teams there are more OpenMP threads than CPUs, so libgomp stops
+        # spinning at its barriers and sleeps at each of the thousands per frame: measured at 2 threads, ~12% of the
+        # CPU idle and steps 10-30% slower than the same model on one thread.
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segment-model")
         threads = None if want_cuda else rt.torch_threads()
         self.segmenter, threads = self._model_thread.submit(self._load_model, threads, want_cuda).result()
