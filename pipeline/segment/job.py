@@ -6,8 +6,9 @@ computed on the fly (``--flow-model``, default dis) or taken from the corpus' ow
 (``--flow-model pictures``). The driver hands batches of videos to a pool of Ray actors; each steps
 ``videos_in_flight`` videos together through one :class:`~pipeline.segment.VideoSegmenter` while Ray generator
 tasks decode and compute flow ahead of it. Outputs per video (original resolution): ``masks/<video>/<frame>.png``,
-``rle/<video>.parquet``, optional ``probs/`` and ``overlays/``, and ``done/<video>.json`` written last. A rerun skips finished videos; a
-killed run redoes unfinished ones; a corrupt video is reported, its partial outputs removed, and the others finish.
+``rle/<video>.parquet``, optional ``probs/`` and ``overlays/``, and ``done/<video>.json`` written last. A rerun
+skips finished videos; a killed run redoes unfinished ones; a corrupt video is reported, its partial outputs
+removed, and the others finish.
 """
 
 from __future__ import annotations
