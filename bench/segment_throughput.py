@@ -318,9 +318,9 @@ def main(argv: list[str] | None = None) -> None:
                 f.write(synthetic_video(n, width, height))
         imports_s = driver_import_s()
         ratios: dict[str, list[float]] = {}
+        steps = args.model_steps or (10 if args.input_size >= 384 else 30)
+        reference_video = os.path.join(corpora[lengths[0]], f"video{lengths[0]}.mp4")
         for repeat, precision in ((r, p) for r in range(args.repeats) for p in args.precision):
-            steps = args.model_steps or (10 if args.input_size >= 384 else 30)
-            reference_video = os.path.join(corpora[lengths[0]], f"video{lengths[0]}.mp4")
             model_before = model_only_rate(checkpoint, reference_video, args.input_size, precision, args.cpus, steps)
             runs = {}
             for n in lengths:

@@ -31,12 +31,9 @@ from pipeline.storage import open_storage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SegmentActor", "RESULT_FIELDS"]
+__all__ = ["SegmentActor"]
 
 _WAIT_WARNING_S = 120.0  # how long the model may starve before the actor says so
-
-RESULT_FIELDS = ("video_id", "status", "frames", "seconds", "model_seconds", "error")
-"""One result per video: 'done' or 'rejected' (with the error naming the video), frames, wall and model seconds."""
 
 
 @dataclass
@@ -152,7 +149,8 @@ class SegmentActor:
 
     # ------------------------------------------------------------------------------------------ main loop
     def segment_batch(self, records: list[str]) -> list[dict]:
-        """Segment the videos of ``records`` (JSON work items); one result dict per video (:data:`RESULT_FIELDS`)."""
+        """Segment the videos of ``records`` (JSON work items). One result dict per video: ``video_id``, ``status``
+        ('done' or 'rejected'), ``frames``, ``seconds`` (wall), ``model_seconds`` and ``error`` (naming the video)."""
         # On the actor's one torch thread (see __init__), whichever thread calls.
         return self._model_thread.submit(self._segment_batch, records).result()
 
