@@ -123,7 +123,7 @@ def train_variant(variant: str, data, train_ids, args, init_state: dict | None, 
 
 @torch.no_grad()
 def evaluate_variant(net, data, val_ids, image_size: int) -> dict:
-    from pipeline.evaluate.metrics import aggregate_results, evaluate_frames, sequence_statistics
+    from pipeline.metrics import aggregate_results, evaluate_frames, sequence_statistics
     from pipeline.train.augment import prepare_clip
 
     net.eval()

@@ -11,9 +11,9 @@ Writes to ``--output``: ``per_sequence.csv``, ``per_frame.csv``, ``jf_per_sequen
 (scores under ``figures``, also printed).
 """
 
+from pipeline.cli import job_main, run_job_main
 from pipeline.evaluate.config import EvaluateConfig
 from pipeline.evaluate.job import FLAGS, run
-from pipeline.jobs import job_main, run_job_main
 
 
 def main(argv=None):

@@ -10,9 +10,9 @@ with pycocotools), ``cvat_segmentation_mask_1.1.zip`` (CVAT's "Segmentation mask
 video task), plus ``overlays/index.html`` when the input has overlay videos, and ``summary.json``.
 """
 
+from pipeline.cli import job_main, run_job_main
 from pipeline.export.config import ExportConfig
 from pipeline.export.job import FLAGS, run
-from pipeline.jobs import job_main, run_job_main
 
 
 def main(argv=None):

@@ -6,9 +6,9 @@
 See ``pipeline/dataset/`` for the stages and ``pipeline/shards.py`` for the sample layout.
 """
 
+from pipeline.cli import job_main, run_job_main
 from pipeline.dataset.config import PrecomputeFlowConfig
 from pipeline.dataset.job import FLAGS, run
-from pipeline.jobs import job_main, run_job_main
 
 
 def main(argv=None):

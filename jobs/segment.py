@@ -11,7 +11,7 @@ Outputs: ``masks/<video>/<frame>.png``, ``rle/<video>.parquet``, optional ``prob
 ``jobs/evaluate.py --pred <output>/masks --gt ...``.
 """
 
-from pipeline.jobs import job_main, run_job_main
+from pipeline.cli import job_main, run_job_main
 from pipeline.segment.config import SegmentConfig
 from pipeline.segment.job import FLAGS, run
 

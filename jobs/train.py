@@ -9,7 +9,7 @@ Inputs are checked before any worker starts (missing/empty shards, bad checksums
 Exit status: 0 done, 2 bad input or config, 1 the training itself failed (its summary.json is still written).
 """
 
-from pipeline.jobs import job_main, run_job_main
+from pipeline.cli import job_main, run_job_main
 from pipeline.train.config import TrainConfig
 from pipeline.train.job import FLAGS, run
 

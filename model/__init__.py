@@ -11,6 +11,8 @@
 from model.checkpoint import (
     CheckpointError,
     LoadReport,
+    ModelNotRecordedError,
+    checkpoint_settings,
     load_checkpoint,
     model_from_checkpoint,
     official_to_native,
@@ -19,21 +21,27 @@ from model.checkpoint import (
 from model.hmhi import HMHIConfig, HMHINet, StreamState
 from model.precision import autocast, native_bf16, resolve_precision
 from model.registry import create_model, list_models, register_model
+from model.settings import PRECISIONS, ModelSettings, SettingError
 
 __all__ = [
+    "autocast",
+    "checkpoint_settings",
     "CheckpointError",
+    "create_model",
     "HMHIConfig",
     "HMHINet",
-    "LoadReport",
-    "autocast",
-    "StreamState",
-    "create_model",
     "list_models",
     "load_checkpoint",
+    "LoadReport",
     "model_from_checkpoint",
+    "ModelNotRecordedError",
+    "ModelSettings",
     "native_bf16",
     "official_to_native",
+    "PRECISIONS",
     "register_model",
     "resolve_precision",
     "save_checkpoint",
+    "SettingError",
+    "StreamState",
 ]

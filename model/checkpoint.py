@@ -9,7 +9,9 @@
   ``head.*`` ignored): the backbone only. Every MiT tensor must be present; the flow adapters and the rest of the
   network keep their initialisation (train from scratch).
 - **this project's format** (:func:`save_checkpoint`): ``{"format": "hmhi-uvos", "version": 1, "model_name",
-  "model_kwargs", "model": state_dict, ...extra}``.
+  "model_kwargs", "settings", "model": state_dict, ...extra}``; ``settings`` is the :class:`~model.settings.
+  ModelSettings` record (input size, memory size, precision...) that inference and fine-tuning take their defaults
+  from (:attr:`LoadReport.settings`, :func:`checkpoint_settings`).
 
 Anything else (for example mmsegmentation's ``backbone.layers.*`` MiT conversion, which matches no key) is an
 error naming the file and its first keys. With ``strict=True`` (default) a missing, unexpected or mis-shaped key
@@ -32,13 +34,17 @@ import torch
 from timm.models.pvt_v2 import checkpoint_filter_fn as _timm_pvt_v2_filter
 
 from model.hmhi import HMHINet
+from model.registry import create_model
+from model.settings import ModelSettings
 
 __all__ = [
     "CheckpointError",
+    "ModelNotRecordedError",
     "LoadReport",
     "OFFICIAL_DEAD_PREFIXES",
     "load_checkpoint",
     "save_checkpoint",
+    "checkpoint_settings",
     "official_to_native",
     "model_from_checkpoint",
     "read_checkpoint",
@@ -54,6 +60,11 @@ _SHOW = 5  # bad keys quoted in an error message
 
 class CheckpointError(RuntimeError):
     """A checkpoint file cannot be read or does not fit the model; the message names the file and the keys."""
+
+
+class ModelNotRecordedError(CheckpointError):
+    """The checkpoint's format does not record which model it holds (official HMHI-Net and MiT ImageNet files):
+    build the model with ``create_model`` and load it with ``load_checkpoint`` instead."""
 
 
 @dataclass
@@ -80,6 +91,8 @@ class LoadReport:
     """Model keys this format never holds (e.g. everything but the MiT for ImageNet weights): left as they were."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Other top-level entries of the file (e.g. 'epoch', or the extras of this project's format)."""
+    settings: ModelSettings | None = None
+    """The model settings the file records (this project's files; None for official and ImageNet files)."""
 
     @property
     def ok(self) -> bool:
@@ -247,7 +260,8 @@ def load_checkpoint(net: HMHINet, path: str | os.PathLike | IO[bytes], strict: b
 
 def _load_object(net: HMHINet, obj: Any, name: str, strict: bool) -> LoadReport:
     fmt, state, meta = _detect(obj, name)
-    report = LoadReport(path=name, format=fmt, meta=meta)
+    report = LoadReport(path=name, format=fmt, meta=meta,
+                        settings=_recorded_settings(meta) if fmt == FORMAT_NAME else None)
     own_keys = list(net.state_dict())
     mapped: dict[str, tuple[str, torch.Tensor]] = {}
     if fmt == "official":
@@ -282,15 +296,38 @@ def _load_object(net: HMHINet, obj: Any, name: str, strict: bool) -> LoadReport:
 
 
 # ---------------------------------------------------------------------------------------------- writing
-_RESERVED = ("format", "version", "model_name", "model_kwargs", "model")
+_RESERVED = ("format", "version", "model_name", "model_kwargs", "settings", "model")
 
 
-def save_checkpoint(net: HMHINet, path: str | os.PathLike | IO[bytes], extra: dict[str, Any] | None = None) -> None:
+def _recorded_settings(meta: dict[str, Any]) -> ModelSettings | None:
+    """The settings a project file records; files written before settings were recorded give what their
+    ``model_name`` and ``model_kwargs`` say (input size unknown); a file of an unregistered model records none."""
+    if isinstance(meta.get("settings"), dict):
+        return ModelSettings.from_record(meta["settings"])
+    if not meta.get("model_name"):
+        return None
+    kwargs = dict(meta.get("model_kwargs") or {})
+    memory_size = kwargs.pop("memory_size", None)
+    return ModelSettings(name=meta["model_name"], options=kwargs, memory_size=memory_size)
+
+
+def checkpoint_settings(path: str | os.PathLike | IO[bytes]) -> ModelSettings | None:
+    """The model settings a checkpoint records, or None for a format that records none (official HMHI-Net and
+    MiT ImageNet files). Raises :class:`CheckpointError` for a file that is no checkpoint."""
+    name = _name(path)
+    fmt, _, meta = _detect(read_checkpoint(path), name)
+    return _recorded_settings(meta) if fmt == FORMAT_NAME else None
+
+
+def save_checkpoint(net: HMHINet, path: str | os.PathLike | IO[bytes], extra: dict[str, Any] | None = None,
+                    settings: ModelSettings | None = None) -> None:
     """Write ``net`` in this project's format (atomically for a path: a temporary file, then a rename).
 
-    ``extra``: more top-level entries (e.g. an epoch number, metrics); plain Python values and tensors only (the
-    file must load with ``weights_only=True``); the names format, version, model_name, model_kwargs and model
-    are reserved.
+    ``settings``: what the model was trained with (input size, precision...), recorded so that inference and
+    fine-tuning default to it; its name, options and memory size are taken from ``net`` itself. ``extra``: more
+    top-level entries (e.g. an epoch number, metrics); plain Python values and tensors only (the file must load
+    with ``weights_only=True``); the names format, version, model_name, model_kwargs, settings and model are
+    reserved.
     """
     extra = dict(extra or {})
     clash = sorted(set(extra) & set(_RESERVED))
@@ -301,6 +338,7 @@ def save_checkpoint(net: HMHINet, path: str | os.PathLike | IO[bytes], extra: di
         "version": FORMAT_VERSION,
         "model_name": net.model_name,
         "model_kwargs": {k: v for k, v in dataclasses.asdict(net.config).items() if k != "encoder"},
+        "settings": _settings_of(net, settings).record() if net.model_name else None,
         "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         **extra,
     }
@@ -320,18 +358,25 @@ def save_checkpoint(net: HMHINet, path: str | os.PathLike | IO[bytes], extra: di
         raise
 
 
+def _settings_of(net: HMHINet, settings: ModelSettings | None) -> ModelSettings:
+    """``settings`` with the architecture (name, options, memory size) that ``net`` really has."""
+    config = dataclasses.asdict(net.config)
+    memory_size = config.pop("memory_size")
+    config.pop("encoder")
+    base = settings or ModelSettings(name=net.model_name)
+    return dataclasses.replace(base, name=net.model_name, options=config, memory_size=memory_size)
+
+
 def model_from_checkpoint(path: str | os.PathLike | IO[bytes], **overrides) -> tuple[HMHINet, LoadReport]:
     """Build the model recorded in a hmhi-uvos checkpoint and load it strictly -> (model, report).
 
     ``overrides`` replace recorded config fields that do not change the weights (e.g. ``memory_size=3``).
     """
-    from model.registry import create_model
-
     name = _name(path)
     obj = read_checkpoint(path)
     fmt, _, meta = _detect(obj, name)
     if fmt != FORMAT_NAME:
-        raise CheckpointError(f"{name}: a {fmt} checkpoint does not record its model; use create_model() and "
+        raise ModelNotRecordedError(f"{name}: a {fmt} checkpoint does not record its model; use create_model() and "
                               f"load_checkpoint()")
     net = create_model(meta["model_name"], **{**meta.get("model_kwargs", {}), **overrides})
     return net, _load_object(net, obj, name, strict=True)

@@ -24,17 +24,26 @@ from model.backbone import MIT_VARIANTS, DualStreamMiT
 from model.heads import PLAM, SGIM, TopDownDecoder
 from model.memory import ConvNeXtBlock, LayerNorm2d, MemoryEncoder, ReadoutLayer
 
-__all__ = ["HMHIConfig", "HMHINet", "MemoryBank", "StreamState"]
+__all__ = ["HMHIConfig", "HMHINet", "MemoryBank", "SettingError", "StreamState"]
+
+
+class SettingError(ValueError):
+    """A model setting is invalid; names the field and the value.
+
+    model/ stands alone (importable with only torch and timm), so it does not use the pipeline's ConfigError; the
+    pipeline's config system turns this error (its ``field``, ``value`` and ``reason``) into one naming the dotted
+    config path.
+    """
+
+    def __init__(self, field: str, value, reason: str):
+        self.field, self.value, self.reason = field, value, reason
+        super().__init__(f"model setting '{field}' = {value!r}: {reason}")
 
 
 def _require(condition: bool, field: str, value, message: str) -> None:
-    """Raise ValueError naming the :class:`HMHIConfig` field unless ``condition`` holds.
-
-    model/ stands alone (importable with only torch and timm), so it does not use the pipeline's ConfigError;
-    callers that need a user-facing error wrap this ValueError.
-    """
+    """Raise :class:`SettingError` naming the :class:`HMHIConfig` field unless ``condition`` holds."""
     if not condition:
-        raise ValueError(f"HMHIConfig field '{field}' = {value!r}: {message}")
+        raise SettingError(field, value, message)
 
 
 @dataclass

@@ -19,8 +19,9 @@ from typing import Literal
 
 import torch
 
+from model.settings import PRECISIONS
+
 Precision = Literal["auto", "bf16", "fp32"]
-PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
 
 __all__ = ["PRECISIONS", "Precision", "autocast", "native_bf16", "resolve_precision"]
 

@@ -26,7 +26,8 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from pipeline.jobs import UserError
+from pipeline.errors import UserError
+from pipeline.storage import open_url
 
 __all__ = [
     "ConfigError",
@@ -93,53 +94,58 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
-def _coerce(tp: Any, value: Any, path: str) -> Any:
-    """``value`` converted to the type ``tp``, or a ConfigError naming ``path``."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+def _coerce_union(args: tuple, value: Any, path: str) -> Any:
+    non_none = [a for a in args if a is not type(None)]
+    if value is None or (isinstance(value, str) and value.strip() in _NULL_WORDS and type(None) in args):
+        if type(None) in args:
+            return None
+        raise ConfigError(path, value, "must not be null")
+    errors = []
+    for option in non_none:
+        try:
+            return _coerce(option, value, path)
+        except ConfigError as e:
+            errors.append(e.reason)
+    raise ConfigError(path, value, " / ".join(errors))
 
-    if tp is Any:
+
+def _coerce_literal(args: tuple, value: Any, path: str) -> Any:
+    for choice in args:
+        try:
+            candidate = _coerce(type(choice), value, path)
+        except ConfigError:
+            continue
+        if candidate == choice:
+            return choice
+    raise ConfigError(path, value, f"must be one of {list(args)}")
+
+
+def _coerce_dataclass(tp: Any, value: Any, path: str) -> Any:
+    if isinstance(value, tp):
         return value
-    if origin in (Union, types.UnionType):
-        non_none = [a for a in args if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.strip() in _NULL_WORDS and type(None) in args):
-            if type(None) in args:
-                return None
-            raise ConfigError(path, value, "must not be null")
-        errors = []
-        for option in non_none:
-            try:
-                return _coerce(option, value, path)
-            except ConfigError as e:
-                errors.append(e.reason)
-        raise ConfigError(path, value, " / ".join(errors))
-    if origin is Literal:
-        for choice in args:
-            try:
-                candidate = _coerce(type(choice), value, path)
-            except ConfigError:
-                continue
-            if candidate == choice:
-                return choice
-        raise ConfigError(path, value, f"must be one of {list(args)}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if isinstance(value, str):
-            value = _parse_scalar(value)
-        if not isinstance(value, Mapping):
-            raise ConfigError(path, value, f"must be a mapping of {tp.__name__} fields")
-        return config_from_dict(tp, value, _path=path)
+    if isinstance(value, str):
+        value = _parse_scalar(value)
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, value, f"must be a mapping of {tp.__name__} fields")
+    return config_from_dict(tp, value, _path=path)
+
+
+_TRUE_WORDS = ("true", "yes", "on", "1")
+_FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def _coerce_scalar(tp: type, value: Any, path: str) -> Any:
+    """bool, int, float and str, with the conversions a command line needs ("1e-4", "true", "1_000")."""
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-            return value.strip().lower() in ("true", "yes", "on", "1")
+        if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS + _FALSE_WORDS:
+            return value.strip().lower() in _TRUE_WORDS
         raise ConfigError(path, value, "must be a boolean (true/false)")
+    if isinstance(value, bool):
+        raise ConfigError(path, value, f"must be {'an integer' if tp is int else 'a number' if tp is float else 'a string'}")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
             return int(value)
         if isinstance(value, str):
             try:
@@ -148,7 +154,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
                 pass
         raise ConfigError(path, value, "must be an integer")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)):
             return float(value)
         if isinstance(value, str):
             try:
@@ -156,32 +162,55 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             except ValueError:
                 pass
         raise ConfigError(path, value, "must be a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(path, value, "must be a string")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return str(value)
+    raise ConfigError(path, value, "must be a string")
+
+
+def _coerce_sequence(tp: Any, origin: Any, args: tuple, value: Any, path: str) -> Any:
+    if isinstance(value, str):
+        parsed = _parse_scalar(value)
+        value = parsed if isinstance(parsed, list) else [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(path, value, "must be a list")
+    if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+        if len(value) != len(args):
+            raise ConfigError(path, value, f"must have exactly {len(args)} items")
+        return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    item_type = args[0] if args else Any
+    items = [_coerce(item_type, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if (origin is tuple or tp is tuple) else items
+
+
+def _coerce_mapping(args: tuple, value: Any, path: str) -> Any:
+    if isinstance(value, str):
+        value = _parse_scalar(value)
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, value, "must be a mapping")
+    key_type, value_type = args if args else (Any, Any)
+    return {_coerce(key_type, k, path): _coerce(value_type, v, f"{path}.{k}") for k, v in value.items()}
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    """``value`` converted to the type ``tp``, or a ConfigError naming ``path``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        return _coerce_union(args, value, path)
+    if origin is Literal:
+        return _coerce_literal(args, value, path)
+    if dataclasses.is_dataclass(tp):
+        return _coerce_dataclass(tp, value, path)
+    if tp in (bool, int, float, str):
+        return _coerce_scalar(tp, value, path)
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
-        if isinstance(value, str):
-            parsed = _parse_scalar(value)
-            value = parsed if isinstance(parsed, list) else [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(path, value, "must be a list")
-        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(value) != len(args):
-                raise ConfigError(path, value, f"must have exactly {len(args)} items")
-            return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-        item_type = args[0] if args else Any
-        items = [_coerce(item_type, v, f"{path}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if (origin is tuple or tp is tuple) else items
+        return _coerce_sequence(tp, origin, args, value, path)
     if origin in (dict, Mapping) or tp is dict:
-        if isinstance(value, str):
-            value = _parse_scalar(value)
-        if not isinstance(value, Mapping):
-            raise ConfigError(path, value, "must be a mapping")
-        key_type, value_type = args if args else (Any, Any)
-        return {_coerce(key_type, k, path): _coerce(value_type, v, f"{path}.{k}") for k, v in value.items()}
+        return _coerce_mapping(args, value, path)
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise ConfigError(path, value, f"cannot be converted to {getattr(tp, '__name__', tp)}")
@@ -204,6 +233,11 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any] | None, _path: str = 
         return cls(**kwargs)
     except ConfigError as e:
         raise e.under(_path) from None
+    except ValueError as e:
+        # model/ stands alone and raises its own SettingError (field, value, reason): name the config path.
+        if not all(hasattr(e, a) for a in ("field", "value", "reason")):
+            raise
+        raise ConfigError(e.field, e.value, e.reason).under(_path) from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -241,8 +275,6 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _read_yaml(path: str) -> dict[str, Any]:
     if "://" in str(path):
-        from pipeline.storage import open_url  # remote configs (s3://...) go through the storage layer
-
         storage, leaf = open_url(str(path))
         text = storage.read_text(leaf)
     else:

@@ -35,8 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import config_to_dict, load_config, parse_job_args, require
-from pipeline.synthetic import SyntheticConfig
+from pipeline.config import config_to_dict, parse_job_args, require
+from pipeline.run_layout import BEST_MODEL, final_model
+from pipeline.runtime import setup_logging
+from pipeline.storage import open_storage
+from pipeline.synthetic import SyntheticConfig, generate_corpus
 
 log = logging.getLogger("pipeline.demo")
 
@@ -72,7 +75,7 @@ class DemoConfig:
     """Ray Train workers (gloo DDP on CPU)."""
     run_name: str = "demo"
     """Training run name under <storage>/runs/ (a rerun with the same name resumes)."""
-    train_overrides: list[str] = field(default_factory=lambda: ["model.image_size=128", "log_every_steps=20"])
+    train_overrides: list[str] = field(default_factory=lambda: ["model.input_size=128", "log_every_steps=20"])
     """Extra key=value overrides for jobs/train.py. The default trains at the corpus resolution: at tiny_cpu's 96x96
     the boundary measure F lags far behind J (F 0.52, J 0.76 after 400 steps)."""
     flow_preset: str = "medium"
@@ -124,15 +127,13 @@ def _train_config_path(cfg: DemoConfig) -> str:
 def _final_model(run_dir) -> str:
     """URL of the model to segment with: best/model.pt (validated at the last step by default), else the latest
     training checkpoint (when the shards hold no validation split)."""
-    if run_dir.exists("best/model.pt"):
-        meta = run_dir.read_json("best/meta.json") if run_dir.exists("best/meta.json") else {}
+    found = final_model(run_dir)
+    if found is None:
+        raise DemoError(f"stage 'train' left no model under {run_dir.url} (no {BEST_MODEL}, no checkpoint)")
+    url, meta = found
+    if meta:
         print(f"best checkpoint: step {meta.get('step')}, validation {meta.get('val')}", flush=True)
-        return run_dir.join("best/model.pt")
-    checkpoints = sorted(name for name in run_dir.list() if name.startswith("checkpoint_"))
-    for name in reversed(checkpoints):
-        if run_dir.exists(f"{name}/checkpoint.pt"):
-            return run_dir.join(f"{name}/checkpoint.pt")
-    raise DemoError(f"stage 'train' left no model under {run_dir.url} (no best/model.pt, no checkpoint_*/checkpoint.pt)")
+    return url
 
 
 def slice_scores(per_frame_csv: str, metas: dict[str, dict], drop_first_last: bool = True) -> dict[str, dict]:
@@ -185,9 +186,6 @@ def _demo_summary(root, val: list[str], timings: dict[str, float], cfg: DemoConf
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run every stage; returns the demo summary (J&F, slices, timings)."""
-    from pipeline.storage import open_storage
-    from pipeline.synthetic import generate_corpus
-
     root = open_storage(cfg.storage)
     root.check()
     urls = {name: root.join(name) for name in ("corpus", "shards", "runs", "segment", "eval")}
@@ -210,11 +208,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "--input", urls["corpus"], "--output", urls["shards"], "--format", "davis2016", "--flow-model", "dis",
         "--flow-preset", cfg.flow_preset, "--val-fraction", str(cfg.train_val_fraction)], "precompute_flow")
 
-    from pipeline.train.config import TrainConfig
-
     train_yaml = _train_config_path(cfg)
-    # The segmentation input size is the training one, whatever the YAML or the overrides say.
-    image_size = load_config(TrainConfig, train_yaml, overrides=cfg.train_overrides).model.image_size
     _banner(3, total, f"training: {cfg.num_workers} Ray Train workers, {cfg.train_steps} steps, {train_yaml}")
     overrides = [f"validation.every_steps={cfg.validate_every or cfg.train_steps}", "validation.max_samples=null",
                  f"checkpoint.every_steps={min(100, cfg.train_steps)}", *cfg.train_overrides]
@@ -229,7 +223,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     _banner(4, total, f"segmenting the {len(val)} held-out test videos -> {urls['segment']}")
     timings["segment"] = _run_job("segment.py", [
         "--input", urls["corpus"], "--output", urls["segment"], "--format", "davis2016",
-        "--checkpoint", model_url, "--input-size", str(image_size), "--flow-model", "dis",
+        "--checkpoint", model_url, "--flow-model", "dis",
         "--set", f"flow.preset={cfg.flow_preset}", "--set", f"videos=[{','.join(val)}]"], "segment")
 
     _banner(5, total, f"DAVIS-2016 J&F and report.html on the held-out test videos -> {urls['eval']}")
@@ -250,8 +244,6 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.jobs import setup_logging
-
     cfg = parse_job_args(DemoConfig, argv, prog="python -m pipeline.demo", description=__doc__, flags={
         "--storage": "storage", "--videos": "corpus.videos", "--frames": "corpus.frames", "--size": "corpus.size",
         "--train-steps": "train_steps", "--train-config": "train_config", "--run-name": "run_name",

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from pipeline.jobs import UserError
+from pipeline.errors import UserError
 from pipeline.storage import (
     Storage,
     StorageError,

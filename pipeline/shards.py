@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.jobs import UserError
+from pipeline.errors import UserError
 from pipeline.masks import decode_mask_png, encode_mask_png
 from pipeline.storage import (
     Storage,

@@ -26,7 +26,7 @@ Guarantees:
   and pyarrow's ``AwsStandardS3RetryStrategy``. A streamed GET whose body fails part-way (connection reset,
   incomplete read) is reopened at the byte it reached, with ``If-Match`` on the first response's ETag so that a
   replaced object is never spliced. Permanent errors (missing bucket or key, access denied) are not retried.
-  :func:`retry_counts` counts the retries of this process, for job summaries.
+  :func:`pipeline.retry.retry_counts` counts the retries of this process, for job summaries.
 - Credentials are never frozen into a ``Storage``: unless keys are given explicitly, each process uses its own
   SDK provider chain (environment, profile, IRSA web identity, instance role; refreshed tokens), and pickling a
   ``Storage`` for a Ray task carries the endpoint and region but no key material (explicit keys only with
@@ -48,17 +48,16 @@ import random
 import re
 import shutil
 import socket
-import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import fsspec
 
-from pipeline.jobs import UserError
+from pipeline.errors import UserError
+from pipeline.retry import count_retry
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,6 @@ __all__ = [
     "clean_leftovers",
     "local_disk_full_errors",
     "open_storage",
-    "retry_counts",
     "storage_filesystem",
     "url_sha256",
 ]
@@ -123,34 +121,11 @@ DEFAULT_MAX_ATTEMPTS = 8
 
 Eight attempts with botocore's capped exponential backoff ride out about 20-60 s of throttling or 5xx answers."""
 
-_RETRY_LOCK = threading.Lock()
-_RETRIES: Counter[str] = Counter()
-
-
-def _count_retry(kind: str, n: int = 1) -> None:
-    with _RETRY_LOCK:
-        _RETRIES[kind] += n
-
-
-def retry_counts() -> dict[str, int]:
-    """Retries made by this process so far, by kind (a snapshot; it only grows).
-
-    - ``s3_request``: requests that boto3 or s3fs resent after a throttle, a 5xx or a connection error
-      (botocore's own count, ``RetryAttempts``);
-    - ``s3_read_resume``: streamed GETs reopened at the byte they reached after their body failed.
-
-    pyarrow's retries (the AWS C++ SDK inside Ray Data and Ray Train I/O) and s3fs's re-reads of a block are not
-    counted: neither library reports them. Each Ray worker process has its own counts.
-    """
-    with _RETRY_LOCK:
-        return dict(_RETRIES)
-
-
 def _count_call_retries(context=None, **_: Any) -> None:
     """botocore ``after-call``/``after-call-error`` hook: add the retries this API call needed."""
     attempt = ((context or {}).get("retries") or {}).get("attempt", 1)
     if attempt > 1:
-        _count_retry("s3_request", attempt - 1)
+        count_retry("s3_request", attempt - 1)
 
 
 def _register_retry_hooks(events) -> None:
@@ -349,7 +324,7 @@ class _S3Body(io.RawIOBase):
                     raise StorageUnavailableError(
                         f"read {url}: the connection failed {failures} times in a row at byte {self._pos} "
                         f"({type(e).__name__})") from e
-                _count_retry("s3_read_resume")
+                count_retry("s3_read_resume")
                 log.info("read %s: %s at byte %d; reopening there (retry %d of %d)", url, type(e).__name__,
                          self._pos, failures, self._attempts - 1)
                 with contextlib.suppress(Exception):

@@ -48,6 +48,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from pipeline.config import config_to_dict, parse_job_args, require
+from pipeline.runtime import setup_logging
+from pipeline.storage import open_storage
+from pipeline.summary import JobSummary
+from pipeline.video import encode_video
 
 log = logging.getLogger(__name__)
 
@@ -698,8 +702,6 @@ def _mask_png(mask: np.ndarray) -> bytes:
 
 
 def _mp4_bytes(frames: np.ndarray, fps: int, codec: str) -> bytes:
-    from pipeline.video import encode_video
-
     buf = io.BytesIO()
     encode_video(frames, buf, fps=fps, codec=codec, container_format="mp4")
     return buf.getvalue()
@@ -741,9 +743,6 @@ def _existing_meta(st, seq: str) -> dict | None:
 
 def generate_corpus(cfg: SyntheticConfig) -> dict:
     """Write the corpus described by ``cfg`` to ``cfg.out``; returns the job summary dict."""
-    from pipeline.jobs import JobSummary
-    from pipeline.storage import open_storage
-
     require(bool(cfg.out), "out", cfg.out, "an output location is required")
     st = open_storage(cfg.out)
     st.check()
@@ -808,8 +807,6 @@ def generate_corpus(cfg: SyntheticConfig) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.jobs import setup_logging
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-"):
         argv = ["--out", argv[0], *argv[1:]]  # OUT is positional on the command line

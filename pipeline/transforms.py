@@ -14,8 +14,7 @@ its evaluation keeps values ``> 128`` (:data:`OFFICIAL_MASK_THRESHOLD`).
 
 from __future__ import annotations
 
-import io
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -24,11 +23,9 @@ if TYPE_CHECKING:  # torch is imported where used, so configs can import this mo
     import torch
 
 __all__ = [
-    "DECODERS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "OFFICIAL_MASK_THRESHOLD",
-    "decode_rgb",
     "logits_to_probs",
     "normalize_images",
     "official_soft_map",
@@ -41,31 +38,6 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 OFFICIAL_MASK_THRESHOLD = 128
 """The official evaluation keeps stretched uint8 soft-map values strictly above this."""
-
-Decoder = Literal["opencv", "pil"]
-DECODERS: tuple[str, ...] = ("opencv", "pil")
-
-
-def decode_rgb(data: bytes, name: str, decoder: Decoder = "opencv") -> np.ndarray:
-    """Decode an encoded image to (H, W, 3) uint8 RGB; ``ValueError`` naming ``name`` when it is corrupt.
-
-    ``opencv`` is the project's decoder (pipeline.ingest.load.decode_image, faster); ``pil`` is the official code's
-    ``Image.open(f).convert('RGB')``. The two JPEG decoders may differ by a grey level on some pixels.
-    """
-    if decoder == "opencv":
-        from pipeline.ingest.load import decode_image
-
-        return decode_image(data, name)
-    if decoder != "pil":
-        raise ValueError(f"decoder {decoder!r}: expected one of {', '.join(DECODERS)}")
-    if not data:
-        raise ValueError(f"{name} is empty (zero bytes)")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB"))
-    except Exception as err:  # Pillow raises many types for corrupt or truncated data
-        raise ValueError(f"{name} cannot be decoded as an image ({type(err).__name__}: {err})") from err
-
 
 def resize_rgb(img: np.ndarray, size: int) -> np.ndarray:
     """PIL bilinear resize (antialiased when shrinking, aspect not kept) of an (H, W, 3) uint8 image to size x size."""

@@ -3,7 +3,7 @@
 - ``s3_server`` (session): moto's threaded server on 127.0.0.1 at a free port, with dummy credentials.
 - ``s3_bucket`` (function): a fresh bucket, as ``"s3://<name>"``.
 - ``ray_cluster`` (session): a local Ray cluster with 2 CPUs, started after the S3 environment is in place so its
-  workers inherit it. Jobs' ``pipeline.jobs.init_ray()`` reuses it.
+  workers inherit it. Jobs' ``pipeline.runtime.init_ray()`` reuses it.
 - ``storage_url`` (function, parametrised ``local`` / ``s3``): a fresh, empty storage root.
 - ``tiny_checkpoint`` (session): a tiny random-init HMHI-Net checkpoint file, for jobs that need a model.
 """

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.config import parse_job_args, require
-from pipeline.jobs import JobSummary, init_ray, setup_logging
+from pipeline.runtime import init_ray, setup_logging
 from pipeline.storage import open_storage
+from pipeline.summary import JobSummary
 
 log = logging.getLogger("infra.local.cluster_check")
 

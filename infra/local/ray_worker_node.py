@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.config import parse_job_args, require
-from pipeline.jobs import setup_logging
+from pipeline.runtime import setup_logging
 
 log = logging.getLogger("infra.local.ray_worker_node")
 

@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.config import parse_job_args, require
-from pipeline.jobs import setup_logging
+from pipeline.runtime import setup_logging
 
 log = logging.getLogger("infra.local.rehearse")
 

@@ -39,8 +39,8 @@ from pipeline.dataset.stages import (
 from pipeline.flow.render import RENDER_VERSION
 from pipeline.ingest.formats import VideoRecord
 from pipeline.ingest.manifest import assign_val_split, list_corpus, manifest_table
-from pipeline.jobs import JobSummary, init_ray
 from pipeline.lease import check_lease, holds_output_lease
+from pipeline.runtime import init_ray
 from pipeline.shards import (
     SAMPLE_VERSION,
     SHARD_DIR,
@@ -49,6 +49,7 @@ from pipeline.shards import (
     write_index_part,
 )
 from pipeline.storage import Storage, StorageError, open_storage, url_sha256
+from pipeline.summary import JobSummary
 
 log = logging.getLogger(__name__)
 

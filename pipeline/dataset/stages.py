@@ -31,8 +31,9 @@ import numpy as np
 
 from pipeline.flow.config import FlowConfig
 from pipeline.flow.render import RENDER_VERSION
+from pipeline.imaging import decode_image
 from pipeline.ingest.formats import VideoRecord
-from pipeline.ingest.load import VideoRejected, decode_image, load_video
+from pipeline.ingest.load import VideoRejected, load_video
 from pipeline.shards import SHARD_DIR, ShardWriter, encode_clip, picture_suffix, sample_key
 from pipeline.storage import LocalDiskFullError, StorageError, open_storage
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.config import require
-from pipeline.evaluate.metrics import PROTOCOLS
+from pipeline.metrics import PROTOCOLS
 
 __all__ = ["EVALUATE_PRESETS", "GT_FORMATS", "HMHI_OFFICIAL_THRESHOLD", "EvaluateConfig"]
 

@@ -26,15 +26,16 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline.evaluate.metrics import (
+from pipeline.ingest.formats import IngestError, VideoRecord, detect_layout, mask_has_white_background
+from pipeline.ingest.manifest import list_corpus
+from pipeline.masks import OFFICIAL_UINT8_THRESHOLD, MaskError, read_mask, read_mask_grey
+from pipeline.metrics import (
     DEFAULT_BOUND_TH,
     boundary_radius,
     db_eval_boundary,
     db_eval_iou,
     sequence_statistics,
 )
-from pipeline.ingest.formats import IngestError, VideoRecord, detect_layout, mask_has_white_background
-from pipeline.masks import OFFICIAL_UINT8_THRESHOLD, MaskError, read_mask, read_mask_grey
 from pipeline.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,6 @@ def _archive_frames(rec: VideoRecord) -> dict[str, str]:
 def read_ground_truth(gt: Storage, gt_format: str = "auto", splits: tuple[str, ...] = ("test",),
                       davis_resolution: str = "480p") -> GroundTruth:
     """The ground truth under ``gt``: an archive's annotated frames (see :data:`ARCHIVE_FORMATS`) or folders."""
-    from pipeline.ingest.manifest import list_corpus
-
     fmt = gt_format
     files: list[str] | None = None
     if fmt == "auto":

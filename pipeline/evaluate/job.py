@@ -24,12 +24,13 @@ from pipeline.evaluate.dataset import (
     read_ground_truth,
     score_sequence,
 )
-from pipeline.evaluate.metrics import METRIC_KEYS, aggregate_results
 from pipeline.evaluate.report import resolve_frames_root, write_report
 from pipeline.ingest.formats import YTOBJ_CLASSES, IngestError
-from pipeline.jobs import JobSummary, init_ray
 from pipeline.lease import holds_output_lease
+from pipeline.metrics import METRIC_KEYS, aggregate_results
+from pipeline.runtime import init_ray
 from pipeline.storage import Storage, open_storage, open_url
+from pipeline.summary import JobSummary
 
 log = logging.getLogger(__name__)
 

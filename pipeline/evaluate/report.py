@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline.evaluate.dataset import SequenceResult
-from pipeline.evaluate.metrics import _protocol_slices  # the frames the protocol's means count
 from pipeline.masks import MaskError, read_mask
+from pipeline.metrics import protocol_slices
 from pipeline.storage import Storage, StorageError, open_storage
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def _frame_files(frames: Storage | None, sequence: str) -> dict[str, str]:
 def _worst_frames(result: SequenceResult, protocol: str, count: int) -> list[tuple[str, float, float]]:
     frames = result.frames
     if protocol in ("davis2016", "all", "hmhi_official"):
-        frames = frames[_protocol_slices(protocol)[0]] or frames
+        frames = frames[protocol_slices(protocol)[0]] or frames
     scored = [f for f in frames if not (math.isnan(f[1]) or math.isnan(f[2]))]
     return sorted(scored, key=lambda f: ((f[1] + f[2]) / 2, f[0]))[:count]
 

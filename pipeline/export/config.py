@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.config import require
-from pipeline.export.exporter import EXPORT_FORMATS
+from pipeline.formats.exporter import EXPORT_FORMATS
 
 __all__ = ["ExportConfig"]
 

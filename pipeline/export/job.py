@@ -6,9 +6,10 @@ import logging
 
 from pipeline.config import config_to_dict
 from pipeline.export.config import ExportConfig
-from pipeline.export.exporter import run_exports
-from pipeline.jobs import JobSummary
+from pipeline.formats.exporter import run_exports
+from pipeline.segment_layout import DONE_DIR, done_marker
 from pipeline.storage import StorageNotFoundError, open_storage
+from pipeline.summary import JobSummary
 
 log = logging.getLogger("jobs.export")
 
@@ -22,15 +23,15 @@ def run(cfg: ExportConfig) -> dict:
     """Export every finished video; returns the job summary (also written as <output>/summary.json)."""
     summary = JobSummary("export", config=config_to_dict(cfg))
     source = open_storage(cfg.input)
-    if not source.exists("done"):
-        raise StorageNotFoundError(f"{source.join('done')} not found: {source.url} is not a segment output root, "
+    if not source.exists(DONE_DIR):
+        raise StorageNotFoundError(f"{source.join(DONE_DIR)} not found: {source.url} is not a segment output root, "
                                    "or no video has finished yet")
     target = open_storage(cfg.output) if cfg.output else source.child("exports")
     result = run_exports(source, summary, cfg.formats, overlay_index=cfg.overlay_index, target=target,
                          videos=cfg.videos, category=cfg.category, frame_ext=cfg.frame_ext)  # fmt: skip
     for video in cfg.videos:
-        if not source.exists(f"done/{video}.json"):
-            summary.skipped("video", video, f"not finished: no done marker {source.join(f'done/{video}.json')}")
+        if not source.exists(done_marker(video)):
+            summary.skipped("video", video, f"not finished: no done marker {source.join(done_marker(video))}")
     if result["videos"] == 0:
         log.warning("no video exported from %s: the exports are empty", source.url)
     return summary.finish(storage=target, rel="summary.json")

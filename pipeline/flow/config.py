@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.config import require
+from pipeline.flow.engines import create_flow_engine
 
 __all__ = ["FlowConfig"]
 
@@ -44,8 +45,6 @@ class FlowConfig:
 
     def create_engine(self, device: str = "cpu", threads: int = 1):
         """The flow engine these settings describe (DIS always runs on the CPU)."""
-        from pipeline.flow.engines import create_flow_engine
-
         device = "cpu" if self.engine in ("dis", "pictures") else device
         return create_flow_engine(self.engine, checkpoint=self.checkpoint or None, device=device,
                                   max_side=self.max_side, **self.engine_options(threads))

@@ -12,11 +12,14 @@ most ``max_side`` before flow, and the flow is resized back and rescaled to the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
+
+from pipeline.storage import local_copy, url_sha256
 
 __all__ = [
     "FlowEngine",
@@ -158,10 +161,6 @@ class PtlflowEngine:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if threads:
             torch.set_num_threads(int(threads))
-        import contextlib
-
-        from pipeline.storage import local_copy, url_sha256
-
         # local_copy checks that a local path is a file: ptlflow would take an unknown path for a checkpoint *name*
         # and try to download it.
         with (local_copy(checkpoint, prefix="flow-ckpt-") if checkpoint is not None

@@ -61,7 +61,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from pipeline.jobs import UserError
+from pipeline.errors import UserError
 from pipeline.video import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.imaging import decode_image
 from pipeline.ingest.formats import VideoRecord, mask_has_white_background
 from pipeline.masks import MaskError, read_mask, read_mask_values
 from pipeline.storage import local_copy
@@ -26,7 +27,7 @@ from pipeline.video import VideoError, decode_video, probe_video
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoadedVideo", "VideoRejected", "decode_image", "load_video"]
+__all__ = ["LoadedVideo", "VideoRejected", "load_video"]
 
 MIN_FRAMES = 2
 
@@ -47,31 +48,6 @@ class LoadedVideo:
     """Per frame: the file name (frame folders) or the frame number (video files)."""
     fps: float | None
     warnings: list[str] = field(default_factory=list)
-
-
-def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Decode an encoded image to (H, W, 3) uint8 RGB; raise ``ValueError`` naming ``name`` if it is corrupt."""
-    import cv2
-
-    if not data:
-        raise ValueError(f"{name} is empty (zero bytes)")
-    head = data[:3]
-    if head == b"\xff\xd8\xff":
-        # libjpeg decodes a truncated JPEG with only a warning (grey bottom rows): require the end-of-image marker.
-        if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
-            raise ValueError(f"{name} is a truncated JPEG (no end-of-image marker)")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        from PIL import Image
-
-        try:
-            import io
-
-            with Image.open(io.BytesIO(data)) as im:
-                return np.asarray(im.convert("RGB"))
-        except Exception as e:  # Pillow raises many types for corrupt data
-            raise ValueError(f"{name} cannot be decoded as an image ({type(e).__name__}: {e})") from e
-    return np.ascontiguousarray(img[..., ::-1])
 
 
 def _read(storage, rel: str, what: str) -> bytes:

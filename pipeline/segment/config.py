@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
+from model.settings import ModelSettings
 from pipeline.config import require
-from pipeline.export.exporter import EXPORT_FORMATS
 from pipeline.flow.config import FlowConfig
-from pipeline.transforms import DECODERS
+from pipeline.formats.exporter import EXPORT_FORMATS
+from pipeline.imaging import DECODERS
 
 PRESETS: tuple[str, ...] = ("", "official")
-PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")  # as model.precision.PRECISIONS (not imported: no torch here)
 PICTURES_ENGINE = "pictures"
 """``flow.engine`` value that feeds the corpus' own flow pictures (VideoRecord.flows) instead of computing flow."""
 
@@ -25,34 +25,23 @@ __all__ = [
 
 
 @dataclass
-class SegmentModelConfig:
-    """Which network runs and how frames are fed to it."""
+class SegmentModelConfig(ModelSettings):
+    """Which network runs and how frames are fed to it (:class:`model.ModelSettings`: name, options, memory_size,
+    input_size, precision), and the weights. A hmhi-uvos checkpoint records its model: its name and options are
+    used, and ``memory_size`` and ``input_size`` left null take its recorded values (the size it was trained at).
+    An official HMHI-Net file records nothing: ``name`` and ``options`` build the model, at T=5 and 512x512 unless
+    set (``--preset official``: T=3)."""
 
     checkpoint: str = ""
     """Path or storage URL of the weights: a hmhi-uvos checkpoint (records its model) or an official HMHI-Net file."""
-    name: str = "hmhi_mit_b1"
-    """Registered model built for checkpoints that do not record their model (official HMHI-Net files)."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """Extra create_model() arguments for such checkpoints (e.g. decoder_width); ignored for hmhi-uvos files."""
-    memory_size: int | None = None
-    """Override of the memory window T (official inference uses 3; None keeps the checkpoint's)."""
-    input_size: int = 512
-    """Square side the frames and flow pictures are resized to for the model; a multiple of 32."""
     device: str = "auto"
     """'auto' (CUDA when the actor has a GPU, else CPU), 'cpu' or 'cuda'."""
-    precision: str = "auto"
-    """Model arithmetic: 'bf16' (autocast), 'fp32', or 'auto' (bf16 where the CPU or GPU computes it natively)."""
     decoder: str = "opencv"
     """Image decoder for frame and flow picture files: 'opencv' (fast) or 'pil' (the official code's)."""
 
     def __post_init__(self):
-        require(self.input_size >= 32 and self.input_size % 32 == 0, "input_size", self.input_size,
-                "must be a positive multiple of 32")  # fmt: skip
-        require(
-            self.memory_size is None or self.memory_size >= 1, "memory_size", self.memory_size, "must be >= 1"
-        )
+        super().__post_init__()
         require(self.device in ("auto", "cpu", "cuda"), "device", self.device, "must be auto, cpu or cuda")
-        require(self.precision in PRECISIONS, "precision", self.precision, f"must be one of {', '.join(PRECISIONS)}")
         require(self.decoder in DECODERS, "decoder", self.decoder, f"must be one of {', '.join(DECODERS)}")
 
 

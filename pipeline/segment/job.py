@@ -15,20 +15,22 @@ from __future__ import annotations
 
 import json
 import logging
-import posixpath
 import time
 from collections import deque
 from collections.abc import Iterator
 
 from pipeline.config import config_to_dict
-from pipeline.export import run_exports
+from pipeline.formats import run_exports
 from pipeline.ingest.manifest import list_corpus
-from pipeline.jobs import JobSummary, init_ray
 from pipeline.lease import holds_output_lease
+from pipeline.runtime import init_ray
 from pipeline.segment.config import SegmentConfig
+from pipeline.segment.runner import SegmentActor
 from pipeline.segment.source import shard_records
+from pipeline.segment_layout import SUMMARY, done_marker, finished_video_ids
 from pipeline.shards import INDEX_NAME, list_index_parts
 from pipeline.storage import open_storage
+from pipeline.summary import JobSummary
 
 log = logging.getLogger("pipeline.segment.job")
 
@@ -57,11 +59,6 @@ FLAGS = {
 _LISTED_SKIPS = 20  # skipped videos named one by one in the summary; beyond that only counted
 
 
-def _finished(output) -> set[str]:
-    """Video ids with a done marker: one listing of ``done/``, whatever the number of videos."""
-    return {posixpath.splitext(name)[0] for name in output.list("done", suffix=".json")}
-
-
 def work_list(cfg: SegmentConfig, summary: JobSummary, source, output) -> tuple[str, list[dict], int]:
     """(format, the records to segment, number of records found); skips and unknown ``--videos`` go in ``summary``.
 
@@ -78,7 +75,7 @@ def work_list(cfg: SegmentConfig, summary: JobSummary, source, output) -> tuple[
         records = [r for r in records if r["video_id"] in wanted or r["name"] in wanted]
         for name in sorted(wanted - {r["video_id"] for r in records} - {r["name"] for r in records}):
             summary.rejected("video", name, f"not found in {source.url} (format {fmt})")
-    finished = set() if cfg.outputs.overwrite else _finished(output)
+    finished = set() if cfg.outputs.overwrite else set(finished_video_ids(output))
     todo, skipped = [], 0
     for rec in records:
         if rec["video_id"] not in finished:
@@ -86,7 +83,7 @@ def work_list(cfg: SegmentConfig, summary: JobSummary, source, output) -> tuple[
             continue
         skipped += 1
         if skipped <= _LISTED_SKIPS:
-            summary.skipped("video", rec["video_id"], f"already done ({output.join('done/' + rec['video_id'])}.json)")
+            summary.skipped("video", rec["video_id"], f"already done ({output.join(done_marker(rec['video_id']))})")
         else:  # a rerun over 100,000 finished videos: count them, do not list them
             summary.counts["video"]["skipped"] += 1
     if skipped > _LISTED_SKIPS:
@@ -106,8 +103,6 @@ def _segment_on_actors(cfg: SegmentConfig, batches: list[list[str]]) -> Iterator
     same objects, so every video still ends with one set of outputs and one done marker.
     """
     import ray
-
-    from pipeline.segment.runner import SegmentActor
 
     rt = cfg.runtime
     actor_class = ray.remote(SegmentActor).options(
@@ -189,4 +184,4 @@ def run(cfg: SegmentConfig) -> dict:
         summary.set("overhead_ms_per_video", round(1000 * max(0.0, elapsed - model_wall) / done, 1))
     # Exports and the overlay index page cover every finished video of the output, this run's and earlier ones.
     run_exports(output, summary, cfg.outputs.export, overlay_index=cfg.outputs.overlay, kind="exported video")
-    return summary.finish(storage=output, rel="summary.json")
+    return summary.finish(storage=output, rel=SUMMARY)

@@ -1,13 +1,6 @@
 """Per-video outputs of batch inference, written to storage as frames come out of the model.
 
-Layout below the output root (``<video>`` is the corpus' sanitised video id)::
-
-    masks/<video>/<frame>.png       binary mask, DAVIS palette PNG (0 background, 1 object), original size
-    probs/<video>/<frame>.png       optional soft probabilities, 8-bit greyscale
-    rle/<video>.parquet             one row per frame: video, frame index and name, size, COCO RLE, area
-    overlays/<video>.mp4            optional overlay video
-    done/<video>.json               the done marker, written last: a rerun skips the video, a killed run redoes it
-
+The layout below the output root is :mod:`pipeline.segment_layout` (masks/, probs/, rle/, overlays/, done/).
 Every file is written atomically (pipeline.storage), so a killed run leaves whole files or none; a video
 without its marker is redone from scratch and its files are overwritten, never duplicated.
 """
@@ -27,29 +20,23 @@ from PIL import Image
 
 from pipeline.masks import encode_mask_png, mask_to_rle
 from pipeline.segment.config import SegmentOutputConfig
+from pipeline.segment_layout import (
+    RLE_SCHEMA,
+    done_marker,
+    mask_png,
+    overlay_mp4,
+    prob_png,
+    rle_parquet,
+    video_outputs,
+)
 from pipeline.storage import Storage
+from pipeline.video import VideoWriter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RLE_SCHEMA", "VideoOutputs", "done_marker", "overlay_frame", "OverlayWriter"]
-
-RLE_SCHEMA = pa.schema(
-    [
-        ("video_id", pa.string()),
-        ("frame_index", pa.int32()),
-        ("frame", pa.string()),
-        ("height", pa.int32()),
-        ("width", pa.int32()),
-        ("rle_counts", pa.string()),
-        ("area", pa.int64()),
-    ]
-)
+__all__ = ["VideoOutputs", "overlay_frame", "OverlayWriter"]
 
 _MAX_PENDING_WRITES = 64  # bounds memory when storage is slower than the model
-
-
-def done_marker(video_id: str) -> str:
-    return f"done/{video_id}.json"
 
 
 def overlay_frame(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -69,8 +56,6 @@ class OverlayWriter:
     """Streams overlay frames into an H.264 MP4 in a local temporary file (bounded memory), then uploads it."""
 
     def __init__(self, fps: float | None, width: int, height: int):
-        from pipeline.video import VideoWriter
-
         fd, self.path = tempfile.mkstemp(prefix="overlay-", suffix=".mp4")
         os.close(fd)
         self.writer = VideoWriter(self.path, width, height, fps=fps or 25.0, crf=23)
@@ -116,11 +101,11 @@ class VideoOutputs:
             self.pending.pop(0).result()  # back-pressure, and surface write errors early
 
     def _write_frame(self, name: str, mask: np.ndarray, soft: np.ndarray | None) -> None:
-        self.storage.write_bytes(f"masks/{self.video_id}/{name}.png", encode_mask_png(mask))
+        self.storage.write_bytes(mask_png(self.video_id, name), encode_mask_png(mask))
         if soft is not None:
             buffer = io.BytesIO()
             Image.fromarray(soft).save(buffer, format="PNG")  # 8-bit greyscale, as the official code saves it
-            self.storage.write_bytes(f"probs/{self.video_id}/{name}.png", buffer.getvalue())
+            self.storage.write_bytes(prob_png(self.video_id, name), buffer.getvalue())
 
     def add(self, index: int, name: str, mask: np.ndarray, soft: np.ndarray | None, original: np.ndarray | None,
             fps: float | None) -> None:  # fmt: skip
@@ -154,10 +139,10 @@ class VideoOutputs:
             future.result()
         self.pending.clear()
         self.storage.write_parquet(
-            f"rle/{self.video_id}.parquet", pa.Table.from_pylist(self.rows, schema=RLE_SCHEMA)
+            rle_parquet(self.video_id), pa.Table.from_pylist(self.rows, schema=RLE_SCHEMA)
         )
         if self.overlay is not None:
-            self.overlay.finish(self.storage, f"overlays/{self.video_id}.mp4")
+            self.overlay.finish(self.storage, overlay_mp4(self.video_id))
             self.overlay = None
         seconds = time.time() - self.started
         marker = {
@@ -184,9 +169,7 @@ class VideoOutputs:
         if self.overlay is not None:
             self.overlay.abort()
             self.overlay = None
-        for rel, recursive in ((done_marker(self.video_id), False), (f"rle/{self.video_id}.parquet", False),
-                               (f"overlays/{self.video_id}.mp4", False), (f"masks/{self.video_id}", True),
-                               (f"probs/{self.video_id}", True)):  # fmt: skip
+        for rel, recursive in video_outputs(self.video_id):
             try:
                 self.storage.delete(rel, recursive=recursive)  # absent is fine
             except Exception as err:  # cleanup must not hide the original failure

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.config import config_from_dict
+from pipeline.runtime import setup_logging
 from pipeline.segment.config import SegmentConfig
 from pipeline.segment.outputs import VideoOutputs
 from pipeline.segment.segmenter import VideoSegmenter
@@ -58,8 +59,6 @@ class SegmentActor:
         started = time.perf_counter()
         import ray
         import torch
-
-        from pipeline.jobs import setup_logging
 
         setup_logging()  # Ray Data workers drop INFO records; the actor's lines (model, start-up) are the job's log
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from model import autocast, create_model, load_checkpoint, model_from_checkpoint, resolve_precision
+from model.checkpoint import ModelNotRecordedError
 from pipeline.flow.config import FlowConfig
 from pipeline.ingest.formats import IMAGE_EXTENSIONS, VideoRecord, natural_key
 from pipeline.segment.config import SegmentConfig, SegmentModelConfig, SegmentOutputConfig
@@ -39,22 +41,25 @@ log = logging.getLogger(__name__)
 __all__ = ["VideoSegmenter", "load_segmentation_model"]
 
 
-def load_segmentation_model(model_cfg: SegmentModelConfig):
-    """Build the network for ``model_cfg`` and load its weights (``weights_only`` loading in model.checkpoint)."""
-    from model import CheckpointError, create_model, load_checkpoint, model_from_checkpoint
+def load_segmentation_model(model_cfg: SegmentModelConfig) -> tuple[Any, SegmentModelConfig]:
+    """Build the network for ``model_cfg`` and load its weights (``weights_only`` loading in model.checkpoint).
 
+    Returns ``(network in eval mode, the model config resolved)``: ``memory_size`` and ``input_size`` left null take
+    the checkpoint's recorded values (a hmhi-uvos checkpoint), else the official defaults.
+    """
     overrides = {} if model_cfg.memory_size is None else {"memory_size": model_cfg.memory_size}
     with local_copy(model_cfg.checkpoint, prefix="hmhi-checkpoint-") as path:
         try:
             net, report = model_from_checkpoint(path, **overrides)
-        except CheckpointError as err:
-            if "does not record its model" not in str(err):
-                raise
+        except ModelNotRecordedError:
             # An official (or bare) checkpoint: the model comes from the config.
-            net = create_model(model_cfg.name, **{**model_cfg.options, **overrides})
+            net = create_model(model_cfg.name, **model_cfg.architecture())
             report = load_checkpoint(net, path)
-    log.info("model %s from %s: %s", net.model_name, model_cfg.checkpoint, report.summary())
-    return net.eval()
+    resolved = model_cfg.resolved(report.settings)
+    resolved.memory_size = net.config.memory_size
+    log.info("model %s from %s at %dx%d, T=%d: %s", net.model_name, model_cfg.checkpoint, resolved.input_size,
+             resolved.input_size, resolved.memory_size, report.summary())
+    return net.eval(), resolved
 
 
 class VideoSegmenter:
@@ -99,8 +104,6 @@ class VideoSegmenter:
     def _setup(self, cfg: SegmentConfig, device: str | None) -> None:
         import torch
 
-        from model import resolve_precision
-
         self.cfg = cfg
         wanted = device or cfg.model.device
         if wanted == "auto":
@@ -109,7 +112,8 @@ class VideoSegmenter:
             raise RuntimeError("VideoSegmenter: device 'cuda' was asked for but no CUDA GPU is available")
         self.device = torch.device(wanted)
         self.dtype = resolve_precision(cfg.model.precision, self.device)
-        self.net = load_segmentation_model(cfg.model).to(self.device)
+        self.net, cfg.model = load_segmentation_model(cfg.model)
+        self.net = self.net.to(self.device)
         self.preprocessing = Preprocessing(
             input_size=cfg.model.input_size,
             chunk_frames=cfg.runtime.chunk_frames,
@@ -189,8 +193,6 @@ class VideoSegmenter:
         ``reset[b]``: video b starts with this frame; ``active[b]`` False: slot b is idle (its rows are ignored).
         """
         import torch
-
-        from model import autocast
 
         frame_t = normalize_images(frames).to(self.device, non_blocking=True)
         flow_t = normalize_images(flows).to(self.device, non_blocking=True)

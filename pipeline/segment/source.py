@@ -29,10 +29,12 @@ import numpy as np
 
 from pipeline.flow.config import FlowConfig
 from pipeline.flow.render import flow_to_rgb
+from pipeline.imaging import decode_rgb
 from pipeline.ingest.formats import VideoRecord
 from pipeline.segment.config import PICTURES_ENGINE
+from pipeline.shards import ShardEntry, decode_clip, read_index, read_samples
 from pipeline.storage import Storage, StorageError, local_copy
-from pipeline.transforms import decode_rgb, resize_rgb
+from pipeline.transforms import resize_rgb
 from pipeline.video import VideoError, iter_video_frames, probe_video
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ class Preprocessing:
     flow: FlowConfig = field(default_factory=FlowConfig)
     """Flow engine settings, or ``engine="pictures"`` for the corpus' own flow pictures."""
     decoder: str = "opencv"
-    """Image decoder for frame and flow picture files (pipeline.transforms.decode_rgb)."""
+    """Image decoder for frame and flow picture files (pipeline.imaging.decode_rgb)."""
     frames: str = "all"
     """'all' frames, or only the 'annotated' ones of a video with sparse masks."""
     keep_original: bool = False
@@ -174,8 +176,6 @@ def shard_records(storage: Storage) -> list[dict]:
     Each item lists the video's samples (clips) in frame order with their byte ranges, so the decode task
     reads exactly those bytes; frames and flow come from the shards (no flow is recomputed).
     """
-    from pipeline.shards import read_index
-
     by_video: dict[str, list[dict]] = {}
     for row in read_index(storage.url).to_pylist():
         by_video.setdefault(row["video_id"], []).append(row)
@@ -206,8 +206,6 @@ def iter_shard_frames(record: dict) -> Iterator[tuple[str, np.ndarray, np.ndarra
     Overlapping clips give a frame once; a gap in the frame indices (clips written with a stride) is logged,
     and the memory simply carries over it.
     """
-    from pipeline.shards import ShardEntry, decode_clip, read_samples
-
     last = -1
     for sample in record["samples"]:
         entry = ShardEntry(url=sample["url"], offsets=(sample["offset"],), sizes=(sample["bytes"],))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from model.settings import ModelSettings
 from pipeline.config import require
 
 __all__ = [
@@ -29,15 +30,12 @@ __all__ = [
 
 
 @dataclass
-class ModelConfig:
-    name: str = "hmhi_mit_b1"
-    """Registered model name passed to ``model.create_model`` (e.g. 'hmhi_mit_b1', 'hmhi_mit_b0')."""
-    memory_size: int = 5
-    """Memory window T (frames kept in each bank); the official training value is 5."""
-    decoder_width: int = 256
-    """Channel width of the CBAM decoder; the official model uses 256."""
-    image_size: int = 512
-    """Square training input size in pixels (frames, flow images and masks are resized to it); divisible by 32."""
+class ModelConfig(ModelSettings):
+    """The model to train (:class:`model.ModelSettings`: name, options, memory_size, input_size, precision) and
+    where its weights start. ``memory_size`` and ``input_size`` left null take the init checkpoint's recorded
+    values, else the official ones (T=5, 512x512). ``precision`` 'auto' trains in bf16 autocast on GPUs and in fp32
+    on CPUs; 'bf16' asks for bf16 autocast on either."""
+
     init_checkpoint: str | None = None
     """Weights to start from: a URL/path of an NVlabs MiT ImageNet file, an official HMHI-Net checkpoint or a
     checkpoint of this project (format auto-detected). Ignored when the run resumes from its own checkpoint."""
@@ -48,11 +46,7 @@ class ModelConfig:
     """Let DDP tolerate parameters without gradients (only needed if the model registers unused modules)."""
 
     def __post_init__(self):
-        require(bool(self.name), "name", self.name, "must be a registered model name")
-        require(self.memory_size >= 1, "memory_size", self.memory_size, "must be >= 1")
-        require(self.decoder_width >= 8, "decoder_width", self.decoder_width, "must be >= 8")
-        require(self.image_size >= 32 and self.image_size % 32 == 0, "image_size", self.image_size,
-                "must be a positive multiple of 32")
+        super().__post_init__()
         require(self.init_checkpoint is None or bool(self.init_checkpoint), "init_checkpoint",
                 self.init_checkpoint, "must be a non-empty URL or null")
 
@@ -159,8 +153,6 @@ class OptimConfig:
     """Final LR of the cosine schedule as a fraction of ``lr``."""
     grad_clip_norm: float | None = None
     """Clip the global gradient norm to this value (official: no clipping)."""
-    bf16: bool = True
-    """bf16 autocast on GPU (ignored on CPU, where training is fp32)."""
     max_steps: int = 100000
     """Total optimiser steps of the run (a resubmission continues up to this number)."""
     seed: int = 666

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from pipeline.shards import ShardEntry, read_samples
+from pipeline.storage import StorageAuthError, StorageNotFoundError
 from pipeline.train.augment import ClipTensors, prepare_clip
 from pipeline.train.config import AugmentConfig, DataConfig
 from pipeline.train.sampler import sample_clip_indices
@@ -121,7 +122,7 @@ class TrainStream:
         shards: list[ShardEntry],
         data_cfg: DataConfig,
         augment_cfg: AugmentConfig,
-        image_size: int,
+        input_size: int,
         seed: int,
         world_size: int,
         rank: int,
@@ -133,7 +134,7 @@ class TrainStream:
         self.shards = shards
         self.cfg = data_cfg
         self.augment_cfg = augment_cfg
-        self.image_size = image_size
+        self.input_size = input_size
         self.seed = seed
         self.world_size = world_size
         self.rank = rank
@@ -163,8 +164,6 @@ class TrainStream:
 
         A missing shard or rejected credentials fail at once: retrying cannot fix them.
         """
-        from pipeline.storage import StorageAuthError, StorageNotFoundError
-
         position, failures = start, 0
         while True:
             try:
@@ -206,7 +205,7 @@ class TrainStream:
     def _clips(self, raw: Iterator[dict], epoch: int, draw: int, pool) -> Iterator[tuple[str, ClipTensors | None, int]]:
         """(key, clip or None, draw number) in draw order; decoded in ``pool`` (processes) when given."""
         args = (self.decode_fn, self.seed, epoch, self.rank, self.cfg.clip_length, self.cfg.max_skip,
-                self.image_size, self.augment_cfg)
+                self.input_size, self.augment_cfg)
         if pool is None:
             for sample in raw:
                 draw += 1
@@ -280,7 +279,7 @@ def _single_threaded_decoder() -> None:
 
 
 def make_training_clip(sample: dict, draw: int, decode_fn, seed: int, epoch: int, rank: int, clip_length: int,
-                       max_skip: int, image_size: int, augment_cfg: AugmentConfig) -> ClipTensors | None:
+                       max_skip: int, input_size: int, augment_cfg: AugmentConfig) -> ClipTensors | None:
     """Decode one raw sample, sample a clip with the official sampler and augment it; None if it has no mask.
 
     The RNG is seeded by ``(seed, epoch, rank, draw)``, so the result does not depend on which process runs it.
@@ -293,7 +292,7 @@ def make_training_clip(sample: dict, draw: int, decode_fn, seed: int, epoch: int
     rng = np.random.default_rng([seed, epoch, rank, draw, 0xC11B])
     picks = sample_clip_indices(eligible.tolist(), clip_length, max_skip, rng)
     clip = decode_fn(sample, positions=picks)  # only the sampled frames are decoded
-    return prepare_clip(np.asarray(clip.frames), np.asarray(clip.flow_images()), np.asarray(clip.masks), image_size, rng,
+    return prepare_clip(np.asarray(clip.frames), np.asarray(clip.flow_images()), np.asarray(clip.masks), input_size, rng,
                         augment_cfg)
 
 

@@ -16,13 +16,18 @@ import re
 from dataclasses import asdict
 from typing import Any
 
+from model import CheckpointError, ModelSettings, create_model, load_checkpoint
 from pipeline.config import ConfigError, config_to_dict
-from pipeline.jobs import JobFailed, JobSummary, UserError, init_ray
+from pipeline.errors import JobFailed, UserError
 from pipeline.lease import holds_output_lease
-from pipeline.shards import ShardChecksumError, ShardEntry
+from pipeline.run_layout import BEST_MODEL, SUMMARY
+from pipeline.runtime import init_ray
+from pipeline.shards import ShardChecksumError, ShardEntry, read_index
 from pipeline.storage import StorageError, local_copy, open_storage
+from pipeline.summary import JobSummary
 from pipeline.train.config import TrainConfig, cadence_warnings
 from pipeline.train.data import steps_per_epoch
+from pipeline.train.loop import train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +59,6 @@ def resolve_shards(data_url: str, split: str, verify: bool, need_masks: bool) ->
     (the official sampler needs a mask for every sampled frame). With ``verify``, every shard's SHA-256 is checked
     against the index by the worker that first reads it (not here: no whole-corpus work before the run).
     """
-    from pipeline.shards import read_index
-
     try:
         table = read_index(data_url)
     except (StorageError, FileNotFoundError, OSError) as e:
@@ -108,21 +111,19 @@ def check_inputs(cfg: TrainConfig) -> tuple[list[ShardEntry], list[ShardEntry]]:
         val, _ = resolve_shards(cfg.data.url, cfg.data.val_split, cfg.data.verify_checksums, need_masks=True)
         if not val:
             log.warning("no '%s' shards in %s: validation is skipped", cfg.data.val_split, cfg.data.url)
-    if cfg.model.init_checkpoint:
-        check_init_checkpoint(cfg)
+    recorded = check_init_checkpoint(cfg) if cfg.model.init_checkpoint else None
+    cfg.model = cfg.model.resolved(recorded)  # the workers get concrete sizes; checkpoints record them
     return train, val
 
 
-def check_init_checkpoint(cfg: TrainConfig) -> None:
+def check_init_checkpoint(cfg: TrainConfig) -> ModelSettings | None:
     """Fetch ``model.init_checkpoint`` and load it into the configured model on the driver (CPU), so a missing,
-    corrupt or mismatched file fails here with its name rather than in every worker."""
-    from model import CheckpointError, create_model, load_checkpoint
-
+    corrupt or mismatched file fails here with its name rather than in every worker. Returns the model settings
+    the file records (None for official and ImageNet files)."""
     url = cfg.model.init_checkpoint
     try:
         with local_copy(url, prefix="hmhi-init-") as path:
-            net = create_model(cfg.model.name, memory_size=cfg.model.memory_size,
-                               decoder_width=cfg.model.decoder_width)
+            net = create_model(cfg.model.name, **cfg.model.architecture())
             report = load_checkpoint(net, path, strict=cfg.model.init_strict)
     except (FileNotFoundError, StorageError) as e:  # StorageNotFoundError is both
         if isinstance(e, FileNotFoundError):
@@ -131,6 +132,7 @@ def check_init_checkpoint(cfg: TrainConfig) -> None:
     except CheckpointError as e:
         raise TrainInputError(f"init checkpoint {url} cannot be used (model.init_checkpoint): {e}") from e
     log.info("init checkpoint %s: %s format, loads into %s", url, report.format, cfg.model.name)
+    return report.settings
 
 
 def build_loop_config(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntry]) -> dict[str, Any]:
@@ -142,8 +144,6 @@ def build_trainer(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntr
     """A ``TorchTrainer`` writing to ``<storage>/<run_name>`` (gloo on CPU, NCCL on GPU)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from pipeline.train.loop import train_loop_per_worker
 
     fs, root = open_storage(cfg.storage).pyarrow()
     resources = {"CPU": cfg.cpus_per_worker}
@@ -193,14 +193,14 @@ def _run_root(cfg: TrainConfig) -> str:
 def run(cfg: TrainConfig) -> dict[str, Any]:
     """Check the inputs, train, and return the job summary (also written to ``<storage>/<run_name>/summary.json``).
 
-    Input problems raise a :class:`~pipeline.jobs.UserError` before any worker starts. A run whose workers fail
+    Input problems raise a :class:`~pipeline.errors.UserError` before any worker starts. A run whose workers fail
     beyond ``max_failures`` restarts still writes its summary (the run rejected, with the error), then raises
-    :class:`~pipeline.jobs.JobFailed`.
+    :class:`~pipeline.errors.JobFailed`.
     """
     from ray.train import TrainingFailedError
 
-    summary = JobSummary("train", config=config_to_dict(cfg))
     train, val = check_inputs(cfg)
+    summary = JobSummary("train", config=config_to_dict(cfg))
     for warning in cadence_warnings(cfg):
         log.warning("%s", warning)
     # With the dashboard, unlike the other jobs: Ray Train's placement-group cleaner asks the State API (served by
@@ -236,6 +236,6 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             summary.set(f"final_{key}", float(value))
     if result.checkpoint is not None:
         summary.set("latest_checkpoint", run_storage.join(result.checkpoint.path.rstrip("/").rpartition("/")[2]))
-    if run_storage.exists("best/model.pt"):
-        summary.set("best_model", run_storage.join("best/model.pt"))
-    return summary.finish(storage=run_storage, rel="summary.json")
+    if run_storage.exists(BEST_MODEL):
+        summary.set("best_model", run_storage.join(BEST_MODEL))
+    return summary.finish(storage=run_storage, rel=SUMMARY)

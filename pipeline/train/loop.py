@@ -27,7 +27,8 @@ import torch
 import torch.distributed as dist
 
 from pipeline.config import config_from_dict, config_to_dict
-from pipeline.jobs import quiet_frameworks
+from pipeline.run_layout import CHECKPOINT_FILE, checkpoint_dir, commit_best_model
+from pipeline.runtime import quiet_frameworks
 from pipeline.shards import ShardEntry
 from pipeline.storage import Storage, local_copy, open_storage
 from pipeline.train.config import OptimConfig, TrainConfig
@@ -38,11 +39,8 @@ from pipeline.train.validate import validate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train_loop_per_worker", "lr_lambda", "state_digest", "commit_best_model", "CHECKPOINT_FILE",
-           "FAULT_MARKER_DIR"]
+__all__ = ["train_loop_per_worker", "lr_lambda", "state_digest", "FAULT_MARKER_DIR"]
 
-CHECKPOINT_FILE = "checkpoint.pt"
-"""File name of the training state inside a Ray checkpoint directory (project checkpoint format)."""
 FAULT_MARKER_DIR = "faults"
 
 
@@ -134,28 +132,6 @@ def _read_ray_checkpoint(checkpoint, scratch: str) -> dict[str, Any]:
         os.remove(local)
 
 
-BEST_DIR = "best"
-"""Folder of the best model by validation J&F in the run directory."""
-
-
-def commit_best_model(run: Storage, local_path: str, step: int, scores: dict[str, Any]) -> None:
-    """Publish a new best model so that a reader never pairs one model with another's metadata.
-
-    The model file carries its own step and scores (``save_checkpoint`` extra). It is uploaded first under a
-    versioned, never rewritten name (``best/model-<step>.pt``); ``best/meta.json`` (step, scores, and ``model``, the
-    versioned file's name) is written last and is the commit point: read it, then the file it names. The same file
-    is then copied to ``best/model.pt``, the fixed name for tools that want "the best model" (it still says which
-    step it is from inside), and the previous versioned file is deleted. Every write is atomic (pipeline.storage).
-    """
-    name = f"model-{step:08d}.pt"
-    previous = run.read_json(f"{BEST_DIR}/meta.json").get("model") if run.exists(f"{BEST_DIR}/meta.json") else None
-    run.upload_file(local_path, f"{BEST_DIR}/{name}")
-    run.write_json(f"{BEST_DIR}/meta.json", {"step": step, "val": scores, "model": name})
-    run.upload_file(local_path, f"{BEST_DIR}/model.pt")
-    if previous and previous != name:
-        run.delete(f"{BEST_DIR}/{previous}")
-
-
 def _maybe_inject_fault(cfg: TrainConfig, run: Storage, step: int, rank: int) -> None:
     """Testing aid: rank 0 fails once after ``fault.fail_at_step`` (a marker in the run dir keeps it to once)."""
     if cfg.fault.fail_at_step is None or step != cfg.fault.fail_at_step or rank != 0:
@@ -192,7 +168,7 @@ def _train_worker(config: dict, scratch: str) -> None:
 
     # Same initial weights on every rank (DDP broadcasts rank 0's anyway); different dropout streams per rank.
     torch.manual_seed(cfg.optim.seed)
-    net = create_model(cfg.model.name, memory_size=cfg.model.memory_size, decoder_width=cfg.model.decoder_width)
+    net = create_model(cfg.model.name, **cfg.model.architecture())
 
     resume = ray.train.get_checkpoint()
     state: dict[str, Any] | None = None
@@ -241,11 +217,11 @@ def _train_worker(config: dict, scratch: str) -> None:
         ray.train.report({"step": step, "epoch": position.epoch, "start_step": start_step})
         return
 
-    stream = TrainStream(shards, cfg.data, cfg.augment, cfg.model.image_size, cfg.optim.seed, world_size, rank,
+    stream = TrainStream(shards, cfg.data, cfg.augment, cfg.model.input_size, cfg.optim.seed, world_size, rank,
                          decode_clip, start=position)
     batches = Prefetcher(stream, cfg.data.prefetch_batches)
     writer = MetricsWriter(run, resume_step=step) if rank == 0 else None
-    amp = use_cuda and cfg.optim.bf16
+    amp = cfg.model.precision == "bf16" or (cfg.model.precision == "auto" and use_cuda)
     clips_per_step = cfg.data.batch_size_per_worker
 
     window_start, window_wait, window_steps = time.perf_counter(), batches.wait_s, 0
@@ -304,7 +280,7 @@ def _train_worker(config: dict, scratch: str) -> None:
                 if rank == 0 and best_jf == scores["JF_mean"]:
                     best_path = os.path.join(scratch, "best.pt")
                     save_checkpoint(module, best_path, {"step": step, "val": scores,
-                                                        "config": config_to_dict(cfg)})
+                                                        "config": config_to_dict(cfg)}, settings=cfg.model)
                     commit_best_model(run, best_path, step, scores)
                     os.remove(best_path)
                 metrics["best_val_JF_mean"] = best_jf if math.isfinite(best_jf) else float("nan")
@@ -337,12 +313,12 @@ def _train_worker(config: dict, scratch: str) -> None:
                         "world_size": world_size,
                         "config": config_to_dict(cfg),
                         "resume_info": resume_info,
-                    })
+                    }, settings=cfg.model)
                     checkpoint = ray.train.Checkpoint.from_directory(ckpt_dir)
             if do_ckpt and writer is not None:
                 writer.flush()  # the rows up to this checkpoint, for a restart from it (best-effort)
             ray.train.report(metrics, checkpoint=checkpoint,
-                             checkpoint_dir_name=f"checkpoint_{step:08d}" if do_ckpt else None)
+                             checkpoint_dir_name=checkpoint_dir(step) if do_ckpt else None)
             if ckpt_dir is not None:
                 shutil.rmtree(ckpt_dir)  # report() has persisted it to the run's storage
             _maybe_inject_fault(cfg, run, step, rank)

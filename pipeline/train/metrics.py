@@ -21,14 +21,13 @@ import shutil
 import tempfile
 import threading
 
+from pipeline.run_layout import METRICS_CSV, TENSORBOARD_DIR
 from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MetricsWriter", "CSV_COLUMNS", "read_metrics_csv"]
 
-CSV_REL = "logs/metrics.csv"
-TB_REL = "logs/tensorboard"
 CSV_COLUMNS = (
     "step", "epoch", "loss", "loss_focal", "loss_bce", "loss_dice", "lr", "grad_norm", "clips_per_s",
     "clips_per_s_per_worker", "data_wait_frac", "val_J_mean", "val_F_mean", "val_JF_mean", "val_sequences",
@@ -38,9 +37,9 @@ CSV_COLUMNS = (
 
 def read_metrics_csv(run: Storage) -> list[dict[str, str]]:
     """Rows of ``logs/metrics.csv`` in ``run`` (empty if absent)."""
-    if not run.exists(CSV_REL):
+    if not run.exists(METRICS_CSV):
         return []
-    return list(csv.DictReader(io.StringIO(run.read_text(CSV_REL))))
+    return list(csv.DictReader(io.StringIO(run.read_text(METRICS_CSV))))
 
 
 class MetricsWriter:
@@ -108,9 +107,9 @@ class MetricsWriter:
             for name in sorted(os.listdir(self._tb_dir)):
                 shutil.copyfile(os.path.join(self._tb_dir, name), os.path.join(snapshot, name))
         try:
-            self.run.write_text(CSV_REL, buf.getvalue())
+            self.run.write_text(METRICS_CSV, buf.getvalue())
             for name in sorted(os.listdir(snapshot)):
-                self.run.upload_file(os.path.join(snapshot, name), f"{TB_REL}/{name}")
+                self.run.upload_file(os.path.join(snapshot, name), f"{TENSORBOARD_DIR}/{name}")
             return True
         except Exception as e:  # any storage failure: metrics are best-effort, training goes on
             self.failed_uploads += 1

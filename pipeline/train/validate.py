@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from pipeline.evaluate import aggregate_results, evaluate_sequence
+from pipeline.metrics import aggregate_results, evaluate_sequence
 from pipeline.shards import ShardEntry, read_samples
 from pipeline.train.augment import prepare_clip
 from pipeline.train.config import TrainConfig
@@ -45,7 +45,7 @@ def validate(module, shards: list[ShardEntry], cfg: TrainConfig, decode_fn, devi
             if not valid.any():
                 continue
             frames, flows, masks = np.asarray(clip.frames), np.asarray(clip.flow_images()), np.asarray(clip.masks)
-            tensors = prepare_clip(frames, flows, masks, cfg.model.image_size, None, None)
+            tensors = prepare_clip(frames, flows, masks, cfg.model.input_size, None, None)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 full, _ = module.forward_clip(tensors.frames[None].to(device), tensors.flows[None].to(device))
             logits = F.interpolate(full[0].float(), size=masks.shape[1:], mode="bilinear", align_corners=False)

@@ -19,7 +19,7 @@ import json, sys
 import ray
 ray.init(address=sys.argv[1], runtime_env={"env_vars": json.loads(sys.argv[2])})
 from importlib import import_module
-from pipeline.storage import retry_counts
+from pipeline.retry import retry_counts
 summary = import_module(sys.argv[3]).main(sys.argv[4:])
 print("RETRIES", retry_counts(), flush=True)
 """

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 import pytest
 
 import pipeline.storage as storage_mod
-from pipeline.storage import S3Options, StorageNotFoundError, open_storage, retry_counts
+from pipeline.retry import retry_counts
+from pipeline.storage import S3Options, StorageNotFoundError, open_storage
 from tests.faults.conftest import ISSUE_PLAN
 from tests.faults.proxy import FaultPlan
 

@@ -40,8 +40,8 @@ def test_train_under_faults_reaches_the_same_step_as_a_clean_run_and_refuses_a_s
     from jobs.precompute_flow import main as precompute_main
     from jobs.train import main as train_main
     from model import create_model, load_checkpoint
+    from pipeline.run_layout import CHECKPOINT_FILE
     from pipeline.synthetic import main as synth_main
-    from pipeline.train.loop import CHECKPOINT_FILE
     from pipeline.train.metrics import read_metrics_csv
 
     # Shards written fault-free; the faults are the training job's.
@@ -53,7 +53,7 @@ def test_train_under_faults_reaches_the_same_step_as_a_clean_run_and_refuses_a_s
 
     def args(storage: str) -> list[str]:
         return ["--config", CONFIG, "--data", shards, "--storage", storage, "--run-name", "tiny",
-                "--set", "model.image_size=64", "--max-steps", "4", "--set", "checkpoint.every_steps=2",
+                "--set", "model.input_size=64", "--max-steps", "4", "--set", "checkpoint.every_steps=2",
                 "--set", "validation.every_steps=4"]
 
     fault_proxy.set_plan(ISSUE_PLAN)

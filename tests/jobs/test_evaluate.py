@@ -18,8 +18,8 @@ from segmetric.metrics import db_eval_iou as official_iou
 from segmetric.utils import db_statistics as official_statistics
 
 from jobs.evaluate import main
+from pipeline.errors import UserError
 from pipeline.evaluate.job import CSV_COLUMNS
-from pipeline.jobs import UserError
 from pipeline.masks import encode_mask_png, encode_prob_png
 from pipeline.storage import open_storage
 

@@ -121,7 +121,7 @@ def test_archive_ingests_shards_trains_segments_and_evaluates(tmp_path, archive)
     # Training from this archive's own shards.
     train = train_main(["--config", str(REPO_ROOT / "configs" / "test.yaml"), "--data", shards, "--storage", runs,
                         "--run-name", archive, "--num-workers", "1", "--max-steps", "2",
-                        "--set", "model.image_size=64", "--set", f"data.train_split={case.train_split}"])
+                        "--set", "model.input_size=64", "--set", f"data.train_split={case.train_split}"])
     assert train["counts"]["run"]["done"] == 1 and train["figures"]["steps"] == 2
     assert math.isfinite(train["figures"]["final_loss"]) and train["figures"]["final_loss"] > 0
     checkpoint = open_storage(train["figures"]["latest_checkpoint"]).join("checkpoint.pt")

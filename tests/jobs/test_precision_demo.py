@@ -37,7 +37,7 @@ DEMO_OVERRIDES = [
     "corpus.frames=12",
     "corpus.size=64x64",
     "train_steps=200",
-    "train_overrides=[model.image_size=64,log_every_steps=50]",
+    "train_overrides=[model.input_size=64,log_every_steps=50]",
 ]
 MIN_JF = 0.3
 """fp32 J&F the shrunk demo's model must reach on its held-out videos for the comparison to mean anything."""
@@ -53,7 +53,6 @@ def demo_run(ray_cluster, tmp_path_factory) -> dict:
     from jobs.segment import main as segment_main
     from jobs.train import main as train_main
     from pipeline.synthetic import generate_corpus
-    from pipeline.train.config import TrainConfig
 
     cfg = load_config(DemoConfig, None, [f"storage={tmp_path_factory.mktemp('demo')}", *DEMO_OVERRIDES])
     root = open_storage(cfg.storage)
@@ -65,7 +64,6 @@ def demo_run(ray_cluster, tmp_path_factory) -> dict:
     flow_main(["--input", corpus_url, "--output", shards_url, "--format", "davis2016", "--flow-model", "dis",
                "--flow-preset", cfg.flow_preset, "--val-fraction", str(cfg.train_val_fraction)])
     train_yaml = _train_config_path(cfg)
-    image_size = load_config(TrainConfig, train_yaml, overrides=cfg.train_overrides).model.image_size
     overrides = [f"validation.every_steps={cfg.validate_every or cfg.train_steps}", "validation.max_samples=null",
                  f"checkpoint.every_steps={min(100, cfg.train_steps)}", *cfg.train_overrides]
     train_main(["--config", train_yaml, "--data", shards_url, "--storage", runs_url, "--run-name", cfg.run_name,
@@ -76,7 +74,7 @@ def demo_run(ray_cluster, tmp_path_factory) -> dict:
     scores = {}
     for precision in ("fp32", "bf16"):
         segment_main(["--input", corpus_url, "--output", root.join(f"segment_{precision}"), "--format", "davis2016",
-                      "--checkpoint", model_url, "--input-size", str(image_size), "--flow-model", "dis",
+                      "--checkpoint", model_url, "--flow-model", "dis",
                       "--precision", precision, "--set", f"flow.preset={cfg.flow_preset}",
                       "--set", f"videos=[{','.join(held_out)}]"])
         evaluate_main(["--pred", root.join(f"segment_{precision}/masks"), "--gt", corpus_url,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.config import config_from_dict, config_to_dict
-from pipeline.jobs import JobSummary
 from pipeline.segment.config import SegmentConfig, SegmentModelConfig, SegmentRuntimeConfig
 from pipeline.segment.job import work_list
 from pipeline.storage import open_storage
+from pipeline.summary import JobSummary
 from pipeline.transforms import official_soft_map
 
 

@@ -16,14 +16,15 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError
+from pipeline.run_layout import CHECKPOINT_FILE
 from pipeline.storage import open_storage
-from pipeline.train.loop import CHECKPOINT_FILE, state_digest
+from pipeline.train.loop import state_digest
 from pipeline.train.metrics import read_metrics_csv
 from tests.conftest import REPO_ROOT
 
 CONFIG = str(REPO_ROOT / "configs" / "test.yaml")
 # 64 px keeps each 2-worker step well under a second on 2 shared cores; everything else is the test config.
-SMALL = ["--set", "model.image_size=64"]
+SMALL = ["--set", "model.input_size=64"]
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,7 @@ def test_train_resubmit_and_worker_failure_resume_from_checkpoints(shard_set, s3
 
 def test_bad_inputs_fail_before_training(shard_set, s3_server, tmp_path, capsys):
     from jobs.train import main
-    from pipeline.jobs import run_job_main
+    from pipeline.cli import run_job_main
     from pipeline.train.job import TrainInputError
 
     storage = f"s3://{s3_server.create_bucket('runs')}/runs"
@@ -182,7 +183,7 @@ def test_failed_run_writes_its_summary_exits_1_and_logs_without_framework_noise(
                                                                                   ray_cluster):
     """The command line as a user runs it (a subprocess attached to the test cluster): the workers fail for good
     (an injected failure, no restarts allowed), the job still writes summary.json, prints its summary and one
-    ``failed:`` line, exits 1, and its log carries none of the framework notices pipeline.jobs silences."""
+    ``failed:`` line, exits 1, and its log carries none of the framework notices pipeline.runtime silences."""
     import subprocess
     import sys
 
@@ -209,7 +210,7 @@ def test_failed_run_writes_its_summary_exits_1_and_logs_without_framework_noise(
 
     # the workers really trained (their step lines reach the driver's log) ...
     assert "step 2/2" in out
-    # ... without the notices silenced in pipeline.jobs.quiet_frameworks
+    # ... without the notices silenced in pipeline.runtime.quiet_frameworks
     assert "Grad strides do not match bucket view strides" not in out
     assert "Reporting training result" not in out  # Ray Train's per-report INFO line, every metric, every rank
     assert "Moving model to device" not in out

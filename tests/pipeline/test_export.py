@@ -15,10 +15,11 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from jobs.export import main
-from pipeline.export import EXPORT_FILES, OVERLAY_INDEX, export_outputs
+from pipeline.formats import EXPORT_FILES, export_outputs
 from pipeline.masks import davis_palette, read_mask
 from pipeline.segment.config import SegmentOutputConfig
 from pipeline.segment.outputs import VideoOutputs
+from pipeline.segment_layout import OVERLAY_INDEX
 from pipeline.storage import open_storage
 
 H, W = 24, 32
@@ -172,7 +173,7 @@ def test_export_outputs_for_segment_one_format_a_subset_and_the_overlay_index(tm
 
 def test_export_job_errors_are_one_line_naming_the_input(tmp_path, capsys):
     from jobs.export import main as export_main
-    from pipeline.jobs import run_job_main
+    from pipeline.cli import run_job_main
 
     assert run_job_main(export_main, ["--input", str(tmp_path / "nothing")]) == 2
     assert f"{tmp_path / 'nothing'}/done not found" in capsys.readouterr().err
@@ -194,8 +195,8 @@ def test_export_config_errors_name_the_field():
 
 
 def test_cvat_names_that_would_clash_across_videos_are_refused():
-    from pipeline.export.cvat import CvatMaskWriter, MaskPngEncoder
-    from pipeline.export.finished import FinishedVideo, FrameRle
+    from pipeline.formats.cvat import CvatMaskWriter, MaskPngEncoder
+    from pipeline.formats.finished import FinishedVideo, FrameRle
     from pipeline.masks import mask_to_rle
 
     empty = mask_to_rle(np.zeros((4, 4), bool))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.jobs import JobSummary
 from pipeline.storage import open_storage
+from pipeline.summary import JobSummary
 
 
 def test_summary_counts_reasons_and_file(storage_url, capsys):
@@ -37,7 +37,7 @@ def test_job_command_line_reports_config_errors_in_one_line(tmp_path):
 
 
 def test_summary_prints_durations_sizes_and_rates_by_their_names(capsys):
-    from pipeline.jobs import format_figure
+    from pipeline.summary import format_figure
 
     summary = JobSummary("demo")
     summary.add("driver_wait_s", 3.013183602000254)
@@ -66,7 +66,8 @@ def test_summary_prints_durations_sizes_and_rates_by_their_names(capsys):
 
 
 def test_job_failed_is_one_line_and_exit_status_1(capsys):
-    from pipeline.jobs import JobFailed, UserError, run_job_main
+    from pipeline.cli import run_job_main
+    from pipeline.errors import JobFailed, UserError
 
     def failing(argv):
         raise JobFailed("training run s3://b/runs/x failed: worker died", summary={"job": "train"})
@@ -84,7 +85,7 @@ def test_job_failed_is_one_line_and_exit_status_1(capsys):
 def test_quiet_frameworks_silences_the_ddp_stride_notice_only():
     import warnings
 
-    from pipeline.jobs import quiet_frameworks
+    from pipeline.runtime import quiet_frameworks
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -142,7 +142,7 @@ def test_report_without_frames_draws_over_black_and_says_so(tmp_path):
 
 
 def test_overlay_index_shows_the_overlay_videos(tmp_path, chromium):
-    from pipeline.export import write_overlay_index
+    from pipeline.formats import write_overlay_index
     from tests.pipeline.test_export import write_segment_outputs
 
     write_segment_outputs(str(tmp_path), overlay_video="dog")

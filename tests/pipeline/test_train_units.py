@@ -193,8 +193,8 @@ def test_clip_loss_sums_frames_with_official_weights():
 
 
 def test_config_errors_name_the_field():
-    with pytest.raises(ConfigError, match="model.image_size"):
-        load_config(TrainConfig, None, ["model.image_size=100"])
+    with pytest.raises(ConfigError, match="model.input_size"):
+        load_config(TrainConfig, None, ["model.input_size=100"])
     with pytest.raises(ConfigError, match="augment.flip_mode"):
         load_config(TrainConfig, None, ["augment.flip_mode=sometimes"])
     with pytest.raises(ConfigError, match="optim.lr"):
@@ -210,7 +210,7 @@ def test_shipped_configs_load(name):
     cfg = load_config(TrainConfig, str(REPO_ROOT / "configs" / f"{name}.yaml"))
     assert cfg.data.clip_length == 5
     if name in ("pretrain_ytvos", "finetune_davis16"):
-        assert cfg.model.image_size == 512 and cfg.optim.lr == pytest.approx(6e-5)
+        assert cfg.model.input_size == 512 and cfg.optim.lr == pytest.approx(6e-5)
         assert cfg.optim.weight_decay == pytest.approx(5e-4)
     # every shipped config's own cadence fits its own run length (the test config's 8-step run included)
     assert cadence_warnings(cfg) == []
@@ -241,8 +241,8 @@ def test_cadence_warning_for_a_checkpoint_bound_run():
 
 
 def test_best_model_commit_pointer_is_written_last_and_names_a_matching_file(tmp_path):
+    from pipeline.run_layout import commit_best_model
     from pipeline.storage import open_storage
-    from pipeline.train.loop import commit_best_model
 
     run = open_storage(str(tmp_path / "run"))
     for step, jf in ((8, 0.5), (16, 0.7)):

@@ -23,6 +23,7 @@ import numpy as np
 
 __all__ = [
     "PROTOCOLS",
+    "protocol_slices",
     "Protocol",
     "METRIC_KEYS",
     "boundary_radius",
@@ -195,7 +196,7 @@ def evaluate_frames(
     return np.asarray(j_values, dtype=np.float64), np.asarray(f_values, dtype=np.float64)
 
 
-def _protocol_slices(protocol: str) -> tuple[slice, slice]:
+def protocol_slices(protocol: str) -> tuple[slice, slice]:
     """(frames for the means, frames for recall and decay)."""
     inner, every = slice(1, -1), slice(None)
     if protocol == "davis2016":
@@ -217,7 +218,7 @@ def sequence_statistics(j_values: np.ndarray, f_values: np.ndarray, protocol: Pr
     f_values = np.asarray(f_values, dtype=np.float64)
     if j_values.shape != f_values.shape or j_values.ndim != 1:
         raise ValueError(f"J {j_values.shape} and F {f_values.shape} must be equal-length 1-D arrays")
-    mean_frames, stat_frames = _protocol_slices(protocol)
+    mean_frames, stat_frames = protocol_slices(protocol)
     j_mean = db_statistics(j_values[mean_frames])[0]
     f_mean = db_statistics(f_values[mean_frames])[0]
     _, j_recall, j_decay = db_statistics(j_values[stat_frames])
@@ -244,7 +245,7 @@ def evaluate_sequence(
 
     Masks are (H, W) arrays (any non-zero is foreground) in frame order, GT and prediction paired.
     """
-    _protocol_slices(protocol)  # validate before the (slow) per-frame work
+    protocol_slices(protocol)  # validate before the (slow) per-frame work
     j_values, f_values = evaluate_frames(gt_masks, pred_masks, bound_th=bound_th)
     return sequence_statistics(j_values, f_values, protocol)
 

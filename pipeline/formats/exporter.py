@@ -6,10 +6,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.export.coco import CocoVideoWriter
-from pipeline.export.cvat import CvatMaskWriter, MaskPngEncoder, cvat_video_item_name
-from pipeline.export.finished import FinishedVideo, RejectedVideo, iter_finished_videos
-from pipeline.export.overlays import write_overlay_index
+from pipeline.formats.coco import CocoVideoWriter
+from pipeline.formats.cvat import CvatMaskWriter, MaskPngEncoder, cvat_video_item_name
+from pipeline.formats.finished import FinishedVideo, RejectedVideo, iter_finished_videos
+from pipeline.formats.overlays import write_overlay_index
 from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def export_outputs(storage: Storage, formats: Sequence[str], *, target: Storage 
     Reads ``done/<video>.json`` and ``rle/<video>.parquet`` of every video with a done marker (only ``videos`` when
     given), one video at a time, and writes each format's files (``EXPORT_FILES``) to ``target`` (default
     ``<storage>/exports``). A video whose outputs cannot be read is left out and named in the result (and counted in
-    ``summary``, a ``pipeline.jobs.JobSummary``, when given, under ``kind``); the others are exported. Files are
+    ``summary``, a ``pipeline.summary.JobSummary``, when given, under ``kind``); the others are exported. Files are
     replaced atomically and are the same bytes for the same outputs, so a rerun rewrites the same files.
     Returns ``{"videos": n, "frames": n, "files": {format: {"url": ..., ...}}, "rejected": [{video, reason}]}``.
     """

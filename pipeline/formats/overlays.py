@@ -7,12 +7,11 @@ import html
 import posixpath
 from urllib.parse import quote
 
+from pipeline.segment_layout import OVERLAY_INDEX, OVERLAYS_DIR, done_marker, finished_video_ids
 from pipeline.storage import Storage, StorageError
 
-__all__ = ["OVERLAY_INDEX", "write_overlay_index"]
+__all__ = ["write_overlay_index"]
 
-OVERLAY_INDEX = "overlays/index.html"
-"""Where the index page goes, below the segment output root."""
 
 
 def _describe(marker: dict) -> str:
@@ -31,14 +30,14 @@ def _describe(marker: dict) -> str:
 def write_overlay_index(storage: Storage) -> str | None:
     """Write ``overlays/index.html`` below the segment output root ``storage``; returns its URL, or None when
     there are no overlay videos. Only finished videos (with a done marker) are listed."""
-    videos = sorted(posixpath.splitext(n)[0] for n in storage.list("overlays", suffix=".mp4") if "/" not in n)
-    videos = [v for v in videos if storage.exists(f"done/{v}.json")]
+    overlays = sorted(posixpath.splitext(n)[0] for n in storage.list(OVERLAYS_DIR, suffix=".mp4") if "/" not in n)
+    videos = finished_video_ids(storage, overlays) if overlays else []
     if not videos:
         return None
     items = []
     for video in videos:
         try:
-            marker = storage.read_json(f"done/{video}.json")
+            marker = storage.read_json(done_marker(video))
         except (StorageError, ValueError, OSError):
             marker = {}
         href = quote(f"{video}.mp4")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.export.finished import FinishedVideo
+from pipeline.formats.finished import FinishedVideo
 from pipeline.storage import Storage
 
 __all__ = ["CocoVideoWriter"]

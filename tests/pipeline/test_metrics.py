@@ -15,7 +15,7 @@ from segmetric.metrics import db_eval_boundary as official_boundary
 from segmetric.metrics import db_eval_iou as official_iou
 from segmetric.utils import db_statistics as official_statistics
 
-from pipeline.evaluate import (
+from pipeline.metrics import (
     aggregate_results,
     boundary_radius,
     db_eval_boundary,

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.export.finished import FinishedVideo, FrameRle
+from pipeline.formats.finished import FinishedVideo, FrameRle
 from pipeline.masks import davis_palette, rle_to_mask
 from pipeline.storage import Storage
 

@@ -1,4 +1,4 @@
-"""Reading segment's finished videos: the done marker and the per-frame RLE rows (pipeline/segment/outputs.py).
+"""Reading segment's finished videos: the done marker and the per-frame RLE rows (pipeline/segment_layout.py).
 
 Only videos with a done marker are read: a video without one is still being written (or was killed) and its files
 may be partial. The RLE Parquet is the source of the exported masks: it holds every frame's COCO RLE, so exporting
@@ -7,13 +7,13 @@ decodes no PNGs.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from pipeline.segment_layout import done_marker, finished_video_ids, rle_parquet
 from pipeline.storage import Storage, StorageError
 
-__all__ = ["FinishedVideo", "RejectedVideo", "FrameRle", "finished_video_ids", "iter_finished_videos"]
+__all__ = ["FinishedVideo", "RejectedVideo", "FrameRle", "iter_finished_videos"]
 
 
 @dataclass(frozen=True)
@@ -60,18 +60,8 @@ class RejectedVideo:
     """What is wrong, naming the file."""
 
 
-def finished_video_ids(storage: Storage, videos: Sequence[str] = ()) -> list[str]:
-    """Ids of the videos with a done marker (``done/<video>.json``), sorted; only ``videos`` when given."""
-    ids = sorted(posixpath.splitext(name)[0] for name in storage.list("done", suffix=".json"))
-    ids = [i for i in ids if not i.startswith(".")]
-    if videos:
-        wanted = set(videos)
-        ids = [i for i in ids if i in wanted]
-    return ids
-
-
 def _read_video(storage: Storage, video_id: str) -> FinishedVideo:
-    marker_rel, rle_rel = f"done/{video_id}.json", f"rle/{video_id}.parquet"
+    marker_rel, rle_rel = done_marker(video_id), rle_parquet(video_id)
     try:
         marker = storage.read_json(marker_rel)
     except (StorageError, OSError, ValueError) as err:
