@@ -1,4 +1,5 @@
-"""Unit tests of the training building blocks: clip sampler, augmentation, loss, LR schedule, config errors."""
+"""Unit tests of the training building blocks: clip sampler, augmentation, loss, config errors, best-model commit,
+metrics uploads."""
 
 from __future__ import annotations
 
@@ -242,7 +243,7 @@ def test_cadence_warning_for_a_checkpoint_bound_run():
 
 def test_best_model_commit_pointer_is_written_last_and_names_a_matching_file(tmp_path):
     from pipeline.storage import open_storage
-    from pipeline.train.loop import commit_best_model
+    from pipeline.train.trainer import commit_best_model
 
     run = open_storage(str(tmp_path / "run"))
     for step, jf in ((8, 0.5), (16, 0.7)):
