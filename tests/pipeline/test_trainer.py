@@ -58,6 +58,16 @@ def tiny_model(monkeypatch):
     )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread, as a Ray Train worker with one CPU has: with two, on the shared 2-core machine under
+    load, a step of the tiny model took 20-27 s instead of 0.3 s (measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("shards"))
