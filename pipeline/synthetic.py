@@ -44,6 +44,7 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -339,22 +340,52 @@ class _Motion:
 
 def sample_scene(seed: int, index: int, height: int, width: int, frames: int, clutter: int = 4,
                  band: bool = True) -> SceneParams:
-    """Draw the parameters of video ``index`` of the corpus with seed ``seed`` (pure function of its arguments)."""
+    """Draw the parameters of video ``index`` of the corpus with seed ``seed`` (pure function of its arguments).
+
+    One generator draws everything, part by part in this order; reordering the draws changes every corpus.
+    """
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0x0B1EC7]))
     dim = float(min(height, width))
     unit = dim / 128.0  # speeds are tuned at 128 px and scale with the frame
-    T = frames
+    camera = _sample_camera(rng, frames, unit)
+    obj = _sample_object(rng, height, width, dim, unit)
+    pause = _sample_pause(rng, frames)
+    motion = _Motion(camera["cam_start"], camera["cam_velocity"], camera["cam_shake"], camera["zoom_rate"],
+                     obj["obj_path"])
+    pole = _sample_pole(rng, motion, pause, obj["obj_radius"], frames, unit)
+    cam0 = np.asarray(camera["cam_start"])
+    band_params = _sample_band(rng, cam0, height, width, dim, unit, band)
+    items = _sample_clutter(rng, cam0, np.asarray(camera["cam_velocity"]), height, width, dim, unit, clutter)
+    light = _sample_light(rng, frames)
+    return SceneParams(
+        height=height, width=width, frames=frames, texture_seed=int(rng.integers(0, 2 ** 31 - 1)), **camera, **obj,
+        obj_angle0=float(rng.uniform(0, 2 * math.pi)), obj_pattern_freq=float(rng.uniform(1.5, 3.5)),
+        obj_pattern_angle=float(rng.uniform(0, math.pi)), pause=pause, **pole, **band_params, clutter=items, **light,
+    )
 
-    def direction() -> np.ndarray:
-        a = rng.uniform(0, 2 * math.pi)
-        return np.array([math.cos(a), math.sin(a)])
 
+def _floats(a) -> list[float]:
+    return [float(v) for v in np.asarray(a).ravel()]
+
+
+def _direction(rng: np.random.Generator) -> np.ndarray:
+    a = rng.uniform(0, 2 * math.pi)
+    return np.array([math.cos(a), math.sin(a)])
+
+
+def _sample_camera(rng: np.random.Generator, frames: int, unit: float) -> dict[str, Any]:
+    """Pan, shake and zoom of the camera (the ``cam_*`` and ``zoom_rate`` fields)."""
     cam_start = rng.uniform(-1000, 1000, size=2)
-    cam_velocity = direction() * rng.uniform(0.3, 1.5) * unit
+    cam_velocity = _direction(rng) * rng.uniform(0.3, 1.5) * unit
     cam_shake = [rng.uniform(0, 0.8) * unit, rng.uniform(0, 0.8) * unit, rng.uniform(0.3, 0.9), rng.uniform(0, 6.3)]
     zoom_total = math.exp(rng.uniform(math.log(0.8), math.log(1.3)))
-    zoom_rate = math.log(zoom_total) / (T - 1)
+    zoom_rate = math.log(zoom_total) / (frames - 1)
+    return {"cam_start": _floats(cam_start), "cam_velocity": _floats(cam_velocity), "cam_shake": _floats(cam_shake),
+            "zoom_rate": float(zoom_rate)}
 
+
+def _sample_object(rng: np.random.Generator, height: int, width: int, dim: float, unit: float) -> dict[str, Any]:
+    """The object's outline, screen path, spin and texture family (the ``obj_*`` fields drawn before the pause)."""
     radius = rng.uniform(0.18, 0.28) * dim
     aspect = rng.uniform(1.0, 1.5)
     n_harm = int(rng.integers(1, 4))
@@ -372,64 +403,74 @@ def sample_scene(seed: int, index: int, height: int, width: int, frames: int, cl
     path = [ax, wx, rng.uniform(0, 2 * math.pi), ay, wy, rng.uniform(0, 2 * math.pi), ox, oy]
     spin = rng.uniform(0.02, 0.08) * rng.choice([-1, 1])
     pattern = str(rng.choice(["stripes", "rings", "spots", "checks"]))
+    return {"obj_radius": float(radius), "obj_aspect": float(aspect), "obj_harmonics": [_floats(h) for h in harmonics],
+            "obj_path": _floats(path), "obj_spin": float(spin), "obj_pattern": pattern}
 
-    # Pause: ~20% of the clip, somewhere in its middle third-ish, never at frame 0.
-    pause_len = max(2, int(round(T * rng.uniform(0.17, 0.25))))
-    first = int(rng.integers(max(1, int(0.3 * T)), max(2, int(0.65 * T) - pause_len + 2)))
-    first = min(first, T - pause_len - 1)
-    pause = [first, first + pause_len - 1]
 
-    # Occlusion: a pole (a swinging branch, a passing post) sweeps across the object's centre at frame t_occ, outside
-    # the pause, fast enough that the occlusion lasts a few frames only.
-    candidates = [t for t in range(1, T - 1) if t < pause[0] - 1 or t > pause[1] + 1] or list(range(1, T - 1))
+def _sample_pause(rng: np.random.Generator, frames: int) -> list[int]:
+    """[first, last] frame of the pause: ~20% of the clip, somewhere in its middle third-ish, never at frame 0."""
+    pause_len = max(2, int(round(frames * rng.uniform(0.17, 0.25))))
+    first = int(rng.integers(max(1, int(0.3 * frames)), max(2, int(0.65 * frames) - pause_len + 2)))
+    first = min(first, frames - pause_len - 1)
+    return [first, first + pause_len - 1]
+
+
+def _sample_pole(rng: np.random.Generator, motion: _Motion, pause: list[int], radius: float, frames: int,
+                 unit: float) -> dict[str, Any]:
+    """The occluding pole (the ``pole_*`` fields and ``occlusion_frame``).
+
+    A pole (a swinging branch, a passing post) sweeps across the object's centre at frame t_occ, outside the pause,
+    fast enough that the occlusion lasts a few frames only.
+    """
+    candidates = [t for t in range(1, frames - 1) if t < pause[0] - 1 or t > pause[1] + 1] or list(range(1, frames - 1))
     t_occ = int(rng.choice(candidates))
     tau = _object_time(np.array([t_occ - 1, t_occ, t_occ + 1]), pause)
-    cx, cy = _object_centre(_Motion(cam_start, cam_velocity, cam_shake, zoom_rate, path), tau)
+    cx, cy = _object_centre(motion, tau)
     vel = np.array([cx[2] - cx[0], cy[2] - cy[0]])
-    normal = vel / np.linalg.norm(vel) if np.linalg.norm(vel) > 1e-3 else direction()
+    normal = vel / np.linalg.norm(vel) if np.linalg.norm(vel) > 1e-3 else _direction(rng)
     normal = normal + rng.normal(0, 0.25, size=2)  # not exactly across the motion
     normal = normal / np.linalg.norm(normal)
     offset = rng.uniform(-0.25, 0.25) * radius
     pole_point = np.array([cx[1], cy[1]]) + normal * offset
     pole_half_width = rng.uniform(0.22, 0.38) * radius
-    crossing_frames = rng.uniform(0.2, 0.35) * T
+    crossing_frames = rng.uniform(0.2, 0.35) * frames
     pole_speed = float(np.clip((2 * radius + 2 * pole_half_width) / crossing_frames, 2.0 * unit, 14.0 * unit))
     pole_speed *= rng.choice([-1, 1])
+    return {"pole_point": _floats(pole_point), "pole_normal": _floats(normal), "pole_half_width": float(pole_half_width),
+            "pole_speed": pole_speed, "occlusion_frame": t_occ}
 
-    cam0 = np.asarray(cam_start)
+
+def _sample_band(rng: np.random.Generator, cam0: np.ndarray, height: int, width: int, dim: float, unit: float,
+                 band: bool) -> dict[str, Any]:
+    """The drifting background band (the ``band_*`` fields; zero width without ``band``)."""
     band_point = cam0 + np.array([rng.uniform(-0.3, 0.3) * width, rng.uniform(-0.3, 0.3) * height])
     band_angle = rng.uniform(-0.5, 0.5) + (math.pi / 2 if rng.uniform() < 0.3 else 0.0)
     band_half_width = rng.uniform(0.07, 0.13) * dim if band else 0.0
     band_speed = rng.uniform(1.0, 3.0) * unit * rng.choice([-1, 1])
+    return {"band_point": _floats(band_point), "band_angle": float(band_angle),
+            "band_half_width": float(band_half_width), "band_speed": float(band_speed)}
 
+
+def _sample_clutter(rng: np.random.Generator, cam0: np.ndarray, cam_velocity: np.ndarray, height: int, width: int,
+                    dim: float, unit: float, clutter: int) -> list[list[float]]:
+    """1..``clutter`` small distractors, each [x0, y0, vx, vy, radius, squareness, angle] (none for 0)."""
     items = []
     for _ in range(int(rng.integers(1, clutter + 1)) if clutter > 0 else 0):
         pos = cam0 + np.array([rng.uniform(-0.45, 0.45) * width, rng.uniform(-0.45, 0.45) * height])
-        vel = direction() * rng.uniform(0.5, 2.5) * unit + cam_velocity * rng.uniform(0, 1)
+        vel = _direction(rng) * rng.uniform(0.5, 2.5) * unit + cam_velocity * rng.uniform(0, 1)
         items.append([*pos, *vel, rng.uniform(0.025, 0.055) * dim, rng.uniform(), rng.uniform(0, math.pi)])
+    return [_floats(c) for c in items]
 
+
+def _sample_light(rng: np.random.Generator, frames: int) -> dict[str, Any]:
+    """The lighting change: a gain/tint ramp and a drifting spatial gradient (the ``light_*`` fields)."""
     gain = rng.uniform(0.6, 0.8) if rng.uniform() < 0.5 else rng.uniform(1.15, 1.35)
     tint = rng.uniform(-0.1, 0.1, size=3)
-    ramp_start = rng.uniform(0, 0.6) * T
-    ramp_len = rng.uniform(0.2, 0.4) * T
+    ramp_start = rng.uniform(0, 0.6) * frames
+    ramp_len = rng.uniform(0.2, 0.4) * frames
     gradient = [rng.uniform(0.05, 0.3), rng.uniform(0, 2 * math.pi), rng.uniform(-0.05, 0.05)]
-
-    def fl(a) -> list[float]:
-        return [float(v) for v in np.asarray(a).ravel()]
-
-    return SceneParams(
-        height=height, width=width, frames=T, texture_seed=int(rng.integers(0, 2 ** 31 - 1)),
-        cam_start=fl(cam_start), cam_velocity=fl(cam_velocity), cam_shake=fl(cam_shake), zoom_rate=float(zoom_rate),
-        obj_radius=float(radius), obj_aspect=float(aspect), obj_harmonics=[fl(h) for h in harmonics],
-        obj_path=fl(path), obj_angle0=float(rng.uniform(0, 2 * math.pi)), obj_spin=float(spin), obj_pattern=pattern,
-        obj_pattern_freq=float(rng.uniform(1.5, 3.5)), obj_pattern_angle=float(rng.uniform(0, math.pi)),
-        pause=pause, pole_point=fl(pole_point), pole_normal=fl(normal), pole_half_width=float(pole_half_width),
-        pole_speed=pole_speed,
-        occlusion_frame=t_occ, band_point=fl(band_point), band_angle=float(band_angle),
-        band_half_width=float(band_half_width), band_speed=float(band_speed), clutter=[fl(c) for c in items],
-        light_gain=float(gain), light_tint=fl(tint), light_ramp=[float(ramp_start), float(ramp_len)],
-        light_gradient=fl(gradient),
-    )
+    return {"light_gain": float(gain), "light_tint": _floats(tint), "light_ramp": [float(ramp_start), float(ramp_len)],
+            "light_gradient": _floats(gradient)}
 
 
 # -- rendering -------------------------------------------------------------------------------------------------------
@@ -537,9 +578,27 @@ class _BakedBackground:
                                    borderMode=cv2.BORDER_REFLECT) for i in range(wx.shape[0])])
 
 
-def _render_chunk(p: SceneParams, tx: _Textures, background: _BakedBackground, t: np.ndarray,
-                  draw_object: bool) -> dict[str, np.ndarray]:
-    """Render frames ``t`` (1-D int array) -> float RGB in [0, 1] (before noise), object and pole alphas."""
+@dataclass
+class _Grid:
+    """Where every pixel of a chunk of frames looks: screen offsets and world coordinates, (T, H, W) or broadcastable."""
+
+    t: np.ndarray
+    """The frames (1-D int array)."""
+    sx: np.ndarray
+    """Screen x offset from the image centre, (1, H, W)."""
+    sy: np.ndarray
+    """Screen y offset from the image centre, (1, H, W)."""
+    wx: np.ndarray
+    """World x of every pixel, (T, H, W)."""
+    wy: np.ndarray
+    """World y of every pixel, (T, H, W)."""
+    zoom: np.ndarray
+    """Camera zoom per frame, (T, 1, 1): world lengths times zoom are pixels."""
+    tt: np.ndarray
+    """The frame numbers as float32, (T, 1, 1)."""
+
+
+def _grid(p: SceneParams, t: np.ndarray) -> _Grid:
     H, W = p.height, p.width
     f32 = np.float32
     rows, cols = np.mgrid[0:H, 0:W].astype(np.float32)
@@ -547,42 +606,67 @@ def _render_chunk(p: SceneParams, tx: _Textures, background: _BakedBackground, t
     sy = (rows - (H - 1) / 2.0)[None]
     cx, cy, zoom = _camera(p, t)
     zoom3 = zoom.astype(f32)[:, None, None]
-    wx = cx.astype(f32)[:, None, None] + sx / zoom3  # world coordinates of every pixel, (T, H, W)
+    wx = cx.astype(f32)[:, None, None] + sx / zoom3
     wy = cy.astype(f32)[:, None, None] + sy / zoom3
-    tt = t.astype(f32)[:, None, None]
+    return _Grid(t, sx, sy, wx, wy, zoom3, t.astype(f32)[:, None, None])
 
-    img = background.sample(wx, wy)
 
-    # Drifting band: texture that slides along the band's axis (not foreground).
+def _render_chunk(p: SceneParams, tx: _Textures, background: _BakedBackground, t: np.ndarray,
+                  draw_object: bool) -> dict[str, np.ndarray]:
+    """Render frames ``t`` (1-D int array) -> float RGB in [0, 1] (before noise), object and pole alphas.
+
+    Back to front: the background, the drifting band, the clutter, the object, the pole; then the lighting.
+    """
+    g = _grid(p, t)
+    img = background.sample(g.wx, g.wy)
     if p.band_half_width > 0:
-        ca, sa = math.cos(p.band_angle), math.sin(p.band_angle)
-        dx, dy = wx - f32(p.band_point[0]), wy - f32(p.band_point[1])
-        along = dx * f32(ca) + dy * f32(sa) - f32(p.band_speed) * tt
-        across = -dx * f32(sa) + dy * f32(ca)
-        a_band = _edge_alpha((f32(p.band_half_width) - np.abs(across)) * zoom3)
-        ripple = 0.5 + 0.5 * np.sin(f32(2 * math.pi / tx.band_period) * along + f32(0.15) * across)
-        weight = np.clip(0.6 * ripple + 0.5 * tx.band_noise(along, across * 2.5) + 0.2, 0, 1)
-        img = _lerp(img, _mix(tx.band_palette, weight), a_band)
+        img = _draw_band(img, p, tx, g)
+    img = _draw_clutter(img, p, tx, g)
+    img, a_obj = _draw_object(img, p, tx, g, draw_object)
+    img, a_pole = _draw_pole(img, p, tx, g)
+    img = _light(img, p, g)
+    return {"image": img, "object_alpha": a_obj, "pole_alpha": a_pole}
 
-    # Small clutter, each on its own straight world path (not foreground).
+
+def _draw_band(img: np.ndarray, p: SceneParams, tx: _Textures, g: _Grid) -> np.ndarray:
+    """Drifting band: texture that slides along the band's axis (not foreground)."""
+    f32 = np.float32
+    ca, sa = math.cos(p.band_angle), math.sin(p.band_angle)
+    dx, dy = g.wx - f32(p.band_point[0]), g.wy - f32(p.band_point[1])
+    along = dx * f32(ca) + dy * f32(sa) - f32(p.band_speed) * g.tt
+    across = -dx * f32(sa) + dy * f32(ca)
+    a_band = _edge_alpha((f32(p.band_half_width) - np.abs(across)) * g.zoom)
+    ripple = 0.5 + 0.5 * np.sin(f32(2 * math.pi / tx.band_period) * along + f32(0.15) * across)
+    weight = np.clip(0.6 * ripple + 0.5 * tx.band_noise(along, across * 2.5) + 0.2, 0, 1)
+    return _lerp(img, _mix(tx.band_palette, weight), a_band)
+
+
+def _draw_clutter(img: np.ndarray, p: SceneParams, tx: _Textures, g: _Grid) -> np.ndarray:
+    """Small clutter, each on its own straight world path (not foreground)."""
+    f32 = np.float32
     for item, palette in zip(p.clutter, tx.clutter_palettes):
         x0, y0, vx, vy, r, square, ang = item
-        dx = wx - f32(x0 + 0) - f32(vx) * tt
-        dy = wy - f32(y0) - f32(vy) * tt
+        dx = g.wx - f32(x0 + 0) - f32(vx) * g.tt
+        dy = g.wy - f32(y0) - f32(vy) * g.tt
         u = dx * f32(math.cos(ang)) + dy * f32(math.sin(ang))
         v = -dx * f32(math.sin(ang)) + dy * f32(math.cos(ang))
         n = f32(2 + 6 * square)  # superellipse exponent: 2 is a disc, 8 a rounded square
         dist = (np.abs(u) ** n + np.abs(v) ** n) ** (1 / n)
-        a_item = _edge_alpha((f32(r) - dist) * zoom3)
+        a_item = _edge_alpha((f32(r) - dist) * g.zoom)
         stripes = 0.5 + 0.5 * np.sin(u * f32(2 * math.pi / max(r * 0.8, 1.0)))
         img = _lerp(img, _mix(palette, stripes), a_item)
+    return img
 
-    # The object, in its own clock tau (frozen during the pause).
-    tau = _object_time(t, p.pause)
+
+def _draw_object(img: np.ndarray, p: SceneParams, tx: _Textures, g: _Grid,
+                 draw_object: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The object, in its own clock tau (frozen during the pause) -> (image, object alpha)."""
+    f32 = np.float32
+    tau = _object_time(g.t, p.pause)
     ocx, ocy = _object_centre(p, tau)
     theta = (p.obj_angle0 + p.obj_spin * tau).astype(f32)[:, None, None]
-    dx = wx - ocx.astype(f32)[:, None, None]
-    dy = wy - ocy.astype(f32)[:, None, None]
+    dx = g.wx - ocx.astype(f32)[:, None, None]
+    dy = g.wy - ocy.astype(f32)[:, None, None]
     u = np.cos(theta) * dx + np.sin(theta) * dy
     v = -np.sin(theta) * dx + np.cos(theta) * dy
     rho = np.sqrt(u * u + v * v)
@@ -594,8 +678,15 @@ def _render_chunk(p: SceneParams, tx: _Textures, background: _BakedBackground, t
     for k, amp, ph, rate in p.obj_harmonics:
         wobble = wobble + f32(amp) * np.sin(f32(k) * phi + f32(ph) + f32(rate) * tau3)
     outline = f32(p.obj_radius) * ellipse * wobble
-    a_obj = _edge_alpha((outline - rho) * zoom3) if draw_object else np.zeros_like(rho)
-    un, vn = u / f32(p.obj_radius), v / f32(p.obj_radius)
+    a_obj = _edge_alpha((outline - rho) * g.zoom) if draw_object else np.zeros_like(rho)
+    pattern = _object_pattern(p, tx, u / f32(p.obj_radius), v / f32(p.obj_radius))
+    shade = 1.0 - 0.35 * np.clip(rho / np.maximum(outline, 1e-3), 0, 1) ** 2  # darker towards the rim
+    return _lerp(img, _mix(tx.obj_palette, pattern) * shade[..., None], a_obj), a_obj
+
+
+def _object_pattern(p: SceneParams, tx: _Textures, un: np.ndarray, vn: np.ndarray) -> np.ndarray:
+    """The object's texture weight in [0, 1] at object coordinates (radius 1)."""
+    f32 = np.float32
     freq = f32(p.obj_pattern_freq)
     if p.obj_pattern == "stripes":
         ca, sa = f32(math.cos(p.obj_pattern_angle)), f32(math.sin(p.obj_pattern_angle))
@@ -606,33 +697,35 @@ def _render_chunk(p: SceneParams, tx: _Textures, background: _BakedBackground, t
         pattern = np.clip(tx.obj_noise(un * freq, vn * freq) * 3 + 0.5, 0, 1)
     else:
         pattern = np.clip(np.sin(f32(math.pi) * freq * un) * np.sin(f32(math.pi) * freq * vn) * 4 + 0.5, 0, 1)
-    pattern = np.clip(pattern + 0.25 * tx.obj_noise(un * 2, vn * 2), 0, 1)
-    shade = 1.0 - 0.35 * np.clip(rho / np.maximum(outline, 1e-3), 0, 1) ** 2  # darker towards the rim
-    img = _lerp(img, _mix(tx.obj_palette, pattern) * shade[..., None], a_obj)
+    return np.clip(pattern + 0.25 * tx.obj_noise(un * 2, vn * 2), 0, 1)
 
-    # The pole: part of the background, in front of the object, sweeping across the view.
+
+def _draw_pole(img: np.ndarray, p: SceneParams, tx: _Textures, g: _Grid) -> tuple[np.ndarray, np.ndarray]:
+    """The pole: part of the background, in front of the object, sweeping across the view -> (image, pole alpha)."""
+    f32 = np.float32
     nx, ny = p.pole_normal
-    shift = f32(p.pole_speed) * (tt - f32(p.occlusion_frame))
-    across = (wx - f32(p.pole_point[0])) * f32(nx) + (wy - f32(p.pole_point[1])) * f32(ny) - shift
-    along = -(wx - f32(p.pole_point[0])) * f32(ny) + (wy - f32(p.pole_point[1])) * f32(nx)
-    a_pole = _edge_alpha((f32(p.pole_half_width) - np.abs(across)) * zoom3)
+    shift = f32(p.pole_speed) * (g.tt - f32(p.occlusion_frame))
+    across = (g.wx - f32(p.pole_point[0])) * f32(nx) + (g.wy - f32(p.pole_point[1])) * f32(ny) - shift
+    along = -(g.wx - f32(p.pole_point[0])) * f32(ny) + (g.wy - f32(p.pole_point[1])) * f32(nx)
+    a_pole = _edge_alpha((f32(p.pole_half_width) - np.abs(across)) * g.zoom)
     hw = max(p.pole_half_width, 1e-3)
     bark = np.clip(0.5 + 0.6 * tx.pole_noise(across / f32(hw * 0.3), along / f32(hw * 2.0)), 0, 1)
     roundness = 1.0 - 0.5 * np.clip(np.abs(across) / f32(hw), 0, 1) ** 2
-    img = _lerp(img, _mix(tx.pole_palette, bark) * roundness[..., None], a_pole)
+    return _lerp(img, _mix(tx.pole_palette, bark) * roundness[..., None], a_pole), a_pole
 
-    # Lighting: a gain/tint ramp and a drifting spatial gradient.
+
+def _light(img: np.ndarray, p: SceneParams, g: _Grid) -> np.ndarray:
+    """Lighting: a gain/tint ramp and a drifting spatial gradient."""
+    f32 = np.float32
     start, length = p.light_ramp
-    ramp = np.clip((t - start) / max(length, 1e-3), 0, 1)
+    ramp = np.clip((g.t - start) / max(length, 1e-3), 0, 1)
     ramp = (ramp * ramp * (3 - 2 * ramp)).astype(f32)[:, None, None, None]
     tint = np.asarray(p.light_tint, np.float32)
     light = (1 + (f32(p.light_gain) - 1) * ramp) * (1 + tint * ramp)
     strength, ang0, rate = p.light_gradient
-    ang = (ang0 + rate * t).astype(f32)[:, None, None]
-    grad = 1 + f32(strength) * (sx * np.cos(ang) + sy * np.sin(ang)) / f32(max(H, W))
-    img = img * light * grad[..., None]
-
-    return {"image": img, "object_alpha": a_obj, "pole_alpha": a_pole}
+    ang = (ang0 + rate * g.t).astype(f32)[:, None, None]
+    grad = 1 + f32(strength) * (g.sx * np.cos(ang) + g.sy * np.sin(ang)) / f32(max(p.height, p.width))
+    return img * light * grad[..., None]
 
 
 def render_video(p: SceneParams, noise_sigma: float = 2.0, draw_object: bool = True,

@@ -17,7 +17,7 @@ from pipeline.masks import davis_palette, encode_mask_png
 from pipeline.video import encode_video
 
 __all__ = ["make_scene", "write_jpeg", "write_davis", "write_mp4", "write_frames_folder", "upload_tree",
-           "truncate_file"]
+           "truncate_file", "write_train_shards"]
 
 
 def make_scene(n_frames: int, size: tuple[int, int] = (96, 160), seed: int = 0,
@@ -145,3 +145,28 @@ def upload_tree(local_root: str | Path, url: str) -> None:
 
 def mask_png(mask: np.ndarray) -> bytes:
     return encode_mask_png(mask)
+
+
+def write_train_shards(root: str, videos: int = 5, frames: int = 6, size: int = 32, target_bytes: int = 40_000) -> None:
+    """A tiny 'train' shard set at ``root`` (any storage URL), written through the data pipeline's own writer
+    (``pipeline.shards``): ``videos`` videos of two clips of ``frames`` random frames each, a moving box as the
+    mask; video ``v2`` has no ground truth (its samples are left out of training)."""
+    from pipeline.shards import ShardWriter, encode_clip, sample_key
+    from pipeline.storage import open_storage
+
+    rng = np.random.default_rng(0)
+    writer = ShardWriter(open_storage(root), target_bytes=target_bytes)
+    for v in range(videos):
+        for start in (0, frames):
+            key = sample_key(f"v{v}", start)
+            imgs = rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
+            flows = rng.normal(size=(frames, size, size, 2)).astype(np.float32)
+            masks = np.zeros((frames, size, size), bool)
+            masks[:, 8:20, 4 + v:14 + v] = True
+            valid = np.ones(frames, bool) if v != 2 else np.zeros(frames, bool)  # v2: no ground truth
+            meta = {"video_id": f"v{v}", "split": "train", "frame_indices": list(range(start, start + frames))}
+            members = encode_clip(key, imgs, flows, masks, valid, meta)
+            writer.add("train", key, members, {"video_id": f"v{v}", "clip_index": start // frames, "n_clips": 2,
+                                               "frame_indices": meta["frame_indices"], "n_frames": frames,
+                                               "n_masks": int(valid.sum()), "height": size, "width": size})
+    writer.close()

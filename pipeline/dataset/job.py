@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -53,7 +52,7 @@ from pipeline.summary import JobSummary
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FLAGS", "KILL_AFTER_COMMITS_ENV", "plan_groups", "run"]
+__all__ = ["FLAGS", "plan_groups", "run"]
 
 FLAGS = {
     "--input": "input",
@@ -71,8 +70,6 @@ FLAGS = {
     "--concurrency": "compute.concurrency",
 }
 
-KILL_AFTER_COMMITS_ENV = "HMHI_PRECOMPUTE_KILL_AFTER_SHARDS"
-"""Fault injection for resume tests: SIGKILL this driver right after it commits that many groups (index parts)."""
 SETTINGS_NAME = "precompute_settings.json"
 MANIFEST_NAME = "manifest.parquet"
 VAL_SPLIT_NAME = "val_split.parquet"
@@ -225,7 +222,11 @@ def _build_dataset(cfg: PrecomputeFlowConfig, groups: list[dict[str, Any]], inpu
 
 @holds_output_lease("precompute_flow")  # one run per output (pipeline/lease.py)
 def run(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
-    """Run the job on Ray (attached or local); returns the summary dict (also written to summary.json)."""
+    """Run the job on Ray (attached or local); returns the summary dict (also written to summary.json).
+
+    Plan (list the corpus, read the index, skip the videos already done) -> build the Ray Data pipeline of the
+    pending groups -> commit each finished group -> consolidate the index and write the manifest and summary.
+    """
     init_ray()
     cpu0 = time.process_time()
     summary = JobSummary("precompute_flow", config=config_to_dict(cfg))
@@ -233,27 +234,37 @@ def run(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
     inp.check()
     out.check()
     _check_settings(out, cfg)
+    plan = _plan(cfg, inp, out, summary)
+    commits, writers = 0, defaultdict(int)  # writer -> index parts (groups) it wrote the shards of
+    if plan.groups:
+        ds = _build_dataset(cfg, plan.groups, inp.url, out.url)
+        commits, writers = _commit_groups(cfg, ds, out, summary, plan.facts)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("Ray Data stats:\n%s", ds.stats())
+    return _finish(inp, out, summary, plan, commits, writers, cpu0)
+
+
+@dataclass
+class _Plan:
+    """What a run has to do: the corpus's videos, those already done, and the groups of the pending ones."""
+
+    records: list[VideoRecord]
+    """The corpus's videos (at most ``max_videos``), with their splits."""
+    corpus_format: str
+    """The corpus layout the listing found."""
+    facts: dict[str, dict[str, Any]]
+    """Manifest facts per video: filled for the videos already done, then by the commits."""
+    groups: list[dict[str, Any]]
+    """The pending videos' groups (:func:`plan_groups`)."""
+
+
+def _plan(cfg: PrecomputeFlowConfig, inp: Storage, out: Storage, summary: JobSummary) -> _Plan:
+    """List the corpus, assign splits, find the videos the index already holds (skipped) and group the rest."""
     listing = list_corpus(inp, cfg.format, cfg.davis_resolution)
     records = listing.records[:cfg.max_videos] if cfg.max_videos else listing.records
     n_val = _assign_splits(out, records, cfg.val_fraction)
     log.info("%s: %d videos (%s)%s", inp.url, len(records), listing.format, f", {n_val} in val" if n_val else "")
-
-    index, part_videos, _ = read_index_parts(out)
-    committed_shards = set(index.column("shard").to_pylist())
-    _remove_uncommitted_shards(out, committed_shards)
-    indexed_keys: dict[str, set[str]] = defaultdict(set)
-    n_clips_of: dict[str, int] = {}
-    for vid, key, nc in zip(index.column("video_id").to_pylist(), index.column("key").to_pylist(),
-                            index.column("n_clips").to_pylist(), strict=True):
-        indexed_keys[vid].add(key)
-        n_clips_of[vid] = nc
-    previous_facts: dict[str, dict[str, Any]] = {}
-    if out.exists(MANIFEST_NAME):
-        for r in out.read_parquet(MANIFEST_NAME).to_pylist():
-            previous_facts[r["video_id"]] = {k: r[k] for k in ("frame_count", "height", "width", "fps",
-                                                               "annotated_frames", "status", "reason")}
-    previous_facts.update(part_videos)
-
+    indexed_keys, n_clips_of, previous_facts = _indexed_videos(out)
     facts: dict[str, dict[str, Any]] = {}
     pending = []
     for r in records:
@@ -266,51 +277,78 @@ def run(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
                         "skip_keys": json.dumps(sorted(done_keys))})
     groups = plan_groups(pending, cfg.shards.group_videos)
     summary.set("groups_planned", len(groups))
+    return _Plan(records, listing.format, facts, groups)
 
-    kill_after = int(os.environ.get(KILL_AFTER_COMMITS_ENV, "0") or 0)
-    commits, writers = 0, defaultdict(int)  # writer -> index parts (groups) it wrote the shards of
-    if groups:
-        ds = _build_dataset(cfg, groups, inp.url, out.url)
-        for result in _timed(ds.iter_rows(), summary, "driver_wait_s"):
-            t0 = time.perf_counter()
-            rows, videos = json.loads(result["rows"]), json.loads(result["videos"])
-            if rows:  # the group's shards are complete: commit them (the part is the marker)
-                check_lease()  # a run whose output was taken over must not commit into it
-                write_index_part(out, str(result["group"]), rows,
-                                 {v: {k: f.get(k) for k in ("frame_count", "height", "width", "fps",
-                                                            "annotated_frames")}
-                                  for v, f in videos.items() if f["status"] == "done"}, str(result["writer"]))
-                commits += 1
-            summary.add("driver_commit_s", time.perf_counter() - t0)
-            writers[str(result["writer"])] += 1
-            for vid, f in videos.items():
-                if f["status"] == "rejected":
-                    summary.rejected("video", f["name"], f["reason"])
-                    facts[vid] = {"status": "rejected", "reason": f["reason"]}
-                    continue
-                for w in f.pop("warnings", []):
-                    summary.add("warnings")
-                    log.warning(w)
-                summary.done("video", vid)
-                facts[vid] = f
-            for figure in ("samples", "frames", "masks", "shards", "bytes"):
-                summary.add({"shards": "shards_written", "bytes": "bytes_written"}.get(figure, figure),
-                            int(result[figure]))
-            summary.add("flows", int(result["frames"]))
-            summary.add("worker_pack_s", float(result["pack_s"]))
-            every = cfg.shards.consolidate_every
-            if rows and every and commits % every == 0:
-                t1 = time.perf_counter()
-                consolidate_index(out)
-                summary.add("driver_consolidate_s", time.perf_counter() - t1)
-            if kill_after and commits >= kill_after:
-                log.warning("%s=%d: killing this driver now (fault injection)", KILL_AFTER_COMMITS_ENV, kill_after)
-                os.kill(os.getpid(), signal.SIGKILL)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("Ray Data stats:\n%s", ds.stats())
+
+def _indexed_videos(out: Storage) -> tuple[dict[str, set[str]], dict[str, int], dict[str, dict[str, Any]]]:
+    """What the committed index holds: per video its sample keys and its clip count, and the manifest facts of the
+    earlier runs. Shards no index part lists (an interrupted run's) are deleted first."""
+    index, part_videos, _ = read_index_parts(out)
+    _remove_uncommitted_shards(out, set(index.column("shard").to_pylist()))
+    indexed_keys: dict[str, set[str]] = defaultdict(set)
+    n_clips_of: dict[str, int] = {}
+    for vid, key, nc in zip(index.column("video_id").to_pylist(), index.column("key").to_pylist(),
+                            index.column("n_clips").to_pylist(), strict=True):
+        indexed_keys[vid].add(key)
+        n_clips_of[vid] = nc
+    previous_facts: dict[str, dict[str, Any]] = {}
+    if out.exists(MANIFEST_NAME):
+        for r in out.read_parquet(MANIFEST_NAME).to_pylist():
+            previous_facts[r["video_id"]] = {k: r[k] for k in ("frame_count", "height", "width", "fps",
+                                                               "annotated_frames", "status", "reason")}
+    previous_facts.update(part_videos)
+    return indexed_keys, n_clips_of, previous_facts
+
+
+def _commit_groups(cfg: PrecomputeFlowConfig, ds, out: Storage, summary: JobSummary,
+                   facts: dict[str, dict[str, Any]]) -> tuple[int, dict[str, int]]:
+    """Commit each group the workers finish (its index part), record its videos; -> (commits, parts per writer)."""
+    commits, writers = 0, defaultdict(int)
+    for result in _timed(ds.iter_rows(), summary, "driver_wait_s"):
+        t0 = time.perf_counter()
+        rows, videos = json.loads(result["rows"]), json.loads(result["videos"])
+        if rows:  # the group's shards are complete: commit them (the part is the marker)
+            check_lease()  # a run whose output was taken over must not commit into it
+            write_index_part(out, str(result["group"]), rows,
+                             {v: {k: f.get(k) for k in ("frame_count", "height", "width", "fps", "annotated_frames")}
+                              for v, f in videos.items() if f["status"] == "done"}, str(result["writer"]))
+            commits += 1
+        summary.add("driver_commit_s", time.perf_counter() - t0)
+        writers[str(result["writer"])] += 1
+        _record_group(result, videos, summary, facts)
+        every = cfg.shards.consolidate_every
+        if rows and every and commits % every == 0:
+            t1 = time.perf_counter()
+            consolidate_index(out)
+            summary.add("driver_consolidate_s", time.perf_counter() - t1)
+    return commits, writers
+
+
+def _record_group(result: dict[str, Any], videos: dict[str, dict[str, Any]], summary: JobSummary,
+                  facts: dict[str, dict[str, Any]]) -> None:
+    """A finished group's videos (done or rejected, with their warnings) and figures into the summary and facts."""
+    for vid, f in videos.items():
+        if f["status"] == "rejected":
+            summary.rejected("video", f["name"], f["reason"])
+            facts[vid] = {"status": "rejected", "reason": f["reason"]}
+            continue
+        for w in f.pop("warnings", []):
+            summary.add("warnings")
+            log.warning(w)
+        summary.done("video", vid)
+        facts[vid] = f
+    for figure in ("samples", "frames", "masks", "shards", "bytes"):
+        summary.add({"shards": "shards_written", "bytes": "bytes_written"}.get(figure, figure), int(result[figure]))
+    summary.add("flows", int(result["frames"]))
+    summary.add("worker_pack_s", float(result["pack_s"]))
+
+
+def _finish(inp: Storage, out: Storage, summary: JobSummary, plan: _Plan, commits: int, writers: dict[str, int],
+            cpu0: float) -> dict[str, Any]:
+    """Consolidate the index, write the manifest, and finish the summary (written to ``summary.json``); ``cpu0``
+    is the driver's CPU time when the run started."""
     for figure in ("samples", "frames", "flows", "masks", "shards_written", "bytes_written", "driver_commit_s"):
         summary.add(figure, 0)
-
     t0 = time.perf_counter()
     index = consolidate_index(out)
     summary.add("driver_consolidate_s", time.perf_counter() - t0)
@@ -321,15 +359,14 @@ def run(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
         by_node[writer.rsplit(":", 2)[1] if writer.count(":") >= 2 else "?"] += groups_written
     summary.set("groups_by_writer_node", dict(sorted(by_node.items())))
     summary.set("shards_total", len(set(index.column("shard").to_pylist())))
-    out.write_parquet(MANIFEST_NAME, manifest_table(records, facts))
+    out.write_parquet(MANIFEST_NAME, manifest_table(plan.records, plan.facts))
     frames = summary.figures.get("frames", 0)
     driver_cpu = time.process_time() - cpu0
     summary.set("driver_cpu_s", round(driver_cpu, 3))
-    summary.set("driver_cpu_ms_per_video", round(1000 * driver_cpu / max(1, len(records)), 3))
-    summary.set("format", listing.format)
+    summary.set("driver_cpu_ms_per_video", round(1000 * driver_cpu / max(1, len(plan.records)), 3))
+    summary.set("format", plan.corpus_format)
     summary.set("input", inp.url)
     summary.set("output", out.url)
     summary.set("index_rows", index.num_rows)
     summary.set("frames_per_s", round(frames / summary.elapsed_s, 3) if frames else 0)
     return summary.finish(storage=out, rel="summary.json")
-

@@ -219,43 +219,18 @@ def score_sequence(
         if stem not in pred_frames:
             missing.append(stem)
         else:
-            pred_url = pred_root.join(pred_frames[stem])
             try:
-                data = pred_root.read_bytes(pred_frames[stem])
-                if official:
-                    grey = read_mask_grey(data, name=pred_url)
-                    if grey.shape != gt.shape:
-                        grey = cv2.resize(grey, (gt.shape[1], gt.shape[0]))  # bilinear, as the official call
-                        resized += 1
-                    pred = grey > OFFICIAL_UINT8_THRESHOLD
-                else:
-                    pred = read_mask(data, threshold=threshold, name=pred_url)
+                pred, was_resized = _read_prediction(pred_root, pred_frames[stem], gt.shape, threshold, official)
+                resized += was_resized
             except (MaskError, StorageError, OSError) as err:
                 unreadable.append(stem)
                 warnings.append(f"{err}; scored as an empty mask")
         if pred is None:
             pred = np.zeros_like(gt)
-        elif pred.shape != gt.shape:
-            # The tolerance of F depends on the evaluated size, so evaluate at the ground truth's.
-            pred = cv2.resize(
-                pred.astype(np.uint8), (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_NEAREST
-            )
-            pred = pred.astype(bool)
-            resized += 1
         frames.append(
             (stem, float(db_eval_iou(gt, pred)), float(db_eval_boundary(gt, pred, bound_th=bound_th)))
         )
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        where = pred_root.join(sequence)
-        warnings.append(
-            f"{sequence}: {len(missing)} of {len(stems)} frames have no prediction in {where} ({shown}); scored as empty masks"
-        )
-    if resized:
-        how = "bilinear, then > 128" if official else "nearest neighbour"
-        warnings.append(
-            f"{sequence}: {resized} prediction frames resized to the ground-truth size {resolution} ({how})"
-        )
+    warnings += _sequence_warnings(sequence, pred_root, len(stems), missing, resized, resolution, official)
     if resolution is not None:
         log.debug("%s: r=%d px at %s", sequence, boundary_radius(resolution, bound_th), resolution)
     j_values = np.array([j for _, j, _ in frames])
@@ -264,3 +239,43 @@ def score_sequence(
     if metrics["n_frames"] == 0:
         warnings.append(f"{sequence}: {len(frames)} frames are too few for protocol {protocol!r}; not scored")
     return SequenceResult(sequence, metrics, frames, resolution, missing, unreadable, resized, warnings)
+
+
+def _read_prediction(pred_root: Storage, rel: str, gt_shape: tuple[int, int], threshold: float | None,
+                     official: bool) -> tuple[np.ndarray, bool]:
+    """One prediction frame as a boolean mask at the ground truth's size -> (mask, whether it was resized).
+
+    Raises ``MaskError``, ``StorageError`` or ``OSError`` (naming the file) when it cannot be read.
+    """
+    pred_url = pred_root.join(rel)
+    data = pred_root.read_bytes(rel)
+    if official:
+        grey = read_mask_grey(data, name=pred_url)
+        if grey.shape == gt_shape:
+            return grey > OFFICIAL_UINT8_THRESHOLD, False
+        grey = cv2.resize(grey, (gt_shape[1], gt_shape[0]))  # bilinear, as the official call
+        return grey > OFFICIAL_UINT8_THRESHOLD, True
+    pred = read_mask(data, threshold=threshold, name=pred_url)
+    if pred.shape == gt_shape:
+        return pred, False
+    # The tolerance of F depends on the evaluated size, so evaluate at the ground truth's.
+    pred = cv2.resize(pred.astype(np.uint8), (gt_shape[1], gt_shape[0]), interpolation=cv2.INTER_NEAREST)
+    return pred.astype(bool), True
+
+
+def _sequence_warnings(sequence: str, pred_root: Storage, n_frames: int, missing: list[str], resized: int,
+                       resolution: tuple[int, int] | None, official: bool) -> list[str]:
+    """The warnings about a whole sequence: frames without a prediction, predictions resized."""
+    warnings = []
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        where = pred_root.join(sequence)
+        warnings.append(
+            f"{sequence}: {len(missing)} of {n_frames} frames have no prediction in {where} ({shown}); scored as empty masks"
+        )
+    if resized:
+        how = "bilinear, then > 128" if official else "nearest neighbour"
+        warnings.append(
+            f"{sequence}: {resized} prediction frames resized to the ground-truth size {resolution} ({how})"
+        )
+    return warnings

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 
 from pipeline.config import config_to_dict
 from pipeline.evaluate.config import EvaluateConfig
@@ -170,15 +171,47 @@ def _prediction_root(cfg: EvaluateConfig, pred: Storage, wanted: set[str]) -> tu
 
 @holds_output_lease("evaluate", output=lambda cfg: cfg.output)  # one run per output; none without --output
 def run(cfg: EvaluateConfig) -> dict:
-    """Evaluate and write the result files; returns the job summary (scores under ``figures``)."""
-    import ray
+    """Evaluate and write the result files; returns the job summary (scores under ``figures``).
 
+    Resolve the inputs (ground truth, the sequences asked for, the predictions) -> score every sequence in a Ray
+    task -> aggregate -> write the CSVs, the plot and the report.
+    """
     job = JobSummary("evaluate", config=config_to_dict(cfg))
-    gt_storage = open_storage(cfg.gt)
     output = open_storage(cfg.output) if cfg.output else None
     threshold = None if cfg.official else cfg.effective_threshold
+    inputs = _resolve_inputs(cfg, job, threshold)
+    results = _score_sequences(cfg, inputs, threshold)
+    scored = _tally(cfg, results, job)
+    aggregate = aggregate_results({r.sequence: r.metrics for r in scored})
+    scores = _scores(cfg, inputs, scored, aggregate, threshold)
+    for key, value in _json_safe(scores).items():
+        job.set(key, value)
+    if output is not None:
+        job.set("report", _write_results(cfg, output, inputs, results, scored, scores, aggregate, threshold))
+    printable = {k: v for k, v in _json_safe(scores).items() if k not in ("missing_prediction_frames",)}
+    print(json.dumps(printable, indent=2, default=str), flush=True)
+    return job.finish(storage=output, rel="summary.json")
 
-    truth: GroundTruth = read_ground_truth(gt_storage, cfg.gt_format, tuple(cfg.gt_splits), cfg.davis_resolution)
+
+@dataclass
+class _Inputs:
+    """What is scored against what."""
+
+    truth: GroundTruth
+    """The ground truth as read (its root, format and categories)."""
+    gt_frames: dict[str, dict[str, str]]
+    """The sequences scored (those asked for that have ground truth): {sequence: {frame stem: path}}."""
+    pred: Storage
+    """The folder of prediction sequences."""
+    pred_frames: dict[str, dict[str, str]]
+    """{sequence: {frame stem: path}} of the predictions."""
+
+
+def _resolve_inputs(cfg: EvaluateConfig, job: JobSummary, threshold: float | None) -> _Inputs:
+    """Read the ground truth, keep the sequences asked for (rejecting those without ground truth) and find the
+    predictions; raises ``IngestError`` when there is no ground truth to score."""
+    gt_storage = open_storage(cfg.gt)
+    truth = read_ground_truth(gt_storage, cfg.gt_format, tuple(cfg.gt_splits), cfg.davis_resolution)
     gt, gt_frames = truth.root, truth.frames
     wanted = _read_sequence_list(cfg, gt_storage)
     if wanted:
@@ -196,16 +229,25 @@ def run(cfg: EvaluateConfig) -> dict:
                     ", ".join(extra[:10]))
     log.info("evaluating %d sequences: pred %s, gt %s (%s), preset %s, protocol %s, threshold %s",
              len(gt_frames), pred.url, gt.url, truth.format, cfg.preset, cfg.protocol, threshold)  # fmt: skip
+    return _Inputs(truth, gt_frames, pred, pred_frames)
+
+
+def _score_sequences(cfg: EvaluateConfig, inputs: _Inputs, threshold: float | None) -> list[SequenceResult]:
+    """Every sequence scored in its own Ray task; the results sorted by sequence name."""
+    import ray
 
     init_ray()
     score_task = ray.remote(num_cpus=1)(score_sequence)
     pending = [
-        score_task.remote(seq, gt, frames, pred, pred_frames.get(seq, {}), cfg.protocol, threshold, cfg.bound_th,
-                          cfg.official)
-        for seq, frames in gt_frames.items()
+        score_task.remote(seq, inputs.truth.root, frames, inputs.pred, inputs.pred_frames.get(seq, {}), cfg.protocol,
+                          threshold, cfg.bound_th, cfg.official)
+        for seq, frames in inputs.gt_frames.items()
     ]  # fmt: skip
-    results: list[SequenceResult] = sorted(ray.get(pending), key=lambda r: r.sequence)
+    return sorted(ray.get(pending), key=lambda r: r.sequence)
 
+
+def _tally(cfg: EvaluateConfig, results: list[SequenceResult], job: JobSummary) -> list[SequenceResult]:
+    """Count every sequence in the summary (done, skipped as too short, rejected) -> the scored ones."""
     scored: list[SequenceResult] = []
     for result in results:
         for message in result.warnings:
@@ -221,8 +263,12 @@ def run(cfg: EvaluateConfig) -> dict:
         job.add("n_missing_prediction_frames", len(result.missing))
         job.add("n_unreadable_prediction_frames", len(result.unreadable))
         job.add("n_resized_prediction_frames", result.resized)
+    return scored
 
-    aggregate = aggregate_results({r.sequence: r.metrics for r in scored})
+
+def _scores(cfg: EvaluateConfig, inputs: _Inputs, scored: list[SequenceResult], aggregate: dict,
+            threshold: float | None) -> dict:
+    """The scores and how they were measured (the summary's figures; per class for YouTube-Objects)."""
     resolutions = sorted({f"{r.resolution[1]}x{r.resolution[0]}" for r in scored if r.resolution})
     if cfg.official:
         foreground = "grey level > 128 of 255 after a bilinear resize to the ground truth (official)"
@@ -242,36 +288,35 @@ def run(cfg: EvaluateConfig) -> dict:
         "resolution": "ground truth (predictions resized to it, "
                       + ("bilinear)" if cfg.official else "nearest neighbour)"),
         "gt_resolutions": resolutions,
-        "gt_format": truth.format,
-        "pred": pred.url,
-        "gt": gt.url,
+        "gt_format": inputs.truth.format,
+        "pred": inputs.pred.url,
+        "gt": inputs.truth.root.url,
         "excluded": aggregate["excluded"],
         "missing_prediction_frames": {r.sequence: r.missing for r in scored if r.missing},
         "unreadable_prediction_frames": {r.sequence: r.unreadable for r in scored if r.unreadable},
     }
-    per_class = _per_class(scored, truth.categories)
+    per_class = _per_class(scored, inputs.truth.categories)
     if per_class:
         # YouTube-Objects: the official code prints the per-class J means beside the per-video mean it returns;
         # papers' YouTube-Objects tables are per class, with their mean over the classes.
         scores["per_class"] = per_class
         scores["J_mean_over_classes"] = sum(c["J_mean"] for c in per_class.values()) / len(per_class)
-    for key, value in _json_safe(scores).items():
-        job.set(key, value)
+    return scores
 
-    if output is not None:
-        plot_png = None
-        output.write_bytes("per_sequence.csv", _per_sequence_csv(scored))
-        output.write_bytes("per_frame.csv", _per_frame_csv(scored))
-        if cfg.plot:
-            title = (f"J&F per sequence, protocol {cfg.protocol}, "
-                     f"threshold {threshold if threshold is not None else 'non-zero'}, {', '.join(resolutions)}")  # fmt: skip
-            plot_png = _plot_png(scored, aggregate, title)
-            output.write_bytes("jf_per_sequence.png", plot_png)
-        # Written before summary.json, which marks the evaluation finished.
-        report = write_report(output, scored, scores, gt=gt, gt_frames=gt_frames, pred=pred, pred_frames=pred_frames,
-                              frames=resolve_frames_root(cfg.gt, cfg.frames), plot_png=plot_png,
-                              rejected={r.sequence: r.error for r in results if r.error})  # fmt: skip
-        job.set("report", report)
-    printable = {k: v for k, v in _json_safe(scores).items() if k not in ("missing_prediction_frames",)}
-    print(json.dumps(printable, indent=2, default=str), flush=True)
-    return job.finish(storage=output, rel="summary.json")
+
+def _write_results(cfg: EvaluateConfig, output: Storage, inputs: _Inputs, results: list[SequenceResult],
+                   scored: list[SequenceResult], scores: dict, aggregate: dict, threshold: float | None) -> str:
+    """Write the CSVs, the plot and the report to ``output``; returns the report's URL."""
+    plot_png = None
+    output.write_bytes("per_sequence.csv", _per_sequence_csv(scored))
+    output.write_bytes("per_frame.csv", _per_frame_csv(scored))
+    if cfg.plot:
+        title = (f"J&F per sequence, protocol {cfg.protocol}, "
+                 f"threshold {threshold if threshold is not None else 'non-zero'}, "
+                 f"{', '.join(scores['gt_resolutions'])}")  # fmt: skip
+        plot_png = _plot_png(scored, aggregate, title)
+        output.write_bytes("jf_per_sequence.png", plot_png)
+    # Written before summary.json, which marks the evaluation finished.
+    return write_report(output, scored, scores, gt=inputs.truth.root, gt_frames=inputs.gt_frames, pred=inputs.pred,
+                        pred_frames=inputs.pred_frames, frames=resolve_frames_root(cfg.gt, cfg.frames),
+                        plot_png=plot_png, rejected={r.sequence: r.error for r in results if r.error})  # fmt: skip

@@ -7,6 +7,8 @@
 - :mod:`pipeline.train.data`     per-worker shard streaming with an even, hang-free split and an exact resume position
 - :mod:`pipeline.train.validate` validation J&F with :mod:`pipeline.evaluate`
 - :mod:`pipeline.train.metrics`  CSV + TensorBoard in the run directory (through :mod:`pipeline.storage`)
-- :mod:`pipeline.train.loop`     ``train_loop_per_worker(config)``
+- :mod:`pipeline.train.trainer`  ``Trainer``: one rank's model, optimiser, schedule, steps, metrics, validation and
+                                 checkpoint state (no Ray: one process needs no process group)
+- :mod:`pipeline.train.loop`     ``train_loop_per_worker(config)``: the Ray Train worker driving a ``Trainer``
 - :mod:`pipeline.train.job`      the job: input checks before any worker starts, ``TorchTrainer``, the summary
 """

@@ -21,7 +21,6 @@ __all__ = [
     "OptimConfig",
     "CheckpointingConfig",
     "ValidationConfig",
-    "FaultConfig",
     "TrainConfig",
     "cadence_warnings",
     "MIN_STEPS_BETWEEN_SAVES",
@@ -203,17 +202,6 @@ class ValidationConfig:
 
 
 @dataclass
-class FaultConfig:
-    fail_at_step: int | None = None
-    """Testing aid: rank 0 raises once, after finishing this step, to exercise the restart path. A marker
-    file in the run directory makes it fire only once per run."""
-
-    def __post_init__(self):
-        require(self.fail_at_step is None or self.fail_at_step >= 1, "fail_at_step", self.fail_at_step,
-                "must be >= 1 or null")
-
-
-@dataclass
 class TrainConfig:
     storage: str = ""
     """URL of the run storage: checkpoints, logs and metrics go to ``<storage>/<run_name>/``."""
@@ -246,8 +234,6 @@ class TrainConfig:
     """Checkpoint cadence and retention."""
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     """Validation cadence and metric settings."""
-    fault: FaultConfig = field(default_factory=FaultConfig)
-    """Fault injection (tests only)."""
 
     def __post_init__(self):
         require(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")

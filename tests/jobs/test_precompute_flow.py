@@ -27,6 +27,7 @@ from pipeline.shards import decode_clip, read_index, shard_urls, verify_shard
 from pipeline.storage import open_storage, open_url, storage_filesystem
 from tests.conftest import REPO_ROOT
 from tests.media import make_scene, truncate_file, upload_tree, write_davis, write_jpeg, write_mp4
+from tests.plugins.faults import subprocess_env
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -151,8 +152,8 @@ def test_killed_run_resumes_with_every_video_exactly_once(s3_bucket, tmp_path, r
     out = f"{s3_bucket}/out"
     args = ["--input", corpus, "--output", out, "--clip-length", "4", "--shard-size-mb", "0.01",
             "--set", "shards.group_videos=1"]
-    env = dict(os.environ, RAY_ADDRESS=ray_cluster, HMHI_PRECOMPUTE_KILL_AFTER_SHARDS="3",
-               PYTHONPATH=str(REPO_ROOT))
+    # The driver SIGKILLs itself right after its third commit (tests.plugins.faults, installed at its start-up).
+    env = subprocess_env(dict(os.environ, RAY_ADDRESS=ray_cluster), REPO_ROOT, kill_after_commits=3)
     proc = subprocess.run([sys.executable, "jobs/precompute_flow.py", *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-3000:]  # SIGKILL, as a crashed node would die

@@ -11,15 +11,16 @@ import io
 import os
 import tempfile
 import uuid
+from dataclasses import dataclass
 
 import pytest
 import torch
 
 from pipeline.config import ConfigError
 from pipeline.run_layout import CHECKPOINT_FILE
-from pipeline.storage import open_storage
-from pipeline.train.loop import state_digest
+from pipeline.storage import Storage, open_storage
 from pipeline.train.metrics import read_metrics_csv
+from pipeline.train.trainer import state_digest
 from tests.conftest import REPO_ROOT
 
 CONFIG = str(REPO_ROOT / "configs" / "test.yaml")
@@ -60,7 +61,40 @@ def _steps(run) -> list[int]:
     return [int(r["step"]) for r in read_metrics_csv(run)]
 
 
-def test_train_resubmit_and_worker_failure_resume_from_checkpoints(shard_set, s3_server, tmp_path):
+def _checkpoints(run) -> list[str]:
+    return sorted(n for n in run.list() if n.startswith("checkpoint_0"))
+
+
+@dataclass
+class FirstRun:
+    """The 8-step run every test of this module starts from, and what it left (read before any test changes it)."""
+
+    args: list[str]
+    """The job's arguments, without ``--max-steps`` and the checkpoint cadence."""
+    summary: dict
+    """The job's summary."""
+    run: Storage
+    """The run folder."""
+    scratch_left: set[str]
+    """Scratch directories the run left on this machine."""
+    listing: list[str]
+    """The run folder's top-level names."""
+    checkpoint_8: dict
+    """The state file of checkpoint 8."""
+    rows: list[dict]
+    """metrics.csv."""
+    events: list[str]
+    """Files in logs/tensorboard."""
+    best_meta: dict
+    """best/meta.json."""
+    best_model: dict
+    """The model file best/meta.json names."""
+
+
+@pytest.fixture(scope="module")
+def first_run(shard_set, s3_server, tmp_path_factory) -> FirstRun:
+    """Train 8 steps on 2 workers from a project checkpoint in S3 (the fine-tuning path): checkpoints at steps 4 and
+    8, validation at step 8."""
     from jobs.train import main
     from model import create_model, save_checkpoint
     from pipeline.shards import read_index
@@ -71,66 +105,89 @@ def test_train_resubmit_and_worker_failure_resume_from_checkpoints(shard_set, s3
     assert len(train_shards) >= 2  # the split below really spreads several shards over the workers
 
     storage = f"s3://{s3_server.create_bucket('runs')}/runs"
-    # fine-tuning path: the first submission starts from a project checkpoint in S3
-    init = tmp_path / "init.pt"
+    init = tmp_path_factory.mktemp("init") / "init.pt"
     torch.manual_seed(0)
     save_checkpoint(create_model("hmhi_mit_b0", memory_size=5, decoder_width=64), str(init))
     open_storage(storage).upload_file(str(init), "weights/init.pt")
     args = ["--config", CONFIG, "--data", shard_set, "--storage", storage, "--run-name", "tiny", *SMALL,
             "--init-checkpoint", f"{storage}/weights/init.pt", "--set", "validation.every_steps=8"]
     scratch_before = _scratch_dirs()
-    first = main([*args, "--max-steps", "8", "--set", "checkpoint.every_steps=4"])
-    assert first["counts"]["run"]["done"] == 1 and first["figures"]["steps"] == 8
-    assert _scratch_dirs() == scratch_before  # checkpoints, best model and TensorBoard files left no local copies
+    summary = main([*args, "--max-steps", "8", "--set", "checkpoint.every_steps=4"])
     run = open_storage(storage).child("tiny")
+    meta = run.read_json("best/meta.json")
+    best = torch.load(io.BytesIO(run.read_bytes(f"best/{meta['model']}")), map_location="cpu", weights_only=True)
+    return FirstRun(args, summary, run, _scratch_dirs() - scratch_before, sorted(run.list()), _ckpt(run, 8),
+                    read_metrics_csv(run), run.list("logs/tensorboard"), meta, best)
 
-    # checkpoints in S3, written by Ray Train, holding the full training state
-    assert {"checkpoint_00000004", "checkpoint_00000008"} <= set(run.list())
-    ck8 = _ckpt(run, 8)
+
+def test_a_run_trains_from_the_init_checkpoint_and_leaves_no_local_files(first_run):
+    assert first_run.summary["counts"]["run"]["done"] == 1 and first_run.summary["figures"]["steps"] == 8
+    assert first_run.summary["figures"]["latest_checkpoint"] == first_run.run.join("checkpoint_00000008")
+    assert first_run.scratch_left == set()  # checkpoints, best model and TensorBoard files left no local copies
+
+
+def test_checkpoints_in_s3_hold_every_ranks_training_state(first_run):
+    assert {"checkpoint_00000004", "checkpoint_00000008"} <= set(first_run.listing)
+    ck8 = first_run.checkpoint_8
     assert ck8["format"] == "hmhi-uvos" and ck8["step"] == 8 and ck8["world_size"] == 2
     assert len(ck8["data_positions"]) == 2 and len(ck8["rng_states"]) == 2
+    assert not torch.equal(ck8["rng_states"][0]["torch"], ck8["rng_states"][1]["torch"])  # one per rank
     assert ck8["scheduler"]["last_epoch"] == 8
 
-    # the loss falls over the short run; every step logged once; TensorBoard events next to the CSV
-    rows = read_metrics_csv(run)
-    assert _steps(run) == list(range(1, 9))
-    losses = [float(r["loss"]) for r in rows]
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
-    assert any(n.startswith("events.out.tfevents") for n in run.list("logs/tensorboard"))
 
-    # validation J&F (DAVIS-2016 protocol) reported at step 8 and the best model kept
-    val_rows = [r for r in rows if r["val_JF_mean"] != ""]
+def test_every_step_is_logged_once_and_the_loss_falls(first_run):
+    assert [int(r["step"]) for r in first_run.rows] == list(range(1, 9))
+    losses = [float(r["loss"]) for r in first_run.rows]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert any(n.startswith("events.out.tfevents") for n in first_run.events)  # TensorBoard next to the CSV
+
+
+def test_validation_across_ranks_keeps_the_best_model(first_run):
+    """Validation J&F (DAVIS-2016 protocol) at step 8, gathered from both ranks, and the best model published."""
+    val_rows = [r for r in first_run.rows if r["val_JF_mean"] != ""]
     assert [int(r["step"]) for r in val_rows] == [8]
     jf = float(val_rows[0]["val_JF_mean"])
-    assert 0.0 <= jf <= 1.0 and int(val_rows[0]["val_sequences"]) >= 2
-    meta = run.read_json("best/meta.json")
-    assert meta["step"] == 8 and run.exists("best/model.pt")
-    best = torch.load(io.BytesIO(run.read_bytes(f"best/{meta['model']}")), map_location="cpu", weights_only=True)
-    assert best["step"] == 8 and best["val"]["JF_mean"] == pytest.approx(jf)  # the pointer names its own model
-    assert first["figures"]["best_model"] == run.join("best/model.pt")
+    assert 0.0 <= jf <= 1.0 and int(val_rows[0]["val_sequences"]) >= 2  # one sample per rank, gathered
+    assert first_run.best_meta["step"] == 8 and "model.pt" in first_run.run.list("best")
+    assert first_run.best_model["step"] == 8
+    assert first_run.best_model["val"]["JF_mean"] == pytest.approx(jf)  # the pointer names its own model
+    assert first_run.summary["figures"]["best_model"] == first_run.run.join("best/model.pt")
 
-    # Second submission, same run name: continues at step 9 from checkpoint 8's optimiser state. Rank 0 then
-    # fails once after step 9; FailureConfig restarts the worker group from checkpoint 9.
-    second = main([*args, "--max-steps", "10", "--set", "checkpoint.every_steps=1", "--set", "fault.fail_at_step=9"])
-    assert run.exists("faults/fail_at_step_9.json")  # the failure really fired (once)
+
+def test_a_resubmission_continues_and_a_worker_failure_resumes_from_the_last_checkpoint(first_run, monkeypatch,
+                                                                                         tmp_path):
+    """Same run name: continues at step 9 from checkpoint 8's optimiser state. Rank 0 then fails once after
+    reporting step 9 (tests.plugins.faults, in the workers); Ray Train restarts the group from checkpoint 9."""
+    import pipeline.train.loop
+    from jobs.train import main
+    from tests.plugins.faults import TrainLoopFailingOnce
+
+    marker = tmp_path / "failed-after-step-9"
+    monkeypatch.setattr(pipeline.train.loop, "train_loop_per_worker", TrainLoopFailingOnce(9, str(marker)))
+    run = first_run.run
+    second = main([*first_run.args, "--max-steps", "10", "--set", "checkpoint.every_steps=1"])
+    assert marker.exists()  # the failure really fired (once)
     assert second["counts"]["run"]["done"] == 1 and second["figures"]["steps"] == 10
     ck9, ck10 = _ckpt(run, 9), _ckpt(run, 10)
     assert ck9["resume_info"]["from_step"] == 8
-    assert ck9["resume_info"]["optimizer_sha256"] == state_digest(ck8["optimizer"])
+    assert ck9["resume_info"]["optimizer_sha256"] == state_digest(first_run.checkpoint_8["optimizer"])
     assert ck10["resume_info"]["from_step"] == 9  # restarted from the last checkpoint, not from scratch
     assert ck10["resume_info"]["optimizer_sha256"] == state_digest(ck9["optimizer"])
     assert second["figures"]["resumed_from_step"] == 9
     adam_steps = {float(s["step"]) for s in ck10["optimizer"]["state"].values()}
     assert adam_steps == {10.0}  # a fresh optimiser would have counted 1 or 2
     assert _steps(run) == list(range(1, 11))
-    # keep_last=2: older checkpoints were dropped
-    assert sorted(n for n in run.list() if n.startswith("checkpoint_0")) == ["checkpoint_00000009",
-                                                                            "checkpoint_00000010"]
+    assert _checkpoints(run) == ["checkpoint_00000009", "checkpoint_00000010"]  # keep_last=2
 
-    # a third submission of the finished run changes nothing
+
+def test_resubmitting_a_finished_run_changes_nothing(first_run):
+    from jobs.train import main
+
+    run = first_run.run
+    latest = int(_checkpoints(run)[-1].rpartition("_")[2])  # 8, or 10 after the resubmission test
     before = sorted(run.list(recursive=True))
-    third = main([*args, "--max-steps", "10"])
-    assert third["counts"]["run"]["done"] == 1 and third["figures"]["steps"] == 10
+    again = main([*first_run.args, "--max-steps", "8"])
+    assert again["counts"]["run"]["done"] == 1 and again["figures"]["steps"] == latest
     assert sorted(n for n in run.list(recursive=True) if n != "summary.json") == [
         n for n in before if n != "summary.json"]
 
@@ -180,20 +237,25 @@ def test_bad_inputs_fail_before_training(shard_set, s3_server, tmp_path, capsys)
 
 
 def test_failed_run_writes_its_summary_exits_1_and_logs_without_framework_noise(shard_set, s3_server,
-                                                                                  ray_cluster):
+                                                                                  ray_cluster, tmp_path):
     """The command line as a user runs it (a subprocess attached to the test cluster): the workers fail for good
-    (an injected failure, no restarts allowed), the job still writes summary.json, prints its summary and one
-    ``failed:`` line, exits 1, and its log carries none of the framework notices pipeline.runtime silences."""
+    (a failure injected by tests.plugins.faults, no restarts allowed), the job still writes summary.json, prints
+    its summary and one ``failed:`` line, exits 1, and its log carries none of the framework notices
+    pipeline.runtime silences."""
     import subprocess
     import sys
 
+    from tests.plugins.faults import subprocess_env
+
     storage = f"s3://{s3_server.create_bucket('runs')}/runs"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RAY_ADDRESS": ray_cluster}
+    marker = tmp_path / "failed-after-step-2"
+    env = subprocess_env({**os.environ, "RAY_ADDRESS": ray_cluster}, REPO_ROOT, train_fail_at_step=2,
+                         train_fail_marker=str(marker))
     env.pop("HMHI_LOG_LEVEL", None)
     proc = subprocess.run(
         [sys.executable, "jobs/train.py", "--config", CONFIG, "--data", shard_set, "--storage", storage,
-         "--run-name", "doomed", *SMALL, "--max-steps", "2", "--set", "fault.fail_at_step=2",
-         "--set", "max_failures=0", "--set", "validation.every_steps=0"],
+         "--run-name", "doomed", *SMALL, "--max-steps", "2", "--set", "max_failures=0",
+         "--set", "validation.every_steps=0"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-3000:]
@@ -206,7 +268,7 @@ def test_failed_run_writes_its_summary_exits_1_and_logs_without_framework_noise(
     summary = open_storage(storage).child("doomed").read_json("summary.json")
     assert summary["counts"]["run"] == {"done": 0, "skipped": 0, "rejected": 1}
     assert "injected failure after step 2" in summary["rejected"][0]["reason"]
-    assert summary["config"]["fault"]["fail_at_step"] == 2
+    assert marker.exists()
 
     # the workers really trained (their step lines reach the driver's log) ...
     assert "step 2/2" in out

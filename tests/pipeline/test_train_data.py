@@ -1,4 +1,4 @@
-"""Unit tests of the per-worker shard split, tar streaming, prefetching and the LR schedule."""
+"""Unit tests of the per-worker shard split, tar streaming and prefetching."""
 
 from __future__ import annotations
 
@@ -6,14 +6,12 @@ import io
 import tarfile
 import time
 
-import numpy as np
 import pytest
 import torch
 
 from pipeline.shards import ShardEntry, iter_tar_samples
-from pipeline.train.config import OptimConfig
 from pipeline.train.data import Prefetcher, rank_block, steps_per_epoch
-from pipeline.train.loop import lr_lambda
+from tests.media import write_train_shards
 
 
 def _entries(counts):
@@ -85,38 +83,6 @@ def test_prefetcher_runs_ahead_and_reraises_producer_errors():
     assert list(inline) == [1, 2]
 
 
-def test_lr_schedule_warmup_constant_and_cosine():
-    const = lr_lambda(OptimConfig(schedule="constant", max_steps=100))
-    assert [const(s) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
-    cos = lr_lambda(OptimConfig(schedule="cosine", warmup_steps=10, max_steps=110, min_lr_ratio=0.1))
-    assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0)
-    assert cos(10) == pytest.approx(1.0) and cos(60) == pytest.approx(0.55) and cos(110) == pytest.approx(0.1)
-    assert all(np.diff([cos(s) for s in range(10, 111)]) <= 1e-12)
-
-
-def _write_shards(root, videos=5, frames=6, size=32, target_bytes=40_000):
-    """Tiny shards written through the data pipeline's own writer (pipeline.shards)."""
-    from pipeline.shards import ShardWriter, encode_clip, sample_key
-    from pipeline.storage import open_storage
-
-    rng = np.random.default_rng(0)
-    writer = ShardWriter(open_storage(root), target_bytes=target_bytes)
-    for v in range(videos):
-        for start in (0, frames):
-            key = sample_key(f"v{v}", start)
-            imgs = rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
-            flows = rng.normal(size=(frames, size, size, 2)).astype(np.float32)
-            masks = np.zeros((frames, size, size), bool)
-            masks[:, 8:20, 4 + v:14 + v] = True
-            valid = np.ones(frames, bool) if v != 2 else np.zeros(frames, bool)  # v2: no ground truth
-            meta = {"video_id": f"v{v}", "split": "train", "frame_indices": list(range(start, start + frames))}
-            members = encode_clip(key, imgs, flows, masks, valid, meta)
-            writer.add("train", key, members, {"video_id": f"v{v}", "clip_index": start // frames, "n_clips": 2,
-                                               "frame_indices": meta["frame_indices"], "n_frames": frames,
-                                               "n_masks": int(valid.sum()), "height": size, "width": size})
-    writer.close()
-
-
 def test_train_stream_is_deterministic_parallel_and_resumable(tmp_path):
     from pipeline.shards import decode_clip
     from pipeline.train.config import AugmentConfig, DataConfig
@@ -124,7 +90,7 @@ def test_train_stream_is_deterministic_parallel_and_resumable(tmp_path):
     from pipeline.train.job import resolve_shards
 
     root = str(tmp_path / "shards")
-    _write_shards(root)
+    write_train_shards(root)
     shards, left_out = resolve_shards(root, "train", verify=True, need_masks=True)
     assert left_out == 2 and len(shards) >= 2 and sum(s.num_samples for s in shards) == 8
 
@@ -167,7 +133,7 @@ def test_train_stream_reopens_a_shard_whose_read_fails_and_names_it_when_it_keep
     from pipeline.train.job import resolve_shards
 
     root = str(tmp_path / "shards")
-    _write_shards(root, target_bytes=400_000)  # shards of several samples: the cut lands inside one
+    write_train_shards(root, target_bytes=400_000)  # shards of several samples: the cut lands inside one
     shards, _ = resolve_shards(root, "train", verify=False, need_masks=True)
     assert max(s.num_samples for s in shards) >= 2
 

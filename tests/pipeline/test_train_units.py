@@ -1,4 +1,5 @@
-"""Unit tests of the training building blocks: clip sampler, augmentation, loss, LR schedule, config errors."""
+"""Unit tests of the training building blocks: clip sampler, augmentation, loss, config errors, best-model commit,
+metrics uploads."""
 
 from __future__ import annotations
 
