@@ -29,8 +29,14 @@ STORAGE ?= runs/demo
 demo: $(STAMP)
 	$(PY) -m pipeline.demo --storage $(STORAGE) $(DEMO_ARGS)
 
+# Lint: ruff's checks and formatting, the import layers (docs/architecture.md; contracts in pyproject.toml) and
+# mypy on model/ and the kernel. CI runs it before the tests (.ci/run); pre-commit runs the same tools.
+LINT_PATHS := pipeline model jobs tests bench infra
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pipeline model jobs tests bench infra
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -71,8 +71,14 @@ def build_corpus(videos: int, frames: int, size: int, seed: int, val_fraction: f
     for index in range(videos):
         scene = sample_scene(seed, index, size, size, frames)
         rendered = render_video(scene)
-        data.append({"frames": rendered["frames"], "flows": engine.compute(rendered["frames"]),
-                     "masks": rendered["masks"], "meta": scene_meta(scene, rendered)})
+        data.append(
+            {
+                "frames": rendered["frames"],
+                "flows": engine.compute(rendered["frames"]),
+                "masks": rendered["masks"],
+                "meta": scene_meta(scene, rendered),
+            }
+        )
     train, val = split_sequences(list(range(videos)), val_fraction, seed)
     return data, train, val
 
@@ -99,8 +105,14 @@ def train_variant(variant: str, data, train_ids, args, init_state: dict | None, 
         for _ in range(args.batch):
             video = data[train_ids[int(rng.integers(len(train_ids)))]]
             picks = sample_clip_indices(list(range(len(video["frames"]))), args.clip_length, 7, rng)
-            clip = prepare_clip(video["frames"][picks], video["flows"][picks], video["masks"][picks],
-                                args.image_size, rng, augment)
+            clip = prepare_clip(
+                video["frames"][picks],
+                video["flows"][picks],
+                video["masks"][picks],
+                args.image_size,
+                rng,
+                augment,
+            )
             frames.append(clip.frames)
             flows.append(clip.flows)
             masks.append(clip.masks)
@@ -110,14 +122,26 @@ def train_variant(variant: str, data, train_ids, args, init_state: dict | None, 
         loss.backward()
         optimizer.step()
         if step % max(1, args.steps // 10) == 0 or step == args.steps:
-            print(f"  [{variant}] step {step}/{args.steps} loss {float(loss.detach()):.3f} "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+            print(
+                f"  [{variant}] step {step}/{args.steps} loss {float(loss.detach()):.3f} "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
         if args.eval_every and step % args.eval_every == 0 and step < args.steps:
             curve = evaluate_variant(net, data, val_ids, args.image_size)
             net.train()
-            print(json.dumps({"bench": "ablation_memory_curve", "variant": variant, "step": step,
-                              "train_s": round(time.perf_counter() - started, 1),
-                              **{k: round(v, 4) for k, v in curve.items()}}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "bench": "ablation_memory_curve",
+                        "variant": variant,
+                        "step": step,
+                        "train_s": round(time.perf_counter() - started, 1),
+                        **{k: round(v, 4) for k, v in curve.items()},
+                    }
+                ),
+                flush=True,
+            )
     return net, time.perf_counter() - started
 
 
@@ -153,26 +177,38 @@ def evaluate_variant(net, data, val_ids, image_size: int) -> dict:
 def write_results_md(path: str, rows: list[dict], args) -> None:
     """Replace (or append) the ablation section of a Markdown results file."""
     begin, end = "<!-- ablation_memory:begin -->", "<!-- ablation_memory:end -->"
-    base = next(r for r in rows if r["variant"] == "none") if any(r["variant"] == "none" for r in rows) else None
-    lines = [begin, "## Memory ablation on the synthetic corpus (`bench/ablation_memory.py`)", "",
-             f"Same data, initial weights, clips and budget for every variant: {args.videos} videos x {args.frames} "
-             f"frames at {args.size}x{args.size} (seed {args.seed}; {rows[0]['n_val_videos']} held out), "
-             f"{args.encoder} at {args.image_size}x{args.image_size}, {args.steps} steps of {args.batch} clips x "
-             f"{args.clip_length} frames, lr {args.lr}. DAVIS-2016 protocol (first/last frames left out); "
-             "'paused' and 'occluded' pool the per-frame J and F of those frames over the validation videos.", "",
-             "| variant | J&F | J | F | J&F paused | J&F occluded | train s |", "|---|---|---|---|---|---|---|"]
+    base = (
+        next(r for r in rows if r["variant"] == "none") if any(r["variant"] == "none" for r in rows) else None
+    )
+    lines = [
+        begin,
+        "## Memory ablation on the synthetic corpus (`bench/ablation_memory.py`)",
+        "",
+        f"Same data, initial weights, clips and budget for every variant: {args.videos} videos x {args.frames} "
+        f"frames at {args.size}x{args.size} (seed {args.seed}; {rows[0]['n_val_videos']} held out), "
+        f"{args.encoder} at {args.image_size}x{args.image_size}, {args.steps} steps of {args.batch} clips x "
+        f"{args.clip_length} frames, lr {args.lr}. DAVIS-2016 protocol (first/last frames left out); "
+        "'paused' and 'occluded' pool the per-frame J and F of those frames over the validation videos.",
+        "",
+        "| variant | J&F | J | F | J&F paused | J&F occluded | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['JF']:.3f} | {r['J']:.3f} | {r['F']:.3f} | {r['JF_paused']:.3f} | "
-                     f"{r['JF_occluded']:.3f} | {r['train_s']:.0f} |")
+        lines.append(
+            f"| {r['variant']} | {r['JF']:.3f} | {r['J']:.3f} | {r['F']:.3f} | {r['JF_paused']:.3f} | "
+            f"{r['JF_occluded']:.3f} | {r['train_s']:.0f} |"
+        )
     lines.append("")
     if base is not None and {"semantic", "hierarchical"} <= {r["variant"] for r in rows}:
         sem = next(r for r in rows if r["variant"] == "semantic")
         hie = next(r for r in rows if r["variant"] == "hierarchical")
         verdict = "helps" if hie["JF"] > sem["JF"] else "does not help"
-        lines.append(f"Shallow (pixel) memory on top of the semantic memory {verdict} here: J&F "
-                     f"{sem['JF']:.3f} -> {hie['JF']:.3f} overall, {sem['JF_paused']:.3f} -> {hie['JF_paused']:.3f} "
-                     f"on paused frames, {sem['JF_occluded']:.3f} -> {hie['JF_occluded']:.3f} on occluded frames. "
-                     "One seed and a short CPU budget: differences of a few points are within run-to-run noise.")
+        lines.append(
+            f"Shallow (pixel) memory on top of the semantic memory {verdict} here: J&F "
+            f"{sem['JF']:.3f} -> {hie['JF']:.3f} overall, {sem['JF_paused']:.3f} -> {hie['JF_paused']:.3f} "
+            f"on paused frames, {sem['JF_occluded']:.3f} -> {hie['JF_occluded']:.3f} on occluded frames. "
+            "One seed and a short CPU budget: differences of a few points are within run-to-run noise."
+        )
     lines += [f"Machine: {json.dumps(rows[0]['machine'])}.", end]
     block = "\n".join(lines) + "\n"
     text = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmark results\n\n"
@@ -183,7 +219,9 @@ def write_results_md(path: str, rows: list[dict], args) -> None:
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--videos", type=int, default=24)
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--size", type=int, default=128, help="synthetic frame side")
@@ -201,7 +239,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--flow-preset", default="medium")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--eval-every", type=int, default=0, help="also score the validation videos every N steps")
+    parser.add_argument(
+        "--eval-every", type=int, default=0, help="also score the validation videos every N steps"
+    )
     parser.add_argument("--results-md", default="", help="Markdown file to write the table into")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -211,21 +251,33 @@ def main(argv=None) -> list[dict]:
     torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
-    data, train_ids, val_ids = build_corpus(args.videos, args.frames, args.size, args.seed, args.val_fraction,
-                                            args.flow_preset)
-    print(f"corpus + flow: {len(train_ids)} train / {len(val_ids)} val videos in {time.perf_counter() - t0:.1f} s",
-          flush=True)
+    data, train_ids, val_ids = build_corpus(
+        args.videos, args.frames, args.size, args.seed, args.val_fraction, args.flow_preset
+    )
+    print(
+        f"corpus + flow: {len(train_ids)} train / {len(val_ids)} val videos in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
     from model.hmhi import HMHIConfig
 
     torch.manual_seed(args.seed)
-    init = _ablated_class()(HMHIConfig(encoder=args.encoder, decoder_width=args.decoder_width,
-                                       memory_size=args.memory_size), "full").state_dict()
+    init = _ablated_class()(
+        HMHIConfig(encoder=args.encoder, decoder_width=args.decoder_width, memory_size=args.memory_size),
+        "full",
+    ).state_dict()
     rows = []
     for variant in variants:
         net, train_s = train_variant(variant, data, train_ids, args, init, val_ids)
         scores = evaluate_variant(net, data, val_ids, args.image_size)
-        row = {"bench": "ablation_memory", "variant": variant, **scores, "train_s": round(train_s, 1),
-               "steps": args.steps, "n_val_videos": len(val_ids), "machine": {**machine(), "note": "shared 2-core machine: timings are noisy"}}
+        row = {
+            "bench": "ablation_memory",
+            "variant": variant,
+            **scores,
+            "train_s": round(train_s, 1),
+            "steps": args.steps,
+            "n_val_videos": len(val_ids),
+            "machine": {**machine(), "note": "shared 2-core machine: timings are noisy"},
+        }
         base = next((r for r in rows if r["variant"] == "none"), None)
         row["JF_ratio_to_none"] = round(row["JF"] / base["JF"], 4) if base and base["JF"] > 0 else None
         rows.append(row)

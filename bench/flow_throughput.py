@@ -46,9 +46,9 @@ def scene(n: int, h: int, w: int, seed: int) -> np.ndarray:
     obj = cv2.GaussianBlur(rng.integers(0, 256, (h // 3, w // 4, 3), dtype=np.uint8), (0, 0), 1.5)
     out = np.empty((n, h, w, 3), np.uint8)
     for t in range(n):
-        out[t] = bg[t: t + h, 2 * t: 2 * t + w]
+        out[t] = bg[t : t + h, 2 * t : 2 * t + w]
         y, x = (h // 4 + 3 * t) % (h - obj.shape[0]), (w // 5 + 5 * t) % (w - obj.shape[1])
-        out[t, y:y + obj.shape[0], x:x + obj.shape[1]] = obj
+        out[t, y : y + obj.shape[0], x : x + obj.shape[1]] = obj
     return out
 
 
@@ -63,14 +63,15 @@ def write_corpus(st, videos: int, frames: int, h: int, w: int) -> list[np.ndarra
             ok, buf = cv2.imencode(".jpg", fr[t][..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
             st.write_bytes(f"JPEGImages/480p/v{v}/{t:05d}.jpg", buf.tobytes())
             mask = np.zeros((h, w), np.uint8)
-            mask[h // 4: h // 2, w // 4: w // 2] = 255
+            mask[h // 4 : h // 2, w // 4 : w // 2] = 255
             st.write_bytes(f"Annotations/480p/v{v}/{t:05d}.png", cv2.imencode(".png", mask)[1].tobytes())
         all_frames.append(fr)
     return all_frames
 
 
-def baseline_fps(engine_name: str, opts: dict, corpus_frames: list[np.ndarray], clip_length: int,
-                 max_frames: int) -> float:
+def baseline_fps(
+    engine_name: str, opts: dict, corpus_frames: list[np.ndarray], clip_length: int, max_frames: int
+) -> float:
     """Same engine, one process: JPEG decode -> flow -> sample encode, no Ray and no storage."""
     import cv2
 
@@ -79,31 +80,56 @@ def baseline_fps(engine_name: str, opts: dict, corpus_frames: list[np.ndarray], 
 
     with contextlib.redirect_stdout(sys.stderr):  # ptlflow prints notices on import
         engine = create_flow_engine(engine_name, **opts)
-    jpegs = [[cv2.imencode(".jpg", f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in fr]
-             for fr in corpus_frames]
+    jpegs = [
+        [cv2.imencode(".jpg", f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in fr]
+        for fr in corpus_frames
+    ]
     done = 0
     t0 = time.perf_counter()
     for video in jpegs:
-        frames = np.stack([cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
-                           for b in video[:max_frames]])
+        frames = np.stack(
+            [
+                cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+                for b in video[:max_frames]
+            ]
+        )
         flows = engine.compute(frames)
         for s in range(0, len(frames), clip_length):
             n = min(clip_length, len(frames) - s)
-            encode_clip(f"v__{s:06d}", frames[s:s + n], flows[s:s + n].astype(np.float16),
-                        np.zeros((n,) + frames.shape[1:3], bool), np.zeros(n, bool), {})
+            encode_clip(
+                f"v__{s:06d}",
+                frames[s : s + n],
+                flows[s : s + n].astype(np.float16),
+                np.zeros((n,) + frames.shape[1:3], bool),
+                np.zeros(n, bool),
+                {},
+            )
         done += len(frames)
     return done / (time.perf_counter() - t0)
 
 
-def run_job(input_url: str, output_url: str, engine: str, preset: str, ckpt_free: bool, max_videos: int,
-            clip_length: int, flow_level: int = 1) -> dict:
+def run_job(
+    input_url: str,
+    output_url: str,
+    engine: str,
+    preset: str,
+    ckpt_free: bool,
+    max_videos: int,
+    clip_length: int,
+    flow_level: int = 1,
+) -> dict:
     from pipeline.config import load_config
     from pipeline.dataset.config import PrecomputeFlowConfig
     from pipeline.dataset.job import run as run_precompute
 
-    overrides = [f"input={input_url}", f"output={output_url}", f"flow.engine={engine}",
-                 f"shards.clip_length={clip_length}", f"max_videos={max_videos}",
-                 f"shards.flow_compress_level={flow_level}"]
+    overrides = [
+        f"input={input_url}",
+        f"output={output_url}",
+        f"flow.engine={engine}",
+        f"shards.clip_length={clip_length}",
+        f"max_videos={max_videos}",
+        f"shards.flow_compress_level={flow_level}",
+    ]
     if engine == "dis":
         overrides.append(f"flow.preset={preset}")
     if ckpt_free:
@@ -113,9 +139,12 @@ def run_job(input_url: str, output_url: str, engine: str, preset: str, ckpt_free
     with contextlib.redirect_stdout(sys.stderr):  # the job's summary; stdout carries only the JSON lines
         summary = run_precompute(cfg)
     wall = time.perf_counter() - t0
-    return {"wall_s": round(wall, 2), "frames": int(summary["figures"]["frames"]),
-            "fps": round(summary["figures"]["frames"] / wall, 2),
-            "bytes_written": int(summary["figures"]["bytes_written"])}
+    return {
+        "wall_s": round(wall, 2),
+        "frames": int(summary["figures"]["frames"]),
+        "fps": round(summary["figures"]["frames"] / wall, 2),
+        "bytes_written": int(summary["figures"]["bytes_written"]),
+    }
 
 
 def read_rates(out_url: str, per_file_url: str, clip_frames: int = 5, rounds: int = 3) -> dict:
@@ -150,7 +179,7 @@ def read_rates(out_url: str, per_file_url: str, clip_frames: int = 5, rounds: in
             if clip.mask_valid[i]:
                 pf.write_bytes(f"{base}.png", sample[f"mask.{i:03d}.png"])
             listing.append((base, bool(clip.mask_valid[i]), h, w))
-        first_clip.append(listing[-len(clip.frame_indices):][:clip_frames])
+        first_clip.append(listing[-len(clip.frame_indices) :][:clip_frames])
 
     def read_shards() -> int:
         frames = 0
@@ -196,12 +225,19 @@ def read_rates(out_url: str, per_file_url: str, clip_frames: int = 5, rounds: in
     one_shard_rate = n_clips / med(one_shard_s)
     one_file_rate = len(first_clip) / med(one_file_s)
     ratios = sorted(f / s for s, f in zip(shard_s, file_s, strict=True))
-    return {"frames": n_shard_frames, "shard_clips_per_s": round(shard_rate, 2),
-            "per_file_clips_per_s": round(file_rate, 2), "ratio_shards_vs_per_file": round(shard_rate / file_rate, 2),
-            "rounds": rounds, "ratio_per_round": [round(r, 2) for r in ratios],
-            "one_clip_per_sample": {"shard_clips_per_s": round(one_shard_rate, 2),
-                                    "per_file_clips_per_s": round(one_file_rate, 2),
-                                    "ratio": round(one_shard_rate / one_file_rate, 2)}}
+    return {
+        "frames": n_shard_frames,
+        "shard_clips_per_s": round(shard_rate, 2),
+        "per_file_clips_per_s": round(file_rate, 2),
+        "ratio_shards_vs_per_file": round(shard_rate / file_rate, 2),
+        "rounds": rounds,
+        "ratio_per_round": [round(r, 2) for r in ratios],
+        "one_clip_per_sample": {
+            "shard_clips_per_s": round(one_shard_rate, 2),
+            "per_file_clips_per_s": round(one_file_rate, 2),
+            "ratio": round(one_shard_rate / one_file_rate, 2),
+        },
+    }
 
 
 def main(argv=None) -> None:
@@ -252,21 +288,48 @@ def main(argv=None) -> None:
                 ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
                 try:
                     out = f"{root}/out-{engine}-{preset or 'x'}-{cpus}-{uuid.uuid4().hex[:6]}"
-                    res = run_job(sub, out, engine, preset or "medium", not is_dis, args.videos, args.clip_length,
-                                  args.flow_compress_level)
+                    res = run_job(
+                        sub,
+                        out,
+                        engine,
+                        preset or "medium",
+                        not is_dis,
+                        args.videos,
+                        args.clip_length,
+                        args.flow_compress_level,
+                    )
                 finally:
                     ray.shutdown()
-                line = {"bench": "flow_job", "setting": setting, "ray_cpus": cpus, "size": f"{h}x{w}",
-                        "storage": args.storage, **res, "baseline_single_process_fps": round(base, 2),
-                        "ratio_vs_baseline": round(res["fps"] / base, 2), "machine": desc}
+                line = {
+                    "bench": "flow_job",
+                    "setting": setting,
+                    "ray_cpus": cpus,
+                    "size": f"{h}x{w}",
+                    "storage": args.storage,
+                    **res,
+                    "baseline_single_process_fps": round(base, 2),
+                    "ratio_vs_baseline": round(res["fps"] / base, 2),
+                    "machine": desc,
+                }
                 print(json.dumps(line), flush=True)
                 if setting == "dis:medium":
                     last_out = out
         if last_out:
             rates = read_rates(last_out, f"{root}/per-file-{uuid.uuid4().hex[:6]}")
-            print(json.dumps({"bench": "shard_read", "storage": args.storage, "size": f"{h}x{w}",
-                              "clip_frames": 5, "flow_compress_level": args.flow_compress_level, **rates,
-                              "machine": desc}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "bench": "shard_read",
+                        "storage": args.storage,
+                        "size": f"{h}x{w}",
+                        "clip_frames": 5,
+                        "flow_compress_level": args.flow_compress_level,
+                        **rates,
+                        "machine": desc,
+                    }
+                ),
+                flush=True,
+            )
     finally:
         cleanup.close()
 

@@ -114,7 +114,9 @@ def time_steps(nets: dict, args, batch: int, size: int, steady: int) -> dict:
                 if timed:
                     out[name]["wall"].append(time.perf_counter() - start)
                     out[name]["cpu"].append(time.process_time() - cpu_start)
-                    out[name]["gemm"].append((rate_before + gemm_gflops(args.device, gemm_dtype, repeats=3)) / 2)
+                    out[name]["gemm"].append(
+                        (rate_before + gemm_gflops(args.device, gemm_dtype, repeats=3)) / 2
+                    )
     return out
 
 
@@ -135,7 +137,8 @@ def steady_state(args, batch: int, dtypes: list[str]) -> list[dict]:
                 line["fp32_s_per_frame_same_run"] = round(fp32_s / batch, 4)
                 line["speedup_vs_fp32_same_run"] = round(fp32_s / (line["s_per_frame"] * batch), 3)
                 line["cpu_speedup_vs_fp32_same_run"] = round(
-                    statistics.median(timings["fp32"]["cpu"]) / (line["cpu_s_per_frame"] * batch), 3)
+                    statistics.median(timings["fp32"]["cpu"]) / (line["cpu_s_per_frame"] * batch), 3
+                )
     return lines
 
 
@@ -144,11 +147,21 @@ def _steady_line(args, batch: int, dtype: str, timings: dict) -> dict:
     step_s = statistics.median(ours["wall"])
     rate = statistics.median(ours["gemm"])
     line = {
-        "bench": "model_speed", "setting": "steady_state", "model": args.model, "device": args.device,
-        "dtype": dtype, "channels_last": args.channels_last, "compiled": args.compile, "batch": batch,
-        "size": args.size, "memory_size": args.memory_size, "steady_steps": len(ours["wall"]),
-        "s_per_step": round(step_s, 4), "s_per_step_min": round(min(ours["wall"]), 4),
-        "s_per_frame": round(step_s / batch, 4), "frames_per_s": round(batch / step_s, 2),
+        "bench": "model_speed",
+        "setting": "steady_state",
+        "model": args.model,
+        "device": args.device,
+        "dtype": dtype,
+        "channels_last": args.channels_last,
+        "compiled": args.compile,
+        "batch": batch,
+        "size": args.size,
+        "memory_size": args.memory_size,
+        "steady_steps": len(ours["wall"]),
+        "s_per_step": round(step_s, 4),
+        "s_per_step_min": round(min(ours["wall"]), 4),
+        "s_per_frame": round(step_s / batch, 4),
+        "frames_per_s": round(batch / step_s, 2),
         "cpu_s_per_frame": round(statistics.median(ours["cpu"]) / batch, 4),  # process CPU time, all threads
         "gemm_gflops_during": round(rate, 1),
     }
@@ -160,7 +173,9 @@ def _steady_line(args, batch: int, dtype: str, timings: dict) -> dict:
         line["quiet_gemm_gflops_assumed"] = quiet
         line["projected_quiet_s_per_frame"] = round(projected / batch, 4)
     if args.size == 512 and args.memory_size in OFFICIAL_GFLOP_PER_FRAME:
-        line["efficiency_vs_gemm"] = round(OFFICIAL_GFLOP_PER_FRAME[args.memory_size] * batch / step_s / rate, 3)
+        line["efficiency_vs_gemm"] = round(
+            OFFICIAL_GFLOP_PER_FRAME[args.memory_size] * batch / step_s / rate, 3
+        )
         # The fastest a frame could go if all its FLOPs ran at this run's dense-GEMM rate: a floor for any target.
         line["gemm_bound_s_per_frame"] = round(OFFICIAL_GFLOP_PER_FRAME[args.memory_size] / rate, 4)
         if args.device == "cpu":
@@ -202,13 +217,23 @@ def memory_flatness(args, dtype: str) -> dict:
                     peaks[f"rss_now_{i + 1}"] = rss_bytes()
     first, last = checkpoints[0], checkpoints[-1]
     return {
-        "bench": "model_speed", "setting": "memory", "model": args.model, "device": args.device, "dtype": dtype,
-        "batch": 1, "size": size, "memory_size": args.memory_size, "frames": checkpoints,
+        "bench": "model_speed",
+        "setting": "memory",
+        "model": args.model,
+        "device": args.device,
+        "dtype": dtype,
+        "batch": 1,
+        "size": size,
+        "memory_size": args.memory_size,
+        "frames": checkpoints,
         "peak_bytes": {str(k): v for k, v in peaks.items() if isinstance(k, int)},
-        "current_rss_bytes": {k[len("rss_now_"):]: v for k, v in peaks.items() if isinstance(k, str)},
-        "peak_growth": round(peaks[last] / peaks[first] - 1, 4), "flat": peaks[last] <= 1.10 * peaks[first],
+        "current_rss_bytes": {k[len("rss_now_") :]: v for k, v in peaks.items() if isinstance(k, str)},
+        "peak_growth": round(peaks[last] / peaks[first] - 1, 4),
+        "flat": peaks[last] <= 1.10 * peaks[first],
         "ring_buffer_frames": int(state.pixel_keys.shape[1]),
-        "measure": "ru_maxrss (process peak RSS)" if args.device == "cpu" else "torch.cuda.max_memory_allocated",
+        "measure": "ru_maxrss (process peak RSS)"
+        if args.device == "cpu"
+        else "torch.cuda.max_memory_allocated",
         "wall_s": round(time.perf_counter() - start, 1),
     }
 
@@ -221,13 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--memory-size", type=int, default=5, help="memory window T")
     parser.add_argument("--batches", default=None, help="comma list (default cpu: 1,4; cuda: 1,4,16)")
-    parser.add_argument("--dtypes", default=None, help="comma list of fp32,bf16 (default: both, timed in one interleaved run)")
+    parser.add_argument(
+        "--dtypes", default=None, help="comma list of fp32,bf16 (default: both, timed in one interleaved run)"
+    )
     parser.add_argument("--steady-frames", type=int, default=4)
     parser.add_argument("--no-baseline", dest="baseline", action="store_false")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder")
-    parser.add_argument("--memory-check-size", type=int, default=None, help="frame size of the memory run "
-                        "(default 128 on cpu, --size on cuda)")
+    parser.add_argument(
+        "--memory-check-size",
+        type=int,
+        default=None,
+        help="frame size of the memory run (default 128 on cpu, --size on cuda)",
+    )
     parser.add_argument("--memory-check-frames", default="50,500")
     parser.add_argument("--skip", default="", help="comma list of settings to skip: steady_state,memory")
     args = parser.parse_args(argv)

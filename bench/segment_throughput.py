@@ -187,7 +187,9 @@ def small_model(path: str, device: str, name: str = "small"):
     return net.eval().to(device)
 
 
-def model_only_fps(net, input_size: int, videos: int, steps: int, device: str, precision: str = "fp32") -> float:
+def model_only_fps(
+    net, input_size: int, videos: int, steps: int, device: str, precision: str = "fp32"
+) -> float:
     import torch
 
     from model import autocast, resolve_precision
@@ -207,12 +209,35 @@ def model_only_fps(net, input_size: int, videos: int, steps: int, device: str, p
     return videos * steps / (time.perf_counter() - start)
 
 
-def end_to_end(corpus: str, out: str, checkpoint: str, input_size: int, videos_in_flight: int, gpu: bool,
-               cpus: int, precision: str = "auto") -> tuple[dict, PeakMemory, str]:  # fmt: skip
+def end_to_end(
+    corpus: str,
+    out: str,
+    checkpoint: str,
+    input_size: int,
+    videos_in_flight: int,
+    gpu: bool,
+    cpus: int,
+    precision: str = "auto",
+) -> tuple[dict, PeakMemory, str]:
     """Run ``python jobs/segment.py`` as its own process on a fresh local Ray cluster; (summary, memory, its log)."""
-    args = [sys.executable, os.path.join(REPO, "jobs", "segment.py"), "--input", corpus, "--output", out,
-            "--checkpoint", checkpoint, "--input-size", str(input_size), "--videos-in-flight", str(videos_in_flight),
-            "--set", "runtime.chunk_frames=8", "--precision", precision]  # fmt: skip
+    args = [
+        sys.executable,
+        os.path.join(REPO, "jobs", "segment.py"),
+        "--input",
+        corpus,
+        "--output",
+        out,
+        "--checkpoint",
+        checkpoint,
+        "--input-size",
+        str(input_size),
+        "--videos-in-flight",
+        str(videos_in_flight),
+        "--set",
+        "runtime.chunk_frames=8",
+        "--precision",
+        precision,
+    ]
     if gpu:
         args += ["--set", "runtime.gpus_per_actor=1"]
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
@@ -227,8 +252,9 @@ def end_to_end(corpus: str, out: str, checkpoint: str, input_size: int, videos_i
         return json.load(f), memory, stderr.decode(errors="replace")
 
 
-def model_only_rate(checkpoint: str, video: str, input_size: int, precision: str, threads: int,
-                    steps: int) -> dict:
+def model_only_rate(
+    checkpoint: str, video: str, input_size: int, precision: str, threads: int, steps: int
+) -> dict:
     """The model alone as the actor runs it: ``VideoSegmenter.step`` (same model, input size, precision and
     preprocessing) on frames and DIS flow pictures already prepared from ``video``, with ``threads`` torch threads;
     no decoding, flow, post-processing or writing while it is timed. Wall and CPU time per frame, steady state."""
@@ -237,7 +263,9 @@ def model_only_rate(checkpoint: str, video: str, input_size: int, precision: str
     from pipeline.segment import VideoSegmenter
 
     torch.set_num_threads(threads)
-    segmenter = VideoSegmenter(checkpoint, flow="dis", input_size=input_size, precision=precision, device="cpu")
+    segmenter = VideoSegmenter(
+        checkpoint, flow="dis", input_size=input_size, precision=precision, device="cpu"
+    )
     chunks = list(segmenter.chunks(video))
     frames = np.concatenate([c.frames for c in chunks])
     flows = np.concatenate([c.flows for c in chunks])
@@ -253,8 +281,10 @@ def model_only_rate(checkpoint: str, video: str, input_size: int, precision: str
     return {"fps": steps / wall, "cpu_s_per_frame": cpu / steps, "threads": torch.get_num_threads()}
 
 
-_ACTOR_READY = re.compile(r"model actor ready in ([0-9.]+) s \(torch import ([0-9.]+) s, model build \+ load "
-                          r"([0-9.]+) s\); (\d+) torch threads")
+_ACTOR_READY = re.compile(
+    r"model actor ready in ([0-9.]+) s \(torch import ([0-9.]+) s, model build \+ load "
+    r"([0-9.]+) s\); (\d+) torch threads"
+)
 _RAY_INIT = re.compile(r"Ray: .*\(ray\.init ([0-9.]+) s\)")
 
 
@@ -264,13 +294,18 @@ def startup_parts(log_text: str) -> dict:
     if m := _RAY_INIT.search(log_text):
         parts["ray_init_s"] = float(m.group(1))
     if m := _ACTOR_READY.search(log_text):
-        parts.update(actor_init_s=float(m.group(1)), actor_torch_import_s=float(m.group(2)),
-                     actor_model_load_s=float(m.group(3)), actor_torch_threads=int(m.group(4)))
+        parts.update(
+            actor_init_s=float(m.group(1)),
+            actor_torch_import_s=float(m.group(2)),
+            actor_model_load_s=float(m.group(3)),
+            actor_torch_threads=int(m.group(4)),
+        )
     return parts
 
 
 def driver_import_s() -> float:
     """Seconds for a fresh interpreter to import the segment job's driver side, less a bare interpreter's start."""
+
     def timed(code: str) -> float:
         started = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
@@ -290,11 +325,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu", action="store_true", help="also time 1, 4 and 16 videos in flight on a GPU")
     parser.add_argument("--gpu-frames", type=int, default=100, help="frames per video in the GPU settings")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], help="model precisions to time")
-    parser.add_argument("--model", default="small", help="'small' (b0, narrow, T=3) or a registered model name")
-    parser.add_argument("--model-steps", type=int, default=0,
-                        help="steps timed for the model-only rate (0: 10 at input >= 384, else 30)")
-    parser.add_argument("--repeats", type=int, default=1, help="repeat the CPU measurement; a summary line per "
-                        "precision gives the median ratio")
+    parser.add_argument(
+        "--model", default="small", help="'small' (b0, narrow, T=3) or a registered model name"
+    )
+    parser.add_argument(
+        "--model-steps",
+        type=int,
+        default=0,
+        help="steps timed for the model-only rate (0: 10 at input >= 384, else 30)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="repeat the CPU measurement; a summary line per precision gives the median ratio",
+    )
     args = parser.parse_args(argv)
     if len(args.frames) < 2:
         parser.error("--frames needs two lengths or more: the steady-state rate is their difference")
@@ -308,7 +353,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         checkpoint = os.path.join(work, "small.pth")
         net = small_model(checkpoint, "cpu", args.model)
-        model_name = SMALL_MODEL if args.model == "small" else f"{args.model} (T={net.config.memory_size}), random init"
+        model_name = (
+            SMALL_MODEL
+            if args.model == "small"
+            else f"{args.model} (T={net.config.memory_size}), random init"
+        )
         lengths = sorted(args.frames)
         corpora = {}
         for n in lengths:
@@ -321,64 +370,110 @@ def main(argv: list[str] | None = None) -> None:
         steps = args.model_steps or (10 if args.input_size >= 384 else 30)
         reference_video = os.path.join(corpora[lengths[0]], f"video{lengths[0]}.mp4")
         for repeat, precision in ((r, p) for r in range(args.repeats) for p in args.precision):
-            model_before = model_only_rate(checkpoint, reference_video, args.input_size, precision, args.cpus, steps)
+            model_before = model_only_rate(
+                checkpoint, reference_video, args.input_size, precision, args.cpus, steps
+            )
             runs = {}
             for n in lengths:
                 out = os.path.join(work, f"out{n}-{precision}-{repeat}")  # a fresh output: a rerun would skip
-                summary, memory, log_text = end_to_end(corpora[n], out, checkpoint, args.input_size, 1, False,
-                                                       args.cpus, precision)  # fmt: skip
+                summary, memory, log_text = end_to_end(
+                    corpora[n], out, checkpoint, args.input_size, 1, False, args.cpus, precision
+                )
                 with open(os.path.join(out, "done", f"video{n}.json")) as f:
-                    video_seconds = json.load(f)["seconds"]  # from the video's first chunk request to its done marker
-                runs[n] = {"summary": summary, "memory": memory, "video_seconds": video_seconds,
-                           "actor_cpu_s": memory.role_cpu_s("actor"), "decode_cpu_s": memory.role_cpu_s("decode"),
-                           "startup": startup_parts(log_text)}  # fmt: skip
-            model_after = model_only_rate(checkpoint, reference_video, args.input_size, precision, args.cpus, steps)
-            model_only = {"fps": (model_before["fps"] + model_after["fps"]) / 2, "threads": model_before["threads"],
-                          "cpu_s_per_frame": (model_before["cpu_s_per_frame"] + model_after["cpu_s_per_frame"]) / 2}
+                    video_seconds = json.load(f)[
+                        "seconds"
+                    ]  # from the video's first chunk request to its done marker
+                runs[n] = {
+                    "summary": summary,
+                    "memory": memory,
+                    "video_seconds": video_seconds,
+                    "actor_cpu_s": memory.role_cpu_s("actor"),
+                    "decode_cpu_s": memory.role_cpu_s("decode"),
+                    "startup": startup_parts(log_text),
+                }
+            model_after = model_only_rate(
+                checkpoint, reference_video, args.input_size, precision, args.cpus, steps
+            )
+            model_only = {
+                "fps": (model_before["fps"] + model_after["fps"]) / 2,
+                "threads": model_before["threads"],
+                "cpu_s_per_frame": (model_before["cpu_s_per_frame"] + model_after["cpu_s_per_frame"]) / 2,
+            }
             short, long = runs[lengths[0]], runs[lengths[-1]]
             extra = lengths[-1] - lengths[0]
             # Steady state: the longest video less the shortest, so start-up, the first chunk's latency and the
             # model's warm-up (paid once per video) cancel out.
             spent = long["video_seconds"] - short["video_seconds"]
-            steady_fps = extra / spent if spent > 0 else float("nan")  # nan: the machine's load swamped the lengths
+            steady_fps = (
+                extra / spent if spent > 0 else float("nan")
+            )  # nan: the machine's load swamped the lengths
             ratios.setdefault(precision, []).append(steady_fps / model_only["fps"])
             for n in lengths:
                 run = runs[n]
                 figures, summary, memory = run["summary"]["figures"], run["summary"], run["memory"]
-                print(json.dumps({
-                    "bench": "segment_throughput", "device": "cpu", "machine": info, "frames": n,
-                    "frame_size": f"{width}x{height}", "input_size": args.input_size, "videos_in_flight": 1,
-                    "precision": precision, "repeat": repeat, "model": model_name, "flow": "dis medium",
-                    "actor_cpus": figures.get("actor_cpus"),
-                    "startup_s": round(summary["elapsed_s"] - run["video_seconds"], 2),
-                    "startup_parts": {**run["startup"], "driver_imports_s": round(imports_s, 2)},
-                    "end_to_end_fps": figures.get("frames_per_second", 0.0),
-                    "streaming_fps": round(n / run["video_seconds"], 3),
-                    "actor_model_fps": figures.get("model_frames_per_second"),
-                    "steady_state_fps": round(steady_fps, 3),
-                    "model_only_fps_all_cores": round(model_only["fps"], 3),
-                    "model_only_fps_before": round(model_before["fps"], 3),
-                    "model_only_fps_after": round(model_after["fps"], 3),
-                    "model_only_threads": model_only["threads"],
-                    "ratio_steady_state_vs_model_only": round(steady_fps / model_only["fps"], 3),
-                    "model_only_cpu_s_per_frame": round(model_only["cpu_s_per_frame"], 3),
-                    "actor_cpu_s_per_frame_steady": round((long["actor_cpu_s"] - short["actor_cpu_s"]) / extra, 3),
-                    "decode_cpu_s_per_frame_steady": round((long["decode_cpu_s"] - short["decode_cpu_s"]) / extra,
-                                                           4),
-                    "peak_rss_mb": round(memory.peak / 2**20, 1),
-                    "memory_ratio_vs_shortest": round(memory.peak / short["memory"].peak, 3),
-                    "actor_peak_rss_mb": round(memory.role_peaks.get("actor", 0) / 2**20, 1),
-                    "decode_task_peak_rss_mb": round(memory.role_peaks.get("decode", 0) / 2**20, 1),
-                    "wall_s": summary["elapsed_s"],
-                    "load_avg_1m_after": round(os.getloadavg()[0], 2),
-                }), flush=True)  # fmt: skip
+                print(
+                    json.dumps(
+                        {
+                            "bench": "segment_throughput",
+                            "device": "cpu",
+                            "machine": info,
+                            "frames": n,
+                            "frame_size": f"{width}x{height}",
+                            "input_size": args.input_size,
+                            "videos_in_flight": 1,
+                            "precision": precision,
+                            "repeat": repeat,
+                            "model": model_name,
+                            "flow": "dis medium",
+                            "actor_cpus": figures.get("actor_cpus"),
+                            "startup_s": round(summary["elapsed_s"] - run["video_seconds"], 2),
+                            "startup_parts": {**run["startup"], "driver_imports_s": round(imports_s, 2)},
+                            "end_to_end_fps": figures.get("frames_per_second", 0.0),
+                            "streaming_fps": round(n / run["video_seconds"], 3),
+                            "actor_model_fps": figures.get("model_frames_per_second"),
+                            "steady_state_fps": round(steady_fps, 3),
+                            "model_only_fps_all_cores": round(model_only["fps"], 3),
+                            "model_only_fps_before": round(model_before["fps"], 3),
+                            "model_only_fps_after": round(model_after["fps"], 3),
+                            "model_only_threads": model_only["threads"],
+                            "ratio_steady_state_vs_model_only": round(steady_fps / model_only["fps"], 3),
+                            "model_only_cpu_s_per_frame": round(model_only["cpu_s_per_frame"], 3),
+                            "actor_cpu_s_per_frame_steady": round(
+                                (long["actor_cpu_s"] - short["actor_cpu_s"]) / extra, 3
+                            ),
+                            "decode_cpu_s_per_frame_steady": round(
+                                (long["decode_cpu_s"] - short["decode_cpu_s"]) / extra, 4
+                            ),
+                            "peak_rss_mb": round(memory.peak / 2**20, 1),
+                            "memory_ratio_vs_shortest": round(memory.peak / short["memory"].peak, 3),
+                            "actor_peak_rss_mb": round(memory.role_peaks.get("actor", 0) / 2**20, 1),
+                            "decode_task_peak_rss_mb": round(memory.role_peaks.get("decode", 0) / 2**20, 1),
+                            "wall_s": summary["elapsed_s"],
+                            "load_avg_1m_after": round(os.getloadavg()[0], 2),
+                        }
+                    ),
+                    flush=True,
+                )
         for precision, values in ratios.items():
-            print(json.dumps({
-                "bench": "segment_throughput", "setting": "summary", "device": "cpu", "machine": info,
-                "precision": precision, "model": model_name, "input_size": args.input_size, "repeats": len(values),
-                "ratio_steady_state_vs_model_only_median": round(statistics.median(values), 3),
-                "ratio_min": round(min(values), 3), "ratio_max": round(max(values), 3), "target": 0.9,
-            }), flush=True)  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "bench": "segment_throughput",
+                        "setting": "summary",
+                        "device": "cpu",
+                        "machine": info,
+                        "precision": precision,
+                        "model": model_name,
+                        "input_size": args.input_size,
+                        "repeats": len(values),
+                        "ratio_steady_state_vs_model_only_median": round(statistics.median(values), 3),
+                        "ratio_min": round(min(values), 3),
+                        "ratio_max": round(max(values), 3),
+                        "target": 0.9,
+                    }
+                ),
+                flush=True,
+            )
         if args.gpu:
             if not torch.cuda.is_available():
                 raise SystemExit("--gpu: no CUDA device")
@@ -390,19 +485,38 @@ def main(argv: list[str] | None = None) -> None:
                     f.write(synthetic_video(args.gpu_frames, width, height, seed=k))
             for in_flight in (1, 4, 16):
                 model_fps = model_only_fps(gpu_net, args.input_size, in_flight, 50, "cuda")
-                summary, memory, _ = end_to_end(corpus, os.path.join(work, f"out_gpu{in_flight}"), checkpoint,
-                                           args.input_size, in_flight, True, args.cpus)  # fmt: skip
+                summary, memory, _ = end_to_end(
+                    corpus,
+                    os.path.join(work, f"out_gpu{in_flight}"),
+                    checkpoint,
+                    args.input_size,
+                    in_flight,
+                    True,
+                    args.cpus,
+                )
                 e2e = summary["figures"].get("frames_per_second", 0.0)
-                print(json.dumps({
-                    "bench": "segment_throughput", "device": "cuda", "machine": info, "videos": 16,
-                    "frames_per_video": args.gpu_frames, "frame_size": f"{width}x{height}",
-                    "input_size": args.input_size, "videos_in_flight": in_flight, "end_to_end_fps": e2e,
-                    "actor_model_fps": summary["figures"].get("model_frames_per_second"),
-                    "model_only_fps": round(model_fps, 3), "ratio_end_to_end_vs_model_only": round(e2e / model_fps, 3),
-                    "peak_rss_mb": round(memory.peak / 2**20, 1),
-                    "actor_peak_rss_mb": round(memory.role_peaks.get("actor", 0) / 2**20, 1),
-                    "wall_s": summary["elapsed_s"],
-                }), flush=True)  # fmt: skip
+                print(
+                    json.dumps(
+                        {
+                            "bench": "segment_throughput",
+                            "device": "cuda",
+                            "machine": info,
+                            "videos": 16,
+                            "frames_per_video": args.gpu_frames,
+                            "frame_size": f"{width}x{height}",
+                            "input_size": args.input_size,
+                            "videos_in_flight": in_flight,
+                            "end_to_end_fps": e2e,
+                            "actor_model_fps": summary["figures"].get("model_frames_per_second"),
+                            "model_only_fps": round(model_fps, 3),
+                            "ratio_end_to_end_vs_model_only": round(e2e / model_fps, 3),
+                            "peak_rss_mb": round(memory.peak / 2**20, 1),
+                            "actor_peak_rss_mb": round(memory.role_peaks.get("actor", 0) / 2**20, 1),
+                            "wall_s": summary["elapsed_s"],
+                        }
+                    ),
+                    flush=True,
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -43,12 +43,27 @@ def synthetic_shards(root: str, videos: int, frames: int, size: str) -> str:
     from pipeline.synthetic import main as synth_main
 
     corpus, shards = os.path.join(root, "corpus"), os.path.join(root, "shards")
-    synth_main(["--out", corpus, "--videos", str(videos), "--frames", str(frames), "--size", size,
-                "--set", "val_fraction=0.0"])
+    synth_main(
+        [
+            "--out",
+            corpus,
+            "--videos",
+            str(videos),
+            "--frames",
+            str(frames),
+            "--size",
+            size,
+            "--set",
+            "val_fraction=0.0",
+        ]
+    )
     if not ray.is_initialized():
         ray.init(num_cpus=min(8, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
-    run_precompute(load_config(PrecomputeFlowConfig, None, [f"input={corpus}", f"output={shards}",
-                                                           "shards.clip_length=16"]))
+    run_precompute(
+        load_config(
+            PrecomputeFlowConfig, None, [f"input={corpus}", f"output={shards}", "shards.clip_length=16"]
+        )
+    )
     ray.shutdown()
     return shards
 
@@ -65,7 +80,10 @@ def export_per_file(shards, root: str) -> dict[str, list[tuple[str, str, str | N
             folder = os.path.join(root, clip.video_id)
             os.makedirs(folder, exist_ok=True)
             for i, index in enumerate(clip.frame_indices):
-                rgb, flow = os.path.join(folder, f"{index:05d}.jpg"), os.path.join(folder, f"{index:05d}.flow.jpg")
+                rgb, flow = (
+                    os.path.join(folder, f"{index:05d}.jpg"),
+                    os.path.join(folder, f"{index:05d}.flow.jpg"),
+                )
                 Image.fromarray(clip.frames[i]).save(rgb, quality=90)
                 Image.fromarray(flow_to_rgb(clip.flows[i])).save(flow, quality=90)
                 mask = None
@@ -104,11 +122,16 @@ class PerFileClips(torch.utils.data.Dataset):
         rgb, flow_img, masks = rgb.copy(), flow_img.copy(), masks.copy()
         for i in np.flatnonzero(flipped):
             rgb[i], flow_img[i], masks[i] = rgb[i, :, ::-1], flow_img[i, :, ::-1], masks[i, :, ::-1]
-        rgb = np.stack([resize_rgb(np.ascontiguousarray(photometric_distort(x, rng, cfg)), self.size) for x in rgb])
+        rgb = np.stack(
+            [resize_rgb(np.ascontiguousarray(photometric_distort(x, rng, cfg)), self.size) for x in rgb]
+        )
         flow_img = np.stack([resize_rgb(np.ascontiguousarray(x), self.size) for x in flow_img])
         gt = np.stack([resize_mask(np.ascontiguousarray(m), self.size) for m in masks])
-        return (normalize_images(rgb), normalize_images(flow_img),
-                torch.from_numpy(gt[:, None].astype(np.float32)))
+        return (
+            normalize_images(rgb),
+            normalize_images(flow_img),
+            torch.from_numpy(gt[:, None].astype(np.float32)),
+        )
 
 
 def timed_training(batches, net, optimizer, device, amp: bool, steps: int, warmup: int) -> dict:
@@ -152,7 +175,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--decoder-width", type=int, default=64)
     p.add_argument("--size", type=int, default=96, help="training input size (square)")
     p.add_argument("--batch", type=int, default=1, help="clips per step")
-    p.add_argument("--workers", type=int, default=1, help="decode processes (shards) = DataLoader workers (baseline)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="decode processes (shards) = DataLoader workers (baseline)"
+    )
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--loader-batches", type=int, default=40, help="batches timed for the loader-only rate")
@@ -160,7 +185,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = leave as is)")
     p.add_argument("--synthetic-size", default="128x128", help="frame size of the synthetic corpus")
     p.add_argument("--synthetic-videos", type=int, default=8)
-    p.add_argument("--precisions", default="", help="comma list of fp32,bf16 (default: both on GPU, fp32 on CPU)")
+    p.add_argument(
+        "--precisions", default="", help="comma list of fp32,bf16 (default: both on GPU, fp32 on CPU)"
+    )
     args = p.parse_args(argv)
 
     from model import create_model
@@ -172,27 +199,41 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    precisions = [x for x in args.precisions.split(",") if x] or (["fp32", "bf16"] if device.type == "cuda"
-                                                                  else ["fp32"])
-    with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:  # synthetic shards and per-frame files
+    precisions = [x for x in args.precisions.split(",") if x] or (
+        ["fp32", "bf16"] if device.type == "cuda" else ["fp32"]
+    )
+    with tempfile.TemporaryDirectory(
+        prefix="bench-train-"
+    ) as scratch:  # synthetic shards and per-frame files
         data = args.data or synthetic_shards(scratch, args.synthetic_videos, 32, args.synthetic_size)
         shards, _ = resolve_shards(data, "train", verify=False, need_masks=True)
         per_file = export_per_file(shards, os.path.join(scratch, "per_file"))
         n_batches = args.warmup + args.steps
 
         def shard_batches(n_batches: int = n_batches):
-            cfg = DataConfig(batch_size_per_worker=args.batch, shuffle_buffer=16, prefetch_batches=4,
-                             decode_workers=args.workers)
+            cfg = DataConfig(
+                batch_size_per_worker=args.batch,
+                shuffle_buffer=16,
+                prefetch_batches=4,
+                decode_workers=args.workers,
+            )
             stream = TrainStream(shards, cfg, AugmentConfig(), args.size, 0, 1, 0, decode_clip)
             return ((b.frames, b.flows, b.masks) for b in Prefetcher(stream, cfg.prefetch_batches))
 
         def file_batches(n_batches: int = n_batches):
-            ds = PerFileClips(per_file, args.size, repeat=max(1, -(-n_batches * args.batch // len(per_file)) + 1),
-                              seed=0)
-            return torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True,
-                                               num_workers=args.workers, pin_memory=device.type == "cuda",
-                                               persistent_workers=args.workers > 0,
-                                               prefetch_factor=4 if args.workers > 0 else None)
+            ds = PerFileClips(
+                per_file, args.size, repeat=max(1, -(-n_batches * args.batch // len(per_file)) + 1), seed=0
+            )
+            return torch.utils.data.DataLoader(
+                ds,
+                batch_size=args.batch,
+                shuffle=True,
+                drop_last=True,
+                num_workers=args.workers,
+                pin_memory=device.type == "cuda",
+                persistent_workers=args.workers > 0,
+                prefetch_factor=4 if args.workers > 0 else None,
+            )
 
         # Data-only rate of each loader (no training step): what the input pipeline alone can deliver.
         loader_only = {}
@@ -212,38 +253,63 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for _ in range(args.rounds):
                 for loader, make in (("per_file", file_batches), ("shards", shard_batches)):
                     torch.manual_seed(0)
-                    net = create_model(args.model, memory_size=5, decoder_width=args.decoder_width).to(device).train()
+                    net = (
+                        create_model(args.model, memory_size=5, decoder_width=args.decoder_width)
+                        .to(device)
+                        .train()
+                    )
                     opt = torch.optim.AdamW(net.parameters(), lr=6e-5, weight_decay=5e-4)
-                    timings[loader].append(timed_training(make(), net, opt, device, precision == "bf16", args.steps,
-                                                          args.warmup))
+                    timings[loader].append(
+                        timed_training(make(), net, opt, device, precision == "bf16", args.steps, args.warmup)
+                    )
                     del net, opt
             rows = {}
             for loader, runs in timings.items():
                 rows[loader] = {
-                    "bench": "train_throughput", "loader": loader, "device": device.type, "precision": precision,
-                    "model": args.model, "decoder_width": args.decoder_width, "image_size": args.size,
-                    "clips_per_step": args.batch, "data_workers": args.workers, "steps": args.steps,
+                    "bench": "train_throughput",
+                    "loader": loader,
+                    "device": device.type,
+                    "precision": precision,
+                    "model": args.model,
+                    "decoder_width": args.decoder_width,
+                    "image_size": args.size,
+                    "clips_per_step": args.batch,
+                    "data_workers": args.workers,
+                    "steps": args.steps,
                     "rounds": args.rounds,
-                    "clips_per_s_per_worker": round(statistics.median(
-                        args.steps * args.batch / t["total_s"] for t in runs), 4),
+                    "clips_per_s_per_worker": round(
+                        statistics.median(args.steps * args.batch / t["total_s"] for t in runs), 4
+                    ),
                     "data_idle_frac": round(statistics.median(t["idle_frac"] for t in runs), 4),
                     "step_s_median": round(statistics.median(t["step_s_median"] for t in runs), 4),
                     "loader_only_clips_per_s": round(loader_only[loader], 3),
-                    "data": data if args.data else "synthetic", "machine": machine(),
+                    "data": data if args.data else "synthetic",
+                    "machine": machine(),
                 }
             base = rows["per_file"]["clips_per_s_per_worker"]
             rows["per_file"]["ratio_vs_baseline"] = 1.0
             rows["shards"]["ratio_vs_baseline"] = round(rows["shards"]["clips_per_s_per_worker"] / base, 3)
-            rows["shards"]["loader_only_ratio_vs_baseline"] = round(loader_only["shards"] / loader_only["per_file"], 3)
+            rows["shards"]["loader_only_ratio_vs_baseline"] = round(
+                loader_only["shards"] / loader_only["per_file"], 3
+            )
             for row in rows.values():
                 print(json.dumps(row), flush=True)
                 results.append(row)
         if device.type == "cuda" and len(precisions) == 2:
             fp32 = next(r for r in results if r["precision"] == "fp32" and r["loader"] == "shards")
             bf16 = next(r for r in results if r["precision"] == "bf16" and r["loader"] == "shards")
-            print(json.dumps({"bench": "train_throughput", "summary": "bf16_vs_fp32", "loader": "shards",
-                              "ratio": round(bf16["clips_per_s_per_worker"] / fp32["clips_per_s_per_worker"], 3),
-                              "machine": machine()}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "bench": "train_throughput",
+                        "summary": "bf16_vs_fp32",
+                        "loader": "shards",
+                        "ratio": round(bf16["clips_per_s_per_worker"] / fp32["clips_per_s_per_worker"], 3),
+                        "machine": machine(),
+                    }
+                ),
+                flush=True,
+            )
         return results
 
 

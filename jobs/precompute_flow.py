@@ -12,7 +12,9 @@ from pipeline.dataset.job import FLAGS, run
 
 
 def main(argv=None):
-    return job_main(PrecomputeFlowConfig, run, argv, flags=FLAGS, description=__doc__, prog="jobs/precompute_flow.py")
+    return job_main(
+        PrecomputeFlowConfig, run, argv, flags=FLAGS, description=__doc__, prog="jobs/precompute_flow.py"
+    )
 
 
 if __name__ == "__main__":

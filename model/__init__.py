@@ -1,11 +1,11 @@
 """HMHI-Net for unsupervised video object segmentation (official architecture, checkpoint-compatible).
 
-    from model import create_model, load_checkpoint
-    net = create_model("hmhi_mit_b1", memory_size=5)
-    report = load_checkpoint(net, "hmhi_davis.pth")          # official, MiT ImageNet or hmhi-uvos file
-    full, quarter = net.forward_clip(frames, flows)           # training: (B, L, 3, H, W) clips
-    state = net.init_state(batch_size)                        # streaming inference
-    logits, state = net.step(frame, flow, state, reset=None, active=None)
+from model import create_model, load_checkpoint
+net = create_model("hmhi_mit_b1", memory_size=5)
+report = load_checkpoint(net, "hmhi_davis.pth")          # official, MiT ImageNet or hmhi-uvos file
+full, quarter = net.forward_clip(frames, flows)           # training: (B, L, 3, H, W) clips
+state = net.init_state(batch_size)                        # streaming inference
+logits, state = net.step(frame, flow, state, reset=None, active=None)
 """
 
 from model.checkpoint import (

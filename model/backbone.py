@@ -98,14 +98,18 @@ class AdapterAttention(Attention):
         # q and kv are fresh projection outputs that autograd does not save, so the adapters add in place.
         q = _add_to_flow_half(self.q(x), self.q_adapter(x[half:]), inplace=True)
         if self.sr is not None:
-            reduced = self.sr(_as_nchw(x, feat_size[0], feat_size[1]).contiguous(memory_format=torch.channels_last))
+            reduced = self.sr(
+                _as_nchw(x, feat_size[0], feat_size[1]).contiguous(memory_format=torch.channels_last)
+            )
             reduced = self.norm(_as_tokens(reduced))
         else:
             reduced = x
         kv = _add_to_flow_half(self.kv(reduced), self.kv_adapter(reduced[half:]), inplace=True)  # k, then v
         q = q.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
         kv = kv.reshape(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, kv[0], kv[1], dropout_p=self.attn_drop.p if self.training else 0.0)
+        out = F.scaled_dot_product_attention(
+            q, kv[0], kv[1], dropout_p=self.attn_drop.p if self.training else 0.0
+        )
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, dim)))
 
 
@@ -113,8 +117,14 @@ class AdapterBlock(Block):
     """timm's MiT block (pre-LN attention + Mix-FFN, eps 1e-6) plus a post-block adapter on the flow half."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, sr_ratio: int, drop_path: float):
-        super().__init__(dim, num_heads=num_heads, mlp_ratio=mlp_ratio, sr_ratio=sr_ratio, qkv_bias=True,
-                         drop_path=drop_path)
+        super().__init__(
+            dim,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            sr_ratio=sr_ratio,
+            qkv_bias=True,
+            drop_path=drop_path,
+        )
         self.attn = AdapterAttention(dim, num_heads, sr_ratio)
         self.adapter = FlowAdapter(dim)
 
@@ -145,13 +155,19 @@ class DualStreamMiT(nn.Module):
         self.embed_dims = spec.embed_dims
         # timm builds the patch embeds, stage norms and layout; the blocks are ours (timm's plus adapters), so
         # the stages are created empty and filled, with timm's own per-block drop-path schedule.
-        mit = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, depths=(0, 0, 0, 0),
-                                mlp_ratios=(spec.mlp_ratio,) * 4)
+        mit = timm.create_model(
+            spec.timm_name,
+            pretrained=False,
+            num_classes=0,
+            depths=(0, 0, 0, 0),
+            mlp_ratios=(spec.mlp_ratio,) * 4,
+        )
         rates = calculate_drop_path_rates(drop_path_rate, spec.depths, stagewise=True)
         for i, stage in enumerate(mit.stages):
             stage.blocks.extend(
                 AdapterBlock(spec.embed_dims[i], spec.num_heads[i], spec.mlp_ratio, spec.sr_ratios[i], rate)
-                for rate in rates[i])
+                for rate in rates[i]
+            )
         mit.apply(mit._init_weights)  # MiT init, which also overwrites the adapters (official behaviour, §9)
         self.patch_embed = mit.patch_embed
         self.stages = mit.stages
@@ -159,7 +175,9 @@ class DualStreamMiT(nn.Module):
     def forward(self, frames: torch.Tensor, flows: torch.Tensor) -> list[torch.Tensor]:
         """frames, flows: (B, 3, H, W) -> [z0, z1, z2, z3] with z_k = rgb_k + flow_k at stride 4 * 2**k."""
         batch = frames.shape[0]
-        x = self.patch_embed(torch.cat([frames, flows], dim=0))  # (2B, H/4, W/4, C), [RGB; flow] is the contract
+        x = self.patch_embed(
+            torch.cat([frames, flows], dim=0)
+        )  # (2B, H/4, W/4, C), [RGB; flow] is the contract
         levels = []
         for stage in self.stages:
             x = stage(x)  # NCHW

@@ -123,29 +123,33 @@ _READOUT_RULES = [  # inside Mem{0,1}.pixel_transformer / obj_to_pixel (one laye
     (r"\.layers\.0\.cross_attn_image\.", ".cross_attn."),
     (r"\.layers\.0\.", "."),
 ]
-_OFFICIAL_RULES = [(re.compile(p), r) for p, r in [
-    # decoder: stage k-1 handles official conv{k}/blend{k}/cbam{k} (conv1 = level 3, the coarsest)
-    (r"^decode_head\.conv(\d)\.conv\.", lambda m: f"decoder.stages.{int(m.group(1)) - 1}.lateral.0."),
-    (r"^decode_head\.blend(\d)\.conv\.", lambda m: f"decoder.stages.{int(m.group(1)) - 1}.blend.0."),
-    (r"^decode_head\.cbam(\d)\.", lambda m: f"decoder.stages.{int(m.group(1)) - 1}.cbam."),
-    (r"^decode_head\.predictor\.conv\.", "decoder.predictor."),
-    # memories
-    (r"^Mem0\.", "pixel_memory."),
-    (r"^Mem1\.", "semantic_memory."),
-    (r"^(\w+_memory)\.memory_encoder\.mask_downsampler\.encoder\.", r"\1.encoder.mask_downsampler."),
-    (r"^(\w+_memory)\.memory_encoder\.pix_feat_proj\.", r"\1.encoder.feat_proj."),
-    (r"^(\w+_memory)\.memory_encoder\.fuser\.layers\.", r"\1.encoder.fuser."),
-    (r"^(\w+_memory)\.pixel_transformer\.", r"\1.readout."),
-    # SGIM
-    (r"^obj_reduce\.0\.", "sgim.reduce."),
-    (r"^obj_to_pixel\.", "sgim.readout."),
-    # PLAM
-    (r"^pixel_down_sample\.0\.conv\.", "plam.down.0."),
-    (r"^pixel_down_sample\.1\.conv\.", "plam.down.2."),
-    (r"^pixel_to_obj_cbam\.", "plam.cbam."),
-    (r"^p2o_down_linear\.conv\.", "plam.fuse.0."),
-] + [(r"^(decoder\.stages\.\d\.cbam|plam\.cbam)" + p[1:], r"\1" + r) for p, r in _CBAM_RULES]
-  + [(r"^(\w+_memory\.readout|sgim\.readout)" + p[1:], r"\1" + r) for p, r in _READOUT_RULES]]
+_OFFICIAL_RULES = [
+    (re.compile(p), r)
+    for p, r in [
+        # decoder: stage k-1 handles official conv{k}/blend{k}/cbam{k} (conv1 = level 3, the coarsest)
+        (r"^decode_head\.conv(\d)\.conv\.", lambda m: f"decoder.stages.{int(m.group(1)) - 1}.lateral.0."),
+        (r"^decode_head\.blend(\d)\.conv\.", lambda m: f"decoder.stages.{int(m.group(1)) - 1}.blend.0."),
+        (r"^decode_head\.cbam(\d)\.", lambda m: f"decoder.stages.{int(m.group(1)) - 1}.cbam."),
+        (r"^decode_head\.predictor\.conv\.", "decoder.predictor."),
+        # memories
+        (r"^Mem0\.", "pixel_memory."),
+        (r"^Mem1\.", "semantic_memory."),
+        (r"^(\w+_memory)\.memory_encoder\.mask_downsampler\.encoder\.", r"\1.encoder.mask_downsampler."),
+        (r"^(\w+_memory)\.memory_encoder\.pix_feat_proj\.", r"\1.encoder.feat_proj."),
+        (r"^(\w+_memory)\.memory_encoder\.fuser\.layers\.", r"\1.encoder.fuser."),
+        (r"^(\w+_memory)\.pixel_transformer\.", r"\1.readout."),
+        # SGIM
+        (r"^obj_reduce\.0\.", "sgim.reduce."),
+        (r"^obj_to_pixel\.", "sgim.readout."),
+        # PLAM
+        (r"^pixel_down_sample\.0\.conv\.", "plam.down.0."),
+        (r"^pixel_down_sample\.1\.conv\.", "plam.down.2."),
+        (r"^pixel_to_obj_cbam\.", "plam.cbam."),
+        (r"^p2o_down_linear\.conv\.", "plam.fuse.0."),
+    ]
+    + [(r"^(decoder\.stages\.\d\.cbam|plam\.cbam)" + p[1:], r"\1" + r) for p, r in _CBAM_RULES]
+    + [(r"^(\w+_memory\.readout|sgim\.readout)" + p[1:], r"\1" + r) for p, r in _READOUT_RULES]
+]
 
 
 def _mit_to_native(keys: list[str]) -> dict[str, str]:
@@ -159,7 +163,7 @@ def official_to_native(key: str) -> str | None:
     if key.startswith(OFFICIAL_DEAD_PREFIXES):
         return None
     if key.startswith("backbone."):
-        return _mit_to_native([key[len("backbone."):]])[key[len("backbone."):]]
+        return _mit_to_native([key[len("backbone.") :]])[key[len("backbone.") :]]
     for pattern, replacement in _OFFICIAL_RULES:
         key = pattern.sub(replacement, key)
     return key
@@ -181,8 +185,9 @@ def read_checkpoint(source: str | os.PathLike | IO[bytes]) -> Any:
         return torch.load(source, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{name}: not a readable torch checkpoint (truncated or corrupt?): {first_line}") \
-            from exc
+        raise CheckpointError(
+            f"{name}: not a readable torch checkpoint (truncated or corrupt?): {first_line}"
+        ) from exc
 
 
 def _tensor_dict(obj: Any, name: str, what: str) -> dict[str, torch.Tensor]:
@@ -199,8 +204,10 @@ def _detect(obj: Any, name: str) -> tuple[str, dict[str, torch.Tensor], dict[str
     if isinstance(obj, dict) and obj.get("format") == FORMAT_NAME:
         version = obj.get("version")
         if version != FORMAT_VERSION:
-            raise CheckpointError(f"{name}: {FORMAT_NAME} checkpoint version {version!r} is not supported "
-                                  f"(this code reads version {FORMAT_VERSION})")
+            raise CheckpointError(
+                f"{name}: {FORMAT_NAME} checkpoint version {version!r} is not supported "
+                f"(this code reads version {FORMAT_VERSION})"
+            )
         meta = {k: v for k, v in obj.items() if k != "model"}
         return FORMAT_NAME, _tensor_dict(obj.get("model"), name, "'model'"), meta
     if isinstance(obj, dict) and "network" in obj:
@@ -222,11 +229,17 @@ def _detect(obj: Any, name: str) -> tuple[str, dict[str, torch.Tensor], dict[str
     raise CheckpointError(
         f"{name}: unrecognised checkpoint format; expected an official HMHI-Net file ({{'network': ...}}), "
         f"NVlabs SegFormer/MiT ImageNet weights (patch_embed1.*, block1.*) or a {FORMAT_NAME} file; "
-        f"first keys: {first}")
+        f"first keys: {first}"
+    )
 
 
-def _apply(net: HMHINet, report: LoadReport, mapped: dict[str, tuple[str, torch.Tensor]],
-           expected: list[str], strict: bool) -> None:
+def _apply(
+    net: HMHINet,
+    report: LoadReport,
+    mapped: dict[str, tuple[str, torch.Tensor]],
+    expected: list[str],
+    strict: bool,
+) -> None:
     """Copy mapped tensors (native key -> (file key, tensor)) into ``net``; ``expected`` = keys the file must fill."""
     own = net.state_dict()
     report.missing = [k for k in expected if k not in mapped]
@@ -235,12 +248,15 @@ def _apply(net: HMHINet, report: LoadReport, mapped: dict[str, tuple[str, torch.
         if native not in own:
             report.unexpected.append(file_key)
         elif tuple(tensor.shape) != tuple(own[native].shape):
-            report.shape_mismatch.append(f"{file_key}: {tuple(tensor.shape)} vs model {tuple(own[native].shape)}")
+            report.shape_mismatch.append(
+                f"{file_key}: {tuple(tensor.shape)} vs model {tuple(own[native].shape)}"
+            )
         else:
             ready[native] = tensor
     if strict and not report.ok:
-        raise CheckpointError(f"checkpoint does not fit model {net.model_name or type(net).__name__}: "
-                              + report.summary())
+        raise CheckpointError(
+            f"checkpoint does not fit model {net.model_name or type(net).__name__}: " + report.summary()
+        )
     with torch.no_grad():
         for native, tensor in ready.items():
             own[native].copy_(tensor.to(dtype=own[native].dtype))
@@ -260,8 +276,9 @@ def load_checkpoint(net: HMHINet, path: str | os.PathLike | IO[bytes], strict: b
 
 def _load_object(net: HMHINet, obj: Any, name: str, strict: bool) -> LoadReport:
     fmt, state, meta = _detect(obj, name)
-    report = LoadReport(path=name, format=fmt, meta=meta,
-                        settings=_recorded_settings(meta) if fmt == FORMAT_NAME else None)
+    report = LoadReport(
+        path=name, format=fmt, meta=meta, settings=_recorded_settings(meta) if fmt == FORMAT_NAME else None
+    )
     own_keys = list(net.state_dict())
     mapped: dict[str, tuple[str, torch.Tensor]] = {}
     if fmt == "official":
@@ -319,8 +336,12 @@ def checkpoint_settings(path: str | os.PathLike | IO[bytes]) -> ModelSettings | 
     return _recorded_settings(meta) if fmt == FORMAT_NAME else None
 
 
-def save_checkpoint(net: HMHINet, path: str | os.PathLike | IO[bytes], extra: dict[str, Any] | None = None,
-                    settings: ModelSettings | None = None) -> None:
+def save_checkpoint(
+    net: HMHINet,
+    path: str | os.PathLike | IO[bytes],
+    extra: dict[str, Any] | None = None,
+    settings: ModelSettings | None = None,
+) -> None:
     """Write ``net`` in this project's format (atomically for a path: a temporary file, then a rename).
 
     ``settings``: what the model was trained with (input size, precision...), recorded so that inference and
@@ -376,7 +397,8 @@ def model_from_checkpoint(path: str | os.PathLike | IO[bytes], **overrides) -> t
     obj = read_checkpoint(path)
     fmt, _, meta = _detect(obj, name)
     if fmt != FORMAT_NAME:
-        raise ModelNotRecordedError(f"{name}: a {fmt} checkpoint does not record its model; use create_model() and "
-                              f"load_checkpoint()")
+        raise ModelNotRecordedError(
+            f"{name}: a {fmt} checkpoint does not record its model; use create_model() and load_checkpoint()"
+        )
     net = create_model(meta["model_name"], **{**meta.get("model_kwargs", {}), **overrides})
     return net, _load_object(net, obj, name, strict=True)

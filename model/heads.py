@@ -29,7 +29,9 @@ def _bicubic_matrix(size: int, factor: int, device: torch.device) -> torch.Tenso
         t = src - first
         for offset, weight in zip((-1, 0, 1, 2), (far(t + 1), near(t), near(1 - t), far(2 - t))):
             matrix[out, min(max(first + offset, 0), size - 1)] += weight
-    with torch.inference_mode(False):  # a cached constant that training may use after inference (not an inference tensor)
+    with torch.inference_mode(
+        False
+    ):  # a cached constant that training may use after inference (not an inference tensor)
         return matrix.to(device=device, dtype=torch.float32)
 
 
@@ -49,7 +51,9 @@ def upsample_bicubic(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 def _conv_relu(in_ch: int, out_ch: int, kernel: int, **kwargs) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, **kwargs), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, **kwargs), nn.ReLU(inplace=True)
+    )
 
 
 class CBAM(nn.Module):
@@ -59,9 +63,12 @@ class CBAM(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-        self.channel_mlp = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True),
-                                         nn.Conv2d(channels, channels, 1))
-        self.spatial = nn.Sequential(nn.Conv2d(2, 16, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(16, 1, 3, padding=1))
+        self.channel_mlp = nn.Sequential(
+            nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True), nn.Conv2d(channels, channels, 1)
+        )
+        self.spatial = nn.Sequential(
+            nn.Conv2d(2, 16, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(16, 1, 3, padding=1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
@@ -96,8 +103,7 @@ class TopDownDecoder(nn.Module):
     def __init__(self, in_dims: tuple[int, int, int, int], width: int = 256):
         super().__init__()
         # stages[0] handles the coarsest level (3), stages[3] the finest (0).
-        self.stages = nn.ModuleList(
-            DecoderStage(in_dims[3 - i], width, has_coarser=i > 0) for i in range(4))
+        self.stages = nn.ModuleList(DecoderStage(in_dims[3 - i], width, has_coarser=i > 0) for i in range(4))
         self.predictor = nn.Conv2d(width, 1, 3, padding=1)
 
     def forward(self, levels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,8 +124,15 @@ class SGIM(nn.Module):
     def __init__(self, pixel_dim: int, semantic_dim: int, ffn_dim: int = 2048, dropout: float = 0.1):
         super().__init__()
         self.reduce = nn.Linear(semantic_dim, pixel_dim)
-        self.readout = ReadoutLayer(pixel_dim, ffn_dim, dropout, pos_on_self_attn=True, rope_on_cross_attn=False,
-                                    pos_on_memory_keys=False, topk=None)
+        self.readout = ReadoutLayer(
+            pixel_dim,
+            ffn_dim,
+            dropout,
+            pos_on_self_attn=True,
+            rope_on_cross_attn=False,
+            pos_on_memory_keys=False,
+            topk=None,
+        )
 
     def forward(self, pixel: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
         objects = F.relu(self.reduce(semantic.flatten(2).transpose(1, 2)))
@@ -133,8 +146,11 @@ class PLAM(nn.Module):
     def __init__(self, pixel_dim: int, semantic_dim: int):
         super().__init__()
         self.down = nn.Sequential(
-            nn.Conv2d(pixel_dim, semantic_dim, 7, stride=4, padding=3, groups=pixel_dim), nn.ReLU(inplace=True),
-            nn.Conv2d(semantic_dim, semantic_dim, 1), nn.ReLU(inplace=True))
+            nn.Conv2d(pixel_dim, semantic_dim, 7, stride=4, padding=3, groups=pixel_dim),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(semantic_dim, semantic_dim, 1),
+            nn.ReLU(inplace=True),
+        )
         self.cbam = CBAM(2 * semantic_dim)
         self.fuse = _conv_relu(2 * semantic_dim, semantic_dim, 1)
 

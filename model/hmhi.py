@@ -39,6 +39,9 @@ class SettingError(ValueError):
         self.field, self.value, self.reason = field, value, reason
         super().__init__(f"model setting '{field}' = {value!r}: {reason}")
 
+    def __reduce__(self):
+        return (type(self), (self.field, self.value, self.reason))  # picklable across processes (Ray workers)
+
 
 def _require(condition: bool, field: str, value, message: str) -> None:
     """Raise :class:`SettingError` naming the :class:`HMHIConfig` field unless ``condition`` holds."""
@@ -70,16 +73,26 @@ class HMHIConfig:
     """Hidden channels of the level-3 memory's mask downsampler (official: 256)."""
 
     def __post_init__(self):
-        _require(self.encoder in MIT_VARIANTS, "encoder", self.encoder, f"must be one of {sorted(MIT_VARIANTS)}")
-        _require(isinstance(self.memory_size, int) and self.memory_size >= 1, "memory_size", self.memory_size,
-                "must be an integer >= 1")
+        _require(
+            self.encoder in MIT_VARIANTS, "encoder", self.encoder, f"must be one of {sorted(MIT_VARIANTS)}"
+        )
+        _require(
+            isinstance(self.memory_size, int) and self.memory_size >= 1,
+            "memory_size",
+            self.memory_size,
+            "must be an integer >= 1",
+        )
         _require(self.decoder_width >= 1, "decoder_width", self.decoder_width, "must be >= 1")
         _require(self.readout_ffn_dim >= 1, "readout_ffn_dim", self.readout_ffn_dim, "must be >= 1")
-        _require(0.0 <= self.readout_dropout < 1.0, "readout_dropout", self.readout_dropout, "must be in [0, 1)")
+        _require(
+            0.0 <= self.readout_dropout < 1.0, "readout_dropout", self.readout_dropout, "must be in [0, 1)"
+        )
         _require(self.topk >= 1, "topk", self.topk, "must be >= 1")
         _require(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", self.drop_path_rate, "must be in [0, 1)")
         _require(self.pixel_mask_hidden >= 1, "pixel_mask_hidden", self.pixel_mask_hidden, "must be >= 1")
-        _require(self.semantic_mask_hidden >= 1, "semantic_mask_hidden", self.semantic_mask_hidden, "must be >= 1")
+        _require(
+            self.semantic_mask_hidden >= 1, "semantic_mask_hidden", self.semantic_mask_hidden, "must be >= 1"
+        )
 
 
 class MemoryBank(nn.Module):
@@ -90,7 +103,9 @@ class MemoryBank(nn.Module):
         self.encoder = MemoryEncoder(dim, mask_stride, mask_hidden)
         self.readout = readout
 
-    def encode(self, feature: torch.Tensor, quarter_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, feature: torch.Tensor, quarter_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """A frame's written feature (B, d, h, w) and quarter logits -> its projected (keys, values), (B, h*w, d)."""
         tokens = self.encoder(feature, quarter_logits)
         return self.readout.project_memory(tokens, feature.shape[2], feature.shape[3])
@@ -156,13 +171,33 @@ class HMHINet(nn.Module):
         self.backbone = DualStreamMiT(MIT_VARIANTS[cfg.encoder], cfg.drop_path_rate)
         self.decoder = TopDownDecoder(dims, cfg.decoder_width)
         self.pixel_memory = MemoryBank(
-            dims[1], 2, cfg.pixel_mask_hidden,
-            ReadoutLayer(dims[1], cfg.readout_ffn_dim, cfg.readout_dropout, pos_on_self_attn=False,
-                         rope_on_cross_attn=True, pos_on_memory_keys=False, topk=cfg.topk))
+            dims[1],
+            2,
+            cfg.pixel_mask_hidden,
+            ReadoutLayer(
+                dims[1],
+                cfg.readout_ffn_dim,
+                cfg.readout_dropout,
+                pos_on_self_attn=False,
+                rope_on_cross_attn=True,
+                pos_on_memory_keys=False,
+                topk=cfg.topk,
+            ),
+        )
         self.semantic_memory = MemoryBank(
-            dims[3], 8, cfg.semantic_mask_hidden,
-            ReadoutLayer(dims[3], cfg.readout_ffn_dim, cfg.readout_dropout, pos_on_self_attn=True,
-                         rope_on_cross_attn=False, pos_on_memory_keys=True, topk=None))
+            dims[3],
+            8,
+            cfg.semantic_mask_hidden,
+            ReadoutLayer(
+                dims[3],
+                cfg.readout_ffn_dim,
+                cfg.readout_dropout,
+                pos_on_self_attn=True,
+                rope_on_cross_attn=False,
+                pos_on_memory_keys=True,
+                topk=None,
+            ),
+        )
         self.sgim = SGIM(dims[1], dims[3], cfg.readout_ffn_dim, cfg.readout_dropout)
         self.plam = PLAM(dims[1], dims[3])
         self._init_weights()
@@ -197,7 +232,9 @@ class HMHINet(nn.Module):
     # ------------------------------------------------------------------ per-frame pieces
     def _check_frames(self, frames: torch.Tensor, flows: torch.Tensor, ndim: int, name: str) -> None:
         if frames.shape != flows.shape:
-            raise ValueError(f"{name}: frames {tuple(frames.shape)} and flows {tuple(flows.shape)} differ in shape")
+            raise ValueError(
+                f"{name}: frames {tuple(frames.shape)} and flows {tuple(flows.shape)} differ in shape"
+            )
         if frames.ndim != ndim or frames.shape[-3] != 3:
             want = "(B, L, 3, H, W)" if ndim == 5 else "(B, 3, H, W)"
             raise ValueError(f"{name}: expected {want} tensors, got {tuple(frames.shape)}")
@@ -205,24 +242,38 @@ class HMHINet(nn.Module):
         if height % 32 or width % 32:
             raise ValueError(f"{name}: H and W must be multiples of 32, got {height}x{width}")
 
-    def _read(self, z1: torch.Tensor, z3: torch.Tensor, pixel_kv, semantic_kv,
-              key_valid: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
-              trace: dict | None = None, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    def _read(
+        self,
+        z1: torch.Tensor,
+        z3: torch.Tensor,
+        pixel_kv,
+        semantic_kv,
+        key_valid: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+        trace: dict | None = None,
+        prefix: str = "",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Memory read-outs, then SGIM and PLAM in parallel -> (level-1 replacement, level-3 replacement)."""
         pixel = self.pixel_memory.readout(z1, *pixel_kv, key_valid[0])
         semantic = self.semantic_memory.readout(z3, *semantic_kv, key_valid[1])
         pixel_out, semantic_out = self.sgim(pixel, semantic), self.plam(pixel, semantic)
         if trace is not None:
-            trace.update({f"{prefix}mem0_readout": pixel, f"{prefix}mem1_readout": semantic,
-                          f"{prefix}sgim": pixel_out, f"{prefix}plam": semantic_out})
+            trace.update(
+                {
+                    f"{prefix}mem0_readout": pixel,
+                    f"{prefix}mem1_readout": semantic,
+                    f"{prefix}sgim": pixel_out,
+                    f"{prefix}plam": semantic_out,
+                }
+            )
         return pixel_out, semantic_out
 
     def _write(self, level1: torch.Tensor, level3: torch.Tensor, quarter: torch.Tensor):
         return self.pixel_memory.encode(level1, quarter), self.semantic_memory.encode(level3, quarter)
 
     # ------------------------------------------------------------------ training: whole clips
-    def forward_clip(self, frames: torch.Tensor, flows: torch.Tensor,
-                     trace: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_clip(
+        self, frames: torch.Tensor, flows: torch.Tensor, trace: dict | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run clips frame by frame with fresh memories, as the official forward does.
 
         frames, flows: (B, L, 3, H, W) ImageNet-normalised. Returns (full, quarter) logits of shapes
@@ -270,8 +321,10 @@ class HMHINet(nn.Module):
     def _allocate(self, state: StreamState, height: int, width: int, pixel_kv, semantic_kv) -> None:
         busy = bool((state.stored > 0).any())
         if state.image_size is not None and state.image_size != (height, width) and busy:
-            raise ValueError(f"step: frame size {height}x{width} differs from {state.image_size[0]}x"
-                             f"{state.image_size[1]} while videos are in memory; reset every video first")
+            raise ValueError(
+                f"step: frame size {height}x{width} differs from {state.image_size[0]}x"
+                f"{state.image_size[1]} while videos are in memory; reset every video first"
+            )
         if state.image_size == (height, width) and state.pixel_keys is not None:
             return
         batch, window = state.batch_size, state.memory_size
@@ -283,9 +336,14 @@ class HMHINet(nn.Module):
         state.semantic_keys, state.semantic_values = ring(semantic_kv[0]), ring(semantic_kv[1])
         state.image_size = (height, width)
 
-    def step(self, frame: torch.Tensor, flow: torch.Tensor, state: StreamState,
-             reset: torch.Tensor | None = None,
-             active: torch.Tensor | None = None) -> tuple[torch.Tensor, StreamState]:
+    def step(
+        self,
+        frame: torch.Tensor,
+        flow: torch.Tensor,
+        state: StreamState,
+        reset: torch.Tensor | None = None,
+        active: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, StreamState]:
         """Process one frame of each video in the batch; returns ``(logits, state)``.
 
         frame, flow: (B, 3, H, W) ImageNet-normalised; ``logits`` is (B, 1, H, W) full-resolution logits.
@@ -310,12 +368,17 @@ class HMHINet(nn.Module):
     def _step(self, frame, flow, state, reset, active):
         self._check_frames(frame, flow, 4, "step")
         if frame.shape[0] != state.batch_size:
-            raise ValueError(f"step: batch of {frame.shape[0]} frames for a state of {state.batch_size} videos")
+            raise ValueError(
+                f"step: batch of {frame.shape[0]} frames for a state of {state.batch_size} videos"
+            )
         device = state.stored.device
         if reset is not None:
             state.clear(reset.to(device=device, dtype=torch.bool))
-        active_mask = (torch.ones(state.batch_size, dtype=torch.bool, device=device) if active is None
-                       else active.to(device=device, dtype=torch.bool))
+        active_mask = (
+            torch.ones(state.batch_size, dtype=torch.bool, device=device)
+            if active is None
+            else active.to(device=device, dtype=torch.bool)
+        )
         height, width = frame.shape[-2:]
         logits = frame.new_zeros((state.batch_size, 1, height, width))
         rows = active_mask.nonzero().flatten()
@@ -345,8 +408,13 @@ class HMHINet(nn.Module):
             semantic_kv = (bank(state.semantic_keys), bank(state.semantic_values))
             whole = with_memory.numel() == rows.numel()
             pick = (lambda x: x) if whole else (lambda x: x.index_select(0, with_memory))
-            p2, s2 = self._read(pick(z1), pick(z3), pixel_kv, semantic_kv,
-                                (valid(state.pixel_keys.shape[2]), valid(state.semantic_keys.shape[2])))
+            p2, s2 = self._read(
+                pick(z1),
+                pick(z3),
+                pixel_kv,
+                semantic_kv,
+                (valid(state.pixel_keys.shape[2]), valid(state.semantic_keys.shape[2])),
+            )
             if whole:
                 z1, z3 = p2, s2
             else:
@@ -357,8 +425,12 @@ class HMHINet(nn.Module):
         self._allocate(state, height, width, pixel_kv, semantic_kv)
 
         slot = state.next_slot[rows]
-        for buffer, entry in ((state.pixel_keys, pixel_kv[0]), (state.pixel_values, pixel_kv[1]),
-                              (state.semantic_keys, semantic_kv[0]), (state.semantic_values, semantic_kv[1])):
+        for buffer, entry in (
+            (state.pixel_keys, pixel_kv[0]),
+            (state.pixel_values, pixel_kv[1]),
+            (state.semantic_keys, semantic_kv[0]),
+            (state.semantic_values, semantic_kv[1]),
+        ):
             buffer[rows, slot] = entry.to(buffer.dtype)
         state.next_slot[rows] = (slot + 1) % state.memory_size
         state.stored[rows] = torch.clamp(stored + 1, max=state.memory_size)

@@ -180,9 +180,15 @@ class MultiheadProjections(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
 
 
-def topk_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int,
-                         key_valid: torch.Tensor | None = None, dropout_p: float = 0.0,
-                         chunk_elements: int = 1 << 23) -> torch.Tensor:
+def topk_cross_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    topk: int,
+    key_valid: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    chunk_elements: int = 1 << 23,
+) -> torch.Tensor:
     """Single-head attention where each query keeps only its ``topk`` largest logits over all keys.
 
     q (B, Nq, d), k and v (B, Nk, d), key_valid (B, Nk) bool or None. Equal to the official dense form
@@ -213,31 +219,41 @@ def topk_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk
     offsets = (torch.arange(batch, device=q.device) * n_k).view(batch, 1, 1)
     outputs = []
     for start in range(0, n_q, chunk):
-        q_chunk = q[:, start:start + chunk]
+        q_chunk = q[:, start : start + chunk]
         # logits = q k^T / sqrt(d), scaled inside the GEMM (one pass over the chunk instead of two)
-        logits = torch.baddbmm(q_chunk.new_empty(()), q_chunk, k_t, beta=0.0, alpha=dim ** -0.5)
+        logits = torch.baddbmm(q_chunk.new_empty(()), q_chunk, k_t, beta=0.0, alpha=dim**-0.5)
         if key_valid is not None:
             logits.masked_fill_(~key_valid[:, None, :], float("-inf"))
         top_logits, top_index = logits.topk(shortlist, dim=-1, sorted=False)
         del logits
         if low_precision:
             with torch.autocast(q.device.type, enabled=False):  # fp32 from here on (see the docstring)
-                candidates = k_flat.index_select(0, (top_index + offsets).flatten()).view(*top_index.shape, dim)
-                exact = (candidates * q_chunk.float()[:, :, None, :]).sum(-1) * dim ** -0.5  # (B, c, shortlist)
+                candidates = k_flat.index_select(0, (top_index + offsets).flatten()).view(
+                    *top_index.shape, dim
+                )
+                exact = (candidates * q_chunk.float()[:, :, None, :]).sum(-1) * dim**-0.5  # (B, c, shortlist)
                 if key_valid is not None:
                     exact.masked_fill_(torch.isneginf(top_logits), float("-inf"))
                 top_logits, pick = exact.topk(keep, dim=-1, sorted=False)
                 top_index = top_index.gather(-1, pick)
         weights = F.dropout(top_logits.softmax(dim=-1), p=dropout_p, training=dropout_p > 0)
         rows = (top_index + offsets).flatten(0, 1)  # (B*c, keep) rows of v_flat
-        out = F.embedding_bag(rows, v_flat, per_sample_weights=weights.flatten(0, 1).to(v_flat.dtype), mode="sum")
+        out = F.embedding_bag(
+            rows, v_flat, per_sample_weights=weights.flatten(0, 1).to(v_flat.dtype), mode="sum"
+        )
         outputs.append(out.view(batch, -1, dim).to(q.dtype))
     return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
 
 
-def dense_topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int,
-                         key_valid: torch.Tensor | None = None, dropout_p: float = 0.0,
-                         chunk_elements: int = 0) -> torch.Tensor:
+def dense_topk_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    topk: int,
+    key_valid: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    chunk_elements: int = 0,
+) -> torch.Tensor:
     """The official formulation, as a reference: full logits, -inf outside the top k, softmax, dropout, @ v."""
     logits = torch.matmul(q, k.transpose(1, 2)) / math.sqrt(q.shape[-1])
     if key_valid is not None:
@@ -256,8 +272,17 @@ class ReadoutLayer(nn.Module):
     attention probabilities (all off in eval).
     """
 
-    def __init__(self, dim: int, ffn_dim: int = 2048, dropout: float = 0.1, *, pos_on_self_attn: bool,
-                 rope_on_cross_attn: bool, pos_on_memory_keys: bool, topk: int | None):
+    def __init__(
+        self,
+        dim: int,
+        ffn_dim: int = 2048,
+        dropout: float = 0.1,
+        *,
+        pos_on_self_attn: bool,
+        rope_on_cross_attn: bool,
+        pos_on_memory_keys: bool,
+        topk: int | None,
+    ):
         super().__init__()
         self.dim = dim
         self.self_attn = MultiheadProjections(dim)
@@ -278,7 +303,9 @@ class ReadoutLayer(nn.Module):
         self.topk_attention = topk_cross_attention
         """Top-k attention implementation (:func:`dense_topk_attention` gives the official formulation)."""
 
-    def project_memory(self, tokens: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def project_memory(
+        self, tokens: torch.Tensor, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Memory tokens (B, h*w, d) of one frame -> its cross-attention (keys, values), ready to be banked."""
         keys_in = tokens
         if self.pos_on_memory_keys:
@@ -288,8 +315,13 @@ class ReadoutLayer(nn.Module):
             keys = apply_rope(keys, rope_tables(self.dim, height, width, tokens.device))
         return keys, self.cross_attn.v_proj(tokens)
 
-    def forward(self, feature: torch.Tensor, memory_keys: torch.Tensor, memory_values: torch.Tensor,
-                key_valid: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        feature: torch.Tensor,
+        memory_keys: torch.Tensor,
+        memory_values: torch.Tensor,
+        key_valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """feature (B, d, h, w); projected memory (B, Nk, d) each; key_valid (B, Nk) bool or None -> (B, d, h, w)."""
         batch, dim, height, width = feature.shape
         p_drop = self.dropout if self.training else 0.0
@@ -311,13 +343,18 @@ class ReadoutLayer(nn.Module):
         if self.rope_on_cross_attn:
             q = apply_rope(q, rope)
         if self.topk is not None:
-            attn = self.topk_attention(q, memory_keys, memory_values, self.topk, key_valid, p_drop,
-                                        self.topk_chunk_elements)
+            attn = self.topk_attention(
+                q, memory_keys, memory_values, self.topk, key_valid, p_drop, self.topk_chunk_elements
+            )
         else:
             mask = None if key_valid is None else key_valid[:, None, :]
-            attn = F.scaled_dot_product_attention(q, memory_keys, memory_values, attn_mask=mask, dropout_p=p_drop)
+            attn = F.scaled_dot_product_attention(
+                q, memory_keys, memory_values, attn_mask=mask, dropout_p=p_drop
+            )
         x = x + F.dropout(ca.out_proj(attn), p_drop, self.training)
 
         y = self.linear2(F.dropout(F.relu(self.linear1(self.norm3(x))), p_drop, self.training))
         x = self.norm(x + F.dropout(y, p_drop, self.training))
-        return x.unflatten(1, (height, width)).permute(0, 3, 1, 2)  # NCHW view, channels-last memory (no copy)
+        return x.unflatten(1, (height, width)).permute(
+            0, 3, 1, 2
+        )  # NCHW view, channels-last memory (no copy)

@@ -40,7 +40,9 @@ def create_model(name: str, **kwargs) -> HMHINet:
     fields = {f.name for f in dataclasses.fields(HMHIConfig)}
     unknown = sorted(set(kwargs) - fields)
     if unknown:
-        raise TypeError(f"create_model({name!r}): unknown argument(s) {unknown}; valid: {sorted(fields - {'encoder'})}")
+        raise TypeError(
+            f"create_model({name!r}): unknown argument(s) {unknown}; valid: {sorted(fields - {'encoder'})}"
+        )
     if "encoder" in kwargs and kwargs["encoder"] != _REGISTRY[name].get("encoder"):
         raise TypeError(f"create_model({name!r}): the encoder is fixed by the model name")
     config = HMHIConfig(**{**_REGISTRY[name], **kwargs})

@@ -59,13 +59,30 @@ class ModelSettings:
     def __post_init__(self):
         _require(self.name in list_models(), "name", self.name, f"must be one of {list_models()}")
         unknown = sorted(set(self.options) - _ARCH_FIELDS)
-        _require(not unknown, "options", self.options,
-                 f"unknown option(s) {unknown}; valid: {sorted(_ARCH_FIELDS)}")  # fmt: skip
-        _require(self.memory_size is None or self.memory_size >= 1, "memory_size", self.memory_size,
-                 "must be >= 1 or null")  # fmt: skip
-        _require(self.input_size is None or (self.input_size >= 32 and self.input_size % 32 == 0), "input_size",
-                 self.input_size, "must be a positive multiple of 32, or null")  # fmt: skip
-        _require(self.precision in PRECISIONS, "precision", self.precision, f"must be one of {', '.join(PRECISIONS)}")
+        _require(
+            not unknown,
+            "options",
+            self.options,
+            f"unknown option(s) {unknown}; valid: {sorted(_ARCH_FIELDS)}",
+        )
+        _require(
+            self.memory_size is None or self.memory_size >= 1,
+            "memory_size",
+            self.memory_size,
+            "must be >= 1 or null",
+        )
+        _require(
+            self.input_size is None or (self.input_size >= 32 and self.input_size % 32 == 0),
+            "input_size",
+            self.input_size,
+            "must be a positive multiple of 32, or null",
+        )
+        _require(
+            self.precision in PRECISIONS,
+            "precision",
+            self.precision,
+            f"must be one of {', '.join(PRECISIONS)}",
+        )
 
     def resolved(self, recorded: ModelSettings | None = None) -> ModelSettings:
         """These settings with every ``None`` filled: from ``recorded`` (a checkpoint's record), else the official

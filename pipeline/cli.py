@@ -17,8 +17,15 @@ __all__ = ["job_main", "run_job_main"]
 C = TypeVar("C")
 
 
-def job_main(config_cls: type[C], run: Callable[[C], dict[str, Any]], argv: Sequence[str] | None, *,
-             flags: Mapping[str, Any], description: str, prog: str) -> dict[str, Any]:
+def job_main(
+    config_cls: type[C],
+    run: Callable[[C], dict[str, Any]],
+    argv: Sequence[str] | None,
+    *,
+    flags: Mapping[str, Any],
+    description: str,
+    prog: str,
+) -> dict[str, Any]:
     """The whole ``main`` of every job: set up logging, parse the command line into ``config_cls``, ``run`` it.
 
     ``jobs/<job>.py`` is ``main(argv=None)`` over this, and ``run_job_main(main)`` under ``__main__``.

@@ -50,6 +50,10 @@ class ConfigError(UserError, ValueError):
         self.field, self.value, self.reason = field, value, message
         super().__init__(f"config field '{field}' = {value!r}: {message}")
 
+    def __reduce__(self):
+        # Rebuilt from its fields, not its message: a ConfigError raised in a Ray worker reaches the driver whole.
+        return (type(self), (self.field, self.value, self.reason))
+
     def under(self, prefix: str) -> ConfigError:
         """The same error with the field path prefixed by ``prefix`` (for nested configs)."""
         return ConfigError(f"{prefix}.{self.field}" if prefix else self.field, self.value, self.reason)
@@ -74,9 +78,13 @@ def field_docs(cls: type) -> dict[str, str]:
             continue
         body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
         for node, nxt in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                    and isinstance(nxt.value.value, str)):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
                 docs[node.target.id] = inspect.cleandoc(nxt.value.value)
     return docs
 
@@ -143,7 +151,9 @@ def _coerce_scalar(tp: type, value: Any, path: str) -> Any:
             return value.strip().lower() in _TRUE_WORDS
         raise ConfigError(path, value, "must be a boolean (true/false)")
     if isinstance(value, bool):
-        raise ConfigError(path, value, f"must be {'an integer' if tp is int else 'a number' if tp is float else 'a string'}")
+        raise ConfigError(
+            path, value, f"must be {'an integer' if tp is int else 'a number' if tp is float else 'a string'}"
+        )
     if tp is int:
         if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
             return int(value)
@@ -334,8 +344,13 @@ def _field_at(cls: type, dotted: str) -> tuple[Any, str]:
     return tp, doc
 
 
-def parse_job_args(cls: type[C], argv: Sequence[str] | None, description: str = "",
-                   flags: Mapping[str, FlagTarget] | None = None, prog: str | None = None) -> C:
+def parse_job_args(
+    cls: type[C],
+    argv: Sequence[str] | None,
+    description: str = "",
+    flags: Mapping[str, FlagTarget] | None = None,
+    prog: str | None = None,
+) -> C:
     """Parse a job's command line into the config ``cls``.
 
     ``flags`` maps shortcut flags to dotted field paths (``{"--input": "input"}``), or to ``(path, constant)`` for
@@ -343,20 +358,31 @@ def parse_job_args(cls: type[C], argv: Sequence[str] | None, description: str = 
     flags, then ``--set`` overrides in order. ``--print-config`` prints the resolved YAML and exits.
     """
     flags = dict(flags or {})
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", metavar="FILE", help="YAML config file (local path or URL)")
-    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
-                        help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a config field, e.g. --set optim.lr=1e-4 (repeatable)",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as YAML and exit"
+    )
     dests: dict[str, str] = {}
     for flag, target in flags.items():
-        dotted, const = (target if isinstance(target, tuple) else (target, None))
+        dotted, const = target if isinstance(target, tuple) else (target, None)
         _, doc = _field_at(cls, dotted)
         dest = "flag_" + flag.lstrip("-").replace("-", "_")
         help_text = (doc.splitlines()[0] if doc else "") + f" [{dotted}]"
         if isinstance(target, tuple):
-            parser.add_argument(flag, dest=dest, action="store_const", const=const, default=None, help=help_text)
+            parser.add_argument(
+                flag, dest=dest, action="store_const", const=const, default=None, help=help_text
+            )
         else:
             parser.add_argument(flag, dest=dest, default=None, metavar="VALUE", help=help_text)
         dests[dest] = dotted
@@ -366,7 +392,9 @@ def parse_job_args(cls: type[C], argv: Sequence[str] | None, description: str = 
     overrides: list[Override] = []
     for dest, dotted in dests.items():
         value = getattr(args, dest)
-        if value is not None:  # a switch's constant, or the flag's text (coerced to the field type like --set)
+        if (
+            value is not None
+        ):  # a switch's constant, or the flag's text (coerced to the field type like --set)
             overrides.append((dotted, value))
     config = load_config(cls, args.config, [*overrides, *args.overrides])
     if args.print_config:

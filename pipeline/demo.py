@@ -83,19 +83,37 @@ class DemoConfig:
 
     def __post_init__(self):
         require(bool(self.storage), "storage", self.storage, "is required")
-        require(self.corpus.videos >= 2, "corpus.videos", self.corpus.videos,
-                "must be >= 2 (one train and one test video at least)")
-        require(not self.corpus.out, "corpus.out", self.corpus.out, "is set by the demo (<storage>/corpus): leave it out")
+        require(
+            self.corpus.videos >= 2,
+            "corpus.videos",
+            self.corpus.videos,
+            "must be >= 2 (one train and one test video at least)",
+        )
+        require(
+            not self.corpus.out,
+            "corpus.out",
+            self.corpus.out,
+            "is set by the demo (<storage>/corpus): leave it out",
+        )
         require(self.train_steps >= 1, "train_steps", self.train_steps, "must be >= 1")
-        require(0.0 <= self.train_val_fraction < 1.0, "train_val_fraction", self.train_val_fraction,
-                "must be in [0, 1)")
+        require(
+            0.0 <= self.train_val_fraction < 1.0,
+            "train_val_fraction",
+            self.train_val_fraction,
+            "must be in [0, 1)",
+        )
         require(self.validate_every >= 0, "validate_every", self.validate_every, "must be >= 0")
         require(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")
-        require(self.flow_preset in ("ultrafast", "fast", "medium"), "flow_preset", self.flow_preset,
-                "must be ultrafast, fast or medium")
+        require(
+            self.flow_preset in ("ultrafast", "fast", "medium"),
+            "flow_preset",
+            self.flow_preset,
+            "must be ultrafast, fast or medium",
+        )
 
 
 # -- stages ----------------------------------------------------------------------------------------------------------
+
 
 def _banner(index: int, total: int, text: str) -> None:
     print(f"\n=== [{index}/{total}] {text} ===", flush=True)
@@ -144,7 +162,11 @@ def slice_scores(per_frame_csv: str, metas: dict[str, dict], drop_first_last: bo
     protocol does. Frame values are pooled over sequences (each frame weighs the same).
     """
     rows = list(csv.DictReader(io.StringIO(per_frame_csv)))
-    pools: dict[str, tuple[list[float], list[float]]] = {"all": ([], []), "paused": ([], []), "occluded": ([], [])}
+    pools: dict[str, tuple[list[float], list[float]]] = {
+        "all": ([], []),
+        "paused": ([], []),
+        "occluded": ([], []),
+    }
     for row in rows:
         meta = metas.get(row["sequence"])
         if meta is None:
@@ -175,11 +197,17 @@ def _demo_summary(root, val: list[str], timings: dict[str, float], cfg: DemoConf
     corpus, ev = root.child("corpus"), root.child("eval")
     summary = ev.read_json("summary.json")["figures"]  # evaluate's scores in the common job summary
     metas = {s: corpus.read_json(f"Meta/{s}/meta.json") for s in val}
-    result = {"JF_mean": summary["JF_mean"], "J_mean": summary["J_mean"], "F_mean": summary["F_mean"],
-              "protocol": summary["protocol"], "n_sequences": summary["n_sequences"],
-              "slices": slice_scores(ev.read_text("per_frame.csv"), metas),
-              "report": summary.get("report") or ev.join("report.html"),
-              "timings_s": {k: round(v, 1) for k, v in timings.items()}, "config": config_to_dict(cfg)}
+    result = {
+        "JF_mean": summary["JF_mean"],
+        "J_mean": summary["J_mean"],
+        "F_mean": summary["F_mean"],
+        "protocol": summary["protocol"],
+        "n_sequences": summary["n_sequences"],
+        "slices": slice_scores(ev.read_text("per_frame.csv"), metas),
+        "report": summary.get("report") or ev.join("report.html"),
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "config": config_to_dict(cfg),
+    }
     root.write_json("demo_summary.json", result)
     return result
 
@@ -194,8 +222,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     started = time.perf_counter()
 
     corpus_cfg = dataclasses.replace(cfg.corpus, out=urls["corpus"])
-    _banner(1, total, f"synthetic corpus: {corpus_cfg.videos} videos x {corpus_cfg.frames} frames at "
-                      f"{corpus_cfg.size} -> {urls['corpus']}")
+    _banner(
+        1,
+        total,
+        f"synthetic corpus: {corpus_cfg.videos} videos x {corpus_cfg.frames} frames at "
+        f"{corpus_cfg.size} -> {urls['corpus']}",
+    )
     t0 = time.perf_counter()
     corpus_summary = generate_corpus(corpus_cfg)
     if corpus_summary["counts"].get("video", {}).get("rejected", 0):
@@ -204,50 +236,131 @@ def run_demo(cfg: DemoConfig) -> dict:
     val = root.child("corpus").read_json("synthetic.json")["val"]
 
     _banner(2, total, f"optical flow (DIS {cfg.flow_preset}) and WebDataset shards -> {urls['shards']}")
-    timings["precompute_flow"] = _run_job("precompute_flow.py", [
-        "--input", urls["corpus"], "--output", urls["shards"], "--format", "davis2016", "--flow-model", "dis",
-        "--flow-preset", cfg.flow_preset, "--val-fraction", str(cfg.train_val_fraction)], "precompute_flow")
+    timings["precompute_flow"] = _run_job(
+        "precompute_flow.py",
+        [
+            "--input",
+            urls["corpus"],
+            "--output",
+            urls["shards"],
+            "--format",
+            "davis2016",
+            "--flow-model",
+            "dis",
+            "--flow-preset",
+            cfg.flow_preset,
+            "--val-fraction",
+            str(cfg.train_val_fraction),
+        ],
+        "precompute_flow",
+    )
 
     train_yaml = _train_config_path(cfg)
     _banner(3, total, f"training: {cfg.num_workers} Ray Train workers, {cfg.train_steps} steps, {train_yaml}")
-    overrides = [f"validation.every_steps={cfg.validate_every or cfg.train_steps}", "validation.max_samples=null",
-                 f"checkpoint.every_steps={min(100, cfg.train_steps)}", *cfg.train_overrides]
-    timings["train"] = _run_job("train.py", [
-        "--config", train_yaml, "--data", urls["shards"], "--storage", urls["runs"], "--run-name", cfg.run_name,
-        "--num-workers", str(cfg.num_workers), "--max-steps", str(cfg.train_steps),
-        *[a for o in overrides for a in ("--set", o)]], "train")
+    overrides = [
+        f"validation.every_steps={cfg.validate_every or cfg.train_steps}",
+        "validation.max_samples=null",
+        f"checkpoint.every_steps={min(100, cfg.train_steps)}",
+        *cfg.train_overrides,
+    ]
+    timings["train"] = _run_job(
+        "train.py",
+        [
+            "--config",
+            train_yaml,
+            "--data",
+            urls["shards"],
+            "--storage",
+            urls["runs"],
+            "--run-name",
+            cfg.run_name,
+            "--num-workers",
+            str(cfg.num_workers),
+            "--max-steps",
+            str(cfg.train_steps),
+            *[a for o in overrides for a in ("--set", o)],
+        ],
+        "train",
+    )
     run_dir = root.child(f"runs/{cfg.run_name}")
     model_url = _final_model(run_dir)
     print(f"model for segmentation: {model_url}", flush=True)
 
     _banner(4, total, f"segmenting the {len(val)} held-out test videos -> {urls['segment']}")
-    timings["segment"] = _run_job("segment.py", [
-        "--input", urls["corpus"], "--output", urls["segment"], "--format", "davis2016",
-        "--checkpoint", model_url, "--flow-model", "dis",
-        "--set", f"flow.preset={cfg.flow_preset}", "--set", f"videos=[{','.join(val)}]"], "segment")
+    timings["segment"] = _run_job(
+        "segment.py",
+        [
+            "--input",
+            urls["corpus"],
+            "--output",
+            urls["segment"],
+            "--format",
+            "davis2016",
+            "--checkpoint",
+            model_url,
+            "--flow-model",
+            "dis",
+            "--set",
+            f"flow.preset={cfg.flow_preset}",
+            "--set",
+            f"videos=[{','.join(val)}]",
+        ],
+        "segment",
+    )
 
     _banner(5, total, f"DAVIS-2016 J&F and report.html on the held-out test videos -> {urls['eval']}")
-    timings["evaluate"] = _run_job("evaluate.py", [
-        "--pred", root.join("segment/masks"), "--gt", urls["corpus"], "--output", urls["eval"],
-        "--protocol", "davis2016", "--set", f"sequences=[{','.join(val)}]"], "evaluate")
+    timings["evaluate"] = _run_job(
+        "evaluate.py",
+        [
+            "--pred",
+            root.join("segment/masks"),
+            "--gt",
+            urls["corpus"],
+            "--output",
+            urls["eval"],
+            "--protocol",
+            "davis2016",
+            "--set",
+            f"sequences=[{','.join(val)}]",
+        ],
+        "evaluate",
+    )
 
     timings["total"] = time.perf_counter() - started
     result = _demo_summary(root, val, timings, cfg)
     s = result["slices"]
-    print(f"\nJ&F = {result['JF_mean']:.3f}  (J {result['J_mean']:.3f}, F {result['F_mean']:.3f}; "
-          f"{result['n_sequences']} held-out test videos, protocol {result['protocol']})", flush=True)
-    print(f"  paused frames: J&F {s['paused']['JF']:.3f} ({s['paused']['frames']} frames); occluded frames: "
-          f"J&F {s['occluded']['JF']:.3f} ({s['occluded']['frames']} frames)", flush=True)
+    print(
+        f"\nJ&F = {result['JF_mean']:.3f}  (J {result['J_mean']:.3f}, F {result['F_mean']:.3f}; "
+        f"{result['n_sequences']} held-out test videos, protocol {result['protocol']})",
+        flush=True,
+    )
+    print(
+        f"  paused frames: J&F {s['paused']['JF']:.3f} ({s['paused']['frames']} frames); occluded frames: "
+        f"J&F {s['occluded']['JF']:.3f} ({s['occluded']['frames']} frames)",
+        flush=True,
+    )
     print(f"report: {result['report']}", flush=True)
     print(f"demo finished in {time.perf_counter() - started:.0f} s", flush=True)
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_job_args(DemoConfig, argv, prog="python -m pipeline.demo", description=__doc__, flags={
-        "--storage": "storage", "--videos": "corpus.videos", "--frames": "corpus.frames", "--size": "corpus.size",
-        "--train-steps": "train_steps", "--train-config": "train_config", "--run-name": "run_name",
-        "--num-workers": "num_workers"})
+    cfg = parse_job_args(
+        DemoConfig,
+        argv,
+        prog="python -m pipeline.demo",
+        description=__doc__,
+        flags={
+            "--storage": "storage",
+            "--videos": "corpus.videos",
+            "--frames": "corpus.frames",
+            "--size": "corpus.size",
+            "--train-steps": "train_steps",
+            "--train-config": "train_config",
+            "--run-name": "run_name",
+            "--num-workers": "num_workers",
+        },
+    )
     setup_logging()
     try:
         run_demo(cfg)

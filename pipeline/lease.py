@@ -56,7 +56,14 @@ from pipeline.storage import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LEASE_NAME", "LeaseHeldError", "LeaseLostError", "OutputLease", "check_lease", "holds_output_lease"]
+__all__ = [
+    "LEASE_NAME",
+    "LeaseHeldError",
+    "LeaseLostError",
+    "OutputLease",
+    "check_lease",
+    "holds_output_lease",
+]
 
 LEASE_NAME = "_lease.json"
 """Name of the lease object at an output root."""
@@ -97,8 +104,10 @@ class LeaseInfo:
 
     def describe(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started))
-        return (f"job {self.job} run {self.run_id} on host {self.host} pid {self.pid}, started {when}, "
-                f"renewed {max(0.0, time.time() - self.renewed):.0f} s ago")
+        return (
+            f"job {self.job} run {self.run_id} on host {self.host} pid {self.pid}, started {when}, "
+            f"renewed {max(0.0, time.time() - self.renewed):.0f} s ago"
+        )
 
 
 def _pid_start(pid: int) -> str:
@@ -132,11 +141,20 @@ class OutputLease:
     leftovers once the lease is taken (see :func:`pipeline.storage.clean_leftovers`).
     """
 
-    def __init__(self, storage: Storage | str, job: str, ttl_s: float | None = None,
-                 renew_every_s: float | None = None, clean: bool = True, name: str = LEASE_NAME):
+    def __init__(
+        self,
+        storage: Storage | str,
+        job: str,
+        ttl_s: float | None = None,
+        renew_every_s: float | None = None,
+        clean: bool = True,
+        name: str = LEASE_NAME,
+    ):
         self.storage = open_storage(storage)
         self.job = job
-        self.ttl_s = float(ttl_s if ttl_s is not None else os.environ.get("HMHI_LEASE_TTL_S") or DEFAULT_TTL_S)
+        self.ttl_s = float(
+            ttl_s if ttl_s is not None else os.environ.get("HMHI_LEASE_TTL_S") or DEFAULT_TTL_S
+        )
         if self.ttl_s <= 0:
             raise ValueError(f"lease ttl_s = {self.ttl_s}: must be > 0")
         self.renew_every_s = renew_every_s if renew_every_s is not None else self.ttl_s / 4
@@ -158,9 +176,17 @@ class OutputLease:
     def acquire(self) -> OutputLease:
         """Take the lease, or raise :class:`LeaseHeldError` naming the run that holds it."""
         now = time.time()
-        self.info = LeaseInfo(job=self.job, run_id=uuid.uuid4().hex[:12], host=socket.gethostname(),
-                              pid=os.getpid(), pid_start=_pid_start(os.getpid()), started=now, renewed=now,
-                              ttl_s=self.ttl_s, output=self.storage.url)
+        self.info = LeaseInfo(
+            job=self.job,
+            run_id=uuid.uuid4().hex[:12],
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            pid_start=_pid_start(os.getpid()),
+            started=now,
+            renewed=now,
+            ttl_s=self.ttl_s,
+            output=self.storage.url,
+        )
         self.storage.check("lease")
         if self.storage.is_local:
             self._acquire_local()
@@ -177,8 +203,10 @@ class OutputLease:
     def check(self) -> None:
         """Raise :class:`LeaseLostError` if another run took this lease over."""
         if self.lost:
-            raise LeaseLostError(f"{self.url}: this run's lease was taken over by another run; stopping before "
-                                 "writing more (the run stalled for longer than the lease TTL)")
+            raise LeaseLostError(
+                f"{self.url}: this run's lease was taken over by another run; stopping before "
+                "writing more (the run stalled for longer than the lease TTL)"
+            )
 
     def renew(self) -> None:
         """Extend the lease now (the background thread does this every ``renew_every_s``)."""
@@ -189,8 +217,11 @@ class OutputLease:
             ok = self._renew_local() if self.storage.is_local else self._renew_s3()
             if not ok:
                 self.lost = True
-                log.error("%s: lease lost: another run took it over; this run (%s) must stop writing", self.url,
-                          self.info.run_id)
+                log.error(
+                    "%s: lease lost: another run took it over; this run (%s) must stop writing",
+                    self.url,
+                    self.info.run_id,
+                )
 
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still this run's."""
@@ -206,8 +237,12 @@ class OutputLease:
                 if current is not None and current[0].run_id == self.info.run_id:
                     self.storage.delete(self.name)
             except Exception as err:  # a lease left behind only delays the next run by the TTL
-                log.warning("%s: could not release the lease (%s); the next run takes it over after %.0f s",
-                            self.url, err, self.ttl_s)
+                log.warning(
+                    "%s: could not release the lease (%s); the next run takes it over after %.0f s",
+                    self.url,
+                    err,
+                    self.ttl_s,
+                )
             self.info = None
 
     def __enter__(self) -> OutputLease:
@@ -227,14 +262,24 @@ class OutputLease:
         except (ValueError, KeyError, TypeError) as e:
             # An unreadable lease names no holder; treating it as held would block the output forever.
             log.warning("%s: unreadable lease (%s); treating it as stale", self.url, e)
-            return LeaseInfo(job="?", run_id="?", host="?", pid=0, pid_start="", started=0.0, renewed=0.0,
-                             ttl_s=0.0, output=self.storage.url)
+            return LeaseInfo(
+                job="?",
+                run_id="?",
+                host="?",
+                pid=0,
+                pid_start="",
+                started=0.0,
+                renewed=0.0,
+                ttl_s=0.0,
+                output=self.storage.url,
+            )
 
     def _refuse(self, holder: LeaseInfo, age: float) -> None:
         raise LeaseHeldError(
             f"{self.storage.url} is being written by another run ({holder.describe()}; lease {self.url}). "
             f"Wait for it to finish; if it died, this output is taken over once its lease is {holder.ttl_s:.0f} s "
-            f"old (now {age:.0f} s), or at once from its own host.")
+            f"old (now {age:.0f} s), or at once from its own host."
+        )
 
     def _stale(self, holder: LeaseInfo, age: float) -> bool:
         return age > holder.ttl_s or _holder_is_dead(holder)
@@ -244,7 +289,9 @@ class OutputLease:
             try:
                 self.renew()
             except Exception as err:  # a blip: the lease stays valid until its TTL; the next tick tries again
-                log.warning("%s: lease renewal failed (%s); retrying in %.0f s", self.url, err, self.renew_every_s)
+                log.warning(
+                    "%s: lease renewal failed (%s); retrying in %.0f s", self.url, err, self.renew_every_s
+                )
             if self.lost:
                 return
 
@@ -322,11 +369,16 @@ class OutputLease:
         bucket, _, key = self.storage._path(self.name).partition("/")
         try:
             with self.storage._errors("write lease", self.name):
-                return _s3_client(self.storage.s3).put_object(Bucket=bucket, Key=key, Body=self._payload(),
-                                                              ContentType="application/json", **condition)
+                return _s3_client(self.storage.s3).put_object(
+                    Bucket=bucket, Key=key, Body=self._payload(), ContentType="application/json", **condition
+                )
         except StorageError as e:
             if isinstance(e.__cause__, Exception) and _error_code(e.__cause__) in (
-                    "PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                "PreconditionFailed",
+                "ConditionalRequestConflict",
+                "412",
+                "409",
+            ):
                 return None
             raise
         except Exception as e:
@@ -345,15 +397,23 @@ class OutputLease:
                     client.put_object(Bucket=bucket, Key=key, Body=b"probe", IfNoneMatch="*")
                     self._conditional = False
                 except Exception as e:
-                    if _error_code(e) not in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                    if _error_code(e) not in (
+                        "PreconditionFailed",
+                        "ConditionalRequestConflict",
+                        "412",
+                        "409",
+                    ):
                         raise
                     self._conditional = True
                 finally:
                     with contextlib.suppress(Exception):
                         client.delete_object(Bucket=bucket, Key=key)
             if not self._conditional:
-                log.warning("%s: this store ignores conditional writes (If-None-Match); the lease is best effort "
-                            "(write, then verify)", self.storage.url)
+                log.warning(
+                    "%s: this store ignores conditional writes (If-None-Match); the lease is best effort "
+                    "(write, then verify)",
+                    self.storage.url,
+                )
         return self._conditional
 
     def _acquire_s3(self) -> None:

@@ -18,12 +18,16 @@ _LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 # Framework messages a user of the jobs cannot act on. Each entry says why it is silenced; everything else is kept.
 _SILENCED_WARNINGS = (
     # (message regex, category, module regex, reason)
-    ("Grad strides do not match bucket view strides", UserWarning, "",
-     "DDP (torch/csrc/distributed/c10d/reducer.cpp, once per worker, every run) compares each gradient's strides "
-     "with its parameter's. HMHI-Net's depthwise convolutions (MiT's Mix-FFN dwconv, the memory encoders' fusers, "
-     "PLAM's down-projection) have (C, 1, k, k) weights with stride k*k on the size-1 axis, and their backward "
-     "returns stride 1 there: the same memory layout, and the reducer still copies the right values into its bucket; "
-     "no setting of a job changes it."),
+    (
+        "Grad strides do not match bucket view strides",
+        UserWarning,
+        "",
+        "DDP (torch/csrc/distributed/c10d/reducer.cpp, once per worker, every run) compares each gradient's strides "
+        "with its parameter's. HMHI-Net's depthwise convolutions (MiT's Mix-FFN dwconv, the memory encoders' fusers, "
+        "PLAM's down-projection) have (C, 1, k, k) weights with stride k*k on the size-1 axis, and their backward "
+        "returns stride 1 there: the same memory layout, and the reducer still copies the right values into its bucket; "
+        "no setting of a job changes it.",
+    ),
 )
 _QUIET_ENV = {
     # Ray prints the same line from every worker once per worker: keep its de-duplication on (the default, made
@@ -113,7 +117,10 @@ def init_ray(**kwargs: Any) -> None:
     started = time.perf_counter()
     ray.init(**kwargs)
     res = ray.cluster_resources()
-    log.info("Ray: %d CPUs, %d GPUs, %d nodes (ray.init %.1f s)", res.get("CPU", 0), res.get("GPU", 0),
-             len(ray.nodes()), time.perf_counter() - started)
-
-
+    log.info(
+        "Ray: %d CPUs, %d GPUs, %d nodes (ray.init %.1f s)",
+        res.get("CPU", 0),
+        res.get("GPU", 0),
+        len(ray.nodes()),
+        time.perf_counter() - started,
+    )

@@ -199,7 +199,9 @@ def decode_flow(data: bytes, h: int, w: int, name: str, crc32: int | None = None
         raise ValueError(f"{name}: damaged flow data (CRC-32 mismatch)")
     size = h * w * 2 * 2
     try:
-        raw = _zstd(1).decompress(data, decompressed_size=size, asbytes=True) if name.endswith(".zst") else data
+        raw = (
+            _zstd(1).decompress(data, decompressed_size=size, asbytes=True) if name.endswith(".zst") else data
+        )
     except (OSError, pa.ArrowException) as exc:
         raise ValueError(f"{name}: corrupt zstd flow data ({exc})") from exc
     if len(raw) != size:
@@ -207,9 +209,17 @@ def decode_flow(data: bytes, h: int, w: int, name: str, crc32: int | None = None
     return np.frombuffer(raw, "<f2").reshape(h, w, 2)
 
 
-def encode_clip(key: str, frames: np.ndarray, flows: np.ndarray | None, masks: np.ndarray, mask_valid: np.ndarray,
-                meta: dict[str, Any], jpeg_quality: int = 90, flow_level: int = 1,
-                flow_pictures: Sequence[tuple[str, bytes]] | None = None) -> dict[str, bytes]:
+def encode_clip(
+    key: str,
+    frames: np.ndarray,
+    flows: np.ndarray | None,
+    masks: np.ndarray,
+    mask_valid: np.ndarray,
+    meta: dict[str, Any],
+    jpeg_quality: int = 90,
+    flow_level: int = 1,
+    flow_pictures: Sequence[tuple[str, bytes]] | None = None,
+) -> dict[str, bytes]:
     """Encode one sample into member bytes keyed by extension (sorted), ready for a tar.
 
     ``flow_pictures`` (one ``(file name, bytes)`` per frame) replaces ``flows``: the pictures' bytes are stored
@@ -222,11 +232,15 @@ def encode_clip(key: str, frames: np.ndarray, flows: np.ndarray | None, masks: n
         raise ValueError(f"sample {key}: {n} frames (1..{MAX_CLIP_FRAMES} allowed)")
     if "." in key or "/" in key:
         raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
-    flow_shape = (len(flow_pictures),) if flow_pictures is not None else (None if flows is None else flows.shape)
+    flow_shape = (
+        (len(flow_pictures),) if flow_pictures is not None else (None if flows is None else flows.shape)
+    )
     expected_flow = (n,) if flow_pictures is not None else frames.shape[:3] + (2,)
     if flow_shape != expected_flow or masks.shape != frames.shape[:3] or mask_valid.shape != (n,):
-        raise ValueError(f"sample {key}: shapes disagree: frames {frames.shape}, flows {flow_shape}, "
-                         f"masks {masks.shape}, mask_valid {mask_valid.shape}")
+        raise ValueError(
+            f"sample {key}: shapes disagree: frames {frames.shape}, flows {flow_shape}, "
+            f"masks {masks.shape}, mask_valid {mask_valid.shape}"
+        )
     members: dict[str, bytes] = {}
     for i in range(n):
         if flow_pictures is not None:
@@ -234,15 +248,23 @@ def encode_clip(key: str, frames: np.ndarray, flows: np.ndarray | None, masks: n
             members[_flowpic_ext(i, picture_suffix(name))] = bytes(data)
         else:
             members[_flow_ext(i, flow_level)] = _encode_flow(flows[i], flow_level)
-        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(frames[i][..., ::-1]),
-                               [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+        ok, buf = cv2.imencode(
+            ".jpg", np.ascontiguousarray(frames[i][..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+        )
         if not ok:
             raise ValueError(f"sample {key}: JPEG encoding of frame {i} failed")
         members[_frame_ext(i)] = buf.tobytes()
         if mask_valid[i]:
             members[_mask_ext(i)] = encode_mask_png(masks[i])
-    meta = dict(meta, key=key, n_frames=n, height=int(frames.shape[1]), width=int(frames.shape[2]),
-                mask_valid=[bool(v) for v in mask_valid], sample_version=SAMPLE_VERSION)
+    meta = dict(
+        meta,
+        key=key,
+        n_frames=n,
+        height=int(frames.shape[1]),
+        width=int(frames.shape[2]),
+        mask_valid=[bool(v) for v in mask_valid],
+        sample_version=SAMPLE_VERSION,
+    )
     if flow_pictures is not None:
         meta["flow_source"] = FLOW_PICTURES
     else:
@@ -253,7 +275,9 @@ def encode_clip(key: str, frames: np.ndarray, flows: np.ndarray | None, masks: n
 
 def _present(sample: Mapping[str, Any], ext: str) -> bool:
     value = sample.get(ext)
-    return not (value is None or (isinstance(value, float) and np.isnan(value)))  # Ray fills absent ones: NaN/None
+    return not (
+        value is None or (isinstance(value, float) and np.isnan(value))
+    )  # Ray fills absent ones: NaN/None
 
 
 def _member(sample: Mapping[str, Any], ext: str, key: str) -> bytes:
@@ -298,9 +322,18 @@ def decode_clip(sample: Mapping[str, Any], positions: Sequence[int] | None = Non
         if all_valid[i]:
             masks[j] = decode_mask_png(_member(sample, _mask_ext(i), key), name=f"{key}.{_mask_ext(i)}")
     indices = [int(i) for i in meta["frame_indices"]]
-    return ClipSample(key=key, video_id=meta["video_id"], split=meta["split"],
-                      frame_indices=[indices[i] for i in pos], frames=frames, flows=flows,
-                      masks=masks, mask_valid=valid, meta=meta, flow_pictures=pictures)
+    return ClipSample(
+        key=key,
+        video_id=meta["video_id"],
+        split=meta["split"],
+        frame_indices=[indices[i] for i in pos],
+        frames=frames,
+        flows=flows,
+        masks=masks,
+        mask_valid=valid,
+        meta=meta,
+        flow_pictures=pictures,
+    )
 
 
 def _decode_pictures(sample: Mapping[str, Any], key: str, pos: list[int]) -> np.ndarray:
@@ -309,22 +342,34 @@ def _decode_pictures(sample: Mapping[str, Any], key: str, pos: list[int]) -> np.
 
     out = None
     for j, i in enumerate(pos):
-        ext = next((_flowpic_ext(i, sfx) for sfx in PICTURE_SUFFIXES if _present(sample, _flowpic_ext(i, sfx))),
-                   _flowpic_ext(i, ".jpg"))
+        ext = next(
+            (_flowpic_ext(i, sfx) for sfx in PICTURE_SUFFIXES if _present(sample, _flowpic_ext(i, sfx))),
+            _flowpic_ext(i, ".jpg"),
+        )
         img = cv2.imdecode(np.frombuffer(_member(sample, ext, key), np.uint8), cv2.IMREAD_COLOR)
         if img is None:
             raise ValueError(f"sample {key}: flow picture {ext} is corrupt")
         if out is None:
             out = np.empty((len(pos),) + img.shape, np.uint8)
         elif img.shape != out.shape[1:]:
-            raise ValueError(f"sample {key}: flow picture {ext} is {img.shape[1]}x{img.shape[0]}, the first one "
-                             f"{out.shape[2]}x{out.shape[1]}")
+            raise ValueError(
+                f"sample {key}: flow picture {ext} is {img.shape[1]}x{img.shape[0]}, the first one "
+                f"{out.shape[2]}x{out.shape[1]}"
+            )
         cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out[j])
     return out if out is not None else np.zeros((0, 1, 1, 3), np.uint8)
 
 
-def _decode_flows(sample: Mapping[str, Any], meta: dict[str, Any], key: str, n: int, h: int, w: int,
-                  pos: list[int], whole: bool) -> np.ndarray:
+def _decode_flows(
+    sample: Mapping[str, Any],
+    meta: dict[str, Any],
+    key: str,
+    n: int,
+    h: int,
+    w: int,
+    pos: list[int],
+    whole: bool,
+) -> np.ndarray:
     # float16 as stored: numpy's float16 -> float32 conversion costs ~1 ms per 480p frame, and every consumer
     # (flow_to_rgb, augmentation) converts the few frames it uses anyway.
     flows = np.empty((len(pos), h, w, 2), np.float16)
@@ -344,24 +389,26 @@ def _decode_flows(sample: Mapping[str, Any], meta: dict[str, Any], key: str, n: 
 
 # -- index --------------------------------------------------------------------------------------------------------
 
-INDEX_SCHEMA = pa.schema([
-    ("key", pa.string()),
-    ("shard", pa.string()),
-    ("split", pa.string()),
-    ("video_id", pa.string()),
-    ("clip_index", pa.int32()),
-    ("n_clips", pa.int32()),
-    ("frame_indices", pa.list_(pa.int32())),
-    ("n_frames", pa.int32()),
-    ("n_masks", pa.int32()),
-    ("height", pa.int32()),
-    ("width", pa.int32()),
-    ("offset", pa.int64()),
-    ("bytes", pa.int64()),
-    ("sha256", pa.string()),
-    ("shard_bytes", pa.int64()),
-    ("shard_sha256", pa.string()),
-])
+INDEX_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("split", pa.string()),
+        ("video_id", pa.string()),
+        ("clip_index", pa.int32()),
+        ("n_clips", pa.int32()),
+        ("frame_indices", pa.list_(pa.int32())),
+        ("n_frames", pa.int32()),
+        ("n_masks", pa.int32()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("offset", pa.int64()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("shard_bytes", pa.int64()),
+        ("shard_sha256", pa.string()),
+    ]
+)
 """One row per sample. ``offset``/``bytes``: where the sample's members lie in the shard; ``sha256``: of the
 sample's members (name and data, in order); ``shard_*``: of the whole shard file."""
 
@@ -387,11 +434,19 @@ def index_part_name(group: str) -> str:
     return f"{INDEX_PARTS_DIR}/{group}.parquet"
 
 
-def write_index_part(storage, group: str, rows: Sequence[Mapping[str, Any]],
-                     videos: Mapping[str, Any] | None = None, writer: str | None = None) -> str:
+def write_index_part(
+    storage,
+    group: str,
+    rows: Sequence[Mapping[str, Any]],
+    videos: Mapping[str, Any] | None = None,
+    writer: str | None = None,
+) -> str:
     """Commit a group of complete shards: write its index rows as one small Parquet part (atomically; the part's
     existence is the commit). The cost does not depend on how many parts exist. Returns the part's name."""
-    meta = {_VIDEOS_KEY: json.dumps(videos or {}, sort_keys=True).encode(), _WRITER_KEY: (writer or "").encode()}
+    meta = {
+        _VIDEOS_KEY: json.dumps(videos or {}, sort_keys=True).encode(),
+        _WRITER_KEY: (writer or "").encode(),
+    }
     table = pa.Table.from_pylist(list(rows), schema=INDEX_SCHEMA).replace_schema_metadata(meta)
     name = index_part_name(group)
     _storage(storage).write_parquet(name, table)
@@ -446,8 +501,9 @@ def read_index(url) -> pa.Table:
         parent, leaf = open_url(st.url)
         return parent.read_parquet(leaf).replace_schema_metadata(None)
     if not st.exists(INDEX_NAME) and not list_index_parts(st):
-        raise StorageNotFoundError(f"{st.join(INDEX_NAME)}: no shard index (neither {INDEX_NAME} nor "
-                                   f"{INDEX_PARTS_DIR}/*.parquet)")
+        raise StorageNotFoundError(
+            f"{st.join(INDEX_NAME)}: no shard index (neither {INDEX_NAME} nor {INDEX_PARTS_DIR}/*.parquet)"
+        )
     return read_index_parts(st)[0]
 
 
@@ -475,15 +531,24 @@ def write_wids_index(url, index: pa.Table) -> list[str]:
     """
     st = _storage(url)
     per_split: dict[str, dict[str, list[int]]] = {}
-    for shard, split, size in zip(index.column("shard").to_pylist(), index.column("split").to_pylist(),
-                                  index.column("shard_bytes").to_pylist(), strict=True):
+    for shard, split, size in zip(
+        index.column("shard").to_pylist(),
+        index.column("split").to_pylist(),
+        index.column("shard_bytes").to_pylist(),
+        strict=True,
+    ):
         entry = per_split.setdefault(split, {}).setdefault(shard, [0, int(size)])
         entry[0] += 1
     names = []
     for split, shards in sorted(per_split.items()):
-        doc = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": split,
-               "shardlist": [{"url": shard, "nsamples": n, "filesize": size}
-                             for shard, (n, size) in sorted(shards.items())]}
+        doc = {
+            "__kind__": "wids-shard-index-v1",
+            "wids_version": 1,
+            "name": split,
+            "shardlist": [
+                {"url": shard, "nsamples": n, "filesize": size} for shard, (n, size) in sorted(shards.items())
+            ],
+        }
         names.append(f"{split}{WIDS_SUFFIX}")
         st.write_json(names[-1], doc)
     return names
@@ -495,8 +560,10 @@ def shard_urls(url, split: str | None = None) -> list[str]:
     table = read_index(st)
     shards = table.column("shard").to_pylist()
     splits = table.column("split").to_pylist()
-    return [st.join(s) for s in sorted({sh for sh, sp in zip(shards, splits, strict=True)
-                                         if split is None or sp == split})]
+    return [
+        st.join(s)
+        for s in sorted({sh for sh, sp in zip(shards, splits, strict=True) if split is None or sp == split})
+    ]
 
 
 def verify_shard(url: str, checksum: str) -> None:
@@ -507,6 +574,7 @@ def verify_shard(url: str, checksum: str) -> None:
 
 
 # -- reading ------------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ShardEntry:
@@ -593,13 +661,16 @@ def read_samples(entry: ShardEntry, start: int = 0, stop: int | None = None) -> 
             data = f.read(size)
             position = offset + len(data)
             if len(data) != size:
-                raise ValueError(f"shard {entry.url}: sample at byte {offset} is truncated ({len(data)} of {size})")
+                raise ValueError(
+                    f"shard {entry.url}: sample at byte {offset} is truncated ({len(data)} of {size})"
+                )
             for sample in iter_tar_samples(io.BytesIO(data), entry.url):
                 sample["__url__"] = entry.url
                 yield sample
 
 
 # -- writer -------------------------------------------------------------------------------------------------------
+
 
 class _OpenShard:
     """A shard being built: a local tar that the upload thread streams to storage as it grows."""
@@ -638,10 +709,18 @@ class ShardWriter:
     rows as one index part (:func:`write_index_part`).
     """
 
-    def __init__(self, storage, target_bytes: int, index: pa.Table | None = None,
-                 on_commit: Callable[[str, list[dict[str, Any]]], None] | None = None, tmpdir: str | None = None,
-                 max_pending: int = 2, stream_bytes: int = 16 << 20,
-                 shard_name: Callable[[str, int], str] | None = None, index_name: str | None = INDEX_NAME):
+    def __init__(
+        self,
+        storage,
+        target_bytes: int,
+        index: pa.Table | None = None,
+        on_commit: Callable[[str, list[dict[str, Any]]], None] | None = None,
+        tmpdir: str | None = None,
+        max_pending: int = 2,
+        stream_bytes: int = 16 << 20,
+        shard_name: Callable[[str, int], str] | None = None,
+        index_name: str | None = INDEX_NAME,
+    ):
         self.storage = storage
         self.shard_name = shard_name or (lambda split, num: f"{SHARD_DIR}/{split}-{num:06d}.tar")
         self.index_name = index_name
@@ -673,7 +752,9 @@ class ShardWriter:
             num = self._next.get(split, 0)
             self._next[split] = num + 1
             name = self.shard_name(split, num)
-            with local_disk_full_errors("build shard", self.storage.join(name), os.path.join(self._tmp.name, "shard.tar")):
+            with local_disk_full_errors(
+                "build shard", self.storage.join(name), os.path.join(self._tmp.name, "shard.tar")
+            ):
                 shard = self._open[split] = _OpenShard(name, self._tmp.name)
         offset = shard.tar.offset
         digest = hashlib.sha256()
@@ -685,8 +766,17 @@ class ShardWriter:
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
                 shard.tar.addfile(info, io.BytesIO(data))
                 digest.update(ext.encode() + b"\0" + data)
-        shard.rows.append(dict(row, key=key, split=split, shard=shard.name, offset=offset,
-                               bytes=shard.tar.offset - offset, sha256=digest.hexdigest()))
+        shard.rows.append(
+            dict(
+                row,
+                key=key,
+                split=split,
+                shard=shard.name,
+                offset=offset,
+                bytes=shard.tar.offset - offset,
+                sha256=digest.hexdigest(),
+            )
+        )
         self.write_s += time.perf_counter() - t0
         if shard.size >= self.target_bytes:
             self._commit(split)
@@ -712,7 +802,9 @@ class ShardWriter:
             while shard.sent < upto:
                 chunk = f.read(min(8 << 20, upto - shard.sent))
                 if not chunk:
-                    raise OSError(f"{shard.path}: local shard file ended at {shard.sent} bytes, expected {upto}")
+                    raise OSError(
+                        f"{shard.path}: local shard file ended at {shard.sent} bytes, expected {upto}"
+                    )
                 shard.digest.update(chunk)
                 shard.remote_file.write(chunk)
                 shard.sent += len(chunk)

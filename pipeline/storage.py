@@ -121,6 +121,7 @@ DEFAULT_MAX_ATTEMPTS = 8
 
 Eight attempts with botocore's capped exponential backoff ride out about 20-60 s of throttling or 5xx answers."""
 
+
 def _count_call_retries(context=None, **_: Any) -> None:
     """botocore ``after-call``/``after-call-error`` hook: add the retries this API call needed."""
     attempt = ((context or {}).get("retries") or {}).get("attempt", 1)
@@ -134,9 +135,18 @@ def _register_retry_hooks(events) -> None:
 
 
 # Environment variables that decide which credentials the SDK's chain finds (the values are never stored).
-_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                   "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
-                   "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+_CREDENTIAL_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+)
 
 
 def _credential_env_fingerprint() -> str:
@@ -182,7 +192,9 @@ class S3Options:
         if self.max_attempts is not None and self.max_attempts < 1:
             raise StorageError(f"S3Options.max_attempts = {self.max_attempts}: must be >= 1")
         if self.retry_mode not in (None, "standard", "adaptive"):
-            raise StorageError(f"S3Options.retry_mode = {self.retry_mode!r}: must be 'standard' or 'adaptive'")
+            raise StorageError(
+                f"S3Options.retry_mode = {self.retry_mode!r}: must be 'standard' or 'adaptive'"
+            )
 
     @property
     def explicit_credentials(self) -> bool:
@@ -202,7 +214,10 @@ class S3Options:
             mode = "standard"
         return replace(
             self,
-            endpoint_url=self.endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
+            endpoint_url=self.endpoint_url
+            or env.get("AWS_ENDPOINT_URL_S3")
+            or env.get("AWS_ENDPOINT_URL")
+            or None,
             region=self.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
             max_attempts=attempts,
             retry_mode=mode,
@@ -217,15 +232,24 @@ class S3Options:
         import botocore.config
 
         return botocore.config.Config(
-            max_pool_connections=32, signature_version=botocore.UNSIGNED if self.anonymous else None,
-            retries={"mode": self.retry_mode or "standard", "max_attempts": self.max_attempts or DEFAULT_MAX_ATTEMPTS},
-            connect_timeout=20, read_timeout=120)
+            max_pool_connections=32,
+            signature_version=botocore.UNSIGNED if self.anonymous else None,
+            retries={
+                "mode": self.retry_mode or "standard",
+                "max_attempts": self.max_attempts or DEFAULT_MAX_ATTEMPTS,
+            },
+            connect_timeout=20,
+            read_timeout=120,
+        )
 
     def _explicit_keys(self) -> dict[str, str | None]:
         if not self.explicit_credentials:
             return {}
-        return {"aws_access_key_id": self.access_key_id, "aws_secret_access_key": self.secret_access_key,
-                "aws_session_token": self.session_token}
+        return {
+            "aws_access_key_id": self.access_key_id,
+            "aws_secret_access_key": self.secret_access_key,
+            "aws_session_token": self.session_token,
+        }
 
 
 _S3_CLIENTS: dict[tuple[int, S3Options, str], Any] = {}
@@ -247,8 +271,12 @@ def _s3_client(options: S3Options):
         session = boto3.session.Session()
         _register_retry_hooks(session.events)
         client = _S3_CLIENTS[key] = session.client(
-            "s3", region_name=options.region, endpoint_url=options.endpoint_url,
-            config=options._botocore_config(), **options._explicit_keys())
+            "s3",
+            region_name=options.region,
+            endpoint_url=options.endpoint_url,
+            config=options._botocore_config(),
+            **options._explicit_keys(),
+        )
     return client
 
 
@@ -257,9 +285,20 @@ def _transient_read_errors() -> tuple[type[BaseException], ...]:
     import botocore.exceptions as bx
     import urllib3.exceptions as ux
 
-    return (bx.ResponseStreamingError, bx.IncompleteReadError, bx.ReadTimeoutError, bx.ConnectionClosedError,
-            bx.EndpointConnectionError, ux.ProtocolError, ux.ReadTimeoutError, ux.IncompleteRead,
-            http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError)
+    return (
+        bx.ResponseStreamingError,
+        bx.IncompleteReadError,
+        bx.ReadTimeoutError,
+        bx.ConnectionClosedError,
+        bx.EndpointConnectionError,
+        ux.ProtocolError,
+        ux.ReadTimeoutError,
+        ux.IncompleteRead,
+        http.client.IncompleteRead,
+        ConnectionError,
+        socket.timeout,
+        TimeoutError,
+    )
 
 
 class _S3Body(io.RawIOBase):
@@ -291,8 +330,9 @@ class _S3Body(io.RawIOBase):
                 resp = _s3_client(self._storage.s3).get_object(Bucket=self._bucket, Key=self._key, **kwargs)
             except Exception as e:
                 if self._etag and _error_code(e) in ("PreconditionFailed", "412"):
-                    raise StorageError(f"read {self._storage.join(self._rel)}: the object changed while it was "
-                                       "being read") from e
+                    raise StorageError(
+                        f"read {self._storage.join(self._rel)}: the object changed while it was being read"
+                    ) from e
                 raise
         self._body = resp["Body"]
         if self._etag is None:
@@ -323,20 +363,29 @@ class _S3Body(io.RawIOBase):
                 if failures >= self._attempts:
                     raise StorageUnavailableError(
                         f"read {url}: the connection failed {failures} times in a row at byte {self._pos} "
-                        f"({type(e).__name__})") from e
+                        f"({type(e).__name__})"
+                    ) from e
                 count_retry("s3_read_resume")
-                log.info("read %s: %s at byte %d; reopening there (retry %d of %d)", url, type(e).__name__,
-                         self._pos, failures, self._attempts - 1)
+                log.info(
+                    "read %s: %s at byte %d; reopening there (retry %d of %d)",
+                    url,
+                    type(e).__name__,
+                    self._pos,
+                    failures,
+                    self._attempts - 1,
+                )
                 with contextlib.suppress(Exception):
                     self._body.close()
-                time.sleep(random.uniform(0, min(0.05 * 2 ** failures, 2.0)))  # jittered, short: data was flowing
+                time.sleep(
+                    random.uniform(0, min(0.05 * 2**failures, 2.0))
+                )  # jittered, short: data was flowing
                 self._open()
         self._pos += len(data)
         return data
 
     def readinto(self, buffer) -> int:
         data = self._read(len(buffer))
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         return len(data)
 
     def readall(self) -> bytes:
@@ -371,7 +420,7 @@ class _RangeReader(io.RawIOBase):
     def readinto(self, buffer) -> int:
         want = len(buffer) if self._left is None else min(len(buffer), self._left)
         data = self._stream.read(want) if want else b""
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         if self._left is not None:
             self._left -= len(data)
         return len(data)
@@ -386,14 +435,16 @@ def _split_url(url: str) -> tuple[str, str]:
     """(scheme, path) with scheme "file" or "s3"; local paths become absolute."""
     url = os.fspath(url)
     if url.startswith("s3://"):
-        path = url[len("s3://"):].strip("/")
+        path = url[len("s3://") :].strip("/")
         if not path:
             raise StorageError(f"{url!r}: an S3 URL needs a bucket, e.g. s3://bucket/prefix")
         return "s3", path
     if "://" in url and not url.startswith("file://"):
-        raise StorageError(f"{url!r}: unsupported URL scheme (use a local path, file://... or s3://bucket/prefix)")
+        raise StorageError(
+            f"{url!r}: unsupported URL scheme (use a local path, file://... or s3://bucket/prefix)"
+        )
     if url.startswith("file://"):
-        url = url[len("file://"):]
+        url = url[len("file://") :]
     return "file", os.path.abspath(os.path.expanduser(url))
 
 
@@ -453,17 +504,28 @@ class Storage:
                     client_kwargs["endpoint_url"] = o.endpoint_url
                 session = AioSession()
                 _register_retry_hooks(session.get_component("event_emitter"))
-                keys = {"key": o.access_key_id, "secret": o.secret_access_key, "token": o.session_token} \
-                    if o.explicit_credentials else {}
+                keys = (
+                    {"key": o.access_key_id, "secret": o.secret_access_key, "token": o.session_token}
+                    if o.explicit_credentials
+                    else {}
+                )
                 # Listing caches would hide objects written by other processes (Ray workers, a resumed run).
                 # botocore retries throttles, 5xx and connection errors (same mode and attempts as boto3); s3fs's
                 # own loop re-reads a block whose body was cut, up to the same number of attempts.
                 fs = s3fs.S3FileSystem(
-                    anon=o.anonymous, client_kwargs=client_kwargs, use_listings_cache=False,
-                    skip_instance_cache=True, session=session,
-                    config_kwargs={"retries": {"mode": o.retry_mode or "standard",
-                                               "max_attempts": o.max_attempts or DEFAULT_MAX_ATTEMPTS},
-                                   "connect_timeout": 20, "read_timeout": 120},
+                    anon=o.anonymous,
+                    client_kwargs=client_kwargs,
+                    use_listings_cache=False,
+                    skip_instance_cache=True,
+                    session=session,
+                    config_kwargs={
+                        "retries": {
+                            "mode": o.retry_mode or "standard",
+                            "max_attempts": o.max_attempts or DEFAULT_MAX_ATTEMPTS,
+                        },
+                        "connect_timeout": 20,
+                        "read_timeout": 120,
+                    },
                     **keys,
                 )
                 fs.retries = o.max_attempts or DEFAULT_MAX_ATTEMPTS
@@ -480,11 +542,16 @@ class Storage:
             return pafs.LocalFileSystem(), self.root
         o = self.s3
         kwargs: dict[str, Any] = {
-            "region": o.region, "anonymous": o.anonymous,
-            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=o.max_attempts or DEFAULT_MAX_ATTEMPTS),
+            "region": o.region,
+            "anonymous": o.anonymous,
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(
+                max_attempts=o.max_attempts or DEFAULT_MAX_ATTEMPTS
+            ),
         }
         if o.explicit_credentials:  # else the AWS SDK's own chain in this process (env, profile, IRSA, role)
-            kwargs.update(access_key=o.access_key_id, secret_key=o.secret_access_key, session_token=o.session_token)
+            kwargs.update(
+                access_key=o.access_key_id, secret_key=o.secret_access_key, session_token=o.session_token
+            )
         if o.endpoint_url:
             kwargs["endpoint_override"] = o.endpoint_url
             if o.endpoint_url.startswith("http://"):
@@ -516,26 +583,42 @@ class Storage:
         except FileNotFoundError as e:
             raise StorageNotFoundError(f"{op} {url}: not found (does the bucket or path exist?)") from e
         except PermissionError as e:
-            raise StorageAuthError(f"{op} {url}: access denied (check the credentials and their permissions)") from e
+            raise StorageAuthError(
+                f"{op} {url}: access denied (check the credentials and their permissions)"
+            ) from e
         except Exception as e:  # botocore raises its own types for credential problems
             name = type(e).__name__
             if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
                 raise StorageAuthError(
                     f"{op} {url}: no usable S3 credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-                    "a profile, or an instance role)") from e
+                    "a profile, or an instance role)"
+                ) from e
             code = _error_code(e)
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
                 raise StorageAuthError(f"{op} {url}: credentials rejected ({code})") from e
             if code in ("NoSuchBucket", "NoSuchKey", "404"):
                 raise StorageNotFoundError(f"{op} {url}: not found ({code})") from e
             attempts = (self.s3.max_attempts if self.s3 else None) or DEFAULT_MAX_ATTEMPTS
-            if code in ("SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "500", "502", "503",
-                        "504", "Throttling", "ThrottlingException", "RequestLimitExceeded"):
+            if code in (
+                "SlowDown",
+                "InternalError",
+                "ServiceUnavailable",
+                "RequestTimeout",
+                "500",
+                "502",
+                "503",
+                "504",
+                "Throttling",
+                "ThrottlingException",
+                "RequestLimitExceeded",
+            ):
                 raise StorageUnavailableError(
-                    f"{op} {url}: the store kept failing after {attempts} attempts ({code})") from e
+                    f"{op} {url}: the store kept failing after {attempts} attempts ({code})"
+                ) from e
             if isinstance(e, _transient_read_errors()):
                 raise StorageUnavailableError(
-                    f"{op} {url}: the connection kept failing after {attempts} attempts ({type(e).__name__})") from e
+                    f"{op} {url}: the connection kept failing after {attempts} attempts ({type(e).__name__})"
+                ) from e
             raise
 
     def check(self, op: str = "check") -> None:
@@ -579,8 +662,11 @@ class Storage:
                 if os.path.exists(base):
                     raise StorageError(f"list {self.join(rel)}: not a directory")
                 return []
-            entries = self.fs.find(base, detail=True) if recursive else {
-                e["name"]: e for e in self.fs.ls(base, detail=True)}
+            entries = (
+                self.fs.find(base, detail=True)
+                if recursive
+                else {e["name"]: e for e in self.fs.ls(base, detail=True)}
+            )
         names = []
         prefix = base.rstrip("/") + "/"
         for name, info in entries.items():
@@ -589,7 +675,7 @@ class Storage:
             name = name.rstrip("/")
             if not name.startswith(prefix):
                 continue  # the listed directory itself
-            relname = name[len(prefix):]
+            relname = name[len(prefix) :]
             leaf = relname.rsplit("/", 1)[-1]
             if leaf.startswith(".") and _TMP_MARK in leaf:
                 continue
@@ -711,7 +797,9 @@ class Storage:
 
     def upload_file(self, local_path: str, rel: str) -> None:
         """Copy a local file to ``rel`` atomically."""
-        if self.scheme != "file":  # a single PUT or multipart upload: S3 shows the object only once it is complete
+        if (
+            self.scheme != "file"
+        ):  # a single PUT or multipart upload: S3 shows the object only once it is complete
             with self._errors("upload", rel):
                 self.fs.put_file(local_path, self._path(rel))
             return
@@ -727,7 +815,9 @@ class Storage:
             self.fs.rm(path, recursive=recursive)
 
 
-_TMP_NAME = re.compile(r"\.tmp-[0-9a-f]{32}$")  # open_write's ".<leaf>.tmp-<uuid>", download_file's "<path>.tmp-<uuid>"
+_TMP_NAME = re.compile(
+    r"\.tmp-[0-9a-f]{32}$"
+)  # open_write's ".<leaf>.tmp-<uuid>", download_file's "<path>.tmp-<uuid>"
 
 
 def clean_leftovers(storage: Storage, older_than: float) -> dict[str, int]:
@@ -755,13 +845,21 @@ def clean_leftovers(storage: Storage, older_than: float) -> dict[str, int]:
                 for up in page.get("Uploads", []):
                     if up["Initiated"].timestamp() < older_than:
                         with storage._errors("abort upload", ""):
-                            client.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+                            client.abort_multipart_upload(
+                                Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"]
+                            )
                         counts["multipart_uploads_aborted"] += 1
-                        log.info("aborted an incomplete upload of s3://%s/%s (initiated %s)", bucket, up["Key"],
-                                 up["Initiated"].isoformat())
+                        log.info(
+                            "aborted an incomplete upload of s3://%s/%s (initiated %s)",
+                            bucket,
+                            up["Key"],
+                            up["Initiated"].isoformat(),
+                        )
                 if not page.get("IsTruncated"):
                     break
-                kwargs.update(KeyMarker=page.get("NextKeyMarker", ""), UploadIdMarker=page.get("NextUploadIdMarker", ""))
+                kwargs.update(
+                    KeyMarker=page.get("NextKeyMarker", ""), UploadIdMarker=page.get("NextUploadIdMarker", "")
+                )
         elif os.path.isdir(storage.root):
             for directory, _, files in os.walk(storage.root):
                 for name in files:

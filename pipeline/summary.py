@@ -132,7 +132,10 @@ class JobSummary:
             "started": _iso(self.started),
             "finished": _iso(now),
             "elapsed_s": round(now - self.started, 3),
-            "counts": {k: {s: int(v.get(s, 0)) for s in ("done", "skipped", "rejected")} for k, v in self.counts.items()},
+            "counts": {
+                k: {s: int(v.get(s, 0)) for s in ("done", "skipped", "rejected")}
+                for k, v in self.counts.items()
+            },
             "skipped": list(self.skipped_items),
             "rejected": list(self.rejected_items),
             "figures": {k: plain(v) for k, v in self.figures.items()},
@@ -143,8 +146,10 @@ class JobSummary:
         lines = [f"== {self.job} summary ({format_duration(d['elapsed_s'])}) =="]
         for kind, c in d["counts"].items():
             total = sum(c.values())
-            lines.append(f"  {kind + 's':<10} {total:>7} in: {c['done']} done, {c['skipped']} skipped, "
-                         f"{c['rejected']} rejected")
+            lines.append(
+                f"  {kind + 's':<10} {total:>7} in: {c['done']} done, {c['skipped']} skipped, "
+                f"{c['rejected']} rejected"
+            )
         for key, value in d["figures"].items():
             lines.append(f"  {key:<24} {format_figure(key, value)}")
         if d["rejected"]:
@@ -175,5 +180,3 @@ class JobSummary:
             storage.write_json(rel, d)
         log.debug("summary: %s", json.dumps(d))
         return d
-
-

@@ -86,6 +86,7 @@ class SyntheticCorpusError(RuntimeError):
 
 # -- configuration ---------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class SyntheticConfig:
     out: str = ""
@@ -126,14 +127,25 @@ class SyntheticConfig:
         m = _SIZE_RE.match(str(self.size))
         require(m is not None, "size", self.size, "must look like HEIGHTxWIDTH, e.g. 128x128")
         h, w = int(m.group(1)), int(m.group(2))
-        require(32 <= h <= 4096 and 32 <= w <= 4096, "size", self.size, "height and width must be in [32, 4096]")
+        require(
+            32 <= h <= 4096 and 32 <= w <= 4096, "size", self.size, "height and width must be in [32, 4096]"
+        )
         require(0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction, "must be in [0, 1)")
-        require(bool(_SEQ_NAME_RE.match(self.prefix)), "prefix", self.prefix,
-                "must start with a letter or digit and hold only letters, digits, '_' and '-'")
+        require(
+            bool(_SEQ_NAME_RE.match(self.prefix)),
+            "prefix",
+            self.prefix,
+            "must start with a letter or digit and hold only letters, digits, '_' and '-'",
+        )
         require(1 <= self.jpeg_quality <= 100, "jpeg_quality", self.jpeg_quality, "must be in [1, 100]")
         require(0.0 <= self.noise_sigma <= 50.0, "noise_sigma", self.noise_sigma, "must be in [0, 50]")
         require(0 <= self.clutter <= 32, "clutter", self.clutter, "must be in [0, 32]")
-        require(self.mp4_codec in ("libx264", "mpeg4"), "mp4_codec", self.mp4_codec, "must be 'libx264' or 'mpeg4'")
+        require(
+            self.mp4_codec in ("libx264", "mpeg4"),
+            "mp4_codec",
+            self.mp4_codec,
+            "must be 'libx264' or 'mpeg4'",
+        )
         require(1 <= self.fps <= 240, "fps", self.fps, "must be in [1, 240]")
 
     @property
@@ -146,8 +158,16 @@ class SyntheticConfig:
 
     def fingerprint(self) -> str:
         """Hash of everything that changes a video's pixels (not the count, split or mp4 settings)."""
-        key = dict(version=GENERATOR_VERSION, frames=self.frames, size=[self.height, self.width], seed=self.seed,
-                   jpeg_quality=self.jpeg_quality, noise_sigma=self.noise_sigma, clutter=self.clutter, band=self.band)
+        key = dict(
+            version=GENERATOR_VERSION,
+            frames=self.frames,
+            size=[self.height, self.width],
+            seed=self.seed,
+            jpeg_quality=self.jpeg_quality,
+            noise_sigma=self.noise_sigma,
+            clutter=self.clutter,
+            band=self.band,
+        )
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -170,6 +190,7 @@ def split_sequences(names: Sequence[str], val_fraction: float, seed: int) -> tup
 
 
 # -- procedural textures ---------------------------------------------------------------------------------------------
+
 
 class _ValueNoise:
     """Tileable value noise: a random lattice interpolated with smoothstep, in [-1, 1].
@@ -212,9 +233,11 @@ class _ValueNoise:
 class _Fbm:
     """Fractal sum of value-noise octaves (each half the spacing and ``gain`` times the amplitude of the last)."""
 
-    def __init__(self, rng: np.random.Generator, spacing: float, octaves: int, channels: int = 1, gain: float = 0.5):
-        self.octaves = [_ValueNoise(rng, spacing / 2 ** k, channels) for k in range(octaves)]
-        self.amps = [gain ** k for k in range(octaves)]
+    def __init__(
+        self, rng: np.random.Generator, spacing: float, octaves: int, channels: int = 1, gain: float = 0.5
+    ):
+        self.octaves = [_ValueNoise(rng, spacing / 2**k, channels) for k in range(octaves)]
+        self.amps = [gain**k for k in range(octaves)]
         self.norm = sum(self.amps)
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -247,6 +270,7 @@ def _edge_alpha(signed_px: np.ndarray) -> np.ndarray:
 
 
 # -- scene parameters ------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class SceneParams:
@@ -338,8 +362,9 @@ class _Motion:
     obj_path: Sequence[float]
 
 
-def sample_scene(seed: int, index: int, height: int, width: int, frames: int, clutter: int = 4,
-                 band: bool = True) -> SceneParams:
+def sample_scene(
+    seed: int, index: int, height: int, width: int, frames: int, clutter: int = 4, band: bool = True
+) -> SceneParams:
     """Draw the parameters of video ``index`` of the corpus with seed ``seed`` (pure function of its arguments).
 
     One generator draws everything, part by part in this order; reordering the draws changes every corpus.
@@ -350,17 +375,29 @@ def sample_scene(seed: int, index: int, height: int, width: int, frames: int, cl
     camera = _sample_camera(rng, frames, unit)
     obj = _sample_object(rng, height, width, dim, unit)
     pause = _sample_pause(rng, frames)
-    motion = _Motion(camera["cam_start"], camera["cam_velocity"], camera["cam_shake"], camera["zoom_rate"],
-                     obj["obj_path"])
+    motion = _Motion(
+        camera["cam_start"], camera["cam_velocity"], camera["cam_shake"], camera["zoom_rate"], obj["obj_path"]
+    )
     pole = _sample_pole(rng, motion, pause, obj["obj_radius"], frames, unit)
     cam0 = np.asarray(camera["cam_start"])
     band_params = _sample_band(rng, cam0, height, width, dim, unit, band)
     items = _sample_clutter(rng, cam0, np.asarray(camera["cam_velocity"]), height, width, dim, unit, clutter)
     light = _sample_light(rng, frames)
     return SceneParams(
-        height=height, width=width, frames=frames, texture_seed=int(rng.integers(0, 2 ** 31 - 1)), **camera, **obj,
-        obj_angle0=float(rng.uniform(0, 2 * math.pi)), obj_pattern_freq=float(rng.uniform(1.5, 3.5)),
-        obj_pattern_angle=float(rng.uniform(0, math.pi)), pause=pause, **pole, **band_params, clutter=items, **light,
+        height=height,
+        width=width,
+        frames=frames,
+        texture_seed=int(rng.integers(0, 2**31 - 1)),
+        **camera,
+        **obj,
+        obj_angle0=float(rng.uniform(0, 2 * math.pi)),
+        obj_pattern_freq=float(rng.uniform(1.5, 3.5)),
+        obj_pattern_angle=float(rng.uniform(0, math.pi)),
+        pause=pause,
+        **pole,
+        **band_params,
+        clutter=items,
+        **light,
     )
 
 
@@ -377,20 +414,33 @@ def _sample_camera(rng: np.random.Generator, frames: int, unit: float) -> dict[s
     """Pan, shake and zoom of the camera (the ``cam_*`` and ``zoom_rate`` fields)."""
     cam_start = rng.uniform(-1000, 1000, size=2)
     cam_velocity = _direction(rng) * rng.uniform(0.3, 1.5) * unit
-    cam_shake = [rng.uniform(0, 0.8) * unit, rng.uniform(0, 0.8) * unit, rng.uniform(0.3, 0.9), rng.uniform(0, 6.3)]
+    cam_shake = [
+        rng.uniform(0, 0.8) * unit,
+        rng.uniform(0, 0.8) * unit,
+        rng.uniform(0.3, 0.9),
+        rng.uniform(0, 6.3),
+    ]
     zoom_total = math.exp(rng.uniform(math.log(0.8), math.log(1.3)))
     zoom_rate = math.log(zoom_total) / (frames - 1)
-    return {"cam_start": _floats(cam_start), "cam_velocity": _floats(cam_velocity), "cam_shake": _floats(cam_shake),
-            "zoom_rate": float(zoom_rate)}
+    return {
+        "cam_start": _floats(cam_start),
+        "cam_velocity": _floats(cam_velocity),
+        "cam_shake": _floats(cam_shake),
+        "zoom_rate": float(zoom_rate),
+    }
 
 
-def _sample_object(rng: np.random.Generator, height: int, width: int, dim: float, unit: float) -> dict[str, Any]:
+def _sample_object(
+    rng: np.random.Generator, height: int, width: int, dim: float, unit: float
+) -> dict[str, Any]:
     """The object's outline, screen path, spin and texture family (the ``obj_*`` fields drawn before the pause)."""
     radius = rng.uniform(0.18, 0.28) * dim
     aspect = rng.uniform(1.0, 1.5)
     n_harm = int(rng.integers(1, 4))
     ks = rng.choice(np.arange(2, 7), size=n_harm, replace=False)
-    harmonics = [[float(k), rng.uniform(0.03, 0.12), rng.uniform(0, 2 * math.pi), rng.uniform(-0.25, 0.25)] for k in ks]
+    harmonics = [
+        [float(k), rng.uniform(0.03, 0.12), rng.uniform(0, 2 * math.pi), rng.uniform(-0.25, 0.25)] for k in ks
+    ]
     # Screen path: keep the centre inside the central part of the frame.
     max_ax = max(0.5 * width - 0.9 * radius, 0.05 * width)
     max_ay = max(0.5 * height - 0.9 * radius, 0.05 * height)
@@ -403,8 +453,14 @@ def _sample_object(rng: np.random.Generator, height: int, width: int, dim: float
     path = [ax, wx, rng.uniform(0, 2 * math.pi), ay, wy, rng.uniform(0, 2 * math.pi), ox, oy]
     spin = rng.uniform(0.02, 0.08) * rng.choice([-1, 1])
     pattern = str(rng.choice(["stripes", "rings", "spots", "checks"]))
-    return {"obj_radius": float(radius), "obj_aspect": float(aspect), "obj_harmonics": [_floats(h) for h in harmonics],
-            "obj_path": _floats(path), "obj_spin": float(spin), "obj_pattern": pattern}
+    return {
+        "obj_radius": float(radius),
+        "obj_aspect": float(aspect),
+        "obj_harmonics": [_floats(h) for h in harmonics],
+        "obj_path": _floats(path),
+        "obj_spin": float(spin),
+        "obj_pattern": pattern,
+    }
 
 
 def _sample_pause(rng: np.random.Generator, frames: int) -> list[int]:
@@ -415,14 +471,17 @@ def _sample_pause(rng: np.random.Generator, frames: int) -> list[int]:
     return [first, first + pause_len - 1]
 
 
-def _sample_pole(rng: np.random.Generator, motion: _Motion, pause: list[int], radius: float, frames: int,
-                 unit: float) -> dict[str, Any]:
+def _sample_pole(
+    rng: np.random.Generator, motion: _Motion, pause: list[int], radius: float, frames: int, unit: float
+) -> dict[str, Any]:
     """The occluding pole (the ``pole_*`` fields and ``occlusion_frame``).
 
     A pole (a swinging branch, a passing post) sweeps across the object's centre at frame t_occ, outside the pause,
     fast enough that the occlusion lasts a few frames only.
     """
-    candidates = [t for t in range(1, frames - 1) if t < pause[0] - 1 or t > pause[1] + 1] or list(range(1, frames - 1))
+    candidates = [t for t in range(1, frames - 1) if t < pause[0] - 1 or t > pause[1] + 1] or list(
+        range(1, frames - 1)
+    )
     t_occ = int(rng.choice(candidates))
     tau = _object_time(np.array([t_occ - 1, t_occ, t_occ + 1]), pause)
     cx, cy = _object_centre(motion, tau)
@@ -436,23 +495,41 @@ def _sample_pole(rng: np.random.Generator, motion: _Motion, pause: list[int], ra
     crossing_frames = rng.uniform(0.2, 0.35) * frames
     pole_speed = float(np.clip((2 * radius + 2 * pole_half_width) / crossing_frames, 2.0 * unit, 14.0 * unit))
     pole_speed *= rng.choice([-1, 1])
-    return {"pole_point": _floats(pole_point), "pole_normal": _floats(normal), "pole_half_width": float(pole_half_width),
-            "pole_speed": pole_speed, "occlusion_frame": t_occ}
+    return {
+        "pole_point": _floats(pole_point),
+        "pole_normal": _floats(normal),
+        "pole_half_width": float(pole_half_width),
+        "pole_speed": pole_speed,
+        "occlusion_frame": t_occ,
+    }
 
 
-def _sample_band(rng: np.random.Generator, cam0: np.ndarray, height: int, width: int, dim: float, unit: float,
-                 band: bool) -> dict[str, Any]:
+def _sample_band(
+    rng: np.random.Generator, cam0: np.ndarray, height: int, width: int, dim: float, unit: float, band: bool
+) -> dict[str, Any]:
     """The drifting background band (the ``band_*`` fields; zero width without ``band``)."""
     band_point = cam0 + np.array([rng.uniform(-0.3, 0.3) * width, rng.uniform(-0.3, 0.3) * height])
     band_angle = rng.uniform(-0.5, 0.5) + (math.pi / 2 if rng.uniform() < 0.3 else 0.0)
     band_half_width = rng.uniform(0.07, 0.13) * dim if band else 0.0
     band_speed = rng.uniform(1.0, 3.0) * unit * rng.choice([-1, 1])
-    return {"band_point": _floats(band_point), "band_angle": float(band_angle),
-            "band_half_width": float(band_half_width), "band_speed": float(band_speed)}
+    return {
+        "band_point": _floats(band_point),
+        "band_angle": float(band_angle),
+        "band_half_width": float(band_half_width),
+        "band_speed": float(band_speed),
+    }
 
 
-def _sample_clutter(rng: np.random.Generator, cam0: np.ndarray, cam_velocity: np.ndarray, height: int, width: int,
-                    dim: float, unit: float, clutter: int) -> list[list[float]]:
+def _sample_clutter(
+    rng: np.random.Generator,
+    cam0: np.ndarray,
+    cam_velocity: np.ndarray,
+    height: int,
+    width: int,
+    dim: float,
+    unit: float,
+    clutter: int,
+) -> list[list[float]]:
     """1..``clutter`` small distractors, each [x0, y0, vx, vy, radius, squareness, angle] (none for 0)."""
     items = []
     for _ in range(int(rng.integers(1, clutter + 1)) if clutter > 0 else 0):
@@ -469,11 +546,16 @@ def _sample_light(rng: np.random.Generator, frames: int) -> dict[str, Any]:
     ramp_start = rng.uniform(0, 0.6) * frames
     ramp_len = rng.uniform(0.2, 0.4) * frames
     gradient = [rng.uniform(0.05, 0.3), rng.uniform(0, 2 * math.pi), rng.uniform(-0.05, 0.05)]
-    return {"light_gain": float(gain), "light_tint": _floats(tint), "light_ramp": [float(ramp_start), float(ramp_len)],
-            "light_gradient": _floats(gradient)}
+    return {
+        "light_gain": float(gain),
+        "light_tint": _floats(tint),
+        "light_ramp": [float(ramp_start), float(ramp_len)],
+        "light_gradient": _floats(gradient),
+    }
 
 
 # -- rendering -------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _Textures:
@@ -502,8 +584,14 @@ def _build_textures(p: SceneParams) -> _Textures:
     for _ in range(2):
         period = rng.uniform(0.08, 0.3) * dim
         a = rng.uniform(0, math.pi)
-        gratings.append((2 * math.pi / period * math.cos(a), 2 * math.pi / period * math.sin(a),
-                         rng.uniform(0, 2 * math.pi), rng.uniform(-1, 1, size=3).astype(np.float32) * 0.04))
+        gratings.append(
+            (
+                2 * math.pi / period * math.cos(a),
+                2 * math.pi / period * math.sin(a),
+                rng.uniform(0, 2 * math.pi),
+                rng.uniform(-1, 1, size=3).astype(np.float32) * 0.04,
+            )
+        )
     return _Textures(
         bg_shape=_Fbm(rng, rng.uniform(0.35, 0.7) * dim, 4),
         bg_colour=_Fbm(rng, rng.uniform(0.4, 0.9) * dim, 2, channels=3),
@@ -516,10 +604,14 @@ def _build_textures(p: SceneParams) -> _Textures:
         obj_noise=_Fbm(rng, 0.35, 2, channels=1),  # in object units (radius 1)
         obj_palette=np.stack([_saturated(rng), _saturated(rng)]),
         pole_noise=_ValueNoise(rng, 1.0, 1),
-        pole_palette=np.stack([_hsv(rng.uniform(0.02, 0.12), rng.uniform(0.2, 0.5), rng.uniform(0.15, 0.35)),
-                               _hsv(rng.uniform(0.02, 0.12), rng.uniform(0.2, 0.5), rng.uniform(0.35, 0.55))]),
+        pole_palette=np.stack(
+            [
+                _hsv(rng.uniform(0.02, 0.12), rng.uniform(0.2, 0.5), rng.uniform(0.15, 0.35)),
+                _hsv(rng.uniform(0.02, 0.12), rng.uniform(0.2, 0.5), rng.uniform(0.35, 0.55)),
+            ]
+        ),
         clutter_palettes=[np.stack([_muted(rng), _muted(rng)]) for _ in range(len(p.clutter))],
-        noise_seed=int(rng.integers(0, 2 ** 31 - 1)),
+        noise_seed=int(rng.integers(0, 2**31 - 1)),
     )
 
 
@@ -537,8 +629,11 @@ def _background(tx: _Textures, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
     f32 = np.float32
     w01 = np.clip(tx.bg_shape(wx, wy) * f32(0.8) + f32(0.5), 0, 1)
     pal = tx.bg_palette
-    img = np.where((w01 < 0.5)[..., None], _mix(pal[:2], np.clip(w01 * 2, 0, 1)),
-                   _mix(pal[1:], np.clip(w01 * 2 - 1, 0, 1)))
+    img = np.where(
+        (w01 < 0.5)[..., None],
+        _mix(pal[:2], np.clip(w01 * 2, 0, 1)),
+        _mix(pal[1:], np.clip(w01 * 2 - 1, 0, 1)),
+    )
     img = img + f32(0.12) * tx.bg_colour(wx, wy) + f32(0.05) * tx.bg_fine(wx, wy)[..., None]
     for kx, ky, ph, col in tx.bg_gratings:
         img = img + np.sin(f32(kx) * wx + f32(ky) * wy + f32(ph))[..., None] * col
@@ -566,16 +661,25 @@ class _BakedBackground:
         nx = int(math.ceil((x1 - self.x0) / self.step)) + 1
         ny = int(math.ceil((y1 - self.y0) / self.step)) + 1
         gy, gx = np.mgrid[0:ny, 0:nx].astype(np.float32)
-        self.image = _background(tx, gx * np.float32(self.step) + np.float32(self.x0),
-                                 gy * np.float32(self.step) + np.float32(self.y0))
+        self.image = _background(
+            tx,
+            gx * np.float32(self.step) + np.float32(self.x0),
+            gy * np.float32(self.step) + np.float32(self.y0),
+        )
 
     def sample(self, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
         import cv2
 
         mx = ((wx - np.float32(self.x0)) / np.float32(self.step)).astype(np.float32)
         my = ((wy - np.float32(self.y0)) / np.float32(self.step)).astype(np.float32)
-        return np.stack([cv2.remap(self.image, mx[i], my[i], interpolation=cv2.INTER_LINEAR,
-                                   borderMode=cv2.BORDER_REFLECT) for i in range(wx.shape[0])])
+        return np.stack(
+            [
+                cv2.remap(
+                    self.image, mx[i], my[i], interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
+                )
+                for i in range(wx.shape[0])
+            ]
+        )
 
 
 @dataclass
@@ -611,8 +715,9 @@ def _grid(p: SceneParams, t: np.ndarray) -> _Grid:
     return _Grid(t, sx, sy, wx, wy, zoom3, t.astype(f32)[:, None, None])
 
 
-def _render_chunk(p: SceneParams, tx: _Textures, background: _BakedBackground, t: np.ndarray,
-                  draw_object: bool) -> dict[str, np.ndarray]:
+def _render_chunk(
+    p: SceneParams, tx: _Textures, background: _BakedBackground, t: np.ndarray, draw_object: bool
+) -> dict[str, np.ndarray]:
     """Render frames ``t`` (1-D int array) -> float RGB in [0, 1] (before noise), object and pole alphas.
 
     Back to front: the background, the drifting band, the clutter, the object, the pole; then the lighting.
@@ -658,8 +763,9 @@ def _draw_clutter(img: np.ndarray, p: SceneParams, tx: _Textures, g: _Grid) -> n
     return img
 
 
-def _draw_object(img: np.ndarray, p: SceneParams, tx: _Textures, g: _Grid,
-                 draw_object: bool) -> tuple[np.ndarray, np.ndarray]:
+def _draw_object(
+    img: np.ndarray, p: SceneParams, tx: _Textures, g: _Grid, draw_object: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """The object, in its own clock tau (frozen during the pause) -> (image, object alpha)."""
     f32 = np.float32
     tau = _object_time(g.t, p.pause)
@@ -728,8 +834,9 @@ def _light(img: np.ndarray, p: SceneParams, g: _Grid) -> np.ndarray:
     return img * light * grad[..., None]
 
 
-def render_video(p: SceneParams, noise_sigma: float = 2.0, draw_object: bool = True,
-                 max_chunk_pixels: int = 2_000_000) -> dict[str, np.ndarray]:
+def render_video(
+    p: SceneParams, noise_sigma: float = 2.0, draw_object: bool = True, max_chunk_pixels: int = 2_000_000
+) -> dict[str, np.ndarray]:
     """Render a whole video.
 
     Returns ``frames`` (T, H, W, 3) uint8 RGB, ``masks`` (T, H, W) bool (visible object coverage >= 0.5),
@@ -752,8 +859,12 @@ def render_video(p: SceneParams, noise_sigma: float = 2.0, draw_object: bool = T
         obj.append(out["object_alpha"])
         vis.append(out["object_alpha"] * (1 - out["pole_alpha"]))
     visible = np.concatenate(vis)
-    return {"frames": np.concatenate(frames), "masks": visible >= 0.5, "object_alpha": np.concatenate(obj),
-            "visible_alpha": visible}
+    return {
+        "frames": np.concatenate(frames),
+        "masks": visible >= 0.5,
+        "object_alpha": np.concatenate(obj),
+        "visible_alpha": visible,
+    }
 
 
 def scene_meta(p: SceneParams, rendered: dict[str, np.ndarray], occluded_threshold: float = 0.1) -> dict:
@@ -769,13 +880,16 @@ def scene_meta(p: SceneParams, rendered: dict[str, np.ndarray], occluded_thresho
         "occluded_threshold": occluded_threshold,
         "occluded_fraction": [round(float(x), 4) for x in occluded_fraction],
         "mask_area_fraction": [round(float(x), 4) for x in area],
-        "notes": ("paused_frames: the object's world position, angle and shape are identical in all of these frames, "
-                  "so its motion relative to the background is zero between consecutive ones; occluded_frames: at "
-                  "least occluded_threshold of the object's area is hidden by the (background) pole"),
+        "notes": (
+            "paused_frames: the object's world position, angle and shape are identical in all of these frames, "
+            "so its motion relative to the background is zero between consecutive ones; occluded_frames: at "
+            "least occluded_threshold of the object's area is hidden by the (background) pole"
+        ),
     }
 
 
 # -- encoding and writing --------------------------------------------------------------------------------------------
+
 
 def _jpeg(frame: np.ndarray, quality: int) -> bytes:
     from PIL import Image
@@ -818,8 +932,14 @@ def _write_sequence(st, cfg: SyntheticConfig, seq: str, index: int) -> dict:
         for future in [pool.submit(st.write_bytes, rel, data) for rel, data in files.items()]:
             future.result()
     meta = scene_meta(params, rendered)
-    meta.update(sequence=seq, index=index, fingerprint=cfg.fingerprint(), generator_version=GENERATOR_VERSION,
-                mp4=f"videos/{seq}.mp4" if cfg.mp4 else None, params=asdict(params))
+    meta.update(
+        sequence=seq,
+        index=index,
+        fingerprint=cfg.fingerprint(),
+        generator_version=GENERATOR_VERSION,
+        mp4=f"videos/{seq}.mp4" if cfg.mp4 else None,
+        params=asdict(params),
+    )
     st.write_json(f"Meta/{seq}/meta.json", meta)  # last: marks the sequence as complete
     return meta
 
@@ -843,22 +963,35 @@ def generate_corpus(cfg: SyntheticConfig) -> dict:
     names = sequence_names(cfg)
     train, val = split_sequences(names, cfg.val_fraction, cfg.seed)
     fingerprint = cfg.fingerprint()
-    log.info("synthetic corpus: %d videos x %d frames at %dx%d, seed %d -> %s", cfg.videos, cfg.frames, cfg.height,
-             cfg.width, cfg.seed, st.url)
+    log.info(
+        "synthetic corpus: %d videos x %d frames at %dx%d, seed %d -> %s",
+        cfg.videos,
+        cfg.frames,
+        cfg.height,
+        cfg.width,
+        cfg.seed,
+        st.url,
+    )
     if not cfg.overwrite and st.exists("synthetic.json"):
         previous = st.read_json("synthetic.json")
         if previous.get("fingerprint") != fingerprint:
             raise SyntheticCorpusError(
                 f"{st.join('synthetic.json')} holds a corpus made with different settings (fingerprint "
                 f"{previous.get('fingerprint')} != {fingerprint}, config {previous.get('config')}); use a new output "
-                "location or --overwrite")
+                "location or --overwrite"
+            )
     written, mismatched = [], []
     for index, seq in enumerate(names):
         meta = None if cfg.overwrite else _existing_meta(st, seq)
         if meta is not None and meta.get("fingerprint") != fingerprint:
-            summary.rejected("video", seq, reason=(
-                f"{st.join(f'Meta/{seq}/meta.json')} was made with different settings (fingerprint "
-                f"{meta.get('fingerprint')} != {fingerprint}); use a new output location or --overwrite"))
+            summary.rejected(
+                "video",
+                seq,
+                reason=(
+                    f"{st.join(f'Meta/{seq}/meta.json')} was made with different settings (fingerprint "
+                    f"{meta.get('fingerprint')} != {fingerprint}); use a new output location or --overwrite"
+                ),
+            )
             mismatched.append(seq)
             continue
         if meta is not None and (not cfg.mp4 or st.exists(f"videos/{seq}.mp4")):
@@ -875,24 +1008,43 @@ def generate_corpus(cfg: SyntheticConfig) -> dict:
             continue
         written.append(seq)
         summary.done("video", seq, frames=cfg.frames)
-        log.info("%s (%d/%d): paused %s, occluded %s", seq, index + 1, len(names),
-                 meta["paused_frames"], meta["occluded_frames"])
+        log.info(
+            "%s (%d/%d): paused %s, occluded %s",
+            seq,
+            index + 1,
+            len(names),
+            meta["paused_frames"],
+            meta["occluded_frames"],
+        )
     if mismatched:
         # The split files and manifest describe the corpus on disk; never rewrite them around foreign sequences.
-        log.error("%d sequences under %s were made with other settings; split files left unchanged",
-                  len(mismatched), st.url)
+        log.error(
+            "%d sequences under %s were made with other settings; split files left unchanged",
+            len(mismatched),
+            st.url,
+        )
         return summary.finish()
     train = [s for s in train if s in written]
     val = [s for s in val if s in written]
     for split, seqs in (("train", train), ("val", val)):
-        frame_lines = [f"/JPEGImages/{RES_DIR}/{s}/{t:05d}.jpg /Annotations/{RES_DIR}/{s}/{t:05d}.png"
-                       for s in seqs for t in range(cfg.frames)]
+        frame_lines = [
+            f"/JPEGImages/{RES_DIR}/{s}/{t:05d}.jpg /Annotations/{RES_DIR}/{s}/{t:05d}.png"
+            for s in seqs
+            for t in range(cfg.frames)
+        ]
         st.write_text(f"ImageSets/{RES_DIR}/{split}.txt", "".join(line + "\n" for line in frame_lines))
         st.write_text(f"ImageSets/2016/{split}.txt", "".join(s + "\n" for s in seqs))
-    manifest = {"generator": "pipeline.synthetic", "generator_version": GENERATOR_VERSION, "fingerprint": fingerprint,
-                "config": {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "overwrite")},
-                "train": train, "val": val, "resolution_dir": RES_DIR,
-                "size": [cfg.height, cfg.width], "frames": cfg.frames}
+    manifest = {
+        "generator": "pipeline.synthetic",
+        "generator_version": GENERATOR_VERSION,
+        "fingerprint": fingerprint,
+        "config": {k: v for k, v in config_to_dict(cfg).items() if k not in ("out", "overwrite")},
+        "train": train,
+        "val": val,
+        "resolution_dir": RES_DIR,
+        "size": [cfg.height, cfg.width],
+        "frames": cfg.frames,
+    }
     st.write_json("synthetic.json", manifest)
     summary.add("train_videos", len(train))
     summary.add("val_videos", len(val))
@@ -904,12 +1056,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and not argv[0].startswith("-"):
         argv = ["--out", argv[0], *argv[1:]]  # OUT is positional on the command line
     cfg = parse_job_args(
-        SyntheticConfig, argv, prog="python -m pipeline.synthetic",
+        SyntheticConfig,
+        argv,
+        prog="python -m pipeline.synthetic",
         description="Generate a deterministic synthetic UVOS corpus in DAVIS-2016 layout.\n"
-                    "usage: python -m pipeline.synthetic OUT --videos N [--frames F] [--size HxW] [--seed S] "
-                    "[--val-fraction 0.25] [--mp4]",
-        flags={"--out": "out", "--videos": "videos", "--frames": "frames", "--size": "size", "--seed": "seed",
-               "--val-fraction": "val_fraction", "--mp4": ("mp4", True), "--overwrite": ("overwrite", True)})
+        "usage: python -m pipeline.synthetic OUT --videos N [--frames F] [--size HxW] [--seed S] "
+        "[--val-fraction 0.25] [--mp4]",
+        flags={
+            "--out": "out",
+            "--videos": "videos",
+            "--frames": "frames",
+            "--size": "size",
+            "--seed": "seed",
+            "--val-fraction": "val_fraction",
+            "--mp4": ("mp4", True),
+            "--overwrite": ("overwrite", True),
+        },
+    )
     setup_logging()
     try:
         summary = generate_corpus(cfg)

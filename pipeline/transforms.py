@@ -39,6 +39,7 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 OFFICIAL_MASK_THRESHOLD = 128
 """The official evaluation keeps stretched uint8 soft-map values strictly above this."""
 
+
 def resize_rgb(img: np.ndarray, size: int) -> np.ndarray:
     """PIL bilinear resize (antialiased when shrinking, aspect not kept) of an (H, W, 3) uint8 image to size x size."""
     if img.shape[:2] == (size, size):

@@ -79,14 +79,20 @@ def probe_video(source: VideoSource, *, name: str | None = None) -> VideoInfo:
         stream = container.streams.video[0]
         ctx = stream.codec_context
         rate = stream.average_rate or stream.guessed_rate or Fraction(0)
-        return VideoInfo(width=int(ctx.width), height=int(ctx.height), fps=float(rate),
-                         frame_count=int(stream.frames) or None, codec=str(ctx.name))
+        return VideoInfo(
+            width=int(ctx.width),
+            height=int(ctx.height),
+            fps=float(rate),
+            frame_count=int(stream.frames) or None,
+            codec=str(ctx.name),
+        )
     finally:
         container.close()
 
 
-def iter_video_frames(source: VideoSource, *, name: str | None = None,
-                      max_frames: int | None = None) -> Iterator[np.ndarray]:
+def iter_video_frames(
+    source: VideoSource, *, name: str | None = None, max_frames: int | None = None
+) -> Iterator[np.ndarray]:
     """Yield the frames of a video as (H, W, 3) uint8 RGB arrays, in presentation order."""
     import av
 
@@ -110,8 +116,9 @@ def iter_video_frames(source: VideoSource, *, name: str | None = None,
         container.close()
 
 
-def decode_video(source: VideoSource, *, name: str | None = None,
-                 max_frames: int | None = None) -> tuple[np.ndarray, VideoInfo]:
+def decode_video(
+    source: VideoSource, *, name: str | None = None, max_frames: int | None = None
+) -> tuple[np.ndarray, VideoInfo]:
     """Decode a whole video into (N, H, W, 3) uint8 RGB plus its :class:`VideoInfo` (frame_count = N).
 
     Raises :class:`VideoError` when the frame size changes mid-stream (we do not rescale silently).
@@ -123,12 +130,15 @@ def decode_video(source: VideoSource, *, name: str | None = None,
     frames = []
     for i, frame in enumerate(iter_video_frames(source, name=label, max_frames=max_frames)):
         if frames and frame.shape != frames[0].shape:
-            raise VideoError(f"video {label}: frame {i} is {frame.shape[1]}x{frame.shape[0]}, "
-                             f"expected {frames[0].shape[1]}x{frames[0].shape[0]}")
+            raise VideoError(
+                f"video {label}: frame {i} is {frame.shape[1]}x{frame.shape[0]}, "
+                f"expected {frames[0].shape[1]}x{frames[0].shape[0]}"
+            )
         frames.append(frame)
     array = np.stack(frames, 0)
-    info = VideoInfo(width=array.shape[2], height=array.shape[1], fps=info.fps, frame_count=len(frames),
-                     codec=info.codec)
+    info = VideoInfo(
+        width=array.shape[2], height=array.shape[1], fps=info.fps, frame_count=len(frames), codec=info.codec
+    )
     return array, info
 
 
@@ -140,8 +150,17 @@ class VideoWriter:
     context manager, or call :meth:`close` (success) or :meth:`abort` (drop what was written to a path).
     """
 
-    def __init__(self, dest: str | os.PathLike | BinaryIO, width: int, height: int, *, fps: float = 25.0,
-                 codec: str = "libx264", crf: int | None = 18, container_format: str | None = None):
+    def __init__(
+        self,
+        dest: str | os.PathLike | BinaryIO,
+        width: int,
+        height: int,
+        *,
+        fps: float = 25.0,
+        codec: str = "libx264",
+        crf: int | None = 18,
+        container_format: str | None = None,
+    ):
         import av
 
         self.width, self.height = width, height
@@ -150,7 +169,11 @@ class VideoWriter:
         self.dest = os.fspath(dest) if isinstance(dest, (str, os.PathLike)) else dest
         self.container = av.open(self.dest, mode="w", format=container_format)
         self.stream = self.container.add_stream(codec, rate=Fraction(fps or 25.0).limit_denominator(1001))
-        self.stream.width, self.stream.height, self.stream.pix_fmt = self.padded_width, self.padded_height, "yuv420p"
+        self.stream.width, self.stream.height, self.stream.pix_fmt = (
+            self.padded_width,
+            self.padded_height,
+            "yuv420p",
+        )
         if codec == "libx264" and crf is not None:
             self.stream.options = {"crf": str(crf), "preset": "veryfast"}
         self.frames = 0
@@ -160,11 +183,15 @@ class VideoWriter:
         import av
 
         if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
-            raise ValueError(f"frame must be ({self.height}, {self.width}, 3) uint8, got {frame.shape} {frame.dtype}")
+            raise ValueError(
+                f"frame must be ({self.height}, {self.width}, 3) uint8, got {frame.shape} {frame.dtype}"
+            )
         pad_h, pad_w = self.padded_height - self.height, self.padded_width - self.width
         if pad_h or pad_w:
             frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-        for packet in self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+        for packet in self.stream.encode(
+            av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        ):
             self.container.mux(packet)
         self.frames += 1
 
@@ -192,13 +219,27 @@ class VideoWriter:
             self.container.close()
 
 
-def encode_video(frames: np.ndarray, dest: str | os.PathLike | BinaryIO, *, fps: float = 25.0,
-                 codec: str = "libx264", crf: int | None = 18, container_format: str | None = None) -> None:
+def encode_video(
+    frames: np.ndarray,
+    dest: str | os.PathLike | BinaryIO,
+    *,
+    fps: float = 25.0,
+    codec: str = "libx264",
+    crf: int | None = 18,
+    container_format: str | None = None,
+) -> None:
     """Encode (N, H, W, 3) uint8 RGB frames into a video file (a :class:`VideoWriter` over the frames)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    with VideoWriter(dest, frames.shape[2], frames.shape[1], fps=fps, codec=codec, crf=crf,
-                     container_format=container_format) as writer:
+    with VideoWriter(
+        dest,
+        frames.shape[2],
+        frames.shape[1],
+        fps=fps,
+        codec=codec,
+        crf=crf,
+        container_format=container_format,
+    ) as writer:
         for frame in frames:
             writer.write(frame)

@@ -36,13 +36,15 @@ def _frames(path: Path, frame: np.ndarray) -> np.ndarray:
     return cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1]
 
 
-def write_hmhi(root: str | Path, naming: str = "code", videos: dict[str, dict[str, int]] | None = None,
-               seed: int = 0) -> dict:
+def write_hmhi(
+    root: str | Path, naming: str = "code", videos: dict[str, dict[str, int]] | None = None, seed: int = 0
+) -> dict:
     """The official HMHI-Net archive: ``frame|flow|mask/<split>/<video>/`` (code) or ``Images|Flows|Annotations``
     (README); frames ``<video>_<NNNNN>.jpg``, flow pictures of the same name, masks ``<video>_<NNNNN>.png`` 0/255
     (its ``save_images`` recovers the video name from the file name, so the archives name files this way)."""
-    frame_dir, flow_dir, mask_dir = ("frame", "flow", "mask") if naming == "code" else ("Images", "Flows",
-                                                                                          "Annotations")
+    frame_dir, flow_dir, mask_dir = (
+        ("frame", "flow", "mask") if naming == "code" else ("Images", "Flows", "Annotations")
+    )
     videos = videos or {"train": {"bear": 3}, "val": {"blackswan": 4}}
     root, out = Path(root), {}
     for split, names in videos.items():
@@ -62,8 +64,14 @@ def _fbms_definition(name: str, n_frames: int, annotated: dict[int, str]) -> byt
     """``<seq>Def.dat`` as FBMS-59 ships it: labelled values, each on the line after its label, one ``Frame number``
     (0-based frame of the shot) and ``File name`` pair per annotated frame (the form alex-xun-xu/LearnSubspaceMoSeg
     ``Dataset/FBMS/collect_dataset.py`` reads)."""
-    lines = ["Ground truth definition file; do not change!", "", "Total number of frames in this shot:",
-             str(n_frames), "Total number of labeled frames for this shot:", str(len(annotated))]
+    lines = [
+        "Ground truth definition file; do not change!",
+        "",
+        "Total number of frames in this shot:",
+        str(n_frames),
+        "Total number of labeled frames for this shot:",
+        str(len(annotated)),
+    ]
     for t, file_name in sorted(annotated.items()):
         lines += ["Frame number:", str(t), "File name:", file_name]
     return ("\n".join(lines) + "\n").encode()
@@ -78,8 +86,12 @@ def write_fbms(root: str | Path, seed: int = 0) -> dict:
     cleaners special-case; only ``Def.dat`` places them) holding two objects in two grey levels; one
     ``Trainingset`` video."""
     root, out = Path(root), {}
-    sequences = (("Testset", "cars1", "pgm"), ("Testset", "dogs01", "ppm"), ("Trainingset", "bear01", "pgm"),
-                 ("Testset", "tennis", "pgm"))
+    sequences = (
+        ("Testset", "cars1", "pgm"),
+        ("Testset", "dogs01", "ppm"),
+        ("Trainingset", "bear01", "pgm"),
+        ("Testset", "tennis", "pgm"),
+    )
     for k, (split, name, ext) in enumerate(sequences):
         n = 7
         frames, masks = make_scene(n, SIZE, seed=seed + k)
@@ -96,7 +108,7 @@ def write_fbms(root: str | Path, seed: int = 0) -> dict:
             if ext == "pgm":
                 grey = masks[t].astype(np.uint8) * 255
                 if name == "tennis":  # a second object: the right half of the square, another grey level
-                    grey[:, SIZE[1] // 2:] //= 2
+                    grey[:, SIZE[1] // 2 :] //= 2
                 Image.fromarray(grey).save(buffer, format="PPM")  # P5: grey
             else:
                 rgb = np.full((*SIZE, 3), 255, np.uint8)
@@ -148,9 +160,13 @@ def write_ytvos(root: str | Path, seed: int = 0) -> dict:
             decoded[t] = _frames(root / split / "JPEGImages" / vid / f"{5 * t:05d}.jpg", frames[t])
         for t in annotated:
             labels = masks[t].astype(np.uint8)
-            labels[:, SIZE[1] // 2:] *= 2  # a second object on the right half
+            labels[:, SIZE[1] // 2 :] *= 2  # a second object on the right half
             _write(root / split / "Annotations" / vid / f"{5 * t:05d}.png", _palette_png(labels))
-        meta = {"videos": {vid: {"objects": {"1": {"category": "ape", "frames": [f"{5 * t:05d}" for t in annotated]}}}}}
+        meta = {
+            "videos": {
+                vid: {"objects": {"1": {"category": "ape", "frames": [f"{5 * t:05d}" for t in annotated]}}}
+            }
+        }
         (root / split / "meta.json").write_text(json.dumps(meta))
         if split == "train":
             for t in range(5 * (n - 1) + 1):

@@ -27,6 +27,21 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _native_bf16_cpu() -> bool:
+    from model import native_bf16
+
+    return native_bf16("cpu")
+
+
+requires_native_bf16 = pytest.mark.skipif(
+    not _native_bf16_cpu(),
+    reason="bf16 is not native on this CPU (no AVX-512 BF16 / AMX): torch emulates it at ~1/80 of the fp32 rate "
+    "(a 512x512 frame takes minutes), and precision 'auto' never picks it here; this guard runs where bf16 is "
+    "native (such CPUs, GPUs on the device machine)",
+)
+"""For tests that force bf16 through a full-size model: they prove bf16 accuracy where bf16 is used."""
 SHARED_DIR = REPO_ROOT.parent / "shared"
 
 
@@ -47,8 +62,13 @@ class S3Server:
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def create_bucket(self, prefix: str = "test") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
@@ -84,8 +104,13 @@ def ray_cluster(s3_server):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=1_000_000_000,
-                 log_to_driver=True, configure_logging=False)
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=1_000_000_000,
+            log_to_driver=True,
+            configure_logging=False,
+        )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -118,6 +143,7 @@ def storage_url(request, tmp_path) -> str:
 
 _INTEGRATION_FIXTURES = {"ray_cluster", "s3_server", "s3_bucket"}
 _INTEGRATION_DIRS = ("jobs", "infra")
+
 
 def pytest_collection_modifyitems(config, items):
     """Mark as ``integration`` every test that starts the Ray cluster or the S3 server (directly or through another

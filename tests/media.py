@@ -16,12 +16,24 @@ import numpy as np
 from pipeline.masks import davis_palette, encode_mask_png
 from pipeline.video import encode_video
 
-__all__ = ["make_scene", "write_jpeg", "write_davis", "write_mp4", "write_frames_folder", "upload_tree",
-           "truncate_file", "write_train_shards"]
+__all__ = [
+    "make_scene",
+    "write_jpeg",
+    "write_davis",
+    "write_mp4",
+    "write_frames_folder",
+    "upload_tree",
+    "truncate_file",
+    "write_train_shards",
+]
 
 
-def make_scene(n_frames: int, size: tuple[int, int] = (96, 160), seed: int = 0,
-               velocity: tuple[float, float] = (3.0, 2.0)) -> tuple[np.ndarray, np.ndarray]:
+def make_scene(
+    n_frames: int,
+    size: tuple[int, int] = (96, 160),
+    seed: int = 0,
+    velocity: tuple[float, float] = (3.0, 2.0),
+) -> tuple[np.ndarray, np.ndarray]:
     """(frames (N,H,W,3) uint8 RGB, masks (N,H,W) bool): a textured square moving over a panning background."""
     h, w = size
     rng = np.random.default_rng(seed)
@@ -33,11 +45,11 @@ def make_scene(n_frames: int, size: tuple[int, int] = (96, 160), seed: int = 0,
     frames = np.empty((n_frames, h, w, 3), np.uint8)
     masks = np.zeros((n_frames, h, w), bool)
     for t in range(n_frames):
-        frames[t] = bg[pad + t: pad + t + h, pad + 2 * t: pad + 2 * t + w]
+        frames[t] = bg[pad + t : pad + t + h, pad + 2 * t : pad + 2 * t + w]
         y = int(h // 4 + velocity[1] * t) % max(1, h - oh)
         x = int(w // 5 + velocity[0] * t) % max(1, w - ow)
-        frames[t, y:y + oh, x:x + ow] = tex
-        masks[t, y:y + oh, x:x + ow] = True
+        frames[t, y : y + oh, x : x + ow] = tex
+        masks[t, y : y + oh, x : x + ow] = True
     return frames, masks
 
 
@@ -60,9 +72,15 @@ def _palette_png(labels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_davis(root: str | Path, videos: dict[str, int], size: tuple[int, int] = (96, 160),
-                splits: dict[str, list[str]] | None = None, year: int = 2016, mask_every: int = 1,
-                seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def write_davis(
+    root: str | Path,
+    videos: dict[str, int],
+    size: tuple[int, int] = (96, 160),
+    splits: dict[str, list[str]] | None = None,
+    year: int = 2016,
+    mask_every: int = 1,
+    seed: int = 0,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Write a DAVIS-2016 (0/255 masks, path-pair ImageSets) or DAVIS-2017 (two-object palette masks, name
     ImageSets; the square's first column is void, 255) corpus; returns {name: (frames as decoded from the written
     JPEGs, foreground masks)}."""
@@ -85,7 +103,7 @@ def write_davis(root: str | Path, videos: dict[str, int], size: tuple[int, int] 
                 labels = masks[t].astype(np.uint8)
                 cols = np.flatnonzero(masks[t].any(0))
                 if len(cols):
-                    labels[:, cols[len(cols) // 2]:] *= 2
+                    labels[:, cols[len(cols) // 2] :] *= 2
                     labels[:, cols[0]] = np.where(masks[t][:, cols[0]], 255, 0)  # void band: not foreground
                 mp.write_bytes(_palette_png(labels))
         if year != 2016:
@@ -99,8 +117,11 @@ def write_davis(root: str | Path, videos: dict[str, int], size: tuple[int, int] 
         for split, names in splits.items():
             if year == 2016:
                 p = root / "ImageSets" / "480p" / f"{split}.txt"
-                lines = [f"/JPEGImages/480p/{v}/{t:05d}.jpg /Annotations/480p/{v}/{t:05d}.png"
-                         for v in names for t in range(videos[v])]
+                lines = [
+                    f"/JPEGImages/480p/{v}/{t:05d}.jpg /Annotations/480p/{v}/{t:05d}.png"
+                    for v in names
+                    for t in range(videos[v])
+                ]
             else:
                 p = root / "ImageSets" / "2017" / f"{split}.txt"
                 lines = list(names)
@@ -147,7 +168,9 @@ def mask_png(mask: np.ndarray) -> bytes:
     return encode_mask_png(mask)
 
 
-def write_train_shards(root: str, videos: int = 5, frames: int = 6, size: int = 32, target_bytes: int = 40_000) -> None:
+def write_train_shards(
+    root: str, videos: int = 5, frames: int = 6, size: int = 32, target_bytes: int = 40_000
+) -> None:
     """A tiny 'train' shard set at ``root`` (any storage URL), written through the data pipeline's own writer
     (``pipeline.shards``): ``videos`` videos of two clips of ``frames`` random frames each, a moving box as the
     mask; video ``v2`` has no ground truth (its samples are left out of training)."""
@@ -162,11 +185,27 @@ def write_train_shards(root: str, videos: int = 5, frames: int = 6, size: int = 
             imgs = rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
             flows = rng.normal(size=(frames, size, size, 2)).astype(np.float32)
             masks = np.zeros((frames, size, size), bool)
-            masks[:, 8:20, 4 + v:14 + v] = True
+            masks[:, 8:20, 4 + v : 14 + v] = True
             valid = np.ones(frames, bool) if v != 2 else np.zeros(frames, bool)  # v2: no ground truth
-            meta = {"video_id": f"v{v}", "split": "train", "frame_indices": list(range(start, start + frames))}
+            meta = {
+                "video_id": f"v{v}",
+                "split": "train",
+                "frame_indices": list(range(start, start + frames)),
+            }
             members = encode_clip(key, imgs, flows, masks, valid, meta)
-            writer.add("train", key, members, {"video_id": f"v{v}", "clip_index": start // frames, "n_clips": 2,
-                                               "frame_indices": meta["frame_indices"], "n_frames": frames,
-                                               "n_masks": int(valid.sum()), "height": size, "width": size})
+            writer.add(
+                "train",
+                key,
+                members,
+                {
+                    "video_id": f"v{v}",
+                    "clip_index": start // frames,
+                    "n_clips": 2,
+                    "frame_indices": meta["frame_indices"],
+                    "n_frames": frames,
+                    "n_masks": int(valid.sum()),
+                    "height": size,
+                    "width": size,
+                },
+            )
     writer.close()

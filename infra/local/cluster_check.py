@@ -54,14 +54,20 @@ def node_probe(storage_url: str) -> dict:
     rel = f"{record['node_id']}.json"
     st.write_json(rel, record)
     if st.read_json(rel) != record:
-        raise RuntimeError(f"node {record['node_id']}: {st.join(rel)} read back differs from what was written")
+        raise RuntimeError(
+            f"node {record['node_id']}: {st.join(rel)} read back differs from what was written"
+        )
     return record
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
-    cfg = parse_job_args(ClusterCheckConfig, argv, description=__doc__,
-                         flags={"--storage": "storage", "--expect-nodes": "expect_nodes"})
+    cfg = parse_job_args(
+        ClusterCheckConfig,
+        argv,
+        description=__doc__,
+        flags={"--storage": "storage", "--expect-nodes": "expect_nodes"},
+    )
     init_ray()
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -72,8 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("only %d of the expected %d nodes are alive", len(alive), cfg.expect_nodes)
         return 1
     probe = ray.remote(num_cpus=0)(node_probe)
-    refs = {n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(cfg.storage) for n in alive}
+    refs = {
+        n["NodeID"]: probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(cfg.storage)
+        for n in alive
+    }
     for node_id, ref in refs.items():
         try:
             record = ray.get(ref, timeout=120)
@@ -84,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary.rejected("node", node_id, reason=f"probe ran on node {record['node_id']} instead")
             continue
         summary.done("node", node_id)
-        log.info("node %s (ip %s, pid %d) wrote and read its record", node_id, record["node_ip"], record["pid"])
+        log.info(
+            "node %s (ip %s, pid %d) wrote and read its record", node_id, record["node_ip"], record["pid"]
+        )
     listed = set(open_storage(cfg.storage).list(suffix=".json"))
     missing = sorted(f"{n}.json" for n in refs if f"{n}.json" not in listed)
     for name in missing:

@@ -53,15 +53,27 @@ class WorkerNodeConfig:
 
     def __post_init__(self):
         host, _, port = self.address.rpartition(":")
-        require(host == LOOPBACK and port.isdigit(), "address", self.address,
-                f"must be '{LOOPBACK}:PORT' (use `ray start --address` on real hosts)")
+        require(
+            host == LOOPBACK and port.isdigit(),
+            "address",
+            self.address,
+            f"must be '{LOOPBACK}:PORT' (use `ray start --address` on real hosts)",
+        )
         require(self.num_cpus >= 0, "num_cpus", self.num_cpus, "must be >= 0")
         require(self.num_gpus >= 0, "num_gpus", self.num_gpus, "must be >= 0")
-        require(self.object_store_memory >= 75 * 1024 * 1024, "object_store_memory", self.object_store_memory,
-                "must be >= 75 MiB (Ray's minimum)")
+        require(
+            self.object_store_memory >= 75 * 1024 * 1024,
+            "object_store_memory",
+            self.object_store_memory,
+            "must be >= 75 MiB (Ray's minimum)",
+        )
         require(bool(self.temp_dir), "temp_dir", self.temp_dir, "must be set (one temp dir per node)")
-        for name in ("dashboard_agent_listen_port", "dashboard_agent_grpc_port", "runtime_env_agent_port",
-                     "metrics_export_port"):
+        for name in (
+            "dashboard_agent_listen_port",
+            "dashboard_agent_grpc_port",
+            "runtime_env_agent_port",
+            "metrics_export_port",
+        ):
             value = getattr(self, name)
             require(value == 0 or 1024 <= value <= 65535, name, value, "must be 0 or a port in [1024, 65535]")
 
@@ -105,18 +117,31 @@ def start_worker_node(cfg: WorkerNodeConfig):
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     cfg = parse_job_args(
-        WorkerNodeConfig, argv, description=__doc__,
-        flags={"--address": "address", "--num-cpus": "num_cpus", "--num-gpus": "num_gpus",
-               "--object-store-memory": "object_store_memory", "--temp-dir": "temp_dir",
-               "--dashboard-agent-listen-port": "dashboard_agent_listen_port",
-               "--dashboard-agent-grpc-port": "dashboard_agent_grpc_port",
-               "--runtime-env-agent-port": "runtime_env_agent_port",
-               "--metrics-export-port": "metrics_export_port"})
+        WorkerNodeConfig,
+        argv,
+        description=__doc__,
+        flags={
+            "--address": "address",
+            "--num-cpus": "num_cpus",
+            "--num-gpus": "num_gpus",
+            "--object-store-memory": "object_store_memory",
+            "--temp-dir": "temp_dir",
+            "--dashboard-agent-listen-port": "dashboard_agent_listen_port",
+            "--dashboard-agent-grpc-port": "dashboard_agent_grpc_port",
+            "--runtime-env-agent-port": "runtime_env_agent_port",
+            "--metrics-export-port": "metrics_export_port",
+        },
+    )
     node = start_worker_node(cfg)
     # Ray's Node registered a SIGTERM handler that drains the node, kills its processes and exits; SIGINT does the same.
     signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
-    log.info("Ray worker node %s up on %s, joined %s (pid %d); SIGTERM stops it",
-             node.node_id, LOOPBACK, cfg.address, os.getpid())
+    log.info(
+        "Ray worker node %s up on %s, joined %s (pid %d); SIGTERM stops it",
+        node.node_id,
+        LOOPBACK,
+        cfg.address,
+        os.getpid(),
+    )
     threading.Event().wait()
     return 0
 

@@ -98,9 +98,18 @@ class RehearsalConfig:
 
     def __post_init__(self):
         unknown = [s for s in self.stages if s not in STAGES]
-        require(not unknown and bool(self.stages), "stages", self.stages, f"must be a non-empty subset of {list(STAGES)}")
-        require(self.videos >= 4, "videos", self.videos,
-                "must be >= 4 (two training videos, one validation and one held-out test video)")
+        require(
+            not unknown and bool(self.stages),
+            "stages",
+            self.stages,
+            f"must be a non-empty subset of {list(STAGES)}",
+        )
+        require(
+            self.videos >= 4,
+            "videos",
+            self.videos,
+            "must be >= 4 (two training videos, one validation and one held-out test video)",
+        )
         require(self.frames >= 6, "frames", self.frames, "must be >= 6")
         require(self.group_videos >= 1, "group_videos", self.group_videos, "must be >= 1")
         require(self.train_steps >= 1, "train_steps", self.train_steps, "must be >= 1")
@@ -117,6 +126,7 @@ class RehearsalError(RuntimeError):
 
 
 # -- processes -------------------------------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
@@ -135,7 +145,9 @@ def processes_with_marker(marker: str) -> dict[int, str]:
         try:
             if needle not in (entry / "environ").read_bytes().split(b"\0"):
                 continue
-            found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            found[int(entry.name)] = (
+                (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            )
         except OSError:  # gone, or not ours to read
             continue
     return found
@@ -145,7 +157,7 @@ def _decode_proc_addr(hex_addr: str) -> str:
     """An address from /proc/net/tcp{,6} (each 32-bit word in host byte order) as text."""
     raw = bytes.fromhex(hex_addr)
     if sys.byteorder == "little":
-        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
     return str(ipaddress.ip_address(raw))
 
 
@@ -172,8 +184,13 @@ def tcp_sockets(pids: Sequence[int]) -> list[dict]:
             if len(cols) > 9 and cols[3] in TCP_STATES:
                 local, lport = cols[1].rsplit(":", 1)
                 remote, rport = cols[2].rsplit(":", 1)
-                by_inode[cols[9]] = (TCP_STATES[cols[3]], _decode_proc_addr(local), int(lport, 16),
-                                     _decode_proc_addr(remote), int(rport, 16))
+                by_inode[cols[9]] = (
+                    TCP_STATES[cols[3]],
+                    _decode_proc_addr(local),
+                    int(lport, 16),
+                    _decode_proc_addr(remote),
+                    int(rport, 16),
+                )
     found = []
     for pid in pids:
         try:
@@ -187,14 +204,24 @@ def tcp_sockets(pids: Sequence[int]) -> list[dict]:
                 continue
             if target.startswith("socket:[") and target[8:-1] in by_inode:
                 state, address, port, remote, remote_port = by_inode[target[8:-1]]
-                found.append({"pid": pid, "state": state, "address": address, "port": port, "remote": remote,
-                              "remote_port": remote_port})
+                found.append(
+                    {
+                        "pid": pid,
+                        "state": state,
+                        "address": address,
+                        "port": port,
+                        "remote": remote,
+                        "remote_port": remote_port,
+                    }
+                )
     return sorted(found, key=lambda s: (s["state"], s["port"], s["pid"]))
 
 
 def listening_sockets(pids: Sequence[int]) -> list[dict]:
     """The TCP sockets in LISTEN state owned by ``pids``: [{pid, address, port}]."""
-    return [{k: s[k] for k in ("pid", "address", "port")} for s in tcp_sockets(pids) if s["state"] == "LISTEN"]
+    return [
+        {k: s[k] for k in ("pid", "address", "port")} for s in tcp_sockets(pids) if s["state"] == "LISTEN"
+    ]
 
 
 def exit_status(process: subprocess.Popen) -> int | None:
@@ -229,8 +256,15 @@ class Supervisor:
     def start(self, name: str, argv: Sequence[str]) -> Started:
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as out:
-            process = subprocess.Popen(list(argv), env=self.env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-                                       stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                list(argv),
+                env=self.env,
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         started = Started(name, process, log_path)
         self.started.append(started)
         log.info("started %s (pid %d), log %s", name, process.pid, log_path)
@@ -240,7 +274,9 @@ class Supervisor:
         for s in self.started:
             status = exit_status(s.process)
             if status is not None:
-                raise RehearsalError(f"{s.name} (pid {s.process.pid}) exited with status {status}; see {s.log_path}")
+                raise RehearsalError(
+                    f"{s.name} (pid {s.process.pid}) exited with status {status}; see {s.log_path}"
+                )
 
     @staticmethod
     def stop(s: Started, grace_s: float = 30.0) -> None:
@@ -254,7 +290,9 @@ class Supervisor:
             while exit_status(s.process) is None and time.monotonic() < deadline:
                 time.sleep(0.1)
             if exit_status(s.process) is None:
-                log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing its process group", s.name, pid, grace_s)
+                log.warning(
+                    "%s (pid %d) ignored SIGTERM for %.0f s; killing its process group", s.name, pid, grace_s
+                )
         if s.process.returncode is None:
             try:  # start_new_session made it a group leader: the group id is its pid
                 os.killpg(pid, signal.SIGKILL)
@@ -270,6 +308,7 @@ class Supervisor:
 
 # -- HTTP helpers ----------------------------------------------------------------------------------------------------
 
+
 def http_get(url: str, token: str | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
     """(status, body) of a GET; connection errors give status 0."""
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
@@ -282,8 +321,13 @@ def http_get(url: str, token: str | None = None, timeout: float = 10.0) -> tuple
         return 0, b""
 
 
-def wait_until(what: str, condition: Callable[[], bool], timeout_s: float, on_poll: Callable[[], None] | None = None,
-               interval_s: float = 0.5) -> None:
+def wait_until(
+    what: str,
+    condition: Callable[[], bool],
+    timeout_s: float,
+    on_poll: Callable[[], None] | None = None,
+    interval_s: float = 0.5,
+) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         if on_poll:
@@ -296,6 +340,7 @@ def wait_until(what: str, condition: Callable[[], bool], timeout_s: float, on_po
 
 
 # -- the rehearsal ---------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class StageResult:
@@ -324,23 +369,92 @@ def pipeline_stages(cfg: RehearsalConfig, bucket: str) -> dict[str, list[str]]:
     root = f"s3://{bucket}"
     run = "rehearsal"
     return {
-        "check": ["python", "-m", "infra.local.cluster_check", "--storage", f"{root}/preflight",
-                  "--expect-nodes", "2"],
-        "synthetic": ["python", "-m", "pipeline.synthetic", f"{root}/corpus", "--videos", str(cfg.videos),
-                      "--frames", str(cfg.frames), "--size", cfg.size, "--seed", "0"],
-        "flow": ["python", "jobs/precompute_flow.py", "--input", f"{root}/corpus", "--output", f"{root}/shards",
-                 "--flow-model", "dis", "--clip-length", str(cfg.frames), "--val-fraction", "0.25",
-                 "--set", f"shards.group_videos={cfg.group_videos}"],
+        "check": [
+            "python",
+            "-m",
+            "infra.local.cluster_check",
+            "--storage",
+            f"{root}/preflight",
+            "--expect-nodes",
+            "2",
+        ],
+        "synthetic": [
+            "python",
+            "-m",
+            "pipeline.synthetic",
+            f"{root}/corpus",
+            "--videos",
+            str(cfg.videos),
+            "--frames",
+            str(cfg.frames),
+            "--size",
+            cfg.size,
+            "--seed",
+            "0",
+        ],
+        "flow": [
+            "python",
+            "jobs/precompute_flow.py",
+            "--input",
+            f"{root}/corpus",
+            "--output",
+            f"{root}/shards",
+            "--flow-model",
+            "dis",
+            "--clip-length",
+            str(cfg.frames),
+            "--val-fraction",
+            "0.25",
+            "--set",
+            f"shards.group_videos={cfg.group_videos}",
+        ],
         # Validation at the last step writes <run>/best/model.pt, the checkpoint the segment stage loads.
-        "train": ["python", "jobs/train.py", "--config", "configs/tiny_cpu.yaml", "--data", f"{root}/shards",
-                  "--storage", f"{root}/runs", "--run-name", run, "--num-workers", str(cfg.train_workers),
-                  "--max-steps", str(cfg.train_steps), "--set", f"validation.every_steps={cfg.train_steps}",
-                  "--set", f"checkpoint.every_steps={cfg.train_steps}"],
-        "segment": ["python", "jobs/segment.py", "--input", f"{root}/corpus", "--output", f"{root}/segment",
-                    "--checkpoint", f"{root}/runs/{run}/best/model.pt", "--flow-model", "dis",
-                    "--input-size", "96"],
-        "evaluate": ["python", "jobs/evaluate.py", "--pred", f"{root}/segment/masks", "--gt", f"{root}/corpus",
-                     "--output", f"{root}/eval", "--protocol", "davis2016"],
+        "train": [
+            "python",
+            "jobs/train.py",
+            "--config",
+            "configs/tiny_cpu.yaml",
+            "--data",
+            f"{root}/shards",
+            "--storage",
+            f"{root}/runs",
+            "--run-name",
+            run,
+            "--num-workers",
+            str(cfg.train_workers),
+            "--max-steps",
+            str(cfg.train_steps),
+            "--set",
+            f"validation.every_steps={cfg.train_steps}",
+            "--set",
+            f"checkpoint.every_steps={cfg.train_steps}",
+        ],
+        "segment": [
+            "python",
+            "jobs/segment.py",
+            "--input",
+            f"{root}/corpus",
+            "--output",
+            f"{root}/segment",
+            "--checkpoint",
+            f"{root}/runs/{run}/best/model.pt",
+            "--flow-model",
+            "dis",
+            "--input-size",
+            "96",
+        ],
+        "evaluate": [
+            "python",
+            "jobs/evaluate.py",
+            "--pred",
+            f"{root}/segment/masks",
+            "--gt",
+            f"{root}/corpus",
+            "--output",
+            f"{root}/eval",
+            "--protocol",
+            "davis2016",
+        ],
     }
 
 
@@ -354,8 +468,14 @@ class Rehearsal:
         # Ray's Unix socket paths must stay under ~107 bytes, so its temp dirs live in a short folder of their own.
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="hmhi-rh-", dir="/tmp"))
         self.bin_dir = Path(sys.executable).parent
-        self.report: dict = {"run_id": self.run_id, "workdir": str(self.workdir), "ray_temp_dir": str(self.ray_tmp),
-                             "config": asdict(cfg), "stages": [], "ok": False}
+        self.report: dict = {
+            "run_id": self.run_id,
+            "workdir": str(self.workdir),
+            "ray_temp_dir": str(self.ray_tmp),
+            "config": asdict(cfg),
+            "stages": [],
+            "ok": False,
+        }
         self.supervisor: Supervisor | None = None
         self.cluster: Cluster | None = None
         self._listeners: dict[tuple[str, int], dict] = {}
@@ -367,34 +487,38 @@ class Rehearsal:
     # cluster or at real cloud credentials.
     def _environment(self, s3_endpoint: str, token_path: Path, gcs_address: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
-        env.update({
-            MARKER_ENV: self.run_id,
-            "PATH": f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}",
-            "PYTHONUNBUFFERED": "1",
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every Ray server on 127.0.0.1 (environment.md §6)
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(token_path),
-            # Ray processes that look the cluster up without an address (Ray Train's placement-group cleaner
-            # calls the state API) would otherwise find every Ray on the host and give up; KubeRay sets it too.
-            "RAY_ADDRESS": gcs_address,
-            # On SIGTERM a node first drains (30 s by default, for Serve); nothing runs any more at teardown.
-            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2",
-            # Fixed-port metrics servers of the head, moved off their defaults so they cannot collide.
-            "AUTOSCALER_METRIC_PORT": str(free_port()),
-            "DASHBOARD_METRIC_PORT": str(free_port()),
-            "AWS_ENDPOINT_URL": s3_endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true",
-        })
+        env.update(
+            {
+                MARKER_ENV: self.run_id,
+                "PATH": f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}",
+                "PYTHONUNBUFFERED": "1",
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # every Ray server on 127.0.0.1 (environment.md §6)
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN_PATH": str(token_path),
+                # Ray processes that look the cluster up without an address (Ray Train's placement-group cleaner
+                # calls the state API) would otherwise find every Ray on the host and give up; KubeRay sets it too.
+                "RAY_ADDRESS": gcs_address,
+                # On SIGTERM a node first drains (30 s by default, for Serve); nothing runs any more at teardown.
+                "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2",
+                # Fixed-port metrics servers of the head, moved off their defaults so they cannot collide.
+                "AUTOSCALER_METRIC_PORT": str(free_port()),
+                "DASHBOARD_METRIC_PORT": str(free_port()),
+                "AWS_ENDPOINT_URL": s3_endpoint,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true",
+            }
+        )
         return env
 
     def _tool(self, name: str) -> str:
         path = shutil.which(name, path=str(self.bin_dir))
         if path is None:
-            raise RehearsalError(f"'{name}' not found next to {sys.executable}; install the project into that env")
+            raise RehearsalError(
+                f"'{name}' not found next to {sys.executable}; install the project into that env"
+            )
         return path
 
     def start_cluster(self) -> Cluster:
@@ -411,45 +535,113 @@ class Rehearsal:
         t0 = time.monotonic()
 
         sup.start("moto", [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(moto_port)])
-        wait_until("the moto S3 server", lambda: http_get(s3_endpoint)[0] == 200, cfg.start_timeout_s, sup.check_alive)
+        wait_until(
+            "the moto S3 server",
+            lambda: http_get(s3_endpoint)[0] == 200,
+            cfg.start_timeout_s,
+            sup.check_alive,
+        )
         bucket = f"rehearsal-{self.run_id}".lower()
         self._s3_client(s3_endpoint).create_bucket(Bucket=bucket)
 
         object_store = str(cfg.object_store_mb * 1024 * 1024)
-        sup.start("ray-head", [
-            self._tool("ray"), "start", "--head", "--block", "--disable-usage-stats",
-            "--node-ip-address", LOOPBACK, "--port", str(gcs_port),
-            "--dashboard-host", LOOPBACK, "--dashboard-port", str(dashboard_port),
-            "--ray-client-server-port", str(free_port()),
-            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
-            "--num-cpus", str(cfg.head_cpus), "--num-gpus", "0", "--object-store-memory", object_store,
-            "--temp-dir", str(self.ray_tmp / "head")])
+        sup.start(
+            "ray-head",
+            [
+                self._tool("ray"),
+                "start",
+                "--head",
+                "--block",
+                "--disable-usage-stats",
+                "--node-ip-address",
+                LOOPBACK,
+                "--port",
+                str(gcs_port),
+                "--dashboard-host",
+                LOOPBACK,
+                "--dashboard-port",
+                str(dashboard_port),
+                "--ray-client-server-port",
+                str(free_port()),
+                "--dashboard-agent-listen-port",
+                str(free_port()),
+                "--dashboard-agent-grpc-port",
+                str(free_port()),
+                "--runtime-env-agent-port",
+                str(free_port()),
+                "--metrics-export-port",
+                str(free_port()),
+                "--num-cpus",
+                str(cfg.head_cpus),
+                "--num-gpus",
+                "0",
+                "--object-store-memory",
+                object_store,
+                "--temp-dir",
+                str(self.ray_tmp / "head"),
+            ],
+        )
         dashboard_url = f"http://{LOOPBACK}:{dashboard_port}"
-        wait_until("the Ray head's dashboard", lambda: http_get(f"{dashboard_url}/api/version", token)[0] == 200,
-                   cfg.start_timeout_s, sup.check_alive)
+        wait_until(
+            "the Ray head's dashboard",
+            lambda: http_get(f"{dashboard_url}/api/version", token)[0] == 200,
+            cfg.start_timeout_s,
+            sup.check_alive,
+        )
 
-        sup.start("ray-worker", [
-            sys.executable, "-m", "infra.local.ray_worker_node", "--address", gcs_address,
-            "--num-cpus", str(cfg.worker_cpus), "--num-gpus", "0", "--object-store-memory", object_store,
-            "--temp-dir", str(self.ray_tmp / "worker"),
-            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())])
+        sup.start(
+            "ray-worker",
+            [
+                sys.executable,
+                "-m",
+                "infra.local.ray_worker_node",
+                "--address",
+                gcs_address,
+                "--num-cpus",
+                str(cfg.worker_cpus),
+                "--num-gpus",
+                "0",
+                "--object-store-memory",
+                object_store,
+                "--temp-dir",
+                str(self.ray_tmp / "worker"),
+                "--dashboard-agent-listen-port",
+                str(free_port()),
+                "--dashboard-agent-grpc-port",
+                str(free_port()),
+                "--runtime-env-agent-port",
+                str(free_port()),
+                "--metrics-export-port",
+                str(free_port()),
+            ],
+        )
         self.cluster = Cluster(s3_endpoint, bucket, gcs_address, dashboard_url, token)
-        wait_until("2 alive Ray nodes", lambda: len(self.alive_nodes()) == 2, cfg.start_timeout_s, sup.check_alive)
+        wait_until(
+            "2 alive Ray nodes", lambda: len(self.alive_nodes()) == 2, cfg.start_timeout_s, sup.check_alive
+        )
         self.sample_sockets()
         self.report["cluster_start_s"] = round(time.monotonic() - t0, 1)
         self.report["nodes"] = self.alive_nodes()
-        log.info("cluster up in %.1f s: 2 nodes, dashboard %s, S3 %s, bucket %s", time.monotonic() - t0,
-                 dashboard_url, s3_endpoint, bucket)
+        log.info(
+            "cluster up in %.1f s: 2 nodes, dashboard %s, S3 %s, bucket %s",
+            time.monotonic() - t0,
+            dashboard_url,
+            s3_endpoint,
+            bucket,
+        )
         return self.cluster
 
     @staticmethod
     def _s3_client(endpoint: str):
         import boto3
 
-        return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def alive_nodes(self) -> list[dict]:
         c = self.cluster
@@ -457,8 +649,16 @@ class Rehearsal:
         if status != 200:
             return []
         rows = json.loads(body).get("data", {}).get("result", {}).get("result", [])
-        return [{"node_id": r["node_id"], "node_ip": r["node_ip"], "is_head": r["is_head_node"],
-                 "cpus": r.get("resources_total", {}).get("CPU", 0)} for r in rows if r.get("state") == "ALIVE"]
+        return [
+            {
+                "node_id": r["node_id"],
+                "node_ip": r["node_ip"],
+                "is_head": r["is_head_node"],
+                "cpus": r.get("resources_total", {}).get("CPU", 0),
+            }
+            for r in rows
+            if r.get("state") == "ALIVE"
+        ]
 
     def job_info(self, submission_id: str) -> dict:
         c = self.cluster
@@ -470,13 +670,31 @@ class Rehearsal:
         c = self.cluster
         submission_id = f"rehearsal-{self.run_id}-{name}"
         log_path = self.log_dir / f"job-{name}.log"
-        argv = [self._tool("ray"), "job", "submit", "--address", c.dashboard_url, "--working-dir", ".",
-                "--submission-id", submission_id, "--", *entrypoint]
+        argv = [
+            self._tool("ray"),
+            "job",
+            "submit",
+            "--address",
+            c.dashboard_url,
+            "--working-dir",
+            ".",
+            "--submission-id",
+            submission_id,
+            "--",
+            *entrypoint,
+        ]
         log.info("stage %s: %s", name, " ".join(argv[1:]))
         t0 = time.monotonic()
         with open(log_path, "wb") as out:
-            cli = subprocess.Popen(argv, env=self.supervisor.env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            cli = subprocess.Popen(
+                argv,
+                env=self.supervisor.env,
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             timed_out = False
             try:
                 deadline = time.monotonic() + self.cfg.job_timeout_s
@@ -489,31 +707,51 @@ class Rehearsal:
                     os.killpg(cli.pid, signal.SIGKILL)
                 cli.wait()
             if timed_out:
-                subprocess.run([self._tool("ray"), "job", "stop", "--address", c.dashboard_url, submission_id],
-                               env=self.supervisor.env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                               timeout=60, check=False)
+                subprocess.run(
+                    [self._tool("ray"), "job", "stop", "--address", c.dashboard_url, submission_id],
+                    env=self.supervisor.env,
+                    cwd=REPO_ROOT,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    timeout=60,
+                    check=False,
+                )
         info = self.job_info(submission_id)
         # The CLI returns once the job is terminal, but the state can lag the log stream by a moment.
         deadline = time.monotonic() + 30
         while info.get("status") not in TERMINAL_JOB_STATES and time.monotonic() < deadline:
             time.sleep(0.5)
             info = self.job_info(submission_id)
-        result = StageResult(name, submission_id, info.get("status", "UNKNOWN"), round(time.monotonic() - t0, 1),
-                             " ".join(entrypoint), str(log_path), info.get("message") or "")
+        result = StageResult(
+            name,
+            submission_id,
+            info.get("status", "UNKNOWN"),
+            round(time.monotonic() - t0, 1),
+            " ".join(entrypoint),
+            str(log_path),
+            info.get("message") or "",
+        )
         self.report["stages"].append(asdict(result))
-        log.info("stage %s: %s in %.1f s (submit exit %s)", name, result.status, result.seconds, cli.returncode)
+        log.info(
+            "stage %s: %s in %.1f s (submit exit %s)", name, result.status, result.seconds, cli.returncode
+        )
         if result.status != "SUCCEEDED" or cli.returncode != 0:
             tail = log_path.read_text(errors="replace").splitlines()[-40:]
-            raise RehearsalError(f"stage {name} ended {result.status} (ray job submit exit {cli.returncode}): "
-                                 f"{result.message}\n--- last lines of {log_path} ---\n" + "\n".join(tail))
+            raise RehearsalError(
+                f"stage {name} ended {result.status} (ray job submit exit {cli.returncode}): "
+                f"{result.message}\n--- last lines of {log_path} ---\n" + "\n".join(tail)
+            )
         return result
 
     def check_outputs(self) -> None:
         """Each stage left its outputs in the bucket: shards, a checkpoint, one mask per frame, a J&F summary."""
         c = self.cluster
         s3 = self._s3_client(c.s3_endpoint)
-        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=c.bucket)
-                for o in page.get("Contents", [])]
+        keys = [
+            o["Key"]
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=c.bucket)
+            for o in page.get("Contents", [])
+        ]
         count = {
             "corpus_frames": sum(k.startswith("corpus/JPEGImages/") and k.endswith(".jpg") for k in keys),
             "shards": sum(k.startswith("shards/") and k.endswith(".tar") for k in keys),
@@ -534,12 +772,21 @@ class Rehearsal:
         if "segment" in ran and count["masks"] != expected_frames:
             problems.append(f"segment wrote {count['masks']} masks, expected {expected_frames}")
         if "evaluate" in ran:
-            summary = json.loads(s3.get_object(Bucket=c.bucket, Key="eval/summary.json")["Body"].read())["figures"]
-            self.report["evaluation"] = {k: summary.get(k) for k in ("JF_mean", "J_mean", "F_mean", "n_sequences",
-                                                                      "n_frames", "protocol")}
+            summary = json.loads(s3.get_object(Bucket=c.bucket, Key="eval/summary.json")["Body"].read())[
+                "figures"
+            ]
+            self.report["evaluation"] = {
+                k: summary.get(k)
+                for k in ("JF_mean", "J_mean", "F_mean", "n_sequences", "n_frames", "protocol")
+            }
             jf = summary.get("JF_mean")
-            if not (isinstance(jf, (int, float)) and 0.0 <= jf <= 1.0) or summary.get("n_sequences") != self.cfg.videos:
-                problems.append(f"eval/summary.json: JF_mean={jf!r}, n_sequences={summary.get('n_sequences')!r}")
+            if (
+                not (isinstance(jf, (int, float)) and 0.0 <= jf <= 1.0)
+                or summary.get("n_sequences") != self.cfg.videos
+            ):
+                problems.append(
+                    f"eval/summary.json: JF_mean={jf!r}, n_sequences={summary.get('n_sequences')!r}"
+                )
         self.report["job_figures"] = figures = {}
         for stage, key in (("flow", "shards/summary.json"), ("segment", "segment/summary.json")):
             if stage in ran and key in keys:
@@ -576,11 +823,14 @@ class Rehearsal:
         titles = self._titles.get(sock["pid"], set())
         return sock["address"] in ("::", "0.0.0.0") and any(
             t.startswith("ray::RayTrainWorker") or t.startswith("ray::execute._setup_torch_process_group")
-            for t in titles)
+            for t in titles
+        )
 
     def check_loopback_and_auth(self) -> None:
         self.sample_sockets()
-        listeners = [{**s, "titles": sorted(self._titles.get(s["pid"], ()))} for s in self._listeners.values()]
+        listeners = [
+            {**s, "titles": sorted(self._titles.get(s["pid"], ()))} for s in self._listeners.values()
+        ]
         known = [s for s in listeners if not is_loopback(s["address"]) and self.is_ddp_store(s)]
         exposed = [s for s in listeners if not is_loopback(s["address"]) and not self.is_ddp_store(s)]
         self.report["listening_sockets"] = len(listeners)
@@ -591,16 +841,25 @@ class Rehearsal:
         status, _ = http_get(f"{self.cluster.dashboard_url}/api/version")
         self.report["dashboard_without_token_status"] = status
         if not listeners or not self._connections:
-            raise RehearsalError("saw no sockets of the rehearsal's processes; cannot check that they stay on loopback")
+            raise RehearsalError(
+                "saw no sockets of the rehearsal's processes; cannot check that they stay on loopback"
+            )
         if exposed:
             raise RehearsalError(f"processes listened on non-loopback addresses: {exposed}")
         if self._remote_peers:
             raise RehearsalError(f"processes talked to non-loopback peers: {sorted(self._remote_peers)}")
         if status not in (401, 403):
-            raise RehearsalError(f"the dashboard answered {status} to a request without the token; expected 401/403")
-        log.info("%d listening sockets and %d connection samples, all on loopback (%d wildcard DDP store listener(s) in "
-                 "Ray Train workers, see report); the dashboard refuses requests without the token (%d)",
-                 len(listeners), self._connections, len(known), status)
+            raise RehearsalError(
+                f"the dashboard answered {status} to a request without the token; expected 401/403"
+            )
+        log.info(
+            "%d listening sockets and %d connection samples, all on loopback (%d wildcard DDP store listener(s) in "
+            "Ray Train workers, see report); the dashboard refuses requests without the token (%d)",
+            len(listeners),
+            self._connections,
+            len(known),
+            status,
+        )
 
     def teardown(self) -> None:
         t0 = time.monotonic()
@@ -640,8 +899,10 @@ class Rehearsal:
             if self.report["ok"] and not self.cfg.keep:
                 shutil.rmtree(self.ray_tmp, ignore_errors=True)
         verdict = "PASSED" if self.report["ok"] else "FAILED"
-        print(f"rehearsal {verdict} in {self.report['total_s']:.1f} s; report {self.workdir / 'rehearsal.json'}",
-              flush=True)
+        print(
+            f"rehearsal {verdict} in {self.report['total_s']:.1f} s; report {self.workdir / 'rehearsal.json'}",
+            flush=True,
+        )
         return self.report["ok"]
 
 
@@ -652,8 +913,12 @@ def _raise_on_signal(signum, _frame):
 
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
-    cfg = parse_job_args(RehearsalConfig, argv, description=__doc__,
-                         flags={"--workdir": "workdir", "--keep": ("keep", True), "--run-id": "run_id"})
+    cfg = parse_job_args(
+        RehearsalConfig,
+        argv,
+        description=__doc__,
+        flags={"--workdir": "workdir", "--keep": ("keep", True), "--run-id": "run_id"},
+    )
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_on_signal)
     try:

@@ -39,8 +39,12 @@ class ShardConfig:
         require(2 <= self.clip_length <= 999, "clip_length", self.clip_length, "must be in 2..999")
         require(1 <= self.jpeg_quality <= 100, "jpeg_quality", self.jpeg_quality, "must be in 1..100")
         require(self.shard_size_mb > 0, "shard_size_mb", self.shard_size_mb, "must be > 0")
-        require(0 <= self.flow_compress_level <= 19, "flow_compress_level", self.flow_compress_level,
-                "must be in 0..19")
+        require(
+            0 <= self.flow_compress_level <= 19,
+            "flow_compress_level",
+            self.flow_compress_level,
+            "must be in 0..19",
+        )
         require(self.group_videos >= 1, "group_videos", self.group_videos, "must be >= 1")
         require(self.consolidate_every >= 0, "consolidate_every", self.consolidate_every, "must be >= 0")
 
@@ -62,7 +66,9 @@ class ComputeConfig:
     """CPUs reserved per decode / encode / pack task (fractional so tasks run beside the actors on small machines)."""
 
     def __post_init__(self):
-        require(self.concurrency is None or self.concurrency >= 1, "concurrency", self.concurrency, "must be >= 1")
+        require(
+            self.concurrency is None or self.concurrency >= 1, "concurrency", self.concurrency, "must be >= 1"
+        )
         require(self.num_gpus_per_actor >= 0, "num_gpus_per_actor", self.num_gpus_per_actor, "must be >= 0")
         require(self.num_cpus_per_actor > 0, "num_cpus_per_actor", self.num_cpus_per_actor, "must be > 0")
         require(self.num_cpus_per_task > 0, "num_cpus_per_task", self.num_cpus_per_task, "must be > 0")
@@ -98,5 +104,7 @@ class PrecomputeFlowConfig:
         require(bool(self.output), "output", self.output, "is required (--output URL)")
         require(self.format in FORMAT_CHOICES, "format", self.format, f"must be one of {FORMAT_CHOICES}")
         require(0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction, "must be in [0, 1)")
-        require(self.max_videos is None or self.max_videos >= 1, "max_videos", self.max_videos, "must be >= 1")
+        require(
+            self.max_videos is None or self.max_videos >= 1, "max_videos", self.max_videos, "must be >= 1"
+        )
         require(self.max_video_mb > 0, "max_video_mb", self.max_video_mb, "must be > 0")

@@ -77,6 +77,7 @@ VAL_SPLIT_NAME = "val_split.parquet"
 
 # -- settings guard ------------------------------------------------------------------------------------------------
 
+
 def _checkpoint_sha256(url: str) -> str:
     """SHA-256 of the flow checkpoint at a local path or storage URL (streamed; names the field when missing)."""
     try:
@@ -88,12 +89,19 @@ def _checkpoint_sha256(url: str) -> str:
 def _settings(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
     """Settings that change sample content: a resumed run must use the same ones."""
     ckpt_sha = _checkpoint_sha256(cfg.flow.checkpoint) if cfg.flow.checkpoint else None
-    return {"format": cfg.format, "davis_resolution": cfg.davis_resolution, "val_fraction": cfg.val_fraction,
-            "flow_engine": cfg.flow.engine, "flow_preset": cfg.flow.preset if cfg.flow.engine == "dis" else None,
-            "flow_checkpoint_sha256": ckpt_sha,
-            "flow_max_side": None if cfg.flow.uses_pictures else cfg.flow.max_side,
-            "clip_length": cfg.shards.clip_length, "jpeg_quality": cfg.shards.jpeg_quality,
-            "render_version": RENDER_VERSION, "sample_version": SAMPLE_VERSION}
+    return {
+        "format": cfg.format,
+        "davis_resolution": cfg.davis_resolution,
+        "val_fraction": cfg.val_fraction,
+        "flow_engine": cfg.flow.engine,
+        "flow_preset": cfg.flow.preset if cfg.flow.engine == "dis" else None,
+        "flow_checkpoint_sha256": ckpt_sha,
+        "flow_max_side": None if cfg.flow.uses_pictures else cfg.flow.max_side,
+        "clip_length": cfg.shards.clip_length,
+        "jpeg_quality": cfg.shards.jpeg_quality,
+        "render_version": RENDER_VERSION,
+        "sample_version": SAMPLE_VERSION,
+    }
 
 
 def _check_settings(out: Storage, cfg: PrecomputeFlowConfig) -> None:
@@ -103,8 +111,11 @@ def _check_settings(out: Storage, cfg: PrecomputeFlowConfig) -> None:
         diff = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
         if diff:
             detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
-            raise ConfigError("output", out.url, f"holds shards made with other settings ({detail}); "
-                              "use a new --output or the same settings")
+            raise ConfigError(
+                "output",
+                out.url,
+                f"holds shards made with other settings ({detail}); use a new --output or the same settings",
+            )
     else:
         out.write_json(SETTINGS_NAME, settings)
 
@@ -136,15 +147,20 @@ def _assign_splits(out: Storage, records: list[VideoRecord], val_fraction: float
 
 # -- planning ------------------------------------------------------------------------------------------------------
 
+
 def plan_groups(pending: list[dict[str, Any]], group_videos: int) -> list[dict[str, Any]]:
     """Cut the pending videos (sorted by video id) into consecutive groups of ``group_videos``; each group row
     carries its deterministic name and its videos (JSON)."""
     pending = sorted(pending, key=lambda p: p["video_id"])
     groups = []
     for i in range(0, len(pending), group_videos):
-        members = pending[i:i + group_videos]
-        groups.append({"group": group_name(p["video_id"] for p in members),
-                       "videos": json.dumps([{k: p[k] for k in ("record", "skip_keys")} for p in members])})
+        members = pending[i : i + group_videos]
+        groups.append(
+            {
+                "group": group_name(p["video_id"] for p in members),
+                "videos": json.dumps([{k: p[k] for k in ("record", "skip_keys")} for p in members]),
+            }
+        )
     return groups
 
 
@@ -190,34 +206,60 @@ def _build_dataset(cfg: PrecomputeFlowConfig, groups: list[dict[str, Any]], inpu
         else:
             concurrency = max(1, int(total_cpus // (actor_cpus if fused else 2)))
     # FlowConfig.create_engine keeps DIS on the CPU whatever the device.
-    engine_kwargs = {"flow": cfg.flow, "device": "cuda" if gpus > 0 else "cpu",
-                     "threads": max(1, int(cfg.compute.num_cpus_per_actor))}
-    load_kwargs = {"input_url": input_url, "clip_length": cfg.shards.clip_length, "max_video_mb": cfg.max_video_mb,
-                   "flow_pictures": cfg.flow.uses_pictures}
+    engine_kwargs = {
+        "flow": cfg.flow,
+        "device": "cuda" if gpus > 0 else "cpu",
+        "threads": max(1, int(cfg.compute.num_cpus_per_actor)),
+    }
+    load_kwargs = {
+        "input_url": input_url,
+        "clip_length": cfg.shards.clip_length,
+        "max_video_mb": cfg.max_video_mb,
+        "flow_pictures": cfg.flow.uses_pictures,
+    }
     encode_kwargs = {"jpeg_quality": cfg.shards.jpeg_quality, "flow_level": cfg.shards.flow_compress_level}
     pack_kwargs = {"output_url": output_url, "target_bytes": int(cfg.shards.shard_size_mb * 1e6)}
     if fused:
         ds = ray.data.from_items(groups, override_num_blocks=len(groups))
-        return ds.map(GroupStage, fn_constructor_kwargs=dict(engine_kwargs, load_kwargs=load_kwargs,
-                                                             encode_kwargs=encode_kwargs, **pack_kwargs),
-                      compute=ray.data.ActorPoolStrategy(size=min(concurrency, len(groups))),
-                      num_cpus=min(actor_cpus, total_cpus), num_gpus=gpus or None)
+        return ds.map(
+            GroupStage,
+            fn_constructor_kwargs=dict(
+                engine_kwargs, load_kwargs=load_kwargs, encode_kwargs=encode_kwargs, **pack_kwargs
+            ),
+            compute=ray.data.ActorPoolStrategy(size=min(concurrency, len(groups))),
+            num_cpus=min(actor_cpus, total_cpus),
+            num_gpus=gpus or None,
+        )
     if concurrency * actor_cpus + task_cpus > total_cpus:
         # Actors holding every CPU would starve the decode/encode tasks: shrink the reservations to fit.
         scale = total_cpus / (concurrency * actor_cpus + task_cpus)
         actor_cpus, task_cpus = actor_cpus * scale, task_cpus * scale
-        log.warning("%d flow actor(s) x %.2g CPU + tasks do not fit in %.3g CPUs: reserving %.2g CPU per actor "
-                    "and %.2g per task", concurrency, cfg.compute.num_cpus_per_actor, total_cpus, actor_cpus,
-                    task_cpus)
+        log.warning(
+            "%d flow actor(s) x %.2g CPU + tasks do not fit in %.3g CPUs: reserving %.2g CPU per actor "
+            "and %.2g per task",
+            concurrency,
+            cfg.compute.num_cpus_per_actor,
+            total_cpus,
+            actor_cpus,
+            task_cpus,
+        )
     videos = [dict(v, group=g["group"]) for g in groups for v in json.loads(g["videos"])]
     ds = ray.data.from_items(videos, override_num_blocks=len(videos))
     ds = ds.flat_map(load_clips, fn_kwargs=load_kwargs, num_cpus=task_cpus)
-    ds = ds.map(FlowStage, fn_constructor_kwargs=engine_kwargs, compute=ray.data.ActorPoolStrategy(size=concurrency),
-                num_cpus=actor_cpus, num_gpus=gpus or None)
+    ds = ds.map(
+        FlowStage,
+        fn_constructor_kwargs=engine_kwargs,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_cpus=actor_cpus,
+        num_gpus=gpus or None,
+    )
     ds = ds.map(encode_clip_row, fn_kwargs=encode_kwargs, num_cpus=task_cpus)
-    ds = ds.select_columns(["group", "video_id", "start", "kind", "info", "key", "names", "blob", "index_row"])
-    return ds.groupby("group").map_groups(pack_group_batch, fn_kwargs=pack_kwargs, batch_format="numpy",
-                                          num_cpus=task_cpus)
+    ds = ds.select_columns(
+        ["group", "video_id", "start", "kind", "info", "key", "names", "blob", "index_row"]
+    )
+    return ds.groupby("group").map_groups(
+        pack_group_batch, fn_kwargs=pack_kwargs, batch_format="numpy", num_cpus=task_cpus
+    )
 
 
 @holds_output_lease("precompute_flow")  # one run per output (pipeline/lease.py)
@@ -261,9 +303,11 @@ class _Plan:
 def _plan(cfg: PrecomputeFlowConfig, inp: Storage, out: Storage, summary: JobSummary) -> _Plan:
     """List the corpus, assign splits, find the videos the index already holds (skipped) and group the rest."""
     listing = list_corpus(inp, cfg.format, cfg.davis_resolution)
-    records = listing.records[:cfg.max_videos] if cfg.max_videos else listing.records
+    records = listing.records[: cfg.max_videos] if cfg.max_videos else listing.records
     n_val = _assign_splits(out, records, cfg.val_fraction)
-    log.info("%s: %d videos (%s)%s", inp.url, len(records), listing.format, f", {n_val} in val" if n_val else "")
+    log.info(
+        "%s: %d videos (%s)%s", inp.url, len(records), listing.format, f", {n_val} in val" if n_val else ""
+    )
     indexed_keys, n_clips_of, previous_facts = _indexed_videos(out)
     facts: dict[str, dict[str, Any]] = {}
     pending = []
@@ -273,8 +317,13 @@ def _plan(cfg: PrecomputeFlowConfig, inp: Storage, out: Storage, summary: JobSum
             summary.skipped("video", r.video_id, "already done (all samples indexed)")
             facts[r.video_id] = dict(previous_facts.get(r.video_id, {}), status="done", reason=None)
             continue
-        pending.append({"video_id": r.video_id, "record": json.dumps(r.to_dict()),
-                        "skip_keys": json.dumps(sorted(done_keys))})
+        pending.append(
+            {
+                "video_id": r.video_id,
+                "record": json.dumps(r.to_dict()),
+                "skip_keys": json.dumps(sorted(done_keys)),
+            }
+        )
     groups = plan_groups(pending, cfg.shards.group_videos)
     summary.set("groups_planned", len(groups))
     return _Plan(records, listing.format, facts, groups)
@@ -287,21 +336,28 @@ def _indexed_videos(out: Storage) -> tuple[dict[str, set[str]], dict[str, int], 
     _remove_uncommitted_shards(out, set(index.column("shard").to_pylist()))
     indexed_keys: dict[str, set[str]] = defaultdict(set)
     n_clips_of: dict[str, int] = {}
-    for vid, key, nc in zip(index.column("video_id").to_pylist(), index.column("key").to_pylist(),
-                            index.column("n_clips").to_pylist(), strict=True):
+    for vid, key, nc in zip(
+        index.column("video_id").to_pylist(),
+        index.column("key").to_pylist(),
+        index.column("n_clips").to_pylist(),
+        strict=True,
+    ):
         indexed_keys[vid].add(key)
         n_clips_of[vid] = nc
     previous_facts: dict[str, dict[str, Any]] = {}
     if out.exists(MANIFEST_NAME):
         for r in out.read_parquet(MANIFEST_NAME).to_pylist():
-            previous_facts[r["video_id"]] = {k: r[k] for k in ("frame_count", "height", "width", "fps",
-                                                               "annotated_frames", "status", "reason")}
+            previous_facts[r["video_id"]] = {
+                k: r[k]
+                for k in ("frame_count", "height", "width", "fps", "annotated_frames", "status", "reason")
+            }
     previous_facts.update(part_videos)
     return indexed_keys, n_clips_of, previous_facts
 
 
-def _commit_groups(cfg: PrecomputeFlowConfig, ds, out: Storage, summary: JobSummary,
-                   facts: dict[str, dict[str, Any]]) -> tuple[int, dict[str, int]]:
+def _commit_groups(
+    cfg: PrecomputeFlowConfig, ds, out: Storage, summary: JobSummary, facts: dict[str, dict[str, Any]]
+) -> tuple[int, dict[str, int]]:
     """Commit each group the workers finish (its index part), record its videos; -> (commits, parts per writer)."""
     commits, writers = 0, defaultdict(int)
     for result in _timed(ds.iter_rows(), summary, "driver_wait_s"):
@@ -309,9 +365,17 @@ def _commit_groups(cfg: PrecomputeFlowConfig, ds, out: Storage, summary: JobSumm
         rows, videos = json.loads(result["rows"]), json.loads(result["videos"])
         if rows:  # the group's shards are complete: commit them (the part is the marker)
             check_lease()  # a run whose output was taken over must not commit into it
-            write_index_part(out, str(result["group"]), rows,
-                             {v: {k: f.get(k) for k in ("frame_count", "height", "width", "fps", "annotated_frames")}
-                              for v, f in videos.items() if f["status"] == "done"}, str(result["writer"]))
+            write_index_part(
+                out,
+                str(result["group"]),
+                rows,
+                {
+                    v: {k: f.get(k) for k in ("frame_count", "height", "width", "fps", "annotated_frames")}
+                    for v, f in videos.items()
+                    if f["status"] == "done"
+                },
+                str(result["writer"]),
+            )
             commits += 1
         summary.add("driver_commit_s", time.perf_counter() - t0)
         writers[str(result["writer"])] += 1
@@ -324,8 +388,12 @@ def _commit_groups(cfg: PrecomputeFlowConfig, ds, out: Storage, summary: JobSumm
     return commits, writers
 
 
-def _record_group(result: dict[str, Any], videos: dict[str, dict[str, Any]], summary: JobSummary,
-                  facts: dict[str, dict[str, Any]]) -> None:
+def _record_group(
+    result: dict[str, Any],
+    videos: dict[str, dict[str, Any]],
+    summary: JobSummary,
+    facts: dict[str, dict[str, Any]],
+) -> None:
     """A finished group's videos (done or rejected, with their warnings) and figures into the summary and facts."""
     for vid, f in videos.items():
         if f["status"] == "rejected":
@@ -338,16 +406,33 @@ def _record_group(result: dict[str, Any], videos: dict[str, dict[str, Any]], sum
         summary.done("video", vid)
         facts[vid] = f
     for figure in ("samples", "frames", "masks", "shards", "bytes"):
-        summary.add({"shards": "shards_written", "bytes": "bytes_written"}.get(figure, figure), int(result[figure]))
+        summary.add(
+            {"shards": "shards_written", "bytes": "bytes_written"}.get(figure, figure), int(result[figure])
+        )
     summary.add("flows", int(result["frames"]))
     summary.add("worker_pack_s", float(result["pack_s"]))
 
 
-def _finish(inp: Storage, out: Storage, summary: JobSummary, plan: _Plan, commits: int, writers: dict[str, int],
-            cpu0: float) -> dict[str, Any]:
+def _finish(
+    inp: Storage,
+    out: Storage,
+    summary: JobSummary,
+    plan: _Plan,
+    commits: int,
+    writers: dict[str, int],
+    cpu0: float,
+) -> dict[str, Any]:
     """Consolidate the index, write the manifest, and finish the summary (written to ``summary.json``); ``cpu0``
     is the driver's CPU time when the run started."""
-    for figure in ("samples", "frames", "flows", "masks", "shards_written", "bytes_written", "driver_commit_s"):
+    for figure in (
+        "samples",
+        "frames",
+        "flows",
+        "masks",
+        "shards_written",
+        "bytes_written",
+        "driver_commit_s",
+    ):
         summary.add(figure, 0)
     t0 = time.perf_counter()
     index = consolidate_index(out)

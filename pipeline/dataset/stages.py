@@ -39,8 +39,16 @@ from pipeline.storage import LocalDiskFullError, StorageError, open_storage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FlowStage", "GroupPacker", "GroupStage", "clip_spans", "encode_clip_row", "group_name", "load_clips",
-           "pack_group_batch"]
+__all__ = [
+    "FlowStage",
+    "GroupPacker",
+    "GroupStage",
+    "clip_spans",
+    "encode_clip_row",
+    "group_name",
+    "load_clips",
+    "pack_group_batch",
+]
 
 
 def clip_spans(n: int, clip_length: int) -> list[tuple[int, int]]:
@@ -58,21 +66,35 @@ def group_name(video_ids: Iterable[str]) -> str:
 
 # -- stage 1: load -------------------------------------------------------------------------------------------------
 
-_EMPTY = {"frames": np.zeros((1, 1, 1, 3), np.uint8), "masks": np.zeros((1, 1, 1), np.uint8),
-          "mask_valid": np.zeros(1, bool), "flowpics": [], "flowpic_names": []}
+_EMPTY = {
+    "frames": np.zeros((1, 1, 1, 3), np.uint8),
+    "masks": np.zeros((1, 1, 1), np.uint8),
+    "mask_valid": np.zeros(1, bool),
+    "flowpics": [],
+    "flowpic_names": [],
+}
 
 
 def _rejected_row(row: dict[str, Any], record: dict[str, Any], reason: str) -> dict[str, Any]:
-    return {"group": row.get("group", ""), "video_id": record["video_id"], "kind": "rejected",
-            "info": json.dumps({"record": record, "reason": reason}), "clip_index": -1, "n_clips": 0, "start": 0,
-            **_EMPTY}
+    return {
+        "group": row.get("group", ""),
+        "video_id": record["video_id"],
+        "kind": "rejected",
+        "info": json.dumps({"record": record, "reason": reason}),
+        "clip_index": -1,
+        "n_clips": 0,
+        "start": 0,
+        **_EMPTY,
+    }
 
 
 def _read_pictures(storage, rec: VideoRecord, n: int) -> list[bytes]:
     """The flow picture of every frame, bytes as stored; raises VideoRejected naming the file when unusable."""
     if len(rec.flows) != n:
-        raise VideoRejected(f"video {rec.name!r} ({rec.source}): {len(rec.flows)} flow pictures for {n} frames; "
-                            "flow.engine=pictures needs one flow picture per frame (the corpus's flow folder)")
+        raise VideoRejected(
+            f"video {rec.name!r} ({rec.source}): {len(rec.flows)} flow pictures for {n} frames; "
+            "flow.engine=pictures needs one flow picture per frame (the corpus's flow folder)"
+        )
     pictures = []
     for rel in rec.flows:
         try:
@@ -85,8 +107,13 @@ def _read_pictures(storage, rec: VideoRecord, n: int) -> list[bytes]:
     return pictures
 
 
-def load_clips(row: dict[str, Any], input_url: str, clip_length: int, max_video_mb: float = 4096.0,
-               flow_pictures: bool = False) -> list[dict[str, Any]]:
+def load_clips(
+    row: dict[str, Any],
+    input_url: str,
+    clip_length: int,
+    max_video_mb: float = 4096.0,
+    flow_pictures: bool = False,
+) -> list[dict[str, Any]]:
     """Ray Data flat_map: one video -> its clip rows (or one rejected row)."""
     record = json.loads(row["record"])
     skip = set(json.loads(row["skip_keys"]))
@@ -100,27 +127,41 @@ def load_clips(row: dict[str, Any], input_url: str, clip_length: int, max_video_
         return [_rejected_row(row, record, str(e))]
     except (StorageError, OSError) as e:
         return [_rejected_row(row, record, f"video {rec.name!r} ({rec.source}): cannot be read: {e}")]
-    facts = {"frame_count": n, "height": h, "width": w, "fps": video.fps,
-             "annotated_frames": [int(i) for i in np.flatnonzero(video.mask_valid)], "warnings": video.warnings}
+    facts = {
+        "frame_count": n,
+        "height": h,
+        "width": w,
+        "fps": video.fps,
+        "annotated_frames": [int(i) for i in np.flatnonzero(video.mask_valid)],
+        "warnings": video.warnings,
+    }
     spans = clip_spans(n, clip_length)
     rows = []
     for ci, (s, e) in enumerate(spans):
         if sample_key(rec.video_id, s) in skip:
             continue
         ctx_end = min(e + 1, n)  # one frame of context for the clip's last forward flow
-        rows.append({
-            "group": row.get("group", ""), "video_id": rec.video_id, "kind": "clip",
-            "info": json.dumps({"record": record, "facts": facts, "frame_names": video.frame_names[s:e]}),
-            "clip_index": ci, "n_clips": len(spans), "start": s,
-            "frames": video.frames[s:ctx_end], "masks": video.masks[s:e].astype(np.uint8),
-            "mask_valid": video.mask_valid[s:e],
-            "flowpics": pictures[s:e] if pictures else [],
-            "flowpic_names": [os.path.basename(p) for p in rec.flows[s:e]] if pictures else [],
-        })
+        rows.append(
+            {
+                "group": row.get("group", ""),
+                "video_id": rec.video_id,
+                "kind": "clip",
+                "info": json.dumps({"record": record, "facts": facts, "frame_names": video.frame_names[s:e]}),
+                "clip_index": ci,
+                "n_clips": len(spans),
+                "start": s,
+                "frames": video.frames[s:ctx_end],
+                "masks": video.masks[s:e].astype(np.uint8),
+                "mask_valid": video.mask_valid[s:e],
+                "flowpics": pictures[s:e] if pictures else [],
+                "flowpic_names": [os.path.basename(p) for p in rec.flows[s:e]] if pictures else [],
+            }
+        )
     return rows
 
 
 # -- stage 2: flow -------------------------------------------------------------------------------------------------
+
 
 class FlowStage:
     """Ray Data actor: holds one flow engine and adds ``flows`` (float16) to each clip row."""
@@ -135,7 +176,7 @@ class FlowStage:
         if row["kind"] != "clip" or self.pictures:  # pictures: the flow is already in the row
             row["flows"] = np.zeros((1, 1, 1, 2), np.float16)
             if row["kind"] == "clip":
-                row["frames"] = np.asarray(row["frames"])[:len(row["mask_valid"])]
+                row["frames"] = np.asarray(row["frames"])[: len(row["mask_valid"])]
             return row
         frames = np.asarray(row["frames"])
         n = len(row["mask_valid"])
@@ -146,10 +187,20 @@ class FlowStage:
 
 # -- stage 3: encode -----------------------------------------------------------------------------------------------
 
+
 def encode_clip_row(row: dict[str, Any], jpeg_quality: int, flow_level: int) -> dict[str, Any]:
     """Ray Data map: clip row -> sample member bytes (names + one blob) and the index fields."""
-    out = {"group": row.get("group", ""), "video_id": row["video_id"], "kind": row["kind"], "info": row["info"],
-           "key": "", "start": int(row["start"]), "names": "[]", "blob": b"", "index_row": "{}"}
+    out = {
+        "group": row.get("group", ""),
+        "video_id": row["video_id"],
+        "kind": row["kind"],
+        "info": row["info"],
+        "key": "",
+        "start": int(row["start"]),
+        "names": "[]",
+        "blob": b"",
+        "index_row": "{}",
+    }
     if row["kind"] != "clip":
         return out
     info = json.loads(row["info"])
@@ -160,40 +211,76 @@ def encode_clip_row(row: dict[str, Any], jpeg_quality: int, flow_level: int) -> 
     mask_valid = np.asarray(row["mask_valid"], bool)
     provenance = json.loads(row["provenance"])
     pictures = list(zip(list(row["flowpic_names"]), [bytes(b) for b in row["flowpics"]], strict=True)) or None
-    meta = {"video_id": rec["video_id"], "video_name": rec["name"], "split": rec["split"],
-            "source_split": rec["source_split"], "format": rec["format"], "source": rec["source"],
-            "frame_indices": frame_indices, "frame_names": info["frame_names"],
-            "clip_index": int(row["clip_index"]), "n_clips": int(row["n_clips"]),
-            "video_frames": facts["frame_count"], "fps": facts["fps"], "flow": provenance,
-            "render_version": RENDER_VERSION, "jpeg_quality": jpeg_quality, "warnings": facts["warnings"]}
+    meta = {
+        "video_id": rec["video_id"],
+        "video_name": rec["name"],
+        "split": rec["split"],
+        "source_split": rec["source_split"],
+        "format": rec["format"],
+        "source": rec["source"],
+        "frame_indices": frame_indices,
+        "frame_names": info["frame_names"],
+        "clip_index": int(row["clip_index"]),
+        "n_clips": int(row["n_clips"]),
+        "video_frames": facts["frame_count"],
+        "fps": facts["fps"],
+        "flow": provenance,
+        "render_version": RENDER_VERSION,
+        "jpeg_quality": jpeg_quality,
+        "warnings": facts["warnings"],
+    }
     if pictures is None:
-        meta.update(flow_source="computed", flow_dtype="float16", flow_units="pixels (dx, dy)",
-                    flow_last_frame="backward" if start + n == facts["frame_count"] else "forward")
+        meta.update(
+            flow_source="computed",
+            flow_dtype="float16",
+            flow_units="pixels (dx, dy)",
+            flow_last_frame="backward" if start + n == facts["frame_count"] else "forward",
+        )
     else:
         meta["flow_picture_names"] = [name for name, _ in pictures]
     frames = np.asarray(row["frames"])
-    members = encode_clip(key, frames, None if pictures else np.asarray(row["flows"]),
-                          np.asarray(row["masks"]).astype(bool), mask_valid, meta, jpeg_quality, flow_level,
-                          flow_pictures=pictures)
+    members = encode_clip(
+        key,
+        frames,
+        None if pictures else np.asarray(row["flows"]),
+        np.asarray(row["masks"]).astype(bool),
+        mask_valid,
+        meta,
+        jpeg_quality,
+        flow_level,
+        flow_pictures=pictures,
+    )
     names = list(members)
-    out.update(key=key, names=json.dumps([[k, len(members[k])] for k in names]),
-               blob=b"".join(members[k] for k in names),
-               index_row=json.dumps({"video_id": rec["video_id"], "clip_index": int(row["clip_index"]),
-                                     "n_clips": int(row["n_clips"]), "frame_indices": frame_indices,
-                                     "n_frames": n, "n_masks": int(mask_valid.sum()),
-                                     "height": int(frames.shape[1]), "width": int(frames.shape[2])}))
+    out.update(
+        key=key,
+        names=json.dumps([[k, len(members[k])] for k in names]),
+        blob=b"".join(members[k] for k in names),
+        index_row=json.dumps(
+            {
+                "video_id": rec["video_id"],
+                "clip_index": int(row["clip_index"]),
+                "n_clips": int(row["n_clips"]),
+                "frame_indices": frame_indices,
+                "n_frames": n,
+                "n_masks": int(mask_valid.sum()),
+                "height": int(frames.shape[1]),
+                "width": int(frames.shape[2]),
+            }
+        ),
+    )
     return out
 
 
 def _unpack_members(names_json: str, blob: bytes) -> dict[str, bytes]:
     members, pos = {}, 0
     for name, size in json.loads(names_json):
-        members[name] = blob[pos:pos + size]
+        members[name] = blob[pos : pos + size]
         pos += size
     return members
 
 
 # -- stage 4: pack and upload a group's shards ---------------------------------------------------------------------
+
 
 class GroupPacker:
     """Packs the encoded samples of one group into its shards ``shards/<split>-<group>-NNNN.tar`` (uploaded by
@@ -204,9 +291,13 @@ class GroupPacker:
         self.rows: list[dict[str, Any]] = []
         self.videos: dict[str, dict[str, Any]] = {}
         self.samples = self.frames = self.masks = 0
-        self.writer = ShardWriter(open_storage(output_url), target_bytes, index_name=None,
-                                  on_commit=lambda shard, rows: self.rows.extend(rows),
-                                  shard_name=lambda split, num: f"{SHARD_DIR}/{split}-{group}-{num:04d}.tar")
+        self.writer = ShardWriter(
+            open_storage(output_url),
+            target_bytes,
+            index_name=None,
+            on_commit=lambda shard, rows: self.rows.extend(rows),
+            shard_name=lambda split, num: f"{SHARD_DIR}/{split}-{group}-{num:04d}.tar",
+        )
 
     def add(self, row: dict[str, Any]) -> None:
         """One encoded row (a sample or a rejected video), in (video, first frame) order."""
@@ -218,11 +309,14 @@ class GroupPacker:
             return
         if vid not in self.videos:
             f = info["facts"]
-            self.videos[vid] = {k: f[k] for k in ("frame_count", "height", "width", "fps", "annotated_frames",
-                                                  "warnings")}
+            self.videos[vid] = {
+                k: f[k] for k in ("frame_count", "height", "width", "fps", "annotated_frames", "warnings")
+            }
             self.videos[vid].update(name=rec["name"], status="done", reason=None)
         index_row = json.loads(row["index_row"])
-        self.writer.add(rec["split"], row["key"], _unpack_members(row["names"], bytes(row["blob"])), index_row)
+        self.writer.add(
+            rec["split"], row["key"], _unpack_members(row["names"], bytes(row["blob"])), index_row
+        )
         self.samples += 1
         self.frames += index_row["n_frames"]
         self.masks += index_row["n_masks"]
@@ -233,11 +327,26 @@ class GroupPacker:
         self.writer.abort()
         records = [json.loads(v["record"]) for v in videos]
         names = {rec["video_id"]: rec["name"] for rec in records}
-        rejected = {vid: {"name": name, "status": "rejected", "reason": f"video {name!r} (group {self.group}): {error}"}
-                    for vid, name in names.items()}
-        return {"group": self.group, "rows": "[]", "videos": json.dumps(rejected), "shards": 0, "bytes": 0,
-                "samples": 0, "frames": 0, "masks": 0, "pack_s": round(self.writer.write_s, 3),
-                "writer": writer_label()}
+        rejected = {
+            vid: {
+                "name": name,
+                "status": "rejected",
+                "reason": f"video {name!r} (group {self.group}): {error}",
+            }
+            for vid, name in names.items()
+        }
+        return {
+            "group": self.group,
+            "rows": "[]",
+            "videos": json.dumps(rejected),
+            "shards": 0,
+            "bytes": 0,
+            "samples": 0,
+            "frames": 0,
+            "masks": 0,
+            "pack_s": round(self.writer.write_s, 3),
+            "writer": writer_label(),
+        }
 
     def finish(self) -> dict[str, Any]:
         """Upload the last shards and return the group's result row (small: index rows and video facts)."""
@@ -246,10 +355,18 @@ class GroupPacker:
         except BaseException:
             self.writer.abort()
             raise
-        return {"group": self.group, "rows": json.dumps(self.rows), "videos": json.dumps(self.videos),
-                "shards": self.writer.shards_written, "bytes": self.writer.bytes_written, "samples": self.samples,
-                "frames": self.frames, "masks": self.masks, "pack_s": round(self.writer.write_s, 3),
-                "writer": writer_label()}
+        return {
+            "group": self.group,
+            "rows": json.dumps(self.rows),
+            "videos": json.dumps(self.videos),
+            "shards": self.writer.shards_written,
+            "bytes": self.writer.bytes_written,
+            "samples": self.samples,
+            "frames": self.frames,
+            "masks": self.masks,
+            "pack_s": round(self.writer.write_s, 3),
+            "writer": writer_label(),
+        }
 
 
 def writer_label() -> str:
@@ -265,8 +382,16 @@ class GroupStage(FlowStage):
     """Ray Data actor (CPU engines): one group row -> its result row (load, flow, encode and pack every video of
     the group in place; only the index rows leave the actor)."""
 
-    def __init__(self, flow: FlowConfig, device: str, threads: int, load_kwargs: dict[str, Any],
-                 encode_kwargs: dict[str, Any], output_url: str, target_bytes: int):
+    def __init__(
+        self,
+        flow: FlowConfig,
+        device: str,
+        threads: int,
+        load_kwargs: dict[str, Any],
+        encode_kwargs: dict[str, Any],
+        output_url: str,
+        target_bytes: int,
+    ):
         super().__init__(flow, device, threads)
         self.load_kwargs, self.encode_kwargs = load_kwargs, encode_kwargs
         self.output_url, self.target_bytes = output_url, target_bytes

@@ -75,18 +75,34 @@ class EvaluateConfig:
         require(bool(self.gt), "gt", self.gt, "is required (URL or path of the ground truth)")
         require(self.preset in EVALUATE_PRESETS, "preset", self.preset, f"must be one of {EVALUATE_PRESETS}")
         require(self.protocol in PROTOCOLS, "protocol", self.protocol, f"must be one of {PROTOCOLS}")
-        require(self.threshold is None or 0.0 <= self.threshold < 1.0, "threshold", self.threshold,
-                "must be in [0, 1) or null")  # fmt: skip
+        require(
+            self.threshold is None or 0.0 <= self.threshold < 1.0,
+            "threshold",
+            self.threshold,
+            "must be in [0, 1) or null",
+        )
         require(self.bound_th > 0, "bound_th", self.bound_th, "must be > 0")
         require(self.gt_format in GT_FORMATS, "gt_format", self.gt_format, f"must be one of {GT_FORMATS}")
-        require(bool(self.gt_splits) and set(self.gt_splits) <= {"train", "val", "test"}, "gt_splits",
-                self.gt_splits, "must be a non-empty subset of train, val, test")  # fmt: skip
+        require(
+            bool(self.gt_splits) and set(self.gt_splits) <= {"train", "val", "test"},
+            "gt_splits",
+            self.gt_splits,
+            "must be a non-empty subset of train, val, test",
+        )
         if self.preset == "official":
             # The protocol's default is davis2016; the official preset owns the frame rule.
-            require(self.protocol in ("davis2016", "hmhi_official"), "protocol", self.protocol,
-                    "the official preset scores with hmhi_official; leave protocol unset")  # fmt: skip
-            require(self.threshold is None, "threshold", self.threshold,
-                    "the official preset binarises at > 128 of 255; leave threshold unset")  # fmt: skip
+            require(
+                self.protocol in ("davis2016", "hmhi_official"),
+                "protocol",
+                self.protocol,
+                "the official preset scores with hmhi_official; leave protocol unset",
+            )
+            require(
+                self.threshold is None,
+                "threshold",
+                self.threshold,
+                "the official preset binarises at > 128 of 255; leave threshold unset",
+            )
             self.protocol = "hmhi_official"
 
     @property

@@ -90,11 +90,14 @@ class GroundTruth:
 
 
 def _archive_frames(rec: VideoRecord) -> dict[str, str]:
-    return {posixpath.splitext(posixpath.basename(rec.frames[i]))[0]: rel for i, rel in sorted(rec.masks.items())}
+    return {
+        posixpath.splitext(posixpath.basename(rec.frames[i]))[0]: rel for i, rel in sorted(rec.masks.items())
+    }
 
 
-def read_ground_truth(gt: Storage, gt_format: str = "auto", splits: tuple[str, ...] = ("test",),
-                      davis_resolution: str = "480p") -> GroundTruth:
+def read_ground_truth(
+    gt: Storage, gt_format: str = "auto", splits: tuple[str, ...] = ("test",), davis_resolution: str = "480p"
+) -> GroundTruth:
     """The ground truth under ``gt``: an archive's annotated frames (see :data:`ARCHIVE_FORMATS`) or folders."""
     fmt = gt_format
     files: list[str] | None = None
@@ -120,8 +123,13 @@ def read_ground_truth(gt: Storage, gt_format: str = "auto", splits: tuple[str, .
             frames[rec.video_id] = _archive_frames(rec)
             if rec.category:
                 categories[rec.video_id] = rec.category
-    log.info("ground truth: %s archive %s, %d sequences of splits %s with annotated frames", fmt, gt.url,
-             len(frames), ",".join(splits))
+    log.info(
+        "ground truth: %s archive %s, %d sequences of splits %s with annotated frames",
+        fmt,
+        gt.url,
+        len(frames),
+        ",".join(splits),
+    )
     return GroundTruth(gt, dict(sorted(frames.items())), fmt, categories)
 
 
@@ -206,13 +214,23 @@ def score_sequence(
     for stem in stems:
         gt_url = gt_root.join(gt_frames[stem])
         try:
-            gt = read_mask(gt_root.read_bytes(gt_frames[stem]), name=gt_url,
-                           white_background=mask_has_white_background(gt_frames[stem]))
+            gt = read_mask(
+                gt_root.read_bytes(gt_frames[stem]),
+                name=gt_url,
+                white_background=mask_has_white_background(gt_frames[stem]),
+            )
         except (MaskError, StorageError, OSError) as err:
             return SequenceResult(
-                sequence, _nan_metrics(protocol), [], resolution, missing, unreadable, resized, warnings,
+                sequence,
+                _nan_metrics(protocol),
+                [],
+                resolution,
+                missing,
+                unreadable,
+                resized,
+                warnings,
                 error=f"ground truth {gt_url} unreadable: {err}",
-            )  # fmt: skip
+            )
         if resolution is None:
             resolution = gt.shape
         pred = None
@@ -220,7 +238,9 @@ def score_sequence(
             missing.append(stem)
         else:
             try:
-                pred, was_resized = _read_prediction(pred_root, pred_frames[stem], gt.shape, threshold, official)
+                pred, was_resized = _read_prediction(
+                    pred_root, pred_frames[stem], gt.shape, threshold, official
+                )
                 resized += was_resized
             except (MaskError, StorageError, OSError) as err:
                 unreadable.append(stem)
@@ -241,8 +261,9 @@ def score_sequence(
     return SequenceResult(sequence, metrics, frames, resolution, missing, unreadable, resized, warnings)
 
 
-def _read_prediction(pred_root: Storage, rel: str, gt_shape: tuple[int, int], threshold: float | None,
-                     official: bool) -> tuple[np.ndarray, bool]:
+def _read_prediction(
+    pred_root: Storage, rel: str, gt_shape: tuple[int, int], threshold: float | None, official: bool
+) -> tuple[np.ndarray, bool]:
     """One prediction frame as a boolean mask at the ground truth's size -> (mask, whether it was resized).
 
     Raises ``MaskError``, ``StorageError`` or ``OSError`` (naming the file) when it cannot be read.
@@ -263,8 +284,15 @@ def _read_prediction(pred_root: Storage, rel: str, gt_shape: tuple[int, int], th
     return pred.astype(bool), True
 
 
-def _sequence_warnings(sequence: str, pred_root: Storage, n_frames: int, missing: list[str], resized: int,
-                       resolution: tuple[int, int] | None, official: bool) -> list[str]:
+def _sequence_warnings(
+    sequence: str,
+    pred_root: Storage,
+    n_frames: int,
+    missing: list[str],
+    resized: int,
+    resolution: tuple[int, int] | None,
+    official: bool,
+) -> list[str]:
     """The warnings about a whole sequence: frames without a prediction, predictions resized."""
     warnings = []
     if missing:

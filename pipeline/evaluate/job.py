@@ -162,7 +162,7 @@ def _prediction_root(cfg: EvaluateConfig, pred: Storage, wanted: set[str]) -> tu
     frames = list_frames(pred)
     if set(frames) & wanted:
         return pred, frames
-    for sub in (("probs", "masks") if cfg.official else ("masks",)):
+    for sub in ("probs", "masks") if cfg.official else ("masks",):
         if pred.isdir(sub):
             child = pred.child(sub)
             return child, list_frames(child)
@@ -220,15 +220,28 @@ def _resolve_inputs(cfg: EvaluateConfig, job: JobSummary, threshold: float | Non
                 job.rejected("sequence", name, f"no ground-truth frames in {gt.join(name)}")
         gt_frames = {name: gt_frames[name] for name in wanted if name in gt_frames}
     if not gt_frames:
-        raise IngestError(f"evaluate: no ground-truth sequences found in {gt.url} (read as {truth.format}; "
-                          "expected <sequence>/<frame>.png, a DAVIS root or a dataset archive)")
+        raise IngestError(
+            f"evaluate: no ground-truth sequences found in {gt.url} (read as {truth.format}; "
+            "expected <sequence>/<frame>.png, a DAVIS root or a dataset archive)"
+        )
     pred, pred_frames = _prediction_root(cfg, open_storage(cfg.pred), set(gt_frames))
     extra = sorted(set(pred_frames) - set(gt_frames))
     if extra:
-        log.warning("%d prediction folders have no ground truth and are ignored: %s", len(extra),
-                    ", ".join(extra[:10]))
-    log.info("evaluating %d sequences: pred %s, gt %s (%s), preset %s, protocol %s, threshold %s",
-             len(gt_frames), pred.url, gt.url, truth.format, cfg.preset, cfg.protocol, threshold)  # fmt: skip
+        log.warning(
+            "%d prediction folders have no ground truth and are ignored: %s",
+            len(extra),
+            ", ".join(extra[:10]),
+        )
+    log.info(
+        "evaluating %d sequences: pred %s, gt %s (%s), preset %s, protocol %s, threshold %s",
+        len(gt_frames),
+        pred.url,
+        gt.url,
+        truth.format,
+        cfg.preset,
+        cfg.protocol,
+        threshold,
+    )
     return _Inputs(truth, gt_frames, pred, pred_frames)
 
 
@@ -239,10 +252,19 @@ def _score_sequences(cfg: EvaluateConfig, inputs: _Inputs, threshold: float | No
     init_ray()
     score_task = ray.remote(num_cpus=1)(score_sequence)
     pending = [
-        score_task.remote(seq, inputs.truth.root, frames, inputs.pred, inputs.pred_frames.get(seq, {}), cfg.protocol,
-                          threshold, cfg.bound_th, cfg.official)
+        score_task.remote(
+            seq,
+            inputs.truth.root,
+            frames,
+            inputs.pred,
+            inputs.pred_frames.get(seq, {}),
+            cfg.protocol,
+            threshold,
+            cfg.bound_th,
+            cfg.official,
+        )
         for seq, frames in inputs.gt_frames.items()
-    ]  # fmt: skip
+    ]
     return sorted(ray.get(pending), key=lambda r: r.sequence)
 
 
@@ -257,7 +279,9 @@ def _tally(cfg: EvaluateConfig, results: list[SequenceResult], job: JobSummary) 
             continue
         scored.append(result)
         if result.metrics["n_frames"] == 0:
-            job.skipped("sequence", result.sequence, f"too few frames ({len(result.frames)}) for {cfg.protocol}")
+            job.skipped(
+                "sequence", result.sequence, f"too few frames ({len(result.frames)}) for {cfg.protocol}"
+            )
         else:
             job.done("sequence", result.sequence, frames=result.metrics["n_frames"])
         job.add("n_missing_prediction_frames", len(result.missing))
@@ -266,8 +290,13 @@ def _tally(cfg: EvaluateConfig, results: list[SequenceResult], job: JobSummary) 
     return scored
 
 
-def _scores(cfg: EvaluateConfig, inputs: _Inputs, scored: list[SequenceResult], aggregate: dict,
-            threshold: float | None) -> dict:
+def _scores(
+    cfg: EvaluateConfig,
+    inputs: _Inputs,
+    scored: list[SequenceResult],
+    aggregate: dict,
+    threshold: float | None,
+) -> dict:
     """The scores and how they were measured (the summary's figures; per class for YouTube-Objects)."""
     resolutions = sorted({f"{r.resolution[1]}x{r.resolution[0]}" for r in scored if r.resolution})
     if cfg.official:
@@ -286,7 +315,7 @@ def _scores(cfg: EvaluateConfig, inputs: _Inputs, scored: list[SequenceResult], 
         "foreground": foreground,
         "bound_th": cfg.bound_th,
         "resolution": "ground truth (predictions resized to it, "
-                      + ("bilinear)" if cfg.official else "nearest neighbour)"),
+        + ("bilinear)" if cfg.official else "nearest neighbour)"),
         "gt_resolutions": resolutions,
         "gt_format": inputs.truth.format,
         "pred": inputs.pred.url,
@@ -304,19 +333,38 @@ def _scores(cfg: EvaluateConfig, inputs: _Inputs, scored: list[SequenceResult], 
     return scores
 
 
-def _write_results(cfg: EvaluateConfig, output: Storage, inputs: _Inputs, results: list[SequenceResult],
-                   scored: list[SequenceResult], scores: dict, aggregate: dict, threshold: float | None) -> str:
+def _write_results(
+    cfg: EvaluateConfig,
+    output: Storage,
+    inputs: _Inputs,
+    results: list[SequenceResult],
+    scored: list[SequenceResult],
+    scores: dict,
+    aggregate: dict,
+    threshold: float | None,
+) -> str:
     """Write the CSVs, the plot and the report to ``output``; returns the report's URL."""
     plot_png = None
     output.write_bytes("per_sequence.csv", _per_sequence_csv(scored))
     output.write_bytes("per_frame.csv", _per_frame_csv(scored))
     if cfg.plot:
-        title = (f"J&F per sequence, protocol {cfg.protocol}, "
-                 f"threshold {threshold if threshold is not None else 'non-zero'}, "
-                 f"{', '.join(scores['gt_resolutions'])}")  # fmt: skip
+        title = (
+            f"J&F per sequence, protocol {cfg.protocol}, "
+            f"threshold {threshold if threshold is not None else 'non-zero'}, "
+            f"{', '.join(scores['gt_resolutions'])}"
+        )
         plot_png = _plot_png(scored, aggregate, title)
         output.write_bytes("jf_per_sequence.png", plot_png)
     # Written before summary.json, which marks the evaluation finished.
-    return write_report(output, scored, scores, gt=inputs.truth.root, gt_frames=inputs.gt_frames, pred=inputs.pred,
-                        pred_frames=inputs.pred_frames, frames=resolve_frames_root(cfg.gt, cfg.frames),
-                        plot_png=plot_png, rejected={r.sequence: r.error for r in results if r.error})  # fmt: skip
+    return write_report(
+        output,
+        scored,
+        scores,
+        gt=inputs.truth.root,
+        gt_frames=inputs.gt_frames,
+        pred=inputs.pred,
+        pred_frames=inputs.pred_frames,
+        frames=resolve_frames_root(cfg.gt, cfg.frames),
+        plot_png=plot_png,
+        rejected={r.sequence: r.error for r in results if r.error},
+    )

@@ -29,8 +29,15 @@ from pipeline.storage import Storage, StorageError, open_storage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRED_RGB", "GT_RGB", "REPORT_FILE", "jf_colour", "resolve_frames_root", "side_by_side",
-           "write_report"]  # fmt: skip
+__all__ = [
+    "PRED_RGB",
+    "GT_RGB",
+    "REPORT_FILE",
+    "jf_colour",
+    "resolve_frames_root",
+    "side_by_side",
+    "write_report",
+]
 
 REPORT_FILE = "report.html"
 PRED_RGB = (230, 40, 40)
@@ -133,20 +140,34 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else html.escape(str(value))
 
 
-def _sequence_section(result: SequenceResult, protocol: str, count: int, gt: Storage, gt_files: Mapping[str, str],
-                      pred: Storage, pred_files: Mapping[str, str], frames: Storage | None,
-                      threshold: float | None) -> str:  # fmt: skip
+def _sequence_section(
+    result: SequenceResult,
+    protocol: str,
+    count: int,
+    gt: Storage,
+    gt_files: Mapping[str, str],
+    pred: Storage,
+    pred_files: Mapping[str, str],
+    frames: Storage | None,
+    threshold: float | None,
+) -> str:
     seq = html.escape(result.sequence)
-    parts = [f'<section id="seq-{seq}"><h3>{seq} <small>J&amp;F {_fmt(result.metrics["JF_mean"])}</small></h3>']
+    parts = [
+        f'<section id="seq-{seq}"><h3>{seq} <small>J&amp;F {_fmt(result.metrics["JF_mean"])}</small></h3>'
+    ]
     images = _frame_files(frames, result.sequence)
     if not images:
         where = html.escape(frames.join(result.sequence)) if frames is not None else "(no frames folder)"
-        parts.append(f'<p class="note">No frame images found for {seq} in {where}: masks drawn over black.</p>')
+        parts.append(
+            f'<p class="note">No frame images found for {seq} in {where}: masks drawn over black.</p>'
+        )
     for stem, j, f in _worst_frames(result, protocol, count):
         try:
             gt_mask = read_mask(gt.read_bytes(gt_files[stem]), name=gt.join(gt_files[stem]))
         except (MaskError, StorageError, OSError, KeyError) as err:
-            parts.append(f'<p class="note">frame {html.escape(stem)}: ground truth unreadable: {html.escape(str(err))}</p>')
+            parts.append(
+                f'<p class="note">frame {html.escape(stem)}: ground truth unreadable: {html.escape(str(err))}</p>'
+            )
             continue
         pred_mask = np.zeros_like(gt_mask)
         if stem in pred_files:
@@ -157,7 +178,10 @@ def _sequence_section(result: SequenceResult, protocol: str, count: int, gt: Sto
         if pred_mask.shape != gt_mask.shape:
             import cv2
 
-            pred_mask = cv2.resize(pred_mask.astype(np.uint8), gt_mask.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+            pred_mask = (
+                cv2.resize(pred_mask.astype(np.uint8), gt_mask.shape[::-1], interpolation=cv2.INTER_NEAREST)
+                > 0
+            )
         frame = np.zeros((*gt_mask.shape, 3), np.uint8)
         if stem in images:
             try:
@@ -166,7 +190,9 @@ def _sequence_section(result: SequenceResult, protocol: str, count: int, gt: Sto
                     picture = picture.resize(gt_mask.shape[::-1])
                 frame = np.asarray(picture)
             except (OSError, StorageError) as err:
-                log.warning("report: frame %s unreadable (%s); drawn over black", frames.join(images[stem]), err)
+                log.warning(
+                    "report: frame %s unreadable (%s); drawn over black", frames.join(images[stem]), err
+                )
         elif images:
             parts.append(f'<p class="note">frame {html.escape(stem)}: no image; drawn over black.</p>')
         status = "" if stem in pred_files else " (no prediction)"
@@ -189,11 +215,22 @@ h1 small,h3 small{font-weight:normal;color:#555}
 """
 
 
-def write_report(output: Storage, results: Sequence[SequenceResult], summary: Mapping[str, Any], *, gt: Storage,
-                 gt_frames: Mapping[str, Mapping[str, str]], pred: Storage,
-                 pred_frames: Mapping[str, Mapping[str, str]], frames: Storage | None = None,
-                 plot_png: bytes | None = None, worst_frames: int = 3, max_sequences: int = 100,
-                 rejected: Mapping[str, str] | None = None, threads: int = 8) -> str:  # fmt: skip
+def write_report(
+    output: Storage,
+    results: Sequence[SequenceResult],
+    summary: Mapping[str, Any],
+    *,
+    gt: Storage,
+    gt_frames: Mapping[str, Mapping[str, str]],
+    pred: Storage,
+    pred_frames: Mapping[str, Mapping[str, str]],
+    frames: Storage | None = None,
+    plot_png: bytes | None = None,
+    worst_frames: int = 3,
+    max_sequences: int = 100,
+    rejected: Mapping[str, str] | None = None,
+    threads: int = 8,
+) -> str:
     """Write ``report.html`` to ``output``; returns its URL.
 
     ``results`` are the scored sequences and ``summary`` evaluate's summary (J/F/J&F means, protocol, threshold,
@@ -212,23 +249,37 @@ def write_report(output: Storage, results: Sequence[SequenceResult], summary: Ma
         rows.append(
             f'<tr><td><a href="#seq-{seq}">{seq}</a></td>'
             f'<td style="background:{jf_colour(m["JF_mean"])}">{_fmt(m["JF_mean"])}</td>'
-            + "".join(f"<td>{_fmt(m[k])}</td>" for k in ("J_mean", "J_recall", "J_decay", "F_mean", "F_recall",
-                                                          "F_decay"))
-            + f'<td>{m["n_frames"]}</td><td>{len(r.missing) + len(r.unreadable)}</td></tr>'
-        )  # fmt: skip
+            + "".join(
+                f"<td>{_fmt(m[k])}</td>"
+                for k in ("J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay")
+            )
+            + f"<td>{m['n_frames']}</td><td>{len(r.missing) + len(r.unreadable)}</td></tr>"
+        )
     shown = sorted(results, key=lambda r: r.sequence)
     shown_note = ""
     if len(shown) > max_sequences:
+
         def jf(r: SequenceResult) -> float:
             value = r.metrics["JF_mean"]
             return math.inf if math.isnan(value) else value
 
-        shown = sorted(sorted(shown, key=lambda r: (jf(r), r.sequence))[:max_sequences], key=lambda r: r.sequence)
+        shown = sorted(
+            sorted(shown, key=lambda r: (jf(r), r.sequence))[:max_sequences], key=lambda r: r.sequence
+        )
         shown_note = f" Shown for the {max_sequences} sequences with the lowest J&amp;F of {len(results)}."
 
     def section(r: SequenceResult) -> str:
-        return _sequence_section(r, protocol, worst_frames, gt, gt_frames.get(r.sequence, {}), pred,
-                                 pred_frames.get(r.sequence, {}), frames, threshold)  # fmt: skip
+        return _sequence_section(
+            r,
+            protocol,
+            worst_frames,
+            gt,
+            gt_frames.get(r.sequence, {}),
+            pred,
+            pred_frames.get(r.sequence, {}),
+            frames,
+            threshold,
+        )
 
     with ThreadPoolExecutor(max(1, threads)) as pool:  # storage reads dominate: overlap them
         sections = list(pool.map(section, shown))
@@ -236,9 +287,14 @@ def write_report(output: Storage, results: Sequence[SequenceResult], summary: Ma
     if rejected:
         items = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in sorted(rejected.items()))
         rejected_html = f"<h2>Not scored</h2><ul>{items}</ul>"
-    plot_html = f'<img class="plot" src="{_data_uri(plot_png)}" alt="J&amp;F per sequence">' if plot_png else ""
-    frames_note = (f"Frames from {html.escape(frames.url)}." if frames is not None
-                   else "No frame images (no --frames, and the ground truth is not a DAVIS root): masks over black.")
+    plot_html = (
+        f'<img class="plot" src="{_data_uri(plot_png)}" alt="J&amp;F per sequence">' if plot_png else ""
+    )
+    frames_note = (
+        f"Frames from {html.escape(frames.url)}."
+        if frames is not None
+        else "No frame images (no --frames, and the ground truth is not a DAVIS root): masks over black."
+    )
     threshold_text = "any non-zero pixel" if threshold is None else f"value/255 &gt; {threshold:.4g}"
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>J&amp;F {_fmt(summary.get("JF_mean"))} &mdash; hmhi-uvos evaluation</title>

@@ -32,10 +32,20 @@ class ExportConfig:
 
     def __post_init__(self):
         require(bool(self.input), "input", self.input, "is required (a segment output root)")
-        require(bool(self.formats), "formats", self.formats, f"must name at least one of {list(EXPORT_FORMATS)}")
+        require(
+            bool(self.formats), "formats", self.formats, f"must name at least one of {list(EXPORT_FORMATS)}"
+        )
         for i, fmt in enumerate(self.formats):
             require(fmt in EXPORT_FORMATS, f"formats[{i}]", fmt, f"must be one of {list(EXPORT_FORMATS)}")
-        require(bool(self.category) and not any(c in self.category for c in ":\n,"), "category", self.category,
-                "must be a non-empty name without ':', ',' or a newline (CVAT's labelmap syntax)")  # fmt: skip
-        require(self.frame_ext.startswith(".") and "/" not in self.frame_ext, "frame_ext", self.frame_ext,
-                "must be a file extension such as .jpg")  # fmt: skip
+        require(
+            bool(self.category) and not any(c in self.category for c in ":\n,"),
+            "category",
+            self.category,
+            "must be a non-empty name without ':', ',' or a newline (CVAT's labelmap syntax)",
+        )
+        require(
+            self.frame_ext.startswith(".") and "/" not in self.frame_ext,
+            "frame_ext",
+            self.frame_ext,
+            "must be a file extension such as .jpg",
+        )

@@ -15,8 +15,13 @@ log = logging.getLogger("jobs.export")
 
 __all__ = ["FLAGS", "run"]
 
-FLAGS = {"--input": "input", "--output": "output", "--formats": "formats", "--videos": "videos",
-         "--category": "category"}  # fmt: skip
+FLAGS = {
+    "--input": "input",
+    "--output": "output",
+    "--formats": "formats",
+    "--videos": "videos",
+    "--category": "category",
+}
 
 
 def run(cfg: ExportConfig) -> dict:
@@ -24,11 +29,21 @@ def run(cfg: ExportConfig) -> dict:
     summary = JobSummary("export", config=config_to_dict(cfg))
     source = open_storage(cfg.input)
     if not source.exists(DONE_DIR):
-        raise StorageNotFoundError(f"{source.join(DONE_DIR)} not found: {source.url} is not a segment output root, "
-                                   "or no video has finished yet")
+        raise StorageNotFoundError(
+            f"{source.join(DONE_DIR)} not found: {source.url} is not a segment output root, "
+            "or no video has finished yet"
+        )
     target = open_storage(cfg.output) if cfg.output else source.child("exports")
-    result = run_exports(source, summary, cfg.formats, overlay_index=cfg.overlay_index, target=target,
-                         videos=cfg.videos, category=cfg.category, frame_ext=cfg.frame_ext)  # fmt: skip
+    result = run_exports(
+        source,
+        summary,
+        cfg.formats,
+        overlay_index=cfg.overlay_index,
+        target=target,
+        videos=cfg.videos,
+        category=cfg.category,
+        frame_ext=cfg.frame_ext,
+    )
     for video in cfg.videos:
         if not source.exists(done_marker(video)):
             summary.skipped("video", video, f"not finished: no done marker {source.join(done_marker(video))}")

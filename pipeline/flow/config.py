@@ -28,12 +28,20 @@ class FlowConfig:
 
     def __post_init__(self):
         require(bool(self.engine), "engine", self.engine, "must name a flow engine")
-        require(self.preset in ("ultrafast", "fast", "medium"), "preset", self.preset,
-                "must be ultrafast, fast or medium")
+        require(
+            self.preset in ("ultrafast", "fast", "medium"),
+            "preset",
+            self.preset,
+            "must be ultrafast, fast or medium",
+        )
         require(self.max_side >= 32, "max_side", self.max_side, "must be >= 32")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
-        require(self.engine != "pictures" or not self.checkpoint, "checkpoint", self.checkpoint,
-                "must be empty with engine 'pictures' (the pictures come with the corpus)")
+        require(
+            self.engine != "pictures" or not self.checkpoint,
+            "checkpoint",
+            self.checkpoint,
+            "must be empty with engine 'pictures' (the pictures come with the corpus)",
+        )
 
     def engine_options(self, threads: int = 1) -> dict:
         """Keyword options of ``create_flow_engine`` for this engine (DIS and ptlflow take different ones)."""
@@ -46,8 +54,13 @@ class FlowConfig:
     def create_engine(self, device: str = "cpu", threads: int = 1):
         """The flow engine these settings describe (DIS always runs on the CPU)."""
         device = "cpu" if self.engine in ("dis", "pictures") else device
-        return create_flow_engine(self.engine, checkpoint=self.checkpoint or None, device=device,
-                                  max_side=self.max_side, **self.engine_options(threads))
+        return create_flow_engine(
+            self.engine,
+            checkpoint=self.checkpoint or None,
+            device=device,
+            max_side=self.max_side,
+            **self.engine_options(threads),
+        )
 
     @property
     def uses_pictures(self) -> bool:

@@ -100,8 +100,14 @@ def _resize_flow_back(flow: np.ndarray, h: int, w: int) -> np.ndarray:
 class DISFlowEngine:
     """OpenCV Dense Inverse Search flow on grayscale frames (CPU)."""
 
-    def __init__(self, checkpoint: str | None = None, device: str = "cpu", max_side: int | None = 1024,
-                 preset: str = "medium", threads: int | None = None):
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        device: str = "cpu",
+        max_side: int | None = 1024,
+        preset: str = "medium",
+        threads: int | None = None,
+    ):
         import cv2
 
         if checkpoint:
@@ -115,9 +121,14 @@ class DISFlowEngine:
         self.preset = preset
         self.max_side = max_side
         self._dis = cv2.DISOpticalFlow_create(getattr(cv2, f"DISOPTICAL_FLOW_PRESET_{preset.upper()}"))
-        self.provenance = {"engine": "dis", "model": f"dis_{preset}", "checkpoint": None,
-                           "checkpoint_sha256": None, "version": f"opencv-{cv2.__version__}",
-                           "max_side": max_side}
+        self.provenance = {
+            "engine": "dis",
+            "model": f"dis_{preset}",
+            "checkpoint": None,
+            "checkpoint_sha256": None,
+            "version": f"opencv-{cv2.__version__}",
+            "max_side": max_side,
+        }
 
     def compute(self, frames: np.ndarray) -> np.ndarray:
         import cv2
@@ -145,40 +156,61 @@ class PtlflowEngine:
     (``random_init=True``): random flow is noise.
     """
 
-    def __init__(self, model: str, checkpoint: str | None = None, device: str = "cpu",
-                 max_side: int | None = 512, batch_size: int = 4, random_init: bool = False,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        model: str,
+        checkpoint: str | None = None,
+        device: str = "cpu",
+        max_side: int | None = 512,
+        batch_size: int = 4,
+        random_init: bool = False,
+        threads: int | None = None,
+    ):
         import ptlflow  # imported lazily: ~6 s and ~350 MB, only for this engine
         import torch
 
         if model not in ptlflow.get_model_names():
-            raise ValueError(f"unknown flow model {model!r}: not 'dis' and not a ptlflow model "
-                             f"(e.g. rapidflow_it1, neuflow, raft_small)")
+            raise ValueError(
+                f"unknown flow model {model!r}: not 'dis' and not a ptlflow model "
+                f"(e.g. rapidflow_it1, neuflow, raft_small)"
+            )
         if checkpoint is None and not random_init:
-            raise ValueError(f"flow model {model!r} needs a checkpoint file (--flow-ckpt); "
-                             "random weights give noise (random_init=True is for tests only)")
+            raise ValueError(
+                f"flow model {model!r} needs a checkpoint file (--flow-ckpt); "
+                "random weights give noise (random_init=True is for tests only)"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if threads:
             torch.set_num_threads(int(threads))
         # local_copy checks that a local path is a file: ptlflow would take an unknown path for a checkpoint *name*
         # and try to download it.
-        with (local_copy(checkpoint, prefix="flow-ckpt-") if checkpoint is not None
-              else contextlib.nullcontext()) as local:
+        with (
+            local_copy(checkpoint, prefix="flow-ckpt-")
+            if checkpoint is not None
+            else contextlib.nullcontext()
+        ) as local:
             sha = url_sha256(local) if local else None
             try:
                 net = ptlflow.get_model(model, ckpt_path=local)
             except KeyError as e:
-                raise ValueError(f"flow checkpoint {checkpoint!r} is not in ptlflow's format "
-                                 f"(a dict with a 'state_dict' key): missing {e}") from e
+                raise ValueError(
+                    f"flow checkpoint {checkpoint!r} is not in ptlflow's format "
+                    f"(a dict with a 'state_dict' key): missing {e}"
+                ) from e
         self.device = torch.device(device)
         self.net = net.eval().to(self.device)
         self.max_side = max_side
         self.batch_size = batch_size
-        self.provenance = {"engine": "ptlflow", "model": model,
-                           "checkpoint": os.path.basename(checkpoint) if checkpoint else None,
-                           "checkpoint_sha256": sha, "version": f"ptlflow-{ptlflow.__version__}",
-                           "max_side": max_side, "random_init": checkpoint is None}
+        self.provenance = {
+            "engine": "ptlflow",
+            "model": model,
+            "checkpoint": os.path.basename(checkpoint) if checkpoint else None,
+            "checkpoint_sha256": sha,
+            "version": f"ptlflow-{ptlflow.__version__}",
+            "max_side": max_side,
+            "random_init": checkpoint is None,
+        }
 
     def compute(self, frames: np.ndarray) -> np.ndarray:
         import torch
@@ -196,7 +228,7 @@ class PtlflowEngine:
         out = np.empty((n, h, w, 2), np.float32)
         with torch.inference_mode():
             for b in range(0, len(pairs), self.batch_size):
-                chunk = pairs[b:b + self.batch_size]
+                chunk = pairs[b : b + self.batch_size]
                 src = torch.tensor([s for s, _ in chunk], device=self.device)
                 dst = torch.tensor([t for _, t in chunk], device=self.device)
                 images = torch.stack([x[src], x[dst]], 1).contiguous()  # (B, 2, 3, h', w')
@@ -205,7 +237,7 @@ class PtlflowEngine:
                     flow = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False)
                     flow[:, 0] *= w / ww
                     flow[:, 1] *= h / wh
-                out[b:b + len(chunk)] = flow.permute(0, 2, 3, 1).cpu().numpy()
+                out[b : b + len(chunk)] = flow.permute(0, 2, 3, 1).cpu().numpy()
         return out
 
 
@@ -215,7 +247,9 @@ class FlowPictures:
     ``flow/`` or ``Flows/`` folders, ``VideoRecord.flows``): nothing is computed; the jobs read each frame's
     picture and use it as it is (the flow job stores its bytes unchanged in the shards)."""
 
-    def __init__(self, checkpoint: str | None = None, device: str = "cpu", max_side: int | None = None, **_: Any):
+    def __init__(
+        self, checkpoint: str | None = None, device: str = "cpu", max_side: int | None = None, **_: Any
+    ):
         if checkpoint:
             raise ValueError("flow engine 'pictures' takes no checkpoint (the pictures come with the corpus)")
         self.provenance = {"engine": "pictures", "source": "flow pictures shipped with the corpus"}
@@ -224,8 +258,13 @@ class FlowPictures:
         raise RuntimeError("flow engine 'pictures' computes nothing: read the corpus's flow pictures instead")
 
 
-def create_flow_engine(name: str = "dis", checkpoint: str | None = None, device: str = "cpu",
-                       max_side: int | None = 1024, **opts: Any) -> FlowEngine:
+def create_flow_engine(
+    name: str = "dis",
+    checkpoint: str | None = None,
+    device: str = "cpu",
+    max_side: int | None = 1024,
+    **opts: Any,
+) -> FlowEngine:
     """Build a flow engine: ``"dis"`` (options: ``preset``, ``threads``) or any ptlflow model name
     (options: ``batch_size``, ``random_init``, ``threads``)."""
     if name in _REGISTRY:

@@ -31,8 +31,8 @@ def colour_wheel() -> np.ndarray:
     start = 0
     for n, (full, ramp, up) in zip(_SEGMENTS, layout, strict=True):
         r = np.floor(255 * np.arange(n) / n)
-        wheel[start:start + n, full] = 255
-        wheel[start:start + n, ramp] = r if up else 255 - r
+        wheel[start : start + n, full] = 255
+        wheel[start : start + n, ramp] = r if up else 255 - r
         start += n
     return wheel
 

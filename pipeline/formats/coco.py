@@ -30,14 +30,16 @@ class CocoVideoWriter:
         from pycocotools import mask as coco_mask
 
         video_number = len(self.videos) + 1
-        self.videos.append({
-            "id": video_number,
-            "name": video.video_id,
-            "width": video.width,
-            "height": video.height,
-            "length": len(video.frames),
-            "file_names": [f"{video.video_id}/{f.name}{self.frame_ext}" for f in video.frames],
-        })  # fmt: skip
+        self.videos.append(
+            {
+                "id": video_number,
+                "name": video.video_id,
+                "width": video.width,
+                "height": video.height,
+                "length": len(video.frames),
+                "file_names": [f"{video.video_id}/{f.name}{self.frame_ext}" for f in video.frames],
+            }
+        )
         self.frames += len(video.frames)
         segmentations, areas, bboxes = [], [], []
         for frame in video.frames:
@@ -51,17 +53,19 @@ class CocoVideoWriter:
             areas.append(float(coco_mask.area(rle)))
             bboxes.append([float(v) for v in coco_mask.toBbox(rle)])
         if any(s is not None for s in segmentations):
-            self.annotations.append({
-                "id": len(self.annotations) + 1,
-                "video_id": video_number,
-                "category_id": 1,
-                "iscrowd": 0,
-                "width": video.width,
-                "height": video.height,
-                "segmentations": segmentations,
-                "areas": areas,
-                "bboxes": bboxes,
-            })  # fmt: skip
+            self.annotations.append(
+                {
+                    "id": len(self.annotations) + 1,
+                    "video_id": video_number,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "width": video.width,
+                    "height": video.height,
+                    "segmentations": segmentations,
+                    "areas": areas,
+                    "bboxes": bboxes,
+                }
+            )
 
     def document(self, info: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -76,5 +80,9 @@ class CocoVideoWriter:
         import json
 
         storage.write_bytes(rel, json.dumps(self.document(info), separators=(",", ":")).encode("utf-8"))
-        return {"url": storage.join(rel), "videos": len(self.videos), "annotations": len(self.annotations),
-                "frames": self.frames}  # fmt: skip
+        return {
+            "url": storage.join(rel),
+            "videos": len(self.videos),
+            "annotations": len(self.annotations),
+            "frames": self.frames,
+        }

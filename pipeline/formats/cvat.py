@@ -31,8 +31,15 @@ from pipeline.formats.finished import FinishedVideo, FrameRle
 from pipeline.masks import davis_palette, rle_to_mask
 from pipeline.storage import Storage
 
-__all__ = ["BACKGROUND_RGB", "CvatMaskWriter", "MaskPngEncoder", "cvat_item_name", "cvat_video_item_name", "labelmap_text",
-           "object_rgb"]
+__all__ = [
+    "BACKGROUND_RGB",
+    "CvatMaskWriter",
+    "MaskPngEncoder",
+    "cvat_item_name",
+    "cvat_video_item_name",
+    "labelmap_text",
+    "object_rgb",
+]
 
 BACKGROUND_RGB = (0, 0, 0)
 """CVAT's default background colour."""
@@ -43,13 +50,15 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # a fixed timestamp: the same outputs give th
 def object_rgb(index: int = 1) -> tuple[int, int, int]:
     """The Pascal VOC colour of label/instance ``index`` (CVAT's colour algorithm); 1 is (128, 0, 0)."""
     palette = davis_palette()  # the DAVIS palette is the Pascal VOC colour map
-    return tuple(palette[3 * index: 3 * index + 3])  # type: ignore[return-value]
+    return tuple(palette[3 * index : 3 * index + 3])  # type: ignore[return-value]
 
 
 def labelmap_text(category: str) -> str:
-    return ("# label:color_rgb:parts:actions\n"
-            f"background:{','.join(map(str, BACKGROUND_RGB))}::\n"
-            f"{category}:{','.join(map(str, object_rgb(1)))}::\n")  # fmt: skip
+    return (
+        "# label:color_rgb:parts:actions\n"
+        f"background:{','.join(map(str, BACKGROUND_RGB))}::\n"
+        f"{category}:{','.join(map(str, object_rgb(1)))}::\n"
+    )
 
 
 def cvat_item_name(video_id: str, frame: FrameRle) -> str:
@@ -66,10 +75,13 @@ def _rgb_png(mask: np.ndarray, colour: tuple[int, int, int]) -> bytes:
     """An 8-bit RGB PNG: ``colour`` where ``mask``, black elsewhere."""
     import cv2
 
-    bgr = mask[..., None] * np.array(colour[::-1], np.uint8)  # a broadcast product: ~10x faster than bgr[mask] = c
+    bgr = mask[..., None] * np.array(
+        colour[::-1], np.uint8
+    )  # a broadcast product: ~10x faster than bgr[mask] = c
     # zlib's run-length strategy suits masks: the smallest files and the least CPU of the settings measured.
-    ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 6,
-                                          cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])  # fmt: skip
+    ok, data = cv2.imencode(
+        ".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 6, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    )
     if not ok:
         raise ValueError(f"PNG encoding of a {mask.shape} mask failed")
     return data.tobytes()
@@ -103,7 +115,9 @@ class CvatMaskWriter:
 
     def __init__(self, category: str, item_name: Callable[[str, FrameRle], str] = cvat_item_name):
         if ":" in category or "\n" in category:
-            raise ValueError(f"CVAT label {category!r} must not contain ':' or a newline (labelmap.txt syntax)")
+            raise ValueError(
+                f"CVAT label {category!r} must not contain ':' or a newline (labelmap.txt syntax)"
+            )
         self.category = category
         self.item_name = item_name
         fd, self.path = tempfile.mkstemp(prefix="cvat-", suffix=".zip")

@@ -21,8 +21,11 @@ EXPORT_FORMATS: tuple[str, ...] = ("coco", "cvat", "cvat_video")
 (images named <video>_<frame>); cvat_video: one such zip per video (images named frame_<index:06d>, for a CVAT
 task made from that video)."""
 
-EXPORT_FILES: dict[str, str] = {"coco": "instances_ytvis.json", "cvat": "cvat_segmentation_mask_1.1.zip",
-                                "cvat_video": "cvat/{video}.zip"}  # fmt: skip
+EXPORT_FILES: dict[str, str] = {
+    "coco": "instances_ytvis.json",
+    "cvat": "cvat_segmentation_mask_1.1.zip",
+    "cvat_video": "cvat/{video}.zip",
+}
 """The file each format writes, below the export folder ({video}: the video id)."""
 
 
@@ -36,9 +39,17 @@ def _write_video_archive(target: Storage, video: FinishedVideo, pngs: list[bytes
     return archive.finish(target, EXPORT_FILES["cvat_video"].format(video=video.video_id))["url"]
 
 
-def export_outputs(storage: Storage, formats: Sequence[str], *, target: Storage | None = None,
-                   videos: Sequence[str] = (), category: str = "object", frame_ext: str = ".jpg",
-                   summary=None, kind: str = "video") -> dict[str, Any]:  # fmt: skip
+def export_outputs(
+    storage: Storage,
+    formats: Sequence[str],
+    *,
+    target: Storage | None = None,
+    videos: Sequence[str] = (),
+    category: str = "object",
+    frame_ext: str = ".jpg",
+    summary=None,
+    kind: str = "video",
+) -> dict[str, Any]:
     """Export the finished videos of a segment output root ``storage`` in ``formats`` (``EXPORT_FORMATS``).
 
     Reads ``done/<video>.json`` and ``rle/<video>.parquet`` of every video with a done marker (only ``videos`` when
@@ -105,8 +116,15 @@ def export_outputs(storage: Storage, formats: Sequence[str], *, target: Storage 
     return {"videos": exported, "frames": frames, "files": files, "rejected": rejected}
 
 
-def run_exports(storage: Storage, summary, formats: Sequence[str], *, overlay_index: bool = True,
-                kind: str = "video", **options: Any) -> dict[str, Any] | None:  # fmt: skip
+def run_exports(
+    storage: Storage,
+    summary,
+    formats: Sequence[str],
+    *,
+    overlay_index: bool = True,
+    kind: str = "video",
+    **options: Any,
+) -> dict[str, Any] | None:
     """What a job runs at its end: :func:`export_outputs` in ``formats`` (none: no export) and the overlay index
     page, recorded in ``summary`` (counts under ``kind``; figures ``<format>_file`` and ``overlay_index``, the
     URLs). ``options`` go to :func:`export_outputs`. Returns export_outputs' result, or None without formats.

@@ -88,14 +88,20 @@ def _read_video(storage: Storage, video_id: str) -> FinishedVideo:
     if len(set(names)) != len(names):
         raise ValueError(f"{storage.join(rle_rel)}: repeated frame names")
     frames = [
-        FrameRle(int(r["frame_index"]), str(r["frame"]),
-                 {"size": [int(r["height"]), int(r["width"])], "counts": r["rle_counts"]}, int(r["area"]))
+        FrameRle(
+            int(r["frame_index"]),
+            str(r["frame"]),
+            {"size": [int(r["height"]), int(r["width"])], "counts": r["rle_counts"]},
+            int(r["area"]),
+        )
         for r in rows
-    ]  # fmt: skip
+    ]
     return FinishedVideo(video_id, marker, frames)
 
 
-def iter_finished_videos(storage: Storage, videos: Sequence[str] = ()) -> Iterator[FinishedVideo | RejectedVideo]:
+def iter_finished_videos(
+    storage: Storage, videos: Sequence[str] = ()
+) -> Iterator[FinishedVideo | RejectedVideo]:
     """Each finished video in id order, read one at a time (bounded memory), or why it cannot be read."""
     for video_id in finished_video_ids(storage, videos):
         try:

@@ -13,7 +13,6 @@ from pipeline.storage import Storage, StorageError
 __all__ = ["write_overlay_index"]
 
 
-
 def _describe(marker: dict) -> str:
     parts = []
     if marker.get("frames") is not None:
@@ -30,7 +29,9 @@ def _describe(marker: dict) -> str:
 def write_overlay_index(storage: Storage) -> str | None:
     """Write ``overlays/index.html`` below the segment output root ``storage``; returns its URL, or None when
     there are no overlay videos. Only finished videos (with a done marker) are listed."""
-    overlays = sorted(posixpath.splitext(n)[0] for n in storage.list(OVERLAYS_DIR, suffix=".mp4") if "/" not in n)
+    overlays = sorted(
+        posixpath.splitext(n)[0] for n in storage.list(OVERLAYS_DIR, suffix=".mp4") if "/" not in n
+    )
     videos = finished_video_ids(storage, overlays) if overlays else []
     if not videos:
         return None

@@ -128,9 +128,12 @@ class VideoRecord:
         if self.kind != "frames" or not self.masks:
             return self
         keep = sorted(i for i in self.masks if 0 <= i < len(self.frames))
-        return replace(self, frames=[self.frames[i] for i in keep],
-                       flows=[self.flows[i] for i in keep] if self.flows else [],
-                       masks={k: self.masks[i] for k, i in enumerate(keep)})
+        return replace(
+            self,
+            frames=[self.frames[i] for i in keep],
+            flows=[self.flows[i] for i in keep] if self.flows else [],
+            masks={k: self.masks[i] for k, i in enumerate(keep)},
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -197,7 +200,7 @@ def _group_by_parent(files: Iterable[str], under: str, pred: Callable[[str], boo
     for f in files:
         if not f.startswith(prefix):
             continue
-        parts = f[len(prefix):].split("/")
+        parts = f[len(prefix) :].split("/")
         if len(parts) == 2 and pred(parts[1]):
             out[parts[0]].append(f)
     for v in out.values():
@@ -254,6 +257,7 @@ def _read_lines(read_text: Callable[[str], str], rel: str) -> list[str]:
 
 # -- formats ------------------------------------------------------------------------------------------------------
 
+
 def _flows_for(frames: list[str], flow_files: list[str], video: str) -> list[str]:
     """The flow picture of each frame (same stem, any image extension), or [] unless every frame has one."""
     if not flow_files:
@@ -262,8 +266,13 @@ def _flows_for(frames: list[str], flow_files: list[str], video: str) -> list[str
     flows = [by_stem.get(_stem(f)) for f in frames]
     missing = [f for f, flow in zip(frames, flows, strict=True) if flow is None]
     if missing:
-        log.warning("video %s: %d of %d frames have no flow picture (first: %s); its flow pictures are not used",
-                    video, len(missing), len(frames), missing[0])
+        log.warning(
+            "video %s: %d of %d frames have no flow picture (first: %s); its flow pictures are not used",
+            video,
+            len(missing),
+            len(frames),
+            missing[0],
+        )
         return []
     return flows  # type: ignore[return-value]
 
@@ -277,12 +286,19 @@ def _davis(files: list[str], read_text, cfg, fmt: str) -> list[VideoRecord]:
     split_of: dict[str, str] = {}
     fileset = set(files)
     if fmt == "davis2017":
-        candidates = [("ImageSets/2017/train.txt", "train"), ("ImageSets/2017/val.txt", "val"),
-                      ("ImageSets/2017/test-dev.txt", "test-dev"), ("ImageSets/2017/test-challenge.txt",
-                                                                      "test-challenge")]
+        candidates = [
+            ("ImageSets/2017/train.txt", "train"),
+            ("ImageSets/2017/val.txt", "val"),
+            ("ImageSets/2017/test-dev.txt", "test-dev"),
+            ("ImageSets/2017/test-challenge.txt", "test-challenge"),
+        ]
     else:
-        candidates = [(f"ImageSets/{res}/train.txt", "train"), (f"ImageSets/{res}/val.txt", "val"),
-                      ("ImageSets/2016/train.txt", "train"), ("ImageSets/2016/val.txt", "val")]
+        candidates = [
+            (f"ImageSets/{res}/train.txt", "train"),
+            (f"ImageSets/{res}/val.txt", "val"),
+            ("ImageSets/2016/train.txt", "train"),
+            ("ImageSets/2016/val.txt", "val"),
+        ]
     for rel, split in candidates:
         if rel not in fileset:
             continue
@@ -301,9 +317,16 @@ def _davis(files: list[str], read_text, cfg, fmt: str) -> list[VideoRecord]:
             log.warning("sequence %r is in no ImageSets split file; treated as train", name)
             source_split = "train"
         split = "train" if source_split == "train" else "test"  # DAVIS val is the reported test set
-        recs.add(name=name, format=fmt, split=split, source_split=source_split, kind="frames",
-                 source=f"JPEGImages/{res}/{name}", frames=frames,
-                 masks=_masks_by_stem(frames, masks_by_video.get(name, [])))
+        recs.add(
+            name=name,
+            format=fmt,
+            split=split,
+            source_split=source_split,
+            kind="frames",
+            source=f"JPEGImages/{res}/{name}",
+            frames=frames,
+            masks=_masks_by_stem(frames, masks_by_video.get(name, [])),
+        )
     return recs.records
 
 
@@ -318,16 +341,28 @@ def _ytvos(files: list[str], read_text, cfg) -> list[VideoRecord]:
         masks_by_video = _group_by_parent(files, f"{source_split}/Annotations", _is_mask)
         for name in sorted(frames_by_video, key=natural_key):
             frames = frames_by_video[name]
-            recs.add(name=name, format="ytvos", split=split, source_split=source_split, kind="frames",
-                     source=f"{source_split}/JPEGImages/{name}", frames=frames,
-                     masks=_masks_by_stem(frames, masks_by_video.get(name, [])))
+            recs.add(
+                name=name,
+                format="ytvos",
+                split=split,
+                source_split=source_split,
+                kind="frames",
+                source=f"{source_split}/JPEGImages/{name}",
+                frames=frames,
+                masks=_masks_by_stem(frames, masks_by_video.get(name, [])),
+            )
     ignored = sorted({f.split("/", 1)[0] for f in files if f.split("/", 1)[0].endswith("_all_frames")})
     if ignored:
-        log.info("YouTube-VOS: %s ignored (the same videos at 30 fps as %s)", ", ".join(ignored),
-                 ", ".join(i.removesuffix("_all_frames") for i in ignored))
+        log.info(
+            "YouTube-VOS: %s ignored (the same videos at 30 fps as %s)",
+            ", ".join(ignored),
+            ", ".join(i.removesuffix("_all_frames") for i in ignored),
+        )
     if not recs.records:
-        raise IngestError("no frames under {train,valid,test}/JPEGImages/<video>/ (format ytvos; "
-                          "*_all_frames folders are not read)")
+        raise IngestError(
+            "no frames under {train,valid,test}/JPEGImages/<video>/ (format ytvos; "
+            "*_all_frames folders are not read)"
+        )
     return recs.records
 
 
@@ -367,8 +402,13 @@ def _fbms_definition(text: str, rel: str) -> list[tuple[int, str]]:
     return pairs
 
 
-def _fbms_masks(frames: list[str], gt_files: list[str], video: str, read_text: Callable[[str], str],
-                definition: str | None) -> dict[int, str]:
+def _fbms_masks(
+    frames: list[str],
+    gt_files: list[str],
+    video: str,
+    read_text: Callable[[str], str],
+    definition: str | None,
+) -> dict[int, str]:
     """Frame index -> mask of an FBMS-59 sequence.
 
     With the sequence's ``Def.dat`` (as distributed), its frame numbers say which frame each ground-truth file
@@ -383,15 +423,25 @@ def _fbms_masks(frames: list[str], gt_files: list[str], video: str, read_text: C
         try:
             pairs = _fbms_definition(read_text(definition), definition)
         except (ValueError, OSError, UnicodeDecodeError) as e:
-            log.warning("FBMS %s: %s cannot be read (%s); masks matched by frame number", video, definition, e)
+            log.warning(
+                "FBMS %s: %s cannot be read (%s); masks matched by frame number", video, definition, e
+            )
         else:
             out: dict[int, str] = {}
             for index, name in pairs:
                 if name not in by_name:
-                    log.warning("FBMS %s: %s names %s, which is not in GroundTruth/; ignored", video, definition, name)
+                    log.warning(
+                        "FBMS %s: %s names %s, which is not in GroundTruth/; ignored", video, definition, name
+                    )
                 elif not 0 <= index < len(frames):
-                    log.warning("FBMS %s: %s puts %s on frame %d, the sequence has %d frames; ignored", video,
-                                definition, name, index, len(frames))
+                    log.warning(
+                        "FBMS %s: %s puts %s on frame %d, the sequence has %d frames; ignored",
+                        video,
+                        definition,
+                        name,
+                        index,
+                        len(frames),
+                    )
                 else:
                     out[index] = by_name[name]
             if out:
@@ -415,15 +465,33 @@ def _fbms(files: list[str], read_text, cfg) -> list[VideoRecord]:
             gt = _group_by_parent(files, f"{source_split}/{name}", _is_mask).get("GroundTruth", [])
             definition = f"{source_split}/{name}/GroundTruth/{name}{FBMS_DEFINITION_SUFFIX}"
             masks = _fbms_masks(frames, gt, name, read_text, definition if definition in fileset else None)
-            recs.add(name=name, format="fbms", split=split, source_split=source_split, kind="frames",
-                     source=f"{source_split}/{name}", frames=frames, masks=masks)
+            recs.add(
+                name=name,
+                format="fbms",
+                split=split,
+                source_split=source_split,
+                kind="frames",
+                source=f"{source_split}/{name}",
+                frames=frames,
+                masks=masks,
+            )
     if not recs.records:
         raise IngestError("no frames under {Trainingset,Testset}/<sequence>/ (format fbms)")
     return recs.records
 
 
-YTOBJ_CLASSES: tuple[str, ...] = ("aeroplane", "bird", "boat", "car", "cat", "cow", "dog", "horse", "motorbike",
-                                  "train")
+YTOBJ_CLASSES: tuple[str, ...] = (
+    "aeroplane",
+    "bird",
+    "boat",
+    "car",
+    "cat",
+    "cow",
+    "dog",
+    "horse",
+    "motorbike",
+    "train",
+)
 """The ten YouTube-Objects classes (the class folders of the UVOS archives)."""
 
 
@@ -445,18 +513,27 @@ def _ytobj(files: list[str], read_text, cfg) -> list[VideoRecord]:
         by_dir[posixpath.dirname(f)].append(f)
 
     def listed(folder: str, pred: Callable[[str], bool]) -> list[str]:
-        return sorted((f for f in by_dir.get(folder, []) if pred(f)), key=lambda p: natural_key(posixpath.basename(p)))
+        return sorted(
+            (f for f in by_dir.get(folder, []) if pred(f)), key=lambda p: natural_key(posixpath.basename(p))
+        )
 
     recs = _Records()
     for cls in YTOBJ_CLASSES:
         if layout == "top":
-            videos = {f.split("/")[2] for f in files if f.startswith(f"JPEGImages/{cls}/") and f.count("/") == 3}
+            videos = {
+                f.split("/")[2] for f in files if f.startswith(f"JPEGImages/{cls}/") and f.count("/") == 3
+            }
         else:
-            videos = {f.split("/")[1] for f in files if f.startswith(f"{cls}/") and f.count("/") == 3
-                      and f.split("/")[2] == "JPEGImages"}
+            videos = {
+                f.split("/")[1]
+                for f in files
+                if f.startswith(f"{cls}/") and f.count("/") == 3 and f.split("/")[2] == "JPEGImages"
+            }
         for video in sorted(videos, key=natural_key):
-            folder = {kind: f"{kind}/{cls}/{video}" if layout == "top" else f"{cls}/{video}/{kind}"
-                      for kind in ("JPEGImages", "JPEGFlows", "Annotations")}
+            folder = {
+                kind: f"{kind}/{cls}/{video}" if layout == "top" else f"{cls}/{video}/{kind}"
+                for kind in ("JPEGImages", "JPEGFlows", "Annotations")
+            }
             frames = listed(folder["JPEGImages"], _is_image)
             masks = listed(folder["Annotations"], _is_mask)
             name = f"{cls}/{video}"
@@ -470,20 +547,39 @@ def _ytobj(files: list[str], read_text, cfg) -> list[VideoRecord]:
                 for m in masks:
                     n = _frame_number(_stem(m))
                     if n is None or not 1 <= n <= len(frames):
-                        log.warning("YouTube-Objects %s: mask %s matches no frame (%d frames); ignored", name, m,
-                                    len(frames))
+                        log.warning(
+                            "YouTube-Objects %s: mask %s matches no frame (%d frames); ignored",
+                            name,
+                            m,
+                            len(frames),
+                        )
                         continue
                     annotated[n - 1] = m
-            recs.add(id_base=f"{cls}_{video}", name=name, format="ytobj", split="test", source_split=cls,
-                     kind="frames", source=folder["JPEGImages"], frames=frames, masks=annotated,
-                     flows=_flows_for(frames, listed(folder["JPEGFlows"], _is_image), name), category=cls)
+            recs.add(
+                id_base=f"{cls}_{video}",
+                name=name,
+                format="ytobj",
+                split="test",
+                source_split=cls,
+                kind="frames",
+                source=folder["JPEGImages"],
+                frames=frames,
+                masks=annotated,
+                flows=_flows_for(frames, listed(folder["JPEGFlows"], _is_image), name),
+                category=cls,
+            )
     if not recs.records:
-        raise IngestError("no frames under JPEGImages/<class>/<video>/ or <class>/<video>/JPEGImages/ for the "
-                          f"YouTube-Objects classes {', '.join(YTOBJ_CLASSES)} (format ytobj)")
+        raise IngestError(
+            "no frames under JPEGImages/<class>/<video>/ or <class>/<video>/JPEGImages/ for the "
+            f"YouTube-Objects classes {', '.join(YTOBJ_CLASSES)} (format ytobj)"
+        )
     return recs.records
 
 
-HMHI_NAMINGS: tuple[tuple[str, str, str], ...] = (("frame", "flow", "mask"), ("Images", "Flows", "Annotations"))
+HMHI_NAMINGS: tuple[tuple[str, str, str], ...] = (
+    ("frame", "flow", "mask"),
+    ("Images", "Flows", "Annotations"),
+)
 """(frames, flow pictures, masks) folder names of the official archives: the code's, then the README's."""
 
 
@@ -507,10 +603,17 @@ def _hmhi(files: list[str], read_text, cfg) -> list[VideoRecord]:
         flows_by_video = _group_by_parent(files, f"{flow_dir}/{split}", _is_image)
         for name in sorted(frames_by_video, key=natural_key):
             frames = frames_by_video[name]
-            recs.add(name=name, format="hmhi", split="train" if split == "train" else "test", source_split=split,
-                     kind="frames", source=f"{frame_dir}/{split}/{name}", frames=frames,
-                     masks=_masks_by_stem(frames, masks_by_video.get(name, [])),
-                     flows=_flows_for(frames, flows_by_video.get(name, []), name))
+            recs.add(
+                name=name,
+                format="hmhi",
+                split="train" if split == "train" else "test",
+                source_split=split,
+                kind="frames",
+                source=f"{frame_dir}/{split}/{name}",
+                frames=frames,
+                masks=_masks_by_stem(frames, masks_by_video.get(name, [])),
+                flows=_flows_for(frames, flows_by_video.get(name, []), name),
+            )
     return recs.records
 
 
@@ -522,8 +625,15 @@ def _frames(files: list[str], read_text, cfg) -> list[VideoRecord]:
     recs = _Records()
     for folder in sorted(by_dir, key=natural_key):
         frames = sorted(by_dir[folder], key=lambda p: natural_key(posixpath.basename(p)))
-        recs.add(name=folder, format="frames", split="train", source_split="", kind="frames", source=folder,
-                 frames=frames)
+        recs.add(
+            name=folder,
+            format="frames",
+            split="train",
+            source_split="",
+            kind="frames",
+            source=folder,
+            frames=frames,
+        )
     if not recs.records:
         raise IngestError("no folders of images found (format frames)")
     return recs.records
@@ -543,8 +653,16 @@ def _videos(files: list[str], read_text, cfg) -> list[VideoRecord]:
             n = _frame_number(_stem(m))
             if n is not None:
                 masks[n] = m
-        recs.add(id_base=stem.replace("/", "__"), name=stem, format="videos", split="train", source_split="",
-                 kind="video", source=f, masks=masks)
+        recs.add(
+            id_base=stem.replace("/", "__"),
+            name=stem,
+            format="videos",
+            split="train",
+            source_split="",
+            kind="video",
+            source=f,
+            masks=masks,
+        )
     if not recs.records:
         raise IngestError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) found (format videos)")
     return recs.records
@@ -573,17 +691,24 @@ def detect_format(files: list[str], davis_resolution: str = "480p") -> str:
         return "davis2017" if any(f.startswith("ImageSets/2017/") for f in files) else "davis2016"
     if _ytobj_layout(files):
         return "ytobj"
-    if any(f"{s}/JPEGImages" in second for s in ("train", "valid", "test", "train_all_frames", "valid_all_frames")):
+    if any(
+        f"{s}/JPEGImages" in second
+        for s in ("train", "valid", "test", "train_all_frames", "valid_all_frames")
+    ):
         return "ytvos"
     if "Trainingset" in tops or "Testset" in tops:
         return "fbms"
     if any(_is_video(f) for f in files):
         return "videos"
-    nested = sorted({f.split("/", 1)[0] for f in files if _hmhi_naming([f.split("/", 1)[1]] if "/" in f else [])})
+    nested = sorted(
+        {f.split("/", 1)[0] for f in files if _hmhi_naming([f.split("/", 1)[1]] if "/" in f else [])}
+    )
     if nested:
         # The official README keeps several archives side by side (data/DAVIS-16/Images/...): one root per run.
-        raise IngestError(f"{', '.join(nested)} hold official HMHI-Net archives ({{frame,flow,mask}}/<split>/ or "
-                          "{Images,Flows,Annotations}/<split>/): give one of them as the input root")
+        raise IngestError(
+            f"{', '.join(nested)} hold official HMHI-Net archives ({{frame,flow,mask}}/<split>/ or "
+            "{Images,Flows,Annotations}/<split>/): give one of them as the input root"
+        )
     if any(_is_image(f) and "/" in f for f in files):
         return "frames"
     raise IngestError("cannot detect the corpus format: no known layout, video files or frame folders found")
@@ -609,7 +734,7 @@ def detect_layout(files: list[str], davis_resolution: str = "480p") -> tuple[str
     if fmt in _FALLBACK_FORMATS or fmt is None:
         top = _wrapper(files)
         if top is not None:
-            inner = [f[len(top) + 1:] for f in files if f.startswith(top + "/")]
+            inner = [f[len(top) + 1 :] for f in files if f.startswith(top + "/")]
             try:
                 inner_fmt, inner_prefix = detect_layout(inner, davis_resolution)
             except IngestError:
@@ -622,11 +747,18 @@ def detect_layout(files: list[str], davis_resolution: str = "480p") -> tuple[str
 
 
 def _prefixed(rec: VideoRecord, prefix: str) -> VideoRecord:
-    return replace(rec, source=prefix + rec.source, frames=[prefix + f for f in rec.frames],
-                   masks={i: prefix + m for i, m in rec.masks.items()}, flows=[prefix + f for f in rec.flows])
+    return replace(
+        rec,
+        source=prefix + rec.source,
+        frames=[prefix + f for f in rec.frames],
+        masks={i: prefix + m for i, m in rec.masks.items()},
+        flows=[prefix + f for f in rec.flows],
+    )
 
 
-def discover_videos(files: list[str], read_text: Callable[[str], str], fmt: str, cfg) -> tuple[str, list[VideoRecord]]:
+def discover_videos(
+    files: list[str], read_text: Callable[[str], str], fmt: str, cfg
+) -> tuple[str, list[VideoRecord]]:
     """(format, records) for a listing; ``fmt`` may be ``auto``. ``cfg`` needs ``davis_resolution``.
 
     ``auto`` also looks inside a single top-level folder (:func:`detect_layout`); the records' paths stay relative
@@ -640,6 +772,6 @@ def discover_videos(files: list[str], read_text: Callable[[str], str], fmt: str,
         raise IngestError(f"unknown format {fmt!r}; choose auto or one of {sorted(FORMATS)}")
     if not prefix:
         return fmt, FORMATS[fmt](files, read_text, cfg)
-    inner = [f[len(prefix):] for f in files if f.startswith(prefix)]
+    inner = [f[len(prefix) :] for f in files if f.startswith(prefix)]
     records = FORMATS[fmt](inner, lambda rel: read_text(prefix + rel), cfg)
     return fmt, [_prefixed(r, prefix) for r in records]

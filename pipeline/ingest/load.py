@@ -57,31 +57,40 @@ def _read(storage, rel: str, what: str) -> bytes:
         raise VideoRejected(f"{what} {rel!r}: unsafe path ({e})") from e
 
 
-def _load_mask(storage, rel: str, shape: tuple[int, int], warnings: list[str], video: str,
-               void_label: int | None = None) -> np.ndarray | None:
+def _load_mask(
+    storage, rel: str, shape: tuple[int, int], warnings: list[str], video: str, void_label: int | None = None
+) -> np.ndarray | None:
     import cv2
 
     url = storage.join(rel) if ".." not in rel.split("/") else rel
     white = mask_has_white_background(rel)
     try:
         data = _read(storage, rel, "mask")
-        values = read_mask(data, name=url, white_background=True) if white else read_mask_values(data, name=url)
+        values = (
+            read_mask(data, name=url, white_background=True) if white else read_mask_values(data, name=url)
+        )
     except (MaskError, VideoRejected, OSError) as e:
         warnings.append(f"video {video}: mask {rel} dropped: {e}")
         return None
     mask = values != 0  # the codec's rule (read_mask): any non-zero value is foreground
-    if void_label is not None and (values == void_label).any() and ((values > 0) & (values != void_label)).any():
+    if (
+        void_label is not None
+        and (values == void_label).any()
+        and ((values > 0) & (values != void_label)).any()
+    ):
         mask &= values != void_label  # DAVIS-2017 labels objects 1..K and marks void (unlabelled) pixels 255
-    distinct = (np.count_nonzero(np.bincount(values.ravel())) if values.dtype == np.uint8
-                else len(np.unique(values)))
+    distinct = (
+        np.count_nonzero(np.bincount(values.ravel())) if values.dtype == np.uint8 else len(np.unique(values))
+    )
     if distinct > 2 and not white:
         warnings.append(f"video {video}: mask {rel} has {distinct} values; any non-zero taken as foreground")
     h, w = shape
     if mask.shape != (h, w):
         mh, mw = mask.shape
         if abs(mh / mw - h / w) > 0.01:
-            warnings.append(f"video {video}: mask {rel} is {mw}x{mh}, frames are {w}x{h} (other aspect ratio); "
-                            "dropped")
+            warnings.append(
+                f"video {video}: mask {rel} is {mw}x{mh}, frames are {w}x{h} (other aspect ratio); dropped"
+            )
             return None
         warnings.append(f"video {video}: mask {rel} is {mw}x{mh}, frames are {w}x{h}; resized (nearest)")
         mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
@@ -89,8 +98,10 @@ def _load_mask(storage, rel: str, shape: tuple[int, int], warnings: list[str], v
 
 
 def _too_long(rec: VideoRecord, n: int, shape: tuple[int, ...], max_bytes: int) -> VideoRejected:
-    return VideoRejected(f"video {rec.name!r} ({rec.source}): {n} frames of {shape[1]}x{shape[0]} exceed the "
-                         f"per-video memory budget of {max_bytes / 2**20:.0f} MB (raise max_video_mb or split it)")
+    return VideoRejected(
+        f"video {rec.name!r} ({rec.source}): {n} frames of {shape[1]}x{shape[0]} exceed the "
+        f"per-video memory budget of {max_bytes / 2**20:.0f} MB (raise max_video_mb or split it)"
+    )
 
 
 def _frames_from_folder(storage, rec: VideoRecord, max_bytes: int) -> tuple[np.ndarray, list[str]]:
@@ -102,8 +113,10 @@ def _frames_from_folder(storage, rec: VideoRecord, max_bytes: int) -> tuple[np.n
         except ValueError as e:
             raise VideoRejected(f"video {rec.name!r}: {e}") from e
         if frames and img.shape != frames[0].shape:
-            raise VideoRejected(f"video {rec.name!r}: frame {rel} is {img.shape[1]}x{img.shape[0]}, the first frame "
-                                f"is {frames[0].shape[1]}x{frames[0].shape[0]} (frames of different sizes)")
+            raise VideoRejected(
+                f"video {rec.name!r}: frame {rel} is {img.shape[1]}x{img.shape[0]}, the first frame "
+                f"is {frames[0].shape[1]}x{frames[0].shape[0]} (frames of different sizes)"
+            )
         frames.append(img)
         if len(frames) == 1 and len(rec.frames) * img.nbytes > max_bytes:
             raise _too_long(rec, len(rec.frames), img.shape, max_bytes)
@@ -146,17 +159,23 @@ def load_video(storage, rec: VideoRecord, max_video_mb: float = 4096) -> LoadedV
         frames, names = _frames_from_folder(storage, rec, max_bytes)
     n, h, w, _ = frames.shape
     if n < MIN_FRAMES:
-        raise VideoRejected(f"video {rec.name!r}: only {n} frame ({rec.source}); at least {MIN_FRAMES} are needed "
-                            "for optical flow")
+        raise VideoRejected(
+            f"video {rec.name!r}: only {n} frame ({rec.source}); at least {MIN_FRAMES} are needed "
+            "for optical flow"
+        )
     masks = np.zeros((n, h, w), bool)
     valid = np.zeros(n, bool)
     for i, rel in sorted(rec.masks.items()):
         if i >= n:
-            warnings.append(f"video {rec.name}: mask {rel} is for frame {i}, the video has {n} frames; ignored")
+            warnings.append(
+                f"video {rec.name}: mask {rel} is for frame {i}, the video has {n} frames; ignored"
+            )
             continue
         m = _load_mask(storage, rel, (h, w), warnings, rec.name, 255 if rec.format == "davis2017" else None)
         if m is not None:
             masks[i], valid[i] = m, True
     for msg in warnings:
         log.warning(msg)
-    return LoadedVideo(frames=frames, masks=masks, mask_valid=valid, frame_names=names, fps=fps, warnings=warnings)
+    return LoadedVideo(
+        frames=frames, masks=masks, mask_valid=valid, frame_names=names, fps=fps, warnings=warnings
+    )

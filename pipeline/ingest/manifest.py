@@ -30,8 +30,9 @@ class CorpusListing:
     records: list[VideoRecord]
 
 
-def list_corpus(storage, fmt: str = "auto", davis_resolution: str = "480p",
-                files: list[str] | None = None) -> CorpusListing:
+def list_corpus(
+    storage, fmt: str = "auto", davis_resolution: str = "480p", files: list[str] | None = None
+) -> CorpusListing:
     """List ``storage`` recursively once and find its videos (``files``: that listing, when the caller has it)."""
 
     class _Cfg:
@@ -56,8 +57,10 @@ def assign_val_split(records: list[VideoRecord], val_fraction: float) -> int:
     if any(r.split == "val" for r in records):
         log.warning("the corpus has its own val split; val_fraction=%s ignored", val_fraction)
         return 0
-    train = sorted((r for r in records if r.split == "train"),
-                   key=lambda r: hashlib.sha1(r.video_id.encode()).hexdigest())
+    train = sorted(
+        (r for r in records if r.split == "train"),
+        key=lambda r: hashlib.sha1(r.video_id.encode()).hexdigest(),
+    )
     n = round(len(train) * val_fraction)
     if n == 0 and len(train) >= 2:
         n = 1
@@ -67,24 +70,26 @@ def assign_val_split(records: list[VideoRecord], val_fraction: float) -> int:
     return n
 
 
-MANIFEST_SCHEMA = pa.schema([
-    ("video_id", pa.string()),
-    ("name", pa.string()),
-    ("format", pa.string()),
-    ("split", pa.string()),
-    ("source_split", pa.string()),
-    ("kind", pa.string()),
-    ("source", pa.string()),
-    ("frame_count", pa.int64()),
-    ("height", pa.int64()),
-    ("width", pa.int64()),
-    ("fps", pa.float64()),
-    ("annotated_frames", pa.list_(pa.int32())),
-    ("flow_pictures", pa.bool_()),
-    ("category", pa.string()),
-    ("status", pa.string()),
-    ("reason", pa.string()),
-])
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("name", pa.string()),
+        ("format", pa.string()),
+        ("split", pa.string()),
+        ("source_split", pa.string()),
+        ("kind", pa.string()),
+        ("source", pa.string()),
+        ("frame_count", pa.int64()),
+        ("height", pa.int64()),
+        ("width", pa.int64()),
+        ("fps", pa.float64()),
+        ("annotated_frames", pa.list_(pa.int32())),
+        ("flow_pictures", pa.bool_()),
+        ("category", pa.string()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
 
 
 def manifest_table(records: list[VideoRecord], facts: dict[str, dict[str, Any]]) -> pa.Table:
@@ -93,13 +98,24 @@ def manifest_table(records: list[VideoRecord], facts: dict[str, dict[str, Any]])
     rows = []
     for r in records:
         f = facts.get(r.video_id, {})
-        rows.append({
-            "video_id": r.video_id, "name": r.name, "format": r.format, "split": r.split,
-            "source_split": r.source_split, "kind": r.kind, "source": r.source,
-            "frame_count": f.get("frame_count", len(r.frames) if r.kind == "frames" else None),
-            "height": f.get("height"), "width": f.get("width"), "fps": f.get("fps"),
-            "annotated_frames": f.get("annotated_frames", sorted(r.masks)),
-            "flow_pictures": bool(r.flows), "category": r.category,
-            "status": f.get("status", "pending"), "reason": f.get("reason"),
-        })
+        rows.append(
+            {
+                "video_id": r.video_id,
+                "name": r.name,
+                "format": r.format,
+                "split": r.split,
+                "source_split": r.source_split,
+                "kind": r.kind,
+                "source": r.source,
+                "frame_count": f.get("frame_count", len(r.frames) if r.kind == "frames" else None),
+                "height": f.get("height"),
+                "width": f.get("width"),
+                "fps": f.get("fps"),
+                "annotated_frames": f.get("annotated_frames", sorted(r.masks)),
+                "flow_pictures": bool(r.flows),
+                "category": r.category,
+                "status": f.get("status", "pending"),
+                "reason": f.get("reason"),
+            }
+        )
     return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)

@@ -165,8 +165,12 @@ class SegmentConfig:
     def __post_init__(self):
         require(bool(self.input), "input", self.input, "is required (URL or path of the corpus)")
         require(bool(self.output), "output", self.output, "is required (URL or path for the results)")
-        require(bool(self.model.checkpoint), "model.checkpoint", self.model.checkpoint,
-                "is required (--checkpoint PATH_OR_URL)")  # fmt: skip
+        require(
+            bool(self.model.checkpoint),
+            "model.checkpoint",
+            self.model.checkpoint,
+            "is required (--checkpoint PATH_OR_URL)",
+        )
         require(self.max_videos >= 0, "max_videos", self.max_videos, "must be >= 0")
         require(self.preset in PRESETS, "preset", self.preset, "must be '' or 'official'")
         require(self.frames in ("all", "annotated"), "frames", self.frames, "must be all or annotated")

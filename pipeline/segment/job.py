@@ -65,7 +65,9 @@ def work_list(cfg: SegmentConfig, summary: JobSummary, source, output) -> tuple[
     One listing of the input and one of ``done/``: no request per video on the driver.
     """
     # A killed flow run may have committed index parts and no consolidated index yet: still shards.
-    if cfg.format == "shards" or (cfg.format == "auto" and (source.exists(INDEX_NAME) or list_index_parts(source))):
+    if cfg.format == "shards" or (
+        cfg.format == "auto" and (source.exists(INDEX_NAME) or list_index_parts(source))
+    ):
         fmt, records = "shards", shard_records(source)  # frames and flow from the data pipeline's shards
     else:
         listing = list_corpus(source, cfg.format, cfg.davis_resolution)
@@ -83,7 +85,9 @@ def work_list(cfg: SegmentConfig, summary: JobSummary, source, output) -> tuple[
             continue
         skipped += 1
         if skipped <= _LISTED_SKIPS:
-            summary.skipped("video", rec["video_id"], f"already done ({output.join(done_marker(rec['video_id']))})")
+            summary.skipped(
+                "video", rec["video_id"], f"already done ({output.join(done_marker(rec['video_id']))})"
+            )
         else:  # a rerun over 100,000 finished videos: count them, do not list them
             summary.counts["video"]["skipped"] += 1
     if skipped > _LISTED_SKIPS:
@@ -144,22 +148,36 @@ def run(cfg: SegmentConfig) -> dict:
     output.check()
     fmt, todo, found = work_list(cfg, summary, source, output)
     summary.set("work_list_s", round(summary.elapsed_s, 3))
-    log.info("%d videos found in %s (format %s); %d to segment, %d already done",
-             found, source.url, fmt, len(todo), summary.counts["video"]["skipped"])  # fmt: skip
+    log.info(
+        "%d videos found in %s (format %s); %d to segment, %d already done",
+        found,
+        source.url,
+        fmt,
+        len(todo),
+        summary.counts["video"]["skipped"],
+    )
 
     if todo:
         init_ray()
         rt = cfg.runtime
         cpus = ray.cluster_resources().get("CPU", 0)
         node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=cpus)
-        rt.cpus_per_actor = rt.actor_cpus(cpus, node_cpus)  # travels to the actors resolved; summary.config keeps the asked value
+        rt.cpus_per_actor = rt.actor_cpus(
+            cpus, node_cpus
+        )  # travels to the actors resolved; summary.config keeps the asked value
         summary.set("actor_cpus", rt.cpus_per_actor)
         needed = rt.num_actors * rt.cpus_per_actor + rt.decode_cpus
         if cpus < needed:
             # Actors holding every CPU would leave none for decoding: the job would wait forever.
-            log.warning("the cluster has %s CPUs, fewer than %s actors x %s CPUs + one %s-CPU decode task = %s; "
-                        "unless it scales up, lower runtime.num_actors, cpus_per_actor or decode_cpus",
-                        cpus, rt.num_actors, rt.cpus_per_actor, rt.decode_cpus, needed)  # fmt: skip
+            log.warning(
+                "the cluster has %s CPUs, fewer than %s actors x %s CPUs + one %s-CPU decode task = %s; "
+                "unless it scales up, lower runtime.num_actors, cpus_per_actor or decode_cpus",
+                cpus,
+                rt.num_actors,
+                rt.cpus_per_actor,
+                rt.decode_cpus,
+                needed,
+            )
         batch = rt.videos_per_batch or 2 * rt.videos_in_flight
         records = [json.dumps(rec) for rec in todo]
         batches = [records[i : i + batch] for i in range(0, len(records), batch)]

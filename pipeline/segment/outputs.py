@@ -77,8 +77,14 @@ class OverlayWriter:
 class VideoOutputs:
     """Collects one video's results and writes them; :meth:`finish` writes the done marker last."""
 
-    def __init__(self, storage: Storage, video_id: str, record: dict, cfg: SegmentOutputConfig,
-                 pool: ThreadPoolExecutor):  # fmt: skip
+    def __init__(
+        self,
+        storage: Storage,
+        video_id: str,
+        record: dict,
+        cfg: SegmentOutputConfig,
+        pool: ThreadPoolExecutor,
+    ):
         if cfg.overwrite:
             # The marker goes first: a run killed (or failing) while redoing the video must not leave it marked done.
             storage.delete(done_marker(video_id))
@@ -107,8 +113,15 @@ class VideoOutputs:
             Image.fromarray(soft).save(buffer, format="PNG")  # 8-bit greyscale, as the official code saves it
             self.storage.write_bytes(prob_png(self.video_id, name), buffer.getvalue())
 
-    def add(self, index: int, name: str, mask: np.ndarray, soft: np.ndarray | None, original: np.ndarray | None,
-            fps: float | None) -> None:  # fmt: skip
+    def add(
+        self,
+        index: int,
+        name: str,
+        mask: np.ndarray,
+        soft: np.ndarray | None,
+        original: np.ndarray | None,
+        fps: float | None,
+    ) -> None:
         """One frame's (H, W) mask at the original resolution, its uint8 soft map (when probabilities are saved)
         and the original frame (for overlays); the segmenter post-processed them."""
         self.size = mask.shape

@@ -79,9 +79,15 @@ class SegmentActor:
         threads = None if want_cuda else rt.torch_threads()
         self.segmenter, threads = self._model_thread.submit(self._load_model, threads, want_cuda).result()
         # Start-up is part of every run's cost (issue 16: <= 10 s for one short video): say where it went.
-        log.info("model actor ready in %.1f s (torch import %.1f s, model build + load %.1f s); %d torch threads "
-                 "for %s CPUs", time.perf_counter() - started, imported - started,
-                 time.perf_counter() - imported, threads, rt.cpus_per_actor)  # fmt: skip
+        log.info(
+            "model actor ready in %.1f s (torch import %.1f s, model build + load %.1f s); %d torch threads "
+            "for %s CPUs",
+            time.perf_counter() - started,
+            imported - started,
+            time.perf_counter() - imported,
+            threads,
+            rt.cpus_per_actor,
+        )
         self.output = open_storage(self.cfg.output)
         self.input = open_storage(self.cfg.input)
         # The CPU stage: one generator task per video in flight, at most prefetch_chunks ahead of the model.
@@ -97,7 +103,9 @@ class SegmentActor:
 
         if threads is not None:
             torch.set_num_threads(threads)
-        return VideoSegmenter.from_config(self.cfg, device="cuda" if want_cuda else "cpu"), torch.get_num_threads()
+        return VideoSegmenter.from_config(
+            self.cfg, device="cuda" if want_cuda else "cpu"
+        ), torch.get_num_threads()
 
     # -------------------------------------------------------------------------------------------- helpers
     def _start(self, record: dict) -> _Slot:
@@ -196,9 +204,13 @@ class SegmentActor:
                 if waiting:  # nothing to step: sleep until some decoder has a chunk (or finished)
                     waited = time.perf_counter()
                     while not ray.wait(waiting, num_returns=1, timeout=_WAIT_WARNING_S)[0]:
-                        log.warning("no chunk from %d decode task(s) for %.0f s: are CPUs free for them "
-                                    "(runtime.decode_cpus=%s)?", len(waiting), time.perf_counter() - waited,
-                                    self.cfg.runtime.decode_cpus)  # fmt: skip
+                        log.warning(
+                            "no chunk from %d decode task(s) for %.0f s: are CPUs free for them "
+                            "(runtime.decode_cpus=%s)?",
+                            len(waiting),
+                            time.perf_counter() - waited,
+                            self.cfg.runtime.decode_cpus,
+                        )
                 continue
             active = [s is not None and s.chunk is not None for s in slots]
             reset = [bool(active[b] and slots[b].needs_reset) for b in range(width)]

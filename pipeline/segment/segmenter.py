@@ -57,8 +57,15 @@ def load_segmentation_model(model_cfg: SegmentModelConfig) -> tuple[Any, Segment
             report = load_checkpoint(net, path)
     resolved = model_cfg.resolved(report.settings)
     resolved.memory_size = net.config.memory_size
-    log.info("model %s from %s at %dx%d, T=%d: %s", net.model_name, model_cfg.checkpoint, resolved.input_size,
-             resolved.input_size, resolved.memory_size, report.summary())
+    log.info(
+        "model %s from %s at %dx%d, T=%d: %s",
+        net.model_name,
+        model_cfg.checkpoint,
+        resolved.input_size,
+        resolved.input_size,
+        resolved.memory_size,
+        report.summary(),
+    )
     return net.eval(), resolved
 
 
@@ -73,21 +80,32 @@ class VideoSegmenter:
     ``precision``, ``decoder``, ``options``) or :class:`SegmentOutputConfig` fields (``threshold``, ``binarize``).
     """
 
-    def __init__(self, checkpoint: str, flow: str | FlowConfig = "dis", *, model: str = "hmhi_mit_b1",
-                 preset: str = "", chunk_frames: int = 8, **options: Any):  # fmt: skip
+    def __init__(
+        self,
+        checkpoint: str,
+        flow: str | FlowConfig = "dis",
+        *,
+        model: str = "hmhi_mit_b1",
+        preset: str = "",
+        chunk_frames: int = 8,
+        **options: Any,
+    ):
         model_fields = set(SegmentModelConfig.__dataclass_fields__)
         output_fields = {"threshold", "binarize"}
         unknown = set(options) - model_fields - output_fields
         if unknown:
-            raise TypeError(f"VideoSegmenter: unknown option(s) {sorted(unknown)}; model options: "
-                            f"{sorted(model_fields)}, output options: {sorted(output_fields)}")  # fmt: skip
+            raise TypeError(
+                f"VideoSegmenter: unknown option(s) {sorted(unknown)}; model options: "
+                f"{sorted(model_fields)}, output options: {sorted(output_fields)}"
+            )
         flow_cfg = flow if isinstance(flow, FlowConfig) else FlowConfig(engine=flow)
         cfg = SegmentConfig(
             input="<api>",
             output="<api>",
             preset=preset,
-            model=SegmentModelConfig(checkpoint=checkpoint, name=model,
-                                     **{k: v for k, v in options.items() if k in model_fields}),  # fmt: skip
+            model=SegmentModelConfig(
+                checkpoint=checkpoint, name=model, **{k: v for k, v in options.items() if k in model_fields}
+            ),
             outputs=SegmentOutputConfig(**{k: v for k, v in options.items() if k in output_fields}),
             flow=flow_cfg,
         )
@@ -156,7 +174,9 @@ class VideoSegmenter:
 
     def _items(self, source, flows) -> tuple[Iterator[FrameItem], str]:
         if isinstance(source, VideoRecord):
-            raise TypeError("VideoSegmenter: give a VideoRecord together with its storage via segment_record()")
+            raise TypeError(
+                "VideoSegmenter: give a VideoRecord together with its storage via segment_record()"
+            )
         if isinstance(source, (str, os.PathLike)):
             path = os.fspath(source)
             if os.path.isdir(path):
@@ -164,23 +184,39 @@ class VideoSegmenter:
                 flow_files = _image_files(os.fspath(flows)) if flows is not None else []
                 root = os.path.commonpath([path] + ([os.fspath(flows)] if flows is not None else []))
                 rel = lambda p: os.path.relpath(p, root).replace(os.sep, "/")  # noqa: E731
-                rec = VideoRecord(video_id="video", name=path, format="frames", split="test", source_split="",
-                                  kind="frames", source=rel(path), frames=[rel(f) for f in frames],
-                                  flows=[rel(f) for f in flow_files])  # fmt: skip
+                rec = VideoRecord(
+                    video_id="video",
+                    name=path,
+                    format="frames",
+                    split="test",
+                    source_split="",
+                    kind="frames",
+                    source=rel(path),
+                    frames=[rel(f) for f in frames],
+                    flows=[rel(f) for f in flow_files],
+                )
                 return iter_source_frames(open_storage(root), rec, self.preprocessing), repr(path)
             if not os.path.exists(path):
                 raise SourceError(f"video {path!r} does not exist")
             directory, leaf = os.path.split(os.path.abspath(path))
-            rec = VideoRecord(video_id="video", name=path, format="videos", split="test", source_split="",
-                              kind="video", source=leaf)  # fmt: skip
+            rec = VideoRecord(
+                video_id="video",
+                name=path,
+                format="videos",
+                split="test",
+                source_split="",
+                kind="video",
+                source=leaf,
+            )
             return iter_source_frames(open_storage(directory), rec, self.preprocessing), repr(path)
         return _array_items(source, self.preprocessing.uses_pictures), "<frames>"
 
     def record_chunks(self, storage, record: VideoRecord) -> Iterator[Chunk]:
         """Model-ready chunks of a corpus video (a :class:`VideoRecord` below ``storage``)."""
         items = iter_source_frames(storage, record, self.preprocessing)
-        return chunk_items(items, self.preprocessing, f"{record.name!r} ({storage.join(record.source)})",
-                           self._flow_engine())  # fmt: skip
+        return chunk_items(
+            items, self.preprocessing, f"{record.name!r} ({storage.join(record.source)})", self._flow_engine()
+        )
 
     # ------------------------------------------------------------------------------------- stage 2: model
     def new_state(self, batch_size: int = 1):
@@ -197,8 +233,9 @@ class VideoSegmenter:
         frame_t = normalize_images(frames).to(self.device, non_blocking=True)
         flow_t = normalize_images(flows).to(self.device, non_blocking=True)
         with torch.inference_mode(), autocast(self.device, self.dtype):
-            logits, state = self.net.step(frame_t, flow_t, state, reset=torch.tensor(reset),
-                                          active=torch.tensor(active))  # fmt: skip
+            logits, state = self.net.step(
+                frame_t, flow_t, state, reset=torch.tensor(reset), active=torch.tensor(active)
+            )
         return logits.float()
 
     # ------------------------------------------------------------------------------------ stage 3: output
@@ -216,7 +253,9 @@ class VideoSegmenter:
         return np.round(np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8)
 
     # ------------------------------------------------------------------------------------------ the API
-    def segment(self, source, flows: str | os.PathLike | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    def segment(
+        self, source, flows: str | os.PathLike | None = None
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Yield ``(frame_index, mask, probability)`` for each frame of ``source``, one frame at a time.
 
         ``source``: a video file path, a folder of frame images (natural order), or an iterable of (H, W, 3)
@@ -250,7 +289,7 @@ def _image_files(folder: str) -> list[str]:
 
 def _array_items(frames: Iterable, with_pictures: bool) -> Iterator[FrameItem]:
     for index, item in enumerate(frames):
-        frame, picture = (item if with_pictures else (item, None))
+        frame, picture = item if with_pictures else (item, None)
         frame = np.asarray(frame)
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise SourceError(f"frame {index}: expected (H, W, 3) uint8 RGB, got {frame.shape} {frame.dtype}")

@@ -39,8 +39,17 @@ from pipeline.video import VideoError, iter_video_frames, probe_video
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Chunk", "FrameItem", "Preprocessing", "SourceError", "chunk_items", "iter_source_frames",
-           "iter_shard_frames", "shard_records", "video_chunks"]
+__all__ = [
+    "Chunk",
+    "FrameItem",
+    "Preprocessing",
+    "SourceError",
+    "chunk_items",
+    "iter_source_frames",
+    "iter_shard_frames",
+    "shard_records",
+    "video_chunks",
+]
 
 
 class SourceError(ValueError):
@@ -66,8 +75,10 @@ class Preprocessing:
 
     def __post_init__(self):
         if self.chunk_frames < 1 or self.input_size < 32:
-            raise ValueError(f"Preprocessing: chunk_frames {self.chunk_frames} must be >= 1 and input_size "
-                             f"{self.input_size} >= 32")  # fmt: skip
+            raise ValueError(
+                f"Preprocessing: chunk_frames {self.chunk_frames} must be >= 1 and input_size "
+                f"{self.input_size} >= 32"
+            )
 
     @property
     def uses_pictures(self) -> bool:
@@ -130,18 +141,24 @@ def _read_image(storage: Storage, rel: str, rec: VideoRecord, decoder: str, what
         raise SourceError(f"video {rec.name!r}: {err}") from err
 
 
-def iter_source_frames(storage: Storage, rec: VideoRecord, prep: Preprocessing | None = None) -> Iterator[FrameItem]:
+def iter_source_frames(
+    storage: Storage, rec: VideoRecord, prep: Preprocessing | None = None
+) -> Iterator[FrameItem]:
     """Yield the video's frames (and shipped flow pictures) one at a time; :class:`SourceError` on bad input."""
     prep = prep or Preprocessing()
     if rec.kind == "video":
         if prep.uses_pictures:
-            raise SourceError(f"video {rec.name!r}: flow.engine=pictures needs flow pictures shipped with the corpus; "
-                              f"{storage.join(rec.source)} is a video file (use a computed flow engine, e.g. dis)")
+            raise SourceError(
+                f"video {rec.name!r}: flow.engine=pictures needs flow pictures shipped with the corpus; "
+                f"{storage.join(rec.source)} is a video file (use a computed flow engine, e.g. dis)"
+            )
         url = f"{storage.url}/{rec.source}"  # for messages; storage.join below refuses unsafe names
         with contextlib.ExitStack() as stack:
             try:
                 url = storage.join(rec.source)
-                path = stack.enter_context(local_copy(url, prefix="hmhi-segment-"))  # demuxers seek: download first
+                path = stack.enter_context(
+                    local_copy(url, prefix="hmhi-segment-")
+                )  # demuxers seek: download first
             except (StorageError, OSError, ValueError) as err:
                 raise SourceError(f"video {rec.name!r}: cannot read {url}: {err}") from err
             try:
@@ -152,9 +169,11 @@ def iter_source_frames(storage: Storage, rec: VideoRecord, prep: Preprocessing |
                 raise SourceError(str(err)) from err
         return
     if prep.uses_pictures and len(rec.flows) != len(rec.frames):
-        raise SourceError(f"video {rec.name!r}: flow.engine=pictures needs one flow picture per frame; "
-                          f"{storage.join(rec.source)} has {len(rec.frames)} frames and {len(rec.flows)} flow "
-                          "pictures")  # fmt: skip
+        raise SourceError(
+            f"video {rec.name!r}: flow.engine=pictures needs one flow picture per frame; "
+            f"{storage.join(rec.source)} has {len(rec.frames)} frames and {len(rec.flows)} flow "
+            "pictures"
+        )
     first_shape = None
     for index in _selected_frames(rec, prep.frames):
         rel = rec.frames[index]
@@ -162,8 +181,10 @@ def iter_source_frames(storage: Storage, rec: VideoRecord, prep: Preprocessing |
         if first_shape is None:
             first_shape = frame.shape
         elif frame.shape != first_shape:
-            raise SourceError(f"video {rec.name!r}: frame {storage.join(rel)} is {frame.shape[1]}x{frame.shape[0]}, "
-                              f"the first frame is {first_shape[1]}x{first_shape[0]} (frames of different sizes)")
+            raise SourceError(
+                f"video {rec.name!r}: frame {storage.join(rel)} is {frame.shape[1]}x{frame.shape[0]}, "
+                f"the first frame is {first_shape[1]}x{first_shape[0]} (frames of different sizes)"
+            )
         picture = None
         if prep.uses_pictures:
             picture = _read_image(storage, rec.flows[index], rec, prep.decoder, "flow picture")
@@ -193,8 +214,16 @@ def shard_records(storage: Storage) -> list[dict]:
             }
             for r in rows
         ]
-        items.append({"video_id": video_id, "name": video_id, "kind": "shards", "source": storage.join("index.parquet"),
-                      "samples": samples, "split": rows[0]["split"]})  # fmt: skip
+        items.append(
+            {
+                "video_id": video_id,
+                "name": video_id,
+                "kind": "shards",
+                "source": storage.join("index.parquet"),
+                "samples": samples,
+                "split": rows[0]["split"],
+            }
+        )
     return items
 
 
@@ -222,8 +251,12 @@ def iter_shard_frames(record: dict) -> Iterator[tuple[str, np.ndarray, np.ndarra
             if index <= last:
                 continue  # already yielded by an overlapping clip
             if index != last + 1:
-                log.warning("video %s: frames %d..%d are not in the shards; continuing after the gap",
-                            record["name"], last + 1, index - 1)  # fmt: skip
+                log.warning(
+                    "video %s: frames %d..%d are not in the shards; continuing after the gap",
+                    record["name"],
+                    last + 1,
+                    index - 1,
+                )
             last = index
             flow = None if clip.flows is None else clip.flows[i]
             picture = None if clip.flow_pictures is None else clip.flow_pictures[i]
@@ -249,7 +282,9 @@ def chunk_items(items: Iterator[FrameItem], prep: Preprocessing, label: str, eng
     def make(batch: list[FrameItem], flow_frames: list[FrameItem], last: bool) -> Chunk:
         if any(item.picture is None for item in batch):
             if engine is None:
-                raise SourceError(f"video {label}: no flow picture for frame {batch[0].name} and no flow engine")
+                raise SourceError(
+                    f"video {label}: no flow picture for frame {batch[0].name} and no flow engine"
+                )
             flows = engine.compute(np.stack([item.frame for item in flow_frames]))
             offset = 0 if flow_frames[0] is batch[0] else 1  # a 1-frame tail is preceded by its flow partner
             pictures = [resize_rgb(flow_to_rgb(f), size) for f in flows[offset : offset + len(batch)]]
@@ -271,8 +306,10 @@ def chunk_items(items: Iterator[FrameItem], prep: Preprocessing, label: str, eng
     for item in items:
         reference = pending[0] if pending else previous
         if reference is not None and item.frame.shape != reference.frame.shape:
-            raise SourceError(f"video {label}: frame {item.name} is {item.frame.shape[1]}x{item.frame.shape[0]}, "
-                              f"frame {reference.name} is {reference.frame.shape[1]}x{reference.frame.shape[0]}")
+            raise SourceError(
+                f"video {label}: frame {item.name} is {item.frame.shape[1]}x{item.frame.shape[0]}, "
+                f"frame {reference.name} is {reference.frame.shape[1]}x{reference.frame.shape[0]}"
+            )
         pending.append(item)
         total += 1
         if len(pending) == prep.chunk_frames + 1:  # a full chunk and its look-ahead frame
@@ -311,7 +348,8 @@ def video_chunks(storage: Storage, record: dict, prep: Preprocessing) -> Iterato
             yield {"error": f"video {rec.name!r}: flow engine {prep.flow.engine!r} unavailable: {err}"}
             return
     try:
-        yield from chunk_items(iter_source_frames(storage, rec, prep), prep, f"{rec.name!r} ({storage.join(rec.source)})",
-                               engine)  # fmt: skip
+        yield from chunk_items(
+            iter_source_frames(storage, rec, prep), prep, f"{rec.name!r} ({storage.join(rec.source)})", engine
+        )
     except SourceError as err:
         yield {"error": str(err)}

@@ -24,8 +24,18 @@ from pipeline.flow.render import flow_to_rgb
 from pipeline.train.config import AugmentConfig
 from pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_images, resize_mask, resize_rgb  # noqa: F401  (re-exported)
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ClipTensors", "photometric_distort", "flip_clip", "prepare_clip",
-           "normalize_images", "resize_rgb", "resize_mask"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ClipTensors",
+    "photometric_distort",
+    "flip_clip",
+    "prepare_clip",
+    "normalize_images",
+    "resize_rgb",
+    "resize_mask",
+]
+
 
 @dataclass
 class ClipTensors:

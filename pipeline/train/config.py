@@ -46,8 +46,12 @@ class ModelConfig(ModelSettings):
 
     def __post_init__(self):
         super().__post_init__()
-        require(self.init_checkpoint is None or bool(self.init_checkpoint), "init_checkpoint",
-                self.init_checkpoint, "must be a non-empty URL or null")
+        require(
+            self.init_checkpoint is None or bool(self.init_checkpoint),
+            "init_checkpoint",
+            self.init_checkpoint,
+            "must be a non-empty URL or null",
+        )
 
 
 @dataclass
@@ -82,7 +86,12 @@ class DataConfig:
         require(bool(self.train_split), "train_split", self.train_split, "must not be empty")
         require(self.clip_length >= 1, "clip_length", self.clip_length, "must be >= 1")
         require(self.max_skip >= 1, "max_skip", self.max_skip, "must be >= 1")
-        require(self.batch_size_per_worker >= 1, "batch_size_per_worker", self.batch_size_per_worker, "must be >= 1")
+        require(
+            self.batch_size_per_worker >= 1,
+            "batch_size_per_worker",
+            self.batch_size_per_worker,
+            "must be >= 1",
+        )
         require(self.shuffle_buffer >= 1, "shuffle_buffer", self.shuffle_buffer, "must be >= 1")
         require(self.prefetch_batches >= 0, "prefetch_batches", self.prefetch_batches, "must be >= 0")
         require(self.decode_workers >= 0, "decode_workers", self.decode_workers, "must be >= 0")
@@ -109,8 +118,18 @@ class AugmentConfig:
 
     def __post_init__(self):
         require(0.0 <= self.flip_prob <= 1.0, "flip_prob", self.flip_prob, "must be in [0, 1]")
-        require(self.flip_mode in ("per_frame", "clip"), "flip_mode", self.flip_mode, "must be 'per_frame' or 'clip'")
-        require(0 <= self.brightness_delta <= 255, "brightness_delta", self.brightness_delta, "must be in [0, 255]")
+        require(
+            self.flip_mode in ("per_frame", "clip"),
+            "flip_mode",
+            self.flip_mode,
+            "must be 'per_frame' or 'clip'",
+        )
+        require(
+            0 <= self.brightness_delta <= 255,
+            "brightness_delta",
+            self.brightness_delta,
+            "must be in [0, 255]",
+        )
         for name in ("contrast_range", "saturation_range"):
             lo, hi = getattr(self, name)
             require(0.0 <= lo <= hi, name, getattr(self, name), "must be (low, high) with 0 <= low <= high")
@@ -160,13 +179,26 @@ class OptimConfig:
     def __post_init__(self):
         require(self.lr > 0, "lr", self.lr, "must be > 0")
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
-        require(all(0.0 <= b < 1.0 for b in self.betas) and len(self.betas) == 2, "betas", self.betas,
-                "must be two values in [0, 1)")
-        require(self.schedule in ("constant", "cosine"), "schedule", self.schedule, "must be 'constant' or 'cosine'")
+        require(
+            all(0.0 <= b < 1.0 for b in self.betas) and len(self.betas) == 2,
+            "betas",
+            self.betas,
+            "must be two values in [0, 1)",
+        )
+        require(
+            self.schedule in ("constant", "cosine"),
+            "schedule",
+            self.schedule,
+            "must be 'constant' or 'cosine'",
+        )
         require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0")
         require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
-        require(self.grad_clip_norm is None or self.grad_clip_norm > 0, "grad_clip_norm", self.grad_clip_norm,
-                "must be > 0 or null")
+        require(
+            self.grad_clip_norm is None or self.grad_clip_norm > 0,
+            "grad_clip_norm",
+            self.grad_clip_norm,
+            "must be > 0 or null",
+        )
         require(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
 
 
@@ -195,10 +227,16 @@ class ValidationConfig:
 
     def __post_init__(self):
         require(self.every_steps >= 0, "every_steps", self.every_steps, "must be >= 0")
-        require(self.max_samples is None or self.max_samples >= 1, "max_samples", self.max_samples,
-                "must be >= 1 or null")
+        require(
+            self.max_samples is None or self.max_samples >= 1,
+            "max_samples",
+            self.max_samples,
+            "must be >= 1 or null",
+        )
         require(0.0 < self.threshold < 1.0, "threshold", self.threshold, "must be in (0, 1)")
-        require(self.protocol in ("davis2016", "all"), "protocol", self.protocol, "must be 'davis2016' or 'all'")
+        require(
+            self.protocol in ("davis2016", "all"), "protocol", self.protocol, "must be 'davis2016' or 'all'"
+        )
 
 
 @dataclass
@@ -258,14 +296,18 @@ def cadence_warnings(cfg: TrainConfig) -> list[str]:
     """
     steps = cfg.optim.max_steps
     out = []
-    for what, field_name, every in (("checkpoint", "checkpoint.every_steps", cfg.checkpoint.every_steps),
-                                    ("validation", "validation.every_steps", cfg.validation.every_steps)):
+    for what, field_name, every in (
+        ("checkpoint", "checkpoint.every_steps", cfg.checkpoint.every_steps),
+        ("validation", "validation.every_steps", cfg.validation.every_steps),
+    ):
         if every <= 0:
             continue
         count = steps // every
         if every < MIN_STEPS_BETWEEN_SAVES and count > MAX_SAVES_PER_RUN:
             suggested = max(MIN_STEPS_BETWEEN_SAVES, steps // MAX_SAVES_PER_RUN)
-            out.append(f"{field_name}={every} with optim.max_steps={steps}: {count} {what}s in this run, each "
-                       f"{every} steps apart; the run may spend more time on {what}s than on training "
-                       f"(e.g. --set {field_name}={suggested})")
+            out.append(
+                f"{field_name}={every} with optim.max_steps={steps}: {count} {what}s in this run, each "
+                f"{every} steps apart; the run may spend more time on {what}s than on training "
+                f"(e.g. --set {field_name}={suggested})"
+            )
     return out

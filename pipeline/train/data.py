@@ -176,12 +176,23 @@ class TrainStream:
             except Exception as e:  # botocore and fsspec raise many types for one dropped connection
                 failures += 1
                 if failures > self.cfg.read_retries:
-                    raise ShardReadError(f"shard {entry.url}: reading sample {position} of {entry.num_samples} "
-                                         f"failed {failures} times; last error: {type(e).__name__}: {e}") from e
+                    raise ShardReadError(
+                        f"shard {entry.url}: reading sample {position} of {entry.num_samples} "
+                        f"failed {failures} times; last error: {type(e).__name__}: {e}"
+                    ) from e
                 wait = self.RETRY_BACKOFF_S * 2 ** (failures - 1)
-                log.warning("rank %d: reading shard %s failed at sample %d (%s: %s); reopening in %.1f s "
-                            "(attempt %d of %d)", self.rank, entry.url, position, type(e).__name__, e, wait,
-                            failures + 1, self.cfg.read_retries + 1)
+                log.warning(
+                    "rank %d: reading shard %s failed at sample %d (%s: %s); reopening in %.1f s "
+                    "(attempt %d of %d)",
+                    self.rank,
+                    entry.url,
+                    position,
+                    type(e).__name__,
+                    e,
+                    wait,
+                    failures + 1,
+                    self.cfg.read_retries + 1,
+                )
                 time.sleep(wait)
 
     def _shuffled(self, epoch: int) -> Iterator[dict]:
@@ -202,10 +213,20 @@ class TrainStream:
                 raise ValueError(f"rank {self.rank}: its block of epoch {epoch} holds no samples")
 
     # -- batches ---------------------------------------------------------------------------------------------
-    def _clips(self, raw: Iterator[dict], epoch: int, draw: int, pool) -> Iterator[tuple[str, ClipTensors | None, int]]:
+    def _clips(
+        self, raw: Iterator[dict], epoch: int, draw: int, pool
+    ) -> Iterator[tuple[str, ClipTensors | None, int]]:
         """(key, clip or None, draw number) in draw order; decoded in ``pool`` (processes) when given."""
-        args = (self.decode_fn, self.seed, epoch, self.rank, self.cfg.clip_length, self.cfg.max_skip,
-                self.input_size, self.augment_cfg)
+        args = (
+            self.decode_fn,
+            self.seed,
+            epoch,
+            self.rank,
+            self.cfg.clip_length,
+            self.cfg.max_skip,
+            self.input_size,
+            self.augment_cfg,
+        )
         if pool is None:
             for sample in raw:
                 draw += 1
@@ -217,7 +238,9 @@ class TrainStream:
             while len(pending) < lookahead:
                 sample = next(raw)
                 draw += 1
-                pending.append((str(sample["__key__"]), pool.submit(make_training_clip, sample, draw, *args), draw))
+                pending.append(
+                    (str(sample["__key__"]), pool.submit(make_training_clip, sample, draw, *args), draw)
+                )
             key, future, number = pending.popleft()
             yield key, future.result(), number
 
@@ -225,8 +248,11 @@ class TrainStream:
         pool = None
         if self.cfg.decode_workers > 0:
             # spawn, not fork: the training process is multi-threaded (Ray, torch, the prefetch thread).
-            pool = ProcessPoolExecutor(self.cfg.decode_workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_single_threaded_decoder)
+            pool = ProcessPoolExecutor(
+                self.cfg.decode_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_single_threaded_decoder,
+            )
         try:
             yield from self._batches(pool)
         finally:
@@ -278,8 +304,18 @@ def _single_threaded_decoder() -> None:
     torch.set_num_threads(1)
 
 
-def make_training_clip(sample: dict, draw: int, decode_fn, seed: int, epoch: int, rank: int, clip_length: int,
-                       max_skip: int, input_size: int, augment_cfg: AugmentConfig) -> ClipTensors | None:
+def make_training_clip(
+    sample: dict,
+    draw: int,
+    decode_fn,
+    seed: int,
+    epoch: int,
+    rank: int,
+    clip_length: int,
+    max_skip: int,
+    input_size: int,
+    augment_cfg: AugmentConfig,
+) -> ClipTensors | None:
     """Decode one raw sample, sample a clip with the official sampler and augment it; None if it has no mask.
 
     The RNG is seeded by ``(seed, epoch, rank, draw)``, so the result does not depend on which process runs it.
@@ -292,8 +328,14 @@ def make_training_clip(sample: dict, draw: int, decode_fn, seed: int, epoch: int
     rng = np.random.default_rng([seed, epoch, rank, draw, 0xC11B])
     picks = sample_clip_indices(eligible.tolist(), clip_length, max_skip, rng)
     clip = decode_fn(sample, positions=picks)  # only the sampled frames are decoded
-    return prepare_clip(np.asarray(clip.frames), np.asarray(clip.flow_images()), np.asarray(clip.masks), input_size, rng,
-                        augment_cfg)
+    return prepare_clip(
+        np.asarray(clip.frames),
+        np.asarray(clip.flow_images()),
+        np.asarray(clip.masks),
+        input_size,
+        rng,
+        augment_cfg,
+    )
 
 
 class Prefetcher:

@@ -62,7 +62,9 @@ def resolve_shards(data_url: str, split: str, verify: bool, need_masks: bool) ->
     try:
         table = read_index(data_url)
     except (StorageError, FileNotFoundError, OSError) as e:
-        raise TrainInputError(f"shard index of {data_url} cannot be read ({e}); run jobs/precompute_flow.py first") from e
+        raise TrainInputError(
+            f"shard index of {data_url} cannot be read ({e}); run jobs/precompute_flow.py first"
+        ) from e
     root = open_storage(data_url)
     columns = ["shard", "split", "offset", "bytes", "n_masks", "shard_sha256"]
     missing = [c for c in columns if c not in table.column_names]
@@ -79,10 +81,15 @@ def resolve_shards(data_url: str, split: str, verify: bool, need_masks: bool) ->
     entries = []
     for shard in sorted(by_shard):
         samples = sorted(by_shard[shard], key=lambda r: r["offset"])
-        entries.append(ShardEntry(url=root.join(shard), offsets=[r["offset"] for r in samples],
-                                  sizes=[r["bytes"] for r in samples],
-                                  # verified by the worker that reads the shard first (pipeline.shards.read_samples)
-                                  checksum=samples[0]["shard_sha256"] if verify else None))
+        entries.append(
+            ShardEntry(
+                url=root.join(shard),
+                offsets=[r["offset"] for r in samples],
+                sizes=[r["bytes"] for r in samples],
+                # verified by the worker that reads the shard first (pipeline.shards.read_samples)
+                checksum=samples[0]["shard_sha256"] if verify else None,
+            )
+        )
     return entries, left_out
 
 
@@ -93,13 +100,20 @@ def check_inputs(cfg: TrainConfig) -> tuple[list[ShardEntry], list[ShardEntry]]:
             raise ConfigError(name, getattr(cfg, name), "is required")
     if not cfg.data.url:
         raise ConfigError("data.url", cfg.data.url, "is required (--data URL)")
-    train, left_out = resolve_shards(cfg.data.url, cfg.data.train_split, cfg.data.verify_checksums, need_masks=True)
+    train, left_out = resolve_shards(
+        cfg.data.url, cfg.data.train_split, cfg.data.verify_checksums, need_masks=True
+    )
     if left_out:
-        log.warning("%d '%s' samples have no ground-truth mask and are not used for training", left_out,
-                    cfg.data.train_split)
+        log.warning(
+            "%d '%s' samples have no ground-truth mask and are not used for training",
+            left_out,
+            cfg.data.train_split,
+        )
     if not train:
-        raise TrainInputError(f"no training samples: split '{cfg.data.train_split}' of {cfg.data.url} has no "
-                              f"shards with annotated samples")
+        raise TrainInputError(
+            f"no training samples: split '{cfg.data.train_split}' of {cfg.data.url} has no "
+            f"shards with annotated samples"
+        )
     if steps_per_epoch(train, cfg.num_workers, cfg.data.batch_size_per_worker) < 1:
         total = sum(s.num_samples for s in train)
         raise TrainInputError(
@@ -137,7 +151,11 @@ def check_init_checkpoint(cfg: TrainConfig) -> ModelSettings | None:
 
 def build_loop_config(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntry]) -> dict[str, Any]:
     """The ``train_loop_per_worker`` config: the job config plus the resolved shard lists."""
-    return {"train": config_to_dict(cfg), "shards": [asdict(s) for s in train], "val_shards": [asdict(s) for s in val]}
+    return {
+        "train": config_to_dict(cfg),
+        "shards": [asdict(s) for s in train],
+        "val_shards": [asdict(s) for s in val],
+    }
 
 
 def build_trainer(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntry]):
@@ -153,8 +171,9 @@ def build_trainer(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntr
         train_loop_per_worker,
         train_loop_config=build_loop_config(cfg, train, val),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+        ),
         run_config=RunConfig(
             name=cfg.run_name,
             storage_path=root,  # no scheme: the filesystem object carries it (Ray rejects both together)
@@ -207,8 +226,14 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     # the dashboard) every second whether the training controller still lives, and without one it logs a warning
     # each time (hundreds per run). None: started when Ray's dashboard packages are installed.
     init_ray(include_dashboard=None)
-    log.info("training on %d shards (%d samples), validating on %d shards; run %s/%s", len(train),
-             sum(s.num_samples for s in train), len(val), cfg.storage, cfg.run_name)
+    log.info(
+        "training on %d shards (%d samples), validating on %d shards; run %s/%s",
+        len(train),
+        sum(s.num_samples for s in train),
+        len(val),
+        cfg.storage,
+        cfg.run_name,
+    )
     run_storage = open_storage(cfg.storage).child(cfg.run_name)
     summary.set("run", run_storage.url)
     try:
@@ -224,8 +249,10 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         reason = f"training failed: {lines[-1] if lines else type(error).__name__}"
         summary.rejected("run", cfg.run_name, reason=reason)
         d = summary.finish(storage=run_storage, rel="summary.json")
-        raise JobFailed(f"training run {run_storage.url} {reason} (summary: {run_storage.join('summary.json')})",
-                        summary=d) from error
+        raise JobFailed(
+            f"training run {run_storage.url} {reason} (summary: {run_storage.join('summary.json')})",
+            summary=d,
+        ) from error
     metrics = result.metrics or {}
     summary.done("run", cfg.run_name)
     summary.set("steps", int(metrics.get("step", 0)))
@@ -235,7 +262,9 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         if isinstance(value, (int, float)) and math.isfinite(value):
             summary.set(f"final_{key}", float(value))
     if result.checkpoint is not None:
-        summary.set("latest_checkpoint", run_storage.join(result.checkpoint.path.rstrip("/").rpartition("/")[2]))
+        summary.set(
+            "latest_checkpoint", run_storage.join(result.checkpoint.path.rstrip("/").rpartition("/")[2])
+        )
     if run_storage.exists(BEST_MODEL):
         summary.set("best_model", run_storage.join(BEST_MODEL))
     return summary.finish(storage=run_storage, rel=SUMMARY)

@@ -18,7 +18,9 @@ __all__ = ["focal_loss", "dice_loss", "clip_loss"]
 _DICE_EPS = 1e-5
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
     """Mean sigmoid focal loss over every element of ``logits``/``target`` (same shape, target in [0, 1])."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p = torch.sigmoid(logits)
@@ -35,7 +37,9 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - dice.mean()
 
 
-def clip_loss(logits: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+def clip_loss(
+    logits: torch.Tensor, target: torch.Tensor, cfg: LossConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of a batch of clips: (B, L, 1, H, W) logits and targets -> (total, parts).
 
     ``parts`` holds the weighted focal/bce/dice sums over frames as floats, for logging.

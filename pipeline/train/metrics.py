@@ -29,8 +29,21 @@ log = logging.getLogger(__name__)
 __all__ = ["MetricsWriter", "CSV_COLUMNS", "read_metrics_csv"]
 
 CSV_COLUMNS = (
-    "step", "epoch", "loss", "loss_focal", "loss_bce", "loss_dice", "lr", "grad_norm", "clips_per_s",
-    "clips_per_s_per_worker", "data_wait_frac", "val_J_mean", "val_F_mean", "val_JF_mean", "val_sequences",
+    "step",
+    "epoch",
+    "loss",
+    "loss_focal",
+    "loss_bce",
+    "loss_dice",
+    "lr",
+    "grad_norm",
+    "clips_per_s",
+    "clips_per_s_per_worker",
+    "data_wait_frac",
+    "val_J_mean",
+    "val_F_mean",
+    "val_JF_mean",
+    "val_sequences",
     "wall_time",
 )
 
@@ -75,7 +88,9 @@ class MetricsWriter:
                     else:
                         row[key] = f"{value:.6g}" if isinstance(value, float) else str(value)
                 if isinstance(value, (int, float)) and key != "step" and math.isfinite(float(value)):
-                    self.tb.add_scalar(key.replace("val_", "val/").replace("loss_", "loss/"), float(value), step)
+                    self.tb.add_scalar(
+                        key.replace("val_", "val/").replace("loss_", "loss/"), float(value), step
+                    )
             row["step"] = str(step)
             # One row per step: a validation result at a logged step merges into that row.
             if self.rows and self.rows[-1]["step"] == str(step):
@@ -113,8 +128,12 @@ class MetricsWriter:
             return True
         except Exception as e:  # any storage failure: metrics are best-effort, training goes on
             self.failed_uploads += 1
-            log.warning("metrics upload to %s failed (%s: %s); retrying with the next rows", self.run.join("logs"),
-                        type(e).__name__, e)
+            log.warning(
+                "metrics upload to %s failed (%s: %s); retrying with the next rows",
+                self.run.join("logs"),
+                type(e).__name__,
+                e,
+            )
             return False
         finally:
             shutil.rmtree(snapshot, ignore_errors=True)

@@ -44,7 +44,7 @@ def sample_clip_indices(
     picks = [prev]
     while len(picks) < clip_length and remaining:
         # The official code slices the shrinking list at the previous pick's frame number.
-        window = remaining[max(0, prev - max_skip):min(prev + max_skip, len(remaining) - 1)] or remaining
+        window = remaining[max(0, prev - max_skip) : min(prev + max_skip, len(remaining) - 1)] or remaining
         prev = window[int(rng.integers(len(window)))]
         remaining.remove(prev)
         picks.append(prev)

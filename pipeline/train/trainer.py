@@ -221,7 +221,9 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self.device = device or torch.device("cpu")
         self.run = open_storage(cfg.storage).child(cfg.run_name)
-        self.amp = cfg.model.precision == "bf16" or (cfg.model.precision == "auto" and self.device.type == "cuda")
+        self.amp = cfg.model.precision == "bf16" or (
+            cfg.model.precision == "auto" and self.device.type == "cuda"
+        )
         self.state = TrainState()
         self._stream: TrainStream | None = None
         self._batches: Prefetcher | None = None
@@ -437,7 +439,9 @@ class Trainer:
         state = self.state_dict()
         if self.rank != 0:
             return False
-        save_checkpoint(self.module, path, {k: v for k, v in state.items() if k != "model"}, settings=self.cfg.model)
+        save_checkpoint(
+            self.module, path, {k: v for k, v in state.items() if k != "model"}, settings=self.cfg.model
+        )
         if self._writer is not None:
             self._writer.flush()  # best-effort, like every metrics upload
         return True

@@ -31,8 +31,16 @@ def val_sample_refs(shards: list[ShardEntry], max_samples: int | None) -> list[t
 
 
 @torch.no_grad()
-def validate(module, shards: list[ShardEntry], cfg: TrainConfig, decode_fn, device: torch.device, rank: int,
-             world_size: int, amp: bool) -> dict[str, float]:
+def validate(
+    module,
+    shards: list[ShardEntry],
+    cfg: TrainConfig,
+    decode_fn,
+    device: torch.device,
+    rank: int,
+    world_size: int,
+    amp: bool,
+) -> dict[str, float]:
     """Return ``{"J_mean", "F_mean", "JF_mean", "sequences"}`` over the validation samples (same on all ranks)."""
     was_training = module.training
     module.eval()
@@ -44,14 +52,22 @@ def validate(module, shards: list[ShardEntry], cfg: TrainConfig, decode_fn, devi
             valid = np.asarray(clip.mask_valid, bool)
             if not valid.any():
                 continue
-            frames, flows, masks = np.asarray(clip.frames), np.asarray(clip.flow_images()), np.asarray(clip.masks)
+            frames, flows, masks = (
+                np.asarray(clip.frames),
+                np.asarray(clip.flow_images()),
+                np.asarray(clip.masks),
+            )
             tensors = prepare_clip(frames, flows, masks, cfg.model.input_size, None, None)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 full, _ = module.forward_clip(tensors.frames[None].to(device), tensors.flows[None].to(device))
-            logits = F.interpolate(full[0].float(), size=masks.shape[1:], mode="bilinear", align_corners=False)
+            logits = F.interpolate(
+                full[0].float(), size=masks.shape[1:], mode="bilinear", align_corners=False
+            )
             pred = (torch.sigmoid(logits[:, 0]) > cfg.validation.threshold).cpu().numpy()
             name = f"{clip.key}"
-            per_sequence[name] = evaluate_sequence(masks[valid], pred[valid], protocol=cfg.validation.protocol)
+            per_sequence[name] = evaluate_sequence(
+                masks[valid], pred[valid], protocol=cfg.validation.protocol
+            )
     finally:
         module.train(was_training)
     if world_size > 1 and dist.is_initialized():
@@ -61,5 +77,9 @@ def validate(module, shards: list[ShardEntry], cfg: TrainConfig, decode_fn, devi
     if not per_sequence:
         return {"J_mean": math.nan, "F_mean": math.nan, "JF_mean": math.nan, "sequences": 0}
     summary = aggregate_results(per_sequence)
-    return {"J_mean": float(summary["J_mean"]), "F_mean": float(summary["F_mean"]),
-            "JF_mean": float(summary["JF_mean"]), "sequences": int(summary["n_sequences"])}
+    return {
+        "J_mean": float(summary["J_mean"]),
+        "F_mean": float(summary["F_mean"]),
+        "JF_mean": float(summary["JF_mean"]),
+        "sequences": int(summary["n_sequences"]),
+    }

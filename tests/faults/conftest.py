@@ -36,8 +36,9 @@ def faulty_s3(fault_proxy, monkeypatch):
 def tiny_disk(tmp_path):
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if proc.returncode:
         pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip()}")
     yield mnt

@@ -25,13 +25,23 @@ print("RETRIES", retry_counts(), flush=True)
 """
 
 
-def start_driver(ray_address: str, worker_env: dict[str, str], args: list[str], job: str = "jobs.precompute_flow",
-                 **env: str) -> subprocess.Popen:
+def start_driver(
+    ray_address: str,
+    worker_env: dict[str, str],
+    args: list[str],
+    job: str = "jobs.precompute_flow",
+    **env: str,
+) -> subprocess.Popen:
     """Start ``<job>.main(args)`` (``job`` a module such as ``jobs.train``) in its own driver process; its Ray
     workers get ``worker_env``, the driver itself ``env`` on top of this process's environment."""
-    return subprocess.Popen([sys.executable, "-c", _DRIVER, ray_address, json.dumps(worker_env), job, *args],
-                            cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), **env),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _DRIVER, ray_address, json.dumps(worker_env), job, *args],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish_driver(proc: subprocess.Popen, timeout: float = 600) -> str:

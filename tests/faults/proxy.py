@@ -44,8 +44,17 @@ log = logging.getLogger(__name__)
 
 _PIECE = 64 << 10
 # Connection-level headers are between one client and one server; they are not forwarded.
-_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te",
-               "trailer", "upgrade", "expect"}
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+}
 _ERRORS = {
     503: ("SlowDown", "Please reduce your request rate."),
     500: ("InternalError", "We encountered an internal error. Please try again."),
@@ -144,9 +153,11 @@ class _Handler(BaseHTTPRequestHandler):
     # -- response side -------------------------------------------------------------------------------------------
     def _send_error_response(self, status: int) -> None:
         code, message = _ERRORS[status]
-        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
-                f"<Resource>{self.path.split('?', 1)[0]}</Resource><RequestId>{uuid.uuid4().hex[:16]}</RequestId>"
-                "</Error>").encode()
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+            f"<Resource>{self.path.split('?', 1)[0]}</Resource><RequestId>{uuid.uuid4().hex[:16]}</RequestId>"
+            "</Error>"
+        ).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(body)))
@@ -200,7 +211,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._upstream = None
 
     def _forward(self, fault: _Fault) -> None:
-        for attempt in range(2):  # an upstream keep-alive connection may have been closed by the store meanwhile
+        for attempt in range(
+            2
+        ):  # an upstream keep-alive connection may have been closed by the store meanwhile
             conn = self._upstream_conn()
             try:
                 conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
@@ -238,8 +251,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()  # the client connection stays alive even if the store closes its own
         cut_at = None
-        if (fault.cut_fraction is not None and has_body and self.command == "GET" and resp.status in (200, 206)
-                and length is not None and int(length) >= 2):
+        if (
+            fault.cut_fraction is not None
+            and has_body
+            and self.command == "GET"
+            and resp.status in (200, 206)
+            and length is not None
+            and int(length) >= 2
+        ):
             cut_at = max(1, min(int(length) - 1, int(int(length) * fault.cut_fraction)))
         sent = 0
         while has_body:
@@ -247,7 +266,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not piece:
                 break
             if cut_at is not None and sent + len(piece) >= cut_at:
-                self.wfile.write(piece[:cut_at - sent])
+                self.wfile.write(piece[: cut_at - sent])
                 self._drop_upstream()  # its response was not read to the end
                 proxy = self.server.proxy
                 with proxy._lock:
@@ -330,7 +349,9 @@ class FaultProxy:
             self.counts["requests"] += 1
             digest = hashlib.sha256(f"{plan.seed}\0{key}\0{nth}".encode()).digest()
             rng = random.Random(digest)
-            draw_error, draw_code, draw_cut, cut_fraction, draw_rst, draw_delay = (rng.random() for _ in range(6))
+            draw_error, draw_code, draw_cut, cut_fraction, draw_rst, draw_delay = (
+                rng.random() for _ in range(6)
+            )
             may_fault = self._faulted[key] < plan.max_faults_per_request
             error = None
             if may_fault and draw_error < plan.error_rate:
@@ -341,15 +362,20 @@ class FaultProxy:
                 self._faulted[key] += 1
             else:
                 self._faulted[key] = 0
-        return _Fault(error=error, cut_fraction=0.05 + 0.9 * cut_fraction if cut else None, rst=draw_rst < 0.5,
-                      delay=draw_delay * plan.latency_s)
+        return _Fault(
+            error=error,
+            cut_fraction=0.05 + 0.9 * cut_fraction if cut else None,
+            rst=draw_rst < 0.5,
+            delay=draw_delay * plan.latency_s,
+        )
 
     def start(self) -> FaultProxy:
         if self._server is not None:
             return self
         self._server = _Server(self)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="fault-proxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="fault-proxy", daemon=True
+        )
         self._thread.start()
         return self
 

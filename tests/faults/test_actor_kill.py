@@ -24,7 +24,9 @@ from tests.media import write_davis
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
-def _kill_map_actor_once_committed(job: Popen, stage: str, out: Storage, commits: str, timeout: float = 300) -> str:
+def _kill_map_actor_once_committed(
+    job: Popen, stage: str, out: Storage, commits: str, timeout: float = 300
+) -> str:
     """Wait until the job has committed something under ``out/commits`` and a live actor of ``stage`` exists (a
     plain actor of that class, or a Ray Data map actor of that UDF class), SIGKILL its process and return its id."""
     # The GCS actor table: ray.util.state.list_actors needs the dashboard, which the session cluster runs without.
@@ -32,11 +34,17 @@ def _kill_map_actor_once_committed(job: Popen, stage: str, out: Storage, commits
 
     deadline = time.time() + timeout
     while time.time() < deadline:
-        assert job.poll() is None, f"the job ended before an actor could be killed:\n{job.communicate()[0][-3000:]}"
+        assert job.poll() is None, (
+            f"the job ended before an actor could be killed:\n{job.communicate()[0][-3000:]}"
+        )
         if out.isdir(commits) and out.list(commits):
-            actors = [a for a in actor_table().values()
-                      if a["State"] == "ALIVE" and a["Pid"]
-                      and (a["ActorClassName"] == stage or f"({stage})" in a["ActorClassName"])]
+            actors = [
+                a
+                for a in actor_table().values()
+                if a["State"] == "ALIVE"
+                and a["Pid"]
+                and (a["ActorClassName"] == stage or f"({stage})" in a["ActorClassName"])
+            ]
             if actors:
                 os.kill(actors[0]["Pid"], signal.SIGKILL)
                 return actors[0]["ActorID"]
@@ -55,9 +63,24 @@ def test_flow_job_with_a_killed_actor_writes_every_video_exactly_once(s3_bucket,
     write_davis(tmp_path / "c", videos, size=(48, 64))
     out = f"{s3_bucket}/out"
     # One video per group and one actor: the groups pass through the actor one after the other.
-    job = start_driver(ray_cluster, {}, ["--input", str(tmp_path / "c"), "--output", out, "--clip-length", "4",
-                                         "--shard-size-mb", "0.01", "--concurrency", "1",
-                                         "--set", "shards.group_videos=1"])
+    job = start_driver(
+        ray_cluster,
+        {},
+        [
+            "--input",
+            str(tmp_path / "c"),
+            "--output",
+            out,
+            "--clip-length",
+            "4",
+            "--shard-size-mb",
+            "0.01",
+            "--concurrency",
+            "1",
+            "--set",
+            "shards.group_videos=1",
+        ],
+    )
     st = open_storage(out)
     killed = _kill_map_actor_once_committed(job, "GroupStage", st, "index")
     finish_driver(job)
@@ -66,11 +89,15 @@ def test_flow_job_with_a_killed_actor_writes_every_video_exactly_once(s3_bucket,
     summary = st.read_json("summary.json")
     assert summary["counts"]["video"] == {"done": 6, "skipped": 0, "rejected": 0}
     index = read_index(out)
-    clips = Counter(zip(index.column("video_id").to_pylist(), index.column("clip_index").to_pylist(), strict=True))
+    clips = Counter(
+        zip(index.column("video_id").to_pylist(), index.column("clip_index").to_pylist(), strict=True)
+    )
     assert clips == Counter({(v, c): 1 for v in videos for c in range(2)})  # 6 videos x 2 clips, each once
     keys = index.column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 12
-    shards = dict(zip(index.column("shard").to_pylist(), index.column("shard_sha256").to_pylist(), strict=True))
+    shards = dict(
+        zip(index.column("shard").to_pylist(), index.column("shard_sha256").to_pylist(), strict=True)
+    )
     for shard, checksum in shards.items():
         verify_shard(st.join(shard), checksum)
     # No orphan: the shard folder holds exactly the index's shards.
@@ -78,16 +105,38 @@ def test_flow_job_with_a_killed_actor_writes_every_video_exactly_once(s3_bucket,
     assert not st.exists("_lease.json")
 
 
-def test_segment_with_a_killed_actor_completes_every_video_once(s3_bucket, tmp_path, ray_cluster, tiny_checkpoint):
+def test_segment_with_a_killed_actor_completes_every_video_once(
+    s3_bucket, tmp_path, ray_cluster, tiny_checkpoint
+):
     videos = {f"v{i}": 5 for i in range(6)}
     write_davis(tmp_path / "c", videos, size=(48, 80))
     out = f"{s3_bucket}/seg"
     # One actor, one video per batch: the batches pass through the actor one after the other.
-    job = start_driver(ray_cluster, {}, ["--input", str(tmp_path / "c"), "--output", out,
-                                         "--checkpoint", tiny_checkpoint, "--input-size", "64", "--num-actors", "1",
-                                         "--set", "runtime.videos_in_flight=1", "--set", "runtime.videos_per_batch=1",
-                                         "--set", "flow.preset=ultrafast", "--precision", "fp32"],
-                       job="jobs.segment")
+    job = start_driver(
+        ray_cluster,
+        {},
+        [
+            "--input",
+            str(tmp_path / "c"),
+            "--output",
+            out,
+            "--checkpoint",
+            tiny_checkpoint,
+            "--input-size",
+            "64",
+            "--num-actors",
+            "1",
+            "--set",
+            "runtime.videos_in_flight=1",
+            "--set",
+            "runtime.videos_per_batch=1",
+            "--set",
+            "flow.preset=ultrafast",
+            "--precision",
+            "fp32",
+        ],
+        job="jobs.segment",
+    )
     st = open_storage(out)
     killed = _kill_map_actor_once_committed(job, "SegmentActor", st, "done")
     finish_driver(job)

@@ -50,8 +50,9 @@ def _assert_disk_full_reasons(rejected: list[dict], disk) -> None:
     assert not [n for n in os.listdir(disk) if n.startswith("hmhi-")]
 
 
-def test_flow_job_on_a_full_temporary_disk_names_it_and_a_rerun_completes(s3_bucket, tmp_path, ray_cluster,
-                                                                           tiny_disk):
+def test_flow_job_on_a_full_temporary_disk_names_it_and_a_rerun_completes(
+    s3_bucket, tmp_path, ray_cluster, tiny_disk
+):
     from pipeline.shards import read_index
 
     corpus, out = f"{s3_bucket}/videos", f"{s3_bucket}/out"
@@ -78,13 +79,28 @@ def test_flow_job_on_a_full_temporary_disk_names_it_and_a_rerun_completes(s3_buc
     assert set(read_index(out).column("video_id").to_pylist()) == {"a", "b"}
 
 
-def test_segment_on_a_full_temporary_disk_names_it_and_a_rerun_completes(s3_bucket, tmp_path, ray_cluster,
-                                                                          tiny_disk, tiny_checkpoint):
+def test_segment_on_a_full_temporary_disk_names_it_and_a_rerun_completes(
+    s3_bucket, tmp_path, ray_cluster, tiny_disk, tiny_checkpoint
+):
     corpus = f"{s3_bucket}/videos"
     _mp4_corpus(tmp_path, corpus)
     out = f"{s3_bucket}/seg"
-    args = ["--input", corpus, "--output", out, "--checkpoint", tiny_checkpoint, "--input-size", "64",
-            "--num-actors", "1", "--set", "flow.preset=ultrafast", "--precision", "fp32"]
+    args = [
+        "--input",
+        corpus,
+        "--output",
+        out,
+        "--checkpoint",
+        tiny_checkpoint,
+        "--input-size",
+        "64",
+        "--num-actors",
+        "1",
+        "--set",
+        "flow.preset=ultrafast",
+        "--precision",
+        "fp32",
+    ]
     tmp = {"TMPDIR": str(tiny_disk)}
 
     _almost_fill(tiny_disk)

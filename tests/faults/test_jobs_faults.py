@@ -25,14 +25,16 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 def _shards_and_index(url: str) -> tuple[dict[str, bytes], list[dict]]:
     st = open_storage(url)
     index = read_index(url)
-    for shard, checksum in set(zip(index.column("shard").to_pylist(), index.column("shard_sha256").to_pylist(),
-                                   strict=True)):
+    for shard, checksum in set(
+        zip(index.column("shard").to_pylist(), index.column("shard_sha256").to_pylist(), strict=True)
+    ):
         verify_shard(st.join(shard), checksum)
     return {n: st.read_bytes(f"shards/{n}") for n in st.list("shards")}, index.to_pylist()
 
 
-def test_flow_job_under_faults_equals_a_clean_run_and_refuses_a_second_run(s3_bucket, tmp_path, ray_cluster,
-                                                                           fault_proxy):
+def test_flow_job_under_faults_equals_a_clean_run_and_refuses_a_second_run(
+    s3_bucket, tmp_path, ray_cluster, fault_proxy
+):
     write_davis(tmp_path / "c", {f"v{i}": 6 for i in range(3)}, size=(48, 64))
     corpus = f"{s3_bucket}/corpus"
     upload_tree(tmp_path / "c", corpus)
@@ -41,8 +43,12 @@ def test_flow_job_under_faults_equals_a_clean_run_and_refuses_a_second_run(s3_bu
     # The first run, under the issue's faults (10% 503/500, 1% cut bodies) plus some latency.
     fault_proxy.set_plan(ISSUE_PLAN, latency_s=0.02)
     faulty_out = f"{s3_bucket}/faulty"
-    first = start_driver(ray_cluster, {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url},
-                    ["--input", corpus, "--output", faulty_out, *args], AWS_ENDPOINT_URL=fault_proxy.endpoint_url)
+    first = start_driver(
+        ray_cluster,
+        {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url},
+        ["--input", corpus, "--output", faulty_out, *args],
+        AWS_ENDPOINT_URL=fault_proxy.endpoint_url,
+    )
     try:
         # A second run on the same output, started while the first holds its lease, is refused by name.
         st = open_storage(faulty_out)
@@ -57,7 +63,9 @@ def test_flow_job_under_faults_equals_a_clean_run_and_refuses_a_second_run(s3_bu
         if first.poll() is None:
             first.kill()
     assert fault_proxy.faults > 0 and fault_proxy.counts["requests"] > 50, fault_proxy.counts
-    assert fault_proxy.seen("GET", ".jpg") >= 18  # the Ray Data stages' frame reads went through the faults too
+    assert (
+        fault_proxy.seen("GET", ".jpg") >= 18
+    )  # the Ray Data stages' frame reads went through the faults too
     assert "RETRIES {" in log_text and "'s3_request'" in log_text  # the driver retried some of its requests
     assert not st.exists(LEASE_NAME)  # released at the end
     summary = st.read_json("summary.json")
@@ -74,9 +82,9 @@ def test_flow_job_under_faults_equals_a_clean_run_and_refuses_a_second_run(s3_bu
     assert len(faulty_index) == 6  # 3 videos x 2 clips, each exactly once
 
 
-
-def test_segment_under_faults_writes_the_same_masks_as_a_clean_run(s3_bucket, tmp_path, ray_cluster, fault_proxy,
-                                                                   tiny_checkpoint):
+def test_segment_under_faults_writes_the_same_masks_as_a_clean_run(
+    s3_bucket, tmp_path, ray_cluster, fault_proxy, tiny_checkpoint
+):
     from jobs.segment import main as segment_main
 
     write_davis(tmp_path / "c", {"bear": 6, "cows": 5}, size=(48, 80))
@@ -86,13 +94,33 @@ def test_segment_under_faults_writes_the_same_masks_as_a_clean_run(s3_bucket, tm
     def args(out: str) -> list[str]:
         # fp32: this random-init model's probabilities sit within 1e-5 of 0.5, where bf16 rounding decides a mask
         # pixel; the test is about storage faults, so the arithmetic must be exactly repeatable.
-        return ["--input", corpus, "--output", out, "--checkpoint", tiny_checkpoint, "--input-size", "64",
-                "--num-actors", "1", "--set", "runtime.videos_in_flight=2", "--set", "flow.preset=ultrafast",
-                "--precision", "fp32"]
+        return [
+            "--input",
+            corpus,
+            "--output",
+            out,
+            "--checkpoint",
+            tiny_checkpoint,
+            "--input-size",
+            "64",
+            "--num-actors",
+            "1",
+            "--set",
+            "runtime.videos_in_flight=2",
+            "--set",
+            "flow.preset=ultrafast",
+            "--precision",
+            "fp32",
+        ]
 
     fault_proxy.set_plan(ISSUE_PLAN)
-    faulty = start_driver(ray_cluster, {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url}, args(f"{s3_bucket}/faulty"),
-                     job="jobs.segment", AWS_ENDPOINT_URL=fault_proxy.endpoint_url)
+    faulty = start_driver(
+        ray_cluster,
+        {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url},
+        args(f"{s3_bucket}/faulty"),
+        job="jobs.segment",
+        AWS_ENDPOINT_URL=fault_proxy.endpoint_url,
+    )
     finish_driver(faulty)
     assert fault_proxy.faults > 0 and fault_proxy.seen("GET", ".jpg") >= 11, fault_proxy.counts
     clean = segment_main(args(f"{s3_bucket}/clean"))

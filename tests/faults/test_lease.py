@@ -18,8 +18,20 @@ from tests.faults.proxy import FaultPlan
 
 def _foreign_lease(st, *, host: str, pid: int, ttl_s: float, run_id: str = "deadbeef0000") -> None:
     now = time.time()
-    st.write_json(LEASE_NAME, {"job": "precompute_flow", "run_id": run_id, "host": host, "pid": pid, "pid_start": "",
-                               "started": now, "renewed": now, "ttl_s": ttl_s, "output": st.url})
+    st.write_json(
+        LEASE_NAME,
+        {
+            "job": "precompute_flow",
+            "run_id": run_id,
+            "host": host,
+            "pid": pid,
+            "pid_start": "",
+            "started": now,
+            "renewed": now,
+            "ttl_s": ttl_s,
+            "output": st.url,
+        },
+    )
 
 
 def test_second_run_is_refused_with_the_holder_named(storage_url):
@@ -28,8 +40,9 @@ def test_second_run_is_refused_with_the_holder_named(storage_url):
         holder = st.read_json(LEASE_NAME)
         assert holder["run_id"] == first.info.run_id and holder["pid"] == os.getpid()
         assert holder["host"] == socket.gethostname() and holder["job"] == "precompute_flow"
-        with pytest.raises(LeaseHeldError, match=f"run {first.info.run_id} on host {socket.gethostname()} "
-                                                 f"pid {os.getpid()}") as info:
+        with pytest.raises(
+            LeaseHeldError, match=f"run {first.info.run_id} on host {socket.gethostname()} pid {os.getpid()}"
+        ) as info:
             OutputLease(st, job="segment").acquire()
         assert st.url in str(info.value)
         assert st.read_json(LEASE_NAME) == holder  # the refused run changed nothing
@@ -76,7 +89,9 @@ def test_renewal_keeps_the_lease_and_a_taken_over_holder_notices(s3_bucket):
 
 def test_store_without_conditional_writes_falls_back_to_write_then_verify(s3_server, fault_proxy):
     fault_proxy.set_plan(FaultPlan(ignore_conditional_writes=True))
-    st = open_storage(f"s3://{s3_server.create_bucket('nocond')}/out", S3Options(endpoint_url=fault_proxy.endpoint_url))
+    st = open_storage(
+        f"s3://{s3_server.create_bucket('nocond')}/out", S3Options(endpoint_url=fault_proxy.endpoint_url)
+    )
     with OutputLease(st, job="segment") as first:
         assert first._conditional is False
         with pytest.raises(LeaseHeldError, match=first.info.run_id):
@@ -121,7 +136,9 @@ def test_lease_file_is_plain_json_naming_the_run(tmp_path):
     st = open_storage(str(tmp_path / "o"))
     with OutputLease(st, job="segment", ttl_s=30) as lease:
         data = json.loads((tmp_path / "o" / LEASE_NAME).read_text())
-        assert {"job", "run_id", "host", "pid", "pid_start", "started", "renewed", "ttl_s", "output"} <= set(data)
+        assert {"job", "run_id", "host", "pid", "pid_start", "started", "renewed", "ttl_s", "output"} <= set(
+            data
+        )
         assert data["ttl_s"] == 30 and data["output"] == st.url and lease.acquired_at > 0
 
 
@@ -151,7 +168,9 @@ def test_decorated_run_holds_the_lease_and_check_lease_sees_a_takeover(tmp_path)
 
 
 def test_lease_reads_survive_cut_bodies_and_errors(s3_server, fault_proxy):
-    st = open_storage(f"s3://{s3_server.create_bucket('cut')}/out", S3Options(endpoint_url=fault_proxy.endpoint_url))
+    st = open_storage(
+        f"s3://{s3_server.create_bucket('cut')}/out", S3Options(endpoint_url=fault_proxy.endpoint_url)
+    )
     fault_proxy.set_plan(FaultPlan(seed=5, error_rate=0.3, cut_rate=1.0, max_faults_per_request=2))
     with OutputLease(st, job="segment") as first:
         with pytest.raises(LeaseHeldError, match=first.info.run_id):

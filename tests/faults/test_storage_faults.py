@@ -84,14 +84,14 @@ def _exercise(st, tmp_path, tag: str) -> dict:
     table = pa.table({"v": list(range(100))})
     st.write_parquet("t.parquet", table)
     src = tmp_path / f"src-{tag}.bin"
-    src.write_bytes(data[:3 << 20])
+    src.write_bytes(data[: 3 << 20])
     st.upload_file(str(src), "a/up.bin")
     out["read_bytes"] = st.read_bytes("a/big.bin") == data
     out["text"] = st.read_text("a/t.txt")
     out["json"] = st.read_json("meta.json")
     out["parquet"] = st.read_parquet("t.parquet").equals(table)
     with st.open_stream("a/big.bin", start=12345, stop=(5 << 20) + 77) as f:
-        out["stream_range"] = f.read() == data[12345:(5 << 20) + 77]
+        out["stream_range"] = f.read() == data[12345 : (5 << 20) + 77]
     with st.open_stream("a/big.bin") as f:
         pieces = []
         while piece := f.read(70_001):
@@ -99,10 +99,10 @@ def _exercise(st, tmp_path, tag: str) -> dict:
         out["stream_pieces"] = b"".join(pieces) == data
     with st.open_read("a/big.bin") as f:
         f.seek(4 << 20)
-        out["open_read"] = f.read(1000) == data[4 << 20:(4 << 20) + 1000]
+        out["open_read"] = f.read(1000) == data[4 << 20 : (4 << 20) + 1000]
     dst = tmp_path / f"dl-{tag}" / "x.bin"
     st.download_file("a/up.bin", str(dst))
-    out["download"] = dst.read_bytes() == data[:3 << 20]
+    out["download"] = dst.read_bytes() == data[: 3 << 20]
     out["list"] = st.list(recursive=True)
     out["list_a"] = st.list("a")
     out["exists"] = (st.exists("a/t.txt"), st.exists("nope"))
@@ -128,8 +128,9 @@ def test_every_storage_method_survives_503_500_and_cut_bodies(s3_server, fault_p
     for plan in (ISSUE_PLAN, FaultPlan(seed=11, error_rate=0.2, cut_rate=0.2)):  # seed 11 cuts streamed GETs
         fault_proxy.set_plan(plan)
         before = retry_counts()
-        st = open_storage(f"s3://{s3_server.create_bucket('faulty')}/root",
-                          S3Options(endpoint_url=fault_proxy.endpoint_url))
+        st = open_storage(
+            f"s3://{s3_server.create_bucket('faulty')}/root", S3Options(endpoint_url=fault_proxy.endpoint_url)
+        )
         assert _exercise(st, tmp_path, f"faulty{plan.seed}") == clean
         after = retry_counts()
         retried = {k: after.get(k, 0) - before.get(k, 0) for k in after}
@@ -174,11 +175,22 @@ def test_permanent_errors_fail_at_once_with_the_url(s3_server, fault_proxy):
     bucket = s3_server.create_bucket("perm")
     opts = S3Options(endpoint_url=fault_proxy.endpoint_url)
     cases = [
-        (lambda: open_storage("s3://no-such-bucket-hmhi-faults/p", opts).read_bytes("a.bin"),
-         "s3://no-such-bucket-hmhi-faults/p/a.bin"),
-        (lambda: open_storage("s3://no-such-bucket-hmhi-faults/p", opts).list(), "s3://no-such-bucket-hmhi-faults/p"),
-        (lambda: open_storage(f"s3://{bucket}/p", opts).read_bytes("missing.bin"), f"s3://{bucket}/p/missing.bin"),
-        (lambda: open_storage(f"s3://{bucket}/p", opts).open_stream("missing.bin"), f"s3://{bucket}/p/missing.bin"),
+        (
+            lambda: open_storage("s3://no-such-bucket-hmhi-faults/p", opts).read_bytes("a.bin"),
+            "s3://no-such-bucket-hmhi-faults/p/a.bin",
+        ),
+        (
+            lambda: open_storage("s3://no-such-bucket-hmhi-faults/p", opts).list(),
+            "s3://no-such-bucket-hmhi-faults/p",
+        ),
+        (
+            lambda: open_storage(f"s3://{bucket}/p", opts).read_bytes("missing.bin"),
+            f"s3://{bucket}/p/missing.bin",
+        ),
+        (
+            lambda: open_storage(f"s3://{bucket}/p", opts).open_stream("missing.bin"),
+            f"s3://{bucket}/p/missing.bin",
+        ),
     ]
     for call, url in cases:
         fault_proxy.set_plan(FaultPlan())
@@ -209,9 +221,14 @@ def test_no_key_material_is_pickled(s3_server, monkeypatch):
     blob = pickle.dumps(st)
     assert b"EXPLICITSECRET000000" not in blob and b"AKIAEXPLICIT00000000" not in blob
     assert pickle.loads(blob).read_bytes("x") == b"1"  # the receiver uses its own chain
-    shared = open_storage(f"s3://{bucket}/p", S3Options(access_key_id="AKIAEXPLICIT00000000",
-                                                        secret_access_key="EXPLICITSECRET000000",
-                                                        share_credentials=True))
+    shared = open_storage(
+        f"s3://{bucket}/p",
+        S3Options(
+            access_key_id="AKIAEXPLICIT00000000",
+            secret_access_key="EXPLICITSECRET000000",
+            share_credentials=True,
+        ),
+    )
     assert b"EXPLICITSECRET000000" in pickle.dumps(shared)  # only when asked for
     assert "EXPLICITSECRET000000" not in repr(shared.s3)
 
@@ -236,8 +253,11 @@ def test_full_local_disk_is_a_clear_error_and_a_rerun_completes(s3_bucket, tiny_
     local.write_bytes("keep.bin", b"old")
     _fill(tiny_disk)
     # A download into a full temporary directory names the URL, the disk and the way out; nothing is left behind.
-    with pytest.raises(LocalDiskFullError, match=f"download {s3_bucket}/videos/clip0.mp4 to {tiny_disk}/x.mp4: no "
-                                                 f"space left on the local disk holding {tiny_disk} .*TMPDIR"):
+    with pytest.raises(
+        LocalDiskFullError,
+        match=f"download {s3_bucket}/videos/clip0.mp4 to {tiny_disk}/x.mp4: no "
+        f"space left on the local disk holding {tiny_disk} .*TMPDIR",
+    ):
         src.download_file("clip0.mp4", str(tiny_disk / "x.mp4"))
     # A local atomic write too; the previous version stays intact.
     with pytest.raises(LocalDiskFullError, match=f"write {tiny_disk}/out/keep.bin: no space left"):

@@ -31,12 +31,16 @@ def _refuses_a_second_run(first, output: str, second, timeout: float = 300) -> N
     while not st.exists(LEASE_NAME) and first.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert first.poll() is None, first.communicate()[0][-3000:]
-    with pytest.raises(LeaseHeldError, match=f"{output} is being written by another run .* pid {first.pid}, started"):
+    with pytest.raises(
+        LeaseHeldError, match=f"{output} is being written by another run .* pid {first.pid}, started"
+    ):
         second()
 
 
 @pytest.mark.slow  # shards, then two 4-step DDP runs (faulty and clean): several minutes on 2 loaded cores
-def test_train_under_faults_reaches_the_same_step_as_a_clean_run_and_refuses_a_second_run(s3_bucket, tmp_path, ray_cluster, fault_proxy):
+def test_train_under_faults_reaches_the_same_step_as_a_clean_run_and_refuses_a_second_run(
+    s3_bucket, tmp_path, ray_cluster, fault_proxy
+):
     from jobs.precompute_flow import main as precompute_main
     from jobs.train import main as train_main
     from model import create_model, load_checkpoint
@@ -46,21 +50,57 @@ def test_train_under_faults_reaches_the_same_step_as_a_clean_run_and_refuses_a_s
 
     # Shards written fault-free; the faults are the training job's.
     corpus = str(tmp_path / "corpus")
-    synth_main(["--out", corpus, "--videos", "4", "--frames", "10", "--size", "64x64", "--set", "val_fraction=0.25"])
+    synth_main(
+        ["--out", corpus, "--videos", "4", "--frames", "10", "--size", "64x64", "--set", "val_fraction=0.25"]
+    )
     shards = f"{s3_bucket}/shards"
-    precompute_main(["--input", corpus, "--output", shards, "--clip-length", "5", "--shard-size-mb", "0.3",
-                     "--val-fraction", "0.25"])
+    precompute_main(
+        [
+            "--input",
+            corpus,
+            "--output",
+            shards,
+            "--clip-length",
+            "5",
+            "--shard-size-mb",
+            "0.3",
+            "--val-fraction",
+            "0.25",
+        ]
+    )
 
     def args(storage: str) -> list[str]:
-        return ["--config", CONFIG, "--data", shards, "--storage", storage, "--run-name", "tiny",
-                "--set", "model.input_size=64", "--max-steps", "4", "--set", "checkpoint.every_steps=2",
-                "--set", "validation.every_steps=4"]
+        return [
+            "--config",
+            CONFIG,
+            "--data",
+            shards,
+            "--storage",
+            storage,
+            "--run-name",
+            "tiny",
+            "--set",
+            "model.input_size=64",
+            "--max-steps",
+            "4",
+            "--set",
+            "checkpoint.every_steps=2",
+            "--set",
+            "validation.every_steps=4",
+        ]
 
     fault_proxy.set_plan(ISSUE_PLAN)
-    faulty = start_driver(ray_cluster, {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url},
-                          args(f"{s3_bucket}/faulty"), job="jobs.train", AWS_ENDPOINT_URL=fault_proxy.endpoint_url)
+    faulty = start_driver(
+        ray_cluster,
+        {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url},
+        args(f"{s3_bucket}/faulty"),
+        job="jobs.train",
+        AWS_ENDPOINT_URL=fault_proxy.endpoint_url,
+    )
     try:  # a second run of the same run folder, while the first trains, is refused by name; the first goes on
-        _refuses_a_second_run(faulty, f"{s3_bucket}/faulty/tiny", lambda: train_main(args(f"{s3_bucket}/faulty")))
+        _refuses_a_second_run(
+            faulty, f"{s3_bucket}/faulty/tiny", lambda: train_main(args(f"{s3_bucket}/faulty"))
+        )
     finally:
         log_text = finish_driver(faulty)
     assert fault_proxy.faults > 0, fault_proxy.counts
@@ -79,11 +119,17 @@ def test_train_under_faults_reaches_the_same_step_as_a_clean_run_and_refuses_a_s
     # Every step logged exactly once, as in the clean run, with validation at the last step.
     clean_run = open_storage(f"{s3_bucket}/clean").child("tiny")
     rows = read_metrics_csv(run)
-    assert [int(r["step"]) for r in rows] == [int(r["step"]) for r in read_metrics_csv(clean_run)] == [1, 2, 3, 4]
+    assert (
+        [int(r["step"]) for r in rows]
+        == [int(r["step"]) for r in read_metrics_csv(clean_run)]
+        == [1, 2, 3, 4]
+    )
     assert rows[-1]["val_JF_mean"] != ""
     # The checkpoints are readable: the training state, and the model's own loader (weights_only) takes it.
-    assert sorted(n for n in run.list() if n.startswith("checkpoint_0")) == ["checkpoint_00000002",
-                                                                            "checkpoint_00000004"]
+    assert sorted(n for n in run.list() if n.startswith("checkpoint_0")) == [
+        "checkpoint_00000002",
+        "checkpoint_00000004",
+    ]
     path = tmp_path / "ckpt.pt"
     path.write_bytes(run.read_bytes(f"checkpoint_00000004/{CHECKPOINT_FILE}"))
     net = create_model("hmhi_mit_b0", memory_size=5, decoder_width=64)
@@ -93,7 +139,9 @@ def test_train_under_faults_reaches_the_same_step_as_a_clean_run_and_refuses_a_s
     assert not run.exists(LEASE_NAME)
 
 
-def test_evaluate_under_faults_scores_as_a_clean_run_and_refuses_a_second_run(s3_bucket, ray_cluster, fault_proxy):
+def test_evaluate_under_faults_scores_as_a_clean_run_and_refuses_a_second_run(
+    s3_bucket, ray_cluster, fault_proxy
+):
     from jobs.evaluate import main as evaluate_main
     from tests.jobs.test_evaluate import make_corpus
 
@@ -104,8 +152,13 @@ def test_evaluate_under_faults_scores_as_a_clean_run_and_refuses_a_second_run(s3
         return ["--pred", root.join("pred"), "--gt", root.join("DAVIS"), "--output", root.join(out)]
 
     fault_proxy.set_plan(ISSUE_PLAN)
-    first = start_driver(ray_cluster, {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url}, args("faulty"),
-                         job="jobs.evaluate", AWS_ENDPOINT_URL=fault_proxy.endpoint_url)
+    first = start_driver(
+        ray_cluster,
+        {"AWS_ENDPOINT_URL": fault_proxy.endpoint_url},
+        args("faulty"),
+        job="jobs.evaluate",
+        AWS_ENDPOINT_URL=fault_proxy.endpoint_url,
+    )
     try:  # a second evaluation into the same output, while the first runs, is refused by name; the first goes on
         _refuses_a_second_run(first, root.join("faulty"), lambda: evaluate_main(args("faulty")))
     finally:
@@ -116,6 +169,7 @@ def test_evaluate_under_faults_scores_as_a_clean_run_and_refuses_a_second_run(s3
 
     faulty_out, clean_out = root.child("faulty"), root.child("clean")
     faulty = faulty_out.read_json("summary.json")
+
     def scores(figures: dict) -> dict:  # without the report's URL and the driver's retry counts
         return {k: v for k, v in figures.items() if k != "report" and not k.startswith("storage_retries_")}
 

@@ -44,12 +44,15 @@ def test_passes_rays_own_validation(raw):
     assert prepared["head_setup_commands"][: len(raw["setup_commands"])] == raw["setup_commands"]
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda c: c["available_node_types"]["gpu_worker"].update(min_wokers=1), "min_wokers"),
-    (lambda c: c.update(head_node_type="missing"), "head_node_type"),
-    (lambda c: c["available_node_types"]["gpu_worker"].update(min_workers=100), "max_workers"),
-    (lambda c: c.update(idle_timeout_minutes="ten"), "ten"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c["available_node_types"]["gpu_worker"].update(min_wokers=1), "min_wokers"),
+        (lambda c: c.update(head_node_type="missing"), "head_node_type"),
+        (lambda c: c["available_node_types"]["gpu_worker"].update(min_workers=100), "max_workers"),
+        (lambda c: c.update(idle_timeout_minutes="ten"), "ten"),
+    ],
+)
 def test_rays_validation_rejects_broken_variants(raw, mutate, message):
     """The validation is real: typical mistakes in this file would be caught."""
     broken = copy.deepcopy(raw)
@@ -63,14 +66,19 @@ def test_cpu_head_gpu_workers_and_instance_profiles(raw):
     head = types[raw["head_node_type"]]
     assert head["resources"] == {"CPU": 0}, "the head schedules no tasks"
     assert re.match(r"^(m|c|r)\d", head["node_config"]["InstanceType"]), "the head is a CPU instance"
-    gpu = [t for name, t in types.items() if name != raw["head_node_type"]
-           and re.match(r"^(g|p)\d", t["node_config"]["InstanceType"])]
+    gpu = [
+        t
+        for name, t in types.items()
+        if name != raw["head_node_type"] and re.match(r"^(g|p)\d", t["node_config"]["InstanceType"])
+    ]
     assert gpu and all(t["max_workers"] > t.get("min_workers", 0) for t in gpu)
     for name, t in types.items():
         arn = t["node_config"]["IamInstanceProfile"]["Arn"]
         assert re.fullmatch(r"arn:aws:iam::\d{12}:instance-profile/[\w+=,.@-]+", arn), f"{name}: {arn}"
     text = CONFIG_PATH.read_text()
-    assert not re.search(r"AWS_(SECRET_ACCESS_KEY|ACCESS_KEY_ID|SESSION_TOKEN)\s*[:=]", text), "no keys: IAM only"
+    assert not re.search(r"AWS_(SECRET_ACCESS_KEY|ACCESS_KEY_ID|SESSION_TOKEN)\s*[:=]", text), (
+        "no keys: IAM only"
+    )
 
 
 def test_setup_commands_install_python_the_dependencies_and_the_project(raw):
@@ -114,19 +122,30 @@ def test_ray_aws_bootstrap_and_node_launch_against_moto(raw, bootstrapped, tmp_p
         assert {s["AvailabilityZone"] for s in subnets} <= set(zones), f"{name}: subnets outside {zones}"
         # The instance profiles are the operator's (REPLACE in the file); moto needs them to exist to attach them.
         profile = node_config["IamInstanceProfile"]["Arn"].rsplit("/", 1)[1]
-        if profile not in {p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]}:
+        if profile not in {
+            p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]
+        }:
             iam.create_instance_profile(InstanceProfileName=profile)
 
     provider = AWSNodeProvider(bootstrapped["provider"], bootstrapped["cluster_name"])
     launched = {}
     for name in (raw["head_node_type"], "gpu_worker"):
         node_config = copy.deepcopy(bootstrapped["available_node_types"][name]["node_config"])
-        created = provider.create_node(node_config, {"ray-node-type": "head" if name == raw["head_node_type"]
-                                                     else "worker", "ray-user-node-type": name}, 1)
+        created = provider.create_node(
+            node_config,
+            {
+                "ray-node-type": "head" if name == raw["head_node_type"] else "worker",
+                "ray-user-node-type": name,
+            },
+            1,
+        )
         (instance_id,) = created
         launched[name] = instance_id
-    described = {i["InstanceId"]: i for r in ec2.describe_instances(InstanceIds=list(launched.values()))["Reservations"]
-                 for i in r["Instances"]}
+    described = {
+        i["InstanceId"]: i
+        for r in ec2.describe_instances(InstanceIds=list(launched.values()))["Reservations"]
+        for i in r["Instances"]
+    }
     for name, instance_id in launched.items():
         instance = described[instance_id]
         node_config = raw["available_node_types"][name]["node_config"]

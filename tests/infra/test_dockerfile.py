@@ -86,10 +86,14 @@ def test_python_version_satisfies_requires_python():
 
 def test_dependencies_come_from_pyproject_not_a_second_list():
     runs = " ".join(args_of("RUN"))
-    assert re.search(r"pip install[^&]*-r /src/pyproject\.toml", runs), "dependencies must be installed from pyproject"
+    assert re.search(r"pip install[^&]*-r /src/pyproject\.toml", runs), (
+        "dependencies must be installed from pyproject"
+    )
     assert re.search(r"pip install[^&]*--no-deps /src\b", runs), "the project itself must be installed"
     # No hand-written package list that could drift from pyproject (any 'pip install <name>==...' or '<name>>=').
-    assert not re.search(r"pip install[^&]*\b[a-z][\w-]*(==|>=)", runs), "packages pinned outside pyproject.toml"
+    assert not re.search(r"pip install[^&]*\b[a-z][\w-]*(==|>=)", runs), (
+        "packages pinned outside pyproject.toml"
+    )
     copies = args_of("COPY")
     assert any(c.split()[-2:] == ["pyproject.toml", "/src/pyproject.toml"] for c in copies)
 
@@ -101,8 +105,9 @@ def test_runs_as_a_numeric_non_root_user():
     uid, _, gid = users[-1].partition(":")
     assert uid.isdigit() and int(uid) != 0, "USER must be numeric (runAsNonRoot checks it) and not root"
     assert not gid or (gid.isdigit() and int(gid) != 0)
-    assert [k for k, _ in final].index("USER") > max(i for i, (k, _) in enumerate(final) if k in ("RUN", "COPY")), \
-        "USER must come after the last RUN/COPY of the runtime stage"
+    assert [k for k, _ in final].index("USER") > max(
+        i for i, (k, _) in enumerate(final) if k in ("RUN", "COPY")
+    ), "USER must come after the last RUN/COPY of the runtime stage"
 
 
 def test_no_secrets_in_args_env_or_context():
@@ -135,7 +140,9 @@ def test_what_kuberay_needs_is_installed():
     runtime_runs = " ".join(a for k, a in stages()[-1] if k == "RUN")
     assert re.search(r"apt-get install[^&]*\bwget\b", runtime_runs), "KubeRay's health probes call wget"
     env = " ".join(a for k, a in stages()[-1] if k == "ENV")
-    assert "PATH=/opt/venv/bin:" in env, "`ray` and `python` of the venv must be on PATH for `ray start` and jobs"
+    assert "PATH=/opt/venv/bin:" in env, (
+        "`ray` and `python` of the venv must be on PATH for `ray start` and jobs"
+    )
 
 
 @pytest.mark.parametrize("doc", ["README.md"])

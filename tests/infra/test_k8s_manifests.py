@@ -22,22 +22,90 @@ JOB_SCRIPTS = {"precompute_flow.py", "train.py", "segment.py", "evaluate.py"}
 
 # -- minimal schema (KubeRay ray.io/v1) ------------------------------------------------------------------------------
 # Known keys per object, to catch typos that the API server would prune silently; required keys per object.
-RAYCLUSTER_SPEC_KEYS = {"suspend", "managedBy", "autoscalerOptions", "headServiceAnnotations", "enableInTreeAutoscaling",
-                        "gcsFaultToleranceOptions", "headGroupSpec", "rayVersion", "workerGroupSpecs", "authOptions"}
-HEAD_GROUP_KEYS = {"template", "headService", "enableIngress", "rayStartParams", "serviceType", "resources", "labels"}
+RAYCLUSTER_SPEC_KEYS = {
+    "suspend",
+    "managedBy",
+    "autoscalerOptions",
+    "headServiceAnnotations",
+    "enableInTreeAutoscaling",
+    "gcsFaultToleranceOptions",
+    "headGroupSpec",
+    "rayVersion",
+    "workerGroupSpecs",
+    "authOptions",
+}
+HEAD_GROUP_KEYS = {
+    "template",
+    "headService",
+    "enableIngress",
+    "rayStartParams",
+    "serviceType",
+    "resources",
+    "labels",
+}
 HEAD_GROUP_REQUIRED = {"template", "rayStartParams"}
-WORKER_GROUP_KEYS = {"suspend", "groupName", "replicas", "minReplicas", "maxReplicas", "idleTimeoutSeconds",
-                     "rayStartParams", "template", "scaleStrategy", "numOfHosts", "resources", "labels"}
+WORKER_GROUP_KEYS = {
+    "suspend",
+    "groupName",
+    "replicas",
+    "minReplicas",
+    "maxReplicas",
+    "idleTimeoutSeconds",
+    "rayStartParams",
+    "template",
+    "scaleStrategy",
+    "numOfHosts",
+    "resources",
+    "labels",
+}
 WORKER_GROUP_REQUIRED = {"groupName", "minReplicas", "maxReplicas", "rayStartParams", "template"}
-AUTOSCALER_KEYS = {"resources", "image", "imagePullPolicy", "securityContext", "idleTimeoutSeconds", "upscalingMode",
-                   "env", "envFrom", "volumeMounts", "version"}
-RAYJOB_SPEC_KEYS = {"activeDeadlineSeconds", "backoffLimit", "rayClusterSpec", "submitterPodTemplate", "metadata",
-                    "clusterSelector", "submitterConfig", "managedBy", "deletionPolicy", "entrypoint", "runtimeEnvYAML",
-                    "jobId", "submissionMode", "entrypointResources", "entrypointNumCpus", "entrypointNumGpus",
-                    "ttlSecondsAfterFinished", "shutdownAfterJobFinishes", "suspend"}
+AUTOSCALER_KEYS = {
+    "resources",
+    "image",
+    "imagePullPolicy",
+    "securityContext",
+    "idleTimeoutSeconds",
+    "upscalingMode",
+    "env",
+    "envFrom",
+    "volumeMounts",
+    "version",
+}
+RAYJOB_SPEC_KEYS = {
+    "activeDeadlineSeconds",
+    "backoffLimit",
+    "rayClusterSpec",
+    "submitterPodTemplate",
+    "metadata",
+    "clusterSelector",
+    "submitterConfig",
+    "managedBy",
+    "deletionPolicy",
+    "entrypoint",
+    "runtimeEnvYAML",
+    "jobId",
+    "submissionMode",
+    "entrypointResources",
+    "entrypointNumCpus",
+    "entrypointNumGpus",
+    "ttlSecondsAfterFinished",
+    "shutdownAfterJobFinishes",
+    "suspend",
+}
 SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode"}
-RUNTIME_ENV_KEYS = {"working_dir", "py_modules", "pip", "uv", "conda", "env_vars", "config", "excludes",
-                    "image_uri", "container", "py_executable"}
+RUNTIME_ENV_KEYS = {
+    "working_dir",
+    "py_modules",
+    "pip",
+    "uv",
+    "conda",
+    "env_vars",
+    "config",
+    "excludes",
+    "image_uri",
+    "container",
+    "py_executable",
+}
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_RAYCLUSTER_NAME, MAX_RAYJOB_NAME = 63, 47
 SECRET_NAME = re.compile(r"(SECRET|PASSWORD|TOKEN|ACCESS_KEY)", re.I)
@@ -80,8 +148,11 @@ def check_pod_template(template: dict, where: str) -> list[str]:
 def check_start_params(params, where: str) -> list[str]:
     if not isinstance(params, dict):
         return [f"{where}.rayStartParams: must be a map"]
-    return [f"{where}.rayStartParams[{k}]: values must be strings (map[string]string), got {type(v).__name__}"
-            for k, v in params.items() if not isinstance(v, str)]
+    return [
+        f"{where}.rayStartParams[{k}]: values must be strings (map[string]string), got {type(v).__name__}"
+        for k, v in params.items()
+        if not isinstance(v, str)
+    ]
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -105,15 +176,20 @@ def validate_raycluster_spec(spec: dict, where: str = "spec") -> list[str]:
         if not all(isinstance(v, int) and v >= 0 for v in (lo, hi, replicas)):
             errors.append(f"{w}: replicas/minReplicas/maxReplicas must be non-negative integers")
         elif not lo <= replicas <= hi:
-            errors.append(f"{w}: needs minReplicas <= replicas <= maxReplicas, got {lo} <= {replicas} <= {hi}")
+            errors.append(
+                f"{w}: needs minReplicas <= replicas <= maxReplicas, got {lo} <= {replicas} <= {hi}"
+            )
         if group.get("groupName") in names:
             errors.append(f"{w}: duplicate groupName {group.get('groupName')!r}")
         names.add(group.get("groupName"))
         # validation.go: resources either in rayStartParams or in the group's resources field, never both.
-        if group.get("resources") and any(group.get("rayStartParams", {}).get(k)
-                                          for k in ("num-cpus", "num-gpus", "memory", "resources")):
+        if group.get("resources") and any(
+            group.get("rayStartParams", {}).get(k) for k in ("num-cpus", "num-gpus", "memory", "resources")
+        ):
             errors.append(f"{w}: resources set both in rayStartParams and in resources")
-    errors += check_keys(spec.get("autoscalerOptions") or {}, AUTOSCALER_KEYS, set(), f"{where}.autoscalerOptions")
+    errors += check_keys(
+        spec.get("autoscalerOptions") or {}, AUTOSCALER_KEYS, set(), f"{where}.autoscalerOptions"
+    )
     mode = (spec.get("authOptions") or {}).get("mode")
     if mode is not None and mode not in ("token", "disabled"):
         errors.append(f"{where}.authOptions.mode: must be 'token' or 'disabled', got {mode!r}")
@@ -139,8 +215,9 @@ def validate_rayjob(job: dict) -> list[str]:
         errors.append(f"{where}: suspend needs shutdownAfterJobFinishes")
     if spec.get("submissionMode", "K8sJobMode") not in SUBMISSION_MODES:
         errors.append(f"{where}: submissionMode must be one of {sorted(SUBMISSION_MODES)}")
-    if "activeDeadlineSeconds" in spec and not (isinstance(spec["activeDeadlineSeconds"], int)
-                                                 and spec["activeDeadlineSeconds"] > 0):
+    if "activeDeadlineSeconds" in spec and not (
+        isinstance(spec["activeDeadlineSeconds"], int) and spec["activeDeadlineSeconds"] > 0
+    ):
         errors.append(f"{where}: activeDeadlineSeconds must be a positive integer")
     for key in ("backoffLimit", "ttlSecondsAfterFinished"):
         if key in spec and not (isinstance(spec[key], int) and spec[key] >= 0):
@@ -149,19 +226,32 @@ def validate_rayjob(job: dict) -> list[str]:
     if not isinstance(runtime_env, dict):
         errors.append(f"{where}: runtimeEnvYAML must be a YAML mapping")
     else:
-        errors += [f"{where}: runtimeEnvYAML: unknown runtime_env field {k!r}" for k in runtime_env
-                   if k not in RUNTIME_ENV_KEYS]
-        errors += [f"{where}: runtimeEnvYAML env_vars[{k}] must be a string" for k, v in
-                   (runtime_env.get("env_vars") or {}).items() if not isinstance(v, str)]
+        errors += [
+            f"{where}: runtimeEnvYAML: unknown runtime_env field {k!r}"
+            for k in runtime_env
+            if k not in RUNTIME_ENV_KEYS
+        ]
+        errors += [
+            f"{where}: runtimeEnvYAML env_vars[{k}] must be a string"
+            for k, v in (runtime_env.get("env_vars") or {}).items()
+            if not isinstance(v, str)
+        ]
     return errors
 
 
 # -- tests -----------------------------------------------------------------------------------------------------------
 
+
 def test_every_manifest_parses_with_kind_and_name():
     files = sorted(K8S.glob("*.yaml"))
-    assert {f.name for f in files} >= {"raycluster.yaml", "rayjob-flow.yaml", "rayjob-train.yaml",
-                                      "rayjob-segment.yaml", "rayjob-evaluate.yaml", "kustomization.yaml"}
+    assert {f.name for f in files} >= {
+        "raycluster.yaml",
+        "rayjob-flow.yaml",
+        "rayjob-train.yaml",
+        "rayjob-segment.yaml",
+        "rayjob-evaluate.yaml",
+        "kustomization.yaml",
+    }
     for path in files:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
         assert docs, f"{path.name} is empty"
@@ -189,8 +279,13 @@ def test_schema_check_catches_mistakes():
     spec["authOptions"] = {"mode": "token"}
     spec["rayVersion"] = "2.50.0"
     errors = "\n".join(validate_raycluster_spec(spec))
-    for expected in ("unknown field 'minReplica'", "missing required field 'minReplicas'", "values must be strings",
-                     "at least one container", "rayVersion >= 2.52.0"):
+    for expected in (
+        "unknown field 'minReplica'",
+        "missing required field 'minReplicas'",
+        "values must be strings",
+        "at least one container",
+        "rayVersion >= 2.52.0",
+    ):
         assert expected in errors
 
 
@@ -202,8 +297,11 @@ def test_raycluster_shape_cpu_head_gpu_workers_autoscaling():
     head_container = head["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in str(head_container.get("resources", {})), "the head must be CPU only"
     assert head["rayStartParams"].get("num-cpus") == "0", "the head schedules no tasks"
-    gpu_groups = [g for g in spec["workerGroupSpecs"]
-                  if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"].get("limits", {})]
+    gpu_groups = [
+        g
+        for g in spec["workerGroupSpecs"]
+        if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"].get("limits", {})
+    ]
     assert gpu_groups, "needs a GPU worker group"
     for group in gpu_groups:
         assert group["maxReplicas"] > group["minReplicas"] >= 0, "the autoscaler needs room to scale"
@@ -219,8 +317,9 @@ def test_pods_use_the_image_user_and_s3_credentials_from_secret_or_irsa():
     uid = int(re.findall(r"^USER\s+(\d+)", dockerfile, re.M)[-1])
     (account,) = by_kind("ServiceAccount")
     assert "eks.amazonaws.com/role-arn" in account["metadata"].get("annotations", {})
-    templates = [cluster["spec"]["headGroupSpec"]["template"]] + [g["template"] for g in
-                                                                  cluster["spec"]["workerGroupSpecs"]]
+    templates = [cluster["spec"]["headGroupSpec"]["template"]] + [
+        g["template"] for g in cluster["spec"]["workerGroupSpecs"]
+    ]
     images = set()
     for template in templates:
         pod = template["spec"]
@@ -231,9 +330,12 @@ def test_pods_use_the_image_user_and_s3_credentials_from_secret_or_irsa():
             refs = [e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e]
             assert refs, f"{c['name']}: S3 credentials come from a Secret (envFrom) when IRSA is not used"
             for env in c.get("env", []):
-                assert not (SECRET_NAME.search(env["name"]) and "value" in env), \
+                assert not (SECRET_NAME.search(env["name"]) and "value" in env), (
                     f"{c['name']}: {env['name']} must come from a Secret, not a literal"
-            assert any(m["mountPath"] == "/dev/shm" for m in c.get("volumeMounts", [])), "object store needs /dev/shm"
+                )
+            assert any(m["mountPath"] == "/dev/shm" for m in c.get("volumeMounts", [])), (
+                "object store needs /dev/shm"
+            )
     assert len(images) == 1, f"head and workers must run the same image, got {images}"
     (kustomization,) = by_kind("Kustomization")
     assert {i["name"] for i in kustomization["images"]} == {next(iter(images)).rsplit(":", 1)[0]}
@@ -255,7 +357,10 @@ def test_rayjobs_match_the_crd_schema_and_select_the_cluster():
 
 def entrypoint_in_repo(entrypoint: str) -> list[str]:
     """The entrypoint's argv with the image's /app paths mapped onto this checkout."""
-    return [str(REPO / t[len(APP_DIR) + 1:]) if t.startswith(APP_DIR + "/") else t for t in shlex.split(entrypoint)]
+    return [
+        str(REPO / t[len(APP_DIR) + 1 :]) if t.startswith(APP_DIR + "/") else t
+        for t in shlex.split(entrypoint)
+    ]
 
 
 def test_entrypoints_name_real_jobs_and_configs():
@@ -268,7 +373,9 @@ def test_entrypoints_name_real_jobs_and_configs():
         scripts.add(Path(script).name)
         for token in argv[1:]:
             if token.startswith(APP_DIR + "/"):
-                assert (REPO / token[len(APP_DIR) + 1:]).is_file(), f"{job['__file__']}: {token} is not in the repo"
+                assert (REPO / token[len(APP_DIR) + 1 :]).is_file(), (
+                    f"{job['__file__']}: {token} is not in the repo"
+                )
         if "--config" in argv:
             assert argv[argv.index("--config") + 1].endswith(".yaml")
     assert scripts == JOB_SCRIPTS
@@ -300,14 +407,22 @@ print(json.dumps(results))
 
 def print_configs(commands: list[list[str]]) -> list[dict]:
     """Run ``--print-config`` for each ``[script, args...]`` (paths in this checkout) in one subprocess."""
-    proc = subprocess.run([sys.executable, "-c", _PRINT_CONFIG_RUNNER], input=json.dumps(commands), cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PRINT_CONFIG_RUNNER],
+        input=json.dumps(commands),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def check_parsed(name: str, command: list[str], result: dict) -> None:
-    assert result["code"] == 0, f"{name}: the job rejected its command line: {result['code']}\n{result['stderr']}"
+    assert result["code"] == 0, (
+        f"{name}: the job rejected its command line: {result['code']}\n{result['stderr']}"
+    )
     resolved = yaml.safe_load(result["stdout"])
     assert isinstance(resolved, dict), f"{name}: --print-config printed no config"
     for token in command:
@@ -318,7 +433,7 @@ def check_parsed(name: str, command: list[str], result: dict) -> None:
 def readme_job_commands() -> list[list[str]]:
     """The ``ray job submit ... -- python jobs/X.py ...`` commands of infra/README.md, with $B filled in."""
     text = (REPO / "infra" / "README.md").read_text()
-    bucket = re.search(r'^B=(\S+)', text, re.M).group(1)
+    bucket = re.search(r"^B=(\S+)", text, re.M).group(1)
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         joined = block.replace("\\\n", " ")

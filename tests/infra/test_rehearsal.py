@@ -35,12 +35,15 @@ from pipeline.config import ConfigError
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("hex_addr, expected", [
-    ("0100007F", "127.0.0.1"),
-    ("00000000", "0.0.0.0"),
-    ("0000000000000000FFFF00000100007F", "::ffff:127.0.0.1"),
-    ("00000000000000000000000001000000", "::1"),
-])
+@pytest.mark.parametrize(
+    "hex_addr, expected",
+    [
+        ("0100007F", "127.0.0.1"),
+        ("00000000", "0.0.0.0"),
+        ("0000000000000000FFFF00000100007F", "::ffff:127.0.0.1"),
+        ("00000000000000000000000001000000", "::1"),
+    ],
+)
 def test_decode_proc_net_addresses(hex_addr, expected):
     if sys.byteorder != "little":
         pytest.skip("the fixtures are in little-endian /proc/net/tcp order")
@@ -112,7 +115,11 @@ def test_rehearsal_end_to_end(tmp_path):
     workdir = tmp_path / "rehearsal"
     proc = subprocess.Popen(
         [sys.executable, "-m", "infra.local.rehearse", "--workdir", str(workdir), "--run-id", run_id],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         output, _ = proc.communicate(timeout=780)
     except subprocess.TimeoutExpired:
@@ -141,11 +148,17 @@ def test_rehearsal_end_to_end(tmp_path):
     assert report["listening_sockets"] > 0 and report["non_loopback_sockets"] == []
     assert report["connection_samples"] > 0 and report["non_loopback_peers"] == []
     for sock in report["ddp_store_wildcard_sockets"]:
-        assert any(t.startswith(("ray::RayTrainWorker", "ray::execute._setup_torch_process_group"))
-                   for t in sock["titles"]), sock
+        assert any(
+            t.startswith(("ray::RayTrainWorker", "ray::execute._setup_torch_process_group"))
+            for t in sock["titles"]
+        ), sock
     assert report["dashboard_without_token_status"] in (401, 403)
     outputs = report["outputs"]
-    assert outputs["shards"] >= 1 and outputs["best_model"] == 1 and outputs["masks"] == outputs["corpus_frames"] > 0
+    assert (
+        outputs["shards"] >= 1
+        and outputs["best_model"] == 1
+        and outputs["masks"] == outputs["corpus_frames"] > 0
+    )
     assert 0.0 <= report["evaluation"]["JF_mean"] <= 1.0
     # The flow job's workers wrote the shards, one group per video (group_videos=1), each on a node of the cluster.
     by_node = report["flow_groups_by_node"]
@@ -166,12 +179,27 @@ def test_rehearsal_stops_everything_when_terminated(tmp_path):
     run_id = f"t{uuid.uuid4().hex[:10]}"
     workdir = tmp_path / "interrupted"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "infra.local.rehearse", "--workdir", str(workdir), "--run-id", run_id,
-         "--set", "stages=[check]"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "infra.local.rehearse",
+            "--workdir",
+            str(workdir),
+            "--run-id",
+            run_id,
+            "--set",
+            "stages=[check]",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     try:
-        for line in proc.stdout:  # wait until the preflight job is submitted, so that a job driver is running too
+        for (
+            line
+        ) in proc.stdout:  # wait until the preflight job is submitted, so that a job driver is running too
             lines.append(line)
             if "stage check: job submit" in line:
                 break
@@ -194,6 +222,10 @@ def test_rehearsal_stops_everything_when_terminated(tmp_path):
     assert "everything the rehearsal started has been stopped" in output
     assert leftovers == {}, f"processes left running after SIGTERM: {leftovers}"
     report = json.loads((workdir / "rehearsal.json").read_text())
-    shutil.rmtree(report["ray_temp_dir"], ignore_errors=True)  # a failed rehearsal keeps Ray's logs for debugging
+    shutil.rmtree(
+        report["ray_temp_dir"], ignore_errors=True
+    )  # a failed rehearsal keeps Ray's logs for debugging
     assert report["ok"] is False
-    assert report["leftover_processes_killed"] == [], "the orderly stop should leave nothing for the marker sweep"
+    assert report["leftover_processes_killed"] == [], (
+        "the orderly stop should leave nothing for the marker sweep"
+    )

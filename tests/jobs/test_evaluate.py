@@ -66,16 +66,33 @@ def expected_row(gts, preds, protocol: str) -> dict:
     sl = slice(1, -1) if protocol == "davis2016" else slice(None)
     jm, jo, jd = official_statistics(j[sl])
     fm, fo, fd = official_statistics(f[sl])
-    return {"J_mean": jm, "J_recall": jo, "J_decay": jd, "F_mean": fm, "F_recall": fo, "F_decay": fd,
-            "JF_mean": (jm + fm) / 2}  # fmt: skip
+    return {
+        "J_mean": jm,
+        "J_recall": jo,
+        "J_decay": jd,
+        "F_mean": fm,
+        "F_recall": fo,
+        "F_decay": fd,
+        "JF_mean": (jm + fm) / 2,
+    }
 
 
 @pytest.mark.parametrize("protocol", ["davis2016", "all"])
 def test_evaluate_matches_official_functions(storage_url, ray_cluster, protocol, caplog):
     corpus = make_corpus(storage_url)
     root = open_storage(storage_url)
-    summary = main(["--pred", root.join("pred"), "--gt", root.join("DAVIS"), "--output", root.join("eval"),
-                    "--protocol", protocol])  # fmt: skip
+    summary = main(
+        [
+            "--pred",
+            root.join("pred"),
+            "--gt",
+            root.join("DAVIS"),
+            "--output",
+            root.join("eval"),
+            "--protocol",
+            protocol,
+        ]
+    )
     out = root.child("eval")
     rows = list(csv.DictReader(io.StringIO(out.read_text("per_sequence.csv"))))
     assert tuple(rows[0].keys()) == CSV_COLUMNS
@@ -99,7 +116,10 @@ def test_evaluate_matches_official_functions(storage_url, ray_cluster, protocol,
     assert "00002" in caplog.text and "pred/dog/00003.png" in caplog.text  # warnings name the frames/files
     frames = list(csv.DictReader(io.StringIO(out.read_text("per_frame.csv"))))
     assert len(frames) == 16 and {f["prediction"] for f in frames if f["sequence"] == "dog"} == {
-        "ok", "missing", "unreadable"}  # fmt: skip
+        "ok",
+        "missing",
+        "unreadable",
+    }
     plot = Image.open(io.BytesIO(out.read_bytes("jf_per_sequence.png")))
     assert plot.format == "PNG" and plot.size[0] > 100
 
@@ -139,8 +159,18 @@ def test_sequence_subset_short_sequences_and_resize(tmp_path, ray_cluster):
         gt.write_bytes(f"short/{i:05d}.png", grey_png(disc(50, 30, 15)))
         pred.write_bytes(f"short/{i:05d}.png", encode_mask_png(disc(50, 30, 15)))
     gt.write_bytes("val.txt", b"long\nshort\nghost\n")
-    summary = main(["--pred", pred.url, "--gt", gt.url, "--output", str(tmp_path / "out"),
-                    "--set", "sequence_list=val.txt"])["figures"]  # fmt: skip
+    summary = main(
+        [
+            "--pred",
+            pred.url,
+            "--gt",
+            gt.url,
+            "--output",
+            str(tmp_path / "out"),
+            "--set",
+            "sequence_list=val.txt",
+        ]
+    )["figures"]
     assert summary["J_mean"] == 1.0 and summary["n_sequences"] == 1
     assert summary["excluded"] == ["short"]  # 2 frames: nothing left once first/last are dropped
     stored = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -156,16 +186,36 @@ def test_cli_plain_python_attaches_to_cluster(tmp_path, ray_cluster):
     make_corpus(str(tmp_path))
     env = dict(os.environ, RAY_ADDRESS=ray_cluster, PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.run(
-        [sys.executable, "jobs/evaluate.py", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "DAVIS"),
-         "--output", str(tmp_path / "eval"), "--protocol", "all"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "jobs/evaluate.py",
+            "--pred",
+            str(tmp_path / "pred"),
+            "--gt",
+            str(tmp_path / "DAVIS"),
+            "--output",
+            str(tmp_path / "eval"),
+            "--protocol",
+            "all",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    printed, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{"):])  # then the job summary
+    printed, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{") :])  # then the job summary
     assert printed["protocol"] == "all" and 0 < printed["JF_mean"] < 1
     assert (tmp_path / "eval" / "per_sequence.csv").exists()
-    bad = subprocess.run([sys.executable, "jobs/evaluate.py", "--gt", str(tmp_path)], cwd=REPO_ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "jobs/evaluate.py", "--gt", str(tmp_path)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "pred" in bad.stderr
     # An empty ground truth is a user error naming the URL (run_job_main prints it in one line, exit status 2).
     (tmp_path / "empty").mkdir()

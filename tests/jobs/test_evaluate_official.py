@@ -75,8 +75,10 @@ def official_frame(gt_mask_u8: np.ndarray, pred_png: bytes) -> tuple[float, floa
     frame_pred = cv2.resize(frame_pred, (w, h), cv2.INTER_NEAREST)  # sic: the flag lands in `dst`
     binary_frame_mask = (frame_mask > 0).astype(np.float32)
     binary_frame_pred = (frame_pred > 128).astype(np.float32)
-    return (official_iou(binary_frame_mask, binary_frame_pred),
-            official_boundary(binary_frame_pred, binary_frame_mask))
+    return (
+        official_iou(binary_frame_mask, binary_frame_pred),
+        official_boundary(binary_frame_pred, binary_frame_mask),
+    )
 
 
 def official_mean_recall_decay(per_frame_values: np.ndarray) -> tuple[float, float, float]:
@@ -86,7 +88,7 @@ def official_mean_recall_decay(per_frame_values: np.ndarray) -> tuple[float, flo
         o = np.nanmean(per_frame_values[1:-1] > 0.5)
     per_frame_values = per_frame_values[1:-1]
     ids = (np.round(np.linspace(1, len(per_frame_values), 5) + 1e-10) - 1).astype(np.int32)
-    d_bins = [per_frame_values[ids[i]: ids[i + 1] + 1] for i in range(0, 4)]
+    d_bins = [per_frame_values[ids[i] : ids[i + 1] + 1] for i in range(0, 4)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)
         d = np.nanmean(d_bins[0]) - np.nanmean(d_bins[3])
@@ -122,9 +124,18 @@ def write_predictions(pred, truth: dict, frame_stem, resize: set[str]) -> dict[s
 def expected_scores(truth: dict, written: dict) -> dict[str, dict[str, float]]:
     out = {}
     for video, (_, masks, annotated) in truth.items():
-        scores = np.asarray([official_frame(masks[t].astype(np.uint8) * 255, written[video][t]) for t in annotated])
+        scores = np.asarray(
+            [official_frame(masks[t].astype(np.uint8) * 255, written[video][t]) for t in annotated]
+        )
         (jm, jo, jd), (fm, fo, fd) = (official_mean_recall_decay(scores[:, i]) for i in range(2))
-        out[video] = {"J_mean": jm, "J_recall": jo, "J_decay": jd, "F_mean": fm, "F_recall": fo, "F_decay": fd}
+        out[video] = {
+            "J_mean": jm,
+            "J_recall": jo,
+            "J_decay": jd,
+            "F_mean": fm,
+            "F_recall": fo,
+            "F_decay": fd,
+        }
     return out
 
 
@@ -149,10 +160,24 @@ def test_official_preset_on_fbms59(tmp_path, ray_cluster):
     out = open_storage(str(tmp_path / "seg"))
     written = write_predictions(out.child("probs"), truth, fbms_frame_name, resize={"dogs01"})
     out.write_bytes("masks/cars1/cars1_01.png", b"binary masks are not what the official protocol reads")
-    summary = main(["--preset", "official", "--pred", out.url, "--gt", str(tmp_path / "FBMS"),
-                    "--output", str(tmp_path / "eval")])  # fmt: skip
+    summary = main(
+        [
+            "--preset",
+            "official",
+            "--pred",
+            out.url,
+            "--gt",
+            str(tmp_path / "FBMS"),
+            "--output",
+            str(tmp_path / "eval"),
+        ]
+    )
     figures = summary["figures"]
-    assert (figures["preset"], figures["protocol"], figures["gt_format"]) == ("official", "hmhi_official", "fbms")
+    assert (figures["preset"], figures["protocol"], figures["gt_format"]) == (
+        "official",
+        "hmhi_official",
+        "fbms",
+    )
     assert figures["n_sequences"] == 3 and figures["n_frames"] == 8  # the annotated frames only
     assert figures["pred"].endswith("/probs")
     rows = list(csv.DictReader(io.StringIO((tmp_path / "eval" / "per_sequence.csv").read_text())))
@@ -164,9 +189,14 @@ def test_official_preset_on_fbms59(tmp_path, ray_cluster):
     assert figures["F_mean"] == pytest.approx(f, abs=1e-9)
     frames = list(csv.DictReader(io.StringIO((tmp_path / "eval" / "per_frame.csv").read_text())))
     assert [r["frame"] for r in frames if r["sequence"] == "cars1"] == ["cars1_01", "cars1_04", "cars1_07"]
-    assert [r["frame"] for r in frames if r["sequence"] == "tennis"] == ["tennis001", "tennis004"]  # by Def.dat
+    assert [r["frame"] for r in frames if r["sequence"] == "tennis"] == [
+        "tennis001",
+        "tennis004",
+    ]  # by Def.dat
     # the official rule differs from the default one on these soft maps (> 128 after a bilinear resize)
-    default = main(["--pred", out.url + "/probs", "--gt", str(tmp_path / "FBMS"), "--protocol", "hmhi_official"])
+    default = main(
+        ["--pred", out.url + "/probs", "--gt", str(tmp_path / "FBMS"), "--protocol", "hmhi_official"]
+    )
     assert default["figures"]["J_mean"] != pytest.approx(j, abs=1e-6)
 
 
@@ -175,13 +205,25 @@ def test_official_preset_on_youtube_objects(tmp_path, ray_cluster):
     truth = write_ytobj(tmp_path / "YTO", "class")
     pred = open_storage(str(tmp_path / "probs"))
     written = write_predictions(pred, truth, lambda v, t: f"{t + 1:05d}", resize={"aeroplane_0002"})
-    summary = main(["--preset", "official", "--pred", pred.url, "--gt", str(tmp_path / "YTO"),
-                    "--output", str(tmp_path / "eval")])  # fmt: skip
+    summary = main(
+        [
+            "--preset",
+            "official",
+            "--pred",
+            pred.url,
+            "--gt",
+            str(tmp_path / "YTO"),
+            "--output",
+            str(tmp_path / "eval"),
+        ]
+    )
     figures = summary["figures"]
     assert figures["gt_format"] == "ytobj" and figures["n_frames"] == 8
     rows = list(csv.DictReader(io.StringIO((tmp_path / "eval" / "per_sequence.csv").read_text())))
     expected = expected_scores(truth, written)
-    assert_rows_match(rows, expected)  # cat_0001 has 2 annotated frames: recall and decay are NaN, as officially
+    assert_rows_match(
+        rows, expected
+    )  # cat_0001 has 2 annotated frames: recall and decay are NaN, as officially
     assert figures["J_mean"] == pytest.approx(np.mean([e["J_mean"] for e in expected.values()]), abs=1e-9)
     # per-class means, as eval_JF_from_data prints them (mean of the per-video J means of the class)
     per_class = figures["per_class"]
@@ -196,13 +238,26 @@ def test_official_preset_on_the_official_archive(tmp_path, ray_cluster):
     """The authors' own layout (frame|flow|mask/<split>/<video>/; the README's naming reads the same:
     test_ingest.py): its val split is scored, every mask frame, predictions named after the frames
     (<video>_<NNNNN>.png, as save_images names them)."""
-    truth = write_hmhi(tmp_path / "DAVIS2SEG_byvideo", "code",
-                       videos={"train": {"bear": 3}, "val": {"blackswan": 4, "cows": 3}})
+    truth = write_hmhi(
+        tmp_path / "DAVIS2SEG_byvideo",
+        "code",
+        videos={"train": {"bear": 3}, "val": {"blackswan": 4, "cows": 3}},
+    )
     truth = {k: v for k, v in truth.items() if k != "bear"}
     pred = open_storage(str(tmp_path / "probs"))
     written = write_predictions(pred, truth, lambda v, t: f"{v}_{t:05d}", resize={"cows"})
-    figures = main(["--preset", "official", "--pred", pred.url, "--gt", str(tmp_path / "DAVIS2SEG_byvideo"),
-                    "--output", str(tmp_path / "eval")])["figures"]  # fmt: skip
+    figures = main(
+        [
+            "--preset",
+            "official",
+            "--pred",
+            pred.url,
+            "--gt",
+            str(tmp_path / "DAVIS2SEG_byvideo"),
+            "--output",
+            str(tmp_path / "eval"),
+        ]
+    )["figures"]
     assert figures["gt_format"] == "hmhi" and figures["n_sequences"] == 2 and figures["n_frames"] == 7
     rows = list(csv.DictReader(io.StringIO((tmp_path / "eval" / "per_sequence.csv").read_text())))
     expected = expected_scores(truth, written)

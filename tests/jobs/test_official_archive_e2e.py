@@ -60,24 +60,42 @@ class ArchiveCase:
 
 
 def _davis(root: Path) -> dict:
-    truth = write_davis(root, {"bear": 6, "camel": 6, "blackswan": 5}, size=SIZE,
-                        splits={"train": ["bear", "camel"], "val": ["blackswan"]})
+    truth = write_davis(
+        root,
+        {"bear": 6, "camel": 6, "blackswan": 5},
+        size=SIZE,
+        splits={"train": ["bear", "camel"], "val": ["blackswan"]},
+    )
     return {v: (frames, masks, list(range(len(frames)))) for v, (frames, masks) in truth.items()}
 
 
 CASES: dict[str, ArchiveCase] = {
     "hmhi_readme": ArchiveCase(
         lambda root: write_hmhi(root, "readme", {"train": {"bear": 6, "camel": 6}, "val": {"blackswan": 5}}),
-        "Flows", ("blackswan",), lambda v, t: f"{v}_{t:05d}"),
+        "Flows",
+        ("blackswan",),
+        lambda v, t: f"{v}_{t:05d}",
+    ),
     "hmhi_code": ArchiveCase(
         lambda root: write_hmhi(root, "code", {"train": {"bear": 5}, "val": {"blackswan": 4}}),
-        "flow", ("blackswan",), lambda v, t: f"{v}_{t:05d}"),
+        "flow",
+        ("blackswan",),
+        lambda v, t: f"{v}_{t:05d}",
+    ),
     "davis2016": ArchiveCase(_davis, None, ("blackswan",), lambda v, t: f"{t:05d}", gt_format="davis2016"),
-    "fbms": ArchiveCase(write_fbms, None, ("cars1", "dogs01", "tennis"),
-                        lambda v, t: f"tennis{t:03d}" if v == "tennis" else f"{v}_{t + 1:02d}"),
-    "ytobj": ArchiveCase(lambda root: write_ytobj(root, "class"), "JPEGFlows",
-                         ("aeroplane_0001", "aeroplane_0002", "cat_0001"), lambda v, t: f"{t + 1:05d}",
-                         train_split="test"),
+    "fbms": ArchiveCase(
+        write_fbms,
+        None,
+        ("cars1", "dogs01", "tennis"),
+        lambda v, t: f"tennis{t:03d}" if v == "tennis" else f"{v}_{t + 1:02d}",
+    ),
+    "ytobj": ArchiveCase(
+        lambda root: write_ytobj(root, "class"),
+        "JPEGFlows",
+        ("aeroplane_0001", "aeroplane_0002", "cat_0001"),
+        lambda v, t: f"{t + 1:05d}",
+        train_split="test",
+    ),
     "ytvos": ArchiveCase(write_ytvos, None, ("0062f687f1",), lambda v, t: f"{5 * t:05d}"),
 }
 
@@ -119,22 +137,52 @@ def test_archive_ingests_shards_trains_segments_and_evaluates(tmp_path, archive)
         assert pictures and set(pictures) <= shipped
 
     # Training from this archive's own shards.
-    train = train_main(["--config", str(REPO_ROOT / "configs" / "test.yaml"), "--data", shards, "--storage", runs,
-                        "--run-name", archive, "--num-workers", "1", "--max-steps", "2",
-                        "--set", "model.input_size=64", "--set", f"data.train_split={case.train_split}"])
+    train = train_main(
+        [
+            "--config",
+            str(REPO_ROOT / "configs" / "test.yaml"),
+            "--data",
+            shards,
+            "--storage",
+            runs,
+            "--run-name",
+            archive,
+            "--num-workers",
+            "1",
+            "--max-steps",
+            "2",
+            "--set",
+            "model.input_size=64",
+            "--set",
+            f"data.train_split={case.train_split}",
+        ]
+    )
     assert train["counts"]["run"]["done"] == 1 and train["figures"]["steps"] == 2
     assert math.isfinite(train["figures"]["final_loss"]) and train["figures"]["final_loss"] > 0
     checkpoint = open_storage(train["figures"]["latest_checkpoint"]).join("checkpoint.pt")
 
     # Segment every video from the shards with that checkpoint.
-    summary = segment_main(["--input", shards, "--output", seg, "--checkpoint", checkpoint, "--input-size", "64",
-                            "--precision", "fp32"])  # fmt: skip
+    summary = segment_main(
+        [
+            "--input",
+            shards,
+            "--output",
+            seg,
+            "--checkpoint",
+            checkpoint,
+            "--input-size",
+            "64",
+            "--precision",
+            "fp32",
+        ]
+    )
     assert summary["counts"]["video"] == {"done": len(truth), "skipped": 0, "rejected": 0}
     assert summary["figures"]["frames"] == sum(len(frames) for frames, _, _ in truth.values())
 
     # Evaluate against the archive: its benchmark split, exactly its annotated frames, under segment's names.
-    scores = evaluate_main(["--pred", seg, "--gt", str(root), "--output", ev, "--protocol", "all",
-                            "--gt-format", case.gt_format])
+    scores = evaluate_main(
+        ["--pred", seg, "--gt", str(root), "--output", ev, "--protocol", "all", "--gt-format", case.gt_format]
+    )
     assert scores["counts"]["sequence"] == {"done": len(case.test_videos), "skipped": 0, "rejected": 0}
     rows = list(csv.DictReader(io.StringIO((Path(ev) / "per_frame.csv").read_text())))
     expected = sorted((v, case.frame_stem(v, t)) for v in case.test_videos for t in truth[v][2])

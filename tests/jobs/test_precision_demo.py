@@ -61,25 +61,84 @@ def demo_run(ray_cluster, tmp_path_factory) -> dict:
     held_out = root.child("corpus").read_json("synthetic.json")["val"]
 
     # The demo's stage arguments (pipeline.demo.run_demo), run in-process.
-    flow_main(["--input", corpus_url, "--output", shards_url, "--format", "davis2016", "--flow-model", "dis",
-               "--flow-preset", cfg.flow_preset, "--val-fraction", str(cfg.train_val_fraction)])
+    flow_main(
+        [
+            "--input",
+            corpus_url,
+            "--output",
+            shards_url,
+            "--format",
+            "davis2016",
+            "--flow-model",
+            "dis",
+            "--flow-preset",
+            cfg.flow_preset,
+            "--val-fraction",
+            str(cfg.train_val_fraction),
+        ]
+    )
     train_yaml = _train_config_path(cfg)
-    overrides = [f"validation.every_steps={cfg.validate_every or cfg.train_steps}", "validation.max_samples=null",
-                 f"checkpoint.every_steps={min(100, cfg.train_steps)}", *cfg.train_overrides]
-    train_main(["--config", train_yaml, "--data", shards_url, "--storage", runs_url, "--run-name", cfg.run_name,
-                "--num-workers", str(cfg.num_workers), "--max-steps", str(cfg.train_steps),
-                *[a for o in overrides for a in ("--set", o)]])
+    overrides = [
+        f"validation.every_steps={cfg.validate_every or cfg.train_steps}",
+        "validation.max_samples=null",
+        f"checkpoint.every_steps={min(100, cfg.train_steps)}",
+        *cfg.train_overrides,
+    ]
+    train_main(
+        [
+            "--config",
+            train_yaml,
+            "--data",
+            shards_url,
+            "--storage",
+            runs_url,
+            "--run-name",
+            cfg.run_name,
+            "--num-workers",
+            str(cfg.num_workers),
+            "--max-steps",
+            str(cfg.train_steps),
+            *[a for o in overrides for a in ("--set", o)],
+        ]
+    )
     model_url = _final_model(root.child(f"runs/{cfg.run_name}"))
 
     scores = {}
     for precision in ("fp32", "bf16"):
-        segment_main(["--input", corpus_url, "--output", root.join(f"segment_{precision}"), "--format", "davis2016",
-                      "--checkpoint", model_url, "--flow-model", "dis",
-                      "--precision", precision, "--set", f"flow.preset={cfg.flow_preset}",
-                      "--set", f"videos=[{','.join(held_out)}]"])
-        evaluate_main(["--pred", root.join(f"segment_{precision}/masks"), "--gt", corpus_url,
-                       "--output", root.join(f"eval_{precision}"), "--protocol", "davis2016",
-                       "--set", f"sequences=[{','.join(held_out)}]"])
+        segment_main(
+            [
+                "--input",
+                corpus_url,
+                "--output",
+                root.join(f"segment_{precision}"),
+                "--format",
+                "davis2016",
+                "--checkpoint",
+                model_url,
+                "--flow-model",
+                "dis",
+                "--precision",
+                precision,
+                "--set",
+                f"flow.preset={cfg.flow_preset}",
+                "--set",
+                f"videos=[{','.join(held_out)}]",
+            ]
+        )
+        evaluate_main(
+            [
+                "--pred",
+                root.join(f"segment_{precision}/masks"),
+                "--gt",
+                corpus_url,
+                "--output",
+                root.join(f"eval_{precision}"),
+                "--protocol",
+                "davis2016",
+                "--set",
+                f"sequences=[{','.join(held_out)}]",
+            ]
+        )
         scores[precision] = root.read_json(f"eval_{precision}/summary.json")["figures"]
     return {"root": root, "held_out": held_out, "scores": scores}
 
@@ -121,5 +180,7 @@ def test_bf16_masks_agree_with_fp32_pixel_by_pixel(demo_run):
             b = decode_mask_png(root.read_bytes(f"segment_bf16/masks/{seq}/{name}"))
             agree.append(float((np.asarray(a) == np.asarray(b)).mean()))
             frames += 1
-    print(f"bf16 vs fp32 masks: pixel agreement per frame {min(agree):.4f}..{max(agree):.4f} over {frames} frames")
+    print(
+        f"bf16 vs fp32 masks: pixel agreement per frame {min(agree):.4f}..{max(agree):.4f} over {frames} frames"
+    )
     assert min(agree) >= 0.99, f"worst frame agreement {min(agree):.4f} over {frames} frames"

@@ -46,7 +46,9 @@ def _wds_samples(urls: list[str]) -> list[dict]:
         parent, leaf = open_url(url)
         return parent.open_stream(leaf)
 
-    importlib.import_module("webdataset.gopen").gopen_schemes["s3"] = s3_open  # webdataset 1.0.2 has no s3:// handler
+    importlib.import_module("webdataset.gopen").gopen_schemes["s3"] = (
+        s3_open  # webdataset 1.0.2 has no s3:// handler
+    )
     return list(wds.WebDataset(urls, shardshuffle=False))
 
 
@@ -54,19 +56,24 @@ def _ray_samples(urls: list[str]) -> list[dict]:
     import ray.data
 
     fs, _ = storage_filesystem(urls[0])
-    paths = [u[len("s3://"):] if u.startswith("s3://") else u for u in urls]
+    paths = [u[len("s3://") :] if u.startswith("s3://") else u for u in urls]
     return ray.data.read_webdataset(paths, filesystem=fs, decoder=None).take_all()
 
 
-def _check_round_trip(out_url: str, truth: dict[str, tuple[np.ndarray, np.ndarray | None]], split_of: dict[str, str],
-                      frame_tol: float = 3.0):
+def _check_round_trip(
+    out_url: str,
+    truth: dict[str, tuple[np.ndarray, np.ndarray | None]],
+    split_of: dict[str, str],
+    frame_tol: float = 3.0,
+):
     """Every sample decodes; all frames of every video appear exactly once, equal to the input (JPEG tolerance),
     with the DIS flow of the whole video and the input masks."""
     index = read_index(out_url)
     keys = index.column("key").to_pylist()
     assert len(keys) == len(set(keys))
-    for shard, checksum in set(zip(index.column("shard").to_pylist(), index.column("shard_sha256").to_pylist(),
-                                   strict=True)):
+    for shard, checksum in set(
+        zip(index.column("shard").to_pylist(), index.column("shard_sha256").to_pylist(), strict=True)
+    ):
         verify_shard(open_storage(out_url).join(shard), checksum)
     urls = shard_urls(out_url)
     by_wds = {s["__key__"]: decode_clip(s) for s in _wds_samples(urls)}
@@ -95,8 +102,11 @@ def _check_round_trip(out_url: str, truth: dict[str, tuple[np.ndarray, np.ndarra
 
 
 def test_end_to_end_round_trip_and_idempotent_rerun(storage_url, tmp_path):
-    gt = write_davis(tmp_path / "davis", {"bear": 10, "car shadow": 9, "cows": 7},
-                     splits={"train": ["bear", "car shadow"], "val": ["cows"]})
+    gt = write_davis(
+        tmp_path / "davis",
+        {"bear": 10, "car shadow": 9, "cows": 7},
+        splits={"train": ["bear", "car shadow"], "val": ["cows"]},
+    )
     frames, _ = make_scene(8, (96, 160), seed=11)
     write_mp4(tmp_path / "videos" / "street.mp4", frames)
     write_mp4(tmp_path / "videos" / "sub" / "park.mkv", frames[:5], codec="mpeg4")
@@ -110,8 +120,14 @@ def test_end_to_end_round_trip_and_idempotent_rerun(storage_url, tmp_path):
     assert summary["figures"]["frames"] == 26 and summary["figures"]["masks"] == 26
     assert summary["figures"]["shards_written"] >= 3
     ids = {"bear": "bear", "cows": "cows"}
-    ids.update({n: r["video_id"] for n, r in [(x["name"], x) for x in
-                                               open_storage(out).read_parquet("manifest.parquet").to_pylist()]})
+    ids.update(
+        {
+            n: r["video_id"]
+            for n, r in [
+                (x["name"], x) for x in open_storage(out).read_parquet("manifest.parquet").to_pylist()
+            ]
+        }
+    )
     truth = {ids[name]: v for name, v in gt.items()}
     _check_round_trip(out, truth, {ids["bear"]: "train", ids["car shadow"]: "train", ids["cows"]: "test"})
     manifest = {r["name"]: r for r in open_storage(out).read_parquet("manifest.parquet").to_pylist()}
@@ -138,9 +154,14 @@ def test_end_to_end_round_trip_and_idempotent_rerun(storage_url, tmp_path):
     assert vsum["figures"]["format"] == "videos" and vsum["counts"]["video"]["done"] == 2
     from pipeline.video import decode_video
 
-    local = {"street": tmp_path / "videos" / "street.mp4", "sub__park": tmp_path / "videos" / "sub" / "park.mkv"}
+    local = {
+        "street": tmp_path / "videos" / "street.mp4",
+        "sub__park": tmp_path / "videos" / "sub" / "park.mkv",
+    }
     vtruth = {vid: (decode_video(str(p))[0], None) for vid, p in local.items()}
-    splits = {r["video_id"]: r["split"] for r in open_storage(vout).read_parquet("manifest.parquet").to_pylist()}
+    splits = {
+        r["video_id"]: r["split"] for r in open_storage(vout).read_parquet("manifest.parquet").to_pylist()
+    }
     assert sorted(splits.values()) == ["train", "val"]
     _check_round_trip(vout, vtruth, splits)
 
@@ -150,12 +171,28 @@ def test_killed_run_resumes_with_every_video_exactly_once(s3_bucket, tmp_path, r
     corpus = f"{s3_bucket}/corpus"
     upload_tree(tmp_path / "c", corpus)
     out = f"{s3_bucket}/out"
-    args = ["--input", corpus, "--output", out, "--clip-length", "4", "--shard-size-mb", "0.01",
-            "--set", "shards.group_videos=1"]
+    args = [
+        "--input",
+        corpus,
+        "--output",
+        out,
+        "--clip-length",
+        "4",
+        "--shard-size-mb",
+        "0.01",
+        "--set",
+        "shards.group_videos=1",
+    ]
     # The driver SIGKILLs itself right after its third commit (tests.plugins.faults, installed at its start-up).
     env = subprocess_env(dict(os.environ, RAY_ADDRESS=ray_cluster), REPO_ROOT, kill_after_commits=3)
-    proc = subprocess.run([sys.executable, "jobs/precompute_flow.py", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "jobs/precompute_flow.py", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -9, proc.stderr[-3000:]  # SIGKILL, as a crashed node would die
     st = open_storage(out)
     # Three groups (one video each) were committed: three index parts, and only their videos in the index.
@@ -170,13 +207,16 @@ def test_killed_run_resumes_with_every_video_exactly_once(s3_bucket, tmp_path, r
     keys = index.column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 8  # 4 videos x 2 clips, none twice
     per_video = defaultdict(list)
-    for vid, fi in zip(index.column("video_id").to_pylist(), index.column("frame_indices").to_pylist(),
-                       strict=True):
+    for vid, fi in zip(
+        index.column("video_id").to_pylist(), index.column("frame_indices").to_pylist(), strict=True
+    ):
         per_video[vid].extend(fi)
     assert {v: sorted(f) for v, f in per_video.items()} == {f"v{i}": list(range(8)) for i in range(4)}
     c = summary["counts"]["video"]
     assert c["done"] + c["skipped"] == 4 and c["rejected"] == 0 and c["skipped"] >= 1
-    assert sorted(st.list("shards")) == sorted(s.split("/")[1] for s in set(index.column("shard").to_pylist()))
+    assert sorted(st.list("shards")) == sorted(
+        s.split("/")[1] for s in set(index.column("shard").to_pylist())
+    )
     assert len(_wds_samples(shard_urls(out))) == 8
 
 
@@ -184,8 +224,9 @@ def test_bad_inputs_are_rejected_or_repaired_and_the_job_goes_on(s3_server, s3_b
     import cv2
 
     root = tmp_path / "c"
-    write_davis(root, {"good": 6, "trunc": 5, "sizes": 5, "single": 1, "with space": 4, "ünïcødé": 4},
-                size=(48, 64))
+    write_davis(
+        root, {"good": 6, "trunc": 5, "sizes": 5, "single": 1, "with space": 4, "ünïcødé": 4}, size=(48, 64)
+    )
     jpeg = root / "JPEGImages" / "480p"
     ann = root / "Annotations" / "480p"
     truncate_file(jpeg / "trunc" / "00003.jpg", 0.5)
@@ -198,8 +239,11 @@ def test_bad_inputs_are_rejected_or_repaired_and_the_job_goes_on(s3_server, s3_b
     evil = make_scene(2, (48, 64))[0]
     for t in range(2):
         write_jpeg(tmp_path / "evil" / f"{t:05d}.jpg", evil[t])
-        s3_server.client().put_object(Bucket=s3_bucket[len("s3://"):], Body=(tmp_path / "evil" / f"{t:05d}.jpg")
-                                      .read_bytes(), Key=f"corpus/JPEGImages/480p/x/../../evil/{t:05d}.jpg")
+        s3_server.client().put_object(
+            Bucket=s3_bucket[len("s3://") :],
+            Body=(tmp_path / "evil" / f"{t:05d}.jpg").read_bytes(),
+            Key=f"corpus/JPEGImages/480p/x/../../evil/{t:05d}.jpg",
+        )
     out = f"{s3_bucket}/out"
     summary = main(["--input", corpus, "--output", out, "--format", "davis2016", "--clip-length", "4"])
     c = summary["counts"]["video"]
@@ -212,7 +256,8 @@ def test_bad_inputs_are_rejected_or_repaired_and_the_job_goes_on(s3_server, s3_b
     assert summary["figures"]["warnings"] >= 2
     index = read_index(out)
     assert sorted(set(index.column("video_id").to_pylist())) == sorted(
-        ["good", summary_id(out, "with space"), summary_id(out, "ünïcødé")])
+        ["good", summary_id(out, "with space"), summary_id(out, "ünïcødé")]
+    )
     clips = {s["__key__"]: decode_clip(s) for s in _wds_samples(shard_urls(out))}
     good = [clips[k] for k in sorted(clips) if k.startswith("good__")]
     valid = np.concatenate([g.mask_valid for g in good])
@@ -222,8 +267,18 @@ def test_bad_inputs_are_rejected_or_repaired_and_the_job_goes_on(s3_server, s3_b
     assert manifest["trunc"]["status"] == "rejected" and "00003.jpg" in manifest["trunc"]["reason"]
 
     # The same corpus read as plain frame folders: the '..' folder is found, and refused.
-    fsum = main(["--input", f"{corpus}/JPEGImages", "--output", f"{s3_bucket}/out2", "--format", "frames",
-                 "--clip-length", "4"])
+    fsum = main(
+        [
+            "--input",
+            f"{corpus}/JPEGImages",
+            "--output",
+            f"{s3_bucket}/out2",
+            "--format",
+            "frames",
+            "--clip-length",
+            "4",
+        ]
+    )
     freasons = {r["name"]: r["reason"] for r in fsum["rejected"]}
     evil_name = [n for n in freasons if ".." in n]
     assert evil_name and "unsafe path" in freasons[evil_name[0]]
@@ -255,9 +310,24 @@ def test_ptlflow_engine_with_a_local_checkpoint(tmp_path):
     torch.save({"state_dict": engine.net.state_dict()}, ckpt)
     gt = write_davis(tmp_path / "c", {"a": 5}, size=(48, 64))
     out = tmp_path / "out"
-    summary = main(["--input", str(tmp_path / "c"), "--output", str(out), "--flow-model", "rapidflow_it1",
-                    "--flow-ckpt", str(ckpt), "--max-side", "64", "--clip-length", "8",
-                    "--set", "compute.fused=false"])  # the staged pipeline of GPU nodes: decode -> flow actors -> encode
+    summary = main(
+        [
+            "--input",
+            str(tmp_path / "c"),
+            "--output",
+            str(out),
+            "--flow-model",
+            "rapidflow_it1",
+            "--flow-ckpt",
+            str(ckpt),
+            "--max-side",
+            "64",
+            "--clip-length",
+            "8",
+            "--set",
+            "compute.fused=false",
+        ]
+    )  # the staged pipeline of GPU nodes: decode -> flow actors -> encode
     assert summary["counts"]["video"]["done"] == 1
     (clip,) = [decode_clip(s) for s in _wds_samples(shard_urls(str(out)))]
     prov = clip.meta["flow"]
@@ -275,7 +345,9 @@ def _part_writers(out: str) -> dict[str, str]:
     import pyarrow.parquet as pq
 
     st = open_storage(out)
-    return {p: pq.read_schema(st.join(f"index/{p}")).metadata[b"hmhi.writer"].decode() for p in st.list("index")}
+    return {
+        p: pq.read_schema(st.join(f"index/{p}")).metadata[b"hmhi.writer"].decode() for p in st.list("index")
+    }
 
 
 def test_workers_write_the_shards_and_a_rerun_writes_nothing(tmp_path):
@@ -286,8 +358,22 @@ def test_workers_write_the_shards_and_a_rerun_writes_nothing(tmp_path):
 
     gt = write_davis(tmp_path / "c", {f"v{i}": 4 for i in range(6)}, size=(32, 48))
     out = tmp_path / "out"
-    args = ["--input", str(tmp_path / "c"), "--output", str(out), "--clip-length", "2", "--flow-preset",
-            "ultrafast", "--concurrency", "2", "--set", "shards.group_videos=1", "--val-fraction", "0.3"]
+    args = [
+        "--input",
+        str(tmp_path / "c"),
+        "--output",
+        str(out),
+        "--clip-length",
+        "2",
+        "--flow-preset",
+        "ultrafast",
+        "--concurrency",
+        "2",
+        "--set",
+        "shards.group_videos=1",
+        "--val-fraction",
+        "0.3",
+    ]
     summary = main(args)
     assert summary["counts"]["video"]["done"] == 6
     writers = _part_writers(str(out))
@@ -303,34 +389,56 @@ def test_workers_write_the_shards_and_a_rerun_writes_nothing(tmp_path):
     keys = sorted(index.column("key").to_pylist())
     assert len(keys) == 12
     # Shard names are the group's: shards/<split>-<group>-NNNN.tar, and each group's shards hold only its video.
-    for shard, vid in zip(index.column("shard").to_pylist(), index.column("video_id").to_pylist(), strict=True):
+    for shard, vid in zip(
+        index.column("shard").to_pylist(), index.column("video_id").to_pylist(), strict=True
+    ):
         assert shard.startswith("shards/") and shard.endswith("-0000.tar")
-        assert len({v for s, v in zip(index.column("shard").to_pylist(), index.column("video_id").to_pylist(),
-                                      strict=True) if s == shard}) == 1, vid
+        assert (
+            len(
+                {
+                    v
+                    for s, v in zip(
+                        index.column("shard").to_pylist(), index.column("video_id").to_pylist(), strict=True
+                    )
+                    if s == shard
+                }
+            )
+            == 1
+        ), vid
 
     by_wids = {}
     for split in ("train", "val"):
         doc = json.loads((out / f"{split}.wids.json").read_text())
         assert doc["__kind__"] == "wids-shard-index-v1" and doc["wids_version"] == 1
         assert all(not s["url"].startswith("/") for s in doc["shardlist"])  # relative to the output root
-        ds = wids.ShardListDataset(str(out / f"{split}.wids.json"), cache_dir=str(tmp_path / "wids-cache"),
-                                   transformations=[])
+        ds = wids.ShardListDataset(
+            str(out / f"{split}.wids.json"), cache_dir=str(tmp_path / "wids-cache"), transformations=[]
+        )
         assert len(ds) == sum(s["nsamples"] for s in doc["shardlist"])
         for i in range(len(ds)):
             sample = ds[i]
             # wids yields members as file objects keyed ".<ext>"
-            clip = decode_clip({k.lstrip("."): v.read() if hasattr(v, "read") else v for k, v in sample.items()})
+            clip = decode_clip(
+                {k.lstrip("."): v.read() if hasattr(v, "read") else v for k, v in sample.items()}
+            )
             assert clip.split == split
             by_wids[clip.key] = clip
     by_wds = {s["__key__"]: decode_clip(s) for s in _wds_samples(shard_urls(str(out)))}
     assert sorted(by_wids) == sorted(by_wds) == keys
     for key, clip in by_wds.items():
-        assert np.array_equal(clip.frames, by_wids[key].frames) and np.array_equal(clip.flows, by_wids[key].flows)
-        assert np.abs(clip.frames.astype(int) - gt[clip.video_id][0][clip.frame_indices]).mean() < 5  # JPEG q90
+        assert np.array_equal(clip.frames, by_wids[key].frames) and np.array_equal(
+            clip.flows, by_wids[key].flows
+        )
+        assert (
+            np.abs(clip.frames.astype(int) - gt[clip.video_id][0][clip.frame_indices]).mean() < 5
+        )  # JPEG q90
 
     def snapshot():
-        return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-                if p.is_file() and p.name != "summary.json"}
+        return {
+            str(p.relative_to(out)): p.read_bytes()
+            for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "summary.json"
+        }
 
     before = snapshot()
     again = main(args)
@@ -373,22 +481,44 @@ def test_flow_pictures_go_into_the_shards_unchanged_and_feed_training(tmp_path):
             p.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(p), masks[t].astype(np.uint8) * 255)
             masks_rel[t] = f"mask/{name}/{t:05d}.png"
-        records.append(VideoRecord(video_id=name, name=name, format="hmhi", split="train", source_split="train",
-                                   kind="frames", source=f"frame/{name}", frames=rel_frames, masks=masks_rel,
-                                   flows=rel_flows))
+        records.append(
+            VideoRecord(
+                video_id=name,
+                name=name,
+                format="hmhi",
+                split="train",
+                source_split="train",
+                kind="frames",
+                source=f"frame/{name}",
+                frames=rel_frames,
+                masks=masks_rel,
+                flows=rel_flows,
+            )
+        )
     out = tmp_path / "out"
     cfg = PrecomputeFlowConfig(input=str(root), output=str(out))
     cfg.flow.engine = "pictures"
     cfg.shards.clip_length = 3
-    stage = GroupStage(cfg.flow, "cpu", 1,
-                       load_kwargs={"input_url": str(root), "clip_length": 3, "flow_pictures": True},
-                       encode_kwargs={"jpeg_quality": 90, "flow_level": 1}, output_url=str(out), target_bytes=10**9)
-    (group,) = plan_groups([{"video_id": r.video_id, "record": json.dumps(r.to_dict()), "skip_keys": "[]"}
-                            for r in records], group_videos=2)
+    stage = GroupStage(
+        cfg.flow,
+        "cpu",
+        1,
+        load_kwargs={"input_url": str(root), "clip_length": 3, "flow_pictures": True},
+        encode_kwargs={"jpeg_quality": 90, "flow_level": 1},
+        output_url=str(out),
+        target_bytes=10**9,
+    )
+    (group,) = plan_groups(
+        [{"video_id": r.video_id, "record": json.dumps(r.to_dict()), "skip_keys": "[]"} for r in records],
+        group_videos=2,
+    )
     result = stage(group)
     videos = json.loads(result["videos"])
     assert videos["nopics"]["status"] == "rejected"
-    assert "nopics" in videos["nopics"]["reason"] and "0 flow pictures for 5 frames" in videos["nopics"]["reason"]
+    assert (
+        "nopics" in videos["nopics"]["reason"]
+        and "0 flow pictures for 5 frames" in videos["nopics"]["reason"]
+    )
     write_index_part(str(out), result["group"], json.loads(result["rows"]))
     consolidate_index(str(out))
 
@@ -402,7 +532,9 @@ def test_flow_pictures_go_into_the_shards_unchanged_and_feed_training(tmp_path):
         for i, t in enumerate(meta["frame_indices"]):
             assert s[f"flowpic.{i:03d}.jpg"] == pictures[t]  # the file's bytes, not re-encoded
     clip = decode_clip(samples[1])
-    assert clip.flows is None and clip.flow_pictures.shape == (3, 24, 32, 3) and clip.frame_indices == [2, 3, 4]
+    assert (
+        clip.flows is None and clip.flow_pictures.shape == (3, 24, 32, 3) and clip.frame_indices == [2, 3, 4]
+    )
     expected = cv2.imdecode(np.frombuffer(pictures[3], np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
     assert np.array_equal(clip.flow_pictures[1], expected)
 
@@ -412,7 +544,9 @@ def test_flow_pictures_go_into_the_shards_unchanged_and_feed_training(tmp_path):
     sampled = decode_clip(samples[1], positions=list(range(3)))
     want = normalize_images(np.stack([resize_rgb(p, 32) for p in sampled.flow_pictures]))
     assert tensors.flows.shape[0] == 3
-    assert all(any(torch.equal(fed, w) for w in want) for fed in tensors.flows)  # every frame's input: a picture
+    assert all(
+        any(torch.equal(fed, w) for w in want) for fed in tensors.flows
+    )  # every frame's input: a picture
 
 
 def test_settings_guard_hashes_a_flow_checkpoint_read_from_s3(s3_bucket):
@@ -445,21 +579,41 @@ def test_growing_a_corpus_never_moves_a_finished_video_between_splits(tmp_path):
     from tests.media import write_frames_folder
 
     def fresh_splits(names):  # what a stateless assignment would give for this corpus
-        recs = [VideoRecord(video_id=n, name=n, format="frames", split="train", source_split="", kind="frames",
-                            source=n) for n in names]
+        recs = [
+            VideoRecord(
+                video_id=n, name=n, format="frames", split="train", source_split="", kind="frames", source=n
+            )
+            for n in names
+        ]
         assign_val_split(recs, 0.25)
         return {r.video_id: r.split for r in recs}
 
     first = [f"a{i}" for i in range(4)]
     # Added videos chosen so that a stateless assignment of the grown corpus would move a finished video.
-    added = next(extra for k in range(50) for extra in [[f"b{k}_{i}" for i in range(4)]]
-                 if any(fresh_splits(first + extra)[n] != fresh_splits(first)[n] for n in first))
+    added = next(
+        extra
+        for k in range(50)
+        for extra in [[f"b{k}_{i}" for i in range(4)]]
+        if any(fresh_splits(first + extra)[n] != fresh_splits(first)[n] for n in first)
+    )
     corpus = tmp_path / "c"
     for n in first:
         write_frames_folder(corpus, n, make_scene(3, (32, 32), seed=len(n))[0])
     out = str(tmp_path / "out")
-    args = ["--input", str(corpus), "--output", out, "--format", "frames", "--clip-length", "3", "--flow-preset",
-            "ultrafast", "--val-fraction", "0.25"]
+    args = [
+        "--input",
+        str(corpus),
+        "--output",
+        out,
+        "--format",
+        "frames",
+        "--clip-length",
+        "3",
+        "--flow-preset",
+        "ultrafast",
+        "--val-fraction",
+        "0.25",
+    ]
     main(args)
 
     def splits():
@@ -476,5 +630,7 @@ def test_growing_a_corpus_never_moves_a_finished_video_between_splits(tmp_path):
     assert {n: after[n] for n in first} == before  # finished videos keep their split
     assert "val" in {after[n] for n in added}  # new videos get their own share of val
     index = read_index(out)
-    for vid, split in zip(index.column("video_id").to_pylist(), index.column("split").to_pylist(), strict=True):
+    for vid, split in zip(
+        index.column("video_id").to_pylist(), index.column("split").to_pylist(), strict=True
+    ):
         assert after[vid] == split

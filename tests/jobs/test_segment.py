@@ -50,10 +50,23 @@ def jpeg(frame: np.ndarray) -> bytes:
 
 def common_args(tiny_checkpoint: str, input_url: str, output_url: str) -> list[str]:
     return [
-        "--input", input_url, "--output", output_url, "--checkpoint", tiny_checkpoint, "--input-size", "64",
-        "--set", "runtime.videos_in_flight=2", "--set", "runtime.chunk_frames=4",
-        "--set", "flow.preset=ultrafast", "--set", "flow.max_side=128",
-    ]  # fmt: skip
+        "--input",
+        input_url,
+        "--output",
+        output_url,
+        "--checkpoint",
+        tiny_checkpoint,
+        "--input-size",
+        "64",
+        "--set",
+        "runtime.videos_in_flight=2",
+        "--set",
+        "runtime.chunk_frames=4",
+        "--set",
+        "flow.preset=ultrafast",
+        "--set",
+        "flow.max_side=128",
+    ]
 
 
 def check_video_outputs(out, video_id: str, n: int, names: list[str] | None = None) -> None:
@@ -80,8 +93,9 @@ def test_segment_videos_with_a_corrupt_one(storage_url, ray_cluster, tiny_checkp
     good = mp4_bytes(moving_square_frames(9, seed=2))
     corpus.write_bytes("broken.mp4", good[: len(good) // 3])  # truncated
     out_url = open_storage(storage_url).join("out")
-    summary = main([*common_args(tiny_checkpoint, corpus.url, out_url), "--save-probs", "--overlay",
-                    "--export", "coco"])
+    summary = main(
+        [*common_args(tiny_checkpoint, corpus.url, out_url), "--save-probs", "--overlay", "--export", "coco"]
+    )
 
     assert summary["counts"]["video"] == {"done": 2, "skipped": 0, "rejected": 1}
     rejected = summary["rejected"][0]
@@ -129,8 +143,17 @@ def test_segment_davis_frames_then_evaluate(tmp_path, ray_cluster, tiny_checkpoi
     out = tmp_path / "out"
     # fp32: the check below that two videos stepped side by side get identical masks holds bit for bit in fp32
     # only (bf16 kernels may round batch rows differently).
-    summary = main([*common_args(tiny_checkpoint, corpus.url, str(out)), "--set", "runtime.videos_in_flight=4",
-                    "--binarize", "official_minmax", "--precision", "fp32"])  # fmt: skip
+    summary = main(
+        [
+            *common_args(tiny_checkpoint, corpus.url, str(out)),
+            "--set",
+            "runtime.videos_in_flight=4",
+            "--binarize",
+            "official_minmax",
+            "--precision",
+            "fp32",
+        ]
+    )
     assert summary["counts"]["video"]["done"] == 2
     store = open_storage(str(out))
     for seq in ("bear", "cows"):
@@ -151,11 +174,22 @@ def test_killed_run_resumes(tmp_path, ray_cluster, tiny_checkpoint):
     for k in range(4):
         corpus.write_bytes(f"v{k}.mp4", mp4_bytes(moving_square_frames(24, seed=k)))
     out = open_storage(str(tmp_path / "out"))
-    args = [*common_args(tiny_checkpoint, corpus.url, out.url), "--set", "runtime.videos_in_flight=1",
-            "--set", "runtime.videos_per_batch=1"]  # fmt: skip
+    args = [
+        *common_args(tiny_checkpoint, corpus.url, out.url),
+        "--set",
+        "runtime.videos_in_flight=1",
+        "--set",
+        "runtime.videos_per_batch=1",
+    ]
     env = dict(os.environ, RAY_ADDRESS=ray_cluster, PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.Popen([sys.executable, "jobs/segment.py", *args], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "jobs/segment.py", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -196,7 +230,8 @@ def test_segment_from_shards(tmp_path, ray_cluster, tiny_checkpoint):
     assert 0 < figures["driver_cpu_ms_per_video"] < 1000 * summary["elapsed_s"] + 1
     assert figures["model_seconds"] > 0
     assert figures["overhead_ms_per_video"] == pytest.approx(
-        1000 * (summary["elapsed_s"] - figures["model_seconds"]), abs=1000 * 0.1 * summary["elapsed_s"] + 50)
+        1000 * (summary["elapsed_s"] - figures["model_seconds"]), abs=1000 * 0.1 * summary["elapsed_s"] + 50
+    )
 
 
 def test_actor_runs_the_model_on_the_thread_that_loaded_it(tmp_path, ray_cluster, tiny_checkpoint):
@@ -214,18 +249,35 @@ def test_actor_runs_the_model_on_the_thread_that_loaded_it(tmp_path, ray_cluster
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "clip.mp4").write_bytes(mp4_bytes(moving_square_frames(6)))
-    cfg = config_from_dict(SegmentConfig, {
-        "input": str(corpus), "output": str(tmp_path / "out"), "model": {"checkpoint": tiny_checkpoint, "input_size": 64},
-        "runtime": {"chunk_frames": 4, "cpus_per_actor": 1}, "flow": {"preset": "ultrafast", "max_side": 128},
-    })  # fmt: skip
+    cfg = config_from_dict(
+        SegmentConfig,
+        {
+            "input": str(corpus),
+            "output": str(tmp_path / "out"),
+            "model": {"checkpoint": tiny_checkpoint, "input_size": 64},
+            "runtime": {"chunk_frames": 4, "cpus_per_actor": 1},
+            "flow": {"preset": "ultrafast", "max_side": 128},
+        },
+    )
     actor = SegmentActor(config_to_dict(cfg))
-    loader = actor._model_thread.submit(threading.get_ident).result()  # the actor's one pool thread loaded the model
+    loader = actor._model_thread.submit(
+        threading.get_ident
+    ).result()  # the actor's one pool thread loaded the model
     stepped_on = set()
     actor.segmenter.net.backbone.register_forward_pre_hook(lambda *_: stepped_on.add(threading.get_ident()))
-    record = VideoRecord(video_id="clip", name="clip.mp4", format="videos", split="test", source_split="",
-                         kind="video", source="clip.mp4")  # fmt: skip
+    record = VideoRecord(
+        video_id="clip",
+        name="clip.mp4",
+        format="videos",
+        split="test",
+        source_split="",
+        kind="video",
+        source="clip.mp4",
+    )
     results = []
-    caller = threading.Thread(target=lambda: results.extend(actor.segment_batch([json.dumps(record.to_dict())])))
+    caller = threading.Thread(
+        target=lambda: results.extend(actor.segment_batch([json.dumps(record.to_dict())]))
+    )
     caller.start()  # as Ray Data does: a thread that is not the one that ran __init__
     caller.join()
     assert [(r["status"], r["frames"]) for r in results] == [("done", 6)]

@@ -39,8 +39,16 @@ def folder_record(storage, n: int, name: str = "seq", shapes=None) -> tuple[Vide
             frame = frame[: shapes[i]]
         rels.append(f"{name}/f{i:03d}.png")
         storage.write_bytes(rels[-1], png(frame))
-    rec = VideoRecord(video_id=name, name=name, format="frames", split="train", source_split="", kind="frames",
-                      source=name, frames=rels)  # fmt: skip
+    rec = VideoRecord(
+        video_id=name,
+        name=name,
+        format="frames",
+        split="train",
+        source_split="",
+        kind="frames",
+        source=name,
+        frames=rels,
+    )
     return rec, frames
 
 
@@ -81,12 +89,27 @@ def test_bad_inputs_end_with_an_error_item(tmp_path):
     )
     storage.write_bytes("bad/f000.png", png(np.zeros((H, W, 3), np.uint8)))
     storage.write_bytes("bad/f001.png", b"\x89PNG\r\n\x1a\n truncated")
-    bad = VideoRecord(video_id="bad", name="bad", format="frames", split="train", source_split="", kind="frames",
-                      source="bad", frames=["bad/f000.png", "bad/f001.png"])  # fmt: skip
+    bad = VideoRecord(
+        video_id="bad",
+        name="bad",
+        format="frames",
+        split="train",
+        source_split="",
+        kind="frames",
+        source="bad",
+        frames=["bad/f000.png", "bad/f001.png"],
+    )
     items = list(video_chunks(storage, bad.to_dict(), prep(4, flow_cfg)))
     assert "bad/f001.png" in items[-1]["error"]
-    missing = VideoRecord(video_id="gone", name="gone", format="videos", split="train", source_split="", kind="video",
-                          source="gone.mp4")  # fmt: skip
+    missing = VideoRecord(
+        video_id="gone",
+        name="gone",
+        format="videos",
+        split="train",
+        source_split="",
+        kind="video",
+        source="gone.mp4",
+    )
     items = list(video_chunks(storage, missing.to_dict(), prep(4, flow_cfg)))
     assert "gone" in items[-1]["error"]
 
@@ -105,12 +128,29 @@ def write_shards(
     for number, (first, last) in enumerate(clips):
         sl = slice(first, last + 1)
         key = sample_key(video_id, first)
-        members = encode_clip(key, frames[sl], flows[sl], np.zeros((last + 1 - first, H, W), bool),
-                              np.zeros(last + 1 - first, bool), {"video_id": video_id, "split": "val",
-                              "frame_indices": list(range(first, last + 1))})  # fmt: skip
-        writer.add("val", key, members, {"video_id": video_id, "clip_index": number, "n_clips": len(clips),
-                   "frame_indices": list(range(first, last + 1)), "n_frames": last + 1 - first, "n_masks": 0,
-                   "height": H, "width": W})  # fmt: skip
+        members = encode_clip(
+            key,
+            frames[sl],
+            flows[sl],
+            np.zeros((last + 1 - first, H, W), bool),
+            np.zeros(last + 1 - first, bool),
+            {"video_id": video_id, "split": "val", "frame_indices": list(range(first, last + 1))},
+        )
+        writer.add(
+            "val",
+            key,
+            members,
+            {
+                "video_id": video_id,
+                "clip_index": number,
+                "n_clips": len(clips),
+                "frame_indices": list(range(first, last + 1)),
+                "n_frames": last + 1 - first,
+                "n_masks": 0,
+                "height": H,
+                "width": W,
+            },
+        )
     writer.close()
     return frames, flows
 

@@ -13,8 +13,12 @@ from pipeline.transforms import official_soft_map
 
 
 def test_official_preset_sets_defaults_and_keeps_explicit_values():
-    cfg = SegmentConfig(input="in", output="out", preset="official",
-                        model=SegmentModelConfig(checkpoint="c.pth", precision="bf16"))  # fmt: skip
+    cfg = SegmentConfig(
+        input="in",
+        output="out",
+        preset="official",
+        model=SegmentModelConfig(checkpoint="c.pth", precision="bf16"),
+    )
     assert (cfg.model.memory_size, cfg.model.input_size, cfg.model.decoder) == (3, 512, "pil")
     assert cfg.model.precision == "bf16"  # given explicitly: the preset does not override it
     assert cfg.outputs.binarize == cfg.outputs.prob_mode == "official_minmax" and cfg.outputs.save_probs
@@ -71,6 +75,8 @@ def test_work_list_is_one_listing_and_a_short_summary(tmp_path):
     cfg = SegmentConfig(input=corpus.url, output=out.url, model=SegmentModelConfig(checkpoint="c.pth"))
     summary = JobSummary("segment")
     fmt, todo, found = work_list(cfg, summary, corpus, out)
-    assert (fmt, found) == ("videos", 30) and [r["video_id"] for r in todo] == [f"v{k:02d}" for k in range(25, 30)]
+    assert (fmt, found) == ("videos", 30) and [r["video_id"] for r in todo] == [
+        f"v{k:02d}" for k in range(25, 30)
+    ]
     assert summary.counts["video"]["skipped"] == 25 and len(summary.skipped_items) == 20
     assert summary.figures["skipped_not_listed"] == 5

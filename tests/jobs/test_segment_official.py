@@ -23,11 +23,14 @@ from PIL import Image
 from jobs.segment import main
 from pipeline.masks import decode_mask_png
 from pipeline.storage import open_storage
+from tests.conftest import requires_native_bf16
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = (REPO_ROOT / ".." / "shared" / "fixtures" / "official_hmhi").resolve()
 WIDE_H, WIDE_W, WIDE_FRAMES = 480, 854, 2  # a non-square archive video (DAVIS 480p size)
-CLIP_FRAMES = 5  # frame 4 reads frames 1-3: frame 0 evicted (T=3); the official logits are causal, so 5 of 6 is fine
+CLIP_FRAMES = (
+    5  # frame 4 reads frames 1-3: frame 0 evicted (T=3); the official logits are causal, so 5 of 6 is fine
+)
 
 
 def official_state_dict() -> dict[str, torch.Tensor]:
@@ -75,11 +78,13 @@ def official_inputs(paths: list[Path]) -> torch.Tensor:
     """utils/dataloader.py val_video_data_loader on these files: (1, L, 3, 512, 512)."""
     import torchvision.transforms as transforms
 
-    transform = transforms.Compose([
-        transforms.Resize((512, 512)),
-        transforms.ToTensor(),
-        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    ])  # fmt: skip
+    transform = transforms.Compose(
+        [
+            transforms.Resize((512, 512)),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     tensors = []
     for path in paths:
         with open(path, "rb") as f:
@@ -92,7 +97,10 @@ def write_video(root: Path, video: str, frames: np.ndarray, flows: np.ndarray) -
     paths = []
     for i, (frame, flow) in enumerate(zip(frames, flows, strict=True)):
         name = f"{video}_{i:05d}"
-        frame_path, flow_path = root / "frame/val" / video / f"{name}.jpg", root / "flow/val" / video / f"{name}.jpg"
+        frame_path, flow_path = (
+            root / "frame/val" / video / f"{name}.jpg",
+            root / "flow/val" / video / f"{name}.jpg",
+        )
         mask_path = root / "mask/val" / video / f"{name}.png"
         for path in (frame_path, flow_path, mask_path):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,8 +117,9 @@ def read_grey(store, rel: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(store.read_bytes(rel))))
 
 
-def test_official_preset_with_flow_pictures_matches_the_official_code(tmp_path, ray_cluster, official_checkpoint,
-                                                                      fixture_clip):  # fmt: skip
+def test_official_preset_with_flow_pictures_matches_the_official_code(
+    tmp_path, ray_cluster, official_checkpoint, fixture_clip
+):
     from model import create_model, load_checkpoint
 
     archive = tmp_path / "DAVIS2SEG_byvideo"
@@ -121,9 +130,24 @@ def test_official_preset_with_flow_pictures_matches_the_official_code(tmp_path, 
     wide_flows = np.stack([squeeze(f) for f in fixture_clip["flows"][:WIDE_FRAMES]])
     wide_paths = write_video(archive, "wide", wide_frames, wide_flows)
     out = tmp_path / "out"
-    summary = main(["--input", str(archive), "--output", str(out), "--checkpoint", official_checkpoint,
-                    "--format", "hmhi", "--preset", "official", "--flow-model", "pictures",
-                    "--set", "runtime.videos_in_flight=2"])  # fmt: skip
+    summary = main(
+        [
+            "--input",
+            str(archive),
+            "--output",
+            str(out),
+            "--checkpoint",
+            official_checkpoint,
+            "--format",
+            "hmhi",
+            "--preset",
+            "official",
+            "--flow-model",
+            "pictures",
+            "--set",
+            "runtime.videos_in_flight=2",
+        ]
+    )
     assert summary["counts"]["video"] == {"done": 2, "skipped": 0, "rejected": 0}, summary["rejected"]
     config = summary["config"]
     assert config["model"]["memory_size"] == 3 and config["model"]["decoder"] == "pil"
@@ -132,8 +156,9 @@ def test_official_preset_with_flow_pictures_matches_the_official_code(tmp_path, 
     store = open_storage(str(out))
 
     # 1. The fixture clip (512x512): the official post-processing of the official model's own logits.
-    expected = official_soft_maps(torch.from_numpy(np.load(FIXTURE / "expected_T3.npz")["logits_full"]),
-                                  (512, 512))  # fmt: skip
+    expected = official_soft_maps(
+        torch.from_numpy(np.load(FIXTURE / "expected_T3.npz")["logits_full"]), (512, 512)
+    )
     for i in range(CLIP_FRAMES):
         soft = read_grey(store, f"probs/clip/clip_{i:05d}.png").astype(int)
         assert soft.shape == (512, 512)
@@ -145,8 +170,9 @@ def test_official_preset_with_flow_pictures_matches_the_official_code(tmp_path, 
     net = create_model("hmhi_mit_b1", memory_size=3).eval()
     load_checkpoint(net, official_checkpoint)
     with torch.inference_mode():
-        full, _ = net.forward_clip(official_inputs([p for p, _ in wide_paths]),
-                                   official_inputs([p for _, p in wide_paths]))  # fmt: skip
+        full, _ = net.forward_clip(
+            official_inputs([p for p, _ in wide_paths]), official_inputs([p for _, p in wide_paths])
+        )
     expected = official_soft_maps(full[0], (WIDE_H, WIDE_W))
     for i in range(WIDE_FRAMES):
         soft = read_grey(store, f"probs/wide/wide_{i:05d}.png").astype(int)
@@ -155,6 +181,7 @@ def test_official_preset_with_flow_pictures_matches_the_official_code(tmp_path, 
     assert store.read_json("done/wide.json")["preset"] == "official"
 
 
+@requires_native_bf16
 def test_bf16_masks_agree_with_fp32(official_checkpoint, fixture_clip):
     from pipeline.segment import VideoSegmenter
 
@@ -162,8 +189,9 @@ def test_bf16_masks_agree_with_fp32(official_checkpoint, fixture_clip):
     pairs = list(zip(fixture_clip["frames"][:4], fixture_clip["flows"][:4], strict=True))
     results = {}
     for precision in ("fp32", "bf16"):
-        segmenter = VideoSegmenter(official_checkpoint, flow="pictures", memory_size=3, precision=precision,
-                                   device="cpu")  # fmt: skip
+        segmenter = VideoSegmenter(
+            official_checkpoint, flow="pictures", memory_size=3, precision=precision, device="cpu"
+        )
         assert segmenter.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
         results[precision] = [(index, mask) for index, mask, _ in segmenter.segment(iter(pairs))]
     assert [i for i, _ in results["fp32"]] == [i for i, _ in results["bf16"]] == list(range(4))

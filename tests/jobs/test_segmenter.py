@@ -22,13 +22,24 @@ def test_video_segmenter_equals_the_job(tmp_path, ray_cluster, tiny_checkpoint):
     corpus.write_bytes("clip.mp4", mp4_bytes(moving_square_frames(11)))
     out = open_storage(str(tmp_path / "out"))
     # One video in flight and one torch thread in the actor: the same arithmetic as the segmenter below.
-    summary = main([*common_args(tiny_checkpoint, corpus.url, out.url), "--save-probs", "--precision", "fp32",
-                    "--set", "runtime.videos_in_flight=1", "--set", "runtime.cpus_per_actor=1"])  # fmt: skip
+    summary = main(
+        [
+            *common_args(tiny_checkpoint, corpus.url, out.url),
+            "--save-probs",
+            "--precision",
+            "fp32",
+            "--set",
+            "runtime.videos_in_flight=1",
+            "--set",
+            "runtime.cpus_per_actor=1",
+        ]
+    )
     assert summary["counts"]["video"]["done"] == 1
 
     flow = FlowConfig(engine="dis", preset="ultrafast", max_side=128)  # as common_args sets them
-    segmenter = VideoSegmenter(tiny_checkpoint, flow=flow, input_size=64, precision="fp32", device="cpu",
-                               chunk_frames=4)  # fmt: skip
+    segmenter = VideoSegmenter(
+        tiny_checkpoint, flow=flow, input_size=64, precision="fp32", device="cpu", chunk_frames=4
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -39,7 +50,9 @@ def test_video_segmenter_equals_the_job(tmp_path, ray_cluster, tiny_checkpoint):
     assert [index for index, _, _ in results] == list(range(11))
     for index, mask, prob in results:
         assert mask.dtype == bool and mask.shape == prob.shape == (48, 80)
-        written = np.asarray(Image.open(io.BytesIO(out.read_bytes(f"probs/clip/{index:05d}.png")))).astype(int)
+        written = np.asarray(Image.open(io.BytesIO(out.read_bytes(f"probs/clip/{index:05d}.png")))).astype(
+            int
+        )
         assert np.abs(written - np.round(prob * 255)).max() <= 1
         np.testing.assert_array_equal(decode_mask_png(out.read_bytes(f"masks/clip/{index:05d}.png")), mask)
     # An iterator of frames gives the same probabilities as the file, to float noise (masks are not compared: this

@@ -35,14 +35,27 @@ def shard_set(s3_server, ray_cluster, tmp_path_factory):
     from pipeline.synthetic import main as synth_main
 
     corpus = str(tmp_path_factory.mktemp("corpus"))
-    synth_main(["--out", corpus, "--videos", "6", "--frames", "12", "--size", "64x64",
-                "--set", "val_fraction=0.34"])
+    synth_main(
+        ["--out", corpus, "--videos", "6", "--frames", "12", "--size", "64x64", "--set", "val_fraction=0.34"]
+    )
     bucket = s3_server.create_bucket("train")
     url = f"s3://{bucket}/shards"
     # Small shards: several train shards holding uneven sample counts.
     # The corpus's held-out videos ingest as 'test'; validation is carved from train (never the test set).
-    precompute_main(["--input", corpus, "--output", url, "--clip-length", "6", "--shard-size-mb", "0.3",
-                     "--val-fraction", "0.25"])
+    precompute_main(
+        [
+            "--input",
+            corpus,
+            "--output",
+            url,
+            "--clip-length",
+            "6",
+            "--shard-size-mb",
+            "0.3",
+            "--val-fraction",
+            "0.25",
+        ]
+    )
     return url
 
 
@@ -53,8 +66,11 @@ def _ckpt(run, step: int) -> dict:
 
 def _scratch_dirs() -> set[str]:
     """Scratch directories of training workers and the metrics writer (workers share this machine's temp dir)."""
-    return {p for prefix in ("hmhi-train-", "hmhi-tb-") for p in glob.glob(os.path.join(tempfile.gettempdir(),
-                                                                                        prefix + "*"))}
+    return {
+        p
+        for prefix in ("hmhi-train-", "hmhi-tb-")
+        for p in glob.glob(os.path.join(tempfile.gettempdir(), prefix + "*"))
+    }
 
 
 def _steps(run) -> list[int]:
@@ -100,8 +116,11 @@ def first_run(shard_set, s3_server, tmp_path_factory) -> FirstRun:
     from pipeline.shards import read_index
 
     index = read_index(shard_set)
-    train_shards = {s for s, sp in zip(index.column("shard").to_pylist(), index.column("split").to_pylist())
-                    if sp == "train"}
+    train_shards = {
+        s
+        for s, sp in zip(index.column("shard").to_pylist(), index.column("split").to_pylist())
+        if sp == "train"
+    }
     assert len(train_shards) >= 2  # the split below really spreads several shards over the workers
 
     storage = f"s3://{s3_server.create_bucket('runs')}/runs"
@@ -109,21 +128,48 @@ def first_run(shard_set, s3_server, tmp_path_factory) -> FirstRun:
     torch.manual_seed(0)
     save_checkpoint(create_model("hmhi_mit_b0", memory_size=5, decoder_width=64), str(init))
     open_storage(storage).upload_file(str(init), "weights/init.pt")
-    args = ["--config", CONFIG, "--data", shard_set, "--storage", storage, "--run-name", "tiny", *SMALL,
-            "--init-checkpoint", f"{storage}/weights/init.pt", "--set", "validation.every_steps=8"]
+    args = [
+        "--config",
+        CONFIG,
+        "--data",
+        shard_set,
+        "--storage",
+        storage,
+        "--run-name",
+        "tiny",
+        *SMALL,
+        "--init-checkpoint",
+        f"{storage}/weights/init.pt",
+        "--set",
+        "validation.every_steps=8",
+    ]
     scratch_before = _scratch_dirs()
     summary = main([*args, "--max-steps", "8", "--set", "checkpoint.every_steps=4"])
     run = open_storage(storage).child("tiny")
     meta = run.read_json("best/meta.json")
-    best = torch.load(io.BytesIO(run.read_bytes(f"best/{meta['model']}")), map_location="cpu", weights_only=True)
-    return FirstRun(args, summary, run, _scratch_dirs() - scratch_before, sorted(run.list()), _ckpt(run, 8),
-                    read_metrics_csv(run), run.list("logs/tensorboard"), meta, best)
+    best = torch.load(
+        io.BytesIO(run.read_bytes(f"best/{meta['model']}")), map_location="cpu", weights_only=True
+    )
+    return FirstRun(
+        args,
+        summary,
+        run,
+        _scratch_dirs() - scratch_before,
+        sorted(run.list()),
+        _ckpt(run, 8),
+        read_metrics_csv(run),
+        run.list("logs/tensorboard"),
+        meta,
+        best,
+    )
 
 
 def test_a_run_trains_from_the_init_checkpoint_and_leaves_no_local_files(first_run):
     assert first_run.summary["counts"]["run"]["done"] == 1 and first_run.summary["figures"]["steps"] == 8
     assert first_run.summary["figures"]["latest_checkpoint"] == first_run.run.join("checkpoint_00000008")
-    assert first_run.scratch_left == set()  # checkpoints, best model and TensorBoard files left no local copies
+    assert (
+        first_run.scratch_left == set()
+    )  # checkpoints, best model and TensorBoard files left no local copies
 
 
 def test_checkpoints_in_s3_hold_every_ranks_training_state(first_run):
@@ -154,8 +200,9 @@ def test_validation_across_ranks_keeps_the_best_model(first_run):
     assert first_run.summary["figures"]["best_model"] == first_run.run.join("best/model.pt")
 
 
-def test_a_resubmission_continues_and_a_worker_failure_resumes_from_the_last_checkpoint(first_run, monkeypatch,
-                                                                                         tmp_path):
+def test_a_resubmission_continues_and_a_worker_failure_resumes_from_the_last_checkpoint(
+    first_run, monkeypatch, tmp_path
+):
     """Same run name: continues at step 9 from checkpoint 8's optimiser state. Rank 0 then fails once after
     reporting step 9 (tests.plugins.faults, in the workers); Ray Train restarts the group from checkpoint 9."""
     import pipeline.train.loop
@@ -189,7 +236,8 @@ def test_resubmitting_a_finished_run_changes_nothing(first_run):
     again = main([*first_run.args, "--max-steps", "8"])
     assert again["counts"]["run"]["done"] == 1 and again["figures"]["steps"] == latest
     assert sorted(n for n in run.list(recursive=True) if n != "summary.json") == [
-        n for n in before if n != "summary.json"]
+        n for n in before if n != "summary.json"
+    ]
 
 
 def test_bad_inputs_fail_before_training(shard_set, s3_server, tmp_path, capsys):
@@ -221,8 +269,21 @@ def test_bad_inputs_fail_before_training(shard_set, s3_server, tmp_path, capsys)
     data[700] ^= 0xFF
     bad.write_bytes(f"shards/{victim}", bytes(data))
     # Verified by the worker that first reads the shard (not on the driver before the run): fails loudly, naming it.
-    status, err = exit_status(["--config", CONFIG, "--storage", storage, "--run-name", "bad-shard", *SMALL,
-                               "--data", bad.url, "--set", "max_failures=0"])
+    status, err = exit_status(
+        [
+            "--config",
+            CONFIG,
+            "--storage",
+            storage,
+            "--run-name",
+            "bad-shard",
+            *SMALL,
+            "--data",
+            bad.url,
+            "--set",
+            "max_failures=0",
+        ]
+    )
     assert status == 2 and victim in err
 
     missing = f"{storage}/weights/{uuid.uuid4().hex}.pt"
@@ -236,8 +297,9 @@ def test_bad_inputs_fail_before_training(shard_set, s3_server, tmp_path, capsys)
     assert os.environ.get("AWS_ENDPOINT_URL")  # all of the above went to the moto server
 
 
-def test_failed_run_writes_its_summary_exits_1_and_logs_without_framework_noise(shard_set, s3_server,
-                                                                                  ray_cluster, tmp_path):
+def test_failed_run_writes_its_summary_exits_1_and_logs_without_framework_noise(
+    shard_set, s3_server, ray_cluster, tmp_path
+):
     """The command line as a user runs it (a subprocess attached to the test cluster): the workers fail for good
     (a failure injected by tests.plugins.faults, no restarts allowed), the job still writes summary.json, prints
     its summary and one ``failed:`` line, exits 1, and its log carries none of the framework notices
@@ -249,14 +311,39 @@ def test_failed_run_writes_its_summary_exits_1_and_logs_without_framework_noise(
 
     storage = f"s3://{s3_server.create_bucket('runs')}/runs"
     marker = tmp_path / "failed-after-step-2"
-    env = subprocess_env({**os.environ, "RAY_ADDRESS": ray_cluster}, REPO_ROOT, train_fail_at_step=2,
-                         train_fail_marker=str(marker))
+    env = subprocess_env(
+        {**os.environ, "RAY_ADDRESS": ray_cluster},
+        REPO_ROOT,
+        train_fail_at_step=2,
+        train_fail_marker=str(marker),
+    )
     env.pop("HMHI_LOG_LEVEL", None)
     proc = subprocess.run(
-        [sys.executable, "jobs/train.py", "--config", CONFIG, "--data", shard_set, "--storage", storage,
-         "--run-name", "doomed", *SMALL, "--max-steps", "2", "--set", "max_failures=0",
-         "--set", "validation.every_steps=0"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "jobs/train.py",
+            "--config",
+            CONFIG,
+            "--data",
+            shard_set,
+            "--storage",
+            storage,
+            "--run-name",
+            "doomed",
+            *SMALL,
+            "--max-steps",
+            "2",
+            "--set",
+            "max_failures=0",
+            "--set",
+            "validation.every_steps=0",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-3000:]
     # one line for the user (Ray may still stream worker lines after it: its log monitor is asynchronous)
@@ -274,5 +361,7 @@ def test_failed_run_writes_its_summary_exits_1_and_logs_without_framework_noise(
     assert "step 2/2" in out
     # ... without the notices silenced in pipeline.runtime.quiet_frameworks
     assert "Grad strides do not match bucket view strides" not in out
-    assert "Reporting training result" not in out  # Ray Train's per-report INFO line, every metric, every rank
+    assert (
+        "Reporting training result" not in out
+    )  # Ray Train's per-report INFO line, every metric, every rank
     assert "Moving model to device" not in out

@@ -18,15 +18,20 @@ def official_fixture_dir() -> Path:
     needed = ["keys.json", "make_weights.py", "compare.py", "inputs.npz", "expected_T3.npz"]
     missing = [n for n in needed if not (OFFICIAL_FIXTURE_DIR / n).is_file()]
     if missing:
-        pytest.fail(f"official HMHI-Net fixture missing: {OFFICIAL_FIXTURE_DIR} lacks {missing}; it must sit at "
-                    f"<repo>/../shared/fixtures/official_hmhi", pytrace=False)
+        pytest.fail(
+            f"official HMHI-Net fixture missing: {OFFICIAL_FIXTURE_DIR} lacks {missing}; it must sit at "
+            f"<repo>/../shared/fixtures/official_hmhi",
+            pytrace=False,
+        )
     return OFFICIAL_FIXTURE_DIR
 
 
 @pytest.fixture(scope="session")
 def official_weights(official_fixture_dir):
     """builder(seed) -> the official state dict made by the fixture's own weight rule (make_weights.py)."""
-    spec = importlib.util.spec_from_file_location("official_make_weights", official_fixture_dir / "make_weights.py")
+    spec = importlib.util.spec_from_file_location(
+        "official_make_weights", official_fixture_dir / "make_weights.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     cache: dict[int, dict] = {}

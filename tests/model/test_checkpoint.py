@@ -52,8 +52,9 @@ def test_official_checkpoint_every_key_mapped(b1, official_weights, official_fix
     for official, native in pairs.items():
         assert torch.equal(own[native], state[official]), official
     # the dead copy is NOT mapped onto the live cross-attention
-    assert not torch.equal(own["pixel_memory.readout.cross_attn.q_proj.weight"],
-                           state["Mem0.cross_attention.q_proj.weight"])
+    assert not torch.equal(
+        own["pixel_memory.readout.cross_attn.q_proj.weight"], state["Mem0.cross_attention.q_proj.weight"]
+    )
 
 
 def test_official_checkpoint_errors_name_file_and_keys(b1, official_weights, tmp_path):
@@ -61,7 +62,9 @@ def test_official_checkpoint_errors_name_file_and_keys(b1, official_weights, tmp
     missing = dict(state)
     del missing["decode_head.blend3.conv.bias"]
     path = _official_file(tmp_path, missing, "missing_key.pth")
-    with pytest.raises(CheckpointError, match=r"missing_key\.pth.*missing: decoder\.stages\.2\.blend\.0\.bias"):
+    with pytest.raises(
+        CheckpointError, match=r"missing_key\.pth.*missing: decoder\.stages\.2\.blend\.0\.bias"
+    ):
         load_checkpoint(b1, path)
     report = load_checkpoint(b1, path, strict=False)
     assert report.missing == ["decoder.stages.2.blend.0.bias"] and not report.ok
@@ -71,7 +74,9 @@ def test_official_checkpoint_errors_name_file_and_keys(b1, official_weights, tmp
         load_checkpoint(b1, _official_file(tmp_path, extra, "extra_key.pth"))
 
     wrong = dict(state, **{"obj_reduce.0.weight": torch.zeros(64, 512)})
-    with pytest.raises(CheckpointError, match=r"wrong_shape\.pth.*obj_reduce\.0\.weight: \(64, 512\) vs model \(128, 512\)"):
+    with pytest.raises(
+        CheckpointError, match=r"wrong_shape\.pth.*obj_reduce\.0\.weight: \(64, 512\) vs model \(128, 512\)"
+    ):
         load_checkpoint(b1, _official_file(tmp_path, wrong, "wrong_shape.pth"))
 
     # an official MiT-B1 checkpoint does not fit a B0 model: named shape mismatches, nothing loaded
@@ -99,7 +104,9 @@ def test_truncated_and_foreign_files(tmp_path):
     # mmsegmentation-converted MiT weights match no key: refused, first keys named
     mmseg = tmp_path / "mmseg_mit.pth"
     torch.save({"state_dict": {"backbone.layers.0.0.projection.weight": torch.zeros(1)}}, mmseg)
-    with pytest.raises(CheckpointError, match=r"mmseg_mit\.pth: unrecognised.*backbone\.layers\.0\.0\.projection"):
+    with pytest.raises(
+        CheckpointError, match=r"mmseg_mit\.pth: unrecognised.*backbone\.layers\.0\.0\.projection"
+    ):
         load_checkpoint(net, mmseg)
 
 
@@ -121,7 +128,9 @@ def test_weights_only_refuses_arbitrary_pickles(tmp_path):
 def test_mit_imagenet_weights_fill_the_backbone_only(b1, official_weights, tmp_path):
     state = official_weights(2)
     # NVlabs SegFormer ImageNet layout: MiT names without prefix, a classifier head, no adapters
-    mit = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.") and "adapter" not in k}
+    mit = {
+        k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.") and "adapter" not in k
+    }
     mit["head.weight"], mit["head.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
     path = tmp_path / "mit_b1.pth"
     torch.save(mit, path)
@@ -131,13 +140,17 @@ def test_mit_imagenet_weights_fill_the_backbone_only(b1, official_weights, tmp_p
     assert report.format == "mit_imagenet" and report.ok
     assert len(report.loaded) == 176 and sorted(report.ignored) == ["head.bias", "head.weight"]
     own = net.state_dict()
-    assert torch.equal(own["backbone.stages.3.blocks.1.attn.kv.weight"], state["backbone.block4.1.attn.kv.weight"])
+    assert torch.equal(
+        own["backbone.stages.3.blocks.1.attn.kv.weight"], state["backbone.block4.1.attn.kv.weight"]
+    )
     assert torch.equal(own["backbone.stages.0.blocks.0.adapter.up_proj.weight"], adapters_before)
     assert "decoder.predictor.weight" in report.not_in_format
 
     del mit["block3.1.mlp.fc2.bias"]
     torch.save({"state_dict": mit}, path)  # also inside a 'state_dict' wrapper
-    with pytest.raises(CheckpointError, match=r"mit_b1\.pth.*missing: backbone\.stages\.2\.blocks\.1\.mlp\.fc2\.bias"):
+    with pytest.raises(
+        CheckpointError, match=r"mit_b1\.pth.*missing: backbone\.stages\.2\.blocks\.1\.mlp\.fc2\.bias"
+    ):
         load_checkpoint(net, path)
 
 
@@ -154,8 +167,9 @@ def test_own_format_round_trip(tmp_path):
     assert report.format == "hmhi-uvos" and report.ok and report.meta["metrics"] == {"J&F": 0.5}
     frames, flows = random_clip(1, 3, size=64)
     with torch.inference_mode():
-        torch.testing.assert_close(fresh.forward_clip(frames, flows)[0], net.forward_clip(frames, flows)[0],
-                                   atol=0, rtol=0)
+        torch.testing.assert_close(
+            fresh.forward_clip(frames, flows)[0], net.forward_clip(frames, flows)[0], atol=0, rtol=0
+        )
     rebuilt, report = model_from_checkpoint(path, memory_size=3)
     assert rebuilt.config.memory_size == 3 and rebuilt.config.decoder_width == 32 and report.ok
 
@@ -164,7 +178,9 @@ def test_own_format_round_trip(tmp_path):
     buffer.seek(0)
     assert load_checkpoint(fresh, buffer).ok
 
-    with pytest.raises(CheckpointError, match=r"epoch3\.pth: checkpoint is for model 'hmhi_mit_b0', not 'hmhi_mit_b1'"):
+    with pytest.raises(
+        CheckpointError, match=r"epoch3\.pth: checkpoint is for model 'hmhi_mit_b0', not 'hmhi_mit_b1'"
+    ):
         load_checkpoint(create_model("hmhi_mit_b1", decoder_width=32, readout_ffn_dim=64), path)
     with pytest.raises(ValueError, match="reserved"):
         save_checkpoint(net, tmp_path / "x.pth", extra={"model": 1})

@@ -20,12 +20,18 @@ def test_gpu_all_dry_run_model_step(tmp_path):
     shutil.copy(REPO_ROOT / "bench" / "RESULTS.md", results)
     before = results.read_text()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run(["bash", "bench/gpu_all.sh", "--dry-run", "--steps", "model", "--results", str(results)],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", "bench/gpu_all.sh", "--dry-run", "--steps", "model", "--results", str(results)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = results.read_text()
     assert text.startswith(before)  # appended, nothing rewritten
-    section = text[len(before):]
+    section = text[len(before) :]
     assert "## bench/gpu_all.sh --dry-run" in section and "Device: CPU dry run" in section
     assert "### model: exit 0" in section
     lines = [json.loads(line) for line in section.splitlines() if line.startswith("{")]
@@ -35,6 +41,11 @@ def test_gpu_all_dry_run_model_step(tmp_path):
 
 
 def test_gpu_all_refuses_unknown_steps(tmp_path):
-    proc = subprocess.run(["bash", "bench/gpu_all.sh", "--dry-run", "--steps", "nope", "--results",
-                           str(tmp_path / "R.md")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", "bench/gpu_all.sh", "--dry-run", "--steps", "nope", "--results", str(tmp_path / "R.md")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "unknown step nope" in proc.stderr

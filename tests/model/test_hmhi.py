@@ -45,8 +45,10 @@ def test_official_b1_parameter_count():
 
 
 # The larger MiT variants take a minute or more each on 2 cores: `slow` keeps them out of `make test-fast`.
-@pytest.mark.parametrize("name", [f"hmhi_mit_b{i}" if i < 3 else pytest.param(f"hmhi_mit_b{i}", marks=pytest.mark.slow)
-                                  for i in range(6)])
+@pytest.mark.parametrize(
+    "name",
+    [f"hmhi_mit_b{i}" if i < 3 else pytest.param(f"hmhi_mit_b{i}", marks=pytest.mark.slow) for i in range(6)],
+)
 def test_variant_shapes(name):
     net = create_model(name, decoder_width=32, readout_ffn_dim=64).eval()
     frames, flows = random_clip(1, 2, size=64)
@@ -57,7 +59,9 @@ def test_variant_shapes(name):
     dims = net.embed_dims
     with torch.inference_mode():
         levels = net.backbone(frames[:, 0], flows[:, 0])
-    assert [tuple(z.shape) for z in levels] == [(1, dims[i], 64 // 4 // 2**i, 64 // 4 // 2**i) for i in range(4)]
+    assert [tuple(z.shape) for z in levels] == [
+        (1, dims[i], 64 // 4 // 2**i, 64 // 4 // 2**i) for i in range(4)
+    ]
 
 
 def test_input_checks():
@@ -183,8 +187,14 @@ def test_gradients_flow_through_memory_in_training():
     full[:, 2].sum().backward()  # loss on the last frame only
     # frame 0 reaches frame 2 only through the memory writes (its features and predicted mask)
     assert frames.grad[:, 0].abs().sum() > 0
-    for module in (net.pixel_memory.encoder, net.semantic_memory.encoder, net.pixel_memory.readout,
-                   net.semantic_memory.readout, net.sgim, net.plam):
+    for module in (
+        net.pixel_memory.encoder,
+        net.semantic_memory.encoder,
+        net.pixel_memory.readout,
+        net.semantic_memory.readout,
+        net.sgim,
+        net.plam,
+    ):
         grads = [p.grad for p in module.parameters()]
         assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
     # every parameter gets a gradient (DDP needs no find_unused_parameters)
@@ -224,7 +234,9 @@ def test_non_square_input_runs():
     torch.testing.assert_close(streamed, full, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("shape, factor", [((2, 3, 8, 8), 2), ((1, 5, 6, 10), 2), ((1, 1, 16, 16), 4), ((1, 2, 1, 3), 4)])
+@pytest.mark.parametrize(
+    "shape, factor", [((2, 3, 8, 8), 2), ((1, 5, 6, 10), 2), ((1, 1, 16, 16), 4), ((1, 2, 1, 3), 4)]
+)
 def test_bicubic_upsampling_equals_torch_interpolate(shape, factor):
     """The decoder's matmul bicubic upsampling gives F.interpolate's numbers: fp32 up to summation order; bf16
     computed in fp32 and rounded once (within half a bf16 step of the fp32 result; torch's own bf16 kernel, with

@@ -48,5 +48,7 @@ def test_memory_encoder_fusers_start_as_copies_of_one_block(fresh_net):
             first.dwconv.weight.add_(1.0)
         assert not torch.equal(first.dwconv.weight, second.dwconv.weight)
     # Different memories are not copies of each other (each built its own block).
-    assert not torch.equal(fresh_net.pixel_memory.encoder.fuser[0].pwconv1.weight[:1, :32],
-                           fresh_net.semantic_memory.encoder.fuser[0].pwconv1.weight[:1, :32])
+    assert not torch.equal(
+        fresh_net.pixel_memory.encoder.fuser[0].pwconv1.weight[:1, :32],
+        fresh_net.semantic_memory.encoder.fuser[0].pwconv1.weight[:1, :32],
+    )

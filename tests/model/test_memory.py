@@ -64,10 +64,12 @@ def test_rope_is_relative_and_tiles_over_memory_frames():
     # the score depends on the 2-D offset only: (0,0)->(1,2) equals (1,1)->(2,3)
     torch.testing.assert_close(scores[0 * w + 0, 1 * w + 2], scores[1 * w + 1, 2 * w + 3])
     two_frames = apply_rope(torch.cat([k, k], dim=1), tables)  # memory keys: the table is tiled per frame
-    torch.testing.assert_close(two_frames[:, h * w:], rk)
+    torch.testing.assert_close(two_frames[:, h * w :], rk)
     # pair 0 rotates by x * 1 (frequency 10000^0), the first dim/4 pairs follow x, the others y
     cos, sin = tables
-    assert torch.allclose(cos[1, 0], torch.tensor(math.cos(1.0))) and torch.allclose(sin[w, 0], torch.tensor(0.0))
+    assert torch.allclose(cos[1, 0], torch.tensor(math.cos(1.0))) and torch.allclose(
+        sin[w, 0], torch.tensor(0.0)
+    )
     assert torch.allclose(sin[w, dim // 4], torch.tensor(math.sin(1.0)))
 
 
@@ -77,8 +79,16 @@ def test_sine_code_matches_formula():
     y = (row + 1) / (3 + 1e-6) * 2 * math.pi
     x = (col + 1) / (5 + 1e-6) * 2 * math.pi
     dim_t = [10000 ** (2 * (j // 2) / 4) for j in range(4)]
-    expected = [math.sin(y / dim_t[0]), math.cos(y / dim_t[1]), math.sin(y / dim_t[2]), math.cos(y / dim_t[3]),
-                math.sin(x / dim_t[0]), math.cos(x / dim_t[1]), math.sin(x / dim_t[2]), math.cos(x / dim_t[3])]
+    expected = [
+        math.sin(y / dim_t[0]),
+        math.cos(y / dim_t[1]),
+        math.sin(y / dim_t[2]),
+        math.cos(y / dim_t[3]),
+        math.sin(x / dim_t[0]),
+        math.cos(x / dim_t[1]),
+        math.sin(x / dim_t[2]),
+        math.cos(x / dim_t[3]),
+    ]
     torch.testing.assert_close(code[row * 5 + col], torch.tensor(expected), atol=1e-6, rtol=0)
 
 
@@ -93,10 +103,10 @@ def test_bf16_topk_selects_and_weighs_in_fp32():
     assert got.dtype == torch.bfloat16
     exact = dense_topk_attention(q.float(), k.float(), v.float(), topk=50, key_valid=valid)
     # Only the final rounding of the output to bf16 separates them (|out| < ~1, bf16 spacing <= 2^-8).
-    assert (got.float() - exact).abs().max() <= 2 ** -8
+    assert (got.float() - exact).abs().max() <= 2**-8
     # Control: selecting among bf16-rounded logits changes some queries' outputs by far more.
-    logits = (q @ k.transpose(1, 2) * 64 ** -0.5).masked_fill(~valid[:, None], float("-inf"))  # bf16
+    logits = (q @ k.transpose(1, 2) * 64**-0.5).masked_fill(~valid[:, None], float("-inf"))  # bf16
     index = logits.topk(50, dim=-1).indices
     masked = torch.full_like(logits, float("-inf")).scatter(-1, index, logits.gather(-1, index))
     naive = masked.float().softmax(-1) @ v.float()
-    assert (naive - exact).abs().max() > 4 * 2 ** -8
+    assert (naive - exact).abs().max() > 4 * 2**-8

@@ -61,9 +61,17 @@ def test_official_parity_T3(official_fixture_dir, official_weights, tmp_path):
     assert set(expected.files) - {"meta"} <= set(mine), "trace lacks some fixture arrays"
     out = tmp_path / "mine.npz"
     np.savez(out, **mine)
-    result = subprocess.run([sys.executable, str(official_fixture_dir / "compare.py"),
-                             str(official_fixture_dir / "expected_T3.npz"), str(out), "--strict"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(official_fixture_dir / "compare.py"),
+            str(official_fixture_dir / "expected_T3.npz"),
+            str(out),
+            "--strict",
+        ],
+        capture_output=True,
+        text=True,
+    )
     print(result.stdout)
     assert result.returncode == 0, f"compare.py failed:\n{result.stdout}\n{result.stderr}"
     assert result.stdout.strip().endswith("PASS")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from model import autocast, create_model, load_checkpoint, native_bf16, resolve_precision
+from tests.conftest import requires_native_bf16
 from tests.model.test_parity import _normalise
 
 MIN_AGREEMENT = 0.995  # issue 16: per frame, fraction of pixels whose mask (logit > 0) is the same
@@ -24,6 +25,7 @@ def test_resolve_precision():
         resolve_precision("fp16", "cpu")
 
 
+@requires_native_bf16
 def test_bf16_masks_agree_with_fp32_on_fixture_clip(official_fixture_dir, official_weights, tmp_path):
     ckpt = tmp_path / "official_seed0.pth"
     torch.save({"network": official_weights(0)}, ckpt)
@@ -37,12 +39,14 @@ def test_bf16_masks_agree_with_fp32_on_fixture_clip(official_fixture_dir, offici
     agreement, max_abs = [], []
     for t in range(frames.shape[0]):
         with autocast("cpu", torch.bfloat16):
-            logits, state = net.step(frames[t:t + 1], flows[t:t + 1], state)
+            logits, state = net.step(frames[t : t + 1], flows[t : t + 1], state)
         assert logits.dtype == torch.float32  # the final logits stay fp32 under autocast
         mine = logits[0, 0].numpy()
         agreement.append(float(((mine > 0) == (reference[t] > 0)).mean()))
         max_abs.append(float(np.abs(mine - reference[t]).max()))
-    print("bf16 vs fp32 mask agreement per frame:", [round(a, 5) for a in agreement], "max |dlogit|:", max_abs)
+    print(
+        "bf16 vs fp32 mask agreement per frame:", [round(a, 5) for a in agreement], "max |dlogit|:", max_abs
+    )
     assert min(agreement) >= MIN_AGREEMENT, agreement
     # bf16 really ran (a silent fp32 fallback would agree to 1e-4 like the parity test)
     assert max(max_abs) > 1e-4

@@ -41,8 +41,9 @@ print("shape:", tuple(logits.shape), "leaked:", leaked)
 
 def test_model_imports_and_runs_without_pipeline():
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}  # this checkout's model/, not an installed copy
-    result = subprocess.run([sys.executable, "-c", _PROBE], cwd=REPO_ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert "shape: (1, 1, 64, 64) leaked: []" in result.stdout
     assert "memory_size" in result.stdout  # config errors still name the field

@@ -58,8 +58,11 @@ def write(tmp_path, text):
 
 def test_yaml_then_overrides(tmp_path):
     path = write(tmp_path, "steps: 20\noptim:\n  lr: 1.0e-4\n  schedule: cosine\n")
-    cfg = load_config(DemoConfig, path, ["optim.lr=3e-4", "use_gpu=true", "sizes=[64, 96]", "init=null",
-                                          "name=123", "optim.betas=0.8,0.9"])
+    cfg = load_config(
+        DemoConfig,
+        path,
+        ["optim.lr=3e-4", "use_gpu=true", "sizes=[64, 96]", "init=null", "name=123", "optim.betas=0.8,0.9"],
+    )
     assert cfg.steps == 20 and cfg.optim.schedule == "cosine"
     assert cfg.optim.lr == pytest.approx(3e-4)
     assert cfg.use_gpu is True and cfg.init is None and cfg.sizes == [64, 96]
@@ -71,14 +74,17 @@ def test_defaults_without_file():
     assert load_config(DemoConfig) == DemoConfig()
 
 
-@pytest.mark.parametrize("override, field_name, value", [
-    ("steps=0", "steps", 0),
-    ("optim.lr=-1", "optim.lr", -1.0),
-    ("optim.schedule=linear", "optim.schedule", "linear"),
-    ("steps=ten", "steps", "ten"),
-    ("use_gpu=maybe", "use_gpu", "maybe"),
-    ("optim.betas=[1]", "optim.betas", [1]),
-])
+@pytest.mark.parametrize(
+    "override, field_name, value",
+    [
+        ("steps=0", "steps", 0),
+        ("optim.lr=-1", "optim.lr", -1.0),
+        ("optim.schedule=linear", "optim.schedule", "linear"),
+        ("steps=ten", "steps", "ten"),
+        ("use_gpu=maybe", "use_gpu", "maybe"),
+        ("optim.betas=[1]", "optim.betas", [1]),
+    ],
+)
 def test_errors_name_field_and_value(override, field_name, value):
     with pytest.raises(ConfigError) as info:
         load_config(DemoConfig, None, [override])
@@ -111,8 +117,11 @@ def test_every_field_has_a_docstring():
 def test_parse_job_args_precedence(tmp_path, capsys):
     path = write(tmp_path, "steps: 5\nname: from-yaml\n")
     flags = {"--run-name": "name", "--use-gpu": ("use_gpu", True), "--lr": "optim.lr"}
-    cfg = parse_job_args(DemoConfig, ["--config", path, "--run-name", "from-flag", "--use-gpu", "--lr", "0.01",
-                                      "--set", "steps=7"], flags=flags)
+    cfg = parse_job_args(
+        DemoConfig,
+        ["--config", path, "--run-name", "from-flag", "--use-gpu", "--lr", "0.01", "--set", "steps=7"],
+        flags=flags,
+    )
     assert (cfg.name, cfg.steps, cfg.use_gpu, cfg.optim.lr) == ("from-flag", 7, True, 0.01)
     cfg = parse_job_args(DemoConfig, ["--config", path, "--run-name", "x", "--set", "name=y"], flags=flags)
     assert cfg.name == "y"  # --set wins over shortcut flags
@@ -125,3 +134,32 @@ def test_config_file_from_s3(s3_bucket):
     st = open_storage(s3_bucket)
     st.write_text("configs/run.yaml", "steps: 42\n")
     assert load_config(DemoConfig, st.join("configs/run.yaml")).steps == 42
+
+
+def test_config_errors_survive_pickling_as_ray_sends_them():
+    """A ConfigError raised in a Ray worker is pickled to the driver: it must arrive whole, not as a TypeError."""
+    import pickle
+
+    from model import SettingError
+
+    for error in (
+        ConfigError("optim.lr", -1.0, "must be > 0"),
+        SettingError("input_size", 100, "must be ..."),
+    ):
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error) and str(again) == str(error)
+        assert (again.field, again.value, again.reason) == (error.field, error.value, error.reason)
+
+
+def test_model_setting_errors_name_the_dotted_config_path():
+    from pipeline.segment.config import SegmentConfig
+    from pipeline.train.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"'model.input_size' = 100"):
+        load_config(TrainConfig, None, ["model.input_size=100"])
+    with pytest.raises(ConfigError, match=r"'model.options'"):
+        load_config(
+            SegmentConfig, None, ["input=a", "output=b", "model.checkpoint=c", "model.options={widht: 3}"]
+        )
+    with pytest.raises(ConfigError, match=r"'model.name' = 'hmhi_mit_b9'"):
+        load_config(TrainConfig, None, ["model.name=hmhi_mit_b9"])

@@ -13,8 +13,10 @@ def test_slice_scores_pool_paused_and_occluded_frames_without_first_and_last():
     rows = ["sequence,frame,J,F,prediction"]
     for seq, j_of in (("a", lambda t: t / 10), ("b", lambda t: 1.0), ("other", lambda t: 0.0)):
         rows += [f"{seq},{t:05d},{j_of(t)},{j_of(t) / 2},ok" for t in range(6)]
-    metas = {"a": {"frames": 6, "paused_frames": [0, 2, 3], "occluded_frames": [4, 5]},
-             "b": {"frames": 6, "paused_frames": [], "occluded_frames": [1]}}
+    metas = {
+        "a": {"frames": 6, "paused_frames": [0, 2, 3], "occluded_frames": [4, 5]},
+        "b": {"frames": 6, "paused_frames": [], "occluded_frames": [1]},
+    }
     out = slice_scores("\n".join(rows) + "\n", metas)
     # 'other' has no meta: ignored. Frames 0 and 5 of each sequence are left out (DAVIS-2016).
     assert out["all"]["frames"] == 8
@@ -25,8 +27,9 @@ def test_slice_scores_pool_paused_and_occluded_frames_without_first_and_last():
     assert kept["paused"]["frames"] == 3 and kept["all"]["frames"] == 12
 
 
-@pytest.mark.parametrize("field, value", [("train_steps", 0), ("validate_every", -1), ("flow_preset", "slow"),
-                                          ("storage", "")])
+@pytest.mark.parametrize(
+    "field, value", [("train_steps", 0), ("validate_every", -1), ("flow_preset", "slow"), ("storage", "")]
+)
 def test_demo_config_errors_name_the_field(field, value):
     with pytest.raises(ConfigError, match=f"'{field}'"):
         DemoConfig(**{field: value})
@@ -49,11 +52,24 @@ def test_demo_summary_is_short_and_points_at_the_evaluate_report(tmp_path):
 
     root = open_storage(str(tmp_path))
     root.write_json("corpus/Meta/a/meta.json", {"frames": 4, "paused_frames": [1], "occluded_frames": [2]})
-    root.write_text("eval/per_frame.csv", "sequence,frame,J,F,prediction\n" + "".join(
-        f"a,{t:05d},{0.5 + t / 10},{0.4},ok\n" for t in range(4)))
+    root.write_text(
+        "eval/per_frame.csv",
+        "sequence,frame,J,F,prediction\n" + "".join(f"a,{t:05d},{0.5 + t / 10},{0.4},ok\n" for t in range(4)),
+    )
     report = root.join("eval/report.html")
-    root.write_json("eval/summary.json", {"figures": {"JF_mean": 0.5, "J_mean": 0.6, "F_mean": 0.4,
-                                                      "protocol": "davis2016", "n_sequences": 1, "report": report}})
+    root.write_json(
+        "eval/summary.json",
+        {
+            "figures": {
+                "JF_mean": 0.5,
+                "J_mean": 0.6,
+                "F_mean": 0.4,
+                "protocol": "davis2016",
+                "n_sequences": 1,
+                "report": report,
+            }
+        },
+    )
     result = _demo_summary(root, ["a"], {"train": 12.34}, DemoConfig(storage=str(tmp_path)))
     assert result["report"] == report and result["timings_s"] == {"train": 12.3}
     assert result["slices"]["paused"]["J"] == pytest.approx(0.6) and result["slices"]["all"]["frames"] == 2

@@ -31,7 +31,7 @@ def _probs(video: int, frames: int) -> list[np.ndarray]:
     for t in range(frames):
         prob = np.full((H, W), 0.1, np.float32)
         if not (video == 0 and t == 1):
-            prob[4 + video: 12 + video, 3 * t + 2: 3 * t + 10 + video] = 0.9
+            prob[4 + video : 12 + video, 3 * t + 2 : 3 * t + 10 + video] = 0.9
         out.append(prob)
     return out
 
@@ -44,7 +44,9 @@ def write_segment_outputs(url: str, overlay_video: str | None = None) -> dict[st
     with ThreadPoolExecutor(2) as pool:
         for v, video in enumerate(["cat", "dog", "eel", "fox"]):
             cfg = SegmentOutputConfig(overlay=video == overlay_video)
-            outputs = VideoOutputs(storage, video, {"name": video, "source": f"videos/{video}.mp4"}, cfg, pool)
+            outputs = VideoOutputs(
+                storage, video, {"name": video, "source": f"videos/{video}.mp4"}, cfg, pool
+            )
             names = [f"{t:05d}" for t in range(3 + v % 2)]
             for t, (name, prob) in enumerate(zip(names, _probs(v, len(names)), strict=True)):
                 frame = np.full((H, W, 3), 90, np.uint8)
@@ -77,7 +79,7 @@ def check_cvat_archive(data: bytes, expected: dict[str, np.ndarray]) -> None:
     assert len(listed) == len(set(listed)) and set(listed) == set(expected)  # unique, every frame
     assert all(re.fullmatch(r"[A-Za-z0-9_-]+", n) for n in listed)  # no extension, no path, no spaces
     for folder in ("SegmentationClass", "SegmentationObject"):
-        pngs = {m[len(folder) + 1: -4] for m in members if m.startswith(folder + "/") and m.endswith(".png")}
+        pngs = {m[len(folder) + 1 : -4] for m in members if m.startswith(folder + "/") and m.endswith(".png")}
         assert pngs == set(listed)
     voc_colours = np.array(davis_palette()).reshape(256, 3)
     for item, mask in expected.items():
@@ -87,7 +89,9 @@ def check_cvat_archive(data: bytes, expected: dict[str, np.ndarray]) -> None:
         assert {tuple(c) for c in rgb.reshape(-1, 3)} <= set(labels.values())  # colour-coded by the label map
         np.testing.assert_array_equal((rgb == labels["object"]).all(axis=2), mask)
         np.testing.assert_array_equal((rgb == labels["background"]).all(axis=2), ~mask)
-        obj = np.asarray(Image.open(io.BytesIO(archive.read(f"SegmentationObject/{item}.png"))).convert("RGB"))
+        obj = np.asarray(
+            Image.open(io.BytesIO(archive.read(f"SegmentationObject/{item}.png"))).convert("RGB")
+        )
         # Instances in the Pascal VOC colours of their index: background 0, the one object 1.
         assert {tuple(c) for c in obj.reshape(-1, 3)} <= {tuple(voc_colours[0]), tuple(voc_colours[1])}
         np.testing.assert_array_equal((obj == voc_colours[1]).all(axis=2), mask)
@@ -116,14 +120,19 @@ def test_export_job_coco_matches_masks_and_cvat_follows_the_documented_layout(st
         ann = annotations[video["id"]]
         assert ann["category_id"] == 1
         assert len(ann["segmentations"]) == len(ann["areas"]) == len(ann["bboxes"]) == len(names)
-        for name, seg, area, bbox in zip(names, ann["segmentations"], ann["areas"], ann["bboxes"], strict=True):
+        for name, seg, area, bbox in zip(
+            names, ann["segmentations"], ann["areas"], ann["bboxes"], strict=True
+        ):
             png = read_mask(root.read_bytes(f"masks/{video['name']}/{name}.png"))
             if not png.any():
                 assert seg is None and area is None and bbox is None
                 empty_frames += 1
                 continue
-            rle = coco_mask.frPyObjects(seg, H, W) if isinstance(seg["counts"], list) else \
-                {"size": seg["size"], "counts": seg["counts"].encode()}
+            rle = (
+                coco_mask.frPyObjects(seg, H, W)
+                if isinstance(seg["counts"], list)
+                else {"size": seg["size"], "counts": seg["counts"].encode()}
+            )
             np.testing.assert_array_equal(coco_mask.decode(rle).astype(bool), png)
             assert area == float(coco_mask.area(rle)) == png.sum()
             assert bbox == pytest.approx(coco_mask.toBbox(rle).tolist())
@@ -132,7 +141,9 @@ def test_export_job_coco_matches_masks_and_cvat_follows_the_documented_layout(st
     assert empty_frames == 1  # cat's frame 1
 
     # CVAT "Segmentation mask 1.1": one archive for the corpus, images named <video>_<frame> ...
-    masks = {v: [read_mask(root.read_bytes(f"masks/{v}/{n}.png")) for n in names] for v, names in finished.items()}
+    masks = {
+        v: [read_mask(root.read_bytes(f"masks/{v}/{n}.png")) for n in names] for v, names in finished.items()
+    }
     corpus = {f"{v}_{n}": m for v, names in finished.items() for n, m in zip(names, masks[v], strict=True)}
     check_cvat_archive(exports.read_bytes(EXPORT_FILES["cvat"]), corpus)
     # ... and one per video, images named as CVAT names a video task's frames.
@@ -160,7 +171,9 @@ def test_export_outputs_for_segment_one_format_a_subset_and_the_overlay_index(tm
     with pytest.raises(ValueError, match="unknown export formats"):
         export_outputs(root, ["voc"])
 
-    summary = main(["--input", url, "--output", str(tmp_path / "out"), "--videos", "dog,fox", "--formats", "cvat"])
+    summary = main(
+        ["--input", url, "--output", str(tmp_path / "out"), "--videos", "dog,fox", "--formats", "cvat"]
+    )
     assert summary["counts"]["video"] == {"done": 1, "skipped": 1, "rejected": 0}
     assert "fox" in summary["skipped"][0]["name"] and "done marker" in summary["skipped"][0]["reason"]
     page = root.read_text(OVERLAY_INDEX)

@@ -38,7 +38,9 @@ def test_dis_recovers_the_background_motion(scene, preset):
         sel = inner & ~masks[t] & ~masks[t + 1]
         np.testing.assert_allclose(flows[t][sel].mean(0), [-2.0, -1.0], atol=0.35)
     sel = inner & ~masks[4] & ~masks[3]
-    np.testing.assert_allclose(flows[4][sel].mean(0), [2.0, 1.0], atol=0.35)  # backward flow of the last frame
+    np.testing.assert_allclose(
+        flows[4][sel].mean(0), [2.0, 1.0], atol=0.35
+    )  # backward flow of the last frame
     assert engine.provenance["engine"] == "dis" and engine.provenance["model"] == f"dis_{preset}"
 
 

@@ -57,7 +57,7 @@ def test_matches_the_fixture_reference_wheel_bit_for_bit():
     spec.loader.exec_module(ref)
     clip = ref.make_clip(n_frames=3, size=96, radii=(30.0, 20.0), c0=(40.0, 50.0))
     uv = clip["flow_uv"].astype(np.float64)
-    max_rad = float(np.sqrt((uv ** 2).sum(-1)).max())
+    max_rad = float(np.sqrt((uv**2).sum(-1)).max())
     assert np.array_equal(flow_to_rgb(uv, max_rad), ref.flow_to_rgb(uv, max_rad))
     # Dense check over all directions and magnitudes, inside and outside the unit disc.
     g = np.linspace(-1.6, 1.6, 101)
@@ -67,8 +67,10 @@ def test_matches_the_fixture_reference_wheel_bit_for_bit():
     # in-place per-channel arithmetic must not change a single pixel.
     rng = np.random.default_rng(7)
     for scale in (0.05, 3.0, 80.0):
-        for flow in (rng.standard_normal((2, 37, 53, 2)) * scale,
-                     (rng.standard_normal((45, 61, 2)) * scale).astype(np.float16)):
+        for flow in (
+            rng.standard_normal((2, 37, 53, 2)) * scale,
+            (rng.standard_normal((45, 61, 2)) * scale).astype(np.float16),
+        ):
             as64 = flow.astype(np.float64)
-            default = float(np.sqrt((as64 ** 2).sum(-1)).max())
+            default = float(np.sqrt((as64**2).sum(-1)).max())
             assert np.array_equal(flow_to_rgb(flow), ref.flow_to_rgb(as64, default))

@@ -40,8 +40,11 @@ def test_safe_names_are_unique_and_path_safe():
 
 
 def test_davis2016_layout_splits_and_masks(tmp_path):
-    write_davis(tmp_path, {"bear": 3, "car shadow": 3, "cows": 2}, splits={"train": ["bear", "car shadow"],
-                                                                         "val": ["cows"]})
+    write_davis(
+        tmp_path,
+        {"bear": 3, "car shadow": 3, "cows": 2},
+        splits={"train": ["bear", "car shadow"], "val": ["cows"]},
+    )
     listing = list_corpus(open_storage(str(tmp_path)))
     assert listing.format == "davis2016"
     by = {r.name: r for r in listing.records}
@@ -78,7 +81,10 @@ def test_other_layouts_are_detected_and_read(tmp_path):
     _touch(vids, "x/one.mp4", "two.MKV", "Annotations/one/00003.png")
     listing = list_corpus(open_storage(str(vids)))
     assert listing.format == "videos"
-    assert {r.video_id: r.masks for r in listing.records} == {"two": {}, "x__one": {3: "Annotations/one/00003.png"}}
+    assert {r.video_id: r.masks for r in listing.records} == {
+        "two": {},
+        "x__one": {3: "Annotations/one/00003.png"},
+    }
 
     with pytest.raises(IngestError, match="cannot detect"):
         detect_format(["readme.txt"])
@@ -110,8 +116,15 @@ def test_val_split_is_deterministic_and_never_takes_test_videos(tmp_path):
     assert a[0].split == "test"
     assert assign_val_split(a, 0.5) == 0  # the corpus now has a val split: left alone
     table = manifest_table(a, {})
-    assert table.num_rows == 10 and set(table.column_names) >= {"video_id", "split", "frame_count", "height",
-                                                                 "width", "fps", "annotated_frames"}
+    assert table.num_rows == 10 and set(table.column_names) >= {
+        "video_id",
+        "split",
+        "frame_count",
+        "height",
+        "width",
+        "fps",
+        "annotated_frames",
+    }
 
 
 def test_clip_spans_cover_every_frame_once():
@@ -218,13 +231,15 @@ def test_loader_rejects_videos_over_the_memory_budget(tmp_path):
 
 # -- the real archives, written as distributed (tests/archives.py) ------------------------------------------------
 
+
 @pytest.mark.parametrize("naming", ["code", "readme"])
 def test_official_hmhi_archive_both_namings(tmp_path, naming):
     """ZhengxyFlow/HMHI-Net utils/dataloader.py reads <root>/frame|flow|mask/<split>/<video>/; its README documents
     Images|Flows|Annotations/<split>/<video>/. Frames, same-named flow pictures and masks all come through."""
     truth = write_hmhi(tmp_path, naming)
-    frame_dir, flow_dir, mask_dir = ("frame", "flow", "mask") if naming == "code" else ("Images", "Flows",
-                                                                                          "Annotations")
+    frame_dir, flow_dir, mask_dir = (
+        ("frame", "flow", "mask") if naming == "code" else ("Images", "Flows", "Annotations")
+    )
     st = open_storage(str(tmp_path))
     files = st.list("", recursive=True)
     assert detect_format(files) == "hmhi"  # not plain "frames": the flow and mask folders are not videos
@@ -237,7 +252,9 @@ def test_official_hmhi_archive_both_namings(tmp_path, naming):
     assert swan.flows == [f"{flow_dir}/val/blackswan/blackswan_{t:05d}.jpg" for t in range(4)]
     assert swan.masks == {t: f"{mask_dir}/val/blackswan/blackswan_{t:05d}.png" for t in range(4)}
     video = load_video(st, swan)
-    assert np.array_equal(video.frames, truth["blackswan"][0]) and np.array_equal(video.masks, truth["blackswan"][1])
+    assert np.array_equal(video.frames, truth["blackswan"][0]) and np.array_equal(
+        video.masks, truth["blackswan"][1]
+    )
     # the README's data/ folder holds several archives side by side: not taken as folders of frames
     with pytest.raises(IngestError, match=r"DAVIS-16 hold official HMHI-Net archives.*input root"):
         detect_format([f"DAVIS-16/{f}" for f in files])
@@ -249,12 +266,18 @@ def test_official_hmhi_archive_both_namings(tmp_path, naming):
 def test_davis2016_as_distributed(tmp_path):
     """DAVIS-2016 (davis-2016 toolkit): JPEGImages/480p, Annotations/480p (0/255), ImageSets/480p/*.txt lines
     '/JPEGImages/480p/bear/00000.jpg /Annotations/480p/bear/00000.png'."""
-    truth = write_davis(tmp_path, {"bear": 3, "blackswan": 3}, size=(24, 32),
-                        splits={"train": ["bear"], "val": ["blackswan"]})
-    assert (tmp_path / "ImageSets/480p/val.txt").read_text().splitlines()[0] == \
-        "/JPEGImages/480p/blackswan/00000.jpg /Annotations/480p/blackswan/00000.png"
-    both = (tmp_path / "ImageSets/480p/train.txt").read_text() + (tmp_path / "ImageSets/480p/val.txt").read_text()
-    (tmp_path / "ImageSets/480p/trainval.txt").write_text(both)  # shipped too: the union, which changes nothing
+    truth = write_davis(
+        tmp_path, {"bear": 3, "blackswan": 3}, size=(24, 32), splits={"train": ["bear"], "val": ["blackswan"]}
+    )
+    assert (tmp_path / "ImageSets/480p/val.txt").read_text().splitlines()[
+        0
+    ] == "/JPEGImages/480p/blackswan/00000.jpg /Annotations/480p/blackswan/00000.png"
+    both = (tmp_path / "ImageSets/480p/train.txt").read_text() + (
+        tmp_path / "ImageSets/480p/val.txt"
+    ).read_text()
+    (tmp_path / "ImageSets/480p/trainval.txt").write_text(
+        both
+    )  # shipped too: the union, which changes nothing
     st = open_storage(str(tmp_path))
     listing = list_corpus(st)
     assert listing.format == "davis2016"
@@ -268,8 +291,12 @@ def test_davis2016_as_distributed(tmp_path):
 def test_archive_unpacked_into_one_folder(tmp_path):
     """A zip that unpacks into a folder (DAVIS-2016's into DAVIS/): the archive inside is found, paths stay relative
     to the given root; plain folders of frames stay plain folders."""
-    write_davis(tmp_path / "DAVIS", {"bear": 2, "blackswan": 2}, size=(24, 32),
-                splits={"train": ["bear"], "val": ["blackswan"]})
+    write_davis(
+        tmp_path / "DAVIS",
+        {"bear": 2, "blackswan": 2},
+        size=(24, 32),
+        splits={"train": ["bear"], "val": ["blackswan"]},
+    )
     st = open_storage(str(tmp_path))
     assert detect_layout(st.list("", recursive=True)) == ("davis2016", "DAVIS/")
     listing = list_corpus(st)
@@ -293,22 +320,34 @@ def test_fbms59_as_distributed(tmp_path):
     listing = list_corpus(st)
     assert listing.format == "fbms"
     by = {r.name: r for r in listing.records}
-    assert [(r.name, r.split) for r in listing.records] == [("bear01", "train"), ("cars1", "test"),
-                                                           ("dogs01", "test"), ("tennis", "test")]
+    assert [(r.name, r.split) for r in listing.records] == [
+        ("bear01", "train"),
+        ("cars1", "test"),
+        ("dogs01", "test"),
+        ("tennis", "test"),
+    ]
     assert by["cars1"].frames[0] == "Testset/cars1/cars1_01.jpg"
-    assert by["cars1"].masks == {0: "Testset/cars1/GroundTruth/cars1_0001_gt.pgm",
-                                 3: "Testset/cars1/GroundTruth/cars1_0004_gt.pgm",
-                                 6: "Testset/cars1/GroundTruth/cars1_0007_gt.pgm"}
-    assert sorted(by["dogs01"].masks) == [0, 3, 6] and all("PROB" not in m for m in by["dogs01"].masks.values())
+    assert by["cars1"].masks == {
+        0: "Testset/cars1/GroundTruth/cars1_0001_gt.pgm",
+        3: "Testset/cars1/GroundTruth/cars1_0004_gt.pgm",
+        6: "Testset/cars1/GroundTruth/cars1_0007_gt.pgm",
+    }
+    assert sorted(by["dogs01"].masks) == [0, 3, 6] and all(
+        "PROB" not in m for m in by["dogs01"].masks.values()
+    )
     # tennis: frames tennis000.jpg..., ground truth numbered from 1; Def.dat puts tennis002_gt.pgm on frame 1
     assert by["tennis"].frames[1] == "Testset/tennis/tennis001.jpg"
-    assert by["tennis"].masks == {1: "Testset/tennis/GroundTruth/tennis002_gt.pgm",
-                                  4: "Testset/tennis/GroundTruth/tennis005_gt.pgm"}
+    assert by["tennis"].masks == {
+        1: "Testset/tennis/GroundTruth/tennis002_gt.pgm",
+        4: "Testset/tennis/GroundTruth/tennis005_gt.pgm",
+    }
     for name in ("cars1", "dogs01", "tennis"):
         video = load_video(st, by[name])
         _, masks, annotated = truth[name]
         assert video.mask_valid.tolist() == [t in annotated for t in range(7)]
-        for t in annotated:  # white .ppm background, black .pgm one; tennis's two grey objects are one foreground
+        for (
+            t
+        ) in annotated:  # white .ppm background, black .pgm one; tennis's two grey objects are one foreground
             assert np.array_equal(video.masks[t], masks[t]), (name, t)
 
 
@@ -356,8 +395,10 @@ def test_youtube_vos_skips_all_frames_duplicates(tmp_path):
     st = open_storage(str(tmp_path))
     listing = list_corpus(st)
     assert listing.format == "ytvos"
-    assert [(r.name, r.split, r.source_split) for r in listing.records] == [("003234408d", "train", "train"),
-                                                                          ("0062f687f1", "test", "valid")]
+    assert [(r.name, r.split, r.source_split) for r in listing.records] == [
+        ("003234408d", "train", "train"),
+        ("0062f687f1", "test", "valid"),
+    ]
     train, valid = listing.records
     assert train.frames == [f"train/JPEGImages/003234408d/{5 * t:05d}.jpg" for t in range(3)]
     assert sorted(train.masks) == [0, 1, 2] and sorted(valid.masks) == [0]

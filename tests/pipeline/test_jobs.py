@@ -17,7 +17,9 @@ def test_summary_counts_reasons_and_file(storage_url, capsys):
 
     assert d["counts"]["video"] == {"done": 2, "skipped": 1, "rejected": 1}
     assert d["figures"] == {"frames": 186, "bytes_written": 1234}
-    assert d["rejected"] == [{"kind": "video", "name": "bad clip", "reason": "bad clip/00003.jpg: truncated JPEG"}]
+    assert d["rejected"] == [
+        {"kind": "video", "name": "bad clip", "reason": "bad clip/00003.jpg: truncated JPEG"}
+    ]
     out = capsys.readouterr().out
     assert "4 in: 2 done, 1 skipped, 1 rejected" in out and "truncated JPEG" in out
     assert open_storage(storage_url).read_json("summary.json") == d
@@ -29,8 +31,22 @@ def test_job_command_line_reports_config_errors_in_one_line(tmp_path):
 
     from tests.conftest import REPO_ROOT
 
-    proc = subprocess.run([sys.executable, "jobs/evaluate.py", "--pred", str(tmp_path), "--gt", str(tmp_path),
-                           "--protocol", "davis2099"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "jobs/evaluate.py",
+            "--pred",
+            str(tmp_path),
+            "--gt",
+            str(tmp_path),
+            "--protocol",
+            "davis2099",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "error: config field 'protocol' = 'davis2099'" in proc.stderr
@@ -90,8 +106,12 @@ def test_quiet_frameworks_silences_the_ddp_stride_notice_only():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quiet_frameworks()
-        warnings.warn("Grad strides do not match bucket view strides. This may indicate grad was not created "
-                      "according to the gradient layout contract", UserWarning, stacklevel=1)
+        warnings.warn(
+            "Grad strides do not match bucket view strides. This may indicate grad was not created "
+            "according to the gradient layout contract",
+            UserWarning,
+            stacklevel=1,
+        )
         warnings.warn("something the user should see", UserWarning, stacklevel=1)
     messages = [str(w.message) for w in caught]
     assert "something the user should see" in messages

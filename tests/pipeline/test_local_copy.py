@@ -32,6 +32,8 @@ def test_remote_file_is_downloaded_to_a_temporary_copy_removed_afterwards(s3_buc
     with local_copy(f"{s3_bucket}/runs/best/model.pt") as local:
         assert open(local, "rb").read() == b"weights" and os.path.basename(local) == "model.pt"
     assert not os.path.exists(local) and not os.path.exists(os.path.dirname(local))
-    with pytest.raises(StorageNotFoundError, match="runs/best/missing.pt"), \
-            local_copy(f"{s3_bucket}/runs/best/missing.pt"):
+    with (
+        pytest.raises(StorageNotFoundError, match="runs/best/missing.pt"),
+        local_copy(f"{s3_bucket}/runs/best/missing.pt"),
+    ):
         pass

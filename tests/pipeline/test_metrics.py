@@ -76,10 +76,20 @@ def test_boundary_maps_on_6x6():
 
 
 SHIFT_CASES = [
-    (0, 1.0, 1.0), (1, 0.9873, 1.0), (2, 0.9749, 1.0), (4, 0.9505, 1.0), (6, 0.9267, 1.0), (8, 0.9034, 1.0),
-    (9, 0.8920, 0.7836), (10, 0.8808, 0.6493), (12, 0.8586, 0.5025), (16, 0.8159, 0.3408),
-    (20, 0.7750, 0.2562), (30, 0.6806, 0.1642), (50, 0.5213, 0.1070),
-]  # fmt: skip
+    (0, 1.0, 1.0),
+    (1, 0.9873, 1.0),
+    (2, 0.9749, 1.0),
+    (4, 0.9505, 1.0),
+    (6, 0.9267, 1.0),
+    (8, 0.9034, 1.0),
+    (9, 0.8920, 0.7836),
+    (10, 0.8808, 0.6493),
+    (12, 0.8586, 0.5025),
+    (16, 0.8159, 0.3408),
+    (20, 0.7750, 0.2562),
+    (30, 0.6806, 0.1642),
+    (50, 0.5213, 0.1070),
+]
 
 
 @pytest.mark.parametrize("shift, j, f", SHIFT_CASES)
@@ -198,7 +208,7 @@ def _sequences() -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
             (GT_DISC, EMPTY),
             (EMPTY, FULL),
             (GT_DISC, GT_DISC),
-        ],  # fmt: skip
+        ],
         "border": [(BOX_GT, BOX_PRED)] * 5,
     }
 
@@ -332,9 +342,12 @@ def test_evaluate_config_official_preset_and_validation():
     cfg = EvaluateConfig(pred="p", gt="g", preset="official")
     assert cfg.protocol == "hmhi_official" and cfg.official and cfg.effective_threshold == 128 / 255
     assert EvaluateConfig(pred="p", gt="g").protocol == "davis2016"  # the default stays
-    for bad, field in (({"preset": "official", "protocol": "all"}, "protocol"),
-                       ({"preset": "official", "threshold": 0.5}, "threshold"),
-                       ({"preset": "paper"}, "preset"), ({"gt_format": "kitti"}, "gt_format"),
-                       ({"gt_splits": ["valid"]}, "gt_splits")):
+    for bad, field in (
+        ({"preset": "official", "protocol": "all"}, "protocol"),
+        ({"preset": "official", "threshold": 0.5}, "threshold"),
+        ({"preset": "paper"}, "preset"),
+        ({"gt_format": "kitti"}, "gt_format"),
+        ({"gt_splits": ["valid"]}, "gt_splits"),
+    ):
         with pytest.raises(ConfigError, match=f"'{field}'"):
             EvaluateConfig(pred="p", gt="g", **bad)

@@ -44,9 +44,19 @@ def chromium() -> str:
 
 
 def screenshot(chromium: str, page: str, out: str, size=(1280, 1600), wait_ms: int = 0) -> np.ndarray:
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-           "--force-device-scale-factor=1", f"--user-data-dir={out}.profile", f"--window-size={size[0]},{size[1]}",
-           f"--screenshot={out}", "file://" + page]  # fmt: skip
+    cmd = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+        f"--user-data-dir={out}.profile",
+        f"--window-size={size[0]},{size[1]}",
+        f"--screenshot={out}",
+        "file://" + page,
+    ]
     if wait_ms:  # let media load before the picture is taken
         cmd.insert(-1, f"--virtual-time-budget={wait_ms}")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -60,7 +70,7 @@ def near(picture: np.ndarray, rgb, tolerance: int = 14) -> np.ndarray:
 
 def rect(top: int, left: int, height: int, width: int) -> np.ndarray:
     mask = np.zeros((H, W), bool)
-    mask[top: top + height, left: left + width] = True
+    mask[top : top + height, left : left + width] = True
     return mask
 
 
@@ -76,19 +86,28 @@ def make_davis(root_url: str, with_frames: bool = True) -> None:
             root.write_bytes(f"pred/{seq}/{stem}.png", encode_mask_png(pred))
             if with_frames:
                 buffer = io.BytesIO()
-                Image.fromarray(np.broadcast_to(FRAME_RGB.astype(np.uint8), (H, W, 3)).copy()).save(buffer, "JPEG",
-                                                                                                   quality=95)
+                Image.fromarray(np.broadcast_to(FRAME_RGB.astype(np.uint8), (H, W, 3)).copy()).save(
+                    buffer, "JPEG", quality=95
+                )
                 root.write_bytes(f"DAVIS/JPEGImages/480p/{seq}/{stem}.jpg", buffer.getvalue())
 
 
 def test_evaluate_writes_a_report_the_browser_shows(tmp_path, ray_cluster, chromium):
     make_davis(str(tmp_path))
-    summary = evaluate_main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "DAVIS"),
-                             "--output", str(tmp_path / "eval")])  # fmt: skip
+    summary = evaluate_main(
+        [
+            "--pred",
+            str(tmp_path / "pred"),
+            "--gt",
+            str(tmp_path / "DAVIS"),
+            "--output",
+            str(tmp_path / "eval"),
+        ]
+    )
     page = tmp_path / "eval" / "report.html"
     assert summary["figures"]["report"] == str(page) and (tmp_path / "eval" / "per_sequence.csv").exists()
     text = page.read_text()
-    assert "src=\"http" not in text and "src=\"/" not in text  # self-contained: every image a data URI
+    assert 'src="http' not in text and 'src="/' not in text  # self-contained: every image a data URI
     assert len(re.findall(r'<img src="data:image/jpeg;base64,', text)) == 6  # 3 worst frames x 2 sequences
     good = re.search(r'id="seq-good".*?</section>', text, re.S).group(0)
     assert "frame 00002" in good.split("<figure>")[1]  # the worst frame of 'good' comes first
@@ -125,16 +144,41 @@ def test_report_without_frames_draws_over_black_and_says_so(tmp_path):
     gt, pred = open_storage(str(tmp_path / "DAVIS/Annotations/480p")), open_storage(str(tmp_path / "pred"))
     gt_frames, pred_frames = list_frames(gt), list_frames(pred)
     results = [score_sequence(s, gt, gt_frames[s], pred, pred_frames[s], "all") for s in gt_frames]
-    summary = {"JF_mean": 0.5, "J_mean": 0.5, "F_mean": 0.5, "protocol": "all", "threshold": None,
-               "n_sequences": 2, "n_frames": 10}  # fmt: skip
-    url = write_report(open_storage(str(tmp_path / "eval")), results, summary, gt=gt, gt_frames=gt_frames,
-                       pred=pred, pred_frames=pred_frames, frames=None, worst_frames=2)  # fmt: skip
+    summary = {
+        "JF_mean": 0.5,
+        "J_mean": 0.5,
+        "F_mean": 0.5,
+        "protocol": "all",
+        "threshold": None,
+        "n_sequences": 2,
+        "n_frames": 10,
+    }
+    url = write_report(
+        open_storage(str(tmp_path / "eval")),
+        results,
+        summary,
+        gt=gt,
+        gt_frames=gt_frames,
+        pred=pred,
+        pred_frames=pred_frames,
+        frames=None,
+        worst_frames=2,
+    )
     text = open(url).read()
     assert text.count("masks drawn over black") == 2 and "No frame images" in text
     assert text.count("<figure>") == 4
     # Many sequences: worst frames only for the lowest-J&F ones, and the page says so.
-    url = write_report(open_storage(str(tmp_path / "eval")), results, summary, gt=gt, gt_frames=gt_frames,
-                       pred=pred, pred_frames=pred_frames, worst_frames=1, max_sequences=1)  # fmt: skip
+    url = write_report(
+        open_storage(str(tmp_path / "eval")),
+        results,
+        summary,
+        gt=gt,
+        gt_frames=gt_frames,
+        pred=pred,
+        pred_frames=pred_frames,
+        worst_frames=1,
+        max_sequences=1,
+    )
     text = open(url).read()
     worst = min(results, key=lambda r: r.metrics["JF_mean"]).sequence
     assert 'id="seq-poor"' in text and 'id="seq-good"' not in text and worst == "poor"

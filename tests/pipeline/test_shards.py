@@ -41,7 +41,7 @@ def test_encode_decode_round_trip():
     assert clip.key == key == "vid__000000" and clip.video_id == "vid" and clip.split == "train"
     assert clip.frame_indices == [0, 1, 2, 3]
     assert np.abs(clip.frames.astype(int) - frames).mean() < 3  # JPEG q95
-    np.testing.assert_allclose(clip.flows, flows, atol=np.abs(flows).max() * 2 ** -10)  # float16
+    np.testing.assert_allclose(clip.flows, flows, atol=np.abs(flows).max() * 2**-10)  # float16
     assert np.array_equal(clip.masks, masks) and np.array_equal(clip.mask_valid, valid)
     assert clip.meta["sample_version"] == 2
     assert [k for k in members if k.startswith("flow")] == [f"flow.{i:03d}.f16.zst" for i in range(4)]
@@ -55,7 +55,9 @@ def test_partial_decode_and_uncompressed_flows():
     full = decode_clip(members)
     part = decode_clip(members, positions=[4, 1, 2])
     assert part.frame_indices == [4, 1, 2] and part.mask_valid.tolist() == [True, False, True]
-    assert np.array_equal(part.frames, full.frames[[4, 1, 2]]) and np.array_equal(part.flows, full.flows[[4, 1, 2]])
+    assert np.array_equal(part.frames, full.frames[[4, 1, 2]]) and np.array_equal(
+        part.flows, full.flows[[4, 1, 2]]
+    )
     assert np.array_equal(part.masks, full.masks[[4, 1, 2]])
     with pytest.raises(IndexError, match="outside"):
         decode_clip(members, positions=[6])
@@ -97,8 +99,11 @@ def test_decode_reads_version_1_samples():
     import zipfile
 
     key, frames, flows, masks, valid, meta = _sample(n=3)
-    members = {k: v for k, v in encode_clip(key, frames, flows, masks, valid, meta).items()
-               if not k.startswith("flow.")}
+    members = {
+        k: v
+        for k, v in encode_clip(key, frames, flows, masks, valid, meta).items()
+        if not k.startswith("flow.")
+    }
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z, z.open("flows.npy", "w") as f:
         np.lib.format.write_array(f, flows.astype(np.float16))
@@ -112,8 +117,9 @@ def test_writer_commits_shards_then_indexes_them(storage_url):
     st = open_storage(storage_url)
     committed = []
     # stream_bytes below the shard size: each shard is streamed to storage in several pieces while it grows.
-    writer = ShardWriter(st, target_bytes=60_000, stream_bytes=15_000,
-                         on_commit=lambda name, rows: committed.append(name))
+    writer = ShardWriter(
+        st, target_bytes=60_000, stream_bytes=15_000, on_commit=lambda name, rows: committed.append(name)
+    )
     expected = {}
     for v, split in (("a", "train"), ("b", "train"), ("c", "val")):
         for start in (0, 4):
@@ -121,9 +127,21 @@ def test_writer_commits_shards_then_indexes_them(storage_url):
             meta["split"] = split
             members = encode_clip(key, frames, flows, masks, valid, meta)
             expected[key] = (frames, flows, masks)
-            writer.add(split, key, members, {"video_id": v, "clip_index": start // 4, "n_clips": 2,
-                                             "frame_indices": list(range(start, start + 4)), "n_frames": 4,
-                                             "n_masks": int(valid.sum()), "height": 48, "width": 64})
+            writer.add(
+                split,
+                key,
+                members,
+                {
+                    "video_id": v,
+                    "clip_index": start // 4,
+                    "n_clips": 2,
+                    "frame_indices": list(range(start, start + 4)),
+                    "n_frames": 4,
+                    "n_masks": int(valid.sum()),
+                    "height": 48,
+                    "width": 64,
+                },
+            )
             if split == "train" and v == "a" and start == 0:
                 # Nothing is indexed before its shard is uploaded (the upload thread may already have finished).
                 indexed = read_index(storage_url).column("shard").to_pylist() if st.exists(INDEX_NAME) else []
@@ -149,7 +167,9 @@ def test_writer_commits_shards_then_indexes_them(storage_url):
         rows = [r for r in index.to_pylist() if r["shard"] == shard]
         verify_shard(st.join(shard), rows[0]["shard_sha256"])
         for r in rows:
-            with tarfile.open(fileobj=io.BytesIO(data[r["offset"]:r["offset"] + r["bytes"]] + b"\0" * 1024)) as t:
+            with tarfile.open(
+                fileobj=io.BytesIO(data[r["offset"] : r["offset"] + r["bytes"]] + b"\0" * 1024)
+            ) as t:
                 assert {m.name.split(".", 1)[0] for m in t.getmembers()} == {r["key"]}
     # And webdataset reads them back (local files; s3 via its gopen needs a handler, see the job tests).
     if st.is_local:
@@ -166,10 +186,21 @@ def test_aborted_writer_publishes_no_shard(storage_url):
     writer = ShardWriter(st, target_bytes=1 << 30, stream_bytes=10_000)
     for start in range(0, 24, 4):
         key, frames, flows, masks, valid, meta = _sample("v", start, seed=start)
-        writer.add("train", key, encode_clip(key, frames, flows, masks, valid, meta),
-                   {"video_id": "v", "clip_index": start // 4, "n_clips": 6,
-                    "frame_indices": list(range(start, start + 4)), "n_frames": 4, "n_masks": 2,
-                    "height": 48, "width": 64})
+        writer.add(
+            "train",
+            key,
+            encode_clip(key, frames, flows, masks, valid, meta),
+            {
+                "video_id": "v",
+                "clip_index": start // 4,
+                "n_clips": 6,
+                "frame_indices": list(range(start, start + 4)),
+                "n_frames": 4,
+                "n_masks": 2,
+                "height": 48,
+                "width": 64,
+            },
+        )
     (shard,) = writer._open.values()
     for push in shard.pushes:
         push.result()
@@ -182,9 +213,21 @@ def test_verify_shard_detects_corruption(tmp_path):
     st = open_storage(str(tmp_path))
     writer = ShardWriter(st, target_bytes=1)
     key, frames, flows, masks, valid, meta = _sample()
-    writer.add("train", key, encode_clip(key, frames, flows, masks, valid, meta),
-               {"video_id": "vid", "clip_index": 0, "n_clips": 1, "frame_indices": [0, 1, 2, 3], "n_frames": 4,
-                "n_masks": 2, "height": 48, "width": 64})
+    writer.add(
+        "train",
+        key,
+        encode_clip(key, frames, flows, masks, valid, meta),
+        {
+            "video_id": "vid",
+            "clip_index": 0,
+            "n_clips": 1,
+            "frame_indices": [0, 1, 2, 3],
+            "n_frames": 4,
+            "n_masks": 2,
+            "height": 48,
+            "width": 64,
+        },
+    )
     writer.close()
     row = read_index(str(tmp_path)).to_pylist()[0]
     url = st.join(row["shard"])
@@ -202,18 +245,48 @@ def test_writer_continues_numbering_from_an_existing_index(tmp_path):
         index = st.read_parquet(INDEX_NAME) if st.exists(INDEX_NAME) else None
         writer = ShardWriter(st, target_bytes=1, index=index)
         key, frames, flows, masks, valid, meta = _sample(f"v{round_}")
-        writer.add("train", key, encode_clip(key, frames, flows, masks, valid, meta),
-                   {"video_id": f"v{round_}", "clip_index": 0, "n_clips": 1, "frame_indices": [0, 1, 2, 3],
-                    "n_frames": 4, "n_masks": 2, "height": 48, "width": 64})
+        writer.add(
+            "train",
+            key,
+            encode_clip(key, frames, flows, masks, valid, meta),
+            {
+                "video_id": f"v{round_}",
+                "clip_index": 0,
+                "n_clips": 1,
+                "frame_indices": [0, 1, 2, 3],
+                "n_frames": 4,
+                "n_masks": 2,
+                "height": 48,
+                "width": 64,
+            },
+        )
         writer.close()
     index = read_index(str(tmp_path))
     assert index.column("shard").to_pylist() == ["shards/train-000000.tar", "shards/train-000001.tar"]
 
 
 def _rows(shard: str, keys: list[str], split: str = "train") -> list[dict]:
-    return [{"key": k, "shard": shard, "split": split, "video_id": k.split("__")[0], "clip_index": i, "n_clips": 1,
-             "frame_indices": [0], "n_frames": 1, "n_masks": 1, "height": 8, "width": 8, "offset": 512 * i,
-             "bytes": 512, "sha256": "s", "shard_bytes": 4096, "shard_sha256": "x"} for i, k in enumerate(keys)]
+    return [
+        {
+            "key": k,
+            "shard": shard,
+            "split": split,
+            "video_id": k.split("__")[0],
+            "clip_index": i,
+            "n_clips": 1,
+            "frame_indices": [0],
+            "n_frames": 1,
+            "n_masks": 1,
+            "height": 8,
+            "width": 8,
+            "offset": 512 * i,
+            "bytes": 512,
+            "sha256": "s",
+            "shard_bytes": 4096,
+            "shard_sha256": "x",
+        }
+        for i, k in enumerate(keys)
+    ]
 
 
 def test_index_parts_are_unioned_consolidated_and_listed_for_wids(storage_url):
@@ -222,12 +295,21 @@ def test_index_parts_are_unioned_consolidated_and_listed_for_wids(storage_url):
     st = open_storage(storage_url)
     with pytest.raises(FileNotFoundError, match="no shard index"):
         read_index(storage_url)
-    write_index_part(st, "g1", _rows("shards/train-g1-0000.tar", ["a__000000", "b__000000"]),
-                     videos={"a": {"frame_count": 1}}, writer="host:1")
+    write_index_part(
+        st,
+        "g1",
+        _rows("shards/train-g1-0000.tar", ["a__000000", "b__000000"]),
+        videos={"a": {"frame_count": 1}},
+        writer="host:1",
+    )
     write_index_part(st, "g2", _rows("shards/val-g2-0000.tar", ["c__000000"], split="val"), writer="host:2")
     assert list_index_parts(st) == ["index/g1.parquet", "index/g2.parquet"]
     assert not st.exists(INDEX_NAME)
-    assert sorted(read_index(storage_url).column("key").to_pylist()) == ["a__000000", "b__000000", "c__000000"]
+    assert sorted(read_index(storage_url).column("key").to_pylist()) == [
+        "a__000000",
+        "b__000000",
+        "c__000000",
+    ]
     _, videos, writers = read_index_parts(storage_url)
     assert videos == {"a": {"frame_count": 1}} and set(writers.values()) == {"host:1", "host:2"}
 
@@ -246,9 +328,9 @@ def test_index_parts_are_unioned_consolidated_and_listed_for_wids(storage_url):
     assert read_index(storage_url).num_rows == 4
     consolidate_index(storage_url)
     assert [s["nsamples"] for s in st.read_json("train.wids.json")["shardlist"]] == [2, 1]
-    assert sorted(shard_urls(storage_url)) == sorted(st.join(s) for s in
-                                                     ["shards/train-g1-0000.tar", "shards/val-g2-0000.tar",
-                                                      "shards/train-g3-0000.tar"])
+    assert sorted(shard_urls(storage_url)) == sorted(
+        st.join(s) for s in ["shards/train-g1-0000.tar", "shards/val-g2-0000.tar", "shards/train-g3-0000.tar"]
+    )
 
 
 def test_a_commit_does_not_read_or_rewrite_what_is_committed(tmp_path):
@@ -273,13 +355,29 @@ def test_read_samples_verifies_the_shard_once_in_the_reading_process(tmp_path, m
     writer = ShardWriter(st, target_bytes=1 << 30)
     for start in (0, 4):
         key, frames, flows, masks, valid, meta = _sample("v", start, seed=start)
-        writer.add("train", key, encode_clip(key, frames, flows, masks, valid, meta),
-                   {"video_id": "v", "clip_index": start // 4, "n_clips": 2, "frame_indices": [0, 1, 2, 3],
-                    "n_frames": 4, "n_masks": 2, "height": 48, "width": 64})
+        writer.add(
+            "train",
+            key,
+            encode_clip(key, frames, flows, masks, valid, meta),
+            {
+                "video_id": "v",
+                "clip_index": start // 4,
+                "n_clips": 2,
+                "frame_indices": [0, 1, 2, 3],
+                "n_frames": 4,
+                "n_masks": 2,
+                "height": 48,
+                "width": 64,
+            },
+        )
     writer.close()
     rows = read_index(str(tmp_path)).to_pylist()
-    entry = ShardEntry(url=st.join(rows[0]["shard"]), offsets=[r["offset"] for r in rows],
-                       sizes=[r["bytes"] for r in rows], checksum=rows[0]["shard_sha256"])
+    entry = ShardEntry(
+        url=st.join(rows[0]["shard"]),
+        offsets=[r["offset"] for r in rows],
+        sizes=[r["bytes"] for r in rows],
+        checksum=rows[0]["shard_sha256"],
+    )
     calls = []
     real = shards_mod.verify_shard
     monkeypatch.setattr(shards_mod, "verify_shard", lambda url, sha: (calls.append(url), real(url, sha)))
@@ -300,7 +398,11 @@ def test_flow_pictures_are_stored_unchanged_and_decoded(tmp_path):
         ok, buf = cv2.imencode(".png" if i == 1 else ".jpg", np.full((20, 30, 3), 40 * i, np.uint8))
         pics.append((f"{i:05d}{'.png' if i == 1 else '.jpg'}", buf.tobytes()))
     members = encode_clip(key, frames, None, masks, valid, meta, flow_pictures=pics)
-    assert [m for m in members if m.startswith("flow")] == ["flowpic.000.jpg", "flowpic.001.png", "flowpic.002.jpg"]
+    assert [m for m in members if m.startswith("flow")] == [
+        "flowpic.000.jpg",
+        "flowpic.001.png",
+        "flowpic.002.jpg",
+    ]
     assert members["flowpic.001.png"] == pics[1][1]
     clip = decode_clip(members, positions=[2, 1])
     assert clip.flows is None and clip.meta["flow_source"] == "pictures"

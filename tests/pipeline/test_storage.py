@@ -75,7 +75,7 @@ def test_open_stream_reads_byte_ranges(storage_url):
     with st.open_stream("blob.bin", start=1000, stop=(2 << 20) + 7) as f:
         head = f.read(10)
         assert head == data[1000:1010]
-        assert f.read() == data[1010:(2 << 20) + 7]
+        assert f.read() == data[1010 : (2 << 20) + 7]
         assert f.read() == b""
     with st.open_stream("blob.bin", start=len(data) - 5) as f:
         assert f.read() == data[-5:]
@@ -112,7 +112,7 @@ def test_s3_writes_stream_in_parts_and_abort_cleanly(s3_server, s3_bucket, monke
     data = os.urandom(1 << 20) * 12
     with st.open_write("big.bin") as f:
         for i in range(0, len(data), 1 << 20):
-            f.write(data[i:i + (1 << 20)])
+            f.write(data[i : i + (1 << 20)])
         in_flight = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
         assert [u["Key"] for u in in_flight] == ["p/big.bin"]  # parts went out before the block ended
         assert not st.exists("big.bin")  # ... and nothing is visible yet
@@ -138,7 +138,9 @@ with st.open_write("killed.bin") as f:
 
 def test_process_killed_mid_write_publishes_nothing(storage_url):
     st = open_storage(storage_url)
-    proc = subprocess.run([sys.executable, "-c", _KILL_MID_WRITE, storage_url], capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_MID_WRITE, storage_url], capture_output=True, timeout=120
+    )
     assert proc.returncode == 9, proc.stderr.decode()
     assert not st.exists("killed.bin")
     assert st.list(recursive=True) == []  # an orphaned temp file is never listed
@@ -236,8 +238,12 @@ def auth_s3_endpoint():
     """A second moto server that enforces IAM authentication, so unknown keys are rejected."""
     port = free_port()
     env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     import socket
 
     deadline = time.time() + 30
@@ -254,7 +260,9 @@ def auth_s3_endpoint():
 
 def test_bad_credentials_error_names_url_not_secret(auth_s3_endpoint):
     secret = "SUPERSECRETVALUE123456"
-    opts = S3Options(endpoint_url=auth_s3_endpoint, access_key_id="AKIAUNKNOWNKEY000000", secret_access_key=secret)
+    opts = S3Options(
+        endpoint_url=auth_s3_endpoint, access_key_id="AKIAUNKNOWNKEY000000", secret_access_key=secret
+    )
     st = open_storage("s3://some-bucket/prefix", s3=opts)
     t0 = time.monotonic()
     with pytest.raises(StorageAuthError, match="s3://some-bucket/prefix") as info:

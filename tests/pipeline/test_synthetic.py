@@ -134,8 +134,11 @@ def test_splits_are_disjoint_and_in_davis_formats(tmp_path):
     assert len(names_2016["val"]) == 1
     for split, seqs in names_2016.items():
         lines = (root / f"ImageSets/{RES_DIR}/{split}.txt").read_text().splitlines()
-        assert lines == [f"/JPEGImages/480p/{s}/{t:05d}.jpg /Annotations/480p/{s}/{t:05d}.png"
-                         for s in seqs for t in range(8)]
+        assert lines == [
+            f"/JPEGImages/480p/{s}/{t:05d}.jpg /Annotations/480p/{s}/{t:05d}.png"
+            for s in seqs
+            for t in range(8)
+        ]
         for line in lines:
             jpg, png = line.split()
             assert (root / jpg.lstrip("/")).is_file() and (root / png.lstrip("/")).is_file()
@@ -164,8 +167,9 @@ def test_layout_is_read_back_by_ingest_and_the_mask_codec(storage_url):
     assert np.abs(loaded.frames.astype(int) - rendered["frames"]).mean() < 8  # JPEG round trip (~5 at 48x64)
     png = Image.open(io.BytesIO(st.read_bytes(f"Annotations/{RES_DIR}/synth000/00003.png")))
     assert png.mode == "L" and set(np.unique(np.asarray(png))) <= {0, 255}
-    np.testing.assert_array_equal(read_mask(st.read_bytes(f"Annotations/{RES_DIR}/synth000/00003.png")),
-                                  rendered["masks"][3])
+    np.testing.assert_array_equal(
+        read_mask(st.read_bytes(f"Annotations/{RES_DIR}/synth000/00003.png")), rendered["masks"][3]
+    )
     meta = st.read_json("Meta/synth000/meta.json")
     assert meta["paused_frames"] == list(range(scene.pause[0], scene.pause[1] + 1))
     assert meta["occluded_frames"] == scene_meta(scene, rendered)["occluded_frames"]
@@ -190,8 +194,25 @@ def test_cli_writes_mp4_that_decodes(tmp_path, capsys):
     from pipeline.video import decode_video
 
     out = tmp_path / "corpus"
-    assert main([str(out), "--videos", "2", "--frames", "6", "--size", "32x48", "--seed", "2",
-                 "--val-fraction", "0.5", "--mp4"]) == 0
+    assert (
+        main(
+            [
+                str(out),
+                "--videos",
+                "2",
+                "--frames",
+                "6",
+                "--size",
+                "32x48",
+                "--seed",
+                "2",
+                "--val-fraction",
+                "0.5",
+                "--mp4",
+            ]
+        )
+        == 0
+    )
     assert "synthetic summary" in capsys.readouterr().out
     frames, info = decode_video(str(out / "videos/synth000.mp4"))
     assert frames.shape == (6, 32, 48, 3)
@@ -200,8 +221,18 @@ def test_cli_writes_mp4_that_decodes(tmp_path, capsys):
     assert (out / "ImageSets/2016/val.txt").read_text().count("\n") == 1
 
 
-@pytest.mark.parametrize("field, value", [("size", "128"), ("size", "10x10"), ("frames", 3), ("videos", 0),
-                                          ("val_fraction", 1.0), ("prefix", "../x"), ("mp4_codec", "h265")])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("size", "128"),
+        ("size", "10x10"),
+        ("frames", 3),
+        ("videos", 0),
+        ("val_fraction", 1.0),
+        ("prefix", "../x"),
+        ("mp4_codec", "h265"),
+    ],
+)
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ConfigError, match=f"'{field}'"):
         SyntheticConfig(**{field: value})

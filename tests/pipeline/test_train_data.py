@@ -56,7 +56,9 @@ def _tar(members):
 
 
 def test_iter_tar_samples_groups_contiguous_members_by_key():
-    buf = _tar([("a.frames.npy", b"1"), ("a.meta.json", b"{}"), ("dir/b.frames.npy", b"2"), ("dir/b.x", b"3")])
+    buf = _tar(
+        [("a.frames.npy", b"1"), ("a.meta.json", b"{}"), ("dir/b.frames.npy", b"2"), ("dir/b.x", b"3")]
+    )
     samples = list(iter_tar_samples(buf, "mem://x.tar"))
     assert [s["__key__"] for s in samples] == ["a", "dir/b"]
     assert samples[0]["frames.npy"] == b"1" and samples[1]["x"] == b"3"
@@ -110,7 +112,11 @@ def test_train_stream_is_deterministic_parallel_and_resumable(tmp_path):
     for a in first:
         b = next(pooled)
         assert a.keys == b.keys and a.position == b.position
-        assert torch.equal(a.frames, b.frames) and torch.equal(a.flows, b.flows) and torch.equal(a.masks, b.masks)
+        assert (
+            torch.equal(a.frames, b.frames)
+            and torch.equal(a.flows, b.flows)
+            and torch.equal(a.masks, b.masks)
+        )
 
     resumed = iter(stream(start=first[2].position))
     for a in first[3:]:
@@ -122,8 +128,9 @@ def test_train_stream_is_deterministic_parallel_and_resumable(tmp_path):
     assert not keys[0] & keys[1] and len(keys[0]) == len(keys[1]) == 4
 
 
-def test_train_stream_reopens_a_shard_whose_read_fails_and_names_it_when_it_keeps_failing(tmp_path, monkeypatch,
-                                                                                           caplog):
+def test_train_stream_reopens_a_shard_whose_read_fails_and_names_it_when_it_keeps_failing(
+    tmp_path, monkeypatch, caplog
+):
     """Issue 14: a dropped connection in the middle of a shard is retried at the sample reached (same batches as a
     fault-free stream); a shard that keeps failing raises ShardReadError naming its URL."""
     import pipeline.train.data as data

@@ -66,7 +66,7 @@ def _official_clip(num_video_frames: int, num_frames: int, rnd) -> list[int]:
         if len(all_frames) < 1:
             break
         last_select = selected_frames[i]
-        select_range = all_frames[max(0, last_select - 7):min(last_select + 7, len(all_frames) - 1)]
+        select_range = all_frames[max(0, last_select - 7) : min(last_select + 7, len(all_frames) - 1)]
         if len(select_range) < 1:
             select_range = all_frames
         selected_frame = rnd.sample(select_range, 1)
@@ -160,10 +160,19 @@ def test_prepare_clip_shapes_normalisation_and_mask_resize():
     assert clip.masks.shape == (5, 1, 32, 32)
     assert set(torch.unique(clip.masks).tolist()) == {0.0, 1.0}
     # ImageNet normalisation: a white pixel maps to (1 - mean) / std
-    white = prepare_clip(np.full((1, 32, 32, 3), 255, np.uint8), np.zeros((1, 32, 32, 2), np.float32),
-                         np.zeros((1, 32, 32), bool), 32, None, None)
-    np.testing.assert_allclose(white.frames[0, :, 0, 0].numpy(), (1 - np.array([0.485, 0.456, 0.406])) /
-                               np.array([0.229, 0.224, 0.225]), rtol=1e-5)
+    white = prepare_clip(
+        np.full((1, 32, 32, 3), 255, np.uint8),
+        np.zeros((1, 32, 32, 2), np.float32),
+        np.zeros((1, 32, 32), bool),
+        32,
+        None,
+        None,
+    )
+    np.testing.assert_allclose(
+        white.frames[0, :, 0, 0].numpy(),
+        (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]),
+        rtol=1e-5,
+    )
     # zero flow renders white as well
     np.testing.assert_allclose(white.flows[0].numpy(), white.frames[0].numpy(), rtol=1e-5)
 
@@ -185,8 +194,12 @@ def test_clip_loss_sums_frames_with_official_weights():
     logits = torch.randn(2, 5, 1, 8, 8)
     target = (torch.rand(2, 5, 1, 8, 8) > 0.5).float()
     total, parts = clip_loss(logits, target, LossConfig())
-    expected = sum(20 * focal_loss(logits[:, t], target[:, t]) + 10 * F.binary_cross_entropy_with_logits(
-        logits[:, t], target[:, t]) + dice_loss(logits[:, t], target[:, t]) for t in range(5))
+    expected = sum(
+        20 * focal_loss(logits[:, t], target[:, t])
+        + 10 * F.binary_cross_entropy_with_logits(logits[:, t], target[:, t])
+        + dice_loss(logits[:, t], target[:, t])
+        for t in range(5)
+    )
     torch.testing.assert_close(total, expected)
     assert parts["focal"] + parts["bce"] + parts["dice"] == pytest.approx(float(total), rel=1e-5)
     zero_dice, _ = clip_loss(logits, target, LossConfig(dice_weight=0.0))
@@ -229,15 +242,37 @@ def test_cadence_warning_for_a_checkpoint_bound_run():
     assert "validation.every_steps=8" in warnings[1] and "100 validations" in warnings[1]
     # the laptop config at the length a new user tries, and at 8x its default: no warning
     for steps in (800, 3200):
-        assert cadence_warnings(load_config(TrainConfig, str(configs / "tiny_cpu.yaml"),
-                                            [f"optim.max_steps={steps}"])) == []
+        assert (
+            cadence_warnings(
+                load_config(TrainConfig, str(configs / "tiny_cpu.yaml"), [f"optim.max_steps={steps}"])
+            )
+            == []
+        )
     # dense but few (a short run), or frequent but far apart (a long run): neither is checkpoint-bound
-    assert cadence_warnings(load_config(TrainConfig, None, ["optim.max_steps=80", "checkpoint.every_steps=4",
-                                                            "validation.every_steps=0"])) == []
-    assert cadence_warnings(load_config(TrainConfig, None, ["optim.max_steps=200000", "checkpoint.every_steps=500",
-                                                            "validation.every_steps=0"])) == []
+    assert (
+        cadence_warnings(
+            load_config(
+                TrainConfig,
+                None,
+                ["optim.max_steps=80", "checkpoint.every_steps=4", "validation.every_steps=0"],
+            )
+        )
+        == []
+    )
+    assert (
+        cadence_warnings(
+            load_config(
+                TrainConfig,
+                None,
+                ["optim.max_steps=200000", "checkpoint.every_steps=500", "validation.every_steps=0"],
+            )
+        )
+        == []
+    )
     # validation disabled is never flagged; a dense validation cadence is
-    only_val = cadence_warnings(load_config(TrainConfig, None, ["optim.max_steps=1000", "validation.every_steps=10"]))
+    only_val = cadence_warnings(
+        load_config(TrainConfig, None, ["optim.max_steps=1000", "validation.every_steps=10"])
+    )
     assert len(only_val) == 1 and only_val[0].startswith("validation.every_steps=10")
 
 
@@ -256,7 +291,11 @@ def test_best_model_commit_pointer_is_written_last_and_names_a_matching_file(tmp
         for rel in (f"best/{meta['model']}", "best/model.pt"):
             inside = torch.load(io.BytesIO(run.read_bytes(rel)), weights_only=True)
             assert inside["step"] == step
-    assert sorted(run.list("best")) == ["meta.json", "model-00000016.pt", "model.pt"]  # the old version is gone
+    assert sorted(run.list("best")) == [
+        "meta.json",
+        "model-00000016.pt",
+        "model.pt",
+    ]  # the old version is gone
 
 
 def test_metrics_uploads_are_best_effort_and_retried(tmp_path, caplog):
