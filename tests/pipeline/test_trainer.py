@@ -34,6 +34,7 @@ CHECKPOINT_KEYS = {
     "version",
     "model_name",
     "model_kwargs",
+    "settings",
     "model",
     "optimizer",
     "scheduler",
@@ -240,3 +241,18 @@ def test_a_validation_step_publishes_the_best_model_and_writes_the_metrics_row(s
         parts["loss"], rel=1e-5
     )
     assert "step 1/1  loss " in caplog.text and "val J&F" in caplog.text
+
+
+def test_checkpoints_record_the_model_settings_they_were_trained_with(shards, tmp_path):
+    """Every checkpoint the trainer writes records its ModelSettings (input size, precision...), so segment and
+    fine-tuning take their defaults from it."""
+    from model import checkpoint_settings
+
+    cfg = _config(tmp_path)
+    path = str(tmp_path / "checkpoint.pt")
+    with Trainer(cfg, shards, [], scratch=str(tmp_path)) as trainer:
+        trainer.train_step(trainer.next_batch())
+        assert trainer.write_checkpoint(path)
+    settings = checkpoint_settings(path)
+    assert (settings.name, settings.input_size, settings.memory_size) == ("hmhi_mit_b0", 32, 3)
+    assert settings.options["decoder_width"] == 16 and settings.precision == cfg.model.precision
