@@ -35,6 +35,7 @@ __all__ = [
     "config_to_dict",
     "config_to_yaml",
     "field_docs",
+    "FlagTarget",
     "load_config",
     "parse_job_args",
     "require",
@@ -344,22 +345,33 @@ def _field_at(cls: type, dotted: str) -> tuple[Any, str]:
     return tp, doc
 
 
+def _flag_help(doc: str, dotted: str) -> str:
+    """A flag's help: its field's whole docstring (argparse re-wraps it to the terminal), then the field's path."""
+    text = " ".join(doc.replace("``", "").split())  # docstrings' literal markup means nothing in a terminal
+    return f"{text} [{dotted}]".replace("%", "%%")  # argparse %-formats help strings
+
+
 def parse_job_args(
     cls: type[C],
     argv: Sequence[str] | None,
     description: str = "",
     flags: Mapping[str, FlagTarget] | None = None,
     prog: str | None = None,
+    epilog: str | None = None,
 ) -> C:
     """Parse a job's command line into the config ``cls``.
 
     ``flags`` maps shortcut flags to dotted field paths (``{"--input": "input"}``), or to ``(path, constant)`` for
     switches (``{"--use-gpu": ("scaling.use_gpu", True)}``). Precedence: the ``--config`` YAML, then the shortcut
-    flags, then ``--set`` overrides in order. ``--print-config`` prints the resolved YAML and exits.
+    flags, then ``--set`` overrides in order. ``--print-config`` prints the resolved YAML and exits. ``--help``
+    shows ``description``, every flag with its field's whole docstring, and ``epilog`` (both kept as written).
     """
     flags = dict(flags or {})
     parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", metavar="FILE", help="YAML config file (local path or URL)")
     parser.add_argument(
@@ -378,7 +390,7 @@ def parse_job_args(
         dotted, const = target if isinstance(target, tuple) else (target, None)
         _, doc = _field_at(cls, dotted)
         dest = "flag_" + flag.lstrip("-").replace("-", "_")
-        help_text = (doc.splitlines()[0] if doc else "") + f" [{dotted}]"
+        help_text = _flag_help(doc, dotted)
         if isinstance(target, tuple):
             parser.add_argument(
                 flag, dest=dest, action="store_const", const=const, default=None, help=help_text

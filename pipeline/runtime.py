@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import faulthandler
 import logging
 import os
+import socket
 import sys
+import threading
 import time
 from typing import Any
 
@@ -27,6 +31,33 @@ _SILENCED_WARNINGS = (
         "PLAM's down-projection) have (C, 1, k, k) weights with stride k*k on the size-1 axis, and their backward "
         "returns stride 1 there: the same memory layout, and the reducer still copies the right values into its bucket; "
         "no setting of a job changes it.",
+    ),
+)
+_SILENCED_LOG_RECORDS = (
+    # (logger name, message prefix, reason)
+    (
+        "ray._private.authentication.authentication_token_setup",
+        "Token authentication is enabled for this Ray cluster",
+        "Ray 2.60 turns token authentication on for every local cluster a job starts and says so each time (with "
+        "RAY_AUTH_MODE unset). It is the secure default and asks nothing of the user; the warning that it is "
+        "*disabled* (anyone on the network may run code) is kept.",
+    ),
+    (
+        "ray.data._internal.progress",
+        "Progress bars disabled",
+        "quiet_frameworks turns Ray Data's progress bars off when stderr is no terminal (each redraw would be a log "
+        "line), and Ray Data then warns, on every run, that they are off.",
+    ),
+)
+_SILENCED_STDERR_LINES = (
+    # (bytes in the line, reason)
+    (
+        b"has constructor arguments in the object store and max_restarts > 0",
+        "Ray's C++ core logs an ERROR for every restartable actor whose constructor arguments are in the object "
+        "store (ray-project/ray#53727): Ray Data creates its actor pools so (the flow job's flow actors) and Ray "
+        "Train its controller's helpers, on every run. The arguments live as long as the job's driver, so the "
+        "restarts a job relies on work; nothing in a job's settings changes it. It is written by C++ straight to "
+        "the file descriptor (the driver's own, or forwarded from an actor), where no Python filter reaches.",
     ),
 )
 _QUIET_ENV = {
@@ -56,6 +87,10 @@ def quiet_frameworks() -> None:
         return
     for message, category, module, _reason in _SILENCED_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for logger_name, prefix, _reason in _SILENCED_LOG_RECORDS:
+        logger = logging.getLogger(logger_name)
+        if not any(getattr(f, "prefix", None) == prefix for f in logger.filters):
+            logger.addFilter(_DropMessage(prefix))
     for name, value in _QUIET_ENV.items():
         os.environ.setdefault(name, value)
     # Ray Train's INFO lines in the training workers ("Moving model to device", and one "Reporting training
@@ -82,6 +117,80 @@ def quiet_frameworks() -> None:
         ctx.enable_progress_bars = False
         if hasattr(ctx, "enable_operator_progress_bars"):
             ctx.enable_operator_progress_bars = False
+
+
+class _DropMessage(logging.Filter):
+    """Drops the records of one logger whose message starts with ``prefix`` (see :data:`_SILENCED_LOG_RECORDS`)."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+class _StderrLineFilter:
+    """This process's stderr (file descriptor 2) passed on to where it went before, without the whole lines that
+    hold one of :data:`_SILENCED_STDERR_LINES` (C++ writes them to the descriptor: no Python filter sees them).
+
+    A pipe replaces descriptor 2 and a thread copies what arrives, line by line, as soon as it arrives (nothing is
+    held back: a partial line goes on at once). At exit the pipe is drained and descriptor 2 restored, and
+    ``faulthandler`` writes to the real stderr, so a crash report is never lost in the pipe.
+    """
+
+    _installed: _StderrLineFilter | None = None
+
+    def __init__(self) -> None:
+        self._target = os.dup(2)
+        read_end, write_end = os.pipe()
+        self._read_end = read_end
+        self._marker = f"hmhi-stderr-drained-{os.getpid()}-{id(self)}\n".encode()
+        self._drained = threading.Event()
+        sys.stderr.flush()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        if faulthandler.is_enabled():
+            faulthandler.enable(file=self._target)
+        threading.Thread(target=self._copy, name="hmhi-stderr-filter", daemon=True).start()
+        atexit.register(self.uninstall)
+
+    @classmethod
+    def install(cls) -> None:
+        """Install the filter once per process (idempotent)."""
+        if cls._installed is None:
+            cls._installed = cls()
+
+    def _copy(self) -> None:
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(self._read_end, 1 << 16)
+            except OSError:
+                return
+            if not chunk:
+                return
+            *lines, pending = (pending + chunk).split(b"\n")
+            kept = [line + b"\n" for line in lines if not self._silenced(line)]
+            if self._marker in chunk:
+                kept = [line for line in kept if line != self._marker]
+                self._drained.set()
+            if pending:  # a partial line goes on at once; only whole lines are dropped
+                kept.append(pending)
+                pending = b""
+            if kept:
+                os.write(self._target, b"".join(kept))
+
+    @staticmethod
+    def _silenced(line: bytes) -> bool:
+        return any(pattern in line for pattern, _reason in _SILENCED_STDERR_LINES)
+
+    def uninstall(self) -> None:
+        """Copy out what the pipe still holds, then give descriptor 2 back (at exit)."""
+        sys.stderr.flush()
+        os.write(2, self._marker)
+        self._drained.wait(timeout=2.0)
+        os.dup2(self._target, 2)
 
 
 def setup_logging(level: int | str = logging.INFO) -> None:
@@ -114,8 +223,12 @@ def init_ray(**kwargs: Any) -> None:
         return
     kwargs.setdefault("log_to_driver", True)  # the workers' progress lines (training steps) are the job's log
     kwargs.setdefault("include_dashboard", False)  # only used when ray.init starts a cluster
+    if kwargs["include_dashboard"] is not False and _starts_local_cluster():
+        _pin_dashboard(kwargs)
     started = time.perf_counter()
     ray.init(**kwargs)
+    if os.environ.get("HMHI_LOG_LEVEL", "").upper() != "DEBUG":
+        _StderrLineFilter.install()  # after ray.init: the cluster's own processes keep the real stderr
     res = ray.cluster_resources()
     log.info(
         "Ray: %d CPUs, %d GPUs, %d nodes (ray.init %.1f s)",
@@ -124,3 +237,29 @@ def init_ray(**kwargs: Any) -> None:
         len(ray.nodes()),
         time.perf_counter() - started,
     )
+
+
+def _starts_local_cluster() -> bool:
+    """True when ``ray.init()`` will start a new local cluster (no ``RAY_ADDRESS``, no ``ray start`` cluster):
+    Ray's own test of it."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    return canonicalize_bootstrap_address(None) is None
+
+
+def _pin_dashboard(kwargs: dict[str, Any]) -> None:
+    """Give a local cluster's dashboard a known loopback port and tell the cluster's processes where it is.
+
+    Ray Train's placement-group cleaner (an actor) asks the dashboard's State API every second about the training
+    controller; without an address it looks for "the" local Ray, and when another Ray runs on the machine (other
+    users, tests) it fails with a 30-line "Found multiple active Ray instances" traceback. The cluster's processes
+    inherit ``RAY_API_SERVER_ADDRESS`` from this one at start-up, which Ray's State API reads first.
+    """
+    if os.environ.get("RAY_API_SERVER_ADDRESS"):
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    kwargs.setdefault("dashboard_host", "127.0.0.1")
+    kwargs.setdefault("dashboard_port", port)
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://{kwargs['dashboard_host']}:{kwargs['dashboard_port']}"

@@ -94,6 +94,7 @@ __all__ = [
     "read_index_parts",
     "read_samples",
     "sample_key",
+    "shard_set_provenance",
     "shard_urls",
     "verify_shard",
     "write_index_part",
@@ -104,6 +105,9 @@ SAMPLE_VERSION = 2
 """Version of the sample layout above, stored in ``meta.json``. Version 1 kept all flows of a sample in one
 zip-deflated ``flows.npz`` member; :func:`decode_clip` still reads it."""
 INDEX_NAME = "index.parquet"
+SETTINGS_NAME = "precompute_settings.json"
+"""The flow job's record, at the shard set's root, of the settings its samples were made with (written by
+``pipeline.dataset.job`` at its first run; read by :func:`shard_set_provenance`)."""
 INDEX_PARTS_DIR = "index"
 SHARD_DIR = "shards"
 FLOW_PICTURES = "pictures"
@@ -862,3 +866,28 @@ class ShardWriter:
         self._open.clear()
         self._pending.clear()
         self._tmp.cleanup()
+
+
+def shard_set_provenance(url) -> dict[str, Any]:
+    """What a model trained on the shard set at ``url`` is trained on, as checkpoints record it (plain values):
+    ``url``; ``fingerprint``, the SHA-256 over the index's sorted ``(shard, shard SHA-256)`` pairs (the same
+    committed shards give the same fingerprint); and ``flow``, the flow settings its samples were made with (engine,
+    DIS preset, longest side, the flow checkpoint's SHA-256, the flow rendering version; from :data:`SETTINGS_NAME`,
+    empty for a shard set without it)."""
+    st = _storage(url)
+    index = read_index(st)
+    pairs = sorted(set(zip(index.column("shard").to_pylist(), index.column("shard_sha256").to_pylist())))
+    fingerprint = hashlib.sha256("\n".join(f"{shard} {sha}" for shard, sha in pairs).encode()).hexdigest()
+    settings = st.read_json(SETTINGS_NAME) if st.exists(SETTINGS_NAME) else {}
+    flow = {
+        key: settings.get(name)
+        for key, name in (
+            ("engine", "flow_engine"),
+            ("preset", "flow_preset"),
+            ("max_side", "flow_max_side"),
+            ("checkpoint_sha256", "flow_checkpoint_sha256"),
+            ("render_version", "render_version"),
+        )
+        if name in settings
+    }
+    return {"url": st.url, "fingerprint": f"sha256:{fingerprint}", "shards": len(pairs), "flow": flow}

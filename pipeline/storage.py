@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "S3Options",
+    "absolute_url",
     "Storage",
     "StorageAuthError",
     "StorageError",
@@ -881,6 +882,14 @@ def open_storage(url: str | Storage, s3: S3Options | None = None) -> Storage:
     if isinstance(url, Storage):
         return url
     return Storage(url, s3)
+
+
+def absolute_url(url: str) -> str:
+    """``url`` with a local path made absolute against this process's working directory (a ``file://`` prefix
+    dropped) and an S3 URL normalised; ``""`` stays ``""``. Job configs apply it to every path field where they are
+    built, on the driver: a Ray worker's working directory is its session folder, so a relative path sent to it
+    would name another place."""
+    return open_storage(url).url if url else url
 
 
 def storage_filesystem(url: str, s3: S3Options | None = None):

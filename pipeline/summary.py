@@ -14,7 +14,7 @@ from pipeline.retry import retry_counts
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JobSummary", "format_duration", "format_figure", "format_size"]
+__all__ = ["JobSummary", "everything_rejected", "format_duration", "format_figure", "format_size"]
 
 
 def format_duration(seconds: float) -> str:
@@ -40,6 +40,10 @@ def format_size(n_bytes: float) -> str:
 
 def format_figure(name: str, value: Any) -> str:
     """``value`` written for a person, by the unit ``name`` declares (see :class:`JobSummary`)."""
+    if isinstance(value, (dict, list, tuple)) and len(str(value)) > 100:
+        return (
+            f"{len(value)} entries (see the summary file)"  # one screen: the whole value is in summary.json
+        )
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     if value != value or value in (float("inf"), float("-inf")):  # NaN or infinite: nothing to format
@@ -180,3 +184,19 @@ class JobSummary:
             storage.write_json(rel, d)
         log.debug("summary: %s", json.dumps(d))
         return d
+
+
+def everything_rejected(summary: dict[str, Any]) -> str | None:
+    """Why a finished job counts as failed although it ran, or None: it rejected every item it tried (nothing done,
+    nothing skipped as already done, at least one rejected), e.g. every video of a corpus unreadable. Some items
+    rejected beside others done is success (they are listed in the summary). ``summary``: :meth:`JobSummary.finish`'s
+    dict."""
+    counts = summary.get("counts") or {}
+    totals = {
+        state: sum(int(c.get(state, 0)) for c in counts.values()) for state in ("done", "skipped", "rejected")
+    }
+    if totals["rejected"] == 0 or totals["done"] or totals["skipped"]:
+        return None
+    first = (summary.get("rejected") or [{}])[0]
+    example = f"; first: {first.get('kind')} {first.get('name')!r}: {first.get('reason')}" if first else ""
+    return f"every item was rejected ({totals['rejected']}){example}"

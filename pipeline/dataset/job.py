@@ -25,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.cli import JobSpec
 from pipeline.config import ConfigError, config_to_dict
 from pipeline.dataset.config import PrecomputeFlowConfig
 from pipeline.dataset.stages import (
@@ -39,9 +40,11 @@ from pipeline.flow.render import RENDER_VERSION
 from pipeline.ingest.formats import VideoRecord
 from pipeline.ingest.manifest import assign_val_split, list_corpus, manifest_table
 from pipeline.lease import check_lease, holds_output_lease
+from pipeline.preflight import PreflightError, check_disjoint, check_input, check_output
 from pipeline.runtime import init_ray
 from pipeline.shards import (
     SAMPLE_VERSION,
+    SETTINGS_NAME,
     SHARD_DIR,
     consolidate_index,
     read_index_parts,
@@ -52,7 +55,7 @@ from pipeline.summary import JobSummary
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FLAGS", "plan_groups", "run"]
+__all__ = ["FLAGS", "JOB", "plan_groups", "preflight", "run"]
 
 FLAGS = {
     "--input": "input",
@@ -70,7 +73,6 @@ FLAGS = {
     "--concurrency": "compute.concurrency",
 }
 
-SETTINGS_NAME = "precompute_settings.json"
 MANIFEST_NAME = "manifest.parquet"
 VAL_SPLIT_NAME = "val_split.parquet"
 
@@ -104,7 +106,8 @@ def _settings(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
     }
 
 
-def _check_settings(out: Storage, cfg: PrecomputeFlowConfig) -> None:
+def _check_settings(out: Storage, cfg: PrecomputeFlowConfig, write: bool = True) -> None:
+    """Refuse an output whose shards were made with other settings; record them at a first run (``write``)."""
     settings = _settings(cfg)
     if out.exists(SETTINGS_NAME):
         previous = out.read_json(SETTINGS_NAME)
@@ -116,7 +119,7 @@ def _check_settings(out: Storage, cfg: PrecomputeFlowConfig) -> None:
                 out.url,
                 f"holds shards made with other settings ({detail}); use a new --output or the same settings",
             )
-    else:
+    elif write:
         out.write_json(SETTINGS_NAME, settings)
 
 
@@ -143,6 +146,22 @@ def _assign_splits(out: Storage, records: list[VideoRecord], val_fraction: float
         split_of = dict(stored, **{r.video_id: r.split for r in train})
         out.write_parquet(VAL_SPLIT_NAME, pa.table({"video_id": ids, "split": [split_of[i] for i in ids]}))
     return sum(r.split == "val" for r in records)
+
+
+def preflight(cfg: PrecomputeFlowConfig) -> None:
+    """Before Ray and before any write: the corpus exists and its layout is found, the flow checkpoint exists,
+    the output can be written and is not the corpus, and an output made earlier has the same settings."""
+    inp = check_input("input", cfg.input)
+    if cfg.flow.checkpoint:
+        check_input("flow.checkpoint", cfg.flow.checkpoint, folder=False)
+    out = check_output("output", cfg.output)
+    check_disjoint("output", cfg.output, {"input": cfg.input, "flow.checkpoint": cfg.flow.checkpoint})
+    listing = list_corpus(inp, cfg.format, cfg.davis_resolution)
+    if not listing.records:
+        raise PreflightError(f"input {inp.url}: no videos found (read as {listing.format})")
+    if out.exists(SETTINGS_NAME):
+        _check_settings(out, cfg, write=False)
+    log.info("pre-flight: %s holds %d videos (%s)", inp.url, len(listing.records), listing.format)
 
 
 # -- planning ------------------------------------------------------------------------------------------------------
@@ -272,8 +291,7 @@ def run(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
     init_ray()
     cpu0 = time.process_time()
     summary = JobSummary("precompute_flow", config=config_to_dict(cfg))
-    inp, out = open_storage(cfg.input), open_storage(cfg.output)
-    inp.check()
+    inp, out = check_input("input", cfg.input), open_storage(cfg.output)
     out.check()
     _check_settings(out, cfg)
     plan = _plan(cfg, inp, out, summary)
@@ -455,3 +473,27 @@ def _finish(
     summary.set("index_rows", index.num_rows)
     summary.set("frames_per_s", round(frames / summary.elapsed_s, 3) if frames else 0)
     return summary.finish(storage=out, rel="summary.json")
+
+
+JOB = JobSpec(
+    name="precompute_flow",
+    summary="corpus -> optical flow and WebDataset training shards (local or S3)",
+    config=PrecomputeFlowConfig,
+    run=run,
+    preflight=preflight,
+    flags=FLAGS,
+    description="""Precompute optical flow for a video corpus and shard it into WebDataset tars (local or S3).
+
+Reads a corpus in any layout pipeline.ingest knows (DAVIS, YouTube-VOS, FBMS, YouTube-Objects, the official
+HMHI-Net archives, folders of frames or video files; --format auto finds it) and writes below --output:
+shards/<split>-*.tar (clips of frames, flow, masks), index.parquet and index/ parts, manifest.parquet and
+summary.json. A rerun resumes: committed videos are skipped; the settings that change samples are fixed by the
+first run (precompute_settings.json).""",
+    examples=(
+        "{prog} --input runs/demo/corpus --output runs/shards --format davis2016 --val-fraction 0.1",
+        "{prog} --input s3://bucket/DAVIS --output s3://bucket/shards/davis16 --flow-preset fast",
+        "{prog} --input data/FBMS --output runs/fbms-shards --flow-model raft_small --flow-ckpt raft_small.ckpt "
+        "--num-gpus-per-actor 1",
+    ),
+)
+"""The flow job on the command line (``hmhi-uvos precompute_flow``, ``jobs/precompute_flow.py``)."""

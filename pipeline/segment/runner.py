@@ -103,9 +103,9 @@ class SegmentActor:
 
         if threads is not None:
             torch.set_num_threads(threads)
-        return VideoSegmenter.from_config(
-            self.cfg, device="cuda" if want_cuda else "cpu"
-        ), torch.get_num_threads()
+        # The driver resolved the settings against the checkpoint and warned where they differ: not once per actor.
+        segmenter = VideoSegmenter.from_config(self.cfg, device="cuda" if want_cuda else "cpu", warn=False)
+        return segmenter, torch.get_num_threads()
 
     # -------------------------------------------------------------------------------------------- helpers
     def _start(self, record: dict) -> _Slot:

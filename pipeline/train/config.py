@@ -12,6 +12,7 @@ from typing import Literal
 
 from model.settings import ModelSettings
 from pipeline.config import require
+from pipeline.storage import absolute_url
 
 __all__ = [
     "ModelConfig",
@@ -30,10 +31,12 @@ __all__ = [
 
 @dataclass
 class ModelConfig(ModelSettings):
-    """The model to train (:class:`model.ModelSettings`: name, options, memory_size, input_size, precision) and
-    where its weights start. ``memory_size`` and ``input_size`` left null take the init checkpoint's recorded
-    values, else the official ones (T=5, 512x512). ``precision`` 'auto' trains in bf16 autocast on GPUs and in fp32
-    on CPUs; 'bf16' asks for bf16 autocast on either."""
+    """The model to train (:class:`model.ModelSettings`: name, options, memory_size, input_size, precision, mean,
+    std) and where its weights start. Fields left null take the init checkpoint's recorded values (a checkpoint of
+    this project records its architecture, input size and normalisation), else the official ones (hmhi_mit_b1,
+    T=5, 512x512, ImageNet normalisation); a set field that differs from the record is honoured with a warning.
+    ``precision`` 'auto' trains in bf16 autocast on GPUs and in fp32 on CPUs; 'bf16' asks for bf16 autocast on
+    either."""
 
     init_checkpoint: str | None = None
     """Weights to start from: a URL/path of an NVlabs MiT ImageNet file, an official HMHI-Net checkpoint or a
@@ -52,6 +55,10 @@ class ModelConfig(ModelSettings):
             self.init_checkpoint,
             "must be a non-empty URL or null",
         )
+        if self.init_checkpoint:
+            self.init_checkpoint = absolute_url(
+                self.init_checkpoint
+            )  # on the driver (see TrainConfig.storage)
 
 
 @dataclass
@@ -83,6 +90,7 @@ class DataConfig:
     the error restarts the worker group from the last checkpoint (``max_failures``)."""
 
     def __post_init__(self):
+        self.url = absolute_url(self.url)  # on the driver (see TrainConfig.storage)
         require(bool(self.train_split), "train_split", self.train_split, "must not be empty")
         require(self.clip_length >= 1, "clip_length", self.clip_length, "must be >= 1")
         require(self.max_skip >= 1, "max_skip", self.max_skip, "must be >= 1")
@@ -274,6 +282,9 @@ class TrainConfig:
     """Validation cadence and metric settings."""
 
     def __post_init__(self):
+        # A relative path would mean each Ray Train worker's session folder: made absolute where the config is
+        # built (the driver), like every path field of every job config.
+        self.storage = absolute_url(self.storage)
         require(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")
         require(self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "must be > 0")
         require(self.max_failures >= -1, "max_failures", self.max_failures, "must be >= 0, or -1 (no limit)")

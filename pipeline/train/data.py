@@ -27,7 +27,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -128,6 +128,7 @@ class TrainStream:
         rank: int,
         decode_fn,
         start: DataPosition | None = None,
+        normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     ):
         if not shards:
             raise ValueError("no training shards")
@@ -135,6 +136,8 @@ class TrainStream:
         self.cfg = data_cfg
         self.augment_cfg = augment_cfg
         self.input_size = input_size
+        self.normalization = normalization
+        """The model's input ``(mean, std)``; None: ImageNet's."""
         self.seed = seed
         self.world_size = world_size
         self.rank = rank
@@ -226,6 +229,7 @@ class TrainStream:
             self.cfg.max_skip,
             self.input_size,
             self.augment_cfg,
+            self.normalization,
         )
         if pool is None:
             for sample in raw:
@@ -315,6 +319,7 @@ def make_training_clip(
     max_skip: int,
     input_size: int,
     augment_cfg: AugmentConfig,
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> ClipTensors | None:
     """Decode one raw sample, sample a clip with the official sampler and augment it; None if it has no mask.
 
@@ -335,6 +340,7 @@ def make_training_clip(
         input_size,
         rng,
         augment_cfg,
+        normalization,
     )
 
 

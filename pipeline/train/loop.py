@@ -88,6 +88,7 @@ def _trainer(config: dict, scratch: str) -> Trainer:
             parallel_strategy_kwargs={"find_unused_parameters": cfg.model.find_unused_parameters},
         ),
         resume=_read_ray_checkpoint(checkpoint, scratch) if checkpoint is not None else None,
+        provenance=config.get("provenance"),
     )
 
 

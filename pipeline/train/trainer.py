@@ -216,8 +216,15 @@ class Trainer:
         device: torch.device | None = None,
         wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
         resume: dict[str, Any] | None = None,
+        provenance: dict[str, Any] | None = None,
     ):
+        # The job's driver resolves the model settings against the init checkpoint; a Trainer built directly gets
+        # the official defaults for what its config leaves unset (a no-op on resolved settings).
+        cfg.model = cfg.model.resolved()
         self.cfg, self.shards, self.val_shards, self.scratch = cfg, shards, val_shards, scratch
+        self.provenance = dict(provenance or {})
+        """What the model is trained on (the training data's fingerprint and flow settings), recorded in every
+        checkpoint and best model."""
         self.rank, self.world_size = rank, world_size
         self.device = device or torch.device("cpu")
         self.run = open_storage(cfg.storage).child(cfg.run_name)
@@ -270,6 +277,7 @@ class Trainer:
                 self.rank,
                 decode_clip,
                 start=self.state.position,
+                normalization=(self.cfg.model.mean, self.cfg.model.std),
             )
             self._batches = Prefetcher(self._stream, self.cfg.data.prefetch_batches)
             self._window.restart(self._batches.wait_s)
@@ -389,6 +397,7 @@ class Trainer:
                 best_path,
                 {"step": state.step, "val": scores, "config": config_to_dict(self.cfg)},
                 settings=self.cfg.model,
+                provenance=self.provenance,
             )
             commit_best_model(self.run, best_path, state.step, scores)
             os.remove(best_path)
@@ -440,7 +449,11 @@ class Trainer:
         if self.rank != 0:
             return False
         save_checkpoint(
-            self.module, path, {k: v for k, v in state.items() if k != "model"}, settings=self.cfg.model
+            self.module,
+            path,
+            {k: v for k, v in state.items() if k != "model"},
+            settings=self.cfg.model,
+            provenance=self.provenance,
         )
         if self._writer is not None:
             self._writer.flush()  # best-effort, like every metrics upload
