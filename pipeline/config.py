@@ -372,6 +372,7 @@ def parse_job_args(
         description=description,
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # a typo or a cut flag must not silently be another (--videos is not --videos-in-flight)
     )
     parser.add_argument("--config", metavar="FILE", help="YAML config file (local path or URL)")
     parser.add_argument(

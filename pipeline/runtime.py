@@ -6,6 +6,7 @@ import atexit
 import faulthandler
 import logging
 import os
+import select
 import socket
 import sys
 import threading
@@ -14,7 +15,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["init_ray", "quiet_frameworks", "setup_logging"]
+__all__ = ["init_ray", "quiet_frameworks", "quiet_ray_worker", "setup_logging"]
 
 _LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -48,6 +49,14 @@ _SILENCED_LOG_RECORDS = (
         "quiet_frameworks turns Ray Data's progress bars off when stderr is no terminal (each redraw would be a log "
         "line), and Ray Data then warns, on every run, that they are off.",
     ),
+    (
+        "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client",
+        "Failed to send resource request",
+        "Ray Train's controller registers its workers with the cluster autoscaler's coordinator (an actor it "
+        "creates) and gives the call 5 s; on a busy machine it times out and logs a warning with a 20-line "
+        "traceback that it calls safe to ignore. Only set in a local cluster a job starts, which has no "
+        "autoscaler to tell.",
+    ),
 )
 _SILENCED_STDERR_LINES = (
     # (bytes in the line, reason)
@@ -60,6 +69,8 @@ _SILENCED_STDERR_LINES = (
         "the file descriptor (the driver's own, or forwarded from an actor), where no Python filter reaches.",
     ),
 )
+_PARTIAL_LINE_WAIT_S = 0.1
+"""How long the stderr filter waits for the end of a line before passing its start on."""
 _QUIET_ENV = {
     # Ray prints the same line from every worker once per worker: keep its de-duplication on (the default, made
     # explicit because a user's environment may have turned it off).
@@ -85,12 +96,7 @@ def quiet_frameworks() -> None:
 
     if os.environ.get("HMHI_LOG_LEVEL", "").upper() == "DEBUG":
         return
-    for message, category, module, _reason in _SILENCED_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category, module=module)
-    for logger_name, prefix, _reason in _SILENCED_LOG_RECORDS:
-        logger = logging.getLogger(logger_name)
-        if not any(getattr(f, "prefix", None) == prefix for f in logger.filters):
-            logger.addFilter(_DropMessage(prefix))
+    quiet_ray_worker()
     for name, value in _QUIET_ENV.items():
         os.environ.setdefault(name, value)
     # Ray Train's INFO lines in the training workers ("Moving model to device", and one "Reporting training
@@ -119,6 +125,23 @@ def quiet_frameworks() -> None:
             ctx.enable_operator_progress_bars = False
 
 
+def quiet_ray_worker() -> None:
+    """The part of :func:`quiet_frameworks` that every process of a job's Ray cluster applies (Ray calls it at each
+    worker's start: ``worker_process_setup_hook``, set by :func:`init_ray` for a cluster it starts): the warnings
+    and log records of :data:`_SILENCED_WARNINGS` and :data:`_SILENCED_LOG_RECORDS`, which Ray's own actors (Ray
+    Train's controller) log where no job code runs. Cheap: it imports nothing."""
+    import warnings
+
+    if os.environ.get("HMHI_LOG_LEVEL", "").upper() == "DEBUG":
+        return
+    for message, category, module, _reason in _SILENCED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for logger_name, prefix, _reason in _SILENCED_LOG_RECORDS:
+        logger = logging.getLogger(logger_name)
+        if not any(getattr(f, "prefix", None) == prefix for f in logger.filters):
+            logger.addFilter(_DropMessage(prefix))
+
+
 class _DropMessage(logging.Filter):
     """Drops the records of one logger whose message starts with ``prefix`` (see :data:`_SILENCED_LOG_RECORDS`)."""
 
@@ -134,9 +157,10 @@ class _StderrLineFilter:
     """This process's stderr (file descriptor 2) passed on to where it went before, without the whole lines that
     hold one of :data:`_SILENCED_STDERR_LINES` (C++ writes them to the descriptor: no Python filter sees them).
 
-    A pipe replaces descriptor 2 and a thread copies what arrives, line by line, as soon as it arrives (nothing is
-    held back: a partial line goes on at once). At exit the pipe is drained and descriptor 2 restored, and
-    ``faulthandler`` writes to the real stderr, so a crash report is never lost in the pipe.
+    A pipe replaces descriptor 2 and a thread copies what arrives, line by line, as it arrives; a partial line
+    waits at most :data:`_PARTIAL_LINE_WAIT_S` for its end (``print`` writes a line and its newline apart). At exit
+    the pipe is drained and descriptor 2 restored, and ``faulthandler`` writes to the real stderr, so a crash
+    report is never lost in the pipe.
     """
 
     _installed: _StderrLineFilter | None = None
@@ -145,7 +169,7 @@ class _StderrLineFilter:
         self._target = os.dup(2)
         read_end, write_end = os.pipe()
         self._read_end = read_end
-        self._marker = f"hmhi-stderr-drained-{os.getpid()}-{id(self)}\n".encode()
+        self._marker = f"hmhi-stderr-drained-{os.getpid()}-{id(self)}".encode()
         self._drained = threading.Event()
         sys.stderr.flush()
         os.dup2(write_end, 2)
@@ -164,6 +188,10 @@ class _StderrLineFilter:
     def _copy(self) -> None:
         pending = b""
         while True:
+            if pending and not select.select([self._read_end], [], [], _PARTIAL_LINE_WAIT_S)[0]:
+                os.write(self._target, pending)  # a partial line that stays partial goes on as it is
+                pending = b""
+                continue
             try:
                 chunk = os.read(self._read_end, 1 << 16)
             except OSError:
@@ -171,15 +199,17 @@ class _StderrLineFilter:
             if not chunk:
                 return
             *lines, pending = (pending + chunk).split(b"\n")
-            kept = [line + b"\n" for line in lines if not self._silenced(line)]
-            if self._marker in chunk:
-                kept = [line for line in kept if line != self._marker]
+            out, drained = [], False
+            for line in lines:
+                if line.endswith(self._marker):  # uninstall's marker: everything before it is here
+                    out.append(line[: -len(self._marker)])  # the end of a partial line, if any (no newline)
+                    drained = True
+                elif not self._silenced(line):
+                    out.append(line + b"\n")
+            if out:
+                os.write(self._target, b"".join(out))
+            if drained:
                 self._drained.set()
-            if pending:  # a partial line goes on at once; only whole lines are dropped
-                kept.append(pending)
-                pending = b""
-            if kept:
-                os.write(self._target, b"".join(kept))
 
     @staticmethod
     def _silenced(line: bytes) -> bool:
@@ -188,7 +218,7 @@ class _StderrLineFilter:
     def uninstall(self) -> None:
         """Copy out what the pipe still holds, then give descriptor 2 back (at exit)."""
         sys.stderr.flush()
-        os.write(2, self._marker)
+        os.write(2, self._marker + b"\n")
         self._drained.wait(timeout=2.0)
         os.dup2(self._target, 2)
 
@@ -223,8 +253,14 @@ def init_ray(**kwargs: Any) -> None:
         return
     kwargs.setdefault("log_to_driver", True)  # the workers' progress lines (training steps) are the job's log
     kwargs.setdefault("include_dashboard", False)  # only used when ray.init starts a cluster
-    if kwargs["include_dashboard"] is not False and _starts_local_cluster():
-        _pin_dashboard(kwargs)
+    if _starts_local_cluster():
+        if kwargs["include_dashboard"] is not False:
+            _pin_dashboard(kwargs)
+        # Every process of the cluster applies quiet_ray_worker (Ray's actors log where no job code runs). Only for
+        # a cluster this job starts: a submitted job's runtime_env is its submitter's.
+        runtime_env = dict(kwargs.get("runtime_env") or {})
+        runtime_env.setdefault("worker_process_setup_hook", f"{__name__}.quiet_ray_worker")
+        kwargs["runtime_env"] = runtime_env
     started = time.perf_counter()
     ray.init(**kwargs)
     if os.environ.get("HMHI_LOG_LEVEL", "").upper() != "DEBUG":
@@ -242,8 +278,10 @@ def init_ray(**kwargs: Any) -> None:
 def _starts_local_cluster() -> bool:
     """True when ``ray.init()`` will start a new local cluster (no ``RAY_ADDRESS``, no ``ray start`` cluster):
     Ray's own test of it."""
-    from ray._private.services import canonicalize_bootstrap_address
-
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # another Ray version: assume a cluster is given, and change nothing
+        return False
     return canonicalize_bootstrap_address(None) is None
 
 

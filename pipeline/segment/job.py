@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 from model import create_model, describe_checkpoint, load_checkpoint
 from pipeline.cli import JobSpec
-from pipeline.config import config_to_dict
+from pipeline.config import ConfigError, config_from_dict, config_to_dict
 from pipeline.flow.config import FlowConfig
 from pipeline.formats import run_exports
 from pipeline.ingest.manifest import list_corpus
@@ -57,6 +57,7 @@ FLAGS = {
     "--overlay": ("outputs.overlay", True),
     "--export": "outputs.export",
     "--overwrite": ("outputs.overwrite", True),
+    "--videos": "videos",
     "--num-actors": "runtime.num_actors",
     "--videos-in-flight": "runtime.videos_in_flight",
 }
@@ -107,7 +108,10 @@ def preflight(cfg: SegmentConfig) -> None:
             info.settings is None
         ):  # an official file: the config picks the architecture; do the weights fit it?
             load_checkpoint(create_model(cfg.model.name, **cfg.model.architecture()), path)
-    cfg.flow = FlowConfig(**config_to_dict(cfg.flow))  # a flow engine the record named is checked like a flag
+    try:  # a flow engine the record named is checked like a flag (a ptlflow model needs its checkpoint file)
+        cfg.flow = config_from_dict(FlowConfig, config_to_dict(cfg.flow))
+    except ConfigError as e:
+        raise e.under("flow") from None
     log.info(
         "pre-flight: %d videos in %s (%s); model %s at %dx%d, T=%d, flow %s (defaults: %s)",
         len(records),

@@ -193,9 +193,12 @@ def _settled(cfg: TrainConfig) -> bool:
 
 
 def preflight(cfg: TrainConfig) -> None:
-    """Before Ray and before any write: the shards (index, training split), the init checkpoint (read once, its
-    record taken as defaults, loaded into the model), and the run folder (writable; not the data, not inside it)."""
-    check_inputs(cfg)
+    """Before Ray and before any write: the run folder (writable; not the data, not inside it, not around it), the
+    init checkpoint (read once, its record taken as defaults, loaded into the model) and the shards (index,
+    training split)."""
+    for name in ("storage", "run_name"):
+        if not getattr(cfg, name):
+            raise ConfigError(name, getattr(cfg, name), "is required")
     run_root = _run_root(cfg)
     check_output("storage", run_root)
     check_disjoint(
@@ -207,6 +210,7 @@ def preflight(cfg: TrainConfig) -> None:
         check_init_checkpoint(cfg)
     else:
         resolve_model(cfg, None)
+    check_inputs(cfg)
 
 
 def training_provenance(cfg: TrainConfig) -> dict[str, Any]:

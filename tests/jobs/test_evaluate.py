@@ -205,8 +205,9 @@ def test_cli_plain_python_attaches_to_cluster(tmp_path, ray_cluster):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    printed, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{") :])  # then the job summary
+    printed = json.loads((tmp_path / "eval" / "summary.json").read_text())["figures"]  # also printed, once
     assert printed["protocol"] == "all" and 0 < printed["JF_mean"] < 1
+    assert sum(line.split()[:1] == ["JF_mean"] for line in proc.stdout.splitlines()) == 1
     assert (tmp_path / "eval" / "per_sequence.csv").exists()
     bad = subprocess.run(
         [sys.executable, "jobs/evaluate.py", "--gt", str(tmp_path)],
