@@ -72,7 +72,7 @@ def job_main(spec: JobSpec, argv: Sequence[str] | None, *, prog: str | None = No
     """
     setup_logging()
     prog = prog or f"hmhi-uvos {spec.name}"
-    cfg = parse_job_args(
+    cfg: Any = parse_job_args(
         spec.config, argv, description=spec.description, flags=spec.flags, prog=prog, epilog=spec.epilog(prog)
     )
     spec.preflight(cfg)

@@ -282,7 +282,7 @@ def _starts_local_cluster() -> bool:
         from ray._private.services import canonicalize_bootstrap_address
     except ImportError:  # another Ray version: assume a cluster is given, and change nothing
         return False
-    return canonicalize_bootstrap_address(None) is None
+    return canonicalize_bootstrap_address(None) is None  # type: ignore[arg-type]  # None: "find one", as ray.init
 
 
 def _pin_dashboard(kwargs: dict[str, Any]) -> None:
