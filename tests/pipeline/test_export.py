@@ -15,6 +15,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from jobs.export import main
+from pipeline.errors import UserError
 from pipeline.formats import EXPORT_FILES, export_outputs
 from pipeline.masks import davis_palette, read_mask
 from pipeline.segment.config import SegmentOutputConfig
@@ -171,11 +172,14 @@ def test_export_outputs_for_segment_one_format_a_subset_and_the_overlay_index(tm
     with pytest.raises(ValueError, match="unknown export formats"):
         export_outputs(root, ["voc"])
 
+    # fox never finished: naming it is a user error (exit status 2), found before anything is written
+    with pytest.raises(UserError, match=r"videos: 1 not finished in .*seg \(no done marker\): fox"):
+        main(["--input", url, "--output", str(tmp_path / "out"), "--videos", "dog,fox", "--formats", "cvat"])
+    assert not (tmp_path / "out").exists()
     summary = main(
-        ["--input", url, "--output", str(tmp_path / "out"), "--videos", "dog,fox", "--formats", "cvat"]
+        ["--input", url, "--output", str(tmp_path / "out"), "--videos", "dog", "--formats", "cvat"]
     )
-    assert summary["counts"]["video"] == {"done": 1, "skipped": 1, "rejected": 0}
-    assert "fox" in summary["skipped"][0]["name"] and "done marker" in summary["skipped"][0]["reason"]
+    assert summary["counts"]["video"] == {"done": 1, "skipped": 0, "rejected": 0}
     page = root.read_text(OVERLAY_INDEX)
     assert summary["figures"]["overlay_index"] == root.join(OVERLAY_INDEX)
     hrefs = re.findall(r'href="([^"]+)"', page)
@@ -189,7 +193,7 @@ def test_export_job_errors_are_one_line_naming_the_input(tmp_path, capsys):
     from pipeline.cli import run_job_main
 
     assert run_job_main(export_main, ["--input", str(tmp_path / "nothing")]) == 2
-    assert f"{tmp_path / 'nothing'}/done not found" in capsys.readouterr().err
+    assert f"input {tmp_path / 'nothing'}: no such folder" in capsys.readouterr().err
     assert not (tmp_path / "nothing").exists()  # an input is never created
     assert run_job_main(export_main, ["--input", str(tmp_path), "--formats", "voc"]) == 2
     assert "'formats[0]'" in capsys.readouterr().err
