@@ -2,9 +2,10 @@
 file, no folder): what ``pipeline.cli.job_main`` runs through the job's ``preflight(cfg)``.
 
 Each check raises :class:`PreflightError` (a :class:`~pipeline.errors.UserError`: one line, exit status 2) naming
-the config field and the path. Nothing here creates anything: a missing input stays missing, and an output is
-probed with a temporary entry that is removed at once. A job's own ``preflight`` (in ``pipeline/<job>/job.py``)
-combines these with what only it knows (the corpus format, the checkpoint's architecture).
+the config field (its dotted path, as ``--set`` names it) and the path. Nothing here creates anything: a missing
+input stays missing, and an output is probed with a temporary entry that is removed at once. A job's own
+``preflight`` (in ``pipeline/<job>/job.py``) combines these with what only it knows (the corpus format, the
+checkpoint's architecture).
 """
 
 from __future__ import annotations
@@ -25,35 +26,30 @@ class PreflightError(UserError, ValueError):
     input); the message names the field and the path."""
 
 
-def _flag(field: str) -> str:
-    """How a config field is named to the user: its dotted path (the same as ``--set``)."""
-    return field
-
-
 def check_input(field: str, url: str, *, folder: bool = True) -> Storage:
     """The input at ``url`` exists: a folder (``folder``) or a file; for S3, the bucket is reachable and the
     prefix or object exists. Never creates anything. Returns the folder's storage (the file's parent for a file)."""
     if not url:
-        raise PreflightError(f"{_flag(field)} is required")
+        raise PreflightError(f"{field} is required")
     storage = open_storage(url)
     if storage.is_local:
         path = storage.root
         if not os.path.exists(path):
-            raise PreflightError(f"{_flag(field)} {path}: no such {'folder' if folder else 'file'}")
+            raise PreflightError(f"{field} {path}: no such {'folder' if folder else 'file'}")
         if folder and not os.path.isdir(path):
-            raise PreflightError(f"{_flag(field)} {path}: is a file, not a folder")
+            raise PreflightError(f"{field} {path}: is a file, not a folder")
         if not folder and os.path.isdir(path):
-            raise PreflightError(f"{_flag(field)} {path}: is a folder, not a file")
+            raise PreflightError(f"{field} {path}: is a folder, not a file")
         if not os.access(path, os.R_OK):
-            raise PreflightError(f"{_flag(field)} {path}: cannot be read (permission denied)")
+            raise PreflightError(f"{field} {path}: cannot be read (permission denied)")
         return storage
     try:
-        storage.check(f"{_flag(field)}:")
+        storage.check()
         found = storage.exists("")
-    except StorageError as e:
-        raise PreflightError(f"{_flag(field)} {storage.url}: {e}") from e
+    except StorageError as e:  # its message names the URL
+        raise PreflightError(f"{field}: {e}") from e
     if not found:
-        raise PreflightError(f"{_flag(field)} {storage.url}: nothing there (no such prefix or object)")
+        raise PreflightError(f"{field} {storage.url}: nothing there (no such prefix or object)")
     return storage
 
 
@@ -61,29 +57,29 @@ def check_output(field: str, url: str) -> Storage:
     """The output at ``url`` can be created and written: probed with a temporary file (or folder, where the
     output does not exist yet) that is removed at once, so nothing is left behind. Returns its storage."""
     if not url:
-        raise PreflightError(f"{_flag(field)} is required")
+        raise PreflightError(f"{field} is required")
     storage = open_storage(url)
     if storage.is_local:
         _probe_local(field, storage.root)
         return storage
     probe = f".hmhi-preflight-{uuid.uuid4().hex}"
     try:
-        storage.check(f"{_flag(field)}:")
+        storage.check()
         storage.write_bytes(probe, b"")
         storage.delete(probe)
-    except StorageError as e:
-        raise PreflightError(f"{_flag(field)} {storage.url}: cannot be written ({e})") from e
+    except StorageError as e:  # its message names the URL and the reason
+        raise PreflightError(f"{field} {storage.url}: cannot be written ({e})") from e
     return storage
 
 
 def _probe_local(field: str, path: str) -> None:
     if os.path.exists(path) and not os.path.isdir(path):
-        raise PreflightError(f"{_flag(field)} {path}: is a file, not a folder")
+        raise PreflightError(f"{field} {path}: is a file, not a folder")
     existing = path
     while not os.path.exists(existing):  # the nearest folder that exists: where the output would be created
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise PreflightError(f"{_flag(field)} {path}: cannot be created ({existing} is a file)")
+        raise PreflightError(f"{field} {path}: cannot be created ({existing} is a file)")
     try:
         if existing == path:
             fd, probe = tempfile.mkstemp(prefix=".hmhi-preflight-", dir=path)
@@ -93,7 +89,7 @@ def _probe_local(field: str, path: str) -> None:
             os.rmdir(tempfile.mkdtemp(prefix=".hmhi-preflight-", dir=existing))
     except OSError as e:
         what = "cannot be written" if existing == path else "cannot be created"
-        raise PreflightError(f"{_flag(field)} {path}: {what} ({e.strerror or e} in {existing})") from None
+        raise PreflightError(f"{field} {path}: {what} ({e.strerror or e} in {existing})") from None
 
 
 def within(inner_url: str, outer_url: str) -> bool:
@@ -118,6 +114,6 @@ def check_disjoint(output_field: str, output: str, inputs: Mapping[str, str | No
             continue
         relation = "is" if inside and around else "is inside" if inside else "contains"
         raise PreflightError(
-            f"{_flag(output_field)} {open_storage(output).url} {relation} {_flag(field)} {open_storage(url).url}: "
+            f"{output_field} {open_storage(output).url} {relation} {field} {open_storage(url).url}: "
             "a job never writes where it reads; choose another output"
         )

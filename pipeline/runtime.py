@@ -244,7 +244,9 @@ def init_ray(**kwargs: Any) -> None:
     A local cluster starts without the dashboard: no job uses it, and its processes cost seconds of every local
     run's start-up (issue 16: 15-20 s vs 11-12 s for ``ray.init`` on the loaded 2-core machine); a job that needs it
     passes ``include_dashboard`` (the train job: Ray Train asks the State API). For the dashboard, start Ray with
-    ``ray start --head`` and run the job against it.
+    ``ray start --head`` and run the job against it. A local cluster started here gets its dashboard on a known
+    loopback port (:func:`_pin_dashboard`) and :func:`quiet_ray_worker` in every process; once Ray runs, this
+    process's stderr drops Ray's C++ lines of :data:`_SILENCED_STDERR_LINES`.
     """
     import ray
 
