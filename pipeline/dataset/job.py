@@ -293,8 +293,9 @@ def run(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
     summary = JobSummary("precompute_flow", config=config_to_dict(cfg))
     inp, out = check_input("input", cfg.input), open_storage(cfg.output)
     out.check()
-    _check_settings(out, cfg)
+    _check_settings(out, cfg, write=False)
     plan = _plan(cfg, inp, out, summary)
+    _check_settings(out, cfg)  # recorded once the corpus is listed: a corpus that cannot be read records nothing
     commits, writers = 0, defaultdict(int)  # writer -> index parts (groups) it wrote the shards of
     if plan.groups:
         ds = _build_dataset(cfg, plan.groups, inp.url, out.url)
