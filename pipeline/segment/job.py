@@ -104,9 +104,8 @@ def preflight(cfg: SegmentConfig) -> None:
         info = describe_checkpoint(path)
         for warning in settings_from_checkpoint(cfg, info):
             log.warning("%s: %s", cfg.model.checkpoint, warning)
-        if (
-            info.settings is None
-        ):  # an official file: the config picks the architecture; do the weights fit it?
+        # An official file records nothing: the config picks the architecture. Do the weights fit it?
+        if info.settings is None:
             load_checkpoint(create_model(cfg.model.name, **cfg.model.architecture()), path)
     try:  # a flow engine the record named is checked like a flag (a ptlflow model needs its checkpoint file)
         cfg.flow = config_from_dict(FlowConfig, config_to_dict(cfg.flow))
