@@ -44,11 +44,9 @@ import json
 import logging
 import os
 import posixpath
-import random
 import re
 import shutil
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -57,7 +55,7 @@ from typing import Any
 import fsspec
 
 from pipeline.errors import UserError
-from pipeline.retry import count_retry
+from pipeline.retry import Backoff, Retrying, RetryPolicy, count_retry
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +278,14 @@ def _s3_client(options: S3Options):
     return client
 
 
+def _credential_errors() -> tuple[type[BaseException], ...]:
+    """botocore's errors for credentials that are missing or cannot be obtained (not for rejected ones: those come
+    back from the store as error codes)."""
+    import botocore.exceptions as bx
+
+    return (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError)
+
+
 def _transient_read_errors() -> tuple[type[BaseException], ...]:
     """Errors of a response body that failed part-way: the connection, not the object, is at fault."""
     import botocore.exceptions as bx
@@ -301,6 +307,18 @@ def _transient_read_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def _read_resume_policy(attempts: int) -> RetryPolicy:
+    """Reopening a streamed GET whose body failed part-way: ``attempts`` reads in a row at most, short jittered
+    waits (data was flowing), counted as ``s3_read_resume``."""
+    return RetryPolicy(
+        Backoff(first_s=0.1, max_s=2.0),
+        attempts=attempts,
+        retry_on=_transient_read_errors(),
+        count_as="s3_read_resume",
+        log_level=logging.INFO,
+    )
+
+
 class _S3Body(io.RawIOBase):
     """Raw reader of bytes ``start:stop`` of one S3 object through streaming GETs.
 
@@ -316,7 +334,7 @@ class _S3Body(io.RawIOBase):
         self._etag: str | None = None
         self._end: int | None = stop  # one past the last byte this reader must deliver, once known
         self._attempts = storage.s3.max_attempts or DEFAULT_MAX_ATTEMPTS
-        self._body = None
+        self._body: Any = None  # botocore's StreamingBody (botocore ships no type hints)
         self._open()
 
     def _open(self) -> None:
@@ -349,39 +367,33 @@ class _S3Body(io.RawIOBase):
             n = min(n, self._end - self._pos)
         if n <= 0:
             return b""
-        transient = _transient_read_errors()
-        failures = 0
+        retrying: Retrying | None = None  # made on the first failure: most reads never need it
         while True:
             try:
                 data = self._body.read(n)
                 if not data and self._end is not None and self._pos < self._end:
                     raise ConnectionError(f"body ended at byte {self._pos} of {self._end}")
                 break
-            except transient as e:
-                failures += 1
-                url = self._storage.join(self._rel)
-                if failures >= self._attempts:
-                    raise StorageUnavailableError(
-                        f"read {url}: the connection failed {failures} times in a row at byte {self._pos} "
-                        f"({type(e).__name__})"
-                    ) from e
-                count_retry("s3_read_resume")
-                log.info(
-                    "read %s: %s at byte %d; reopening there (retry %d of %d)",
-                    url,
-                    type(e).__name__,
-                    self._pos,
-                    failures,
-                    self._attempts - 1,
+            except Exception as e:
+                retrying = retrying or Retrying(
+                    _read_resume_policy(self._attempts),
+                    lambda: f"read {self._storage.join(self._rel)} at byte {self._pos}",
+                    action="reopening it there",
+                    give_up=self._gave_up,
+                    logger=log,
                 )
+                retrying.failed(e)  # raises unless the connection, not the object, is at fault
                 with contextlib.suppress(Exception):
                     self._body.close()
-                time.sleep(
-                    random.uniform(0, min(0.05 * 2**failures, 2.0))
-                )  # jittered, short: data was flowing
                 self._open()
         self._pos += len(data)
         return data
+
+    def _gave_up(self, error: BaseException, failures: int) -> BaseException:
+        return StorageUnavailableError(
+            f"read {self._storage.join(self._rel)}: the connection failed {failures} times in a row at byte "
+            f"{self._pos} ({type(error).__name__})"
+        )
 
     def readinto(self, buffer) -> int:
         data = self._read(len(buffer))
@@ -470,14 +482,16 @@ class Storage:
     def __init__(self, url: str, s3: S3Options | None = None):
         self.scheme, self.root = _split_url(url)
         self.url = f"s3://{self.root}" if self.scheme == "s3" else self.root
-        self.s3 = (s3 or S3Options()).resolved() if self.scheme == "s3" else None
+        self.s3: S3Options = (s3 or S3Options()).resolved() if self.scheme == "s3" else (s3 or S3Options())
+        """How S3 is reached: resolved from the environment for an ``s3://`` root; for a local root, what its
+        children (and storages derived from it) would use, unresolved."""
         self._fs: fsspec.AbstractFileSystem | None = None
 
     # -- construction -----------------------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_fs"] = None  # filesystems are rebuilt in the receiving process
-        if self.s3 is not None and not self.s3.share_credentials:
+        if not self.s3.share_credentials:
             # The receiving process uses its own provider chain (its role, its refreshed token): a key pickled
             # into a task would sit in the object store and spill files, and a token would expire there.
             state["s3"] = self.s3.without_secrets()
@@ -587,8 +601,7 @@ class Storage:
                 f"{op} {url}: access denied (check the credentials and their permissions)"
             ) from e
         except Exception as e:  # botocore raises its own types for credential problems
-            name = type(e).__name__
-            if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
+            if isinstance(e, _credential_errors()):
                 raise StorageAuthError(
                     f"{op} {url}: no usable S3 credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                     "a profile, or an instance role)"
@@ -598,7 +611,7 @@ class Storage:
                 raise StorageAuthError(f"{op} {url}: credentials rejected ({code})") from e
             if code in ("NoSuchBucket", "NoSuchKey", "404"):
                 raise StorageNotFoundError(f"{op} {url}: not found ({code})") from e
-            attempts = (self.s3.max_attempts if self.s3 else None) or DEFAULT_MAX_ATTEMPTS
+            attempts = self.s3.max_attempts or DEFAULT_MAX_ATTEMPTS
             if code in (
                 "SlowDown",
                 "InternalError",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import asdict
 from typing import Any
 
@@ -184,9 +183,13 @@ def build_trainer(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntr
     )
 
 
-def _checksum_failure(error: BaseException | None) -> str | None:
-    """The message of the ShardChecksumError a worker raised, if that is what failed the run (Ray Train wraps
-    worker errors: walk causes and ``worker_failures``; the text is the last resort)."""
+def _checksum_failure(error: BaseException | None) -> ShardChecksumError | None:
+    """The ShardChecksumError a worker raised, if that is what failed the run.
+
+    Ray Train raises a ``WorkerGroupError`` whose ``worker_failures`` map each failed rank to the exception its
+    training function raised (already unwrapped from Ray's traceback wrapper); in-process errors chain it as a
+    cause. Workers raise it unwrapped: the shard reader does not retry a checksum mismatch (pipeline.train.data).
+    """
     stack, seen = [error], set()
     while stack:
         e = stack.pop()
@@ -194,10 +197,9 @@ def _checksum_failure(error: BaseException | None) -> str | None:
             continue
         seen.add(id(e))
         if isinstance(e, ShardChecksumError):  # Ray's RayTaskError(ShardChecksumError) is one too
-            return str(e).strip().splitlines()[-1]
+            return e
         stack += [e.__cause__, e.__context__, *getattr(e, "worker_failures", {}).values()]
-    found = re.search(r"shard \S+: SHA-256 \S+ does not match the index \(\S+\)", str(error or ""))
-    return found.group(0) if found else None
+    return None
 
 
 def _run_root(cfg: TrainConfig) -> str:
@@ -243,7 +245,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         result, error = None, e
     bad = _checksum_failure(error)
     if bad is not None:  # a shard failed its checksum in the worker that read it first: the input is bad
-        raise TrainInputError(bad) from error
+        raise TrainInputError(str(bad).strip().splitlines()[-1]) from error
     if error is not None:
         lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
         reason = f"training failed: {lines[-1] if lines else type(error).__name__}"

@@ -303,6 +303,7 @@ def test_metrics_uploads_are_best_effort_and_retried(tmp_path, caplog):
     import logging
     import time
 
+    from pipeline.retry import Backoff, RetryPolicy
     from pipeline.storage import Storage, StorageError
     from pipeline.train.metrics import MetricsWriter, read_metrics_csv
 
@@ -321,8 +322,8 @@ def test_metrics_uploads_are_best_effort_and_retried(tmp_path, caplog):
             return FlakyStorage(self.join(rel))
 
     run = FlakyStorage(str(tmp_path / "run"))
-    writer = MetricsWriter(run, resume_step=0)
-    writer.MAX_BACKOFF_S = 0.2  # keep the test's retries quick
+    # Quick retries for the test: waits of at most 0.2 s.
+    writer = MetricsWriter(run, resume_step=0, upload_retry=RetryPolicy(Backoff(first_s=0.05, max_s=0.2)))
     with caplog.at_level(logging.WARNING, logger="pipeline.train.metrics"):
         start = time.perf_counter()
         for step in range(1, 6):
