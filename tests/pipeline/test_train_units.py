@@ -189,6 +189,34 @@ def test_focal_and_dice_match_hand_computation():
     torch.testing.assert_close(dice_loss(logits, target), expected_dice)
 
 
+def _focal_reference(logits, target, alpha, gamma):
+    """The focal loss as this project wrote it by hand before torchvision's (the official formula)."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p = torch.sigmoid(logits)
+    p_t = target * p + (1 - target) * (1 - p)
+    weight = alpha * target + (1 - alpha) * (1 - target)
+    return (bce * (1 - p_t).pow(gamma) * weight).mean()
+
+
+@pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (0.0, 2.0), (1.0, 2.0), (0.6, 0.0), (0.25, 3.5)])
+def test_focal_loss_is_unchanged_by_torchvision(alpha, gamma):
+    """torchvision's sigmoid_focal_loss gives the hand-written loss: value and gradient, hard and soft targets,
+    mean reduction, and the official alpha weighting of foreground and background (alpha 0 and 1 included)."""
+    gen = torch.Generator().manual_seed(3)
+    logits = (4 * torch.randn(2, 1, 16, 16, generator=gen, dtype=torch.float64)).requires_grad_()
+    for target in (
+        (torch.rand(2, 1, 16, 16, generator=gen, dtype=torch.float64) > 0.6).double(),
+        torch.rand(2, 1, 16, 16, generator=gen, dtype=torch.float64),  # soft targets (resized masks)
+    ):
+        ours = focal_loss(logits, target, alpha, gamma)
+        (grad,) = torch.autograd.grad(ours, logits)
+        expected = _focal_reference(logits, target, alpha, gamma)
+        (expected_grad,) = torch.autograd.grad(expected, logits)
+        assert ours.shape == ()  # one number: the mean over every pixel
+        torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-15)
+
+
 def test_clip_loss_sums_frames_with_official_weights():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 1, 8, 8)
