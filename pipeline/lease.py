@@ -392,6 +392,10 @@ class OutputLease:
             self._acquire_s3()
         self._renewed_at, self.lost, self._last_error = started, False, None
         log.info("%s: lease taken by %s", self.url, self.info.describe())
+        # Renewing from now on: collecting the leftovers of a large output may take longer than the TTL.
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._renew_loop, name=f"lease-renew-{self.job}", daemon=True)
+        self._thread.start()
         try:
             self._claim_output()
             if self.clean:
@@ -401,9 +405,6 @@ class OutputLease:
         except BaseException:
             self.release()
             raise
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._renew_loop, name=f"lease-renew-{self.job}", daemon=True)
-        self._thread.start()
         return self
 
     def check(self) -> None:
