@@ -74,6 +74,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import UserError
+from pipeline.imaging import check_image_header, check_pixels
 from pipeline.masks import decode_mask_png, encode_mask_png
 from pipeline.storage import (
     Storage,
@@ -317,12 +318,17 @@ def decode_clip(sample: Mapping[str, Any], positions: Sequence[int] | None = Non
     key = str(meta.get("key") or sample.get("__key__"))
     n = int(meta["n_frames"])
     h, w = int(meta["height"]), int(meta["width"])
+    check_pixels(
+        w, h, f"sample {key}"
+    )  # before allocating the clip: the size comes from the sample's meta.json
     pos = list(range(n)) if positions is None else [int(p) for p in positions]
     if any(not 0 <= p < n for p in pos):
         raise IndexError(f"sample {key}: positions {pos} outside 0..{n - 1}")
     frames = np.empty((len(pos), h, w, 3), np.uint8)
     for j, i in enumerate(pos):
-        img = cv2.imdecode(np.frombuffer(_member(sample, _frame_ext(i), key), np.uint8), cv2.IMREAD_COLOR)
+        data = _member(sample, _frame_ext(i), key)
+        check_image_header(data, f"sample {key} frame {i}")
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if img is None or img.shape[:2] != (h, w):
             raise ValueError(f"sample {key}: frame {i} is corrupt or has the wrong size")
         cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=frames[j])
@@ -361,7 +367,9 @@ def _decode_pictures(sample: Mapping[str, Any], key: str, pos: list[int]) -> np.
             (_flowpic_ext(i, sfx) for sfx in PICTURE_SUFFIXES if _present(sample, _flowpic_ext(i, sfx))),
             _flowpic_ext(i, ".jpg"),
         )
-        img = cv2.imdecode(np.frombuffer(_member(sample, ext, key), np.uint8), cv2.IMREAD_COLOR)
+        data = _member(sample, ext, key)
+        check_image_header(data, f"sample {key} flow picture {ext}")
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if img is None:
             raise ValueError(f"sample {key}: flow picture {ext} is corrupt")
         if out is None:

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.evaluate.dataset import SequenceResult
+from pipeline.imaging import decode_rgb
 from pipeline.masks import MaskError, read_mask
 from pipeline.metrics import protocol_slices
 from pipeline.storage import Storage, StorageError, open_storage
@@ -194,11 +195,12 @@ def _worst_frame(
     note = ""
     if frames is not None and stem in images:
         try:
-            picture = Image.open(io.BytesIO(frames.read_bytes(images[stem]))).convert("RGB")
+            url = frames.join(images[stem])  # decoded only within the pixel limit (pipeline.imaging)
+            picture = Image.fromarray(decode_rgb(frames.read_bytes(images[stem]), f"frame {url}", "pil"))
             if picture.size != gt_mask.shape[::-1]:
                 picture = picture.resize(gt_mask.shape[::-1])
             frame = np.asarray(picture)
-        except (OSError, StorageError) as err:
+        except (OSError, StorageError, ValueError) as err:
             log.warning("report: frame %s unreadable (%s); drawn over black", frames.join(images[stem]), err)
     elif images:
         note = "no image; drawn over black."

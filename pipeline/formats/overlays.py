@@ -14,15 +14,20 @@ __all__ = ["write_overlay_index"]
 
 
 def _describe(marker: dict) -> str:
+    """A line about the video from its done marker; fields of the wrong type are left out (a marker may be damaged)."""
+    number = (int, float)
+    frames, width, height, fps, foreground = (
+        marker.get(k) for k in ("frames", "width", "height", "fps", "foreground_frames")
+    )
     parts = []
-    if marker.get("frames") is not None:
-        parts.append(f"{marker['frames']} frames")
-    if marker.get("width") and marker.get("height"):
-        parts.append(f"{marker['width']}x{marker['height']}")
-    if marker.get("fps"):
-        parts.append(f"{float(marker['fps']):g} fps")
-    if marker.get("foreground_frames") is not None:
-        parts.append(f"object in {marker['foreground_frames']} frames")
+    if isinstance(frames, int):
+        parts.append(f"{frames} frames")
+    if isinstance(width, int) and isinstance(height, int) and width and height:
+        parts.append(f"{width}x{height}")
+    if isinstance(fps, number) and fps:
+        parts.append(f"{float(fps):g} fps")
+    if isinstance(foreground, int):
+        parts.append(f"object in {foreground} frames")
     return ", ".join(parts)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from model import CheckpointError, ModelSettings, create_model, load_checkpoint
 from pipeline.config import ConfigError, config_to_dict
 from pipeline.errors import JobFailed, UserError
-from pipeline.lease import holds_output_lease
+from pipeline.lease import check_lease, fenced, holds_output_lease
 from pipeline.run_layout import BEST_MODEL, SUMMARY
 from pipeline.runtime import init_ray
 from pipeline.shards import ShardChecksumError, ShardEntry, read_index
@@ -149,11 +149,13 @@ def check_init_checkpoint(cfg: TrainConfig) -> ModelSettings | None:
 
 
 def build_loop_config(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntry]) -> dict[str, Any]:
-    """The ``train_loop_per_worker`` config: the job config plus the resolved shard lists."""
+    """The ``train_loop_per_worker`` config: the job config, the resolved shard lists and the run folder, fenced by
+    the driver's lease (it travels to the workers as its ``LeaseFence``)."""
     return {
         "train": config_to_dict(cfg),
         "shards": [asdict(s) for s in train],
         "val_shards": [asdict(s) for s in val],
+        "run": fenced(open_storage(cfg.storage).child(cfg.run_name)),
     }
 
 
@@ -236,13 +238,14 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         cfg.storage,
         cfg.run_name,
     )
-    run_storage = open_storage(cfg.storage).child(cfg.run_name)
+    run_storage = fenced(open_storage(cfg.storage).child(cfg.run_name))  # the summary checks the lease too
     summary.set("run", run_storage.url)
     try:
         result = build_trainer(cfg, train, val).fit()
         error = result.error
     except TrainingFailedError as e:  # Ray Train 2.x raises once the workers have used up max_failures
         result, error = None, e
+    check_lease()  # a driver that lost the run folder (paused past the TTL) reports nothing as its own
     bad = _checksum_failure(error)
     if bad is not None:  # a shard failed its checksum in the worker that read it first: the input is bad
         raise TrainInputError(str(bad).strip().splitlines()[-1]) from error

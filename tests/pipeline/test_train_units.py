@@ -382,3 +382,18 @@ def test_hue_shift_draws_integers_from_minus_18_to_17_like_the_official_code():
         assert len(set(delta.tolist())) == 1  # one shift for the whole frame
         shifts.add((int(delta[0]) + 90) % 180 - 90)
     assert shifts == set(range(-18, 18))
+
+
+def test_run_name_is_one_folder_below_the_storage(tmp_path, capsys):
+    """'.' would put the run, and its lease, on the storage root itself; '../x' outside it."""
+    from jobs.train import main
+    from pipeline.cli import run_job_main
+
+    for bad in (".", "..", "../x", "a/b", "x\n"):
+        with pytest.raises(ConfigError, match="'run_name'.*one folder name below storage"):
+            TrainConfig(run_name=bad)
+    assert TrainConfig(run_name="run-1").run_name == "run-1"
+    status = run_job_main(main, ["--storage", str(tmp_path), "--run-name", "../x", "--data", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("error: config field 'run_name'") and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
