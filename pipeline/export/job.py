@@ -8,10 +8,13 @@ from pipeline.cli import JobSpec
 from pipeline.config import config_to_dict
 from pipeline.export.config import ExportConfig
 from pipeline.formats.exporter import run_exports
+from pipeline.formats.overlays import write_overlay_index
+from pipeline.lease import LeaseHeldError, OutputLease, OutputRefusedError
 from pipeline.preflight import PreflightError, check_disjoint, check_input, check_output, within
 from pipeline.segment_layout import (
     DONE_DIR,
     MASKS_DIR,
+    OVERLAY_INDEX,
     OVERLAYS_DIR,
     PROBS_DIR,
     RLE_DIR,
@@ -75,8 +78,11 @@ def preflight(cfg: ExportConfig) -> None:
 
 
 def run(cfg: ExportConfig) -> dict:
-    """Export every finished video; returns the job summary (also written as <output>/summary.json)."""
-    summary = JobSummary("export", config=config_to_dict(cfg))
+    """Export every finished video; returns the job summary (also written as <output>/summary.json).
+
+    The input is checked first (the default output lives inside it: a missing input must not be created), then the
+    export folder's lease is taken (pipeline/lease.py) for the rest of the run.
+    """
     source = open_storage(cfg.input)
     if not source.exists(DONE_DIR):
         raise StorageNotFoundError(
@@ -84,11 +90,19 @@ def run(cfg: ExportConfig) -> dict:
             "or no video has finished yet"
         )
     target = _target(cfg, source)
+    with OutputLease(target, job="export") as lease:
+        return _export(cfg, source, target.fenced(lease))  # every write checks this run's lease
+
+
+def _export(cfg: ExportConfig, source: Storage, target: Storage) -> dict:
+    summary = JobSummary("export", config=config_to_dict(cfg))
+    if cfg.overlay_index:
+        _write_overlay_index(source, summary)
     result = run_exports(
         source,
         summary,
         cfg.formats,
-        overlay_index=cfg.overlay_index,
+        overlay_index=False,
         target=target,
         videos=cfg.videos,
         category=cfg.category,
@@ -100,6 +114,19 @@ def run(cfg: ExportConfig) -> dict:
     if result["videos"] == 0:
         log.warning("no video exported from %s: the exports are empty", source.url)
     return summary.finish(storage=target, rel="summary.json")
+
+
+def _write_overlay_index(source: Storage, summary: JobSummary) -> None:
+    """``overlays/index.html`` belongs to the segment output it indexes: written only under that output's lease,
+    and skipped (with the reason in the summary) while a segment run holds it -- that run writes its own."""
+    try:
+        with OutputLease(source, job="segment", clean=False) as lease:
+            index = write_overlay_index(source.fenced(lease))
+    except (LeaseHeldError, OutputRefusedError) as err:
+        summary.skipped("overlay_index", source.join(OVERLAY_INDEX), str(err))
+        return
+    if index:
+        summary.set("overlay_index", index)
 
 
 JOB = JobSpec(
