@@ -26,6 +26,7 @@ import pickle
 import re
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -123,33 +124,33 @@ _READOUT_RULES = [  # inside Mem{0,1}.pixel_transformer / obj_to_pixel (one laye
     (r"\.layers\.0\.cross_attn_image\.", ".cross_attn."),
     (r"\.layers\.0\.", "."),
 ]
-_OFFICIAL_RULES = [
-    (re.compile(p), r)
-    for p, r in [
-        # decoder: stage k-1 handles official conv{k}/blend{k}/cbam{k} (conv1 = level 3, the coarsest)
-        (r"^decode_head\.conv(\d)\.conv\.", lambda m: f"decoder.stages.{int(m.group(1)) - 1}.lateral.0."),
-        (r"^decode_head\.blend(\d)\.conv\.", lambda m: f"decoder.stages.{int(m.group(1)) - 1}.blend.0."),
-        (r"^decode_head\.cbam(\d)\.", lambda m: f"decoder.stages.{int(m.group(1)) - 1}.cbam."),
-        (r"^decode_head\.predictor\.conv\.", "decoder.predictor."),
-        # memories
-        (r"^Mem0\.", "pixel_memory."),
-        (r"^Mem1\.", "semantic_memory."),
-        (r"^(\w+_memory)\.memory_encoder\.mask_downsampler\.encoder\.", r"\1.encoder.mask_downsampler."),
-        (r"^(\w+_memory)\.memory_encoder\.pix_feat_proj\.", r"\1.encoder.feat_proj."),
-        (r"^(\w+_memory)\.memory_encoder\.fuser\.layers\.", r"\1.encoder.fuser."),
-        (r"^(\w+_memory)\.pixel_transformer\.", r"\1.readout."),
-        # SGIM
-        (r"^obj_reduce\.0\.", "sgim.reduce."),
-        (r"^obj_to_pixel\.", "sgim.readout."),
-        # PLAM
-        (r"^pixel_down_sample\.0\.conv\.", "plam.down.0."),
-        (r"^pixel_down_sample\.1\.conv\.", "plam.down.2."),
-        (r"^pixel_to_obj_cbam\.", "plam.cbam."),
-        (r"^p2o_down_linear\.conv\.", "plam.fuse.0."),
-    ]
-    + [(r"^(decoder\.stages\.\d\.cbam|plam\.cbam)" + p[1:], r"\1" + r) for p, r in _CBAM_RULES]
-    + [(r"^(\w+_memory\.readout|sgim\.readout)" + p[1:], r"\1" + r) for p, r in _READOUT_RULES]
+_Replacement = str | Callable[[re.Match[str]], str]
+"""What ``re.sub`` puts in place of a match: a template or a function of the match."""
+_OFFICIAL_RULE_TEXT: list[tuple[str, _Replacement]] = [
+    # decoder: stage k-1 handles official conv{k}/blend{k}/cbam{k} (conv1 = level 3, the coarsest)
+    (r"^decode_head\.conv(\d)\.conv\.", lambda m: f"decoder.stages.{int(m.group(1)) - 1}.lateral.0."),
+    (r"^decode_head\.blend(\d)\.conv\.", lambda m: f"decoder.stages.{int(m.group(1)) - 1}.blend.0."),
+    (r"^decode_head\.cbam(\d)\.", lambda m: f"decoder.stages.{int(m.group(1)) - 1}.cbam."),
+    (r"^decode_head\.predictor\.conv\.", "decoder.predictor."),
+    # memories
+    (r"^Mem0\.", "pixel_memory."),
+    (r"^Mem1\.", "semantic_memory."),
+    (r"^(\w+_memory)\.memory_encoder\.mask_downsampler\.encoder\.", r"\1.encoder.mask_downsampler."),
+    (r"^(\w+_memory)\.memory_encoder\.pix_feat_proj\.", r"\1.encoder.feat_proj."),
+    (r"^(\w+_memory)\.memory_encoder\.fuser\.layers\.", r"\1.encoder.fuser."),
+    (r"^(\w+_memory)\.pixel_transformer\.", r"\1.readout."),
+    # SGIM
+    (r"^obj_reduce\.0\.", "sgim.reduce."),
+    (r"^obj_to_pixel\.", "sgim.readout."),
+    # PLAM
+    (r"^pixel_down_sample\.0\.conv\.", "plam.down.0."),
+    (r"^pixel_down_sample\.1\.conv\.", "plam.down.2."),
+    (r"^pixel_to_obj_cbam\.", "plam.cbam."),
+    (r"^p2o_down_linear\.conv\.", "plam.fuse.0."),
+    *[(r"^(decoder\.stages\.\d\.cbam|plam\.cbam)" + p[1:], r"\1" + r) for p, r in _CBAM_RULES],
+    *[(r"^(\w+_memory\.readout|sgim\.readout)" + p[1:], r"\1" + r) for p, r in _READOUT_RULES],
 ]
+_OFFICIAL_RULES = [(re.compile(pattern), replacement) for pattern, replacement in _OFFICIAL_RULE_TEXT]
 
 
 def _mit_to_native(keys: list[str]) -> dict[str, str]:
@@ -213,7 +214,7 @@ def _detect(obj: Any, name: str) -> tuple[str, dict[str, torch.Tensor], dict[str
     if isinstance(obj, dict) and "network" in obj:
         meta = {k: v for k, v in obj.items() if k not in ("network", "optimizer")}
         return "official", _tensor_dict(obj["network"], name, "'network'"), meta
-    meta: dict[str, Any] = {}
+    meta = {}
     state = obj
     for wrapper in ("state_dict", "model"):  # common wrappers of ImageNet weight files
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from model.checkpoint import CheckpointError
 from pipeline.config import parse_job_args
 from pipeline.errors import JobFailed, UserError
 from pipeline.runtime import setup_logging
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance  # typeshed's "any dataclass"; exists only for type checkers
+
 __all__ = ["job_main", "run_job_main"]
 
-C = TypeVar("C")
+C = TypeVar("C", bound="DataclassInstance")
+"""A job's config class: a dataclass."""
 
 
 def job_main(

@@ -22,15 +22,19 @@ import textwrap
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, Union, runtime_checkable
 
 import yaml
 
 from pipeline.errors import UserError
 from pipeline.storage import open_url
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance  # typeshed's "any dataclass"; exists only for type checkers
+
 __all__ = [
     "ConfigError",
+    "FieldError",
     "config_from_dict",
     "config_to_dict",
     "config_to_yaml",
@@ -40,7 +44,8 @@ __all__ = [
     "require",
 ]
 
-C = TypeVar("C")
+C = TypeVar("C", bound="DataclassInstance")
+"""A config class: a dataclass."""
 
 
 class ConfigError(UserError, ValueError):
@@ -57,6 +62,17 @@ class ConfigError(UserError, ValueError):
     def under(self, prefix: str) -> ConfigError:
         """The same error with the field path prefixed by ``prefix`` (for nested configs)."""
         return ConfigError(f"{prefix}.{self.field}" if prefix else self.field, self.value, self.reason)
+
+
+@runtime_checkable
+class FieldError(Protocol):
+    """An error naming the field it is about: :class:`ConfigError`, and ``model.SettingError``, which model/
+    raises (it stands alone, so it cannot subclass ConfigError; importing it here would import torch into every
+    job). ``config_from_dict`` turns one raised by a nested dataclass into a ConfigError naming the dotted path."""
+
+    field: str
+    value: Any
+    reason: str
 
 
 def require(condition: bool, field: str, value: Any, message: str) -> None:
@@ -244,8 +260,7 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any] | None, _path: str = 
     except ConfigError as e:
         raise e.under(_path) from None
     except ValueError as e:
-        # model/ stands alone and raises its own SettingError (field, value, reason): name the config path.
-        if not all(hasattr(e, a) for a in ("field", "value", "reason")):
+        if not isinstance(e, FieldError):
             raise
         raise ConfigError(e.field, e.value, e.reason).under(_path) from None
 
@@ -334,7 +349,7 @@ def _field_at(cls: type, dotted: str) -> tuple[Any, str]:
     tp: Any = cls
     doc = ""
     for part in dotted.split("."):
-        if not dataclasses.is_dataclass(tp):
+        if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
             raise KeyError(dotted)
         hints = typing.get_type_hints(tp)
         if part not in hints:

@@ -15,6 +15,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from pipeline.imaging import ImageTooLargeError, check_pixels
+
 __all__ = [
     "VIDEO_EXTENSIONS",
     "VideoError",
@@ -90,6 +92,14 @@ def probe_video(source: VideoSource, *, name: str | None = None) -> VideoInfo:
         container.close()
 
 
+def _check_size(width: int, height: int, label: str) -> None:
+    """The pixel limit of pipeline.imaging, as a :class:`VideoError` naming the video."""
+    try:
+        check_pixels(width, height, f"video {label}")
+    except ImageTooLargeError as err:
+        raise VideoError(str(err)) from err
+
+
 def iter_video_frames(
     source: VideoSource, *, name: str | None = None, max_frames: int | None = None
 ) -> Iterator[np.ndarray]:
@@ -100,10 +110,12 @@ def iter_video_frames(
     container = _open(source, label)
     try:
         stream = container.streams.video[0]
+        _check_size(stream.codec_context.width, stream.codec_context.height, label)  # from the header
         stream.thread_type = "AUTO"  # frame + slice threads: ~2x faster decode on 2 cores
         count = 0
         try:
             for frame in container.decode(stream):
+                _check_size(frame.width, frame.height, label)  # a stream may change size: before converting
                 yield frame.to_ndarray(format="rgb24")
                 count += 1
                 if max_frames is not None and count >= max_frames:

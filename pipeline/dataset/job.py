@@ -9,7 +9,9 @@ group's shards are complete: its existence is the commit), so a commit costs the
 lists, and writes ``manifest.parquet`` and ``summary.json``.
 
 A rerun resumes: videos whose samples are all indexed are skipped; shards of a group that never got its part (a
-killed run) are deleted first, and the group is made again under the same names when its members are the same.
+killed run) are deleted first -- only names this job writes (``OWN_SHARD``), only in its own output -- and the group
+is made again under the same names when its members are the same. Every write and delete goes through the output
+storage fenced by the run's lease (pipeline/lease.py), the workers' shard uploads included.
 Settings that change sample content are fixed at the first run (``precompute_settings.json``), and so is the
 validation split (``val_split.parquet``): growing a corpus never moves a finished video between splits.
 """
@@ -28,6 +30,7 @@ import pyarrow as pa
 from pipeline.config import ConfigError, config_to_dict
 from pipeline.dataset.config import PrecomputeFlowConfig
 from pipeline.dataset.stages import (
+    OWN_SHARD,
     FlowStage,
     GroupStage,
     encode_clip_row,
@@ -38,7 +41,7 @@ from pipeline.dataset.stages import (
 from pipeline.flow.render import RENDER_VERSION
 from pipeline.ingest.formats import VideoRecord
 from pipeline.ingest.manifest import assign_val_split, list_corpus, manifest_table
-from pipeline.lease import check_lease, holds_output_lease
+from pipeline.lease import fenced, holds_output_lease
 from pipeline.runtime import init_ray
 from pipeline.shards import (
     SAMPLE_VERSION,
@@ -165,14 +168,26 @@ def plan_groups(pending: list[dict[str, Any]], group_videos: int) -> list[dict[s
 
 
 def _remove_uncommitted_shards(out: Storage, committed: set[str]) -> int:
-    """Delete shards that no index part lists: made by a group whose run was killed before its commit."""
+    """Delete shards that no index part lists: made by a group whose run was killed before its commit.
+
+    Only this job's own shards (``OWN_SHARD``: ``shards/<split>-<group>-NNNN.tar``), and only in a folder whose
+    ``precompute_settings.json`` marks it as this job's output; any other ``.tar`` there is left alone.
+    """
+    if not out.exists(SETTINGS_NAME) or not out.isdir(SHARD_DIR):
+        return 0
     removed = 0
-    for name in out.list(SHARD_DIR, suffix=".tar") if out.isdir(SHARD_DIR) else []:
+    for name in out.list(SHARD_DIR, suffix=".tar"):
         rel = f"{SHARD_DIR}/{name}"
-        if rel not in committed:
-            log.warning("removing %s: written by an interrupted run but never committed", out.join(rel))
-            out.delete(rel)
-            removed += 1
+        if rel in committed:
+            continue
+        if not OWN_SHARD.fullmatch(name):
+            log.warning(
+                "leaving %s alone: not a shard this job writes (not <split>-<group>-NNNN.tar)", out.join(rel)
+            )
+            continue
+        log.warning("removing %s: written by an interrupted run but never committed", out.join(rel))
+        out.delete(rel)
+        removed += 1
     return removed
 
 
@@ -190,8 +205,11 @@ def _timed(rows, summary: JobSummary, counter: str):
         yield row
 
 
-def _build_dataset(cfg: PrecomputeFlowConfig, groups: list[dict[str, Any]], input_url: str, output_url: str):
-    """The Ray Data pipeline: group rows -> group result rows (fused actors, or decode -> flow -> encode -> pack)."""
+def _build_dataset(cfg: PrecomputeFlowConfig, groups: list[dict[str, Any]], input_url: str, output: Storage):
+    """The Ray Data pipeline: group rows -> group result rows (fused actors, or decode -> flow -> encode -> pack).
+
+    ``output`` is the fenced output storage: the workers' shard uploads check the run's lease before they commit.
+    """
     import ray
 
     gpus = cfg.compute.num_gpus_per_actor
@@ -218,7 +236,7 @@ def _build_dataset(cfg: PrecomputeFlowConfig, groups: list[dict[str, Any]], inpu
         "flow_pictures": cfg.flow.uses_pictures,
     }
     encode_kwargs = {"jpeg_quality": cfg.shards.jpeg_quality, "flow_level": cfg.shards.flow_compress_level}
-    pack_kwargs = {"output_url": output_url, "target_bytes": int(cfg.shards.shard_size_mb * 1e6)}
+    pack_kwargs = {"output": output, "target_bytes": int(cfg.shards.shard_size_mb * 1e6)}
     if fused:
         ds = ray.data.from_items(groups, override_num_blocks=len(groups))
         return ds.map(
@@ -272,14 +290,14 @@ def run(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
     init_ray()
     cpu0 = time.process_time()
     summary = JobSummary("precompute_flow", config=config_to_dict(cfg))
-    inp, out = open_storage(cfg.input), open_storage(cfg.output)
+    inp, out = open_storage(cfg.input), fenced(open_storage(cfg.output))  # every commit checks the lease
     inp.check()
     out.check()
     _check_settings(out, cfg)
     plan = _plan(cfg, inp, out, summary)
     commits, writers = 0, defaultdict(int)  # writer -> index parts (groups) it wrote the shards of
     if plan.groups:
-        ds = _build_dataset(cfg, plan.groups, inp.url, out.url)
+        ds = _build_dataset(cfg, plan.groups, inp.url, out)
         commits, writers = _commit_groups(cfg, ds, out, summary, plan.facts)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("Ray Data stats:\n%s", ds.stats())
@@ -364,7 +382,6 @@ def _commit_groups(
         t0 = time.perf_counter()
         rows, videos = json.loads(result["rows"]), json.loads(result["videos"])
         if rows:  # the group's shards are complete: commit them (the part is the marker)
-            check_lease()  # a run whose output was taken over must not commit into it
             write_index_part(
                 out,
                 str(result["group"]),

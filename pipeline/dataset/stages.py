@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Iterable
@@ -35,7 +36,7 @@ from pipeline.imaging import decode_image
 from pipeline.ingest.formats import VideoRecord
 from pipeline.ingest.load import VideoRejected, load_video
 from pipeline.shards import SHARD_DIR, ShardWriter, encode_clip, picture_suffix, sample_key
-from pipeline.storage import LocalDiskFullError, StorageError, open_storage
+from pipeline.storage import LocalDiskFullError, Storage, StorageError, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,11 @@ def clip_spans(n: int, clip_length: int) -> list[tuple[int, int]]:
     k = max(1, -(-n // clip_length))
     bounds = [round(i * n / k) for i in range(k + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(k) if bounds[i + 1] > bounds[i]]
+
+
+OWN_SHARD = re.compile(r"[A-Za-z0-9_]+-[0-9a-f]{12}-[0-9]{4}\.tar")
+"""The name of a shard this job writes below ``shards/``: ``<split>-<group>-NNNN.tar`` (GroupPacker's names).
+A rerun deletes uncommitted shards of exactly this shape, never another ``.tar``."""
 
 
 def group_name(video_ids: Iterable[str]) -> str:
@@ -286,17 +292,17 @@ class GroupPacker:
     """Packs the encoded samples of one group into its shards ``shards/<split>-<group>-NNNN.tar`` (uploaded by
     the worker, streamed while they grow) and returns the group's result row for the driver to commit."""
 
-    def __init__(self, output_url: str, group: str, target_bytes: int):
+    def __init__(self, output: Storage | str, group: str, target_bytes: int):
         self.group = group
         self.rows: list[dict[str, Any]] = []
         self.videos: dict[str, dict[str, Any]] = {}
         self.samples = self.frames = self.masks = 0
         self.writer = ShardWriter(
-            open_storage(output_url),
+            open_storage(output),
             target_bytes,
             index_name=None,
             on_commit=lambda shard, rows: self.rows.extend(rows),
-            shard_name=lambda split, num: f"{SHARD_DIR}/{split}-{group}-{num:04d}.tar",
+            shard_name=lambda split, num: f"{SHARD_DIR}/{split}-{group}-{num:04d}.tar",  # see OWN_SHARD
         )
 
     def add(self, row: dict[str, Any]) -> None:
@@ -389,16 +395,16 @@ class GroupStage(FlowStage):
         threads: int,
         load_kwargs: dict[str, Any],
         encode_kwargs: dict[str, Any],
-        output_url: str,
+        output: Storage | str,
         target_bytes: int,
     ):
         super().__init__(flow, device, threads)
         self.load_kwargs, self.encode_kwargs = load_kwargs, encode_kwargs
-        self.output_url, self.target_bytes = output_url, target_bytes
+        self.output, self.target_bytes = output, target_bytes
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
         t0 = time.perf_counter()
-        packer = GroupPacker(self.output_url, row["group"], self.target_bytes)
+        packer = GroupPacker(self.output, row["group"], self.target_bytes)
         videos = json.loads(row["videos"])
         try:
             for video in videos:  # sorted by video id: shard members come out sorted
@@ -415,11 +421,11 @@ class GroupStage(FlowStage):
         return result
 
 
-def pack_group_batch(batch: dict[str, Any], output_url: str, target_bytes: int) -> dict[str, list]:
+def pack_group_batch(batch: dict[str, Any], output: Storage | str, target_bytes: int) -> dict[str, list]:
     """Ray Data ``map_groups`` (staged pipeline): all encoded rows of one group -> its result row."""
     n = len(batch["group"])
     order = sorted(range(n), key=lambda i: (str(batch["video_id"][i]), int(batch["start"][i])))
-    packer = GroupPacker(output_url, str(batch["group"][0]), target_bytes)
+    packer = GroupPacker(output, str(batch["group"][0]), target_bytes)
     for i in order:
         packer.add({k: batch[k][i] for k in ("kind", "info", "key", "names", "blob", "index_row")})
     result = packer.finish()

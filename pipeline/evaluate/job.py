@@ -27,7 +27,7 @@ from pipeline.evaluate.dataset import (
 )
 from pipeline.evaluate.report import resolve_frames_root, write_report
 from pipeline.ingest.formats import YTOBJ_CLASSES, IngestError
-from pipeline.lease import holds_output_lease
+from pipeline.lease import fenced, holds_output_lease
 from pipeline.metrics import METRIC_KEYS, aggregate_results
 from pipeline.runtime import init_ray
 from pipeline.storage import Storage, open_storage, open_url
@@ -177,7 +177,7 @@ def run(cfg: EvaluateConfig) -> dict:
     task -> aggregate -> write the CSVs, the plot and the report.
     """
     job = JobSummary("evaluate", config=config_to_dict(cfg))
-    output = open_storage(cfg.output) if cfg.output else None
+    output = fenced(open_storage(cfg.output)) if cfg.output else None  # every write checks this run's lease
     threshold = None if cfg.official else cfg.effective_threshold
     inputs = _resolve_inputs(cfg, job, threshold)
     results = _score_sequences(cfg, inputs, threshold)

@@ -22,14 +22,15 @@ from collections.abc import Iterator
 from pipeline.config import config_to_dict
 from pipeline.formats import run_exports
 from pipeline.ingest.manifest import list_corpus
-from pipeline.lease import holds_output_lease
+from pipeline.lease import check_lease, fenced, holds_output_lease
+from pipeline.names import UnsafeNameError, check_name
 from pipeline.runtime import init_ray
 from pipeline.segment.config import SegmentConfig
 from pipeline.segment.runner import SegmentActor
 from pipeline.segment.source import shard_records
 from pipeline.segment_layout import SUMMARY, done_marker, finished_video_ids
 from pipeline.shards import INDEX_NAME, list_index_parts
-from pipeline.storage import open_storage
+from pipeline.storage import Storage, open_storage
 from pipeline.summary import JobSummary
 
 log = logging.getLogger("pipeline.segment.job")
@@ -72,6 +73,7 @@ def work_list(cfg: SegmentConfig, summary: JobSummary, source, output) -> tuple[
     else:
         listing = list_corpus(source, cfg.format, cfg.davis_resolution)
         fmt, records = listing.format, [rec.to_dict() for rec in listing.records]
+    records = _safe_ids(records, summary, source)
     if cfg.videos:
         wanted = set(cfg.videos)
         records = [r for r in records if r["video_id"] in wanted or r["name"] in wanted]
@@ -97,14 +99,29 @@ def work_list(cfg: SegmentConfig, summary: JobSummary, source, output) -> tuple[
     return fmt, todo, len(records)
 
 
-def _segment_on_actors(cfg: SegmentConfig, batches: list[list[str]]) -> Iterator[dict]:
+def _safe_ids(records: list[dict], summary: JobSummary, source: Storage) -> list[dict]:
+    """The records whose video id can name output files; the others rejected by name (a crafted or corrupt index
+    entry such as ``.``, ``..``, ``a/b`` or ``''`` would otherwise reach other videos' outputs)."""
+    safe = []
+    for rec in records:
+        try:
+            check_name(rec.get("video_id"), "video id")
+        except UnsafeNameError as err:
+            summary.rejected("video", repr(rec.get("video_id")), f"{err} (from {source.url})")
+            continue
+        safe.append(rec)
+    return safe
+
+
+def _segment_on_actors(cfg: SegmentConfig, batches: list[list[str]], output: Storage) -> Iterator[dict]:
     """Segment ``batches`` of JSON records on ``runtime.num_actors`` model actors; yields one result row per video.
 
     Plain Ray actors, each kept two batches ahead, and a blocking ``ray.wait``, not a Ray Data stage: Ray Data's
     driver polls its output queue a hundred times a second, and on a node whose cores all step the model every
     such wake-up stalls the model's OpenMP team (measured: a 100 Hz poller next to a 2-thread model step made it
     12% slower). Ray restarts a killed actor and reruns its unfinished batches on it; a rerun video overwrites the
-    same objects, so every video still ends with one set of outputs and one done marker.
+    same objects, so every video still ends with one set of outputs and one done marker. The actors write through
+    ``output``, the fenced output storage (its lease's ``LeaseFence`` travels with it).
     """
     import ray
 
@@ -113,7 +130,7 @@ def _segment_on_actors(cfg: SegmentConfig, batches: list[list[str]]) -> Iterator
         num_cpus=rt.cpus_per_actor, num_gpus=rt.gpus_per_actor, max_restarts=-1, max_task_retries=-1
     )
     config = config_to_dict(cfg)
-    actors = [actor_class.remote(config) for _ in range(min(rt.num_actors, len(batches)))]
+    actors = [actor_class.remote(config, output) for _ in range(min(rt.num_actors, len(batches)))]
     queue = deque(batches)
     running: dict = {}  # result ref -> the actor computing it
 
@@ -144,7 +161,7 @@ def run(cfg: SegmentConfig) -> dict:
     cpu0 = time.process_time()
     summary = JobSummary("segment", config=config_to_dict(cfg))
     source = open_storage(cfg.input)
-    output = open_storage(cfg.output)
+    output = fenced(open_storage(cfg.output))  # every write and delete checks this run's lease
     output.check()
     fmt, todo, found = work_list(cfg, summary, source, output)
     summary.set("work_list_s", round(summary.elapsed_s, 3))
@@ -181,7 +198,8 @@ def run(cfg: SegmentConfig) -> dict:
         batch = rt.videos_per_batch or 2 * rt.videos_in_flight
         records = [json.dumps(rec) for rec in todo]
         batches = [records[i : i + batch] for i in range(0, len(records), batch)]
-        for row in _segment_on_actors(cfg, batches):
+        for row in _segment_on_actors(cfg, batches, output):
+            check_lease()  # a run that may have lost its output counts nothing more
             if row["status"] == "done":
                 summary.done("video", str(row["video_id"]), frames=int(row["frames"]))
                 summary.add("model_seconds", float(row["model_seconds"]))

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.config import config_from_dict
+from pipeline.lease import LeaseLostError
 from pipeline.runtime import setup_logging
 from pipeline.segment.config import SegmentConfig
 from pipeline.segment.outputs import VideoOutputs
 from pipeline.segment.segmenter import VideoSegmenter
 from pipeline.segment.source import Chunk, video_chunks
-from pipeline.storage import open_storage
+from pipeline.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,12 @@ class _Slot:
 
 class SegmentActor:
     """A Ray actor class (``ray.remote(SegmentActor)``, see ``pipeline.segment.job``): :meth:`segment_batch` takes
-    JSON work items (a VideoRecord dict, or a shard item from :func:`pipeline.segment.source.shard_records`)."""
+    JSON work items (a VideoRecord dict, or a shard item from :func:`pipeline.segment.source.shard_records`).
 
-    def __init__(self, config: dict):
+    A write refused because the run lost its lease (:class:`~pipeline.lease.LeaseLostError`) is not a bad video:
+    it ends the batch with that error, and the job with it."""
+
+    def __init__(self, config: dict, output: Storage | None = None):
         started = time.perf_counter()
         import ray
         import torch
@@ -88,7 +92,8 @@ class SegmentActor:
             threads,
             rt.cpus_per_actor,
         )
-        self.output = open_storage(self.cfg.output)
+        # The job passes its fenced output: every write of this actor checks the run's lease first.
+        self.output = output if output is not None else open_storage(self.cfg.output)
         self.input = open_storage(self.cfg.input)
         # The CPU stage: one generator task per video in flight, at most prefetch_chunks ahead of the model.
         self.decode_task = ray.remote(video_chunks).options(
@@ -175,6 +180,8 @@ class SegmentActor:
             if status == "done":
                 try:
                     slot.outputs.finish(self.provenance)
+                except LeaseLostError:
+                    raise
                 except Exception as err:  # storage failure while committing: reject, others go on
                     status, error = (
                         "rejected",
@@ -230,6 +237,8 @@ class SegmentActor:
                 mask, soft = results_now[b]
                 try:
                     slot.outputs.add(chunk.indices[i], chunk.names[i], mask, soft, original, chunk.fps)
+                except LeaseLostError:
+                    raise
                 except Exception as err:  # a failed write rejects this video only
                     close(b, "rejected", f"video {slot.record.get('name')!r}: writing outputs failed: {err}")
                     continue

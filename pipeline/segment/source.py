@@ -201,7 +201,9 @@ def shard_records(storage: Storage) -> list[dict]:
     for row in read_index(storage.url).to_pylist():
         by_video.setdefault(row["video_id"], []).append(row)
     items = []
-    for video_id in sorted(by_video):
+    for video_id in sorted(
+        by_video, key=str
+    ):  # a corrupt index may hold a null id: the job rejects it by name
         rows = sorted(
             by_video[video_id], key=lambda r: (r["frame_indices"][0] if r["frame_indices"] else -1, r["key"])
         )

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from model.settings import ModelSettings
-from pipeline.config import require
+from pipeline.config import ConfigError, require
+from pipeline.names import UnsafeNameError, check_name
 
 __all__ = [
     "ModelConfig",
@@ -244,7 +245,8 @@ class TrainConfig:
     storage: str = ""
     """URL of the run storage: checkpoints, logs and metrics go to ``<storage>/<run_name>/``."""
     run_name: str = ""
-    """Run name; resubmitting with the same name resumes from the latest checkpoint."""
+    """Run name, one folder name below ``storage`` (not ``.`` or ``..``, no ``/``); resubmitting with the same
+    name resumes from the latest checkpoint."""
     num_workers: int = 1
     """Ray Train workers (one per GPU when ``use_gpu``)."""
     use_gpu: bool = False
@@ -274,6 +276,13 @@ class TrainConfig:
     """Validation cadence and metric settings."""
 
     def __post_init__(self):
+        if self.run_name:
+            try:
+                check_name(self.run_name, "run_name")
+            except UnsafeNameError as err:  # '.' would put the run (and its lease) on the storage root itself
+                raise ConfigError(
+                    "run_name", self.run_name, f"must be one folder name below storage ({err})"
+                ) from err
         require(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")
         require(self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "must be > 0")
         require(self.max_failures >= -1, "max_failures", self.max_failures, "must be >= 0, or -1 (no limit)")

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import asdict
 from typing import Any
 
 from model import CheckpointError, ModelSettings, create_model, load_checkpoint
 from pipeline.config import ConfigError, config_to_dict
 from pipeline.errors import JobFailed, UserError
-from pipeline.lease import holds_output_lease
+from pipeline.lease import check_lease, fenced, holds_output_lease
 from pipeline.run_layout import BEST_MODEL, SUMMARY
 from pipeline.runtime import init_ray
 from pipeline.shards import ShardChecksumError, ShardEntry, read_index
@@ -150,11 +149,13 @@ def check_init_checkpoint(cfg: TrainConfig) -> ModelSettings | None:
 
 
 def build_loop_config(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntry]) -> dict[str, Any]:
-    """The ``train_loop_per_worker`` config: the job config plus the resolved shard lists."""
+    """The ``train_loop_per_worker`` config: the job config, the resolved shard lists and the run folder, fenced by
+    the driver's lease (it travels to the workers as its ``LeaseFence``)."""
     return {
         "train": config_to_dict(cfg),
         "shards": [asdict(s) for s in train],
         "val_shards": [asdict(s) for s in val],
+        "run": fenced(open_storage(cfg.storage).child(cfg.run_name)),
     }
 
 
@@ -184,9 +185,13 @@ def build_trainer(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntr
     )
 
 
-def _checksum_failure(error: BaseException | None) -> str | None:
-    """The message of the ShardChecksumError a worker raised, if that is what failed the run (Ray Train wraps
-    worker errors: walk causes and ``worker_failures``; the text is the last resort)."""
+def _checksum_failure(error: BaseException | None) -> ShardChecksumError | None:
+    """The ShardChecksumError a worker raised, if that is what failed the run.
+
+    Ray Train raises a ``WorkerGroupError`` whose ``worker_failures`` map each failed rank to the exception its
+    training function raised (already unwrapped from Ray's traceback wrapper); in-process errors chain it as a
+    cause. Workers raise it unwrapped: the shard reader does not retry a checksum mismatch (pipeline.train.data).
+    """
     stack, seen = [error], set()
     while stack:
         e = stack.pop()
@@ -194,10 +199,9 @@ def _checksum_failure(error: BaseException | None) -> str | None:
             continue
         seen.add(id(e))
         if isinstance(e, ShardChecksumError):  # Ray's RayTaskError(ShardChecksumError) is one too
-            return str(e).strip().splitlines()[-1]
+            return e
         stack += [e.__cause__, e.__context__, *getattr(e, "worker_failures", {}).values()]
-    found = re.search(r"shard \S+: SHA-256 \S+ does not match the index \(\S+\)", str(error or ""))
-    return found.group(0) if found else None
+    return None
 
 
 def _run_root(cfg: TrainConfig) -> str:
@@ -234,16 +238,17 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         cfg.storage,
         cfg.run_name,
     )
-    run_storage = open_storage(cfg.storage).child(cfg.run_name)
+    run_storage = fenced(open_storage(cfg.storage).child(cfg.run_name))  # the summary checks the lease too
     summary.set("run", run_storage.url)
     try:
         result = build_trainer(cfg, train, val).fit()
         error = result.error
     except TrainingFailedError as e:  # Ray Train 2.x raises once the workers have used up max_failures
         result, error = None, e
+    check_lease()  # a driver that lost the run folder (paused past the TTL) reports nothing as its own
     bad = _checksum_failure(error)
     if bad is not None:  # a shard failed its checksum in the worker that read it first: the input is bad
-        raise TrainInputError(bad) from error
+        raise TrainInputError(str(bad).strip().splitlines()[-1]) from error
     if error is not None:
         lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
         reason = f"training failed: {lines[-1] if lines else type(error).__name__}"

@@ -1,7 +1,7 @@
 """``train_loop_per_worker(config)``: the Ray Train worker of the HMHI-Net training job.
 
 ``config`` is built by :func:`pipeline.train.job.build_loop_config`: ``{"train": <TrainConfig as dict>,
-"shards": [...], "val_shards": [...]}``. The shard lists are resolved and verified by the driver before any
+"shards": [...], "val_shards": [...], "run": <the run folder's Storage, fenced by the driver's lease>}``. The shard lists are resolved and verified by the driver before any
 worker starts.
 
 The work of a rank is :class:`pipeline.train.trainer.Trainer`'s; this module connects it to Ray Train: the rank,
@@ -75,6 +75,7 @@ def _trainer(config: dict, scratch: str) -> Trainer:
     cfg = config_from_dict(TrainConfig, config["train"])
     ctx = ray.train.get_context()
     checkpoint = ray.train.get_checkpoint()
+    run = config.get("run")  # the run folder fenced by the driver's lease (a pickled Storage)
     return Trainer(
         cfg,
         [ShardEntry(**s) for s in config["shards"]],
@@ -88,6 +89,7 @@ def _trainer(config: dict, scratch: str) -> Trainer:
             parallel_strategy_kwargs={"find_unused_parameters": cfg.model.find_unused_parameters},
         ),
         resume=_read_ray_checkpoint(checkpoint, scratch) if checkpoint is not None else None,
+        run=run,
     )
 
 
@@ -97,6 +99,7 @@ def _report(trainer: Trainer, metrics: dict[str, Any], with_checkpoint: bool, sc
     if with_checkpoint:
         ckpt_dir = tempfile.mkdtemp(prefix="ckpt-", dir=scratch)
         if trainer.write_checkpoint(os.path.join(ckpt_dir, CHECKPOINT_FILE)):
+            trainer.check_lease()  # Ray Train persists it inside report(): the last moment to check
             checkpoint = ray.train.Checkpoint.from_directory(ckpt_dir)
     step = trainer.state.step
     ray.train.report(

@@ -31,7 +31,7 @@ from model import create_model, load_checkpoint, save_checkpoint
 from pipeline.config import config_to_dict
 from pipeline.run_layout import commit_best_model
 from pipeline.shards import ShardEntry, decode_clip
-from pipeline.storage import local_copy, open_storage
+from pipeline.storage import Storage, local_copy, open_storage
 from pipeline.train.config import OptimConfig, TrainConfig
 from pipeline.train.data import ClipBatch, DataPosition, Prefetcher, TrainStream
 from pipeline.train.losses import clip_loss
@@ -198,7 +198,9 @@ class Trainer:
 
     ``wrap_model`` wraps the model for data parallelism and places it on ``device`` (``ray.train.torch.
     prepare_model`` in the job); None moves it to ``device``, which is all one process needs. ``resume`` is a
-    checkpoint's content (:meth:`state_dict`, as read back from the file) to continue from. Collective methods
+    checkpoint's content (:meth:`state_dict`, as read back from the file) to continue from. ``run`` is the run
+    folder the trainer writes to (default ``<storage>/<run_name>`` from the config; the job passes it fenced by
+    its lease, see :meth:`check_lease`). Collective methods
     (:meth:`step_metrics`, :meth:`state_dict`, :meth:`write_checkpoint`) must be called by every rank at the
     same step. The data stream and the metrics files open at the first batch, at the state's position; call
     :meth:`close` (or use the trainer as a context manager) to stop them.
@@ -216,11 +218,13 @@ class Trainer:
         device: torch.device | None = None,
         wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
         resume: dict[str, Any] | None = None,
+        run: Storage | None = None,
     ):
         self.cfg, self.shards, self.val_shards, self.scratch = cfg, shards, val_shards, scratch
         self.rank, self.world_size = rank, world_size
         self.device = device or torch.device("cpu")
-        self.run = open_storage(cfg.storage).child(cfg.run_name)
+        # The job passes the run folder fenced by its driver's lease: the best model and the metrics check it.
+        self.run = run if run is not None else open_storage(cfg.storage).child(cfg.run_name)
         self.amp = cfg.model.precision == "bf16" or (
             cfg.model.precision == "auto" and self.device.type == "cuda"
         )
@@ -445,6 +449,11 @@ class Trainer:
         if self._writer is not None:
             self._writer.flush()  # best-effort, like every metrics upload
         return True
+
+    def check_lease(self) -> None:
+        """Raise :class:`~pipeline.lease.LeaseLostError` if the run's driver may have lost the run folder's lease:
+        before a commit that does not go through :attr:`run` (a checkpoint reported to Ray Train)."""
+        self.run.check_fence()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint's content (before the first batch).

@@ -91,3 +91,26 @@ def test_command_line_errors_name_the_field_or_the_url(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=str(tmp_path / "empty")):
         main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "empty")])
+
+
+def test_a_prediction_over_the_pixel_limit_is_unreadable_and_the_job_goes_on(tmp_path, ray_cluster):
+    from tests.media import bomb_png
+
+    gt, pred = open_storage(str(tmp_path / "gt")), open_storage(str(tmp_path / "pred"))
+    for seq in ("calm", "bombed"):
+        for i in range(4):
+            gt.write_bytes(f"{seq}/{i:05d}.png", grey_png(disc(50, 30, 15)))
+            pred.write_bytes(f"{seq}/{i:05d}.png", encode_mask_png(disc(50, 30, 15)))
+    pred.write_bytes("bombed/00001.png", bomb_png())  # 49 kB, 20000x20000
+    gt.write_bytes("calm/00002.png", bomb_png())  # ground truth is refused the same way
+    summary = main(
+        ["--pred", pred.url, "--gt", gt.url, "--output", str(tmp_path / "out"), "--protocol", "all"]
+    )
+    figures = summary["figures"]
+    assert figures["unreadable_prediction_frames"] == {"bombed": ["00001"]}  # scored as empty
+    assert figures["n_sequences"] == 1 and figures["n_frames"] == 4
+    assert summary["counts"]["sequence"]["rejected"] == 1
+    assert (
+        "calm/00002.png" in summary["rejected"][0]["reason"] and "pixels" in summary["rejected"][0]["reason"]
+    )
+    assert (tmp_path / "out" / "summary.json").exists()
