@@ -105,7 +105,9 @@ def time_steps(nets: dict, args, batch: int, size: int, steady: int) -> dict:
             for name, (net, dtype) in nets.items():
                 gemm_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
                 timed = i > args.memory_size
-                rate_before = gemm_gflops(args.device, gemm_dtype, repeats=3) if timed else 0.0
+                rate_before = (
+                    gemm_gflops(args.device, gemm_dtype, args.gemm_size, repeats=3) if timed else 0.0
+                )
                 sync(args.device)
                 start, cpu_start = time.perf_counter(), time.process_time()
                 with autocast(args.device, resolve_precision(dtype, args.device)):
@@ -115,7 +117,7 @@ def time_steps(nets: dict, args, batch: int, size: int, steady: int) -> dict:
                     out[name]["wall"].append(time.perf_counter() - start)
                     out[name]["cpu"].append(time.process_time() - cpu_start)
                     out[name]["gemm"].append(
-                        (rate_before + gemm_gflops(args.device, gemm_dtype, repeats=3)) / 2
+                        (rate_before + gemm_gflops(args.device, gemm_dtype, args.gemm_size, repeats=3)) / 2
                     )
     return out
 
@@ -250,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
         "--dtypes", default=None, help="comma list of fp32,bf16 (default: both, timed in one interleaved run)"
     )
     parser.add_argument("--steady-frames", type=int, default=4)
+    parser.add_argument(
+        "--gemm-size",
+        type=int,
+        default=1024,
+        help="side of the square matmul timed around each step as the machine's yardstick (default 1024)",
+    )
     parser.add_argument("--no-baseline", dest="baseline", action="store_false")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder")
