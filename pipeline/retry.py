@@ -1,13 +1,16 @@
-"""Retries: the per-process count of what was retried, read by job summaries.
+"""Retries: the per-process count of what was retried, read by job summaries and exported as a metric.
 
 Storage counts its own retries here (:func:`count_retry`); :class:`pipeline.summary.JobSummary` reports what a job
-made (:func:`retry_counts`), so a run that succeeded only after many retries shows it.
+made (:func:`retry_counts`), so a run that succeeded only after many retries shows it, and each retry also goes to
+the ``hmhi_storage_retries_total`` metric (:mod:`pipeline.telemetry`), so a running job shows it too.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
+
+from pipeline import telemetry
 
 __all__ = ["count_retry", "retry_counts"]
 
@@ -19,6 +22,7 @@ def count_retry(kind: str, n: int = 1) -> None:
     """Add ``n`` retries of ``kind`` (``s3_request``, ``s3_read_resume``...) to this process's count."""
     with _LOCK:
         _RETRIES[kind] += n
+    telemetry.STORAGE_RETRIES.inc(n, kind=kind)
 
 
 def retry_counts() -> dict[str, int]:

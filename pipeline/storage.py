@@ -56,6 +56,7 @@ from typing import Any
 
 import fsspec
 
+from pipeline import telemetry
 from pipeline.errors import UserError
 from pipeline.retry import count_retry
 
@@ -381,6 +382,7 @@ class _S3Body(io.RawIOBase):
                 )  # jittered, short: data was flowing
                 self._open()
         self._pos += len(data)
+        telemetry.STORAGE_BYTES.inc(len(data), direction="read")
         return data
 
     def readinto(self, buffer) -> int:
@@ -423,6 +425,7 @@ class _RangeReader(io.RawIOBase):
         buffer[: len(data)] = data
         if self._left is not None:
             self._left -= len(data)
+        telemetry.STORAGE_BYTES.inc(len(data), direction="read")
         return len(data)
 
     def close(self) -> None:
@@ -711,7 +714,9 @@ class Storage:
         with self._errors("read", rel):
             if self.scheme == "file":
                 with open(path, "rb") as f:
-                    return f.read()
+                    data = f.read()
+                telemetry.STORAGE_BYTES.inc(len(data), direction="read")
+                return data
         with _S3Body(self, rel, 0, None) as body:  # reopened at the byte reached if the connection drops
             return body.readall()
 
@@ -738,6 +743,7 @@ class Storage:
                 if self.scheme == "file":
                     with self._errors("download", rel):
                         shutil.copyfile(self._path(rel), tmp)
+                    telemetry.STORAGE_BYTES.inc(os.path.getsize(tmp), direction="read")
                 else:  # one streaming GET, resumed at the byte reached if the connection drops
                     with self.open_stream(rel) as src, open(tmp, "wb") as dst:
                         shutil.copyfileobj(src, dst, length=8 << 20)
@@ -762,7 +768,9 @@ class Storage:
                     yield f
                     f.flush()
                     os.fsync(f.fileno())
+                    written = f.tell()
                 os.replace(tmp, path)
+                telemetry.STORAGE_BYTES.inc(written, direction="write")
             finally:
                 if os.path.exists(tmp):
                     os.remove(tmp)
@@ -776,8 +784,10 @@ class Storage:
                     f.discard()
                 f.closed = True  # discarded: closing it later (or at garbage collection) must not commit
                 raise
+            written = f.tell()
             with self._errors("write", rel):
                 f.close()
+            telemetry.STORAGE_BYTES.inc(written, direction="write")
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         with self.open_write(rel) as f:
@@ -802,6 +812,7 @@ class Storage:
         ):  # a single PUT or multipart upload: S3 shows the object only once it is complete
             with self._errors("upload", rel):
                 self.fs.put_file(local_path, self._path(rel))
+            telemetry.STORAGE_BYTES.inc(os.path.getsize(local_path), direction="write")
             return
         with open(local_path, "rb") as src, self.open_write(rel) as dst:
             shutil.copyfileobj(src, dst, length=8 << 20)
