@@ -13,7 +13,7 @@ __all__ = ["FlowConfig"]
 @dataclass
 class FlowConfig:
     engine: str = "dis"
-    """Flow engine: 'dis' (OpenCV DIS, CPU), a ptlflow model name (e.g. rapidflow_it1, neuflow, raft_small), or
+    """Flow engine: 'dis' (OpenCV DIS, CPU), a ptlflow model name (on GPUs: neuflow2, see the README), or
     'pictures': the flow pictures shipped with the corpus next to each frame, used as they are."""
     preset: str = "medium"
     """DIS preset: ultrafast, fast or medium."""

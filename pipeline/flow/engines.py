@@ -187,7 +187,7 @@ class PtlflowEngine:
         if model not in ptlflow.get_model_names():
             raise ValueError(
                 f"unknown flow model {model!r}: not 'dis' and not a ptlflow model "
-                f"(e.g. rapidflow_it1, neuflow, raft_small)"
+                f"(e.g. neuflow2, rapidflow, raft_small)"
             )
         if checkpoint is None and not random_init:
             raise ValueError(
