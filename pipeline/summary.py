@@ -22,6 +22,7 @@ __all__ = [
     "PROGRESS_EVERY_ENV",
     "ProgressLine",
     "format_duration",
+    "format_eta",
     "format_figure",
     "format_progress",
     "format_size",
@@ -71,18 +72,20 @@ def format_figure(name: str, value: Any) -> str:
     return f"{value:.4g}"
 
 
+def format_eta(left: float, rate: float) -> str:
+    """The time left for ``left`` items at ``rate`` items per second: ``ETA 6 min 14 s``, ``all done``, or
+    ``ETA unknown`` (no rate yet)."""
+    if left <= 0:
+        return "all done"
+    return f"ETA {format_duration(left / rate)}" if rate > 0 else "ETA unknown"
+
+
 def format_progress(done: float, total: float, unit: str, elapsed_s: float, extra: str = "") -> str:
     """``120/1,000 videos (12%), 2.35 videos/s, ETA 6 min 14 s`` (``extra`` goes after the rate): done/total,
     the rate since the start, and the time left at that rate (``ETA unknown`` before the first item)."""
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
     share = f" ({100 * done / total:.0f}%)" if total else ""
-    left = total - done
-    if left <= 0:
-        eta = "all done"
-    elif rate > 0:
-        eta = f"ETA {format_duration(left / rate)}"
-    else:
-        eta = "ETA unknown"
+    eta = format_eta(total - done, rate)
     rate_text = f"{rate:,.3g} {unit}/s" if rate < 100 else f"{rate:,.0f} {unit}/s"
     return f"{done:,.0f}/{total:,.0f} {unit}{share}, {rate_text}{', ' + extra if extra else ''}, {eta}"
 

@@ -353,3 +353,41 @@ def test_hue_shift_draws_integers_from_minus_18_to_17_like_the_official_code():
         assert len(set(delta.tolist())) == 1  # one shift for the whole frame
         shifts.add((int(delta[0]) + 90) % 180 - 90)
     assert shifts == set(range(-18, 18))
+
+
+def test_restarts_are_told_apart_by_cause_as_ray_train_charges_them():
+    """Ray Train's PreemptionError and a worker that died with its preempted node (its health check failing with
+    a preempted actor error) are preemptions; anything else, a worker's own exception included, is a failure."""
+    from ray.exceptions import RayActorError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+    from ray.train.v2.api.exceptions import PreemptionError, WorkerGroupError
+    from ray.train.v2.api.preemption import PreemptionInfo
+
+    from pipeline.train.restarts import restart_cause
+
+    notice = PreemptionError(PreemptionInfo(deadline_ms=None, preempted_node_to_ranks={"n1": [0]}))
+    died = WorkerHealthCheckFailedError("worker died", RayActorError(preempted=True))
+    crashed = WorkerHealthCheckFailedError("worker died", RayActorError(preempted=False))
+    assert restart_cause(notice) == "preemption"
+    assert (
+        restart_cause(WorkerGroupError("rank 0 gone", {0: died, 1: RuntimeError("peer gone")}))
+        == "preemption"
+    )
+    assert restart_cause(WorkerGroupError("rank 0 gone", {0: crashed})) == "failure"
+    assert restart_cause(WorkerGroupError("bug", {0: ValueError("bug")})) == "failure"
+    assert restart_cause(None) == "failure"
+
+
+def test_restart_records_are_counted_per_submission_and_cause(tmp_path):
+    from pipeline.run_layout import restart_record
+    from pipeline.storage import open_storage
+    from pipeline.train.restarts import count_restarts
+
+    run = open_storage(str(tmp_path / "run"))
+    assert count_restarts(run, "abc") == {"preemption": 0, "failure": 0}  # no restarts folder yet
+    run.write_json(restart_record("abc", 1), {"cause": "preemption"})
+    run.write_json(restart_record("abc", 2), {"cause": "failure"})
+    run.write_json(restart_record("abc", 3), {"cause": "preemption"})
+    run.write_json(restart_record("earlier", 1), {"cause": "failure"})  # another submission of the same run
+    assert count_restarts(run, "abc") == {"preemption": 2, "failure": 1}
+    assert count_restarts(run, "earlier") == {"preemption": 0, "failure": 1}
