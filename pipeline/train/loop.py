@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import logging
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -43,13 +45,17 @@ from pipeline.train.trainer import StepPlan, Trainer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train_loop_per_worker"]
+__all__ = ["remove_orphan_checkpoint_folders", "train_loop_per_worker"]
+
+CHECKPOINT_FOLDER_PREFIX = "hmhi-train-ckpt-"
+"""Local checkpoint folders: ``<tmp>/hmhi-train-ckpt-<pid>-<random>``, named after the worker process that wrote them."""
 
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point: trains on this worker's share of the shards; scratch files go when it returns."""
     quiet_frameworks()  # warning filters are per process: the DDP notice is raised here, not in the driver
     telemetry.set_job("train")
+    remove_orphan_checkpoint_folders()
     with tempfile.TemporaryDirectory(prefix="hmhi-train-") as scratch, _trainer(config, scratch) as trainer:
         state = trainer.state
         if trainer.finished:
@@ -81,6 +87,34 @@ def train_loop_per_worker(config: dict) -> None:
                 # Ray Train hears from the loop only when there is a checkpoint or a validation result.
                 continue
             _report(trainer, metrics, plan, "preemption" if preempted else "cadence")
+
+
+def remove_orphan_checkpoint_folders(tmp_dir: str | None = None) -> list[str]:
+    """Delete the local checkpoint folders of worker processes that are gone; returns them.
+
+    A worker that fails while Ray Train uploads its checkpoint in the background leaves the folder behind (Ray Train
+    waits for the uploads only when the loop returns normally, and the process dies with the upload). The next
+    attempt's workers on the node remove them; a live process's folders (an upload in flight) are never touched.
+    """
+    removed = []
+    for path in glob.glob(os.path.join(tmp_dir or tempfile.gettempdir(), CHECKPOINT_FOLDER_PREFIX + "*")):
+        pid = os.path.basename(path)[len(CHECKPOINT_FOLDER_PREFIX) :].partition("-")[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d local checkpoint folder(s) left by failed workers", len(removed))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def _trainer(config: dict, scratch: str) -> Trainer:
@@ -134,11 +168,13 @@ def _report(trainer: Trainer, metrics: dict[str, Any], plan: StepPlan, reason: s
 
     The checkpoint folder is Ray Train's to delete once uploaded (``delete_local_checkpoint_after_upload``): an
     asynchronous upload outlives this call, and may outlive the loop's scratch folder (Ray Train waits for the
-    last upload after the loop returns), so the folder is a sibling of it, named like it (``hmhi-train-ckpt-``).
+    last upload after the loop returns), so the folder is a sibling of it (:data:`CHECKPOINT_FOLDER_PREFIX`).
     """
     checkpoint = None
     if plan.checkpoint:  # every rank takes part in gathering the state; rank 0 writes it
-        ckpt_dir = tempfile.mkdtemp(prefix="hmhi-train-ckpt-") if trainer.rank == 0 else ""
+        ckpt_dir = (
+            tempfile.mkdtemp(prefix=f"{CHECKPOINT_FOLDER_PREFIX}{os.getpid()}-") if trainer.rank == 0 else ""
+        )
         if trainer.write_checkpoint(os.path.join(ckpt_dir, CHECKPOINT_FILE), reason=reason):
             checkpoint = ray.train.Checkpoint.from_directory(ckpt_dir)
     modes = ray.train.CheckpointUploadMode

@@ -391,3 +391,24 @@ def test_restart_records_are_counted_per_submission_and_cause(tmp_path):
     run.write_json(restart_record("earlier", 1), {"cause": "failure"})  # another submission of the same run
     assert count_restarts(run, "abc") == {"preemption": 2, "failure": 1}
     assert count_restarts(run, "earlier") == {"preemption": 0, "failure": 1}
+
+
+def test_checkpoint_folders_of_dead_workers_are_removed_and_live_ones_kept(tmp_path):
+    """A worker that failed during an asynchronous upload leaves its local checkpoint folder; the next attempt
+    removes it, never the folder of a live process (its upload may be in flight)."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.train.loop import CHECKPOINT_FOLDER_PREFIX, remove_orphan_checkpoint_folders
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # exited and reaped: its pid names no process now
+    dead = tmp_path / f"{CHECKPOINT_FOLDER_PREFIX}{gone.pid}-x1"
+    live = tmp_path / f"{CHECKPOINT_FOLDER_PREFIX}{os.getpid()}-x2"
+    other = tmp_path / "hmhi-train-scratch"
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "checkpoint.pt").write_bytes(b"weights")
+    assert remove_orphan_checkpoint_folders(str(tmp_path)) == [str(dead)]
+    assert not dead.exists() and (live / "checkpoint.pt").exists() and (other / "checkpoint.pt").exists()
