@@ -15,7 +15,8 @@ its shape::
 
 Storage counts its retries here (:func:`count_retry`, also through a policy's ``count_as``);
 :class:`pipeline.summary.JobSummary` reports what a job made (:func:`retry_counts`), so a run that succeeded only
-after many retries shows it.
+after many retries shows it; each retry also goes to the ``hmhi_storage_retries_total`` metric
+(:mod:`pipeline.telemetry`), so a running job shows it too.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from pipeline import telemetry
 
 __all__ = ["Backoff", "RetryPolicy", "Retrying", "count_retry", "retry_counts"]
 
@@ -40,6 +43,7 @@ def count_retry(kind: str, n: int = 1) -> None:
     """Add ``n`` retries of ``kind`` (``s3_request``, ``s3_read_resume``...) to this process's count."""
     with _LOCK:
         _RETRIES[kind] += n
+    telemetry.STORAGE_RETRIES.inc(n, kind=kind)
 
 
 def retry_counts() -> dict[str, int]:

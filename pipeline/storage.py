@@ -61,6 +61,7 @@ from typing import Any, Protocol
 
 import fsspec
 
+from pipeline import telemetry
 from pipeline.errors import UserError
 from pipeline.retry import Backoff, Retrying, RetryPolicy, count_retry
 
@@ -424,6 +425,7 @@ class _S3Body(io.RawIOBase):
                     self._body.close()
                 self._open()
         self._pos += len(data)
+        telemetry.STORAGE_BYTES.inc(len(data), direction="read")
         return data
 
     def _gave_up(self, error: BaseException, failures: int) -> BaseException:
@@ -561,6 +563,7 @@ class _RangeReader(io.RawIOBase):
         buffer[: len(data)] = data
         if self._left is not None:
             self._left -= len(data)
+        telemetry.STORAGE_BYTES.inc(len(data), direction="read")
         return len(data)
 
     def close(self) -> None:
@@ -891,7 +894,9 @@ class Storage:
         with self._errors("read", rel):
             if self.scheme == "file":
                 with open(path, "rb") as f:
-                    return f.read()
+                    data = f.read()
+                telemetry.STORAGE_BYTES.inc(len(data), direction="read")
+                return data
         with _S3Body(self, rel, 0, None) as body:  # reopened at the byte reached if the connection drops
             return body.readall()
 
@@ -920,6 +925,7 @@ class Storage:
                 if self.scheme == "file":
                     with self._errors("download", rel):
                         shutil.copyfile(self._path(rel), tmp)
+                    telemetry.STORAGE_BYTES.inc(os.path.getsize(tmp), direction="read")
                 else:  # one streaming GET, resumed at the byte reached if the connection drops
                     with self.open_stream(rel) as src, open(tmp, "wb") as dst:
                         shutil.copyfileobj(src, dst, length=8 << 20)
@@ -947,7 +953,9 @@ class Storage:
                     yield f
                     f.flush()
                     os.fsync(f.fileno())
+                    written = f.tell()
                 self._commit_local(tmp, path, rel)
+                telemetry.STORAGE_BYTES.inc(written, direction="write")
             finally:
                 if os.path.exists(tmp):
                     os.remove(tmp)
@@ -969,8 +977,10 @@ class Storage:
                     f.discard()
                 f.closed = True  # discarded: closing it later (or at garbage collection) must not commit
                 raise
+            written = f.tell()
             with self._errors("write", rel):
                 f.close()
+            telemetry.STORAGE_BYTES.inc(written, direction="write")
 
     def _commit_local(self, tmp: str, path: str, rel: str) -> None:
         """The commit of a local write: the fence, then the rename (nothing else in between)."""
@@ -1006,6 +1016,7 @@ class Storage:
             # A single PUT or multipart upload: S3 shows the object only once it is complete.
             with self._errors("upload", rel):
                 self.fs.put_file(local_path, self._path(rel))
+            telemetry.STORAGE_BYTES.inc(os.path.getsize(local_path), direction="write")
             return
         with open(local_path, "rb") as src, self.open_write(rel) as dst:
             shutil.copyfileobj(src, dst, length=8 << 20)

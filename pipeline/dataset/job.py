@@ -31,6 +31,7 @@ from pipeline.cli import JobSpec
 from pipeline.config import ConfigError, config_to_dict
 from pipeline.dataset.config import PrecomputeFlowConfig
 from pipeline.dataset.stages import (
+    FLOW_TIME_FIELDS,
     OWN_SHARD,
     FlowStage,
     GroupStage,
@@ -292,7 +293,7 @@ def _build_dataset(cfg: PrecomputeFlowConfig, groups: list[dict[str, Any]], inpu
     )
     ds = ds.map(encode_clip_row, fn_kwargs=encode_kwargs, num_cpus=task_cpus)
     ds = ds.select_columns(
-        ["group", "video_id", "start", "kind", "info", "key", "names", "blob", "index_row"]
+        ["group", "video_id", "start", "kind", "info", "key", "names", "blob", "index_row", *FLOW_TIME_FIELDS]
     )
     return ds.groupby("group").map_groups(
         pack_group_batch, fn_kwargs=pack_kwargs, batch_format="numpy", num_cpus=task_cpus
@@ -366,6 +367,7 @@ def _plan(cfg: PrecomputeFlowConfig, inp: Storage, out: Storage, summary: JobSum
         )
     groups = plan_groups(pending, cfg.shards.group_videos)
     summary.set("groups_planned", len(groups))
+    summary.expect("video", len(pending))
     return _Plan(records, listing.format, facts, groups)
 
 
@@ -400,6 +402,7 @@ def _commit_groups(
 ) -> tuple[int, dict[str, int]]:
     """Commit each group the workers finish (its index part), record its videos; -> (commits, parts per writer)."""
     commits, writers = 0, defaultdict(int)
+    flow_actors: dict[str, float] = {}  # flow actor -> its wall time since ready, at its latest clip
     for result in _timed(ds.iter_rows(), summary, "driver_wait_s"):
         t0 = time.perf_counter()
         rows, videos = json.loads(result["rows"]), json.loads(result["videos"])
@@ -418,12 +421,18 @@ def _commit_groups(
             commits += 1
         summary.add("driver_commit_s", time.perf_counter() - t0)
         writers[str(result["writer"])] += 1
+        for actor, wall_s in json.loads(result["flow_actors"]).items():
+            flow_actors[actor] = max(flow_actors.get(actor, 0.0), wall_s)
         _record_group(result, videos, summary, facts)
         every = cfg.shards.consolidate_every
         if rows and every and commits % every == 0:
             t1 = time.perf_counter()
             consolidate_index(out)
             summary.add("driver_consolidate_s", time.perf_counter() - t1)
+    if flow_actors:
+        # Time inside the flow engine over the flow actors' wall time (each from ready to its last clip).
+        busy = summary.figures.get("flow_s", 0.0) / max(1e-9, sum(flow_actors.values()))
+        summary.set("flow_busy_fraction", round(busy, 3))
     return commits, writers
 
 
@@ -450,6 +459,7 @@ def _record_group(
         )
     summary.add("flows", int(result["frames"]))
     summary.add("worker_pack_s", float(result["pack_s"]))
+    summary.add("flow_s", float(result["flow_s"]))
 
 
 def _finish(

@@ -35,7 +35,7 @@ from pipeline.metrics import METRIC_KEYS, aggregate_results
 from pipeline.preflight import PreflightError, check_disjoint, check_input, check_output
 from pipeline.runtime import init_ray
 from pipeline.storage import Storage, absolute_url, open_storage, open_url
-from pipeline.summary import JobSummary
+from pipeline.summary import JobSummary, ProgressLine
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,13 @@ def _score_sequences(cfg: EvaluateConfig, inputs: _Inputs, threshold: float | No
         )
         for seq, frames in inputs.gt_frames.items()
     ]
-    return sorted(ray.get(pending), key=lambda r: r.sequence)
+    progress, results, rejected = ProgressLine("evaluate", "sequence", len(pending)), [], 0
+    while pending:  # as they finish, for the progress line
+        ready, pending = ray.wait(pending, num_returns=1)
+        results.append(ray.get(ready[0]))
+        rejected += bool(results[-1].error)
+        progress.update(len(results), rejected)
+    return sorted(results, key=lambda r: r.sequence)
 
 
 def _tally(cfg: EvaluateConfig, results: list[SequenceResult], job: JobSummary) -> list[SequenceResult]:

@@ -22,7 +22,7 @@ PICTURES = "pictures"
 @dataclass
 class FlowConfig:
     engine: str | None = None
-    """Flow engine: 'dis' (OpenCV DIS, CPU), a ptlflow model name (e.g. rapidflow_it1, neuflow, raft_small), or
+    """Flow engine: 'dis' (OpenCV DIS, CPU), a ptlflow model name (on GPUs: neuflow2, see the README), or
     'pictures': the flow pictures shipped with the corpus next to each frame, used as they are. None: segment uses
     the engine the model was trained with (its checkpoint records it), else 'dis'; the flow job uses 'dis'."""
     preset: str | None = None

@@ -257,6 +257,8 @@ def run(cfg: SegmentConfig) -> dict:
         batch = rt.videos_per_batch or 2 * rt.videos_in_flight
         records = [json.dumps(rec) for rec in todo]
         batches = [records[i : i + batch] for i in range(0, len(records), batch)]
+        summary.expect("video", len(todo))
+        actor_wall: dict[str, float] = {}  # actor -> its wall time since ready, at its latest result
         for row in _segment_on_actors(cfg, batches, output):
             check_lease()  # a run that may have lost its output counts nothing more
             if row["status"] == "done":
@@ -264,6 +266,12 @@ def run(cfg: SegmentConfig) -> dict:
                 summary.add("model_seconds", float(row["model_seconds"]))
             else:
                 summary.rejected("video", str(row["video_id"]), str(row["error"]))
+            summary.add("model_step_s", float(row["step_seconds"]))
+            actor_wall[row["actor"]] = max(actor_wall.get(row["actor"], 0.0), float(row["actor_wall_s"]))
+        if actor_wall:
+            # Time inside the model step over the actors' wall time (each from ready to its last result).
+            busy = summary.figures["model_step_s"] / max(1e-9, sum(actor_wall.values()))
+            summary.set("model_busy_fraction", round(busy, 3))
     figures = summary.figures
     frames = figures.get("frames", 0)
     elapsed = max(summary.elapsed_s, 1e-9)

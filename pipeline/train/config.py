@@ -217,10 +217,26 @@ class CheckpointingConfig:
     """Write a checkpoint every this many steps (and always at the end of the run)."""
     keep_last: int = 3
     """Checkpoints kept by Ray Train (the latest ones); the best-by-J&F model is kept separately."""
+    upload: Literal["async", "sync"] = "async"
+    """How a checkpoint reaches the run storage: 'async' (Ray Train's ``CheckpointUploadMode.ASYNC``: rank 0
+    writes the file locally and training goes on while a background thread uploads it; the uploads keep their
+    order, and the run ends only once the last one is stored) or 'sync' (the step waits for the upload). A
+    checkpoint taken on a preemption notice is always uploaded synchronously."""
+    preemption_check_steps: int = 1
+    """Every this many steps, ask Ray Train whether a node of the run is about to be preempted
+    (``ray.train.get_preemption_info``, one small collective); on a notice, write a checkpoint at once and train on
+    until Ray Train restarts the group elsewhere. 0 disables the check."""
 
     def __post_init__(self):
         require(self.every_steps >= 1, "every_steps", self.every_steps, "must be >= 1")
         require(self.keep_last >= 1, "keep_last", self.keep_last, "must be >= 1")
+        require(self.upload in ("async", "sync"), "upload", self.upload, "must be 'async' or 'sync'")
+        require(
+            self.preemption_check_steps >= 0,
+            "preemption_check_steps",
+            self.preemption_check_steps,
+            "must be >= 0 (0: never)",
+        )
 
 
 @dataclass

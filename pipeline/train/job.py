@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
@@ -33,6 +34,7 @@ from pipeline.summary import JobSummary
 from pipeline.train.config import TrainConfig, cadence_warnings
 from pipeline.train.data import steps_per_epoch
 from pipeline.train.loop import train_loop_per_worker
+from pipeline.train.restarts import RestartRecorder, count_restarts
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +232,9 @@ def build_loop_config(cfg: TrainConfig, train: list[ShardEntry], val: list[Shard
     }
 
 
-def build_trainer(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntry]):
-    """A ``TorchTrainer`` writing to ``<storage>/<run_name>`` (gloo on CPU, NCCL on GPU)."""
+def build_trainer(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntry], callbacks=()):
+    """A ``TorchTrainer`` writing to ``<storage>/<run_name>`` (gloo on CPU, NCCL on GPU); ``callbacks`` are Ray
+    Train callbacks of the run (the job's :class:`~pipeline.train.restarts.RestartRecorder`)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -252,6 +255,7 @@ def build_trainer(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntr
             storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
+            callbacks=list(callbacks),
         ),
     )
 
@@ -318,12 +322,15 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     )
     run_storage = fenced(open_storage(cfg.storage).child(cfg.run_name))  # the summary checks the lease too
     summary.set("run", run_storage.url)
+    submission = uuid.uuid4().hex[:12]  # names this job run's restart records in the run folder
     try:
-        result = build_trainer(cfg, train, val).fit()
+        result = build_trainer(cfg, train, val, [RestartRecorder(run_storage, submission)]).fit()
         error = result.error
     except TrainingFailedError as e:  # Ray Train 2.x raises once the workers have used up max_failures
         result, error = None, e
     check_lease()  # a driver that lost the run folder (paused past the TTL) reports nothing as its own
+    for cause, count in count_restarts(run_storage, submission).items():  # preemptions apart from failures
+        summary.set(f"restarts_after_{cause}", count)
     bad = _checksum_failure(error)
     if bad is not None:  # a shard failed its checksum in the worker that read it first: the input is bad
         raise TrainInputError(str(bad).strip().splitlines()[-1]) from error

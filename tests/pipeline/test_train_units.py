@@ -397,3 +397,62 @@ def test_run_name_is_one_folder_below_the_storage(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2 and err.startswith("error: config field 'run_name'") and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_restarts_are_told_apart_by_cause_as_ray_train_charges_them():
+    """Ray Train's PreemptionError and a worker that died with its preempted node (its health check failing with
+    a preempted actor error) are preemptions; anything else, a worker's own exception included, is a failure."""
+    from ray.exceptions import RayActorError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+    from ray.train.v2.api.exceptions import PreemptionError, WorkerGroupError
+    from ray.train.v2.api.preemption import PreemptionInfo
+
+    from pipeline.train.restarts import restart_cause
+
+    notice = PreemptionError(PreemptionInfo(deadline_ms=None, preempted_node_to_ranks={"n1": [0]}))
+    died = WorkerHealthCheckFailedError("worker died", RayActorError(preempted=True))
+    crashed = WorkerHealthCheckFailedError("worker died", RayActorError(preempted=False))
+    assert restart_cause(notice) == "preemption"
+    assert (
+        restart_cause(WorkerGroupError("rank 0 gone", {0: died, 1: RuntimeError("peer gone")}))
+        == "preemption"
+    )
+    assert restart_cause(WorkerGroupError("rank 0 gone", {0: crashed})) == "failure"
+    assert restart_cause(WorkerGroupError("bug", {0: ValueError("bug")})) == "failure"
+    assert restart_cause(None) == "failure"
+
+
+def test_restart_records_are_counted_per_submission_and_cause(tmp_path):
+    from pipeline.run_layout import restart_record
+    from pipeline.storage import open_storage
+    from pipeline.train.restarts import count_restarts
+
+    run = open_storage(str(tmp_path / "run"))
+    assert count_restarts(run, "abc") == {"preemption": 0, "failure": 0}  # no restarts folder yet
+    run.write_json(restart_record("abc", 1), {"cause": "preemption"})
+    run.write_json(restart_record("abc", 2), {"cause": "failure"})
+    run.write_json(restart_record("abc", 3), {"cause": "preemption"})
+    run.write_json(restart_record("earlier", 1), {"cause": "failure"})  # another submission of the same run
+    assert count_restarts(run, "abc") == {"preemption": 2, "failure": 1}
+    assert count_restarts(run, "earlier") == {"preemption": 0, "failure": 1}
+
+
+def test_checkpoint_folders_of_dead_workers_are_removed_and_live_ones_kept(tmp_path):
+    """A worker that failed during an asynchronous upload leaves its local checkpoint folder; the next attempt
+    removes it, never the folder of a live process (its upload may be in flight)."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.train.loop import CHECKPOINT_FOLDER_PREFIX, remove_orphan_checkpoint_folders
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # exited and reaped: its pid names no process now
+    dead = tmp_path / f"{CHECKPOINT_FOLDER_PREFIX}{gone.pid}-x1"
+    live = tmp_path / f"{CHECKPOINT_FOLDER_PREFIX}{os.getpid()}-x2"
+    other = tmp_path / "hmhi-train-scratch"
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "checkpoint.pt").write_bytes(b"weights")
+    assert remove_orphan_checkpoint_folders(str(tmp_path)) == [str(dead)]
+    assert not dead.exists() and (live / "checkpoint.pt").exists() and (other / "checkpoint.pt").exists()

@@ -47,6 +47,7 @@ CHECKPOINT_KEYS = {
     "world_size",
     "config",
     "resume_info",
+    "reason",
 }
 
 
@@ -130,6 +131,7 @@ def test_a_resumed_trainer_continues_bit_identically_with_the_lr_schedule(shards
     state = read_checkpoint(path)
     assert set(state) == CHECKPOINT_KEYS
     assert state["step"] == 1 and state["world_size"] == 1 and state["resume_info"] == {}
+    assert state["reason"] == "cadence"  # not taken on a preemption notice
     assert (
         len(state["data_positions"]) == len(state["rng_states"]) == 1
         and state["scheduler"]["last_epoch"] == 1
@@ -242,7 +244,9 @@ def test_a_validation_step_publishes_the_best_model_and_writes_the_metrics_row(s
     assert rows[0]["val_sequences"] == "2" and float(rows[0]["loss"]) == pytest.approx(
         parts["loss"], rel=1e-5
     )
-    assert "step 1/1  loss " in caplog.text and "val J&F" in caplog.text
+    assert (
+        "step 1/1  loss " in caplog.text and "val J&F" in caplog.text and "all done" in caplog.text
+    )  # its ETA
 
 
 def test_checkpoints_record_the_model_settings_they_were_trained_with(shards, tmp_path):
