@@ -259,7 +259,7 @@ def test_resubmitting_a_finished_run_changes_nothing(first_run):
 def test_bad_inputs_fail_before_training(shard_set, s3_server, tmp_path, capsys):
     from jobs.train import main
     from pipeline.cli import run_job_main
-    from pipeline.train.job import TrainInputError
+    from pipeline.errors import UserError
 
     storage = f"s3://{s3_server.create_bucket('runs')}/runs"
     base = ["--config", CONFIG, "--storage", storage, "--run-name", "bad", *SMALL]
@@ -271,9 +271,10 @@ def test_bad_inputs_fail_before_training(shard_set, s3_server, tmp_path, capsys)
 
     empty = f"s3://{s3_server.create_bucket('empty')}/nothing"
     status, err = exit_status([*base, "--data", empty])
-    assert status == 2 and err.startswith("error: ") and "shard index of " + empty in err
+    # found by the pre-flight, before Ray starts: one line naming the field and the URL
+    assert status == 2 and err.startswith(f"error: data.url {empty}: ") and len(err.splitlines()) == 1
     assert "Traceback" not in err
-    with pytest.raises(TrainInputError):  # Python callers get the exception itself
+    with pytest.raises(UserError, match=empty):  # Python callers get the exception itself
         main([*base, "--data", empty])
 
     # a copy of the shard set with one byte of one shard flipped
