@@ -23,11 +23,11 @@ test-fast: $(STAMP)
 
 install: $(STAMP)
 
-# The whole pipeline on a synthetic corpus, on the CPU (python -m pipeline.demo --help for its options).
-# STORAGE=s3://bucket/prefix runs it against S3 (AWS_ENDPOINT_URL for any S3-compatible server).
+# The whole pipeline on a synthetic corpus, on the CPU, with the installed command (hmhi-uvos demo --help for its
+# options). STORAGE=s3://bucket/prefix runs it against S3 (AWS_ENDPOINT_URL for any S3-compatible server).
 STORAGE ?= runs/demo
 demo: $(STAMP)
-	$(PY) -m pipeline.demo --storage $(STORAGE) $(DEMO_ARGS)
+	$(VENV)/bin/hmhi-uvos demo --storage $(STORAGE) $(DEMO_ARGS)
 
 # Lint: ruff's checks and formatting, the import layers (docs/architecture.md; contracts in pyproject.toml) and
 # mypy on model/ and the kernel. CI runs it before the tests (.ci/run); pre-commit runs the same tools.

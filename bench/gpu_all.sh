@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Every GPU setting of the benchmarks in one go (issue 16), for a machine with one CUDA GPU; ~8 minutes in all.
+# Every GPU setting of the benchmarks in one go (issues 16, 25), for a machine with one CUDA GPU; ~9-10 minutes.
 #
 #   bash bench/gpu_all.sh                      # on the GPU machine: runs, then appends to bench/RESULTS.md
 #   bash bench/gpu_all.sh --dry-run            # the same steps on CPU at tiny sizes (checks the script end to end)
 #   bash bench/gpu_all.sh --results FILE       # append to FILE instead of bench/RESULTS.md
-#   bash bench/gpu_all.sh --steps model,train  # a subset of: model, segment, train, flow
+#   bash bench/gpu_all.sh --steps model,train  # a subset of: model, segment, train, flow, engines
 #
 # Steps (each under its own `timeout`, so one slow or failing bench cannot eat the others' time):
 #   model    bench/model_speed.py     fp32 and bf16 at batch 1, 4, 16, 512x512, T=5, and memory flatness
 #   segment  bench/segment_throughput.py --gpu   1, 4 and 16 videos in flight on one GPU actor
 #   train    bench/train_throughput.py            fp32 and bf16 training steps at 512x512 (official model)
 #   flow     bench/flow_throughput.py             ptlflow models' flow-job throughput
+#   engines  bench/flow_engines.py                DIS vs neuflow2, rapidflow, raft_small per flow at 480p
 # Each step's JSON lines, its exit status and wall time go into one section appended to the results file, headed
 # with the device (nvidia-smi) and the date. The script exits non-zero if any step failed or timed out, after
 # writing what it has.
@@ -21,13 +22,13 @@ PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 DRY_RUN=0
 RESULTS=bench/RESULTS.md
-STEPS=model,segment,train,flow
+STEPS=model,segment,train,flow,engines
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY_RUN=1 ;;
         --results) RESULTS=$2; shift ;;
         --steps) STEPS=$2; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "gpu_all.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -37,16 +38,19 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 AWS_EC2_MET
 
 if [ "$DRY_RUN" = 1 ]; then
     DEVICE="CPU dry run (no GPU): $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
-    # Tiny sizes: the point is that every command line parses and runs, not the figures.
-    MODEL_ARGS=(--device cpu --model hmhi_mit_b0 --size 64 --batches 1 --dtypes fp32,bf16 --steady-frames 1
-                --no-baseline --memory-check-size 64 --memory-check-frames 2,4)
+    # Tiny sizes: the point is that every command line parses and runs, not the figures. The model step is sized
+    # for CPUs that emulate bf16 (~1 GFLOP/s): a 1024 yardstick matmul alone takes 2 s there, per timed step.
+    MODEL_ARGS=(--device cpu --model hmhi_mit_b0 --size 32 --memory-size 1 --batches 1 --dtypes fp32,bf16
+                --steady-frames 1 --gemm-size 128 --threads 1 --no-baseline --memory-check-size 32
+                --memory-check-frames 1,2)
     SEGMENT_ARGS=(--frames 4 --size 64x48 --input-size 64 --cpus 2)
     TRAIN_ARGS=(--device cpu --size 64 --model hmhi_mit_b0 --decoder-width 32 --batch 1 --workers 1 --steps 2
                 --warmup 1 --rounds 1 --loader-batches 2 --synthetic-videos 2 --synthetic-size 64x64
                 --precisions fp32,bf16)
     FLOW_ARGS=(--settings rapidflow_it1 --cpus 1 --videos 1 --frames 2 --ptlflow-frames 2 --size 64x96
                --storage local)
-    LIMIT_MODEL=300 LIMIT_SEGMENT=300 LIMIT_TRAIN=300 LIMIT_FLOW=300  # only to stop a hang on a loaded CPU
+    ENGINES_ARGS=(--engines dis:medium,rapidflow --size 64x96 --frames 3 --rounds 1)
+    LIMIT_MODEL=300 LIMIT_SEGMENT=300 LIMIT_TRAIN=300 LIMIT_FLOW=300 LIMIT_ENGINES=300  # only to stop a hang
 else
     if ! command -v nvidia-smi >/dev/null || ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
         echo "gpu_all.sh: no CUDA GPU here; use --dry-run on a CPU machine" >&2
@@ -61,8 +65,11 @@ else
     FLOW_ARGS=(--settings rapidflow_it1,neuflow --cpus 4 --videos 2 --frames 8 --ptlflow-frames 16 --storage local)
     # flow_throughput.py has no GPU switch yet: pass one if it grows one (its ptlflow actors otherwise use CPUs).
     if "$PY" bench/flow_throughput.py --help 2>/dev/null | grep -q -- '--gpu'; then FLOW_ARGS+=(--gpu); fi
-    # Budget: 140 + 150 + 120 + 60 = 470 s < 8 minutes.
-    LIMIT_MODEL=140 LIMIT_SEGMENT=150 LIMIT_TRAIN=120 LIMIT_FLOW=60
+    # 480p clips of 33 frames (32 flows) through each engine, 3 timed rounds after a warm-up one.
+    ENGINES_ARGS=(--device cuda --engines dis:medium,neuflow2,rapidflow,raft_small --frames 33 --rounds 3
+                  --batch-size 8)
+    # Budget: 140 + 150 + 120 + 60 + 90 = 560 s < 10 minutes (the engines step includes the ptlflow import).
+    LIMIT_MODEL=140 LIMIT_SEGMENT=150 LIMIT_TRAIN=120 LIMIT_FLOW=60 LIMIT_ENGINES=90
 fi
 
 WORK=$(mktemp -d -t gpu_all.XXXXXX)
@@ -91,7 +98,8 @@ for step in ${STEPS//,/ }; do
         segment) run_step segment "$LIMIT_SEGMENT" "$PY" bench/segment_throughput.py "${SEGMENT_ARGS[@]}" ;;
         train) run_step train "$LIMIT_TRAIN" "$PY" bench/train_throughput.py "${TRAIN_ARGS[@]}" ;;
         flow) run_step flow "$LIMIT_FLOW" "$PY" bench/flow_throughput.py "${FLOW_ARGS[@]}" ;;
-        *) echo "gpu_all.sh: unknown step $step (model, segment, train, flow)" >&2; exit 2 ;;
+        engines) run_step engines "$LIMIT_ENGINES" "$PY" bench/flow_engines.py "${ENGINES_ARGS[@]}" ;;
+        *) echo "gpu_all.sh: unknown step $step (model, segment, train, flow, engines)" >&2; exit 2 ;;
     esac
 done
 

@@ -98,7 +98,7 @@ def _torch_dtype(dtype: str) -> torch.dtype:
 
 
 def _gemm_around(args, dtype: str) -> float:
-    return gemm_gflops(args.device, _torch_dtype(dtype), repeats=3)
+    return gemm_gflops(args.device, _torch_dtype(dtype), args.gemm_size, repeats=3)
 
 
 def time_steps(nets: dict, args, batch: int, size: int, steady: int) -> dict:
@@ -394,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
         "--dtypes", default=None, help="comma list of fp32,bf16 (default: both, timed in one interleaved run)"
     )
     parser.add_argument("--steady-frames", type=int, default=4)
+    parser.add_argument(
+        "--gemm-size",
+        type=int,
+        default=1024,
+        help="side of the square matmul timed around each step as the machine's yardstick (default 1024)",
+    )
     parser.add_argument("--no-baseline", dest="baseline", action="store_false")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder")

@@ -1,20 +1,17 @@
-"""Precompute optical flow for a video corpus and shard it into WebDataset tars (local or S3).
+"""Precompute optical flow for a video corpus and shard it into WebDataset tars (``hmhi-uvos precompute_flow``).
 
     python jobs/precompute_flow.py --input s3://bucket/DAVIS --output s3://bucket/shards/davis16 [options]
     ray job submit --working-dir . -- python jobs/precompute_flow.py --input ... --output ...
 
-See ``pipeline/dataset/`` for the stages and ``pipeline/shards.py`` for the sample layout.
+``--help`` lists every option; the job is ``pipeline.dataset`` (``JOB`` in ``pipeline/dataset/job.py``).
 """
 
 from pipeline.cli import job_main, run_job_main
-from pipeline.dataset.config import PrecomputeFlowConfig
-from pipeline.dataset.job import FLAGS, run
+from pipeline.dataset.job import JOB
 
 
 def main(argv=None):
-    return job_main(
-        PrecomputeFlowConfig, run, argv, flags=FLAGS, description=__doc__, prog="jobs/precompute_flow.py"
-    )
+    return job_main(JOB, argv, prog="jobs/precompute_flow.py")
 
 
 if __name__ == "__main__":

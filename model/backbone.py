@@ -8,12 +8,13 @@ the block), and each level's fused feature is the sum of the two halves.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import calculate_drop_path_rates
-from timm.models.pvt_v2 import Attention, Block
+from timm.models.pvt_v2 import Attention, Block, PyramidVisionTransformerStage, PyramidVisionTransformerV2
 from torch import nn
 
 __all__ = ["MIT_VARIANTS", "MiTSpec", "FlowAdapter", "AdapterAttention", "AdapterBlock", "DualStreamMiT"]
@@ -162,8 +163,14 @@ class DualStreamMiT(nn.Module):
             depths=(0, 0, 0, 0),
             mlp_ratios=(spec.mlp_ratio,) * 4,
         )
-        rates = calculate_drop_path_rates(drop_path_rate, spec.depths, stagewise=True)
+        if not isinstance(mit, PyramidVisionTransformerV2):
+            raise TypeError(f"{spec.timm_name}: timm built a {type(mit).__name__}, not a PVTv2 (MiT) model")
+        # stagewise=True: one list of rates per stage (timm's annotation is the union of both of its modes)
+        rates = cast(
+            list[list[float]], calculate_drop_path_rates(drop_path_rate, list(spec.depths), stagewise=True)
+        )
         for i, stage in enumerate(mit.stages):
+            assert isinstance(stage, PyramidVisionTransformerStage)  # what PyramidVisionTransformerV2 builds
             stage.blocks.extend(
                 AdapterBlock(spec.embed_dims[i], spec.num_heads[i], spec.mlp_ratio, spec.sr_ratios[i], rate)
                 for rate in rates[i]

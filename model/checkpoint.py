@@ -9,9 +9,11 @@
   ``head.*`` ignored): the backbone only. Every MiT tensor must be present; the flow adapters and the rest of the
   network keep their initialisation (train from scratch).
 - **this project's format** (:func:`save_checkpoint`): ``{"format": "hmhi-uvos", "version": 1, "model_name",
-  "model_kwargs", "settings", "model": state_dict, ...extra}``; ``settings`` is the :class:`~model.settings.
-  ModelSettings` record (input size, memory size, precision...) that inference and fine-tuning take their defaults
-  from (:attr:`LoadReport.settings`, :func:`checkpoint_settings`).
+  "model_kwargs", "settings", "provenance", "project_version", "model": state_dict, ...extra}``; ``settings`` is the
+  :class:`~model.settings.ModelSettings` record (architecture, input size, memory size, normalisation, precision)
+  that inference and fine-tuning take their defaults from (:attr:`LoadReport.settings`,
+  :func:`describe_checkpoint`); ``provenance`` says what it was trained on (the writer's plain dict: the training
+  data's fingerprint and flow settings); ``project_version`` is the hmhi-uvos version that wrote it.
 
 Anything else (for example mmsegmentation's ``backbone.layers.*`` MiT conversion, which matches no key) is an
 error naming the file and its first keys. With ``strict=True`` (default) a missing, unexpected or mis-shaped key
@@ -21,11 +23,13 @@ raises :class:`CheckpointError` naming the file and the first bad keys.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import os
 import pickle
 import re
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -35,7 +39,7 @@ from timm.models.pvt_v2 import checkpoint_filter_fn as _timm_pvt_v2_filter
 
 from model.hmhi import HMHINet
 from model.registry import create_model
-from model.settings import ModelSettings
+from model.settings import ModelSettings, SettingError
 
 __all__ = [
     "CheckpointError",
@@ -45,6 +49,8 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "checkpoint_settings",
+    "CheckpointInfo",
+    "describe_checkpoint",
     "official_to_native",
     "model_from_checkpoint",
     "read_checkpoint",
@@ -93,6 +99,8 @@ class LoadReport:
     """Other top-level entries of the file (e.g. 'epoch', or the extras of this project's format)."""
     settings: ModelSettings | None = None
     """The model settings the file records (this project's files; None for official and ImageNet files)."""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    """What the model was trained on, as the file records it (this project's files; empty otherwise)."""
 
     @property
     def ok(self) -> bool:
@@ -123,33 +131,33 @@ _READOUT_RULES = [  # inside Mem{0,1}.pixel_transformer / obj_to_pixel (one laye
     (r"\.layers\.0\.cross_attn_image\.", ".cross_attn."),
     (r"\.layers\.0\.", "."),
 ]
-_OFFICIAL_RULES = [
-    (re.compile(p), r)
-    for p, r in [
-        # decoder: stage k-1 handles official conv{k}/blend{k}/cbam{k} (conv1 = level 3, the coarsest)
-        (r"^decode_head\.conv(\d)\.conv\.", lambda m: f"decoder.stages.{int(m.group(1)) - 1}.lateral.0."),
-        (r"^decode_head\.blend(\d)\.conv\.", lambda m: f"decoder.stages.{int(m.group(1)) - 1}.blend.0."),
-        (r"^decode_head\.cbam(\d)\.", lambda m: f"decoder.stages.{int(m.group(1)) - 1}.cbam."),
-        (r"^decode_head\.predictor\.conv\.", "decoder.predictor."),
-        # memories
-        (r"^Mem0\.", "pixel_memory."),
-        (r"^Mem1\.", "semantic_memory."),
-        (r"^(\w+_memory)\.memory_encoder\.mask_downsampler\.encoder\.", r"\1.encoder.mask_downsampler."),
-        (r"^(\w+_memory)\.memory_encoder\.pix_feat_proj\.", r"\1.encoder.feat_proj."),
-        (r"^(\w+_memory)\.memory_encoder\.fuser\.layers\.", r"\1.encoder.fuser."),
-        (r"^(\w+_memory)\.pixel_transformer\.", r"\1.readout."),
-        # SGIM
-        (r"^obj_reduce\.0\.", "sgim.reduce."),
-        (r"^obj_to_pixel\.", "sgim.readout."),
-        # PLAM
-        (r"^pixel_down_sample\.0\.conv\.", "plam.down.0."),
-        (r"^pixel_down_sample\.1\.conv\.", "plam.down.2."),
-        (r"^pixel_to_obj_cbam\.", "plam.cbam."),
-        (r"^p2o_down_linear\.conv\.", "plam.fuse.0."),
-    ]
-    + [(r"^(decoder\.stages\.\d\.cbam|plam\.cbam)" + p[1:], r"\1" + r) for p, r in _CBAM_RULES]
-    + [(r"^(\w+_memory\.readout|sgim\.readout)" + p[1:], r"\1" + r) for p, r in _READOUT_RULES]
+_Replacement = str | Callable[[re.Match[str]], str]
+"""What ``re.sub`` puts in place of a match: a template or a function of the match."""
+_OFFICIAL_RULE_TEXT: list[tuple[str, _Replacement]] = [
+    # decoder: stage k-1 handles official conv{k}/blend{k}/cbam{k} (conv1 = level 3, the coarsest)
+    (r"^decode_head\.conv(\d)\.conv\.", lambda m: f"decoder.stages.{int(m.group(1)) - 1}.lateral.0."),
+    (r"^decode_head\.blend(\d)\.conv\.", lambda m: f"decoder.stages.{int(m.group(1)) - 1}.blend.0."),
+    (r"^decode_head\.cbam(\d)\.", lambda m: f"decoder.stages.{int(m.group(1)) - 1}.cbam."),
+    (r"^decode_head\.predictor\.conv\.", "decoder.predictor."),
+    # memories
+    (r"^Mem0\.", "pixel_memory."),
+    (r"^Mem1\.", "semantic_memory."),
+    (r"^(\w+_memory)\.memory_encoder\.mask_downsampler\.encoder\.", r"\1.encoder.mask_downsampler."),
+    (r"^(\w+_memory)\.memory_encoder\.pix_feat_proj\.", r"\1.encoder.feat_proj."),
+    (r"^(\w+_memory)\.memory_encoder\.fuser\.layers\.", r"\1.encoder.fuser."),
+    (r"^(\w+_memory)\.pixel_transformer\.", r"\1.readout."),
+    # SGIM
+    (r"^obj_reduce\.0\.", "sgim.reduce."),
+    (r"^obj_to_pixel\.", "sgim.readout."),
+    # PLAM
+    (r"^pixel_down_sample\.0\.conv\.", "plam.down.0."),
+    (r"^pixel_down_sample\.1\.conv\.", "plam.down.2."),
+    (r"^pixel_to_obj_cbam\.", "plam.cbam."),
+    (r"^p2o_down_linear\.conv\.", "plam.fuse.0."),
+    *[(r"^(decoder\.stages\.\d\.cbam|plam\.cbam)" + p[1:], r"\1" + r) for p, r in _CBAM_RULES],
+    *[(r"^(\w+_memory\.readout|sgim\.readout)" + p[1:], r"\1" + r) for p, r in _READOUT_RULES],
 ]
+_OFFICIAL_RULES = [(re.compile(pattern), replacement) for pattern, replacement in _OFFICIAL_RULE_TEXT]
 
 
 def _mit_to_native(keys: list[str]) -> dict[str, str]:
@@ -183,7 +191,19 @@ def read_checkpoint(source: str | os.PathLike | IO[bytes]) -> Any:
         raise FileNotFoundError(f"checkpoint file not found: {name}")
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as exc:
+    # KeyError, IndexError, TypeError: torch's legacy (non-zip) reader on bytes that are no pickle at all (a text
+    # file reads as a bad magic number, e.g. "KeyError: 101").
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+        ValueError,
+        OSError,
+        KeyError,
+        IndexError,
+        TypeError,
+    ) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{name}: not a readable torch checkpoint (truncated or corrupt?): {first_line}"
@@ -213,7 +233,7 @@ def _detect(obj: Any, name: str) -> tuple[str, dict[str, torch.Tensor], dict[str
     if isinstance(obj, dict) and "network" in obj:
         meta = {k: v for k, v in obj.items() if k not in ("network", "optimizer")}
         return "official", _tensor_dict(obj["network"], name, "'network'"), meta
-    meta: dict[str, Any] = {}
+    meta = {}
     state = obj
     for wrapper in ("state_dict", "model"):  # common wrappers of ImageNet weight files
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
@@ -277,7 +297,11 @@ def load_checkpoint(net: HMHINet, path: str | os.PathLike | IO[bytes], strict: b
 def _load_object(net: HMHINet, obj: Any, name: str, strict: bool) -> LoadReport:
     fmt, state, meta = _detect(obj, name)
     report = LoadReport(
-        path=name, format=fmt, meta=meta, settings=_recorded_settings(meta) if fmt == FORMAT_NAME else None
+        path=name,
+        format=fmt,
+        meta=meta,
+        settings=_recorded_settings(meta) if fmt == FORMAT_NAME else None,
+        provenance=_recorded_provenance(meta) if fmt == FORMAT_NAME else {},
     )
     own_keys = list(net.state_dict())
     mapped: dict[str, tuple[str, torch.Tensor]] = {}
@@ -313,7 +337,16 @@ def _load_object(net: HMHINet, obj: Any, name: str, strict: bool) -> LoadReport:
 
 
 # ---------------------------------------------------------------------------------------------- writing
-_RESERVED = ("format", "version", "model_name", "model_kwargs", "settings", "model")
+_RESERVED = (
+    "format",
+    "version",
+    "model_name",
+    "model_kwargs",
+    "settings",
+    "provenance",
+    "project_version",
+    "model",
+)
 
 
 def _recorded_settings(meta: dict[str, Any]) -> ModelSettings | None:
@@ -328,12 +361,60 @@ def _recorded_settings(meta: dict[str, Any]) -> ModelSettings | None:
     return ModelSettings(name=meta["model_name"], options=kwargs, memory_size=memory_size)
 
 
+def _recorded_provenance(meta: dict[str, Any]) -> dict[str, Any]:
+    provenance = meta.get("provenance")
+    return dict(provenance) if isinstance(provenance, dict) else {}
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint file is and records, read without building a model (:func:`describe_checkpoint`)."""
+
+    path: str
+    """The file that was read."""
+    format: str
+    """'official', 'mit_imagenet' or 'hmhi-uvos'."""
+    settings: ModelSettings | None
+    """The model settings the file records (None: official and ImageNet files record none)."""
+    provenance: dict[str, Any]
+    """What the model was trained on (empty where the file does not say)."""
+    project_version: str | None
+    """The hmhi-uvos version that wrote the file (None for other formats and older files)."""
+
+    @property
+    def whole_model(self) -> bool:
+        """True for a file that holds a whole HMHI-Net (not only an ImageNet backbone)."""
+        return self.format != "mit_imagenet"
+
+
+def describe_checkpoint(path: str | os.PathLike | IO[bytes]) -> CheckpointInfo:
+    """Read a checkpoint (``weights_only``) and say what it is: its format and, for this project's files, the
+    model settings and provenance it records. Raises :class:`CheckpointError` naming the file for anything that
+    is not a checkpoint (a text file, a truncated or corrupt file, an unknown layout or an unregistered model)."""
+    name = _name(path)
+    fmt, _, meta = _detect(read_checkpoint(path), name)
+    if fmt != FORMAT_NAME:
+        return CheckpointInfo(name, fmt, None, {}, None)
+    try:
+        settings = _recorded_settings(meta)
+    except SettingError as exc:  # e.g. a model name this version does not register
+        raise CheckpointError(f"{name}: records a model this version cannot build ({exc})") from None
+    version = meta.get("project_version")
+    return CheckpointInfo(name, fmt, settings, _recorded_provenance(meta), str(version) if version else None)
+
+
 def checkpoint_settings(path: str | os.PathLike | IO[bytes]) -> ModelSettings | None:
     """The model settings a checkpoint records, or None for a format that records none (official HMHI-Net and
     MiT ImageNet files). Raises :class:`CheckpointError` for a file that is no checkpoint."""
-    name = _name(path)
-    fmt, _, meta = _detect(read_checkpoint(path), name)
-    return _recorded_settings(meta) if fmt == FORMAT_NAME else None
+    return describe_checkpoint(path).settings
+
+
+def project_version() -> str:
+    """The installed hmhi-uvos version ("unknown" when the code runs from a checkout that was never installed)."""
+    try:
+        return importlib.metadata.version(FORMAT_NAME)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def save_checkpoint(
@@ -341,14 +422,16 @@ def save_checkpoint(
     path: str | os.PathLike | IO[bytes],
     extra: dict[str, Any] | None = None,
     settings: ModelSettings | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> None:
     """Write ``net`` in this project's format (atomically for a path: a temporary file, then a rename).
 
-    ``settings``: what the model was trained with (input size, precision...), recorded so that inference and
-    fine-tuning default to it; its name, options and memory size are taken from ``net`` itself. ``extra``: more
-    top-level entries (e.g. an epoch number, metrics); plain Python values and tensors only (the file must load
-    with ``weights_only=True``); the names format, version, model_name, model_kwargs, settings and model are
-    reserved.
+    ``settings``: what the model was trained with (input size, normalisation, precision...), recorded so that
+    inference and fine-tuning default to it; its name, options and memory size are taken from ``net`` itself.
+    ``provenance``: what it was trained on (plain values: the training data's fingerprint, its flow settings...).
+    The writing hmhi-uvos version is always recorded. ``extra``: more top-level entries (e.g. an epoch number,
+    metrics); plain Python values and tensors only (the file must load with ``weights_only=True``); the names in
+    ``_RESERVED`` are the format's own.
     """
     extra = dict(extra or {})
     clash = sorted(set(extra) & set(_RESERVED))
@@ -360,6 +443,8 @@ def save_checkpoint(
         "model_name": net.model_name,
         "model_kwargs": {k: v for k, v in dataclasses.asdict(net.config).items() if k != "encoder"},
         "settings": _settings_of(net, settings).record() if net.model_name else None,
+        "provenance": dict(provenance or {}),
+        "project_version": project_version(),
         "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         **extra,
     }

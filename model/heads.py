@@ -107,9 +107,9 @@ class TopDownDecoder(nn.Module):
         self.predictor = nn.Conv2d(width, 1, 3, padding=1)
 
     def forward(self, levels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        x = None
-        for i, stage in enumerate(self.stages):
-            x = stage(levels[3 - i], x)
+        x = self.stages[0](levels[3], None)  # the coarsest level has nothing coarser to add
+        for i in range(1, 4):
+            x = self.stages[i](levels[3 - i], x)
         # The logits stay fp32 under bf16 autocast: the masks are their sign and the memory writes their sigmoid,
         # and near 0 a bf16 logit (8 significant bits) flips pixels; this 256 -> 1 conv is ~0.1% of the FLOPs.
         with torch.autocast(x.device.type, enabled=False):

@@ -214,14 +214,16 @@ class HMHINet(nn.Module):
         for module in self.decoder.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, 0.0, 0.01)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         # Every PLAM conv, the CBAM 3x3 ones included, is built by the official Conv/ConvRelu wrappers, which call
         # kaiming_uniform_ with its default a=0 (bound sqrt(6 / fan_in), not PyTorch's Conv2d default a=sqrt(5))
         # and zero the bias.
         for module in self.plam.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_uniform_(module.weight, a=0.0)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         for module in self.modules():
             if isinstance(module, ConvNeXtBlock):
                 nn.init.constant_(module.gamma, 1e-6)

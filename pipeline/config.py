@@ -22,25 +22,31 @@ import textwrap
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, Union, runtime_checkable
 
 import yaml
 
 from pipeline.errors import UserError
 from pipeline.storage import open_url
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance  # typeshed's "any dataclass"; exists only for type checkers
+
 __all__ = [
     "ConfigError",
+    "FieldError",
     "config_from_dict",
     "config_to_dict",
     "config_to_yaml",
     "field_docs",
+    "FlagTarget",
     "load_config",
     "parse_job_args",
     "require",
 ]
 
-C = TypeVar("C")
+C = TypeVar("C", bound="DataclassInstance")
+"""A config class: a dataclass."""
 
 
 class ConfigError(UserError, ValueError):
@@ -57,6 +63,17 @@ class ConfigError(UserError, ValueError):
     def under(self, prefix: str) -> ConfigError:
         """The same error with the field path prefixed by ``prefix`` (for nested configs)."""
         return ConfigError(f"{prefix}.{self.field}" if prefix else self.field, self.value, self.reason)
+
+
+@runtime_checkable
+class FieldError(Protocol):
+    """An error naming the field it is about: :class:`ConfigError`, and ``model.SettingError``, which model/
+    raises (it stands alone, so it cannot subclass ConfigError; importing it here would import torch into every
+    job). ``config_from_dict`` turns one raised by a nested dataclass into a ConfigError naming the dotted path."""
+
+    field: str
+    value: Any
+    reason: str
 
 
 def require(condition: bool, field: str, value: Any, message: str) -> None:
@@ -244,8 +261,7 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any] | None, _path: str = 
     except ConfigError as e:
         raise e.under(_path) from None
     except ValueError as e:
-        # model/ stands alone and raises its own SettingError (field, value, reason): name the config path.
-        if not all(hasattr(e, a) for a in ("field", "value", "reason")):
+        if not isinstance(e, FieldError):
             raise
         raise ConfigError(e.field, e.value, e.reason).under(_path) from None
 
@@ -334,7 +350,7 @@ def _field_at(cls: type, dotted: str) -> tuple[Any, str]:
     tp: Any = cls
     doc = ""
     for part in dotted.split("."):
-        if not dataclasses.is_dataclass(tp):
+        if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
             raise KeyError(dotted)
         hints = typing.get_type_hints(tp)
         if part not in hints:
@@ -344,22 +360,34 @@ def _field_at(cls: type, dotted: str) -> tuple[Any, str]:
     return tp, doc
 
 
+def _flag_help(doc: str, dotted: str) -> str:
+    """A flag's help: its field's whole docstring (argparse re-wraps it to the terminal), then the field's path."""
+    text = " ".join(doc.replace("``", "").split())  # docstrings' literal markup means nothing in a terminal
+    return f"{text} [{dotted}]".replace("%", "%%")  # argparse %-formats help strings
+
+
 def parse_job_args(
     cls: type[C],
     argv: Sequence[str] | None,
     description: str = "",
     flags: Mapping[str, FlagTarget] | None = None,
     prog: str | None = None,
+    epilog: str | None = None,
 ) -> C:
     """Parse a job's command line into the config ``cls``.
 
     ``flags`` maps shortcut flags to dotted field paths (``{"--input": "input"}``), or to ``(path, constant)`` for
     switches (``{"--use-gpu": ("scaling.use_gpu", True)}``). Precedence: the ``--config`` YAML, then the shortcut
-    flags, then ``--set`` overrides in order. ``--print-config`` prints the resolved YAML and exits.
+    flags, then ``--set`` overrides in order. ``--print-config`` prints the resolved YAML and exits. ``--help``
+    shows ``description``, every flag with its field's whole docstring, and ``epilog`` (both kept as written).
     """
     flags = dict(flags or {})
     parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # a typo or a cut flag must not silently be another (--videos is not --videos-in-flight)
     )
     parser.add_argument("--config", metavar="FILE", help="YAML config file (local path or URL)")
     parser.add_argument(
@@ -378,7 +406,7 @@ def parse_job_args(
         dotted, const = target if isinstance(target, tuple) else (target, None)
         _, doc = _field_at(cls, dotted)
         dest = "flag_" + flag.lstrip("-").replace("-", "_")
-        help_text = (doc.splitlines()[0] if doc else "") + f" [{dotted}]"
+        help_text = _flag_help(doc, dotted)
         if isinstance(target, tuple):
             parser.add_argument(
                 flag, dest=dest, action="store_const", const=const, default=None, help=help_text

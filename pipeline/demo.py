@@ -4,13 +4,14 @@
     make demo STORAGE=s3://bucket/prefix        # the same against S3 (AWS_ENDPOINT_URL for any S3-compatible server)
     python -m pipeline.demo --storage runs/demo [--train-steps 500] [--set key=value ...]
 
-Stages (each job is run as ``python jobs/<job>.py ...``, exactly as a user would, and starts its own local Ray):
+Stages (each job runs as ``python -m pipeline <job> ...`` in its own process, the installed ``hmhi-uvos <job>``
+command exactly as a user runs it, and starts its own local Ray; nothing is read from a checkout):
 
-1. ``pipeline.synthetic``      a seeded corpus in DAVIS-2016 layout            -> <storage>/corpus
-2. ``jobs/precompute_flow.py`` DIS optical flow, WebDataset shards             -> <storage>/shards
-3. ``jobs/train.py``           2 Ray Train workers (gloo DDP), configs/tiny_cpu -> <storage>/runs/<run_name>
-4. ``jobs/segment.py``         the best checkpoint on the held-out test videos -> <storage>/segment
-5. ``jobs/evaluate.py``        DAVIS-2016 J&F and report.html (table, plot, worst frames over the frames) -> <storage>/eval
+1. ``pipeline.synthetic``       a seeded corpus in DAVIS-2016 layout            -> <storage>/corpus
+2. ``precompute_flow``          DIS optical flow, WebDataset shards             -> <storage>/shards
+3. ``train``                    2 Ray Train workers (gloo DDP), DEMO_TRAINING   -> <storage>/runs/<run_name>
+4. ``segment``                  the best checkpoint on the held-out test videos -> <storage>/segment
+5. ``evaluate``                 DAVIS-2016 J&F and report.html (table, plot, worst frames over the frames) -> <storage>/eval
 
 It ends by printing J&F (also on the paused and occluded frames) and the path of evaluate's report.html; the
 figures are saved in <storage>/demo_summary.json.
@@ -22,20 +23,22 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import logging
 import math
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
+import yaml
 
+from pipeline.cli import run_job_main
 from pipeline.config import config_to_dict, parse_job_args, require
+from pipeline.errors import JobFailed
 from pipeline.run_layout import BEST_MODEL, final_model
 from pipeline.runtime import setup_logging
 from pipeline.storage import open_storage
@@ -45,12 +48,32 @@ log = logging.getLogger("pipeline.demo")
 
 __all__ = ["DemoConfig", "DemoError", "main", "run_demo", "slice_scores"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-"""The checkout: the demo runs the scripts under jobs/ and reads configs/ from here."""
+DEMO_TRAINING: dict = {
+    "num_workers": 2,
+    "use_gpu": False,
+    "cpus_per_worker": 1,
+    "max_failures": 3,
+    "log_every_steps": 20,
+    "model": {
+        "name": "hmhi_mit_b0",
+        "memory_size": 5,
+        "options": {"decoder_width": 64},
+        "input_size": 128,
+        "precision": "fp32",
+    },
+    "data": {"clip_length": 5, "batch_size_per_worker": 1, "shuffle_buffer": 8, "prefetch_batches": 1},
+    "optim": {"lr": 1.0e-3, "weight_decay": 5.0e-4, "seed": 666},
+    "checkpoint": {"keep_last": 2},
+}
+"""The demo's training config (written to <storage>/demo_train.yaml and given to ``train --config``): the laptop
+model of configs/tiny_cpu.yaml (MiT-B0, decoder width 64, a higher learning rate than the official one) trained
+at the corpus's 128 px: at 96x96 the boundary measure F lags far behind J (F 0.52, J 0.76 after 400 steps). It
+lives in the package so that an installed ``hmhi-uvos demo`` needs no checkout. Steps, cadence and workers come
+from :class:`DemoConfig`."""
 
 
-class DemoError(RuntimeError):
-    """A demo stage failed; the message names the stage and what to look at."""
+class DemoError(JobFailed):
+    """A demo stage failed; the message names the stage and what to look at (exit status 1)."""
 
 
 @dataclass
@@ -64,8 +87,8 @@ class DemoConfig:
     train_val_fraction: float = 0.1
     """Fraction of the training videos the flow job sets aside for validation during training; the held-out
     videos that the demo scores are never used for training or model selection."""
-    train_config: str = "configs/tiny_cpu.yaml"
-    """Training config (relative to the checkout or absolute)."""
+    train_config: str = ""
+    """Training config file (path or URL); empty: the demo's own, :data:`DEMO_TRAINING`."""
     train_steps: int = 1200
     """Training steps (optim.max_steps); ~0.7 s each with 2 CPU workers on the 2-core reference machine."""
     validate_every: int = 0
@@ -75,9 +98,8 @@ class DemoConfig:
     """Ray Train workers (gloo DDP on CPU)."""
     run_name: str = "demo"
     """Training run name under <storage>/runs/ (a rerun with the same name resumes)."""
-    train_overrides: list[str] = field(default_factory=lambda: ["model.input_size=128", "log_every_steps=20"])
-    """Extra key=value overrides for jobs/train.py. The default trains at the corpus resolution: at tiny_cpu's 96x96
-    the boundary measure F lags far behind J (F 0.52, J 0.76 after 400 steps)."""
+    train_overrides: list[str] = field(default_factory=list)
+    """Extra key=value overrides for the train job (after the demo's own: steps, cadence, workers)."""
     flow_preset: str = "medium"
     """DIS preset for the flow stages: ultrafast, fast or medium."""
 
@@ -119,17 +141,18 @@ def _banner(index: int, total: int, text: str) -> None:
     print(f"\n=== [{index}/{total}] {text} ===", flush=True)
 
 
-def _run_job(script: str, args: Sequence[str], stage: str) -> float:
-    """Run ``python jobs/<script> args`` from the checkout with live output; returns its wall time."""
-    cmd = [sys.executable, str(REPO_ROOT / "jobs" / script), *args]
-    print("$ " + " ".join(_quote(a) for a in cmd[1:]), flush=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+def _run_job(job: str, args: Sequence[str], stage: str) -> float:
+    """Run the job as ``hmhi-uvos <job> args`` does, in its own process (``python -m pipeline``: the installed code,
+    whatever the working directory), with live output; returns its wall time."""
+    cmd = [sys.executable, "-m", "pipeline", job, *args]
+    print("$ hmhi-uvos " + " ".join(_quote(a) for a in cmd[3:]), flush=True)
     started = time.perf_counter()
-    code = subprocess.call(cmd, cwd=str(REPO_ROOT), env=env)
+    code = subprocess.call(cmd)
     elapsed = time.perf_counter() - started
     if code != 0:
-        raise DemoError(f"stage '{stage}' failed: jobs/{script} exited with status {code} (its log is above)")
+        raise DemoError(
+            f"stage '{stage}' failed: hmhi-uvos {job} exited with status {code} (its log is above)"
+        )
     return elapsed
 
 
@@ -138,8 +161,13 @@ def _quote(arg: str) -> str:
 
 
 def _train_config_path(cfg: DemoConfig) -> str:
-    path = Path(cfg.train_config)
-    return str(path if path.is_absolute() else REPO_ROOT / path)
+    """The training config to give ``train --config``: ``train_config``, else :data:`DEMO_TRAINING` written (again,
+    the same bytes) to ``<storage>/demo_train.yaml``."""
+    if cfg.train_config:
+        return cfg.train_config
+    root = open_storage(cfg.storage)
+    root.write_text("demo_train.yaml", yaml.safe_dump(DEMO_TRAINING, sort_keys=False))
+    return root.join("demo_train.yaml")
 
 
 def _final_model(run_dir) -> str:
@@ -237,7 +265,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     _banner(2, total, f"optical flow (DIS {cfg.flow_preset}) and WebDataset shards -> {urls['shards']}")
     timings["precompute_flow"] = _run_job(
-        "precompute_flow.py",
+        "precompute_flow",
         [
             "--input",
             urls["corpus"],
@@ -264,7 +292,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         *cfg.train_overrides,
     ]
     timings["train"] = _run_job(
-        "train.py",
+        "train",
         [
             "--config",
             train_yaml,
@@ -288,7 +316,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     _banner(4, total, f"segmenting the {len(val)} held-out test videos -> {urls['segment']}")
     timings["segment"] = _run_job(
-        "segment.py",
+        "segment",
         [
             "--input",
             urls["corpus"],
@@ -310,7 +338,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     _banner(5, total, f"DAVIS-2016 J&F and report.html on the held-out test videos -> {urls['eval']}")
     timings["evaluate"] = _run_job(
-        "evaluate.py",
+        "evaluate",
         [
             "--pred",
             root.join("segment/masks"),
@@ -344,11 +372,17 @@ def run_demo(cfg: DemoConfig) -> dict:
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.demo") -> int:
+    """The demo's command line (``make demo``, ``hmhi-uvos demo``); exit status as every job's: 0 done, 1 a stage
+    failed, 2 a user error (one line)."""
+    return run_job_main(functools.partial(_demo_from_args, prog=prog), None if argv is None else list(argv))
+
+
+def _demo_from_args(argv: Sequence[str], prog: str) -> dict:
     cfg = parse_job_args(
         DemoConfig,
         argv,
-        prog="python -m pipeline.demo",
+        prog=prog,
         description=__doc__,
         flags={
             "--storage": "storage",
@@ -362,12 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )
     setup_logging()
-    try:
-        run_demo(cfg)
-    except DemoError as err:
-        log.error("%s", err)
-        return 1
-    return 0
+    return run_demo(cfg)
 
 
 if __name__ == "__main__":

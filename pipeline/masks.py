@@ -3,7 +3,8 @@
 Every job that reads or writes masks goes through this module so that "what counts as foreground"
 is decided in one place:
 
-- reading: any non-zero value is foreground (palette/indexed PNGs by their *indices*, greyscale by
+- reading: images are sized from their header before they are decoded (the pixel limit of
+  :mod:`pipeline.imaging`: a bigger one is a :class:`MaskError` naming it); any non-zero value is foreground (palette/indexed PNGs by their *indices*, greyscale by
   value, RGB(A) if any colour channel is non-zero); an optional threshold turns soft greyscale maps
   into masks;
 - writing: binary masks as DAVIS palette PNGs (index 0 background, 1 object), soft probabilities as
@@ -22,6 +23,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.imaging import ImageTooLargeError, open_image
 from pipeline.transforms import official_soft_map
 
 __all__ = [
@@ -91,8 +93,10 @@ def _open_image(data: bytes | str | Path, name: str | None) -> tuple[Image.Image
     if len(data) == 0:
         raise MaskError(f"mask {label} is empty (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(bytes(data)))
+        image = open_image(bytes(data), f"mask {label}")  # sized from its header first (pipeline.imaging)
         image.load()  # decode now so truncated files fail here, with the file's name
+    except ImageTooLargeError as err:
+        raise MaskError(str(err)) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise MaskError(f"mask {label} is not a readable image: {err}") from err
     return image, label

@@ -6,6 +6,7 @@ and ``segment``, the demo and users (which read its models). Nothing else spells
     best/meta.json                      step, scores and the versioned file's name: written last, the commit point
     best/model.pt                       a copy of the best model under a fixed name
     logs/metrics.csv, logs/tensorboard/ training metrics
+    restarts/<submission>-NNNN.json     one record per restart of the worker group, with its cause
     summary.json                        the job summary
 """
 
@@ -22,6 +23,7 @@ __all__ = [
     "CHECKPOINT_FILE",
     "CHECKPOINT_PREFIX",
     "METRICS_CSV",
+    "RESTARTS_DIR",
     "SUMMARY",
     "TENSORBOARD_DIR",
     "checkpoint_dir",
@@ -29,6 +31,7 @@ __all__ = [
     "commit_best_model",
     "final_model",
     "latest_checkpoint",
+    "restart_record",
 ]
 
 CHECKPOINT_PREFIX = "checkpoint_"
@@ -39,12 +42,18 @@ BEST_META = f"{BEST_DIR}/meta.json"
 BEST_MODEL = f"{BEST_DIR}/model.pt"
 METRICS_CSV = "logs/metrics.csv"
 TENSORBOARD_DIR = "logs/tensorboard"
+RESTARTS_DIR = "restarts"
 SUMMARY = "summary.json"
 
 
 def checkpoint_dir(step: int) -> str:
     """The folder of the checkpoint at ``step`` (what Ray Train's ``checkpoint_dir_name`` is given)."""
     return f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
+def restart_record(submission: str, n: int) -> str:
+    """The record of the ``n``-th restart (from 1) of the worker group during the job run ``submission``."""
+    return f"{RESTARTS_DIR}/{submission}-{n:04d}.json"
 
 
 def checkpoint_file(step: int) -> str:

@@ -10,17 +10,24 @@ demo; nothing else spells these paths::
     done/<video>.json               the done marker, written last: a rerun skips the video, a killed run redoes it
     summary.json                    the job summary
 
-``<video>`` is the corpus' sanitised video id. A video's outputs count only once its done marker exists.
+``<video>`` is the corpus' sanitised video id and ``<frame>`` the frame's name: each must be one safe path
+component (:func:`pipeline.names.check_name`; the functions below raise ``UnsafeNameError`` otherwise), so that no
+id read from an index or a marker reaches another video's files. A video's outputs count only once its done marker
+exists.
 """
 
 from __future__ import annotations
 
+import logging
 import posixpath
 from collections.abc import Sequence
 
 import pyarrow as pa
 
+from pipeline.names import UnsafeNameError, check_name
 from pipeline.storage import Storage
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DONE_DIR",
@@ -63,28 +70,36 @@ RLE_SCHEMA = pa.schema(
 """Columns of ``rle/<video>.parquet``: one row per frame."""
 
 
+def _video(video_id: str) -> str:
+    return check_name(video_id, "video id")
+
+
 def mask_png(video_id: str, frame: str) -> str:
-    return f"{MASKS_DIR}/{video_id}/{frame}.png"
+    return f"{MASKS_DIR}/{_video(video_id)}/{check_name(frame, 'frame name')}.png"
 
 
 def prob_png(video_id: str, frame: str) -> str:
-    return f"{PROBS_DIR}/{video_id}/{frame}.png"
+    return f"{PROBS_DIR}/{_video(video_id)}/{check_name(frame, 'frame name')}.png"
 
 
 def rle_parquet(video_id: str) -> str:
-    return f"{RLE_DIR}/{video_id}.parquet"
+    return f"{RLE_DIR}/{_video(video_id)}.parquet"
 
 
 def overlay_mp4(video_id: str) -> str:
-    return f"{OVERLAYS_DIR}/{video_id}.mp4"
+    return f"{OVERLAYS_DIR}/{_video(video_id)}.mp4"
 
 
 def done_marker(video_id: str) -> str:
-    return f"{DONE_DIR}/{video_id}.json"
+    return f"{DONE_DIR}/{_video(video_id)}.json"
 
 
 def video_outputs(video_id: str) -> list[tuple[str, bool]]:
-    """Every output of one video as ``(path, recursive)``, the done marker first: what a failed video removes."""
+    """Every output of one video as ``(path, recursive)``, the done marker first: what a failed video removes.
+
+    An unsafe ``video_id`` raises ``UnsafeNameError`` before anything is listed: ``masks/.`` is every video's.
+    """
+    _video(video_id)
     return [
         (done_marker(video_id), False),
         (rle_parquet(video_id), False),
@@ -96,8 +111,14 @@ def video_outputs(video_id: str) -> list[tuple[str, bool]]:
 
 def finished_video_ids(storage: Storage, videos: Sequence[str] = ()) -> list[str]:
     """Ids of the videos with a done marker, sorted (one listing of ``done/``); only ``videos`` when given."""
-    ids = sorted(posixpath.splitext(name)[0] for name in storage.list(DONE_DIR, suffix=".json"))
-    ids = [i for i in ids if not i.startswith(".")]
+    ids = []
+    for name in storage.list(DONE_DIR, suffix=".json"):
+        video_id = posixpath.splitext(name)[0]
+        try:
+            ids.append(_video(video_id))
+        except UnsafeNameError as err:  # segment never writes such a marker: not a video of this output
+            log.warning("ignoring %s: %s", storage.join(f"{DONE_DIR}/{name}"), err)
+    ids = sorted(i for i in ids if not i.startswith("."))
     if videos:
         wanted = set(videos)
         ids = [i for i in ids if i in wanted]

@@ -33,6 +33,21 @@ Readers: :func:`decode_clip` takes one sample's raw member bytes keyed by member
 (both add ``__key__`` and ``__url__``; Ray fills members a row lacks with ``None``); :func:`read_samples` reads a
 run of samples of one shard (:class:`ShardEntry`) by byte range, verifying the whole shard's SHA-256 on its first
 read in a process.
+
+What webdataset does here, and what it cannot:
+
+- Parsing tar bytes into samples is webdataset's (:func:`iter_tar_samples` runs its ``tar_file_expander`` and
+  ``group_by_keys``). The range to parse is this module's: :func:`read_samples` fetches only the byte range of a
+  rank's block of samples, from the index's offsets, with one ranged GET, and resumes at a given sample after a
+  failed read; ``webdataset.WebDataset`` opens a shard at its first byte and reads it to the end.
+- Writing stays on :mod:`tarfile`, member for member what ``webdataset.TarWriter(f, encoder=False, user="",
+  group="", mode=0o644, mtime=0)`` writes (a test compares the bytes), for three reasons. The ``webdataset``
+  package imports torch (measured: +0.56 GB resident and ~10 s on the 2-core machine), and the processes that write
+  shards, the flow job's Ray Data workers, never load torch otherwise (DIS flow runs without it). The index needs
+  each sample's byte offset and size as the tar grows (``TarFile.offset`` before and after the sample;
+  ``TarWriter.write`` returns only the payload size). And a shard is streamed to storage while it grows and
+  committed under a deterministic group name only once complete, which ``webdataset.ShardWriter`` (pattern
+  names, a new shard by count or size, no commit step) does not do.
 """
 
 from __future__ import annotations
@@ -59,6 +74,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import UserError
+from pipeline.imaging import check_image_header, check_pixels
 from pipeline.masks import decode_mask_png, encode_mask_png
 from pipeline.storage import (
     Storage,
@@ -94,6 +110,7 @@ __all__ = [
     "read_index_parts",
     "read_samples",
     "sample_key",
+    "shard_set_provenance",
     "shard_urls",
     "verify_shard",
     "write_index_part",
@@ -104,6 +121,9 @@ SAMPLE_VERSION = 2
 """Version of the sample layout above, stored in ``meta.json``. Version 1 kept all flows of a sample in one
 zip-deflated ``flows.npz`` member; :func:`decode_clip` still reads it."""
 INDEX_NAME = "index.parquet"
+SETTINGS_NAME = "precompute_settings.json"
+"""The flow job's record, at the shard set's root, of the settings its samples were made with (written by
+``pipeline.dataset.job`` at its first run; read by :func:`shard_set_provenance`)."""
 INDEX_PARTS_DIR = "index"
 SHARD_DIR = "shards"
 FLOW_PICTURES = "pictures"
@@ -302,12 +322,17 @@ def decode_clip(sample: Mapping[str, Any], positions: Sequence[int] | None = Non
     key = str(meta.get("key") or sample.get("__key__"))
     n = int(meta["n_frames"])
     h, w = int(meta["height"]), int(meta["width"])
+    check_pixels(
+        w, h, f"sample {key}"
+    )  # before allocating the clip: the size comes from the sample's meta.json
     pos = list(range(n)) if positions is None else [int(p) for p in positions]
     if any(not 0 <= p < n for p in pos):
         raise IndexError(f"sample {key}: positions {pos} outside 0..{n - 1}")
     frames = np.empty((len(pos), h, w, 3), np.uint8)
     for j, i in enumerate(pos):
-        img = cv2.imdecode(np.frombuffer(_member(sample, _frame_ext(i), key), np.uint8), cv2.IMREAD_COLOR)
+        data = _member(sample, _frame_ext(i), key)
+        check_image_header(data, f"sample {key} frame {i}")
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if img is None or img.shape[:2] != (h, w):
             raise ValueError(f"sample {key}: frame {i} is corrupt or has the wrong size")
         cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=frames[j])
@@ -346,7 +371,9 @@ def _decode_pictures(sample: Mapping[str, Any], key: str, pos: list[int]) -> np.
             (_flowpic_ext(i, sfx) for sfx in PICTURE_SUFFIXES if _present(sample, _flowpic_ext(i, sfx))),
             _flowpic_ext(i, ".jpg"),
         )
-        img = cv2.imdecode(np.frombuffer(_member(sample, ext, key), np.uint8), cv2.IMREAD_COLOR)
+        data = _member(sample, ext, key)
+        check_image_header(data, f"sample {key} flow picture {ext}")
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if img is None:
             raise ValueError(f"sample {key}: flow picture {ext} is corrupt")
         if out is None:
@@ -601,29 +628,23 @@ class ShardEntry:
         return len(self.offsets)
 
 
-def iter_tar_samples(fileobj, label: str) -> Iterator[dict[str, bytes | str]]:
-    """Stream a WebDataset tar: yields ``{"__key__": key, ext: bytes, ...}`` per sample (contiguous members)."""
-    current: dict[str, bytes | str] | None = None
+def iter_tar_samples(fileobj, label: str) -> Iterator[dict[str, Any]]:
+    """Stream a WebDataset tar: yields ``{"__key__": key, "__url__": label, ext: bytes, ...}`` per sample.
+
+    webdataset's own tar iterators do the work (members grouped into samples at the first dot of the base name,
+    consecutive members only); a stream that is not a readable tar raises ``ValueError`` naming ``label``.
+    """
+    # Imported here: the webdataset package imports torch (measured: +0.56 GB and ~10 s in a process without it),
+    # and the processes that only write shards (the flow job's workers) never import torch. Every reader (training,
+    # validation, segment's shard source) has torch loaded already: there it costs 0.1 s.
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                dirname, _, base = member.name.rpartition("/")
-                key, dot, ext = base.partition(".")
-                if not dot:
-                    continue
-                key = f"{dirname}/{key}" if dirname else key
-                if current is None or current["__key__"] != key:
-                    if current is not None:
-                        yield current
-                    current = {"__key__": key}
-                data = tar.extractfile(member)
-                current[ext] = data.read() if data is not None else b""
+        yield from group_by_keys(tar_file_expander([{"url": label, "stream": fileobj}]))
     except tarfile.TarError as e:
-        raise ValueError(f"shard {label}: not a readable tar ({e})") from e
-    if current is not None:
-        yield current
+        # For the message only: webdataset appends " @ <stream>" to tarfile's and the stream and URL to the args.
+        reason = str(e.args[0]).partition(" @ ")[0] if e.args else type(e).__name__
+        raise ValueError(f"shard {label}: not a readable tar ({reason})") from e
 
 
 _verified: set[tuple[str, str]] = set()
@@ -862,3 +883,28 @@ class ShardWriter:
         self._open.clear()
         self._pending.clear()
         self._tmp.cleanup()
+
+
+def shard_set_provenance(url) -> dict[str, Any]:
+    """What a model trained on the shard set at ``url`` is trained on, as checkpoints record it (plain values):
+    ``url``; ``fingerprint``, the SHA-256 over the index's sorted ``(shard, shard SHA-256)`` pairs (the same
+    committed shards give the same fingerprint); and ``flow``, the flow settings its samples were made with (engine,
+    DIS preset, longest side, the flow checkpoint's SHA-256, the flow rendering version; from :data:`SETTINGS_NAME`,
+    empty for a shard set without it)."""
+    st = _storage(url)
+    index = read_index(st)
+    pairs = sorted(set(zip(index.column("shard").to_pylist(), index.column("shard_sha256").to_pylist())))
+    fingerprint = hashlib.sha256("\n".join(f"{shard} {sha}" for shard, sha in pairs).encode()).hexdigest()
+    settings = st.read_json(SETTINGS_NAME) if st.exists(SETTINGS_NAME) else {}
+    flow = {
+        key: settings.get(name)
+        for key, name in (
+            ("engine", "flow_engine"),
+            ("preset", "flow_preset"),
+            ("max_side", "flow_max_side"),
+            ("checkpoint_sha256", "flow_checkpoint_sha256"),
+            ("render_version", "render_version"),
+        )
+        if name in settings
+    }
+    return {"url": st.url, "fingerprint": f"sha256:{fingerprint}", "shards": len(pairs), "flow": flow}

@@ -18,6 +18,12 @@ Guarantees:
   block is still writing), which S3 makes visible only when it completes, or sent in one PUT when smaller than a
   part. Nothing is written if the writing block raises (the multipart upload is aborted) or the process dies.
 - Listings ignore zero-byte directory-marker objects (``prefix/``) and in-flight temporary files.
+- A *fenced* storage (:meth:`Storage.fenced`, what a job writes its output through while it holds the output's
+  lease) checks its :class:`Fence` at the commit step of every write and before every delete: a run that may have
+  lost its lease commits nothing more. Its S3 writes are always multipart uploads, committed by the final
+  ``CompleteMultipartUpload`` right after the check, so that a writer paused between the check and the commit
+  finds its upload aborted by the run that took the output over (:func:`clean_leftovers`); locally the same holds
+  for the temporary file the final rename needs.
 - Errors name the URL, never a secret: :class:`StorageNotFoundError` for a missing bucket or path,
   :class:`StorageAuthError` for missing or rejected credentials, :class:`StorageUnavailableError` when the store
   kept failing after every retry.
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import http.client
 import io
@@ -44,25 +51,26 @@ import json
 import logging
 import os
 import posixpath
-import random
 import re
 import shutil
 import socket
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import fsspec
 
+from pipeline import telemetry
 from pipeline.errors import UserError
-from pipeline.retry import count_retry
+from pipeline.retry import Backoff, Retrying, RetryPolicy, count_retry
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "Fence",
     "S3Options",
+    "absolute_url",
     "Storage",
     "StorageAuthError",
     "StorageError",
@@ -79,6 +87,34 @@ __all__ = [
 S3_PART_BYTES = 16 << 20
 """Part size of streamed S3 writes: a part is uploaded as soon as the writer has produced this much."""
 _TMP_MARK = ".tmp-"  # in-flight files are named ".<name>.tmp-<uuid>" and never listed
+_NAME_MAX = 255  # bytes in a file name on common file systems (ext4, XFS, APFS, NTFS)
+
+
+def temp_name(leaf: str) -> str:
+    """The hidden temporary name ``.<leaf>.tmp-<uuid4 hex>`` an atomic write of ``leaf`` goes through.
+
+    The leaf is shortened (never the random part) so that the name fits the file-system limit even for the longest
+    legal ``leaf``; :func:`clean_leftovers` recognises exactly this shape.
+    """
+    suffix = f"{_TMP_MARK}{uuid.uuid4().hex}"
+    room = _NAME_MAX - 1 - len(suffix)
+    encoded = leaf.encode("utf-8", "surrogateescape")
+    if len(encoded) > room:
+        leaf = encoded[:room].decode("utf-8", "ignore")
+    return f".{leaf}{suffix}"
+
+
+class Fence(Protocol):
+    """What a fenced :class:`Storage` asks before each commit: may this run still write its output?
+
+    ``check()`` raises (a :class:`StorageError`) once the run may have lost its output's lease;
+    ``portable()`` is the form that travels when the storage is pickled into a Ray task or actor (a fence that
+    needs no process-local state). :class:`pipeline.lease.OutputLease` and its ``LeaseFence`` implement it.
+    """
+
+    def check(self) -> None: ...
+
+    def portable(self) -> Fence: ...
 
 
 class StorageError(UserError, RuntimeError):
@@ -280,6 +316,14 @@ def _s3_client(options: S3Options):
     return client
 
 
+def _credential_errors() -> tuple[type[BaseException], ...]:
+    """botocore's errors for credentials that are missing or cannot be obtained (not for rejected ones: those come
+    back from the store as error codes)."""
+    import botocore.exceptions as bx
+
+    return (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError)
+
+
 def _transient_read_errors() -> tuple[type[BaseException], ...]:
     """Errors of a response body that failed part-way: the connection, not the object, is at fault."""
     import botocore.exceptions as bx
@@ -301,6 +345,18 @@ def _transient_read_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def _read_resume_policy(attempts: int) -> RetryPolicy:
+    """Reopening a streamed GET whose body failed part-way: ``attempts`` reads in a row at most, short jittered
+    waits (data was flowing), counted as ``s3_read_resume``."""
+    return RetryPolicy(
+        Backoff(first_s=0.1, max_s=2.0),
+        attempts=attempts,
+        retry_on=_transient_read_errors(),
+        count_as="s3_read_resume",
+        log_level=logging.INFO,
+    )
+
+
 class _S3Body(io.RawIOBase):
     """Raw reader of bytes ``start:stop`` of one S3 object through streaming GETs.
 
@@ -316,7 +372,7 @@ class _S3Body(io.RawIOBase):
         self._etag: str | None = None
         self._end: int | None = stop  # one past the last byte this reader must deliver, once known
         self._attempts = storage.s3.max_attempts or DEFAULT_MAX_ATTEMPTS
-        self._body = None
+        self._body: Any = None  # botocore's StreamingBody (botocore ships no type hints)
         self._open()
 
     def _open(self) -> None:
@@ -349,39 +405,34 @@ class _S3Body(io.RawIOBase):
             n = min(n, self._end - self._pos)
         if n <= 0:
             return b""
-        transient = _transient_read_errors()
-        failures = 0
+        retrying: Retrying | None = None  # made on the first failure: most reads never need it
         while True:
             try:
                 data = self._body.read(n)
                 if not data and self._end is not None and self._pos < self._end:
                     raise ConnectionError(f"body ended at byte {self._pos} of {self._end}")
                 break
-            except transient as e:
-                failures += 1
-                url = self._storage.join(self._rel)
-                if failures >= self._attempts:
-                    raise StorageUnavailableError(
-                        f"read {url}: the connection failed {failures} times in a row at byte {self._pos} "
-                        f"({type(e).__name__})"
-                    ) from e
-                count_retry("s3_read_resume")
-                log.info(
-                    "read %s: %s at byte %d; reopening there (retry %d of %d)",
-                    url,
-                    type(e).__name__,
-                    self._pos,
-                    failures,
-                    self._attempts - 1,
+            except Exception as e:
+                retrying = retrying or Retrying(
+                    _read_resume_policy(self._attempts),
+                    lambda: f"read {self._storage.join(self._rel)} at byte {self._pos}",
+                    action="reopening it there",
+                    give_up=self._gave_up,
+                    logger=log,
                 )
+                retrying.failed(e)  # raises unless the connection, not the object, is at fault
                 with contextlib.suppress(Exception):
                     self._body.close()
-                time.sleep(
-                    random.uniform(0, min(0.05 * 2**failures, 2.0))
-                )  # jittered, short: data was flowing
                 self._open()
         self._pos += len(data)
+        telemetry.STORAGE_BYTES.inc(len(data), direction="read")
         return data
+
+    def _gave_up(self, error: BaseException, failures: int) -> BaseException:
+        return StorageUnavailableError(
+            f"read {self._storage.join(self._rel)}: the connection failed {failures} times in a row at byte "
+            f"{self._pos} ({type(error).__name__})"
+        )
 
     def readinto(self, buffer) -> int:
         data = self._read(len(buffer))
@@ -400,6 +451,95 @@ class _S3Body(io.RawIOBase):
             with contextlib.suppress(Exception):
                 self._body.close()
         super().close()
+
+
+class _FencedS3Upload(io.BufferedIOBase):
+    """A write to one S3 object of a fenced storage: a multipart upload from the first byte, committed only by
+    :meth:`commit`, which checks the fence and then sends ``CompleteMultipartUpload`` (nothing in between).
+
+    Why always multipart, even for a few bytes: an upload is visible to the store until it completes, so the run
+    that takes an output over aborts it (:func:`clean_leftovers`); a writer that was paused after its fence check
+    and resumes after the takeover then finds its upload gone and commits nothing. A single PUT cannot be recalled.
+    Parts of :data:`S3_PART_BYTES` go out while the block writes; the rest goes as the last part at the commit.
+    """
+
+    def __init__(self, storage: Storage, rel: str):
+        super().__init__()
+        self._storage, self._rel = storage, rel
+        self._bucket, _, self._key = storage._path(rel).partition("/")
+        self._client = _s3_client(storage.s3)
+        self._buffer = bytearray()
+        self._parts: list[dict[str, Any]] = []
+        self._written = 0
+        with storage._errors("write", rel):
+            self._upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=self._key)[
+                "UploadId"
+            ]
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._written
+
+    def write(self, data) -> int:
+        if self.closed:
+            raise ValueError(f"write to {self._storage.join(self._rel)} after it was committed or aborted")
+        view = memoryview(data).cast("B")
+        self._buffer += view
+        self._written += len(view)
+        while len(self._buffer) >= S3_PART_BYTES:
+            self._send_part(bytes(self._buffer[:S3_PART_BYTES]))
+            del self._buffer[:S3_PART_BYTES]
+        return len(view)
+
+    def _send_part(self, data: bytes) -> None:
+        number = len(self._parts) + 1
+        with self._storage._errors("write", self._rel):
+            resp = self._client.upload_part(
+                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=data
+            )
+        self._parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+
+    def commit(self) -> None:
+        """Send the last part, check the fence, complete the upload (the object appears)."""
+        try:
+            if self._buffer or not self._parts:  # the last part may be short, even empty
+                self._send_part(bytes(self._buffer))
+                self._buffer.clear()
+            self._storage.check_fence()
+            with self._storage._errors("write", self._rel):
+                try:
+                    self._client.complete_multipart_upload(
+                        Bucket=self._bucket,
+                        Key=self._key,
+                        UploadId=self._upload_id,
+                        MultipartUpload={"Parts": self._parts},
+                    )
+                except Exception as e:
+                    if _error_code(e) == "NoSuchUpload":
+                        raise StorageError(
+                            f"write {self._storage.join(self._rel)}: the upload was aborted before its commit "
+                            "(another run took this output over and collected it); nothing was written"
+                        ) from e
+                    raise
+        except BaseException:
+            self.abort()
+            raise
+        super().close()
+
+    def abort(self) -> None:
+        """Drop the upload (best effort: a leftover upload is collected by the output's next run)."""
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self._client.abort_multipart_upload(
+                    Bucket=self._bucket, Key=self._key, UploadId=self._upload_id
+                )
+            super().close()
+
+    def close(self) -> None:
+        """Closing without :meth:`commit` aborts: only the commit makes the object appear."""
+        self.abort()
 
 
 def _error_code(e: BaseException) -> str:
@@ -423,12 +563,33 @@ class _RangeReader(io.RawIOBase):
         buffer[: len(data)] = data
         if self._left is not None:
             self._left -= len(data)
+        telemetry.STORAGE_BYTES.inc(len(data), direction="read")
         return len(data)
 
     def close(self) -> None:
         if not self.closed:
             self._stream.close()
         super().close()
+
+
+@functools.cache
+def _keyless_pickle_s3_filesystem() -> type:
+    """A ``pyarrow.fs.S3FileSystem`` class that pickles without its keys (made on first use: pyarrow loads lazily).
+
+    Pickled into a Ray task (Ray Train ships its storage filesystem to every worker) such a filesystem is rebuilt
+    without key material, as a pickled :class:`Storage` is: the receiving process uses its own provider chain.
+    """
+    import pyarrow.fs as pafs
+
+    class KeylessPickleS3FileSystem(pafs.S3FileSystem):
+        def __reduce__(self):
+            rebuild, (options,) = super().__reduce__()
+            keyless = {
+                k: v for k, v in options.items() if k not in ("access_key", "secret_key", "session_token")
+            }
+            return rebuild, (keyless,)
+
+    return KeylessPickleS3FileSystem
 
 
 def _split_url(url: str) -> tuple[str, str]:
@@ -467,17 +628,23 @@ class Storage:
     :attr:`S3Options.share_credentials`).
     """
 
-    def __init__(self, url: str, s3: S3Options | None = None):
+    def __init__(self, url: str, s3: S3Options | None = None, fence: Fence | None = None):
         self.scheme, self.root = _split_url(url)
         self.url = f"s3://{self.root}" if self.scheme == "s3" else self.root
-        self.s3 = (s3 or S3Options()).resolved() if self.scheme == "s3" else None
+        self.s3: S3Options = (s3 or S3Options()).resolved() if self.scheme == "s3" else (s3 or S3Options())
+        """How S3 is reached: resolved from the environment for an ``s3://`` root; for a local root, what its
+        children (and storages derived from it) would use, unresolved."""
+        self.fence = fence
+        """Checked at the commit step of every write and before every delete (None: an unfenced storage)."""
         self._fs: fsspec.AbstractFileSystem | None = None
 
     # -- construction -----------------------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_fs"] = None  # filesystems are rebuilt in the receiving process
-        if self.s3 is not None and not self.s3.share_credentials:
+        if self.fence is not None:
+            state["fence"] = self.fence.portable()  # e.g. a lease (threads, locks) travels as its LeaseFence
+        if not self.s3.share_credentials:
             # The receiving process uses its own provider chain (its role, its refreshed token): a key pickled
             # into a task would sit in the object store and spill files, and a token would expire there.
             state["s3"] = self.s3.without_secrets()
@@ -548,19 +715,33 @@ class Storage:
                 max_attempts=o.max_attempts or DEFAULT_MAX_ATTEMPTS
             ),
         }
-        if o.explicit_credentials:  # else the AWS SDK's own chain in this process (env, profile, IRSA, role)
-            kwargs.update(
-                access_key=o.access_key_id, secret_key=o.secret_access_key, session_token=o.session_token
-            )
         if o.endpoint_url:
             kwargs["endpoint_override"] = o.endpoint_url
             if o.endpoint_url.startswith("http://"):
                 kwargs["scheme"] = "http"
-        return pafs.S3FileSystem(**kwargs), self.root
+        if not o.explicit_credentials:  # the AWS SDK's own chain in each process (env, profile, IRSA, role)
+            return pafs.S3FileSystem(**kwargs), self.root
+        keys = {
+            "access_key": o.access_key_id,
+            "secret_key": o.secret_access_key,
+            "session_token": o.session_token,
+        }
+        if o.share_credentials:
+            return pafs.S3FileSystem(**kwargs, **keys), self.root
+        return _keyless_pickle_s3_filesystem()(**kwargs, **keys), self.root
 
     def child(self, rel: str) -> Storage:
-        """A storage rooted at ``rel`` below this one (same credentials)."""
-        return Storage(self.join(rel), self.s3)
+        """A storage rooted at ``rel`` below this one (same credentials, same fence)."""
+        return Storage(self.join(rel), self.s3, self.fence)
+
+    def fenced(self, fence: Fence | None) -> Storage:
+        """This storage with ``fence`` checked before every commit and delete (see the module docstring)."""
+        return Storage(self.url, self.s3, fence)
+
+    def check_fence(self) -> None:
+        """Raise if this storage's fence says the run may no longer write (a no-op for an unfenced storage)."""
+        if self.fence is not None:
+            self.fence.check()
 
     def join(self, rel: str = "") -> str:
         """Full URL (or absolute local path) of ``rel``."""
@@ -587,8 +768,7 @@ class Storage:
                 f"{op} {url}: access denied (check the credentials and their permissions)"
             ) from e
         except Exception as e:  # botocore raises its own types for credential problems
-            name = type(e).__name__
-            if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
+            if isinstance(e, _credential_errors()):
                 raise StorageAuthError(
                     f"{op} {url}: no usable S3 credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                     "a profile, or an instance role)"
@@ -598,7 +778,7 @@ class Storage:
                 raise StorageAuthError(f"{op} {url}: credentials rejected ({code})") from e
             if code in ("NoSuchBucket", "NoSuchKey", "404"):
                 raise StorageNotFoundError(f"{op} {url}: not found ({code})") from e
-            attempts = (self.s3.max_attempts if self.s3 else None) or DEFAULT_MAX_ATTEMPTS
+            attempts = self.s3.max_attempts or DEFAULT_MAX_ATTEMPTS
             if code in (
                 "SlowDown",
                 "InternalError",
@@ -631,7 +811,8 @@ class Storage:
             return
         bucket = self.root.split("/", 1)[0]
         with self._errors(op, ""):
-            self.fs.info(bucket)
+            # One HEAD on the process's client: s3fs's info() of a bucket took ~1 s (a new client, several calls).
+            _s3_client(self.s3).head_bucket(Bucket=bucket)
 
     # -- reading ----------------------------------------------------------------------------------------------
     def exists(self, rel: str = "") -> bool:
@@ -658,10 +839,12 @@ class Storage:
             if self.scheme == "s3" and not self.fs.exists(base):
                 self.check("list")  # a missing bucket is an error, a missing prefix is just empty
                 return []
-            if self.scheme == "file" and not os.path.isdir(base):
-                if os.path.exists(base):
+            if self.scheme == "file":
+                # exists, then isdir: a folder made by another process between the two is listed, not refused
+                if not os.path.exists(base):
+                    return []
+                if not os.path.isdir(base):
                     raise StorageError(f"list {self.join(rel)}: not a directory")
-                return []
             entries = (
                 self.fs.find(base, detail=True)
                 if recursive
@@ -711,7 +894,9 @@ class Storage:
         with self._errors("read", rel):
             if self.scheme == "file":
                 with open(path, "rb") as f:
-                    return f.read()
+                    data = f.read()
+                telemetry.STORAGE_BYTES.inc(len(data), direction="read")
+                return data
         with _S3Body(self, rel, 0, None) as body:  # reopened at the byte reached if the connection drops
             return body.readall()
 
@@ -732,12 +917,15 @@ class Storage:
 
     def download_file(self, rel: str, local_path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(local_path)) or ".", exist_ok=True)
-        tmp = f"{local_path}{_TMP_MARK}{uuid.uuid4().hex}"
+        tmp = os.path.join(
+            os.path.dirname(os.path.abspath(local_path)), temp_name(os.path.basename(local_path))
+        )
         try:
             with local_disk_full_errors("download", f"{self.join(rel)} to {local_path}", tmp):
                 if self.scheme == "file":
                     with self._errors("download", rel):
                         shutil.copyfile(self._path(rel), tmp)
+                    telemetry.STORAGE_BYTES.inc(os.path.getsize(tmp), direction="read")
                 else:  # one streaming GET, resumed at the byte reached if the connection drops
                     with self.open_stream(rel) as src, open(tmp, "wb") as dst:
                         shutil.copyfileobj(src, dst, length=8 << 20)
@@ -748,24 +936,37 @@ class Storage:
 
     # -- writing (all atomic) ------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def open_write(self, rel: str) -> Iterator[io.BufferedWriter]:
-        """Write ``rel`` atomically: the object appears, complete, only if the block succeeds."""
+    def open_write(self, rel: str) -> Iterator[io.BufferedIOBase]:
+        """Write ``rel`` atomically: the object appears, complete, only if the block succeeds.
+
+        A fenced storage checks its fence at the commit step (the final rename; the ``CompleteMultipartUpload``).
+        """
         path = self._path(rel)
         if not _clean_rel(rel):
             raise ValueError("open_write needs a file name below the storage root")
         if self.scheme == "file":
             directory, leaf = os.path.split(path)
             os.makedirs(directory, exist_ok=True)
-            tmp = os.path.join(directory, f".{leaf}{_TMP_MARK}{uuid.uuid4().hex}")
+            tmp = os.path.join(directory, temp_name(leaf))
             try:
                 with local_disk_full_errors("write", path, tmp), open(tmp, "wb") as f:
                     yield f
                     f.flush()
                     os.fsync(f.fileno())
-                os.replace(tmp, path)
+                    written = f.tell()
+                self._commit_local(tmp, path, rel)
+                telemetry.STORAGE_BYTES.inc(written, direction="write")
             finally:
                 if os.path.exists(tmp):
                     os.remove(tmp)
+        elif self.fence is not None:
+            upload = _FencedS3Upload(self, rel)
+            try:
+                yield upload
+            except BaseException:
+                upload.abort()
+                raise
+            upload.commit()
         else:
             with self._errors("write", rel):
                 f = self.fs.open(path, "wb", block_size=S3_PART_BYTES)
@@ -776,8 +977,22 @@ class Storage:
                     f.discard()
                 f.closed = True  # discarded: closing it later (or at garbage collection) must not commit
                 raise
+            written = f.tell()
             with self._errors("write", rel):
                 f.close()
+            telemetry.STORAGE_BYTES.inc(written, direction="write")
+
+    def _commit_local(self, tmp: str, path: str, rel: str) -> None:
+        """The commit of a local write: the fence, then the rename (nothing else in between)."""
+        self.check_fence()
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError as e:
+            # Only another run's leftover collection removes a live temporary file: it took the output over.
+            raise StorageError(
+                f"write {self.join(rel)}: its temporary file was removed before the commit (another run took "
+                "this output over and collected it); nothing was written"
+            ) from e
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         with self.open_write(rel) as f:
@@ -797,11 +1012,11 @@ class Storage:
 
     def upload_file(self, local_path: str, rel: str) -> None:
         """Copy a local file to ``rel`` atomically."""
-        if (
-            self.scheme != "file"
-        ):  # a single PUT or multipart upload: S3 shows the object only once it is complete
+        if self.scheme != "file" and self.fence is None:
+            # A single PUT or multipart upload: S3 shows the object only once it is complete.
             with self._errors("upload", rel):
                 self.fs.put_file(local_path, self._path(rel))
+            telemetry.STORAGE_BYTES.inc(os.path.getsize(local_path), direction="write")
             return
         with open(local_path, "rb") as src, self.open_write(rel) as dst:
             shutil.copyfileobj(src, dst, length=8 << 20)
@@ -812,68 +1027,104 @@ class Storage:
         with self._errors("delete", rel):
             if not self.fs.exists(path):
                 return
+            self.check_fence()
             self.fs.rm(path, recursive=recursive)
 
 
-_TMP_NAME = re.compile(
-    r"\.tmp-[0-9a-f]{32}$"
-)  # open_write's ".<leaf>.tmp-<uuid>", download_file's "<path>.tmp-<uuid>"
+# temp_name()'s shape and nothing else: a dot, the (maybe shortened) leaf, ".tmp-" and a version-4 UUID in hex.
+_TEMP_NAME = re.compile(r"\..+\.tmp-[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}", re.DOTALL)
 
 
-def clean_leftovers(storage: Storage, older_than: float) -> dict[str, int]:
+def clean_leftovers(storage: Storage, older_than: float, protected: Sequence[str] = ()) -> dict[str, int]:
     """Collect what runs that died left below ``storage``'s root; returns counts by kind.
 
     - S3: incomplete multipart uploads under the root prefix initiated before ``older_than`` (epoch seconds,
       compared with the store's ``Initiated``: pass a time on the store's clock, as :class:`pipeline.lease.
       OutputLease` does). They are invisible but billed; a bucket lifecycle rule (infra/README.md) collects those
       of outputs no job reruns.
-    - Local: this module's temporary files (``.<name>.tmp-<uuid>`` of atomic writes, ``<name>.tmp-<uuid>`` of
-      downloads) older than ``older_than``.
+    - Local: this module's temporary files (:func:`temp_name`'s ``.<name>.tmp-<uuid4 hex>``, nothing else)
+      older than ``older_than``.
+
+    Nothing is touched in or below a folder that holds one of the files named in ``protected`` (another output's
+    lease or output marker: a nested output, whose own runs collect its leftovers). A root that is a whole bucket
+    or the file-system root is refused (``ValueError``): nothing there is one job's to collect.
 
     Call it only while holding the output's lease: nothing else tells a live run's upload or temporary file from a
     dead one's. Failures are logged, not raised: leftovers cost money, not correctness.
     """
+    bucket, _, prefix = storage.root.partition("/")
+    if (storage.scheme == "s3" and not prefix) or (
+        storage.is_local and os.path.dirname(storage.root) == storage.root
+    ):
+        raise ValueError(
+            f"clean_leftovers: {storage.url} is a bucket or file-system root; refusing to clean it"
+        )
     counts = {"multipart_uploads_aborted": 0, "temp_files_removed": 0}
     try:
         if storage.scheme == "s3":
-            bucket, _, prefix = storage.root.partition("/")
-            client = _s3_client(storage.s3)
-            kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else ""}
-            while True:
-                with storage._errors("list uploads", ""):
-                    page = client.list_multipart_uploads(**kwargs)
-                for up in page.get("Uploads", []):
-                    if up["Initiated"].timestamp() < older_than:
-                        with storage._errors("abort upload", ""):
-                            client.abort_multipart_upload(
-                                Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"]
-                            )
-                        counts["multipart_uploads_aborted"] += 1
-                        log.info(
-                            "aborted an incomplete upload of s3://%s/%s (initiated %s)",
-                            bucket,
-                            up["Key"],
-                            up["Initiated"].isoformat(),
-                        )
-                if not page.get("IsTruncated"):
-                    break
-                kwargs.update(
-                    KeyMarker=page.get("NextKeyMarker", ""), UploadIdMarker=page.get("NextUploadIdMarker", "")
-                )
+            counts["multipart_uploads_aborted"] = _abort_old_uploads(storage, older_than, protected)
         elif os.path.isdir(storage.root):
-            for directory, _, files in os.walk(storage.root):
-                for name in files:
-                    if not _TMP_NAME.search(name):
-                        continue
-                    path = os.path.join(directory, name)
-                    with contextlib.suppress(FileNotFoundError):
-                        if os.stat(path).st_mtime < older_than:
-                            os.remove(path)
-                            counts["temp_files_removed"] += 1
-                            log.info("removed a leftover temporary file %s", path)
+            counts["temp_files_removed"] = _remove_old_temp_files(storage.root, older_than, protected)
     except Exception as err:
         log.warning("%s: could not collect leftovers of earlier runs: %s", storage.url, err)
     return counts
+
+
+def _abort_old_uploads(storage: Storage, older_than: float, protected: Sequence[str]) -> int:
+    bucket, _, prefix = storage.root.partition("/")
+    client = _s3_client(storage.s3)
+    nested: dict[str, bool] = {}  # folder below the root -> holds a protected file
+
+    def in_nested_output(key: str) -> bool:
+        folders = key[len(prefix) + 1 :].split("/")[:-1]
+        for depth in range(1, len(folders) + 1):
+            folder = "/".join(folders[:depth])
+            if folder not in nested:
+                nested[folder] = any(storage.exists(f"{folder}/{name}") for name in protected)
+            if nested[folder]:
+                return True
+        return False
+
+    aborted = 0
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": f"{prefix}/"}
+    while True:
+        with storage._errors("list uploads", ""):
+            page = client.list_multipart_uploads(**kwargs)
+        for up in page.get("Uploads", []):
+            if up["Initiated"].timestamp() >= older_than or in_nested_output(up["Key"]):
+                continue
+            with storage._errors("abort upload", ""):
+                client.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+            aborted += 1
+            log.info(
+                "aborted an incomplete upload of s3://%s/%s (initiated %s)",
+                bucket,
+                up["Key"],
+                up["Initiated"].isoformat(),
+            )
+        if not page.get("IsTruncated"):
+            return aborted
+        kwargs.update(
+            KeyMarker=page.get("NextKeyMarker", ""), UploadIdMarker=page.get("NextUploadIdMarker", "")
+        )
+
+
+def _remove_old_temp_files(root: str, older_than: float, protected: Sequence[str]) -> int:
+    removed = 0
+    for directory, folders, files in os.walk(root):
+        if directory != root and any(name in files for name in protected):
+            folders[:] = []  # a nested output: its own runs collect its leftovers
+            continue
+        for name in files:
+            if not _TEMP_NAME.fullmatch(name):
+                continue
+            path = os.path.join(directory, name)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_mtime < older_than:
+                    os.remove(path)
+                    removed += 1
+                    log.info("removed a leftover temporary file %s", path)
+    return removed
 
 
 def open_storage(url: str | Storage, s3: S3Options | None = None) -> Storage:
@@ -881,6 +1132,14 @@ def open_storage(url: str | Storage, s3: S3Options | None = None) -> Storage:
     if isinstance(url, Storage):
         return url
     return Storage(url, s3)
+
+
+def absolute_url(url: str) -> str:
+    """``url`` with a local path made absolute against this process's working directory (a ``file://`` prefix
+    dropped) and an S3 URL normalised; ``""`` stays ``""``. Job configs apply it to every path field where they are
+    built, on the driver: a Ray worker's working directory is its session folder, so a relative path sent to it
+    would name another place."""
+    return open_storage(url).url if url else url
 
 
 def storage_filesystem(url: str, s3: S3Options | None = None):

@@ -1,20 +1,38 @@
-"""The end-of-job summary every job writes: what was done, skipped and rejected, and the job's figures."""
+"""What a job did: the periodic progress line while it runs, and the end-of-job summary every job writes (what was
+done, skipped and rejected, and the job's figures)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline import telemetry
 from pipeline.retry import retry_counts
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JobSummary", "format_duration", "format_figure", "format_size"]
+__all__ = [
+    "JobSummary",
+    "everything_rejected",
+    "PROGRESS_EVERY_ENV",
+    "ProgressLine",
+    "format_duration",
+    "format_eta",
+    "format_figure",
+    "format_progress",
+    "format_size",
+]
+
+PROGRESS_EVERY_ENV = "HMHI_PROGRESS_EVERY_S"
+"""Environment variable: seconds between two progress lines of a job (default 30)."""
+_FRAME_FIGURES = ("frames",)
+"""Summary figures that count frames (the ``hmhi_frames_total`` metric follows them)."""
 
 
 def format_duration(seconds: float) -> str:
@@ -40,6 +58,10 @@ def format_size(n_bytes: float) -> str:
 
 def format_figure(name: str, value: Any) -> str:
     """``value`` written for a person, by the unit ``name`` declares (see :class:`JobSummary`)."""
+    if isinstance(value, (dict, list, tuple)) and len(str(value)) > 100:
+        return (
+            f"{len(value)} entries (see the summary file)"  # one screen: the whole value is in summary.json
+        )
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     if value != value or value in (float("inf"), float("-inf")):  # NaN or infinite: nothing to format
@@ -53,6 +75,70 @@ def format_figure(name: str, value: Any) -> str:
     if isinstance(value, int) or float(value).is_integer():
         return f"{int(value):,}"
     return f"{value:.4g}"
+
+
+def format_eta(left: float, rate: float) -> str:
+    """The time left for ``left`` items at ``rate`` items per second: ``ETA 6 min 14 s``, ``all done``, or
+    ``ETA unknown`` (no rate yet)."""
+    if left <= 0:
+        return "all done"
+    return f"ETA {format_duration(left / rate)}" if rate > 0 else "ETA unknown"
+
+
+def format_progress(done: float, total: float, unit: str, elapsed_s: float, extra: str = "") -> str:
+    """``120/1,000 videos (12%), 2.35 videos/s, ETA 6 min 14 s`` (``extra`` goes after the rate): done/total,
+    the rate since the start, and the time left at that rate (``ETA unknown`` before the first item)."""
+    rate = done / elapsed_s if elapsed_s > 0 else 0.0
+    share = f" ({100 * done / total:.0f}%)" if total else ""
+    eta = format_eta(total - done, rate)
+    rate_text = f"{rate:,.3g} {unit}/s" if rate < 100 else f"{rate:,.0f} {unit}/s"
+    return f"{done:,.0f}/{total:,.0f} {unit}{share}, {rate_text}{', ' + extra if extra else ''}, {eta}"
+
+
+@dataclass
+class ProgressLine:
+    """A job's periodic progress line (the one helper every job uses): done/total, rate and ETA of ``kind`` items,
+    logged at most every ``every_s`` seconds (``HMHI_PROGRESS_EVERY_S``, default 30); it also keeps the job's
+    ``hmhi_videos_remaining`` gauge. :meth:`JobSummary.expect` makes one that follows the summary's counts."""
+
+    job: str
+    """The job, first word of the line."""
+    kind: str
+    """What is counted (``video``, ``sequence``...)."""
+    total: int
+    """Items this run is to finish."""
+    every_s: float = field(default_factory=lambda: float(os.environ.get(PROGRESS_EVERY_ENV, "30")))
+    """Seconds between two lines."""
+    started: float = field(default_factory=time.monotonic)
+    """When the count started (monotonic seconds)."""
+    last_logged: float = field(default_factory=time.monotonic)
+    """When the last line was logged (monotonic seconds)."""
+
+    def line(self, finished: int, rejected: int = 0, frames: float = 0.0) -> str:
+        """The line for ``finished`` items (done or rejected, ``rejected`` of them) and ``frames`` frames."""
+        elapsed = time.monotonic() - self.started
+        extra = []
+        if rejected:
+            extra.append(f"{rejected:,} rejected")
+        if frames and elapsed > 0:
+            extra.append(f"{frames / elapsed:,.3g} frames/s")
+        return f"{self.job}: " + format_progress(
+            finished, self.total, self.kind + "s", elapsed, ", ".join(extra)
+        )
+
+    def __post_init__(self) -> None:
+        telemetry.REMAINING.set(self.total, job=self.job)
+
+    def update(self, finished: int, rejected: int = 0, frames: float = 0.0) -> bool:
+        """``finished`` items are finished (``rejected`` of them rejected): set the remaining gauge, and log the line
+        if ``every_s`` has passed since the last one, or at the last item. True if it logged."""
+        telemetry.REMAINING.set(max(0, self.total - finished), job=self.job)
+        now = time.monotonic()
+        if now - self.last_logged < self.every_s and finished < self.total:
+            return False
+        self.last_logged = now
+        log.info("%s", self.line(finished, rejected, frames))
+        return True
 
 
 def _iso(epoch: float) -> str:
@@ -94,23 +180,60 @@ class JobSummary:
     """One entry per skipped item: kind, name, reason."""
     rejected_items: list[dict[str, str]] = field(default_factory=list)
     """One entry per rejected item: kind, name, reason."""
+    _progress: ProgressLine | None = field(default=None, init=False, repr=False)
+    """The progress line, once :meth:`expect` said how many items are to come."""
+    _progress_base: tuple[int, int, float] = field(default=(0, 0, 0.0), init=False, repr=False)
+    """Finished items, rejected items and frames when :meth:`expect` was called."""
+
+    def expect(self, kind: str, total: int) -> None:
+        """Say that this run is to finish ``total`` items of ``kind``: from now on every item done or rejected
+        updates the remaining-videos gauge and, every ``HMHI_PROGRESS_EVERY_S`` seconds, logs the progress line
+        (:class:`ProgressLine`: done/total, rate, ETA)."""
+        self._progress = ProgressLine(self.job, kind, total)
+        self._progress_base = (
+            self._finished(kind),
+            self.counts[kind]["rejected"],
+            self.figures.get("frames", 0),
+        )
 
     def done(self, kind: str, name: str, **figures: float) -> None:
         self.counts[kind]["done"] += 1
+        telemetry.ITEMS.inc(job=self.job, kind=kind, status="done")
         for key, value in figures.items():
-            self.figures[key] += value
+            self.add(key, value)
+        self._tick(kind)
 
     def skipped(self, kind: str, name: str, reason: str) -> None:
         self.counts[kind]["skipped"] += 1
         self.skipped_items.append({"kind": kind, "name": name, "reason": reason})
+        telemetry.ITEMS.inc(job=self.job, kind=kind, status="skipped")
 
     def rejected(self, kind: str, name: str, reason: str) -> None:
         self.counts[kind]["rejected"] += 1
         self.rejected_items.append({"kind": kind, "name": name, "reason": reason})
         log.warning("rejected %s %r: %s", kind, name, reason)
+        telemetry.ITEMS.inc(job=self.job, kind=kind, status="rejected")
+        self._tick(kind)
 
     def add(self, figure: str, value: float = 1) -> None:
         self.figures[figure] += value
+        if figure in _FRAME_FIGURES:
+            telemetry.FRAMES.inc(value, job=self.job)
+
+    def _finished(self, kind: str) -> int:
+        return self.counts[kind]["done"] + self.counts[kind]["rejected"]
+
+    def _tick(self, kind: str) -> None:
+        """An item of ``kind`` finished: update the progress line (and the remaining gauge)."""
+        progress = self._progress
+        if progress is None or progress.kind != kind:
+            return
+        finished0, rejected0, frames0 = self._progress_base
+        progress.update(
+            self._finished(kind) - finished0,
+            self.counts[kind]["rejected"] - rejected0,
+            self.figures.get("frames", 0) - frames0,
+        )
 
     def set(self, figure: str, value: Any) -> None:
         """Record a figure that is not a running total (a rate, a final metric, a URL)."""
@@ -162,6 +285,7 @@ class JobSummary:
 
     def __post_init__(self) -> None:
         self._retries_at_start = retry_counts()
+        telemetry.set_job(self.job)  # the job label of this process's metrics (storage bytes and retries)
 
     def _count_storage_retries(self) -> None:
         """Storage retries this job's driver made (``storage_retries_<kind>``; workers count their own, in their
@@ -180,3 +304,19 @@ class JobSummary:
             storage.write_json(rel, d)
         log.debug("summary: %s", json.dumps(d))
         return d
+
+
+def everything_rejected(summary: dict[str, Any]) -> str | None:
+    """Why a finished job counts as failed although it ran, or None: it rejected every item it tried (nothing done,
+    nothing skipped as already done, at least one rejected), e.g. every video of a corpus unreadable. Some items
+    rejected beside others done is success (they are listed in the summary). ``summary``: :meth:`JobSummary.finish`'s
+    dict."""
+    counts = summary.get("counts") or {}
+    totals = {
+        state: sum(int(c.get(state, 0)) for c in counts.values()) for state in ("done", "skipped", "rejected")
+    }
+    if totals["rejected"] == 0 or totals["done"] or totals["skipped"]:
+        return None
+    first = (summary.get("rejected") or [{}])[0]
+    example = f"; first: {first.get('kind')} {first.get('name')!r}: {first.get('reason')}" if first else ""
+    return f"every item was rejected ({totals['rejected']}){example}"

@@ -34,13 +34,13 @@ interrupted ones.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import logging
 import math
 import re
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -48,7 +48,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.cli import run_job_main
 from pipeline.config import config_to_dict, parse_job_args, require
+from pipeline.errors import JobFailed, UserError
 from pipeline.runtime import setup_logging
 from pipeline.storage import open_storage
 from pipeline.summary import JobSummary
@@ -80,7 +82,7 @@ _SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 _SEQ_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
-class SyntheticCorpusError(RuntimeError):
+class SyntheticCorpusError(UserError, RuntimeError):
     """The output location cannot take this corpus (it holds one made with other settings); names the file."""
 
 
@@ -1051,17 +1053,24 @@ def generate_corpus(cfg: SyntheticConfig) -> dict:
     return summary.finish()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.synthetic") -> int:
+    """The generator's command line (also ``hmhi-uvos synthetic``); exit status as every job's: 0, 1 (a video was
+    rejected), 2 (a user error, one line)."""
+    return run_job_main(
+        functools.partial(_generate_from_args, prog=prog), None if argv is None else list(argv)
+    )
+
+
+def _generate_from_args(argv: Sequence[str], prog: str) -> dict:
+    argv = list(argv)
     if argv and not argv[0].startswith("-"):
-        argv = ["--out", argv[0], *argv[1:]]  # OUT is positional on the command line
+        argv = ["--out", argv[0], *argv[1:]]  # OUT may be given first, without --out
     cfg = parse_job_args(
         SyntheticConfig,
         argv,
-        prog="python -m pipeline.synthetic",
-        description="Generate a deterministic synthetic UVOS corpus in DAVIS-2016 layout.\n"
-        "usage: python -m pipeline.synthetic OUT --videos N [--frames F] [--size HxW] [--seed S] "
-        "[--val-fraction 0.25] [--mp4]",
+        prog=prog,
+        description="Generate a deterministic synthetic UVOS corpus in DAVIS-2016 layout.\n\n"
+        f"The output folder may also be given first, without --out: {prog} OUT --videos N ...",
         flags={
             "--out": "out",
             "--videos": "videos",
@@ -1074,12 +1083,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )
     setup_logging()
-    try:
-        summary = generate_corpus(cfg)
-    except SyntheticCorpusError as err:
-        log.error("%s", err)
-        return 2
-    return 1 if summary["counts"].get("video", {}).get("rejected", 0) else 0
+    summary = generate_corpus(cfg)
+    if summary["counts"].get("video", {}).get("rejected", 0):
+        raise JobFailed(f"synthetic: videos rejected: {summary['rejected']}", summary=summary)
+    return summary
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 Input (docs/hmhi-architecture.md §14, the official ``utils/dataloader.py``): frames and flow pictures are decoded to
 RGB, resized to a square with PIL's bilinear filter (antialiased when shrinking, aspect not kept; this is exactly
-what torchvision's ``Resize((S, S))`` does to a PIL image), then ImageNet-normalised in float32 in the order
-``ToTensor`` + ``Normalize`` use (``u8 / 255``, minus the mean, over the std), which is bit-exact with torchvision.
+what torchvision's ``Resize((S, S))`` does to a PIL image), then normalised in float32 in the order ``ToTensor`` +
+``Normalize`` use (``u8 / 255``, minus the mean, over the std), which is bit-exact with torchvision. The mean and std
+are the model's (:class:`model.ModelSettings`, recorded in its checkpoints): ImageNet's unless a checkpoint says
+otherwise.
 Masks use nearest-neighbour resizing.
 
 Output (the official ``utils/func.py``): the full-resolution logits are resized bilinearly (``align_corners=False``)
@@ -14,12 +16,16 @@ its evaluation keeps values ``> 128`` (:data:`OFFICIAL_MASK_THRESHOLD`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:  # torch is imported where used, so configs can import this module cheaply
+from model.settings import IMAGENET_MEAN as _MEAN
+from model.settings import IMAGENET_STD as _STD
+
+if TYPE_CHECKING:  # torch is imported where used
     import torch
 
 __all__ = [
@@ -33,8 +39,10 @@ __all__ = [
     "resize_rgb",
 ]
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+IMAGENET_MEAN = np.array(_MEAN, dtype=np.float32)
+"""The official normalisation's mean (``model.settings.IMAGENET_MEAN``) as the float32 array the transforms use."""
+IMAGENET_STD = np.array(_STD, dtype=np.float32)
+"""The official normalisation's standard deviation, as a float32 array."""
 
 OFFICIAL_MASK_THRESHOLD = 128
 """The official evaluation keeps stretched uint8 soft-map values strictly above this."""
@@ -54,12 +62,17 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((size, size), Image.NEAREST)) > 0
 
 
-def normalize_images(images: np.ndarray) -> torch.Tensor:
-    """(L, H, W, 3) uint8 -> (L, 3, H, W) float32 ImageNet-normalised tensor."""
+def normalize_images(
+    images: np.ndarray, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> torch.Tensor:
+    """(L, H, W, 3) uint8 -> (L, 3, H, W) float32 tensor normalised with ``mean`` and ``std`` (per RGB channel,
+    0-1 scale; default ImageNet's, the official normalisation)."""
     import torch
 
+    mean_ = IMAGENET_MEAN if mean is None else np.asarray(mean, dtype=np.float32)
+    std_ = IMAGENET_STD if std is None else np.asarray(std, dtype=np.float32)
     x = images.astype(np.float32) / 255.0
-    x = (x - IMAGENET_MEAN) / IMAGENET_STD
+    x = (x - mean_) / std_
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 

@@ -1,12 +1,20 @@
-"""Video file helpers on PyAV: probe, decode to RGB arrays, encode from RGB arrays.
+"""Video files: probe, decode to RGB arrays, encode from RGB arrays.
 
 Every job that reads or writes video files (flow precompute, segmentation overlays, test corpora) goes through
-these helpers (:class:`VideoWriter` streams frames into a file), so that codec choices and error messages live in one place. Sources may be local paths or
-binary file objects (e.g. ``Storage.open_read``); errors are :class:`VideoError` naming the source.
+these helpers (:class:`VideoWriter` streams frames into a file), so that codec choices and error messages live in
+one place. Sources may be local paths or binary file objects (e.g. ``Storage.open_read``); errors are
+:class:`VideoError` naming the source.
+
+Decoding uses torchcodec where it can be loaded (the ``video`` extra, ``pip install 'hmhi-uvos[video]'``, and
+FFmpeg's shared libraries, which the container image installs), else PyAV, which is always installed; both give
+the same RGB frames (FFmpeg's swscale conversion; tested bit for bit). torchcodec decodes 1.15-1.6x faster than
+PyAV with the decoder's own threads, as the jobs run it, and the same on one thread (``bench/decode.py``,
+bench/RESULTS.md). ``HMHI_VIDEO_DECODER=pyav`` (or ``torchcodec``) forces one. Probing and encoding use PyAV.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,12 +23,16 @@ from typing import BinaryIO
 
 import numpy as np
 
+from pipeline.imaging import ImageTooLargeError, check_pixels
+
 __all__ = [
+    "DECODER_ENV",
     "VIDEO_EXTENSIONS",
     "VideoError",
     "VideoInfo",
     "probe_video",
     "iter_video_frames",
+    "video_decoder",
     "decode_video",
     "encode_video",
     "VideoWriter",
@@ -28,6 +40,9 @@ __all__ = [
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 """File name endings treated as video files (case-insensitive)."""
+
+DECODER_ENV = "HMHI_VIDEO_DECODER"
+"""Environment variable: ``auto`` (default: torchcodec where it loads, else PyAV), ``torchcodec`` or ``pyav``."""
 
 VideoSource = str | os.PathLike | BinaryIO
 
@@ -90,30 +105,111 @@ def probe_video(source: VideoSource, *, name: str | None = None) -> VideoInfo:
         container.close()
 
 
-def iter_video_frames(
-    source: VideoSource, *, name: str | None = None, max_frames: int | None = None
-) -> Iterator[np.ndarray]:
-    """Yield the frames of a video as (H, W, 3) uint8 RGB arrays, in presentation order."""
+def _check_size(width: int, height: int, label: str) -> None:
+    """The pixel limit of pipeline.imaging, as a :class:`VideoError` naming the video."""
+    try:
+        check_pixels(width, height, f"video {label}")
+    except ImageTooLargeError as err:
+        raise VideoError(str(err)) from err
+
+
+@functools.cache
+def _torchcodec_problem() -> str | None:
+    """Why torchcodec cannot decode in this process (None: it can); asked once per process."""
+    try:
+        import torchcodec
+    except Exception as e:  # not installed, or built for another torch
+        return (
+            f"torchcodec cannot be imported ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        )
+    if torchcodec.ffmpeg_major_version is None:  # torchcodec imports without FFmpeg, then cannot decode video
+        return "torchcodec finds no FFmpeg shared libraries (libavcodec, libavformat, ... 4 to 9)"
+    return None
+
+
+def video_decoder() -> str:
+    """The decoder of this process: ``torchcodec`` where it can be loaded, else ``pyav`` (``HMHI_VIDEO_DECODER``
+    forces one; forcing torchcodec where it cannot be loaded is a :class:`VideoError` saying why)."""
+    choice = os.environ.get(DECODER_ENV, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "torchcodec", "pyav"):
+        raise VideoError(f"{DECODER_ENV}={choice!r}: must be auto, torchcodec or pyav")
+    if choice == "pyav":
+        return "pyav"
+    problem = _torchcodec_problem()
+    if problem is None:
+        return "torchcodec"
+    if choice == "torchcodec":
+        raise VideoError(
+            f"{DECODER_ENV}=torchcodec, but {problem}; install the 'video' extra and FFmpeg's libraries"
+        )
+    return "pyav"
+
+
+def _pyav_frames(source: VideoSource, label: str) -> Iterator[np.ndarray]:
     import av
 
-    label = _label(source, name)
     container = _open(source, label)
     try:
         stream = container.streams.video[0]
+        _check_size(stream.codec_context.width, stream.codec_context.height, label)  # from the header
         stream.thread_type = "AUTO"  # frame + slice threads: ~2x faster decode on 2 cores
         count = 0
         try:
             for frame in container.decode(stream):
+                _check_size(frame.width, frame.height, label)  # a stream may change size: before converting
                 yield frame.to_ndarray(format="rgb24")
                 count += 1
-                if max_frames is not None and count >= max_frames:
-                    return
         except av.FFmpegError as e:
             raise VideoError(f"video {label} is corrupt after frame {count}: {e}") from e
-        if count == 0:
-            raise VideoError(f"video {label} has no decodable frames")
     finally:
         container.close()
+
+
+def _torchcodec_frames(source: VideoSource, label: str) -> Iterator[np.ndarray]:
+    from torchcodec.decoders import VideoDecoder
+
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if isinstance(source, str) and os.path.exists(source) and os.path.getsize(source) == 0:
+        raise VideoError(f"video {label} is empty (zero bytes)")
+    try:
+        # FFmpeg's own threads, as PyAV's thread_type AUTO; frames one at a time (torchcodec 0.17's batched reads
+        # were 4-8x slower on CPU: bench/decode.py).
+        decoder = VideoDecoder(source, dimension_order="NHWC", num_ffmpeg_threads=0)
+    except (RuntimeError, ValueError) as e:
+        raise VideoError(f"video {label} cannot be opened: {e}") from e
+    metadata = decoder.metadata
+    if metadata.width is not None and metadata.height is not None:
+        _check_size(metadata.width, metadata.height, label)  # from the stream's header, before any frame
+    count = 0
+    try:
+        for frame in decoder:
+            yield frame.numpy()
+            count += 1
+    except RuntimeError as e:
+        raise VideoError(f"video {label} is corrupt after frame {count}: {e}") from e
+
+
+def iter_video_frames(
+    source: VideoSource, *, name: str | None = None, max_frames: int | None = None
+) -> Iterator[np.ndarray]:
+    """Yield the frames of a video as (H, W, 3) uint8 RGB arrays, in presentation order (decoded by
+    :func:`video_decoder`'s choice)."""
+    label = _label(source, name)
+    frames = (
+        _torchcodec_frames(source, label) if video_decoder() == "torchcodec" else _pyav_frames(source, label)
+    )
+    count = 0
+    try:
+        for frame in frames:
+            yield frame
+            count += 1
+            if max_frames is not None and count >= max_frames:
+                return
+    finally:
+        frames.close()  # closes the container / decoder now, also when the caller stops early
+    if count == 0:
+        raise VideoError(f"video {label} has no decodable frames")
 
 
 def decode_video(

@@ -7,6 +7,7 @@ directory into any storage URL (e.g. the moto S3 server).
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -25,6 +26,7 @@ __all__ = [
     "upload_tree",
     "truncate_file",
     "write_train_shards",
+    "bomb_png",
 ]
 
 
@@ -146,6 +148,30 @@ def write_frames_folder(root: str | Path, name: str, frames: np.ndarray, ext: st
             cv2.imwrite(str(p), f[..., ::-1])
         paths.append(p)
     return paths
+
+
+@functools.cache
+def bomb_png(side: int = 20000) -> bytes:
+    """A valid, all-black 1-bit greyscale PNG of ``side`` x ``side`` pixels, made without holding the image: 20000
+    gives a ~49 kB file that decodes to 400 MB of grey or 1.2 GB of RGB (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1 bit, greyscale, no interlace
+    row = b"\x00" * (1 + (side + 7) // 8)  # filter byte + the row's bits
+    packer = zlib.compressobj(9)
+    body = b"".join(packer.compress(row * 1000) for _ in range(side // 1000)) + packer.compress(
+        row * (side % 1000)
+    )
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", body + packer.flush())
+        + chunk(b"IEND", b"")
+    )
 
 
 def truncate_file(path: str | Path, keep: float = 0.5) -> None:

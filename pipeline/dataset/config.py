@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pipeline.config import require
 from pipeline.flow.config import FlowConfig
 from pipeline.ingest.formats import FORMATS
+from pipeline.storage import absolute_url
 
 __all__ = ["FORMAT_CHOICES", "ComputeConfig", "FlowConfig", "PrecomputeFlowConfig", "ShardConfig"]
 
@@ -103,6 +104,9 @@ class PrecomputeFlowConfig:
     def __post_init__(self):
         require(bool(self.input), "input", self.input, "is required (--input URL)")
         require(bool(self.output), "output", self.output, "is required (--output URL)")
+        # Local paths absolute where the config is built (the driver), before anything reaches a Ray worker.
+        self.input, self.output = absolute_url(self.input), absolute_url(self.output)
+        self.flow = self.flow.resolved()  # the flow job's samples are made with concrete settings
         require(self.format in FORMAT_CHOICES, "format", self.format, f"must be one of {FORMAT_CHOICES}")
         require(0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction, "must be in [0, 1)")
         require(

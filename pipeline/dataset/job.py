@@ -9,7 +9,9 @@ group's shards are complete: its existence is the commit), so a commit costs the
 lists, and writes ``manifest.parquet`` and ``summary.json``.
 
 A rerun resumes: videos whose samples are all indexed are skipped; shards of a group that never got its part (a
-killed run) are deleted first, and the group is made again under the same names when its members are the same.
+killed run) are deleted first -- only names this job writes (``OWN_SHARD``), only in its own output -- and the group
+is made again under the same names when its members are the same. Every write and delete goes through the output
+storage fenced by the run's lease (pipeline/lease.py), the workers' shard uploads included.
 Settings that change sample content are fixed at the first run (``precompute_settings.json``), and so is the
 validation split (``val_split.parquet``): growing a corpus never moves a finished video between splits.
 """
@@ -25,9 +27,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.cli import JobSpec
 from pipeline.config import ConfigError, config_to_dict
 from pipeline.dataset.config import PrecomputeFlowConfig
 from pipeline.dataset.stages import (
+    FLOW_TIME_FIELDS,
+    OWN_SHARD,
     FlowStage,
     GroupStage,
     encode_clip_row,
@@ -38,10 +43,12 @@ from pipeline.dataset.stages import (
 from pipeline.flow.render import RENDER_VERSION
 from pipeline.ingest.formats import VideoRecord
 from pipeline.ingest.manifest import assign_val_split, list_corpus, manifest_table
-from pipeline.lease import check_lease, holds_output_lease
+from pipeline.lease import fenced, holds_output_lease
+from pipeline.preflight import PreflightError, check_disjoint, check_input, check_output
 from pipeline.runtime import init_ray
 from pipeline.shards import (
     SAMPLE_VERSION,
+    SETTINGS_NAME,
     SHARD_DIR,
     consolidate_index,
     read_index_parts,
@@ -52,7 +59,7 @@ from pipeline.summary import JobSummary
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FLAGS", "plan_groups", "run"]
+__all__ = ["FLAGS", "JOB", "plan_groups", "preflight", "run"]
 
 FLAGS = {
     "--input": "input",
@@ -70,7 +77,6 @@ FLAGS = {
     "--concurrency": "compute.concurrency",
 }
 
-SETTINGS_NAME = "precompute_settings.json"
 MANIFEST_NAME = "manifest.parquet"
 VAL_SPLIT_NAME = "val_split.parquet"
 
@@ -104,7 +110,8 @@ def _settings(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
     }
 
 
-def _check_settings(out: Storage, cfg: PrecomputeFlowConfig) -> None:
+def _check_settings(out: Storage, cfg: PrecomputeFlowConfig, write: bool = True) -> None:
+    """Refuse an output whose shards were made with other settings; record them at a first run (``write``)."""
     settings = _settings(cfg)
     if out.exists(SETTINGS_NAME):
         previous = out.read_json(SETTINGS_NAME)
@@ -116,7 +123,7 @@ def _check_settings(out: Storage, cfg: PrecomputeFlowConfig) -> None:
                 out.url,
                 f"holds shards made with other settings ({detail}); use a new --output or the same settings",
             )
-    else:
+    elif write:
         out.write_json(SETTINGS_NAME, settings)
 
 
@@ -143,6 +150,22 @@ def _assign_splits(out: Storage, records: list[VideoRecord], val_fraction: float
         split_of = dict(stored, **{r.video_id: r.split for r in train})
         out.write_parquet(VAL_SPLIT_NAME, pa.table({"video_id": ids, "split": [split_of[i] for i in ids]}))
     return sum(r.split == "val" for r in records)
+
+
+def preflight(cfg: PrecomputeFlowConfig) -> None:
+    """Before Ray and before any write: the corpus exists and its layout is found, the flow checkpoint exists,
+    the output can be written and is not the corpus, and an output made earlier has the same settings."""
+    inp = check_input("input", cfg.input)
+    if cfg.flow.checkpoint:
+        check_input("flow.checkpoint", cfg.flow.checkpoint, folder=False)
+    out = check_output("output", cfg.output)
+    check_disjoint("output", cfg.output, {"input": cfg.input, "flow.checkpoint": cfg.flow.checkpoint})
+    listing = list_corpus(inp, cfg.format, cfg.davis_resolution)
+    if not listing.records:
+        raise PreflightError(f"input {inp.url}: no videos found (read as {listing.format})")
+    if out.exists(SETTINGS_NAME):
+        _check_settings(out, cfg, write=False)
+    log.info("pre-flight: %s holds %d videos (%s)", inp.url, len(listing.records), listing.format)
 
 
 # -- planning ------------------------------------------------------------------------------------------------------
@@ -175,14 +198,26 @@ def plan_groups(pending: list[dict[str, Any]], group_videos: int, workers: int =
 
 
 def _remove_uncommitted_shards(out: Storage, committed: set[str]) -> int:
-    """Delete shards that no index part lists: made by a group whose run was killed before its commit."""
+    """Delete shards that no index part lists: made by a group whose run was killed before its commit.
+
+    Only this job's own shards (``OWN_SHARD``: ``shards/<split>-<group>-NNNN.tar``), and only in a folder whose
+    ``precompute_settings.json`` marks it as this job's output; any other ``.tar`` there is left alone.
+    """
+    if not out.exists(SETTINGS_NAME) or not out.isdir(SHARD_DIR):
+        return 0
     removed = 0
-    for name in out.list(SHARD_DIR, suffix=".tar") if out.isdir(SHARD_DIR) else []:
+    for name in out.list(SHARD_DIR, suffix=".tar"):
         rel = f"{SHARD_DIR}/{name}"
-        if rel not in committed:
-            log.warning("removing %s: written by an interrupted run but never committed", out.join(rel))
-            out.delete(rel)
-            removed += 1
+        if rel in committed:
+            continue
+        if not OWN_SHARD.fullmatch(name):
+            log.warning(
+                "leaving %s alone: not a shard this job writes (not <split>-<group>-NNNN.tar)", out.join(rel)
+            )
+            continue
+        log.warning("removing %s: written by an interrupted run but never committed", out.join(rel))
+        out.delete(rel)
+        removed += 1
     return removed
 
 
@@ -217,8 +252,11 @@ def _flow_workers(cfg: PrecomputeFlowConfig) -> int:
     return max(1, int(float(res.get("CPU", 1)) // per_actor))
 
 
-def _build_dataset(cfg: PrecomputeFlowConfig, groups: list[dict[str, Any]], input_url: str, output_url: str):
-    """The Ray Data pipeline: group rows -> group result rows (fused actors, or decode -> flow -> encode -> pack)."""
+def _build_dataset(cfg: PrecomputeFlowConfig, groups: list[dict[str, Any]], input_url: str, output: Storage):
+    """The Ray Data pipeline: group rows -> group result rows (fused actors, or decode -> flow -> encode -> pack).
+
+    ``output`` is the fenced output storage: the workers' shard uploads check the run's lease before they commit.
+    """
     import ray
 
     gpus = cfg.compute.num_gpus_per_actor
@@ -239,7 +277,7 @@ def _build_dataset(cfg: PrecomputeFlowConfig, groups: list[dict[str, Any]], inpu
         "flow_pictures": cfg.flow.uses_pictures,
     }
     encode_kwargs = {"jpeg_quality": cfg.shards.jpeg_quality, "flow_level": cfg.shards.flow_compress_level}
-    pack_kwargs = {"output_url": output_url, "target_bytes": int(cfg.shards.shard_size_mb * 1e6)}
+    pack_kwargs = {"output": output, "target_bytes": int(cfg.shards.shard_size_mb * 1e6)}
     if fused:
         ds = ray.data.from_items(groups, override_num_blocks=len(groups))
         return ds.map(
@@ -281,7 +319,7 @@ def _build_dataset(cfg: PrecomputeFlowConfig, groups: list[dict[str, Any]], inpu
     )
     ds = ds.map(encode_clip_row, fn_kwargs=encode_kwargs, num_cpus=task_cpus)
     ds = ds.select_columns(
-        ["group", "video_id", "start", "kind", "info", "key", "names", "blob", "index_row"]
+        ["group", "video_id", "start", "kind", "info", "key", "names", "blob", "index_row", *FLOW_TIME_FIELDS]
     )
     return ds.groupby("group").map_groups(
         pack_group_batch, fn_kwargs=pack_kwargs, batch_format="numpy", num_cpus=task_cpus
@@ -298,14 +336,17 @@ def run(cfg: PrecomputeFlowConfig) -> dict[str, Any]:
     init_ray()
     cpu0 = time.process_time()
     summary = JobSummary("precompute_flow", config=config_to_dict(cfg))
-    inp, out = open_storage(cfg.input), open_storage(cfg.output)
-    inp.check()
+    inp = check_input("input", cfg.input)
+    out = fenced(open_storage(cfg.output))  # every commit checks the lease
     out.check()
-    _check_settings(out, cfg)
+    _check_settings(out, cfg, write=False)
     plan = _plan(cfg, inp, out, summary)
+    _check_settings(
+        out, cfg
+    )  # recorded once the corpus is listed: a corpus that cannot be read records nothing
     commits, writers = 0, defaultdict(int)  # writer -> index parts (groups) it wrote the shards of
     if plan.groups:
-        ds = _build_dataset(cfg, plan.groups, inp.url, out.url)
+        ds = _build_dataset(cfg, plan.groups, inp.url, out)
         commits, writers = _commit_groups(cfg, ds, out, summary, plan.facts)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("Ray Data stats:\n%s", ds.stats())
@@ -352,6 +393,7 @@ def _plan(cfg: PrecomputeFlowConfig, inp: Storage, out: Storage, summary: JobSum
         )
     groups = plan_groups(pending, cfg.shards.group_videos, _flow_workers(cfg))
     summary.set("groups_planned", len(groups))
+    summary.expect("video", len(pending))
     return _Plan(records, listing.format, facts, groups)
 
 
@@ -386,11 +428,11 @@ def _commit_groups(
 ) -> tuple[int, dict[str, int]]:
     """Commit each group the workers finish (its index part), record its videos; -> (commits, parts per writer)."""
     commits, writers = 0, defaultdict(int)
+    flow_actors: dict[str, float] = {}  # flow actor -> its wall time since ready, at its latest clip
     for result in _timed(ds.iter_rows(), summary, "driver_wait_s"):
         t0 = time.perf_counter()
         rows, videos = json.loads(result["rows"]), json.loads(result["videos"])
         if rows:  # the group's shards are complete: commit them (the part is the marker)
-            check_lease()  # a run whose output was taken over must not commit into it
             write_index_part(
                 out,
                 str(result["group"]),
@@ -405,12 +447,18 @@ def _commit_groups(
             commits += 1
         summary.add("driver_commit_s", time.perf_counter() - t0)
         writers[str(result["writer"])] += 1
+        for actor, wall_s in json.loads(result["flow_actors"]).items():
+            flow_actors[actor] = max(flow_actors.get(actor, 0.0), wall_s)
         _record_group(result, videos, summary, facts)
         every = cfg.shards.consolidate_every
         if rows and every and commits % every == 0:
             t1 = time.perf_counter()
             consolidate_index(out)
             summary.add("driver_consolidate_s", time.perf_counter() - t1)
+    if flow_actors:
+        # Time inside the flow engine over the flow actors' wall time (each from ready to its last clip).
+        busy = summary.figures.get("flow_s", 0.0) / max(1e-9, sum(flow_actors.values()))
+        summary.set("flow_busy_fraction", round(busy, 3))
     return commits, writers
 
 
@@ -437,6 +485,7 @@ def _record_group(
         )
     summary.add("flows", int(result["frames"]))
     summary.add("worker_pack_s", float(result["pack_s"]))
+    summary.add("flow_s", float(result["flow_s"]))
 
 
 def _finish(
@@ -481,3 +530,27 @@ def _finish(
     summary.set("index_rows", index.num_rows)
     summary.set("frames_per_s", round(frames / summary.elapsed_s, 3) if frames else 0)
     return summary.finish(storage=out, rel="summary.json")
+
+
+JOB = JobSpec(
+    name="precompute_flow",
+    summary="corpus -> optical flow and WebDataset training shards (local or S3)",
+    config=PrecomputeFlowConfig,
+    run=run,
+    preflight=preflight,
+    flags=FLAGS,
+    description="""Precompute optical flow for a video corpus and shard it into WebDataset tars (local or S3).
+
+Reads a corpus in any layout pipeline.ingest knows (DAVIS, YouTube-VOS, FBMS, YouTube-Objects, the official
+HMHI-Net archives, folders of frames or video files; --format auto finds it) and writes below --output:
+shards/<split>-*.tar (clips of frames, flow, masks), index.parquet and index/ parts, manifest.parquet and
+summary.json. A rerun resumes: committed videos are skipped; the settings that change samples are fixed by the
+first run (precompute_settings.json).""",
+    examples=(
+        "{prog} --input runs/demo/corpus --output runs/shards --format davis2016 --val-fraction 0.1",
+        "{prog} --input s3://bucket/DAVIS --output s3://bucket/shards/davis16 --flow-preset fast",
+        "{prog} --input data/FBMS --output runs/fbms-shards --flow-model raft_small --flow-ckpt raft_small.ckpt "
+        "--num-gpus-per-actor 1",
+    ),
+)
+"""The flow job on the command line (``hmhi-uvos precompute_flow``, ``jobs/precompute_flow.py``)."""

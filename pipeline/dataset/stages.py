@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Iterable
@@ -29,17 +30,20 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import telemetry
 from pipeline.flow.config import FlowConfig
+from pipeline.flow.engines import compute_timed
 from pipeline.flow.render import RENDER_VERSION
 from pipeline.imaging import decode_image
 from pipeline.ingest.formats import VideoRecord
 from pipeline.ingest.load import VideoRejected, load_video
 from pipeline.shards import SHARD_DIR, ShardWriter, encode_clip, picture_suffix, sample_key
-from pipeline.storage import LocalDiskFullError, StorageError, open_storage
+from pipeline.storage import LocalDiskFullError, Storage, StorageError, open_storage
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "FLOW_TIME_FIELDS",
     "FlowStage",
     "GroupPacker",
     "GroupStage",
@@ -56,6 +60,11 @@ def clip_spans(n: int, clip_length: int) -> list[tuple[int, int]]:
     k = max(1, -(-n // clip_length))
     bounds = [round(i * n / k) for i in range(k + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(k) if bounds[i + 1] > bounds[i]]
+
+
+OWN_SHARD = re.compile(r"[A-Za-z0-9_]+-[0-9a-f]{12}-[0-9]{4}\.tar")
+"""The name of a shard this job writes below ``shards/``: ``<split>-<group>-NNNN.tar`` (GroupPacker's names).
+A rerun deletes uncommitted shards of exactly this shape, never another ``.tar``."""
 
 
 def group_name(video_ids: Iterable[str]) -> str:
@@ -115,6 +124,7 @@ def load_clips(
     flow_pictures: bool = False,
 ) -> list[dict[str, Any]]:
     """Ray Data flat_map: one video -> its clip rows (or one rejected row)."""
+    telemetry.set_job("precompute_flow")  # this worker's storage metrics are the flow job's
     record = json.loads(row["record"])
     skip = set(json.loads(row["skip_keys"]))
     rec = VideoRecord.from_dict(record)
@@ -164,24 +174,36 @@ def load_clips(
 
 
 class FlowStage:
-    """Ray Data actor: holds one flow engine and adds ``flows`` (float16) to each clip row."""
+    """Ray Data actor: holds one flow engine and adds ``flows`` (float16) to each clip row, with the time the
+    engine took (``flow_s``), this actor (``flow_actor``) and its wall time since it was ready
+    (``flow_actor_wall_s``): the flow engine's busy fraction is the one over the other."""
 
     def __init__(self, flow: FlowConfig, device: str, threads: int):
         self.engine = flow.create_engine(device=device, threads=threads)
         self.pictures = flow.uses_pictures
         self.provenance = json.dumps(self.engine.provenance, sort_keys=True)
+        telemetry.set_job("precompute_flow")
+        self.label = writer_label()
+        self._ready_at = self._wall_counted_at = time.perf_counter()
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         row["provenance"] = self.provenance
+        row["flow_s"] = 0.0
         if row["kind"] != "clip" or self.pictures:  # pictures: the flow is already in the row
             row["flows"] = np.zeros((1, 1, 1, 2), np.float16)
             if row["kind"] == "clip":
                 row["frames"] = np.asarray(row["frames"])[: len(row["mask_valid"])]
-            return row
-        frames = np.asarray(row["frames"])
-        n = len(row["mask_valid"])
-        row["flows"] = self.engine.compute(frames)[:n].astype(np.float16)
-        row["frames"] = frames[:n]
+        else:
+            frames = np.asarray(row["frames"])
+            n = len(row["mask_valid"])
+            flows, row["flow_s"] = compute_timed(self.engine, frames)
+            row["flows"] = flows[:n].astype(np.float16)
+            row["frames"] = frames[:n]
+            telemetry.BUSY_SECONDS.inc(row["flow_s"], stage="flow")
+        now = time.perf_counter()
+        telemetry.WORKER_SECONDS.inc(now - self._wall_counted_at, stage="flow")
+        self._wall_counted_at = now
+        row["flow_actor"], row["flow_actor_wall_s"] = self.label, now - self._ready_at
         return row
 
 
@@ -190,17 +212,15 @@ class FlowStage:
 
 def encode_clip_row(row: dict[str, Any], jpeg_quality: int, flow_level: int) -> dict[str, Any]:
     """Ray Data map: clip row -> sample member bytes (names + one blob) and the index fields."""
-    out = {
-        "group": row.get("group", ""),
-        "video_id": row["video_id"],
-        "kind": row["kind"],
-        "info": row["info"],
-        "key": "",
-        "start": int(row["start"]),
-        "names": "[]",
-        "blob": b"",
-        "index_row": "{}",
-    }
+    out = dict(
+        {k: row[k] for k in ("video_id", "kind", "info", *FLOW_TIME_FIELDS)},
+        group=row.get("group", ""),
+        key="",
+        start=int(row["start"]),
+        names="[]",
+        blob=b"",
+        index_row="{}",
+    )
     if row["kind"] != "clip":
         return out
     info = json.loads(row["info"])
@@ -271,6 +291,10 @@ def encode_clip_row(row: dict[str, Any], jpeg_quality: int, flow_level: int) -> 
     return out
 
 
+FLOW_TIME_FIELDS = ("flow_s", "flow_actor", "flow_actor_wall_s")
+"""What :class:`FlowStage` adds to a row about the engine's time; the rows carry it to the group's result."""
+
+
 def _unpack_members(names_json: str, blob: bytes) -> dict[str, bytes]:
     members, pos = {}, 0
     for name, size in json.loads(names_json):
@@ -286,17 +310,19 @@ class GroupPacker:
     """Packs the encoded samples of one group into its shards ``shards/<split>-<group>-NNNN.tar`` (uploaded by
     the worker, streamed while they grow) and returns the group's result row for the driver to commit."""
 
-    def __init__(self, output_url: str, group: str, target_bytes: int):
+    def __init__(self, output: Storage | str, group: str, target_bytes: int):
         self.group = group
         self.rows: list[dict[str, Any]] = []
         self.videos: dict[str, dict[str, Any]] = {}
         self.samples = self.frames = self.masks = 0
+        self.flow_s = 0.0
+        self.flow_actors: dict[str, float] = {}  # flow actor -> its wall time since ready, at its latest clip
         self.writer = ShardWriter(
-            open_storage(output_url),
+            open_storage(output),
             target_bytes,
             index_name=None,
             on_commit=lambda shard, rows: self.rows.extend(rows),
-            shard_name=lambda split, num: f"{SHARD_DIR}/{split}-{group}-{num:04d}.tar",
+            shard_name=lambda split, num: f"{SHARD_DIR}/{split}-{group}-{num:04d}.tar",  # see OWN_SHARD
         )
 
     def add(self, row: dict[str, Any]) -> None:
@@ -304,6 +330,9 @@ class GroupPacker:
         info = json.loads(row["info"])
         rec = info["record"]
         vid = rec["video_id"]
+        self.flow_s += float(row["flow_s"])
+        actor = str(row["flow_actor"])
+        self.flow_actors[actor] = max(self.flow_actors.get(actor, 0.0), float(row["flow_actor_wall_s"]))
         if row["kind"] == "rejected":
             self.videos[vid] = {"name": rec["name"], "status": "rejected", "reason": info["reason"]}
             return
@@ -346,6 +375,8 @@ class GroupPacker:
             "masks": 0,
             "pack_s": round(self.writer.write_s, 3),
             "writer": writer_label(),
+            "flow_s": self.flow_s,
+            "flow_actors": json.dumps(self.flow_actors),
         }
 
     def finish(self) -> dict[str, Any]:
@@ -366,6 +397,8 @@ class GroupPacker:
             "masks": self.masks,
             "pack_s": round(self.writer.write_s, 3),
             "writer": writer_label(),
+            "flow_s": self.flow_s,
+            "flow_actors": json.dumps(self.flow_actors),
         }
 
 
@@ -389,38 +422,45 @@ class GroupStage(FlowStage):
         threads: int,
         load_kwargs: dict[str, Any],
         encode_kwargs: dict[str, Any],
-        output_url: str,
+        output: Storage | str,
         target_bytes: int,
     ):
         super().__init__(flow, device, threads)
         self.load_kwargs, self.encode_kwargs = load_kwargs, encode_kwargs
-        self.output_url, self.target_bytes = output_url, target_bytes
+        self.output, self.target_bytes = output, target_bytes
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
         t0 = time.perf_counter()
-        packer = GroupPacker(self.output_url, row["group"], self.target_bytes)
+        packer = GroupPacker(self.output, row["group"], self.target_bytes)
         videos = json.loads(row["videos"])
+        telemetry.IN_FLIGHT.set(len(videos))
         try:
             for video in videos:  # sorted by video id: shard members come out sorted
                 video["group"] = row["group"]
+                started = time.perf_counter()
                 for clip in load_clips(video, **self.load_kwargs):
                     packer.add(encode_clip_row(super().__call__(clip), **self.encode_kwargs))
+                telemetry.VIDEO_SECONDS.observe(time.perf_counter() - started)
             result = packer.finish()
         except LocalDiskFullError as err:  # bad for this group, not for the job: report its videos and go on
             result = packer.reject_all(videos, err)
         except BaseException:
             packer.writer.abort()
             raise
+        finally:
+            telemetry.IN_FLIGHT.set(0)
         result["worker_s"] = round(time.perf_counter() - t0, 3)
         return result
 
 
-def pack_group_batch(batch: dict[str, Any], output_url: str, target_bytes: int) -> dict[str, list]:
+def pack_group_batch(batch: dict[str, Any], output: Storage | str, target_bytes: int) -> dict[str, list]:
     """Ray Data ``map_groups`` (staged pipeline): all encoded rows of one group -> its result row."""
     n = len(batch["group"])
     order = sorted(range(n), key=lambda i: (str(batch["video_id"][i]), int(batch["start"][i])))
-    packer = GroupPacker(output_url, str(batch["group"][0]), target_bytes)
+    packer = GroupPacker(output, str(batch["group"][0]), target_bytes)
     for i in order:
-        packer.add({k: batch[k][i] for k in ("kind", "info", "key", "names", "blob", "index_row")})
+        packer.add(
+            {k: batch[k][i] for k in ("kind", "info", "key", "names", "blob", "index_row", *FLOW_TIME_FIELDS)}
+        )
     result = packer.finish()
     return {k: [v] for k, v in result.items()}

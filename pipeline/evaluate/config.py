@@ -7,6 +7,7 @@ from typing import Literal
 
 from pipeline.config import require
 from pipeline.metrics import PROTOCOLS
+from pipeline.storage import absolute_url
 
 __all__ = ["EVALUATE_PRESETS", "GT_FORMATS", "HMHI_OFFICIAL_THRESHOLD", "EvaluateConfig"]
 
@@ -73,6 +74,10 @@ class EvaluateConfig:
     def __post_init__(self):
         require(bool(self.pred), "pred", self.pred, "is required (URL or path of the predicted masks)")
         require(bool(self.gt), "gt", self.gt, "is required (URL or path of the ground truth)")
+        # Local paths absolute where the config is built (the driver): Ray tasks run in their own folders.
+        # sequence_list may be relative to --gt: the pre-flight resolves it.
+        for name in ("pred", "gt", "output", "frames"):
+            setattr(self, name, absolute_url(getattr(self, name)))
         require(self.preset in EVALUATE_PRESETS, "preset", self.preset, f"must be one of {EVALUATE_PRESETS}")
         require(self.protocol in PROTOCOLS, "protocol", self.protocol, f"must be one of {PROTOCOLS}")
         require(

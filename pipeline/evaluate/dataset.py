@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pipeline import telemetry
 from pipeline.ingest.formats import IngestError, VideoRecord, detect_layout, mask_has_white_background
 from pipeline.ingest.manifest import list_corpus
 from pipeline.masks import OFFICIAL_UINT8_THRESHOLD, MaskError, read_mask, read_mask_grey
@@ -204,6 +205,7 @@ def score_sequence(
     interpolation (the official call passes ``cv2.INTER_NEAREST`` in the ``dst`` position, so it is not
     used), then foreground ``> 128``; ``threshold`` is ignored. Ground truth is ``> 0`` in both modes.
     """
+    telemetry.set_job("evaluate")  # a Ray task: this worker's storage metrics are evaluate's
     warnings: list[str] = []
     missing: list[str] = []
     unreadable: list[str] = []

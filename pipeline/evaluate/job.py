@@ -1,21 +1,24 @@
 """The evaluation job: score predicted masks against ground truth with the DAVIS J and F measures.
 
 One Ray task per sequence (:func:`pipeline.evaluate.dataset.score_sequence`). Writes to ``output``:
-``per_sequence.csv``, ``per_frame.csv``, ``jf_per_sequence.png`` and ``summary.json`` (the common job summary;
-the scores are under ``figures``). The protocol, threshold and evaluated resolution are recorded in every
-result file.
+``per_sequence.csv``, ``per_frame.csv``, ``jf_per_sequence.png``, ``report.html`` and ``summary.json`` (the
+common job summary; the scores are under ``figures``, printed once at the end). The protocol, threshold and
+evaluated resolution are recorded in every result file. A ground-truth sequence without any prediction is rejected
+(named in the summary, with a warning) and left out of the scores; with predictions for none, nothing is scored,
+no result file but the summary is written, and the job fails (exit status 1): a typo in ``--pred`` never looks like
+a score of 0.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass
 
+from pipeline.cli import JobSpec
 from pipeline.config import config_to_dict
 from pipeline.evaluate.config import EvaluateConfig
 from pipeline.evaluate.dataset import (
@@ -27,15 +30,16 @@ from pipeline.evaluate.dataset import (
 )
 from pipeline.evaluate.report import resolve_frames_root, write_report
 from pipeline.ingest.formats import YTOBJ_CLASSES, IngestError
-from pipeline.lease import holds_output_lease
+from pipeline.lease import fenced, holds_output_lease
 from pipeline.metrics import METRIC_KEYS, aggregate_results
+from pipeline.preflight import PreflightError, check_disjoint, check_input, check_output
 from pipeline.runtime import init_ray
-from pipeline.storage import Storage, open_storage, open_url
-from pipeline.summary import JobSummary
+from pipeline.storage import Storage, absolute_url, open_storage, open_url
+from pipeline.summary import JobSummary, ProgressLine
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CSV_COLUMNS", "FLAGS", "run", "sequence_class"]
+__all__ = ["CSV_COLUMNS", "FLAGS", "JOB", "preflight", "run", "sequence_class"]
 
 CSV_COLUMNS = ("sequence", *METRIC_KEYS)
 
@@ -177,20 +181,47 @@ def run(cfg: EvaluateConfig) -> dict:
     task -> aggregate -> write the CSVs, the plot and the report.
     """
     job = JobSummary("evaluate", config=config_to_dict(cfg))
-    output = open_storage(cfg.output) if cfg.output else None
+    output = fenced(open_storage(cfg.output)) if cfg.output else None  # every write checks this run's lease
     threshold = None if cfg.official else cfg.effective_threshold
     inputs = _resolve_inputs(cfg, job, threshold)
-    results = _score_sequences(cfg, inputs, threshold)
+    results = _score_sequences(cfg, inputs, threshold) if inputs.gt_frames else []
     scored = _tally(cfg, results, job)
+    if not scored:  # nothing to score (no predictions at all): no score, no report; the summary says why
+        log.error(
+            "no sequence scored: no predictions under %s for any ground-truth sequence", inputs.pred.url
+        )
+        return job.finish(storage=output, rel="summary.json")
     aggregate = aggregate_results({r.sequence: r.metrics for r in scored})
     scores = _scores(cfg, inputs, scored, aggregate, threshold)
     for key, value in _json_safe(scores).items():
         job.set(key, value)
     if output is not None:
         job.set("report", _write_results(cfg, output, inputs, results, scored, scores, aggregate, threshold))
-    printable = {k: v for k, v in _json_safe(scores).items() if k not in ("missing_prediction_frames",)}
-    print(json.dumps(printable, indent=2, default=str), flush=True)
     return job.finish(storage=output, rel="summary.json")
+
+
+def preflight(cfg: EvaluateConfig) -> None:
+    """Before Ray and before any write: the predictions and the ground truth exist (a missing ``--pred`` is a user
+    error, not a score of 0), the ground truth holds sequences, the sequence list and frames exist, and the output
+    can be written and is none of the inputs."""
+    check_input("pred", cfg.pred)
+    gt = check_input("gt", cfg.gt)
+    if cfg.frames:
+        check_input("frames", cfg.frames)
+    if cfg.sequence_list:
+        relative = "://" not in cfg.sequence_list and not cfg.sequence_list.startswith("/")
+        beside_gt = relative and gt.exists(cfg.sequence_list)
+        cfg.sequence_list = gt.join(cfg.sequence_list) if beside_gt else absolute_url(cfg.sequence_list)
+        check_input("sequence_list", cfg.sequence_list, folder=False)
+    if cfg.output:
+        check_output("output", cfg.output)
+        check_disjoint("output", cfg.output, {"pred": cfg.pred, "gt": cfg.gt, "frames": cfg.frames})
+    truth = read_ground_truth(gt, cfg.gt_format, tuple(cfg.gt_splits), cfg.davis_resolution)
+    if not truth.frames:
+        raise PreflightError(
+            f"gt {gt.url}: no ground-truth sequences (read as {truth.format}; expected <sequence>/<frame>.png, "
+            "a DAVIS root or a dataset archive)"
+        )
 
 
 @dataclass
@@ -226,6 +257,9 @@ def _resolve_inputs(cfg: EvaluateConfig, job: JobSummary, threshold: float | Non
         )
     pred, pred_frames = _prediction_root(cfg, open_storage(cfg.pred), set(gt_frames))
     extra = sorted(set(pred_frames) - set(gt_frames))
+    for name in [s for s in gt_frames if not pred_frames.get(s)]:
+        job.rejected("sequence", name, f"no predictions in {pred.join(name)}")
+    gt_frames = {name: frames for name, frames in gt_frames.items() if pred_frames.get(name)}
     if extra:
         log.warning(
             "%d prediction folders have no ground truth and are ignored: %s",
@@ -265,7 +299,13 @@ def _score_sequences(cfg: EvaluateConfig, inputs: _Inputs, threshold: float | No
         )
         for seq, frames in inputs.gt_frames.items()
     ]
-    return sorted(ray.get(pending), key=lambda r: r.sequence)
+    progress, results, rejected = ProgressLine("evaluate", "sequence", len(pending)), [], 0
+    while pending:  # as they finish, for the progress line
+        ready, pending = ray.wait(pending, num_returns=1)
+        results.append(ray.get(ready[0]))
+        rejected += bool(results[-1].error)
+        progress.update(len(results), rejected)
+    return sorted(results, key=lambda r: r.sequence)
 
 
 def _tally(cfg: EvaluateConfig, results: list[SequenceResult], job: JobSummary) -> list[SequenceResult]:
@@ -283,7 +323,7 @@ def _tally(cfg: EvaluateConfig, results: list[SequenceResult], job: JobSummary) 
                 "sequence", result.sequence, f"too few frames ({len(result.frames)}) for {cfg.protocol}"
             )
         else:
-            job.done("sequence", result.sequence, frames=result.metrics["n_frames"])
+            job.done("sequence", result.sequence)  # its frames count in the scores' n_frames
         job.add("n_missing_prediction_frames", len(result.missing))
         job.add("n_unreadable_prediction_frames", len(result.unreadable))
         job.add("n_resized_prediction_frames", result.resized)
@@ -368,3 +408,26 @@ def _write_results(
         plot_png=plot_png,
         rejected={r.sequence: r.error for r in results if r.error},
     )
+
+
+JOB = JobSpec(
+    name="evaluate",
+    summary="DAVIS J&F of predicted masks against ground truth; CSVs, a plot and report.html",
+    config=EvaluateConfig,
+    run=run,
+    preflight=preflight,
+    flags=FLAGS,
+    description="""Score predicted masks against ground truth with the DAVIS J&F measures.
+
+Predictions: <pred>/<sequence>/<frame>.png, or a segment output root. Ground truth: a DAVIS root
+(Annotations/480p), its Annotations folder, a root of sequence folders, or a dataset archive (FBMS-59,
+YouTube-Objects, YouTube-VOS, official HMHI-Net layout) scored on its annotated frames. Writes to --output:
+per_sequence.csv, per_frame.csv, jf_per_sequence.png, report.html and summary.json (scores under figures, also
+printed). A sequence without predictions is rejected and left out of the scores; none at all fails the job.""",
+    examples=(
+        "{prog} --pred runs/seg/masks --gt runs/demo/corpus --output runs/seg-eval",
+        "{prog} --pred s3://bucket/seg1/masks --gt s3://bucket/DAVIS --output s3://bucket/seg1-eval --protocol all",
+        "{prog} --preset official --pred runs/official --gt data/FBMS --output runs/official-eval",
+    ),
+)
+"""The evaluation job on the command line (``hmhi-uvos evaluate``, ``jobs/evaluate.py``)."""

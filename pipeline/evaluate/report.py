@@ -10,22 +10,24 @@ the page says so. Every image is embedded as a data URI: the one file is the who
 from __future__ import annotations
 
 import base64
-import html
 import io
 import logging
 import math
 import posixpath
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from pipeline.evaluate.dataset import SequenceResult
+from pipeline.imaging import decode_rgb
 from pipeline.masks import MaskError, read_mask
 from pipeline.metrics import protocol_slices
 from pipeline.storage import Storage, StorageError, open_storage
+from pipeline.templates import render
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +136,82 @@ def _worst_frames(result: SequenceResult, protocol: str, count: int) -> list[tup
     return sorted(scored, key=lambda f: ((f[1] + f[2]) / 2, f[0]))[:count]
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "&ndash;"
-    return f"{value:.{digits}f}" if isinstance(value, float) else html.escape(str(value))
+@dataclass
+class _Frame:
+    """One worst frame of a sequence on the page: a note, a picture, or both."""
+
+    stem: str
+    note: str = ""
+    """Said above the picture (or instead of it): why the frame is drawn over black or not drawn."""
+    picture: str = ""
+    """Data URI of the prediction | ground truth picture ("" when there is none to show)."""
+    j: float = math.nan
+    f: float = math.nan
+    predicted: bool = True
+    """False when the frame had no prediction (scored as empty)."""
+
+
+@dataclass
+class _Section:
+    """A sequence's worst frames."""
+
+    sequence: str
+    jf: float
+    no_images_in: str = ""
+    """Where frame images were looked for and none found ("" when they were found)."""
+    frames: list[_Frame] = field(default_factory=list)
+
+
+def _worst_frame(
+    stem: str,
+    j: float,
+    f: float,
+    gt: Storage,
+    gt_files: Mapping[str, str],
+    pred: Storage,
+    pred_files: Mapping[str, str],
+    frames: Storage | None,
+    images: Mapping[str, str],
+    threshold: float | None,
+) -> _Frame:
+    """Read one frame's ground truth, prediction and image and draw them side by side."""
+    try:
+        gt_mask = read_mask(gt.read_bytes(gt_files[stem]), name=gt.join(gt_files[stem]))
+    except (MaskError, StorageError, OSError, KeyError) as err:
+        return _Frame(stem, note=f"ground truth unreadable: {err}")
+    pred_mask = np.zeros_like(gt_mask)
+    if stem in pred_files:
+        try:
+            pred_mask = read_mask(pred.read_bytes(pred_files[stem]), threshold=threshold)
+        except (MaskError, StorageError, OSError):
+            pass  # scored as empty too; evaluate's warnings name the file
+    if pred_mask.shape != gt_mask.shape:
+        import cv2
+
+        pred_mask = (
+            cv2.resize(pred_mask.astype(np.uint8), gt_mask.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+        )
+    frame = np.zeros((*gt_mask.shape, 3), np.uint8)
+    note = ""
+    if frames is not None and stem in images:
+        try:
+            url = frames.join(images[stem])  # decoded only within the pixel limit (pipeline.imaging)
+            picture = Image.fromarray(decode_rgb(frames.read_bytes(images[stem]), f"frame {url}", "pil"))
+            if picture.size != gt_mask.shape[::-1]:
+                picture = picture.resize(gt_mask.shape[::-1])
+            frame = np.asarray(picture)
+        except (OSError, StorageError, ValueError) as err:
+            log.warning("report: frame %s unreadable (%s); drawn over black", frames.join(images[stem]), err)
+    elif images:
+        note = "no image; drawn over black."
+    return _Frame(
+        stem,
+        note=note,
+        picture=_data_uri(side_by_side(frame, pred_mask, gt_mask)),
+        j=j,
+        f=f,
+        predicted=stem in pred_files,
+    )
 
 
 def _sequence_section(
@@ -150,69 +224,16 @@ def _sequence_section(
     pred_files: Mapping[str, str],
     frames: Storage | None,
     threshold: float | None,
-) -> str:
-    seq = html.escape(result.sequence)
-    parts = [
-        f'<section id="seq-{seq}"><h3>{seq} <small>J&amp;F {_fmt(result.metrics["JF_mean"])}</small></h3>'
-    ]
+) -> _Section:
     images = _frame_files(frames, result.sequence)
+    section = _Section(result.sequence, result.metrics["JF_mean"])
     if not images:
-        where = html.escape(frames.join(result.sequence)) if frames is not None else "(no frames folder)"
-        parts.append(
-            f'<p class="note">No frame images found for {seq} in {where}: masks drawn over black.</p>'
-        )
+        section.no_images_in = frames.join(result.sequence) if frames is not None else "(no frames folder)"
     for stem, j, f in _worst_frames(result, protocol, count):
-        try:
-            gt_mask = read_mask(gt.read_bytes(gt_files[stem]), name=gt.join(gt_files[stem]))
-        except (MaskError, StorageError, OSError, KeyError) as err:
-            parts.append(
-                f'<p class="note">frame {html.escape(stem)}: ground truth unreadable: {html.escape(str(err))}</p>'
-            )
-            continue
-        pred_mask = np.zeros_like(gt_mask)
-        if stem in pred_files:
-            try:
-                pred_mask = read_mask(pred.read_bytes(pred_files[stem]), threshold=threshold)
-            except (MaskError, StorageError, OSError):
-                pass  # scored as empty too; evaluate's warnings name the file
-        if pred_mask.shape != gt_mask.shape:
-            import cv2
-
-            pred_mask = (
-                cv2.resize(pred_mask.astype(np.uint8), gt_mask.shape[::-1], interpolation=cv2.INTER_NEAREST)
-                > 0
-            )
-        frame = np.zeros((*gt_mask.shape, 3), np.uint8)
-        if stem in images:
-            try:
-                picture = Image.open(io.BytesIO(frames.read_bytes(images[stem]))).convert("RGB")
-                if picture.size != gt_mask.shape[::-1]:
-                    picture = picture.resize(gt_mask.shape[::-1])
-                frame = np.asarray(picture)
-            except (OSError, StorageError) as err:
-                log.warning(
-                    "report: frame %s unreadable (%s); drawn over black", frames.join(images[stem]), err
-                )
-        elif images:
-            parts.append(f'<p class="note">frame {html.escape(stem)}: no image; drawn over black.</p>')
-        status = "" if stem in pred_files else " (no prediction)"
-        parts.append(
-            f'<figure><img src="{_data_uri(side_by_side(frame, pred_mask, gt_mask))}" '
-            f'alt="{seq} frame {html.escape(stem)}: prediction and ground truth">'
-            f"<figcaption>frame {html.escape(stem)}{status}: J {_fmt(j)}, F {_fmt(f)} &mdash; "
-            f'<span class="pred">prediction</span> | <span class="gt">ground truth</span></figcaption></figure>'
+        section.frames.append(
+            _worst_frame(stem, j, f, gt, gt_files, pred, pred_files, frames, images, threshold)
         )
-    parts.append("</section>")
-    return "\n".join(parts)
-
-
-_STYLE = """
-body{font-family:sans-serif;margin:1.5em;color:#222} table{border-collapse:collapse;margin:0.5em 0}
-th,td{border:1px solid #999;padding:3px 8px;text-align:right} th{background:#e8e8e8} td:first-child{text-align:left}
-figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top} figcaption{font-size:85%}
-.note{color:#8a5a00} .pred{color:#c82828;font-weight:bold} .gt{color:#288c28;font-weight:bold}
-h1 small,h3 small{font-weight:normal;color:#555}
-"""
+    return section
 
 
 def write_report(
@@ -239,24 +260,12 @@ def write_report(
     ``plot_png`` the per-sequence plot; ``worst_frames`` frames shown per sequence, for at most ``max_sequences``
     sequences (the lowest J&F ones when there are more: every picture is embedded, so this bounds the page's size);
     ``rejected`` sequences that could not be scored, with reasons. ``threads`` read the frames and masks.
+    The page is ``pipeline/templates/report.html.j2``.
     """
     protocol = str(summary.get("protocol", "davis2016"))
     threshold = summary.get("threshold")
-    rows = []
-    for r in sorted(results, key=lambda r: r.sequence):
-        m = r.metrics
-        seq = html.escape(r.sequence)
-        rows.append(
-            f'<tr><td><a href="#seq-{seq}">{seq}</a></td>'
-            f'<td style="background:{jf_colour(m["JF_mean"])}">{_fmt(m["JF_mean"])}</td>'
-            + "".join(
-                f"<td>{_fmt(m[k])}</td>"
-                for k in ("J_mean", "J_recall", "J_decay", "F_mean", "F_recall", "F_decay")
-            )
-            + f"<td>{m['n_frames']}</td><td>{len(r.missing) + len(r.unreadable)}</td></tr>"
-        )
-    shown = sorted(results, key=lambda r: r.sequence)
-    shown_note = ""
+    ordered = sorted(results, key=lambda r: r.sequence)
+    shown = ordered
     if len(shown) > max_sequences:
 
         def jf(r: SequenceResult) -> float:
@@ -266,9 +275,8 @@ def write_report(
         shown = sorted(
             sorted(shown, key=lambda r: (jf(r), r.sequence))[:max_sequences], key=lambda r: r.sequence
         )
-        shown_note = f" Shown for the {max_sequences} sequences with the lowest J&amp;F of {len(results)}."
 
-    def section(r: SequenceResult) -> str:
+    def section(r: SequenceResult) -> _Section:
         return _sequence_section(
             r,
             protocol,
@@ -283,38 +291,23 @@ def write_report(
 
     with ThreadPoolExecutor(max(1, threads)) as pool:  # storage reads dominate: overlap them
         sections = list(pool.map(section, shown))
-    rejected_html = ""
-    if rejected:
-        items = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in sorted(rejected.items()))
-        rejected_html = f"<h2>Not scored</h2><ul>{items}</ul>"
-    plot_html = (
-        f'<img class="plot" src="{_data_uri(plot_png)}" alt="J&amp;F per sequence">' if plot_png else ""
+    page = render(
+        "report.html.j2",
+        summary=summary,
+        n_sequences=summary.get("n_sequences", len(results)),
+        n_frames=summary.get("n_frames", "?"),
+        protocol=protocol,
+        threshold=threshold,
+        pred_url=str(summary.get("pred", pred.url)),
+        gt_url=str(summary.get("gt", gt.url)),
+        results=ordered,
+        jf_colour=jf_colour,
+        plot=_data_uri(plot_png) if plot_png else "",
+        rejected=sorted((rejected or {}).items()),
+        worst_frames=worst_frames,
+        frames_url=frames.url if frames is not None else "",
+        shown_of=(len(shown), len(results)) if len(shown) < len(results) else None,
+        sections=sections,
     )
-    frames_note = (
-        f"Frames from {html.escape(frames.url)}."
-        if frames is not None
-        else "No frame images (no --frames, and the ground truth is not a DAVIS root): masks over black."
-    )
-    threshold_text = "any non-zero pixel" if threshold is None else f"value/255 &gt; {threshold:.4g}"
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>J&amp;F {_fmt(summary.get("JF_mean"))} &mdash; hmhi-uvos evaluation</title>
-<style>{_STYLE}</style></head><body>
-<h1>J&amp;F {_fmt(summary.get("JF_mean"))} <small>J {_fmt(summary.get("J_mean"))}, F {_fmt(summary.get("F_mean"))}</small></h1>
-<p>{summary.get("n_sequences", len(results))} sequences, {summary.get("n_frames", "?")} frames scored, protocol
-{html.escape(protocol)}, foreground: {threshold_text}.<br>Predictions: {html.escape(str(summary.get("pred", pred.url)))}<br>
-Ground truth: {html.escape(str(summary.get("gt", gt.url)))}</p>
-<h2>Per sequence</h2>
-<table><tr><th>sequence</th><th>J&amp;F</th><th>J mean</th><th>J recall</th><th>J decay</th><th>F mean</th>
-<th>F recall</th><th>F decay</th><th>frames</th><th>missing</th></tr>
-{chr(10).join(rows)}
-</table>
-{plot_html}
-{rejected_html}
-<h2>Worst frames</h2>
-<p>The {worst_frames} frames of each sequence with the lowest (J + F) / 2: <span class="pred">prediction</span> (left)
-and <span class="gt">ground truth</span> (right) over the frame. {frames_note}{shown_note}</p>
-{chr(10).join(sections)}
-</body></html>
-"""
     output.write_text(REPORT_FILE, page)
     return output.join(REPORT_FILE)

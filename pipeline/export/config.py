@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from pipeline.config import require
 from pipeline.formats.exporter import EXPORT_FORMATS
+from pipeline.storage import absolute_url
 
 __all__ = ["ExportConfig"]
 
@@ -32,6 +33,7 @@ class ExportConfig:
 
     def __post_init__(self):
         require(bool(self.input), "input", self.input, "is required (a segment output root)")
+        self.input, self.output = absolute_url(self.input), absolute_url(self.output)
         require(
             bool(self.formats), "formats", self.formats, f"must name at least one of {list(EXPORT_FORMATS)}"
         )

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline import telemetry
 from pipeline.storage import local_copy, url_sha256
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "DIS_PRESETS",
     "register_flow_engine",
     "list_flow_engines",
+    "compute_timed",
     "create_flow_engine",
     "flow_pairs",
 ]
@@ -67,6 +70,18 @@ def flow_pairs(n: int) -> list[tuple[int, int]]:
     if n < 2:
         raise ValueError(f"optical flow needs at least 2 frames, got {n}")
     return [(t, t + 1) for t in range(n - 1)] + [(n - 1, n - 2)]
+
+
+def compute_timed(engine: FlowEngine, frames: np.ndarray) -> tuple[np.ndarray, float]:
+    """``engine.compute(frames)`` and the seconds it took; the time per frame also goes to the
+    ``hmhi_flow_frame_seconds`` metric (by engine), which every job that computes flow records this way."""
+    started = time.perf_counter()
+    flows = engine.compute(frames)
+    seconds = time.perf_counter() - started
+    name = str(engine.provenance.get("model") or engine.provenance.get("engine"))
+    for _ in range(len(frames)):
+        telemetry.FLOW_FRAME_SECONDS.observe(seconds / max(1, len(frames)), engine=name)
+    return flows, seconds
 
 
 def _check_frames(frames: np.ndarray) -> np.ndarray:
@@ -172,7 +187,7 @@ class PtlflowEngine:
         if model not in ptlflow.get_model_names():
             raise ValueError(
                 f"unknown flow model {model!r}: not 'dis' and not a ptlflow model "
-                f"(e.g. rapidflow_it1, neuflow, raft_small)"
+                f"(e.g. neuflow2, rapidflow, raft_small)"
             )
         if checkpoint is None and not random_init:
             raise ValueError(

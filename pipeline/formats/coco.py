@@ -2,8 +2,9 @@
 
 One ``videos`` entry per video (``file_names`` of its frames, ``width``, ``height``, ``length``) and one
 ``annotations`` entry per video with an object: per-frame ``segmentations`` (COCO RLE, ``null`` where the mask is
-empty), ``areas`` and ``bboxes`` (``[x, y, w, h]``, ``null`` where empty), ``category_id`` 1. pycocotools (and the
-YouTube-VIS API built on it) reads the RLE as is; areas and boxes are pycocotools' own ``area`` and ``toBbox``.
+empty), ``areas`` and ``bboxes`` (``[x, y, w, h]``, ``null`` where empty), ``category_id`` 1. pycocotools' mask
+API (and the YouTube-VIS API built on it) reads the RLE as is (``pycocotools.coco.COCO()`` itself expects the image
+layout, not this video one); areas and boxes are pycocotools' own ``area`` and ``toBbox``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from pipeline.formats.coco import CocoVideoWriter
 from pipeline.formats.cvat import CvatMaskWriter, MaskPngEncoder, cvat_video_item_name
 from pipeline.formats.finished import FinishedVideo, RejectedVideo, iter_finished_videos
 from pipeline.formats.overlays import write_overlay_index
+from pipeline.segment_layout import finished_video_ids
 from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ def export_outputs(
         else:
             log.warning("export: video %r left out: %s", video_id, reason)
 
+    if summary is not None:  # the progress line (one more listing of done/, against one read per video)
+        summary.expect(kind, len(finished_video_ids(storage, videos)))
     try:
         for video in iter_finished_videos(storage, videos):
             if isinstance(video, RejectedVideo):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from pipeline.names import check_name
 from pipeline.segment_layout import done_marker, finished_video_ids, rle_parquet
 from pipeline.storage import Storage, StorageError
 
@@ -87,6 +88,8 @@ def _read_video(storage: Storage, video_id: str) -> FinishedVideo:
     names = [r["frame"] for r in rows]
     if len(set(names)) != len(names):
         raise ValueError(f"{storage.join(rle_rel)}: repeated frame names")
+    for name in names:  # they become file and archive member names in the exports
+        check_name(name, f"frame name in {storage.join(rle_rel)}")
     frames = [
         FrameRle(
             int(r["frame_index"]),

@@ -1,28 +1,33 @@
 """``overlays/index.html``: one page linking every overlay video ``segment --overlay`` wrote (relative links, so the
-folder can be copied or opened from storage as is)."""
+folder can be copied or opened from storage as is); the page is ``pipeline/templates/overlays.html.j2``."""
 
 from __future__ import annotations
 
-import html
 import posixpath
 from urllib.parse import quote
 
 from pipeline.segment_layout import OVERLAY_INDEX, OVERLAYS_DIR, done_marker, finished_video_ids
 from pipeline.storage import Storage, StorageError
+from pipeline.templates import render
 
 __all__ = ["write_overlay_index"]
 
 
 def _describe(marker: dict) -> str:
+    """A line about the video from its done marker; fields of the wrong type are left out (a marker may be damaged)."""
+    number = (int, float)
+    frames, width, height, fps, foreground = (
+        marker.get(k) for k in ("frames", "width", "height", "fps", "foreground_frames")
+    )
     parts = []
-    if marker.get("frames") is not None:
-        parts.append(f"{marker['frames']} frames")
-    if marker.get("width") and marker.get("height"):
-        parts.append(f"{marker['width']}x{marker['height']}")
-    if marker.get("fps"):
-        parts.append(f"{float(marker['fps']):g} fps")
-    if marker.get("foreground_frames") is not None:
-        parts.append(f"object in {marker['foreground_frames']} frames")
+    if isinstance(frames, int):
+        parts.append(f"{frames} frames")
+    if isinstance(width, int) and isinstance(height, int) and width and height:
+        parts.append(f"{width}x{height}")
+    if isinstance(fps, number) and fps:
+        parts.append(f"{float(fps):g} fps")
+    if isinstance(foreground, int):
+        parts.append(f"object in {foreground} frames")
     return ", ".join(parts)
 
 
@@ -41,22 +46,7 @@ def write_overlay_index(storage: Storage) -> str | None:
             marker = storage.read_json(done_marker(video))
         except (StorageError, ValueError, OSError):
             marker = {}
-        href = quote(f"{video}.mp4")
-        name = html.escape(video)
-        details = html.escape(_describe(marker if isinstance(marker, dict) else {}))
-        items.append(
-            f'<figure id="{name}"><video controls muted preload="metadata" width="480" src="{href}"></video>'
-            f'<figcaption><a href="{href}">{name}</a> <span>{details}</span></figcaption></figure>'
-        )
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>hmhi-uvos overlays ({len(videos)} video{"s" if len(videos) != 1 else ""})</title>
-<style>body{{font-family:sans-serif;margin:1.5em}} figure{{display:inline-block;margin:0 1em 1em 0;vertical-align:top}}
-figcaption span{{color:#555;font-size:90%}}</style></head>
-<body><h1>Overlay videos</h1>
-<p>{len(videos)} segmented video{"s" if len(videos) != 1 else ""}: each frame with the predicted mask tinted red and outlined. Files are next to
-this page (<code>&lt;video&gt;.mp4</code>).</p>
-{chr(10).join(items)}
-</body></html>
-"""
-    storage.write_text(OVERLAY_INDEX, page)
+        details = _describe(marker if isinstance(marker, dict) else {})
+        items.append({"name": video, "href": quote(f"{video}.mp4"), "details": details})
+    storage.write_text(OVERLAY_INDEX, render("overlays.html.j2", videos=items))
     return storage.join(OVERLAY_INDEX)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.ingest.formats import VideoRecord, discover_videos
+from pipeline.ingest.formats import IngestError, VideoRecord, discover_videos
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,10 @@ def list_corpus(
     cfg.davis_resolution = davis_resolution
     if files is None:
         files = storage.list("", recursive=True)
-    found, records = discover_videos(files, storage.read_text, fmt, cfg)
+    try:
+        found, records = discover_videos(files, storage.read_text, fmt, cfg)
+    except IngestError as e:
+        raise IngestError(f"{storage.url}: {e}") from None  # the message names the corpus it is about
     return CorpusListing(format=found, records=records)
 
 

@@ -11,6 +11,7 @@ from pipeline.config import require
 from pipeline.flow.config import FlowConfig
 from pipeline.formats.exporter import EXPORT_FORMATS
 from pipeline.imaging import DECODERS
+from pipeline.storage import absolute_url
 
 PRESETS: tuple[str, ...] = ("", "official")
 PICTURES_ENGINE = "pictures"
@@ -27,10 +28,11 @@ __all__ = [
 @dataclass
 class SegmentModelConfig(ModelSettings):
     """Which network runs and how frames are fed to it (:class:`model.ModelSettings`: name, options, memory_size,
-    input_size, precision), and the weights. A hmhi-uvos checkpoint records its model: its name and options are
-    used, and ``memory_size`` and ``input_size`` left null take its recorded values (the size it was trained at).
-    An official HMHI-Net file records nothing: ``name`` and ``options`` build the model, at T=5 and 512x512 unless
-    set (``--preset official``: T=3)."""
+    input_size, precision, mean, std), and the weights. A hmhi-uvos checkpoint records its model: the fields left
+    null take its recorded values (the size and normalisation it was trained with); a field set to another value is
+    honoured with a warning naming both, except the architecture (name, options), which the weights fix. An official
+    HMHI-Net file records nothing: the official protocol's defaults apply (hmhi_mit_b1, T=5, 512x512, ImageNet
+    normalisation; ``--preset official``: T=3)."""
 
     checkpoint: str = ""
     """Path or storage URL of the weights: a hmhi-uvos checkpoint (records its model) or an official HMHI-Net file."""
@@ -41,6 +43,7 @@ class SegmentModelConfig(ModelSettings):
 
     def __post_init__(self):
         super().__post_init__()
+        self.checkpoint = absolute_url(self.checkpoint)  # on the driver (see SegmentConfig.input)
         require(self.device in ("auto", "cpu", "cuda"), "device", self.device, "must be auto, cpu or cuda")
         require(self.decoder in DECODERS, "decoder", self.decoder, f"must be one of {', '.join(DECODERS)}")
 
@@ -165,6 +168,8 @@ class SegmentConfig:
     def __post_init__(self):
         require(bool(self.input), "input", self.input, "is required (URL or path of the corpus)")
         require(bool(self.output), "output", self.output, "is required (URL or path for the results)")
+        # Local paths absolute where the config is built (the driver): an actor's working directory is elsewhere.
+        self.input, self.output = absolute_url(self.input), absolute_url(self.output)
         require(
             bool(self.model.checkpoint),
             "model.checkpoint",

@@ -1,7 +1,7 @@
 """VideoSegmenter: HMHI-Net on one video at a time, without Ray, frame by frame with bounded memory.
 
     from pipeline.segment import VideoSegmenter
-    segmenter = VideoSegmenter("hmhi_davis.pth", flow="dis")           # any checkpoint model.load_checkpoint reads
+    segmenter = VideoSegmenter("runs/demo/runs/demo/best/model.pt")    # `make demo`'s model; any checkpoint works
     for index, mask, prob in segmenter.segment("clip.mp4"):            # a video file, a frame folder or frame arrays
         print(index, mask.sum(), prob.max())                           # (H, W) bool mask, (H, W) float32 sigmoid
 
@@ -20,8 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from model import autocast, create_model, load_checkpoint, model_from_checkpoint, resolve_precision
-from model.checkpoint import ModelNotRecordedError
+from model import (
+    CheckpointError,
+    CheckpointInfo,
+    autocast,
+    create_model,
+    describe_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    resolve_precision,
+)
 from pipeline.flow.config import FlowConfig
 from pipeline.ingest.formats import IMAGE_EXTENSIONS, VideoRecord, natural_key
 from pipeline.segment.config import SegmentConfig, SegmentModelConfig, SegmentOutputConfig
@@ -38,54 +46,81 @@ from pipeline.transforms import OFFICIAL_MASK_THRESHOLD, logits_to_probs, normal
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VideoSegmenter", "load_segmentation_model"]
+__all__ = ["VideoSegmenter", "load_segmentation_model", "settings_from_checkpoint"]
 
 
-def load_segmentation_model(model_cfg: SegmentModelConfig) -> tuple[Any, SegmentModelConfig]:
-    """Build the network for ``model_cfg`` and load its weights (``weights_only`` loading in model.checkpoint).
+def settings_from_checkpoint(cfg: SegmentConfig, info: CheckpointInfo) -> list[str]:
+    """Complete ``cfg.model`` and ``cfg.flow`` from what the checkpoint records (in place): the fields left unset take
+    its model settings (input size, memory size, normalisation) and the flow it was trained on; an official file
+    records nothing and gets the official protocol's defaults (``hmhi_mit_b1``, T=5, 512x512, ImageNet
+    normalisation, DIS flow). Returns the warnings, one per set field that contradicts the record (honoured).
 
-    Returns ``(network in eval mode, the model config resolved)``: ``memory_size`` and ``input_size`` left null take
-    the checkpoint's recorded values (a hmhi-uvos checkpoint), else the official defaults.
+    Raises :class:`model.CheckpointError` for a file that cannot segment: MiT ImageNet weights (a backbone only),
+    or an architecture (``model.name``, ``model.options``) other than the one the weights were trained as.
     """
-    overrides = {} if model_cfg.memory_size is None else {"memory_size": model_cfg.memory_size}
-    with local_copy(model_cfg.checkpoint, prefix="hmhi-checkpoint-") as path:
-        try:
-            net, report = model_from_checkpoint(path, **overrides)
-        except ModelNotRecordedError:
-            # An official (or bare) checkpoint: the model comes from the config.
-            net = create_model(model_cfg.name, **model_cfg.architecture())
+    if not info.whole_model:
+        raise CheckpointError(
+            f"{cfg.model.checkpoint}: MiT ImageNet weights hold a backbone only, not a segmentation model "
+            "(train one: jobs/train.py --init-checkpoint)"
+        )
+    errors, warnings = cfg.model.conflicts(info.settings)
+    if errors:
+        raise CheckpointError(f"{cfg.model.checkpoint}: {errors[0]}; leave it unset to use the checkpoint's")
+    trained_flow = (info.provenance.get("training_data") or {}).get("flow")
+    warnings += cfg.flow.conflicts(trained_flow)
+    cfg.model = cfg.model.resolved(info.settings)
+    cfg.flow = cfg.flow.resolved(trained_flow)
+    return warnings
+
+
+def load_segmentation_model(cfg: SegmentConfig) -> tuple[Any, CheckpointInfo, list[str]]:
+    """Read the checkpoint, complete ``cfg``'s model and flow settings from its record
+    (:func:`settings_from_checkpoint`, in place), build the network and load the weights (``weights_only``).
+
+    Returns ``(network in eval mode, what the checkpoint records, warnings)``; the warnings are the caller's to log
+    (the segment job logs them once, on its driver).
+    """
+    with local_copy(cfg.model.checkpoint, prefix="hmhi-checkpoint-") as path:
+        info = describe_checkpoint(path)
+        warnings = settings_from_checkpoint(cfg, info)
+        if info.settings is not None:  # a hmhi-uvos file: it builds the model it records
+            net, report = model_from_checkpoint(path, memory_size=cfg.model.memory_size)
+        else:  # an official file: the model comes from the (resolved) config
+            net = create_model(cfg.model.name, **cfg.model.architecture())
             report = load_checkpoint(net, path)
-    resolved = model_cfg.resolved(report.settings)
-    resolved.memory_size = net.config.memory_size
     log.info(
         "model %s from %s at %dx%d, T=%d: %s",
         net.model_name,
-        model_cfg.checkpoint,
-        resolved.input_size,
-        resolved.input_size,
-        resolved.memory_size,
+        cfg.model.checkpoint,
+        cfg.model.input_size,
+        cfg.model.input_size,
+        net.config.memory_size,
         report.summary(),
     )
-    return net.eval(), resolved
+    return net.eval(), info, warnings
 
 
 class VideoSegmenter:
     """Segments videos one frame at a time with HMHI-Net (CPU or GPU, no Ray).
 
-    ``checkpoint``: path or storage URL of any checkpoint ``model.load_checkpoint`` reads (official files need
-    ``model`` to name their architecture, default ``hmhi_mit_b1``). ``flow``: a flow engine name (``"dis"``, a
+    ``checkpoint``: path or storage URL of any checkpoint ``model.load_checkpoint`` reads. A checkpoint this project
+    wrote records its model: the architecture, input size, memory size, normalisation and training flow come from
+    it; an option that contradicts the record is honoured with a warning naming both values. An official file
+    records nothing: ``model`` names its architecture (default ``hmhi_mit_b1``) and the official protocol's
+    defaults apply (T=5, 512x512, ImageNet normalisation, DIS flow). ``flow``: a flow engine name (``"dis"``, a
     ptlflow model), a :class:`~pipeline.flow.config.FlowConfig`, or ``"pictures"`` to use flow pictures given with
-    the frames. ``preset="official"`` applies the official inference protocol (see ``SegmentConfig.preset``).
-    Other keyword arguments are :class:`SegmentModelConfig` fields (``memory_size``, ``input_size``, ``device``,
-    ``precision``, ``decoder``, ``options``) or :class:`SegmentOutputConfig` fields (``threshold``, ``binarize``).
+    the frames; None: the flow the model was trained on. ``preset="official"`` applies the official inference
+    protocol (see ``SegmentConfig.preset``). Other keyword arguments are :class:`SegmentModelConfig` fields
+    (``memory_size``, ``input_size``, ``device``, ``precision``, ``decoder``, ``options``) or
+    :class:`SegmentOutputConfig` fields (``threshold``, ``binarize``).
     """
 
     def __init__(
         self,
         checkpoint: str,
-        flow: str | FlowConfig = "dis",
+        flow: str | FlowConfig | None = None,
         *,
-        model: str = "hmhi_mit_b1",
+        model: str | None = None,
         preset: str = "",
         chunk_frames: int = 8,
         **options: Any,
@@ -98,7 +133,9 @@ class VideoSegmenter:
                 f"VideoSegmenter: unknown option(s) {sorted(unknown)}; model options: "
                 f"{sorted(model_fields)}, output options: {sorted(output_fields)}"
             )
-        flow_cfg = flow if isinstance(flow, FlowConfig) else FlowConfig(engine=flow)
+        flow_cfg = (
+            flow if isinstance(flow, FlowConfig) else FlowConfig(engine=flow)
+        )  # engine None: the record's
         cfg = SegmentConfig(
             input="<api>",
             output="<api>",
@@ -110,16 +147,18 @@ class VideoSegmenter:
             flow=flow_cfg,
         )
         cfg.runtime.chunk_frames = chunk_frames
-        self._setup(cfg, None)
+        self._setup(cfg, None, warn=True)
 
     @classmethod
-    def from_config(cls, cfg: SegmentConfig, device: str | None = None) -> VideoSegmenter:
-        """The segmenter a segment job's config describes; ``device`` overrides ``cfg.model.device``."""
+    def from_config(cls, cfg: SegmentConfig, device: str | None = None, warn: bool = True) -> VideoSegmenter:
+        """The segmenter a segment job's config describes; ``device`` overrides ``cfg.model.device``. ``warn``:
+        log where the config contradicts the checkpoint's record (the segment job's actors do not: its driver
+        did, once)."""
         self = cls.__new__(cls)
-        self._setup(cfg, device)
+        self._setup(cfg, device, warn)
         return self
 
-    def _setup(self, cfg: SegmentConfig, device: str | None) -> None:
+    def _setup(self, cfg: SegmentConfig, device: str | None, warn: bool) -> None:
         import torch
 
         self.cfg = cfg
@@ -130,7 +169,9 @@ class VideoSegmenter:
             raise RuntimeError("VideoSegmenter: device 'cuda' was asked for but no CUDA GPU is available")
         self.device = torch.device(wanted)
         self.dtype = resolve_precision(cfg.model.precision, self.device)
-        self.net, cfg.model = load_segmentation_model(cfg.model)
+        self.net, self.checkpoint_info, warnings = load_segmentation_model(cfg)
+        for warning in warnings if warn else ():
+            log.warning("%s: %s", cfg.model.checkpoint, warning)
         self.net = self.net.to(self.device)
         self.preprocessing = Preprocessing(
             input_size=cfg.model.input_size,
@@ -145,14 +186,26 @@ class VideoSegmenter:
     # ------------------------------------------------------------------------------------------- provenance
     @property
     def provenance(self) -> dict[str, Any]:
-        """What produced the masks (recorded in every done marker)."""
+        """What produced the masks (recorded in every done marker): the settings used, and where their defaults
+        came from (``defaults``: the checkpoint's record, or the official protocol for a file that records none;
+        ``checkpoint_record``: the record itself, to compare with what was used)."""
         import torch
 
+        info = self.checkpoint_info
+        record = None
+        if info.settings is not None:
+            keep = ("name", "input_size", "memory_size", "mean", "std")
+            record = {k: v for k, v in info.settings.record().items() if k in keep}
+            record["flow"] = (info.provenance.get("training_data") or {}).get("flow")
         return {
             "checkpoint": self.cfg.model.checkpoint,
             "model": self.net.model_name,
             "input_size": self.cfg.model.input_size,
             "memory_size": self.net.config.memory_size,
+            "normalization": {"mean": list(self.cfg.model.mean), "std": list(self.cfg.model.std)},
+            "defaults": "checkpoint record" if record is not None else "official protocol (no record)",
+            "checkpoint_record": record,
+            "flow": self.cfg.flow.record(),
             "flow_engine": self.cfg.flow.engine,
             "threshold": self.cfg.outputs.threshold,
             "binarize": self.cfg.outputs.binarize,
@@ -230,8 +283,9 @@ class VideoSegmenter:
         """
         import torch
 
-        frame_t = normalize_images(frames).to(self.device, non_blocking=True)
-        flow_t = normalize_images(flows).to(self.device, non_blocking=True)
+        mean, std = self.cfg.model.mean, self.cfg.model.std
+        frame_t = normalize_images(frames, mean, std).to(self.device, non_blocking=True)
+        flow_t = normalize_images(flows, mean, std).to(self.device, non_blocking=True)
         with torch.inference_mode(), autocast(self.device, self.dtype):
             logits, state = self.net.step(
                 frame_t, flow_t, state, reset=torch.tensor(reset), active=torch.tensor(active)

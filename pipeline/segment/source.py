@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline import telemetry
 from pipeline.flow.config import FlowConfig
+from pipeline.flow.engines import compute_timed
 from pipeline.flow.render import flow_to_rgb
 from pipeline.imaging import decode_rgb
 from pipeline.ingest.formats import VideoRecord
@@ -201,7 +203,9 @@ def shard_records(storage: Storage) -> list[dict]:
     for row in read_index(storage.url).to_pylist():
         by_video.setdefault(row["video_id"], []).append(row)
     items = []
-    for video_id in sorted(by_video):
+    for video_id in sorted(
+        by_video, key=str
+    ):  # a corrupt index may hold a null id: the job rejects it by name
         rows = sorted(
             by_video[video_id], key=lambda r: (r["frame_indices"][0] if r["frame_indices"] else -1, r["key"])
         )
@@ -285,7 +289,7 @@ def chunk_items(items: Iterator[FrameItem], prep: Preprocessing, label: str, eng
                 raise SourceError(
                     f"video {label}: no flow picture for frame {batch[0].name} and no flow engine"
                 )
-            flows = engine.compute(np.stack([item.frame for item in flow_frames]))
+            flows, _ = compute_timed(engine, np.stack([item.frame for item in flow_frames]))
             offset = 0 if flow_frames[0] is batch[0] else 1  # a 1-frame tail is preceded by its flow partner
             pictures = [resize_rgb(flow_to_rgb(f), size) for f in flows[offset : offset + len(batch)]]
         else:
@@ -332,6 +336,7 @@ def video_chunks(storage: Storage, record: dict, prep: Preprocessing) -> Iterato
     Errors are yielded rather than raised so the actor reports them as a rejected video with a clean
     message (the frames before the error were already yielded and are discarded by the actor).
     """
+    telemetry.set_job("segment")  # a Ray task: this worker's metrics (flow time, storage bytes) are segment's
     if record.get("kind") == "shards":
         label = repr(record["name"])
         try:

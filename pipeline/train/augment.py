@@ -14,6 +14,7 @@ so motion colours stay truthful.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -113,8 +114,11 @@ def prepare_clip(
     size: int,
     rng: np.random.Generator | None,
     cfg: AugmentConfig | None,
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> ClipTensors:
     """Augment (when ``rng`` and ``cfg`` are given), render flow, resize and normalise one clip.
+
+    ``normalization``: the model's ``(mean, std)`` (``ModelSettings``); None: ImageNet's.
 
     ``frames`` (L,H,W,3) uint8, ``flows`` (L,H,W,2) float or (L,h,w,3) uint8 flow pictures (``ClipSample.flow_images()``),
     ``masks`` (L,H,W) bool. Validation passes
@@ -133,8 +137,9 @@ def prepare_clip(
         pic = flows[i] if flows.shape[-1] == 3 else flow_to_rgb(np.ascontiguousarray(flows[i], np.float32))
         flow_rgb.append(resize_rgb(np.ascontiguousarray(pic), size))
         gt.append(resize_mask(np.ascontiguousarray(masks[i]), size))
+    mean, std = normalization or (None, None)
     return ClipTensors(
-        frames=normalize_images(np.stack(rgb)),
-        flows=normalize_images(np.stack(flow_rgb)),
+        frames=normalize_images(np.stack(rgb), mean, std),
+        flows=normalize_images(np.stack(flow_rgb), mean, std),
         masks=torch.from_numpy(np.stack(gt)[:, None].astype(np.float32)),
     )

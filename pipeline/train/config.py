@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from model.settings import ModelSettings
-from pipeline.config import require
+from pipeline.config import ConfigError, require
+from pipeline.names import UnsafeNameError, check_name
+from pipeline.storage import absolute_url
 
 __all__ = [
     "ModelConfig",
@@ -30,10 +32,12 @@ __all__ = [
 
 @dataclass
 class ModelConfig(ModelSettings):
-    """The model to train (:class:`model.ModelSettings`: name, options, memory_size, input_size, precision) and
-    where its weights start. ``memory_size`` and ``input_size`` left null take the init checkpoint's recorded
-    values, else the official ones (T=5, 512x512). ``precision`` 'auto' trains in bf16 autocast on GPUs and in fp32
-    on CPUs; 'bf16' asks for bf16 autocast on either."""
+    """The model to train (:class:`model.ModelSettings`: name, options, memory_size, input_size, precision, mean,
+    std) and where its weights start. Fields left null take the init checkpoint's recorded values (a checkpoint of
+    this project records its architecture, input size and normalisation), else the official ones (hmhi_mit_b1,
+    T=5, 512x512, ImageNet normalisation); a set field that differs from the record is honoured with a warning.
+    ``precision`` 'auto' trains in bf16 autocast on GPUs and in fp32 on CPUs; 'bf16' asks for bf16 autocast on
+    either."""
 
     init_checkpoint: str | None = None
     """Weights to start from: a URL/path of an NVlabs MiT ImageNet file, an official HMHI-Net checkpoint or a
@@ -52,6 +56,10 @@ class ModelConfig(ModelSettings):
             self.init_checkpoint,
             "must be a non-empty URL or null",
         )
+        if self.init_checkpoint:
+            self.init_checkpoint = absolute_url(
+                self.init_checkpoint
+            )  # on the driver (see TrainConfig.storage)
 
 
 @dataclass
@@ -83,6 +91,7 @@ class DataConfig:
     the error restarts the worker group from the last checkpoint (``max_failures``)."""
 
     def __post_init__(self):
+        self.url = absolute_url(self.url)  # on the driver (see TrainConfig.storage)
         require(bool(self.train_split), "train_split", self.train_split, "must not be empty")
         require(self.clip_length >= 1, "clip_length", self.clip_length, "must be >= 1")
         require(self.max_skip >= 1, "max_skip", self.max_skip, "must be >= 1")
@@ -208,10 +217,26 @@ class CheckpointingConfig:
     """Write a checkpoint every this many steps (and always at the end of the run)."""
     keep_last: int = 3
     """Checkpoints kept by Ray Train (the latest ones); the best-by-J&F model is kept separately."""
+    upload: Literal["async", "sync"] = "async"
+    """How a checkpoint reaches the run storage: 'async' (Ray Train's ``CheckpointUploadMode.ASYNC``: rank 0
+    writes the file locally and training goes on while a background thread uploads it; the uploads keep their
+    order, and the run ends only once the last one is stored) or 'sync' (the step waits for the upload). A
+    checkpoint taken on a preemption notice is always uploaded synchronously."""
+    preemption_check_steps: int = 1
+    """Every this many steps, ask Ray Train whether a node of the run is about to be preempted
+    (``ray.train.get_preemption_info``, one small collective); on a notice, write a checkpoint at once and train on
+    until Ray Train restarts the group elsewhere. 0 disables the check."""
 
     def __post_init__(self):
         require(self.every_steps >= 1, "every_steps", self.every_steps, "must be >= 1")
         require(self.keep_last >= 1, "keep_last", self.keep_last, "must be >= 1")
+        require(self.upload in ("async", "sync"), "upload", self.upload, "must be 'async' or 'sync'")
+        require(
+            self.preemption_check_steps >= 0,
+            "preemption_check_steps",
+            self.preemption_check_steps,
+            "must be >= 0 (0: never)",
+        )
 
 
 @dataclass
@@ -244,7 +269,8 @@ class TrainConfig:
     storage: str = ""
     """URL of the run storage: checkpoints, logs and metrics go to ``<storage>/<run_name>/``."""
     run_name: str = ""
-    """Run name; resubmitting with the same name resumes from the latest checkpoint."""
+    """Run name, one folder name below ``storage`` (not ``.`` or ``..``, no ``/``); resubmitting with the same
+    name resumes from the latest checkpoint."""
     num_workers: int = 1
     """Ray Train workers (one per GPU when ``use_gpu``)."""
     use_gpu: bool = False
@@ -274,6 +300,16 @@ class TrainConfig:
     """Validation cadence and metric settings."""
 
     def __post_init__(self):
+        # A relative path would mean each Ray Train worker's session folder: made absolute where the config is
+        # built (the driver), like every path field of every job config.
+        self.storage = absolute_url(self.storage)
+        if self.run_name:
+            try:
+                check_name(self.run_name, "run_name")
+            except UnsafeNameError as err:  # '.' would put the run (and its lease) on the storage root itself
+                raise ConfigError(
+                    "run_name", self.run_name, f"must be one folder name below storage ({err})"
+                ) from err
         require(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")
         require(self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "must be > 0")
         require(self.max_failures >= -1, "max_failures", self.max_failures, "must be >= 0, or -1 (no limit)")

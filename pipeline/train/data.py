@@ -27,14 +27,15 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from pipeline.shards import ShardEntry, read_samples
+from pipeline.retry import Backoff, Retrying, RetryPolicy
+from pipeline.shards import ShardChecksumError, ShardEntry, read_samples
 from pipeline.storage import StorageAuthError, StorageNotFoundError
 from pipeline.train.augment import ClipTensors, prepare_clip
 from pipeline.train.config import AugmentConfig, DataConfig
@@ -128,6 +129,7 @@ class TrainStream:
         rank: int,
         decode_fn,
         start: DataPosition | None = None,
+        normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     ):
         if not shards:
             raise ValueError("no training shards")
@@ -135,6 +137,8 @@ class TrainStream:
         self.cfg = data_cfg
         self.augment_cfg = augment_cfg
         self.input_size = input_size
+        self.normalization = normalization
+        """The model's input ``(mean, std)``; None: ImageNet's."""
         self.seed = seed
         self.world_size = world_size
         self.rank = rank
@@ -154,46 +158,45 @@ class TrainStream:
         for shard_idx, start, stop in rank_block(self.shards, epoch, self.seed, self.world_size, self.rank):
             yield from self._read_with_retries(self.shards[shard_idx], start, stop)
 
-    RETRY_BACKOFF_S = 1.0
-    """First wait before reopening a shard after a failed read (doubled after each further failure)."""
+    READ_BACKOFF = Backoff(first_s=1.0, max_s=30.0)
+    """Wait before reopening a shard after a failed read: up to 1 s, doubling after each further failure."""
+
+    def _read_retry_policy(self) -> RetryPolicy:
+        """``data.read_retries`` reopenings of a shard after the first read. A missing shard, rejected credentials
+        or a shard that fails its checksum raise at once: retrying cannot fix them."""
+        return RetryPolicy(
+            self.READ_BACKOFF,
+            attempts=self.cfg.read_retries + 1,
+            never_retry=(StorageNotFoundError, StorageAuthError, ShardChecksumError),
+        )
 
     def _read_with_retries(self, entry: ShardEntry, start: int, stop: int) -> Iterator[dict]:
         """Samples ``start:stop`` of a shard; a read that fails (a dropped connection, a storage blip, a body cut
         short) reopens the shard at the first sample not yet yielded, up to ``data.read_retries`` times with a
-        back-off, before the error goes up and Ray Train restarts the worker group from the last checkpoint.
+        back-off, before the error goes up and Ray Train restarts the worker group from the last checkpoint."""
+        position = start
 
-        A missing shard or rejected credentials fail at once: retrying cannot fix them.
-        """
-        position, failures = start, 0
+        def gave_up(error: BaseException, failures: int) -> ShardReadError:
+            return ShardReadError(
+                f"shard {entry.url}: reading sample {position} of {entry.num_samples} failed {failures} times; "
+                f"last error: {type(error).__name__}: {error}"
+            )
+
+        retrying = Retrying(
+            self._read_retry_policy(),
+            lambda: f"rank {self.rank}: reading shard {entry.url} at sample {position}",
+            action="reopening it there",
+            give_up=gave_up,
+            logger=log,
+        )
         while True:
             try:
                 for sample in read_samples(entry, position, stop):
                     yield sample
                     position += 1
                 return
-            except (StorageNotFoundError, StorageAuthError):
-                raise
             except Exception as e:  # botocore and fsspec raise many types for one dropped connection
-                failures += 1
-                if failures > self.cfg.read_retries:
-                    raise ShardReadError(
-                        f"shard {entry.url}: reading sample {position} of {entry.num_samples} "
-                        f"failed {failures} times; last error: {type(e).__name__}: {e}"
-                    ) from e
-                wait = self.RETRY_BACKOFF_S * 2 ** (failures - 1)
-                log.warning(
-                    "rank %d: reading shard %s failed at sample %d (%s: %s); reopening in %.1f s "
-                    "(attempt %d of %d)",
-                    self.rank,
-                    entry.url,
-                    position,
-                    type(e).__name__,
-                    e,
-                    wait,
-                    failures + 1,
-                    self.cfg.read_retries + 1,
-                )
-                time.sleep(wait)
+                retrying.failed(e)
 
     def _shuffled(self, epoch: int) -> Iterator[dict]:
         """Shuffle-buffered raw samples of this rank's block, repeated (new shuffle per pass) forever."""
@@ -226,6 +229,7 @@ class TrainStream:
             self.cfg.max_skip,
             self.input_size,
             self.augment_cfg,
+            self.normalization,
         )
         if pool is None:
             for sample in raw:
@@ -315,6 +319,7 @@ def make_training_clip(
     max_skip: int,
     input_size: int,
     augment_cfg: AugmentConfig,
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> ClipTensors | None:
     """Decode one raw sample, sample a clip with the official sampler and augment it; None if it has no mask.
 
@@ -335,6 +340,7 @@ def make_training_clip(
         input_size,
         rng,
         augment_cfg,
+        normalization,
     )
 
 

@@ -1,8 +1,10 @@
 """The training job (``jobs/train.py``): checks the inputs, runs ``TorchTrainer`` on the worker loop, and
 returns the job summary.
 
-Everything that can be wrong with the inputs is checked here, before any worker starts: the shard index and its
-training split (missing or empty), the checkpoint to initialise from. A run's state lives
+Everything that can be wrong with the inputs is checked by :func:`preflight`, on the driver before Ray starts: the
+shard index and its training split (missing or empty), the checkpoint to initialise from (read, its recorded model
+settings taken as defaults, and loaded into the model once), the run folder (writable, not the data). A run's state
+lives
 only in ``--storage``: Ray Train checkpoints under ``<storage>/<run_name>/checkpoint_<step>/``, our CSV and
 TensorBoard logs under ``<storage>/<run_name>/logs/``, the best model by validation J&F under ``best/``, and the
 summary in ``<storage>/<run_name>/summary.json``.
@@ -10,28 +12,42 @@ summary in ``<storage>/<run_name>/summary.json``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-import re
+import uuid
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
-from model import CheckpointError, ModelSettings, create_model, load_checkpoint
+from model import CheckpointError, CheckpointInfo, create_model, describe_checkpoint, load_checkpoint
+from pipeline.cli import JobSpec
 from pipeline.config import ConfigError, config_to_dict
 from pipeline.errors import JobFailed, UserError
-from pipeline.lease import holds_output_lease
+from pipeline.lease import check_lease, fenced, holds_output_lease
+from pipeline.preflight import check_disjoint, check_input, check_output
 from pipeline.run_layout import BEST_MODEL, SUMMARY
 from pipeline.runtime import init_ray
-from pipeline.shards import ShardChecksumError, ShardEntry, read_index
+from pipeline.shards import ShardChecksumError, ShardEntry, read_index, shard_set_provenance
 from pipeline.storage import StorageError, local_copy, open_storage
 from pipeline.summary import JobSummary
 from pipeline.train.config import TrainConfig, cadence_warnings
 from pipeline.train.data import steps_per_epoch
 from pipeline.train.loop import train_loop_per_worker
+from pipeline.train.restarts import RestartRecorder, count_restarts
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FLAGS", "TrainInputError", "resolve_shards", "check_inputs", "build_trainer", "run"]
+__all__ = [
+    "FLAGS",
+    "JOB",
+    "TrainInputError",
+    "build_trainer",
+    "check_inputs",
+    "preflight",
+    "resolve_shards",
+    "run",
+]
 
 FLAGS = {
     "--data": "data.url",
@@ -100,6 +116,7 @@ def check_inputs(cfg: TrainConfig) -> tuple[list[ShardEntry], list[ShardEntry]]:
             raise ConfigError(name, getattr(cfg, name), "is required")
     if not cfg.data.url:
         raise ConfigError("data.url", cfg.data.url, "is required (--data URL)")
+    check_input("data.url", cfg.data.url)
     train, left_out = resolve_shards(
         cfg.data.url, cfg.data.train_split, cfg.data.verify_checksums, need_masks=True
     )
@@ -125,41 +142,99 @@ def check_inputs(cfg: TrainConfig) -> tuple[list[ShardEntry], list[ShardEntry]]:
         val, _ = resolve_shards(cfg.data.url, cfg.data.val_split, cfg.data.verify_checksums, need_masks=True)
         if not val:
             log.warning("no '%s' shards in %s: validation is skipped", cfg.data.val_split, cfg.data.url)
-    recorded = check_init_checkpoint(cfg) if cfg.model.init_checkpoint else None
-    cfg.model = cfg.model.resolved(recorded)  # the workers get concrete sizes; checkpoints record them
     return train, val
 
 
-def check_init_checkpoint(cfg: TrainConfig) -> ModelSettings | None:
-    """Fetch ``model.init_checkpoint`` and load it into the configured model on the driver (CPU), so a missing,
-    corrupt or mismatched file fails here with its name rather than in every worker. Returns the model settings
-    the file records (None for official and ImageNet files)."""
-    url = cfg.model.init_checkpoint
+@contextlib.contextmanager
+def _init_checkpoint_errors(url: str) -> Iterator[None]:
+    """The errors of reading ``model.init_checkpoint`` as a :class:`TrainInputError` naming the field and URL."""
     try:
-        with local_copy(url, prefix="hmhi-init-") as path:
-            net = create_model(cfg.model.name, **cfg.model.architecture())
-            report = load_checkpoint(net, path, strict=cfg.model.init_strict)
+        yield
     except (FileNotFoundError, StorageError) as e:  # StorageNotFoundError is both
         if isinstance(e, FileNotFoundError):
             raise TrainInputError(f"init checkpoint {url} does not exist (model.init_checkpoint)") from e
         raise TrainInputError(f"init checkpoint {url} cannot be used (model.init_checkpoint): {e}") from e
     except CheckpointError as e:
         raise TrainInputError(f"init checkpoint {url} cannot be used (model.init_checkpoint): {e}") from e
+
+
+def resolve_model(cfg: TrainConfig, info: CheckpointInfo | None) -> None:
+    """Fill ``cfg.model``'s unset fields from the init checkpoint's record (``info``; None without one), else the
+    official defaults, so that the workers get concrete settings and every checkpoint records them. A field set to
+    another value than the record is honoured with a warning naming both; an architecture the weights cannot fit
+    is a :class:`TrainInputError`."""
+    recorded = info.settings if info is not None else None
+    errors, warnings = cfg.model.conflicts(recorded)
+    if errors:
+        raise TrainInputError(
+            f"init checkpoint {cfg.model.init_checkpoint} (model.init_checkpoint): {errors[0]}; "
+            "leave it unset to use the checkpoint's"
+        )
+    for warning in warnings:
+        log.warning("init checkpoint %s: %s", cfg.model.init_checkpoint, warning)
+    cfg.model = cfg.model.resolved(recorded)
+
+
+def check_init_checkpoint(cfg: TrainConfig) -> None:
+    """Fetch ``model.init_checkpoint`` once, take its recorded model settings as defaults (:func:`resolve_model`)
+    and load it into that model on the driver (CPU), so that a missing, corrupt or mismatched file fails here with
+    its name rather than in every worker."""
+    url = cfg.model.init_checkpoint
+    with _init_checkpoint_errors(url), local_copy(url, prefix="hmhi-init-") as path:
+        resolve_model(cfg, describe_checkpoint(path))
+        net = create_model(cfg.model.name, **cfg.model.architecture())
+        report = load_checkpoint(net, path, strict=cfg.model.init_strict)
     log.info("init checkpoint %s: %s format, loads into %s", url, report.format, cfg.model.name)
-    return report.settings
+
+
+def _settled(cfg: TrainConfig) -> bool:
+    """True once the model settings have been resolved (by the pre-flight): nothing left for a record to fill."""
+    m = cfg.model
+    return None not in (m.name, m.options, m.memory_size, m.input_size, m.mean, m.std)
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """Before Ray and before any write: the run folder (writable; not the data, not inside it, not around it), the
+    init checkpoint (read once, its record taken as defaults, loaded into the model) and the shards (index,
+    training split)."""
+    for name in ("storage", "run_name"):
+        if not getattr(cfg, name):
+            raise ConfigError(name, getattr(cfg, name), "is required")
+    run_root = _run_root(cfg)
+    check_output("storage", run_root)
+    check_disjoint(
+        "storage/run_name",
+        run_root,
+        {"data.url": cfg.data.url, "model.init_checkpoint": cfg.model.init_checkpoint},
+    )
+    if cfg.model.init_checkpoint:
+        check_init_checkpoint(cfg)
+    else:
+        resolve_model(cfg, None)
+    check_inputs(cfg)
+
+
+def training_provenance(cfg: TrainConfig) -> dict[str, Any]:
+    """What every checkpoint of the run records about its training (``save_checkpoint(provenance=...)``): the
+    shard set (URL, fingerprint, the flow its samples were made with) and the checkpoint it started from."""
+    return {"training_data": shard_set_provenance(cfg.data.url), "init_checkpoint": cfg.model.init_checkpoint}
 
 
 def build_loop_config(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntry]) -> dict[str, Any]:
-    """The ``train_loop_per_worker`` config: the job config plus the resolved shard lists."""
+    """The ``train_loop_per_worker`` config: the job config, the resolved shard lists and the run folder, fenced by
+    the driver's lease (it travels to the workers as its ``LeaseFence``)."""
     return {
         "train": config_to_dict(cfg),
         "shards": [asdict(s) for s in train],
         "val_shards": [asdict(s) for s in val],
+        "provenance": training_provenance(cfg),
+        "run": fenced(open_storage(cfg.storage).child(cfg.run_name)),
     }
 
 
-def build_trainer(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntry]):
-    """A ``TorchTrainer`` writing to ``<storage>/<run_name>`` (gloo on CPU, NCCL on GPU)."""
+def build_trainer(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntry], callbacks=()):
+    """A ``TorchTrainer`` writing to ``<storage>/<run_name>`` (gloo on CPU, NCCL on GPU); ``callbacks`` are Ray
+    Train callbacks of the run (the job's :class:`~pipeline.train.restarts.RestartRecorder`)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -180,13 +255,18 @@ def build_trainer(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntr
             storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
+            callbacks=list(callbacks),
         ),
     )
 
 
-def _checksum_failure(error: BaseException | None) -> str | None:
-    """The message of the ShardChecksumError a worker raised, if that is what failed the run (Ray Train wraps
-    worker errors: walk causes and ``worker_failures``; the text is the last resort)."""
+def _checksum_failure(error: BaseException | None) -> ShardChecksumError | None:
+    """The ShardChecksumError a worker raised, if that is what failed the run.
+
+    Ray Train raises a ``WorkerGroupError`` whose ``worker_failures`` map each failed rank to the exception its
+    training function raised (already unwrapped from Ray's traceback wrapper); in-process errors chain it as a
+    cause. Workers raise it unwrapped: the shard reader does not retry a checksum mismatch (pipeline.train.data).
+    """
     stack, seen = [error], set()
     while stack:
         e = stack.pop()
@@ -194,10 +274,9 @@ def _checksum_failure(error: BaseException | None) -> str | None:
             continue
         seen.add(id(e))
         if isinstance(e, ShardChecksumError):  # Ray's RayTaskError(ShardChecksumError) is one too
-            return str(e).strip().splitlines()[-1]
+            return e
         stack += [e.__cause__, e.__context__, *getattr(e, "worker_failures", {}).values()]
-    found = re.search(r"shard \S+: SHA-256 \S+ does not match the index \(\S+\)", str(error or ""))
-    return found.group(0) if found else None
+    return None
 
 
 def _run_root(cfg: TrainConfig) -> str:
@@ -219,6 +298,13 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     from ray.train import TrainingFailedError
 
     train, val = check_inputs(cfg)
+    if not _settled(cfg):  # run() called without the pre-flight: the record still fills the defaults
+        info = None
+        if cfg.model.init_checkpoint:
+            with _init_checkpoint_errors(cfg.model.init_checkpoint):
+                with local_copy(cfg.model.init_checkpoint, prefix="hmhi-init-") as path:
+                    info = describe_checkpoint(path)
+        resolve_model(cfg, info)
     summary = JobSummary("train", config=config_to_dict(cfg))
     for warning in cadence_warnings(cfg):
         log.warning("%s", warning)
@@ -234,16 +320,20 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         cfg.storage,
         cfg.run_name,
     )
-    run_storage = open_storage(cfg.storage).child(cfg.run_name)
+    run_storage = fenced(open_storage(cfg.storage).child(cfg.run_name))  # the summary checks the lease too
     summary.set("run", run_storage.url)
+    submission = uuid.uuid4().hex[:12]  # names this job run's restart records in the run folder
     try:
-        result = build_trainer(cfg, train, val).fit()
+        result = build_trainer(cfg, train, val, [RestartRecorder(run_storage, submission)]).fit()
         error = result.error
     except TrainingFailedError as e:  # Ray Train 2.x raises once the workers have used up max_failures
         result, error = None, e
+    check_lease()  # a driver that lost the run folder (paused past the TTL) reports nothing as its own
+    for cause, count in count_restarts(run_storage, submission).items():  # preemptions apart from failures
+        summary.set(f"restarts_after_{cause}", count)
     bad = _checksum_failure(error)
     if bad is not None:  # a shard failed its checksum in the worker that read it first: the input is bad
-        raise TrainInputError(bad) from error
+        raise TrainInputError(str(bad).strip().splitlines()[-1]) from error
     if error is not None:
         lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
         reason = f"training failed: {lines[-1] if lines else type(error).__name__}"
@@ -268,3 +358,27 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     if run_storage.exists(BEST_MODEL):
         summary.set("best_model", run_storage.join(BEST_MODEL))
     return summary.finish(storage=run_storage, rel=SUMMARY)
+
+
+JOB = JobSpec(
+    name="train",
+    summary="HMHI-Net training with Ray Train DDP on the flow job's shards; resumable runs",
+    config=TrainConfig,
+    run=run,
+    preflight=preflight,
+    flags=FLAGS,
+    description="""Train HMHI-Net with Ray Train DDP on the flow job's WebDataset shards.
+
+Writes below <storage>/<run_name>: checkpoint_NNNNNNNN/checkpoint.pt (the resume points), best/model.pt (the best
+model by validation J&F; best/meta.json names it), logs/metrics.csv, logs/tensorboard/ and summary.json. Every
+checkpoint records its model settings (architecture, input size, normalisation), the training data's fingerprint
+and flow settings: segment and --init-checkpoint take their defaults from it. Resubmitting the same --run-name
+and --storage resumes from the latest checkpoint at the next step.""",
+    examples=(
+        "{prog} --config configs/tiny_cpu.yaml --data runs/shards --storage runs/train --run-name tiny "
+        "--num-workers 2 --max-steps 400",
+        "{prog} --config configs/finetune_davis16.yaml --data s3://bucket/shards/davis16 --storage s3://bucket/runs "
+        "--run-name davis16 --init-checkpoint s3://bucket/runs/pretrain/best/model.pt --use-gpu --num-workers 4",
+    ),
+)
+"""The training job on the command line (``hmhi-uvos train``, ``jobs/train.py``)."""

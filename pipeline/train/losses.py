@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import sigmoid_focal_loss
 
 from pipeline.train.config import LossConfig
 
@@ -21,12 +22,9 @@ _DICE_EPS = 1e-5
 def focal_loss(
     logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
 ) -> torch.Tensor:
-    """Mean sigmoid focal loss over every element of ``logits``/``target`` (same shape, target in [0, 1])."""
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    p = torch.sigmoid(logits)
-    p_t = target * p + (1 - target) * (1 - p)
-    weight = alpha * target + (1 - alpha) * (1 - target)
-    return (bce * (1 - p_t).pow(gamma) * weight).mean()
+    """Mean sigmoid focal loss over every element of ``logits``/``target`` (same shape, target in [0, 1]):
+    torchvision's RetinaNet loss, whose formula is the official one above (alpha weights the foreground)."""
+    return sigmoid_focal_loss(logits, target, alpha=alpha, gamma=gamma, reduction="mean")
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import threading
 
+from pipeline.retry import Backoff, Retrying, RetryPolicy
 from pipeline.run_layout import METRICS_CSV, TENSORBOARD_DIR
 from pipeline.storage import Storage
 
@@ -58,10 +59,11 @@ def read_metrics_csv(run: Storage) -> list[dict[str, str]]:
 class MetricsWriter:
     """Appends metric rows to the run's CSV and TensorBoard files (rank 0 only); uploads in the background."""
 
-    MAX_BACKOFF_S = 60.0
-    """Longest wait before retrying after failed uploads (doubling from 1 s)."""
+    UPLOAD_RETRY = RetryPolicy(Backoff(first_s=1.0, max_s=60.0))
+    """Failed background uploads: retried without limit (with the rows written meanwhile), after a jittered wait
+    of up to 1 s, doubling to 60 s."""
 
-    def __init__(self, run: Storage, resume_step: int):
+    def __init__(self, run: Storage, resume_step: int, upload_retry: RetryPolicy = UPLOAD_RETRY):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run = run
@@ -74,6 +76,7 @@ class MetricsWriter:
         self._upload_lock = threading.Lock()  # one upload at a time, so an older snapshot never lands last
         self._pending = threading.Event()
         self._closing = threading.Event()
+        self._upload_retry = upload_retry
         self._thread = threading.Thread(target=self._upload_loop, name="metrics-upload", daemon=True)
         self._thread.start()
 
@@ -106,51 +109,59 @@ class MetricsWriter:
 
         The training loop calls it at checkpoints, so a restart from a checkpoint finds the rows up to it.
         """
-        with self._upload_lock:
-            return self._upload()
-
-    def _upload(self) -> bool:
-        with self._lock:
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            for r in self.rows:
-                writer.writerow({k: r.get(k, "") for k in CSV_COLUMNS})
-            self.tb.flush()
-            # A snapshot of the event files: the TensorBoard writer may append while they upload.
-            snapshot = tempfile.mkdtemp(prefix="hmhi-tb-up-")
-            for name in sorted(os.listdir(self._tb_dir)):
-                shutil.copyfile(os.path.join(self._tb_dir, name), os.path.join(snapshot, name))
         try:
-            self.run.write_text(METRICS_CSV, buf.getvalue())
-            for name in sorted(os.listdir(snapshot)):
-                self.run.upload_file(os.path.join(snapshot, name), f"{TENSORBOARD_DIR}/{name}")
+            self._upload()
             return True
         except Exception as e:  # any storage failure: metrics are best-effort, training goes on
-            self.failed_uploads += 1
-            log.warning(
-                "metrics upload to %s failed (%s: %s); retrying with the next rows",
-                self.run.join("logs"),
-                type(e).__name__,
-                e,
-            )
+            log.warning("%s failed (%s: %s); retrying with the next rows", self._what(), type(e).__name__, e)
             return False
-        finally:
-            shutil.rmtree(snapshot, ignore_errors=True)
+
+    def _what(self) -> str:
+        return f"metrics upload to {self.run.join('logs')}"
+
+    def _upload(self) -> None:
+        """Upload the CSV and the TensorBoard files as they are now; raises what the storage raised."""
+        with self._upload_lock:
+            with self._lock:
+                buf = io.StringIO()
+                writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+                writer.writeheader()
+                for r in self.rows:
+                    writer.writerow({k: r.get(k, "") for k in CSV_COLUMNS})
+                self.tb.flush()
+                # A snapshot of the event files: the TensorBoard writer may append while they upload.
+                snapshot = tempfile.mkdtemp(prefix="hmhi-tb-up-")
+                for name in sorted(os.listdir(self._tb_dir)):
+                    shutil.copyfile(os.path.join(self._tb_dir, name), os.path.join(snapshot, name))
+            try:
+                self.run.write_text(METRICS_CSV, buf.getvalue())
+                for name in sorted(os.listdir(snapshot)):
+                    self.run.upload_file(os.path.join(snapshot, name), f"{TENSORBOARD_DIR}/{name}")
+            except Exception:
+                self.failed_uploads += 1
+                raise
+            finally:
+                shutil.rmtree(snapshot, ignore_errors=True)
 
     def _upload_loop(self) -> None:
-        backoff = 0.0
+        # The wait after a failure ends early when close() is called (close makes the last attempt).
+        retrying = Retrying(
+            self._upload_retry,
+            self._what,
+            action="retrying with the next rows",
+            sleep=self._closing.wait,
+            logger=log,
+        )
         while not self._closing.is_set():
             if not self._pending.wait(timeout=0.5):
                 continue
-            if backoff and self._closing.wait(backoff):
-                return  # close() makes the last attempt
             self._pending.clear()
-            if self.flush():
-                backoff = 0.0
-            else:
+            try:
+                self._upload()
+                retrying.succeeded()
+            except Exception as e:  # any storage failure: metrics are best-effort, training goes on
                 self._pending.set()  # the rows are still to be uploaded
-                backoff = min(self.MAX_BACKOFF_S, max(1.0, 2 * backoff))
+                retrying.failed(e)
 
     def close(self) -> None:
         """Stop the upload thread and make one last upload attempt (a failure is logged, not raised)."""

@@ -28,10 +28,12 @@ import torch
 import torch.distributed as dist
 
 from model import create_model, load_checkpoint, save_checkpoint
+from pipeline import telemetry
 from pipeline.config import config_to_dict
 from pipeline.run_layout import commit_best_model
 from pipeline.shards import ShardEntry, decode_clip
-from pipeline.storage import local_copy, open_storage
+from pipeline.storage import Storage, local_copy, open_storage
+from pipeline.summary import format_eta
 from pipeline.train.config import OptimConfig, TrainConfig
 from pipeline.train.data import ClipBatch, DataPosition, Prefetcher, TrainStream
 from pipeline.train.losses import clip_loss
@@ -198,7 +200,9 @@ class Trainer:
 
     ``wrap_model`` wraps the model for data parallelism and places it on ``device`` (``ray.train.torch.
     prepare_model`` in the job); None moves it to ``device``, which is all one process needs. ``resume`` is a
-    checkpoint's content (:meth:`state_dict`, as read back from the file) to continue from. Collective methods
+    checkpoint's content (:meth:`state_dict`, as read back from the file) to continue from. ``run`` is the run
+    folder the trainer writes to (default ``<storage>/<run_name>`` from the config; the job passes it fenced by
+    its lease, see :meth:`check_lease`). Collective methods
     (:meth:`step_metrics`, :meth:`state_dict`, :meth:`write_checkpoint`) must be called by every rank at the
     same step. The data stream and the metrics files open at the first batch, at the state's position; call
     :meth:`close` (or use the trainer as a context manager) to stop them.
@@ -216,11 +220,20 @@ class Trainer:
         device: torch.device | None = None,
         wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
         resume: dict[str, Any] | None = None,
+        provenance: dict[str, Any] | None = None,
+        run: Storage | None = None,
     ):
+        # The job's driver resolves the model settings against the init checkpoint; a Trainer built directly gets
+        # the official defaults for what its config leaves unset (a no-op on resolved settings).
+        cfg.model = cfg.model.resolved()
         self.cfg, self.shards, self.val_shards, self.scratch = cfg, shards, val_shards, scratch
+        self.provenance = dict(provenance or {})
+        """What the model is trained on (the training data's fingerprint and flow settings), recorded in every
+        checkpoint and best model."""
         self.rank, self.world_size = rank, world_size
         self.device = device or torch.device("cpu")
-        self.run = open_storage(cfg.storage).child(cfg.run_name)
+        # The job passes the run folder fenced by its driver's lease: the best model and the metrics check it.
+        self.run = run if run is not None else open_storage(cfg.storage).child(cfg.run_name)
         self.amp = cfg.model.precision == "bf16" or (
             cfg.model.precision == "auto" and self.device.type == "cuda"
         )
@@ -229,6 +242,9 @@ class Trainer:
         self._batches: Prefetcher | None = None
         self._writer: MetricsWriter | None = None
         self._window = _LogWindow(0.0)
+        self._attempt_started = time.monotonic()  # reset at the first batch: the ETA's clock
+        self._last_step_at: float | None = None  # when the previous step ended (the step-time metric)
+        self._last_wait_s = 0.0  # the stream's data wait at that moment
 
         # Same initial weights on every rank (DDP broadcasts rank 0's anyway); different dropout streams per rank.
         torch.manual_seed(cfg.optim.seed)
@@ -270,9 +286,11 @@ class Trainer:
                 self.rank,
                 decode_clip,
                 start=self.state.position,
+                normalization=(self.cfg.model.mean, self.cfg.model.std),
             )
             self._batches = Prefetcher(self._stream, self.cfg.data.prefetch_batches)
             self._window.restart(self._batches.wait_s)
+            self._attempt_started = time.monotonic()
         return next(self._batches)
 
     def close(self) -> None:
@@ -325,7 +343,20 @@ class Trainer:
             "grad_norm": grad_norm,
         }
         self._window.add(out)
+        self._count_step(out["loss"])
         return out
+
+    def _count_step(self, loss: float) -> None:
+        """The step's metrics: steps, step time (since the previous step ended), data wait, loss."""
+        now = time.perf_counter()
+        wait_s = self._batches.wait_s if self._batches is not None else 0.0
+        rank = str(self.rank)
+        if self._last_step_at is not None:
+            telemetry.TRAIN_STEP_SECONDS.observe(now - self._last_step_at, rank=rank)
+            telemetry.TRAIN_DATA_WAIT_SECONDS.observe(wait_s - self._last_wait_s, rank=rank)
+        telemetry.TRAIN_STEPS.inc(rank=rank)
+        telemetry.TRAIN_LOSS.set(loss, rank=rank)
+        self._last_step_at, self._last_wait_s = now, wait_s
 
     def plan(self) -> StepPlan:
         """What is due after the step just done: logging, validation, a checkpoint (always all at the last)."""
@@ -364,6 +395,8 @@ class Trainer:
         metrics["clips_per_s"] = metrics["clips_per_s_per_worker"] * self.world_size
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         self._window.restart(wait_s)
+        if self.rank == 0:
+            telemetry.TRAIN_CLIPS_PER_SECOND.set(metrics["clips_per_s"])
         return metrics
 
     def _validate(self) -> dict[str, Any]:
@@ -389,6 +422,7 @@ class Trainer:
                 best_path,
                 {"step": state.step, "val": scores, "config": config_to_dict(self.cfg)},
                 settings=self.cfg.model,
+                provenance=self.provenance,
             )
             commit_best_model(self.run, best_path, state.step, scores)
             os.remove(best_path)
@@ -402,16 +436,19 @@ class Trainer:
             self._writer = MetricsWriter(self.run, resume_step=self.state.start_step)
         self._writer.write(self.state.step, {k: v for k, v in metrics.items() if k != "start_step"})
         if plan.log:
+            state, max_steps = self.state, self.cfg.optim.max_steps
+            rate = (state.step - state.start_step) / max(1e-9, time.monotonic() - self._attempt_started)
             log.info(
-                "step %d/%d  loss %.4f  grad_norm %.3g  lr %.3g  %.2f clips/s  data wait %.0f%%%s",
-                self.state.step,
-                self.cfg.optim.max_steps,
+                "step %d/%d  loss %.4f  grad_norm %.3g  lr %.3g  %.2f clips/s  data wait %.0f%%%s  %s",
+                state.step,
+                max_steps,
                 metrics["loss"],
                 metrics["grad_norm"],
                 metrics["lr"],
                 metrics["clips_per_s"],
                 100 * metrics["data_wait_frac"],
                 f"  val J&F {metrics['val_JF_mean']:.3f}" if plan.validate else "",
+                format_eta(max_steps - state.step, rate),
             )
 
     # -- checkpoint state -----------------------------------------------------------------------------------------
@@ -433,18 +470,26 @@ class Trainer:
             "resume_info": self.state.resume_info,
         }
 
-    def write_checkpoint(self, path: str) -> bool:
+    def write_checkpoint(self, path: str, reason: str = "cadence") -> bool:
         """Write :meth:`state_dict` to ``path`` in the project's checkpoint format (collective; rank 0 writes and
-        also uploads the metrics rows up to this step, for a restart from it). True where the file was written."""
+        also uploads the metrics rows up to this step, for a restart from it). ``reason`` (``cadence`` or
+        ``preemption``) is recorded in the file. True where the file was written."""
         state = self.state_dict()
         if self.rank != 0:
             return False
+        extra = {k: v for k, v in state.items() if k != "model"}
         save_checkpoint(
-            self.module, path, {k: v for k, v in state.items() if k != "model"}, settings=self.cfg.model
+            self.module, path, dict(extra, reason=reason), settings=self.cfg.model, provenance=self.provenance
         )
+        telemetry.TRAIN_CHECKPOINTS.inc(reason=reason)
         if self._writer is not None:
             self._writer.flush()  # best-effort, like every metrics upload
         return True
+
+    def check_lease(self) -> None:
+        """Raise :class:`~pipeline.lease.LeaseLostError` if the run's driver may have lost the run folder's lease:
+        before a commit that does not go through :attr:`run` (a checkpoint reported to Ray Train)."""
+        self.run.check_fence()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint's content (before the first batch).

@@ -57,7 +57,9 @@ def validate(
                 np.asarray(clip.flow_images()),
                 np.asarray(clip.masks),
             )
-            tensors = prepare_clip(frames, flows, masks, cfg.model.input_size, None, None)
+            tensors = prepare_clip(
+                frames, flows, masks, cfg.model.input_size, None, None, (cfg.model.mean, cfg.model.std)
+            )
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 full, _ = module.forward_clip(tensors.frames[None].to(device), tensors.flows[None].to(device))
             logits = F.interpolate(

@@ -19,9 +19,11 @@ import json, sys
 import ray
 ray.init(address=sys.argv[1], runtime_env={"env_vars": json.loads(sys.argv[2])})
 from importlib import import_module
+from pipeline.cli import run_job_main
 from pipeline.retry import retry_counts
-summary = import_module(sys.argv[3]).main(sys.argv[4:])
+status = run_job_main(import_module(sys.argv[3]).main, sys.argv[4:])
 print("RETRIES", retry_counts(), flush=True)
+sys.exit(status)
 """
 
 
@@ -44,13 +46,13 @@ def start_driver(
     )
 
 
-def finish_driver(proc: subprocess.Popen, timeout: float = 600) -> str:
-    """Wait for a driver from :func:`start_driver` (killed if it overruns ``timeout``), assert that it exited 0 and
-    return its log."""
+def finish_driver(proc: subprocess.Popen, timeout: float = 600, status: int = 0) -> str:
+    """Wait for a driver from :func:`start_driver` (killed if it overruns ``timeout``), assert that it exited with
+    ``status`` (the job's exit status: 1 when it rejected every item) and return its log."""
     try:
         log_text, _ = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, log_text[-4000:]
+    assert proc.returncode == status, log_text[-4000:]
     return log_text

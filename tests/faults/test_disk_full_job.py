@@ -61,8 +61,8 @@ def test_flow_job_on_a_full_temporary_disk_names_it_and_a_rerun_completes(
     tmp = {"TMPDIR": str(tiny_disk)}
 
     _almost_fill(tiny_disk)
-    # The job goes on: bad videos are reported, not fatal.
-    log_text = finish_driver(start_driver(ray_cluster, tmp, args, **tmp))
+    # The job goes on: bad videos are reported, not fatal; with every video rejected it exits with status 1.
+    log_text = finish_driver(start_driver(ray_cluster, tmp, args, **tmp), status=1)
     st = open_storage(out)
     summary = st.read_json("summary.json")
     assert summary["counts"]["video"] == {"done": 0, "skipped": 0, "rejected": 2}, log_text[-3000:]
@@ -104,8 +104,8 @@ def test_segment_on_a_full_temporary_disk_names_it_and_a_rerun_completes(
     tmp = {"TMPDIR": str(tiny_disk)}
 
     _almost_fill(tiny_disk)
-    # The job goes on: bad videos are reported, not fatal.
-    log_text = finish_driver(start_driver(ray_cluster, tmp, args, job="jobs.segment", **tmp))
+    # The job goes on: bad videos are reported, not fatal; with every video rejected it exits with status 1.
+    log_text = finish_driver(start_driver(ray_cluster, tmp, args, job="jobs.segment", **tmp), status=1)
     st = open_storage(out)
     summary = st.read_json("summary.json")
     assert summary["counts"]["video"] == {"done": 0, "skipped": 0, "rejected": 2}, log_text[-3000:]

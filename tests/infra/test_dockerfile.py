@@ -145,6 +145,18 @@ def test_what_kuberay_needs_is_installed():
     )
 
 
+def test_the_video_decoder_and_its_ffmpeg_libraries_are_installed():
+    """torchcodec (pyproject's 'video' extra) decodes the jobs' videos in the image; it needs FFmpeg's shared
+    libraries in the runtime stage, and the image checks at build time that it found them."""
+    build_runs = " ".join(a for k, a in stages()[-2] if k == "RUN")
+    assert re.search(r"pip install[^&]*-r /src/pyproject\.toml[^&]*--extra video", build_runs)
+    assert 'video = ["torchcodec' in (REPO / "pyproject.toml").read_text()
+    runtime_runs = " ".join(a for k, a in stages()[-1] if k == "RUN")
+    for library in ("libavcodec", "libavformat", "libavutil", "libswscale", "libavfilter", "libavdevice"):
+        assert re.search(rf"apt-get install[^&]*\b{library}\d+", runtime_runs), library
+    assert "video_decoder() == 'torchcodec'" in runtime_runs
+
+
 @pytest.mark.parametrize("doc", ["README.md"])
 def test_readme_has_build_and_push_commands(doc):
     text = (DOCKER / doc).read_text()

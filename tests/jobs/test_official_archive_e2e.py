@@ -7,9 +7,12 @@ One case per archive: the official HMHI-Net layout in both namings, DAVIS-2016, 
 YouTube-VOS. What each case checks is what the archive makes hard: sparse annotation arriving on the frames it
 annotates (FBMS's ``Def.dat`` placing ``tennis``'s ground truth, YouTube-Objects' N-th-frame masks, YouTube-VOS's
 first-frame-only ``valid``), flow pictures going into the shards unchanged, and evaluation scoring exactly the
-annotated frames of the benchmark split under the frame names ``segment`` wrote. Training is one worker, two steps at
-64x64 (DDP itself is tested in tests/jobs/test_train.py); YouTube-Objects has no training split (all of it is the
-benchmark), so its case trains on its test shards (``data.train_split=test``) to prove they are trainable.
+annotated frames of the benchmark split under the frame names ``segment`` wrote. Training is two steps at 64x64 of the
+train job's own pieces, in this process: its input checks (``check_inputs``: the split's shards, verified, samples
+without ground truth left out) and the ``Trainer`` that every Ray Train worker runs, on one rank (the train job's
+Ray Train runs, DDP, resume and failures are tests/jobs/test_train.py's; a Ray Train start per archive would cost
+more than the rest of the case). YouTube-Objects has no training split (all of it is the benchmark), so its case
+trains on its test shards (``data.train_split=test``) to prove they are trainable.
 """
 
 from __future__ import annotations
@@ -24,13 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from jobs.evaluate import main as evaluate_main
 from jobs.precompute_flow import main as flow_main
 from jobs.segment import main as segment_main
-from jobs.train import main as train_main
+from pipeline.config import load_config
 from pipeline.shards import shard_urls
 from pipeline.storage import open_storage, open_url
+from pipeline.train.config import TrainConfig
+from pipeline.train.job import check_inputs
+from pipeline.train.trainer import Trainer
 from tests.archives import write_fbms, write_hmhi, write_ytobj, write_ytvos
 from tests.conftest import REPO_ROOT
 from tests.media import write_davis
@@ -115,12 +122,44 @@ def _shard_members(shards: str) -> tuple[list[dict], list[bytes]]:
     return metas, pictures
 
 
+def _train_two_steps(shards: str, split: str, scratch: Path) -> str:
+    """Two steps of configs/test.yaml at 64x64 on the ``split`` shards, as one training worker takes them; returns
+    the checkpoint written after them."""
+    cfg = load_config(
+        TrainConfig,
+        str(REPO_ROOT / "configs" / "test.yaml"),
+        [
+            f"data.url={shards}",
+            f"data.train_split={split}",
+            f"storage={scratch / 'runs'}",
+            "run_name=e2e",
+            "num_workers=1",
+            "optim.max_steps=2",
+            "model.input_size=64",
+        ],
+    )
+    train, val = check_inputs(cfg)
+    assert train, f"no '{split}' shards with ground truth in {shards}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what a one-CPU training worker runs with
+    try:
+        with Trainer(cfg, train, val, scratch=str(scratch)) as trainer:
+            while not trainer.finished:
+                parts = trainer.train_step(trainer.next_batch())
+            path = str(scratch / "checkpoint.pt")
+            assert trainer.write_checkpoint(path)
+    finally:
+        torch.set_num_threads(threads)
+    assert trainer.state.step == 2 and math.isfinite(parts["loss"]) and parts["loss"] > 0
+    return path
+
+
 @pytest.mark.parametrize("archive", list(CASES))
 def test_archive_ingests_shards_trains_segments_and_evaluates(tmp_path, archive):
     case = CASES[archive]
     root = tmp_path / archive
     truth = case.write(root)
-    shards, runs, seg, ev = (str(tmp_path / p) for p in ("shards", "runs", "seg", "eval"))
+    shards, seg, ev = (str(tmp_path / p) for p in ("shards", "seg", "eval"))
 
     # Shards: every video, its annotated frames where the archive annotates them, flow from where it comes.
     flow_model = ["--flow-model", "pictures"] if case.flow_pictures else []
@@ -137,29 +176,7 @@ def test_archive_ingests_shards_trains_segments_and_evaluates(tmp_path, archive)
         assert pictures and set(pictures) <= shipped
 
     # Training from this archive's own shards.
-    train = train_main(
-        [
-            "--config",
-            str(REPO_ROOT / "configs" / "test.yaml"),
-            "--data",
-            shards,
-            "--storage",
-            runs,
-            "--run-name",
-            archive,
-            "--num-workers",
-            "1",
-            "--max-steps",
-            "2",
-            "--set",
-            "model.input_size=64",
-            "--set",
-            f"data.train_split={case.train_split}",
-        ]
-    )
-    assert train["counts"]["run"]["done"] == 1 and train["figures"]["steps"] == 2
-    assert math.isfinite(train["figures"]["final_loss"]) and train["figures"]["final_loss"] > 0
-    checkpoint = open_storage(train["figures"]["latest_checkpoint"]).join("checkpoint.pt")
+    checkpoint = _train_two_steps(shards, case.train_split, tmp_path / "train")
 
     # Segment every video from the shards with that checkpoint.
     summary = segment_main(

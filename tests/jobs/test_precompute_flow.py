@@ -199,8 +199,10 @@ def test_killed_run_resumes_with_every_video_exactly_once(s3_bucket, tmp_path, r
     assert len(st.list("index")) == 3 and not st.exists("index.parquet")
     assert len(set(read_index(out).column("video_id").to_pylist())) == 3
     assert not st.exists("summary.json")
-    # Leftovers of an interrupted upload that never reached the index must not survive the resume.
-    st.write_bytes("shards/train-000777.tar", b"partial")
+    # Leftovers of an interrupted upload that never reached the index must not survive the resume; a .tar that is
+    # not named like this job's shards is not this job's to delete.
+    st.write_bytes("shards/train-0123456789ab-0000.tar", b"partial")
+    st.write_bytes("shards/notes.tar", b"someone else's")
 
     summary = main(args)
     index = read_index(out)
@@ -215,8 +217,9 @@ def test_killed_run_resumes_with_every_video_exactly_once(s3_bucket, tmp_path, r
     c = summary["counts"]["video"]
     assert c["done"] + c["skipped"] == 4 and c["rejected"] == 0 and c["skipped"] >= 1
     assert sorted(st.list("shards")) == sorted(
-        s.split("/")[1] for s in set(index.column("shard").to_pylist())
+        ["notes.tar", *(s.split("/")[1] for s in set(index.column("shard").to_pylist()))]
     )
+    assert st.read_bytes("shards/notes.tar") == b"someone else's"
     assert len(_wds_samples(shard_urls(out))) == 8
 
 
@@ -634,3 +637,50 @@ def test_growing_a_corpus_never_moves_a_finished_video_between_splits(tmp_path):
         index.column("video_id").to_pylist(), index.column("split").to_pylist(), strict=True
     ):
         assert after[vid] == split
+
+
+def test_a_folder_with_foreign_tar_files_is_refused_untouched(tmp_path):
+    """precompute_flow deletes only its own uncommitted shards, and only in its own output: a folder that holds
+    other files is refused before anything is written or deleted (exit 2, one line)."""
+    write_davis(tmp_path / "c", {"v0": 6}, size=(48, 64))
+    foreign = tmp_path / "foreign"
+    (foreign / "shards").mkdir(parents=True)
+    tars = {"train-0123456789ab-0000.tar": b"looks like ours", "backup.tar": b"someone else's"}
+    for name, data in tars.items():
+        (foreign / "shards" / name).write_bytes(data)
+    args = ["--input", str(tmp_path / "c"), "--output", str(foreign), "--clip-length", "4"]
+    proc = subprocess.run(
+        [sys.executable, "jobs/precompute_flow.py", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "is not empty" in error_lines[0] and str(foreign) in error_lines[0]
+    assert sorted(p.name for p in foreign.rglob("*")) == sorted(
+        ["shards", *tars]
+    )  # nothing written or removed
+    assert all((foreign / "shards" / name).read_bytes() == data for name, data in tars.items())
+
+
+def test_images_over_the_pixel_limit_reject_their_video_or_drop_their_mask(tmp_path):
+    """A 20000x20000 frame rejects its video naming the file; such a mask is dropped like other bad masks; the other
+    videos are whole."""
+    from tests.media import bomb_png
+
+    root = tmp_path / "c"
+    write_davis(root, {"calm": 6, "bad_mask": 6, "bad_frame": 6}, size=(48, 64))
+    (root / "Annotations" / "480p" / "bad_mask" / "00002.png").write_bytes(bomb_png())
+    (root / "JPEGImages" / "480p" / "bad_frame" / "00003.jpg").write_bytes(bomb_png())
+    out = str(tmp_path / "out")
+    summary = main(["--input", str(root), "--output", out, "--clip-length", "3"])
+    assert summary["counts"]["video"] == {"done": 2, "skipped": 0, "rejected": 1}
+    rejected = summary["rejected"][0]
+    assert rejected["name"] == "bad_frame" and "bad_frame/00003.jpg" in rejected["reason"]
+    assert "400,000,000 pixels" in rejected["reason"]
+    manifest = {r["video_id"]: r for r in open_storage(out).read_parquet("manifest.parquet").to_pylist()}
+    assert manifest["bad_mask"]["annotated_frames"] == [0, 1, 3, 4, 5]  # the bomb mask dropped
+    assert manifest["calm"]["annotated_frames"] == list(range(6))
+    assert set(read_index(out).column("video_id").to_pylist()) == {"calm", "bad_mask"}

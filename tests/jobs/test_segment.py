@@ -282,3 +282,61 @@ def test_actor_runs_the_model_on_the_thread_that_loaded_it(tmp_path, ray_cluster
     caller.join()
     assert [(r["status"], r["frames"]) for r in results] == [("done", 6)]
     assert stepped_on == {loader} and caller.ident not in stepped_on
+
+
+def test_crafted_index_ids_are_rejected_and_touch_no_other_video(tmp_path, ray_cluster, tiny_checkpoint):
+    """A shard index whose rows say ``.``, ``..``, ``a/b`` or ``''``: those ids are rejected by name, and every
+    other video's masks and done markers stay byte for byte (``masks/.`` is the folder of every video)."""
+    import pyarrow as pa
+
+    from pipeline.shards import INDEX_NAME
+    from tests.jobs.test_segment_chunks import write_shards
+
+    shards = open_storage(str(tmp_path / "shards"))
+    write_shards(shards, "bear", 6, [(0, 3), (3, 5)])
+    write_shards(shards, "cat", 4, [(0, 3)])
+    out = open_storage(str(tmp_path / "out"))
+    first = main(common_args(tiny_checkpoint, shards.url, out.url))
+    assert first["counts"]["video"]["done"] == 2
+    before = {
+        rel: out.read_bytes(rel) for rel in out.list(recursive=True) if rel.startswith(("masks/", "done/"))
+    }
+    assert {"done/bear.json", "done/cat.json", "masks/bear/00005.png", "masks/cat/00003.png"} <= set(before)
+
+    index = shards.read_parquet(INDEX_NAME).replace_schema_metadata(None)
+    bear = [row for row in index.to_pylist() if row["video_id"] == "bear"]
+    crafted = [dict(row, video_id=bad) for bad in (".", "..", "a/b", "") for row in bear]
+    shards.write_parquet(INDEX_NAME, pa.Table.from_pylist(index.to_pylist() + crafted, schema=index.schema))
+
+    summary = main(common_args(tiny_checkpoint, shards.url, out.url))  # a rerun over the crafted index
+    rejected = {r["name"]: r["reason"] for r in summary["rejected"]}
+    assert set(rejected) == {"'.'", "'..'", "'a/b'", "''"}
+    assert all("cannot be a file or folder name" in reason for reason in rejected.values())
+    assert summary["counts"]["video"] == {"done": 0, "skipped": 2, "rejected": 4}
+    after = {
+        rel: out.read_bytes(rel) for rel in out.list(recursive=True) if rel.startswith(("masks/", "done/"))
+    }
+    assert after == before  # nothing written under another name, nothing removed, nothing changed
+
+
+def test_a_frame_over_the_pixel_limit_rejects_its_video_only(tmp_path, ray_cluster, tiny_checkpoint):
+    """A 49 kB PNG of 20000x20000 pixels among a video's frames: that video is rejected naming the file (sized from
+    its header, never decoded), the other video is whole."""
+    from tests.media import bomb_png
+
+    corpus = open_storage(str(tmp_path / "DAVIS"))
+    for seq in ("bear", "cows"):
+        for i, frame in enumerate(moving_square_frames(5)):
+            corpus.write_bytes(f"JPEGImages/480p/{seq}/{i:05d}.jpg", jpeg(frame))
+    corpus.write_bytes("JPEGImages/480p/cows/00003.jpg", bomb_png())
+    out = open_storage(str(tmp_path / "out"))
+    summary = main(common_args(tiny_checkpoint, corpus.url, out.url))
+    assert summary["counts"]["video"] == {"done": 1, "skipped": 0, "rejected": 1}
+    reason = summary["rejected"][0]["reason"]
+    assert (
+        summary["rejected"][0]["name"] == "cows"
+        and "cows/00003.jpg" in reason
+        and "400,000,000 pixels" in reason
+    )
+    check_video_outputs(out, "bear", 5)
+    assert not out.exists("done/cows.json") and out.list("masks/cows") == []

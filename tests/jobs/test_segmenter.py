@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from jobs.segment import main
+from pipeline.errors import JobFailed
 from pipeline.flow.config import FlowConfig
 from pipeline.masks import decode_mask_png
 from pipeline.segment import VideoSegmenter
@@ -80,7 +82,9 @@ def test_overwrite_with_a_failing_video_leaves_no_outputs(tmp_path, ray_cluster,
 
     # The video is replaced by one that decodes for a few frames and then breaks: the rerun starts it, fails.
     corpus.write_bytes("clip.mp4", good[: len(good) * 2 // 3])
-    summary = main([*args, "--overwrite"])
+    with pytest.raises(JobFailed, match="every item was rejected") as failed:  # its only video: exit status 1
+        main([*args, "--overwrite"])
+    summary = failed.value.summary
     assert summary["counts"]["video"] == {"done": 0, "skipped": 0, "rejected": 1}
     assert "clip.mp4" in summary["rejected"][0]["reason"]
     assert not out.exists("done/clip.json"), "a failed video must not stay marked done"

@@ -204,17 +204,33 @@ def test_a_resubmission_continues_and_a_worker_failure_resumes_from_the_last_che
     first_run, monkeypatch, tmp_path
 ):
     """Same run name: continues at step 9 from checkpoint 8's optimiser state. Rank 0 then fails once after
-    reporting step 9 (tests.plugins.faults, in the workers); Ray Train restarts the group from checkpoint 9."""
-    import pipeline.train.loop
+    reporting step 9 (tests.plugins.faults, in the workers); Ray Train restarts the group from checkpoint 9.
+    Synchronous uploads here: an asynchronous one may still be on its way when the failure comes right after the
+    report, and the restart would then resume from checkpoint 8 (the asynchronous path: test_train_slow_storage)."""
+    import pipeline.train.job
     from jobs.train import main
     from tests.plugins.faults import TrainLoopFailingOnce
 
     marker = tmp_path / "failed-after-step-9"
-    monkeypatch.setattr(pipeline.train.loop, "train_loop_per_worker", TrainLoopFailingOnce(9, str(marker)))
+    # Where the job's build_trainer takes the worker entry from (Ray ships the probe to the workers).
+    monkeypatch.setattr(pipeline.train.job, "train_loop_per_worker", TrainLoopFailingOnce(9, str(marker)))
     run = first_run.run
-    second = main([*first_run.args, "--max-steps", "10", "--set", "checkpoint.every_steps=1"])
+    second = main(
+        [
+            *first_run.args,
+            "--max-steps",
+            "10",
+            "--set",
+            "checkpoint.every_steps=1",
+            "--set",
+            "checkpoint.upload=sync",
+        ]
+    )
     assert marker.exists()  # the failure really fired (once)
     assert second["counts"]["run"]["done"] == 1 and second["figures"]["steps"] == 10
+    # One restart, counted as a failure (preemptions are counted apart: test_train_preemption).
+    assert second["figures"]["restarts_after_failure"] == 1
+    assert second["figures"]["restarts_after_preemption"] == 0
     ck9, ck10 = _ckpt(run, 9), _ckpt(run, 10)
     assert ck9["resume_info"]["from_step"] == 8
     assert ck9["resume_info"]["optimizer_sha256"] == state_digest(first_run.checkpoint_8["optimizer"])
@@ -293,6 +309,10 @@ def test_bad_inputs_fail_before_training(shard_set, s3_server, tmp_path, capsys)
     # a config error names the field
     with pytest.raises(ConfigError, match="data.batch_size_per_worker"):
         main([*base, "--data", shard_set, "--set", "data.batch_size_per_worker=0"])
+    with pytest.raises(ConfigError, match="checkpoint.upload"):
+        main([*base, "--data", shard_set, "--set", "checkpoint.upload=later"])
+    with pytest.raises(ConfigError, match="checkpoint.preemption_check_steps"):
+        main([*base, "--data", shard_set, "--set", "checkpoint.preemption_check_steps=-1"])
     assert not open_storage(storage).exists("bad/checkpoint_00000001")
     assert os.environ.get("AWS_ENDPOINT_URL")  # all of the above went to the moto server
 

@@ -49,3 +49,30 @@ def test_gpu_all_refuses_unknown_steps(tmp_path):
         timeout=60,
     )
     assert proc.returncode == 2 and "unknown step nope" in proc.stderr
+
+
+def test_gpu_all_dry_run_engines_step(tmp_path):
+    """The flow-engine step (bench/flow_engines.py, issue 25) runs end to end: DIS and a ptlflow model, one line
+    each with the same-run ratio to DIS medium."""
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# results\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        ["bash", "bench/gpu_all.sh", "--dry-run", "--steps", "engines", "--results", str(results)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    section = results.read_text()
+    assert "### engines: exit 0" in section
+    lines = {}
+    for text in section.splitlines():
+        if text.startswith("{"):
+            line = json.loads(text)
+            lines[line["engine"]] = line
+    assert set(lines) == {"dis:medium", "rapidflow"}
+    assert lines["dis:medium"]["speed_vs_dis_medium"] == 1.0 and lines["rapidflow"]["s_per_flow"] > 0
+    assert lines["rapidflow"]["weights"] == "random (speed only)"

@@ -15,7 +15,9 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 from jobs.export import main
+from pipeline.errors import UserError
 from pipeline.formats import EXPORT_FILES, export_outputs
+from pipeline.lease import LeaseHeldError, OutputLease
 from pipeline.masks import davis_palette, read_mask
 from pipeline.segment.config import SegmentOutputConfig
 from pipeline.segment.outputs import VideoOutputs
@@ -41,7 +43,7 @@ def write_segment_outputs(url: str, overlay_video: str | None = None) -> dict[st
     fox unfinished (no done marker). Returns {video: frame names} of the finished, readable ones."""
     storage = open_storage(url)
     finished = {}
-    with ThreadPoolExecutor(2) as pool:
+    with OutputLease(storage, job="segment"), ThreadPoolExecutor(2) as pool:  # as the segment job holds it
         for v, video in enumerate(["cat", "dog", "eel", "fox"]):
             cfg = SegmentOutputConfig(overlay=video == overlay_video)
             outputs = VideoOutputs(
@@ -171,11 +173,14 @@ def test_export_outputs_for_segment_one_format_a_subset_and_the_overlay_index(tm
     with pytest.raises(ValueError, match="unknown export formats"):
         export_outputs(root, ["voc"])
 
+    # fox never finished: naming it is a user error (exit status 2), found before anything is written
+    with pytest.raises(UserError, match=r"videos: 1 not finished in .*seg \(no done marker\): fox"):
+        main(["--input", url, "--output", str(tmp_path / "out"), "--videos", "dog,fox", "--formats", "cvat"])
+    assert not (tmp_path / "out").exists()
     summary = main(
-        ["--input", url, "--output", str(tmp_path / "out"), "--videos", "dog,fox", "--formats", "cvat"]
+        ["--input", url, "--output", str(tmp_path / "out"), "--videos", "dog", "--formats", "cvat"]
     )
-    assert summary["counts"]["video"] == {"done": 1, "skipped": 1, "rejected": 0}
-    assert "fox" in summary["skipped"][0]["name"] and "done marker" in summary["skipped"][0]["reason"]
+    assert summary["counts"]["video"] == {"done": 1, "skipped": 0, "rejected": 0}
     page = root.read_text(OVERLAY_INDEX)
     assert summary["figures"]["overlay_index"] == root.join(OVERLAY_INDEX)
     hrefs = re.findall(r'href="([^"]+)"', page)
@@ -189,7 +194,7 @@ def test_export_job_errors_are_one_line_naming_the_input(tmp_path, capsys):
     from pipeline.cli import run_job_main
 
     assert run_job_main(export_main, ["--input", str(tmp_path / "nothing")]) == 2
-    assert f"{tmp_path / 'nothing'}/done not found" in capsys.readouterr().err
+    assert f"input {tmp_path / 'nothing'}: no such folder" in capsys.readouterr().err
     assert not (tmp_path / "nothing").exists()  # an input is never created
     assert run_job_main(export_main, ["--input", str(tmp_path), "--formats", "voc"]) == 2
     assert "'formats[0]'" in capsys.readouterr().err
@@ -225,3 +230,58 @@ def test_cvat_names_that_would_clash_across_videos_are_refused():
     finally:
         writer.abort()
         encoder.close()
+
+
+def test_a_damaged_done_marker_does_not_stop_the_overlay_index_or_the_summary(tmp_path):
+    url = str(tmp_path / "seg")
+    write_segment_outputs(url, overlay_video="dog")
+    root = open_storage(url)
+    root.write_json("done/dog.json", {"frames": "many", "fps": "fast", "width": None, "height": [1]})
+    summary = main(["--input", url, "--formats", "coco"])
+    assert 'href="dog.mp4"' in root.read_text(OVERLAY_INDEX)  # listed, without the details it cannot read
+    assert root.child("exports").read_json("summary.json")["job"] == "export"
+    assert summary["figures"]["overlay_index"] == root.join(OVERLAY_INDEX)
+
+
+def test_export_takes_a_lease_on_its_output_and_leaves_the_index_to_a_running_segment(
+    tmp_path, s3_bucket, capsys
+):
+    from pipeline.cli import run_job_main
+
+    url = str(tmp_path / "seg")
+    write_segment_outputs(url, overlay_video="dog")
+    out = str(tmp_path / "out")
+    with OutputLease(out, job="export"):  # another export run writes there
+        with pytest.raises(LeaseHeldError, match="job export"):
+            main(["--input", url, "--output", out])
+    root = open_storage(url)
+    with OutputLease(root, job="segment"):  # a segment run still writes the input: its index is its own
+        summary = main(["--input", url, "--output", out, "--formats", "coco"])
+    assert not root.exists(OVERLAY_INDEX) and "overlay_index" not in summary["figures"]
+    assert summary["skipped"][0]["name"] == root.join(OVERLAY_INDEX)
+    assert "being written by another run" in summary["skipped"][0]["reason"]
+    # An output on a bucket root is refused before anything is written: one line, exit status 2.
+    capsys.readouterr()  # what the runs above logged
+    assert run_job_main(main, ["--input", url, "--output", s3_bucket]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"output {s3_bucket} is a bucket root" in err
+
+
+def test_an_rle_table_naming_a_frame_outside_its_video_is_rejected_by_name(tmp_path):
+    import pyarrow as pa
+
+    url = str(tmp_path / "seg")
+    write_segment_outputs(url)
+    root = open_storage(url)
+    table = root.read_parquet("rle/dog.parquet")
+    frames = table.column("frame").to_pylist()
+    frames[0] = "../../escape"
+    root.write_parquet(
+        "rle/dog.parquet", table.set_column(table.schema.get_field_index("frame"), "frame", pa.array(frames))
+    )
+    summary = main(["--input", url, "--formats", "cvat,cvat_video"])
+    rejected = {r["name"]: r["reason"] for r in summary["rejected"]}
+    assert "'../../escape'" in rejected["dog"] and "path separator" in rejected["dog"]
+    assert summary["counts"]["video"]["done"] == 1  # cat
+    names = zipfile.ZipFile(io.BytesIO(root.read_bytes(f"exports/{EXPORT_FILES['cvat']}"))).namelist()
+    assert not any("escape" in n for n in names) and not root.exists("exports/cvat/dog.zip")

@@ -202,3 +202,64 @@ def test_overlay_index_shows_the_overlay_videos(tmp_path, chromium):
     assert red.sum() > 3000
     rows, cols = np.nonzero(red)
     assert rows.min() > 100 and cols.max() < 520  # inside the 480 px wide video below the heading
+
+
+def test_pages_escape_names_and_reasons(tmp_path):
+    """Sequence, video and file names are data, never markup: '<', '&' and quotes in them are escaped in
+    report.html and overlays/index.html (jinja2 autoescaping), and the page reads back as the names written."""
+    from html.parser import HTMLParser
+
+    from pipeline.formats import write_overlay_index
+
+    class Page(HTMLParser):
+        """The page's tags and text (entities decoded)."""
+
+        def __init__(self, text: str):
+            super().__init__(convert_charrefs=True)
+            self.tags: list[str] = []
+            self.ids: list[str] = []
+            self.text = ""
+            self.feed(text)
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.ids += [v for k, v in attrs if k == "id"]
+
+        def handle_data(self, data):
+            self.text += data
+
+    name = "<em>bold<em> & \"q\" 'x'"  # no '/': a sequence is a folder
+    root = open_storage(str(tmp_path))
+    for t in range(2):
+        root.write_bytes(f"gt/{name}/{t:05d}.png", encode_mask_png(rect(10, 10, 20, 20)))
+        root.write_bytes(f"pred/{name}/{t:05d}.png", encode_mask_png(rect(12, 10, 20, 20)))
+    gt, pred = root.child("gt"), root.child("pred")
+    gt_frames, pred_frames = list_frames(gt), list_frames(pred)
+    results = [score_sequence(name, gt, gt_frames[name], pred, pred_frames[name], "all")]
+    summary = {"JF_mean": 0.9, "J_mean": 0.9, "F_mean": float("nan"), "protocol": "all", "threshold": None}
+    url = write_report(
+        root.child("eval"),
+        results,
+        summary,
+        gt=gt,
+        gt_frames=gt_frames,
+        pred=pred,
+        pred_frames=pred_frames,
+        rejected={"<script>alert(1)</script>": 'bad "mask" <here> & there'},
+    )
+    text = open(url).read()
+    assert "<em>" not in text and "<script>" not in text and "&lt;em&gt;bold&lt;em&gt; &amp; " in text
+    page = Page(text)
+    assert "em" not in page.tags and "script" not in page.tags  # no markup came in with the names
+    assert f"seq-{name}" in page.ids and f"{name} J&F " in page.text
+    assert '<script>alert(1)</script>: bad "mask" <here> & there' in page.text
+    assert "J 0.900, F \u2013" in page.text  # a missing score is an en dash
+
+    seg = root.child("seg")
+    seg.write_bytes(f"overlays/{name}.mp4", b"")
+    seg.write_json(f"done/{name}.json", {"frames": 2, "width": 80, "height": 60})
+    text = open(write_overlay_index(seg)).read()
+    page = Page(text)
+    assert "<em>" not in text and "em" not in page.tags and page.ids == [name]
+    assert f"{name} 2 frames, 80x60" in page.text
+    assert 'src="%3Cem%3Ebold%3Cem%3E%20%26%20%22q%22%20%27x%27.mp4"' in text  # the link: URL-quoted

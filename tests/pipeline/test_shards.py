@@ -410,3 +410,66 @@ def test_flow_pictures_are_stored_unchanged_and_decoded(tmp_path):
     assert clip.flow_images() is clip.flow_pictures
     with pytest.raises(ValueError, match="only JPEG or PNG"):
         encode_clip(key, frames, None, masks, valid, meta, flow_pictures=[("a.bmp", b"x")] * 3)
+
+
+def test_shards_are_what_webdataset_writes_and_read_back_by_wids_and_read_samples(tmp_path):
+    """The shard writer's bytes equal webdataset.TarWriter's for the same samples (the format is webdataset's,
+    member for member); wids opens them from <split>.wids.json, and read_samples (webdataset's tar iterators
+    over a byte range) gives the same samples from any offset of the index."""
+    import wids
+
+    from pipeline.shards import ShardEntry, read_samples, write_wids_index
+
+    st = open_storage(str(tmp_path / "out"))
+    writer = ShardWriter(st, target_bytes=1 << 30)
+    written = []
+    for v in range(3):
+        key, frames, flows, masks, valid, meta = _sample(f"v{v}", 4 * v, n=3, seed=v)
+        members = encode_clip(key, frames, flows, masks, valid, meta)
+        written.append({"__key__": key, **members})
+        writer.add(
+            "train",
+            key,
+            members,
+            {
+                "video_id": f"v{v}",
+                "clip_index": 0,
+                "n_clips": 1,
+                "frame_indices": meta["frame_indices"],
+                "n_frames": 3,
+                "n_masks": int(valid.sum()),
+                "height": 48,
+                "width": 64,
+            },
+        )
+    writer.close()
+
+    expected = io.BytesIO()
+    tar_writer = wds.TarWriter(expected, encoder=False, user="", group="", mode=0o644, mtime=0)
+    for sample in written:
+        tar_writer.write(sample)
+    tar_writer.close()  # ends the tar; the stream stays open
+    assert st.read_bytes("shards/train-000000.tar") == expected.getvalue()
+
+    index = read_index(st)
+    write_wids_index(st, index)
+    dataset = wids.ShardListDataset(
+        st.join("train.wids.json"), cache_dir=str(tmp_path / "wids-cache"), transformations=[]
+    )
+    by_wids = [
+        {k.lstrip("."): v.read() for k, v in dataset[i].items() if k.startswith(".")} for i in range(3)
+    ]
+    assert by_wids == [{k: v for k, v in s.items() if k != "__key__"} for s in written]
+
+    rows = index.to_pylist()
+    entry = ShardEntry(
+        url=st.join(rows[0]["shard"]),
+        offsets=[r["offset"] for r in rows],
+        sizes=[r["bytes"] for r in rows],
+        checksum=rows[0]["shard_sha256"],
+    )
+    for start in range(3):
+        got = list(read_samples(entry, start))
+        assert [s["__key__"] for s in got] == [s["__key__"] for s in written[start:]]
+        assert all(s["__url__"] == entry.url for s in got)
+        assert [{k: v for k, v in s.items() if k != "__url__"} for s in got] == written[start:]

@@ -276,3 +276,90 @@ def test_unsupported_scheme_is_a_clear_error():
         open_storage("gs://bucket/x")
     with pytest.raises(StorageError, match="needs a bucket"):
         open_storage("s3://")
+
+
+class _Fence:
+    """A fence under the test's control: counts its checks, refuses once closed."""
+
+    def __init__(self):
+        self.checks = 0
+        self.open = True
+
+    def check(self) -> None:
+        self.checks += 1
+        if not self.open:
+            raise StorageError("fence closed: this run may no longer write")
+
+    def portable(self):
+        return self
+
+
+def test_fenced_writes_check_at_the_commit_and_commit_nothing_once_refused(storage_url, s3_server):
+    fence = _Fence()
+    st = open_storage(storage_url).fenced(fence)
+    with st.open_write("a.bin") as f:
+        f.write(b"abc")
+        assert fence.checks == 0 and not st.exists("a.bin")  # checked at the commit step, not before
+    assert fence.checks == 1 and st.read_bytes("a.bin") == b"abc"
+    st.write_bytes("empty.bin", b"")  # an empty object too (on S3: one empty part)
+    assert st.read_bytes("empty.bin") == b""
+    st.child("sub").write_text("b.txt", "x")  # a child keeps the fence
+    assert fence.checks == 3
+    fence.open = False
+    with pytest.raises(StorageError, match="fence closed"):
+        st.write_bytes("late.bin", b"no")
+    with pytest.raises(StorageError, match="fence closed"):
+        st.delete("a.bin")
+    assert not st.exists("late.bin") and st.read_bytes("a.bin") == b"abc"
+    if st.is_local:
+        assert not [n for n in os.listdir(st.root) if ".tmp-" in n]  # the refused write's file is gone
+    else:
+        bucket = st.root.partition("/")[0]
+        assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []  # aborted
+
+
+def test_fenced_s3_write_whose_upload_was_collected_commits_nothing(s3_server, s3_bucket):
+    """What a writer paused past its fence check meets when another run took the output over: its upload was
+    aborted by the taker's leftover collection, so the late commit fails and nothing appears."""
+    from pipeline.storage import clean_leftovers
+
+    st = open_storage(f"{s3_bucket}/out").fenced(_Fence())
+    with pytest.raises(StorageError, match="nothing was written|kept failing"):
+        with st.open_write("late.json") as f:
+            f.write(b"{}")
+            clean_leftovers(open_storage(f"{s3_bucket}/out"), older_than=time.time() + 3600)  # the taker's
+    assert not st.exists("late.json")
+
+
+def test_temp_names_fit_the_file_system_limit(tmp_path):
+    from pipeline.storage import _TEMP_NAME, temp_name
+
+    st = open_storage(str(tmp_path))
+    longest = "é" * 127  # 254 bytes in UTF-8: a legal file name on its own
+    st.write_text(longest, "fits")  # its temporary name must fit in 255 bytes too
+    assert (tmp_path / longest).read_text() == "fits"
+    for leaf in ("x", "a" * 255, longest):
+        name = temp_name(leaf)
+        assert len(name.encode()) <= 255 and _TEMP_NAME.fullmatch(name) and name.startswith(".")
+    assert not _TEMP_NAME.fullmatch(
+        f".notes.tmp-{'0' * 32}"
+    )  # not a uuid4: not this project's temporary file
+
+
+def test_pyarrow_filesystem_with_explicit_keys_pickles_no_secret(s3_server, s3_bucket):
+    import pickle
+
+    keys = S3Options(access_key_id="testing", secret_access_key="SECRET-never-pickled-0xfeed")
+    fs, root = open_storage(f"{s3_bucket}/p", keys).pyarrow()
+    open_storage(f"{s3_bucket}/p").write_text("x.txt", "reachable")
+    with fs.open_input_stream(f"{root}/x.txt") as f:
+        assert f.read() == b"reachable"  # the keys are used in this process
+    blob = pickle.dumps(fs)
+    assert b"SECRET-never-pickled-0xfeed" not in blob and b"testing" not in blob
+    again = pickle.loads(blob)  # rebuilt keyless: this process's provider chain (here AWS_* variables)
+    with again.open_input_stream(f"{root}/x.txt") as f:
+        assert f.read() == b"reachable"
+    shared, _ = open_storage(
+        f"{s3_bucket}/p", S3Options(**vars(keys) | {"share_credentials": True})
+    ).pyarrow()
+    assert b"SECRET-never-pickled-0xfeed" in pickle.dumps(shared)  # only when asked to share them

@@ -134,6 +134,7 @@ def test_train_stream_reopens_a_shard_whose_read_fails_and_names_it_when_it_keep
     """Issue 14: a dropped connection in the middle of a shard is retried at the sample reached (same batches as a
     fault-free stream); a shard that keeps failing raises ShardReadError naming its URL."""
     import pipeline.train.data as data
+    from pipeline.retry import Backoff
     from pipeline.shards import decode_clip
     from pipeline.train.config import AugmentConfig, DataConfig
     from pipeline.train.data import ShardReadError, TrainStream
@@ -147,7 +148,7 @@ def test_train_stream_reopens_a_shard_whose_read_fails_and_names_it_when_it_keep
     def stream(read_retries=3):
         cfg = DataConfig(batch_size_per_worker=2, shuffle_buffer=3, read_retries=read_retries)
         s = TrainStream(shards, cfg, AugmentConfig(), 32, 7, 1, 0, decode_clip)
-        s.RETRY_BACKOFF_S = 0.01
+        s.READ_BACKOFF = Backoff(first_s=0.01, max_s=0.01)  # quick retries for the test
         return s
 
     it = iter(stream())
@@ -182,3 +183,33 @@ def test_train_stream_reopens_a_shard_whose_read_fails_and_names_it_when_it_keep
     with pytest.raises(ShardReadError, match="failed 3 times") as err:
         next(iter(stream(read_retries=2)))
     assert any(s.url in str(err.value) for s in shards) and "503 SlowDown" in str(err.value)
+
+
+def test_train_stream_does_not_retry_a_shard_that_fails_its_checksum(tmp_path, monkeypatch):
+    """Retrying cannot fix bytes that do not match the index: ShardChecksumError goes up at once (typed, so the
+    train job names the shard as a bad input), and the shard is read once, not data.read_retries + 1 times."""
+    import dataclasses
+
+    import pipeline.train.data as data
+    from pipeline.shards import ShardChecksumError, decode_clip
+    from pipeline.train.config import AugmentConfig, DataConfig
+    from pipeline.train.data import TrainStream
+    from pipeline.train.job import resolve_shards
+
+    root = str(tmp_path / "shards")
+    write_train_shards(root)
+    shards, _ = resolve_shards(root, "train", verify=False, need_masks=True)
+    bad = [dataclasses.replace(s, checksum="0" * 64) for s in shards]
+    real_read, reads = data.read_samples, []
+
+    def counted_read(entry, start=0, stop=None):
+        reads.append(entry.url)
+        yield from real_read(entry, start, stop)
+
+    monkeypatch.setattr(data, "read_samples", counted_read)
+    stream = TrainStream(
+        bad, DataConfig(batch_size_per_worker=2, read_retries=3), AugmentConfig(), 32, 7, 1, 0, decode_clip
+    )
+    with pytest.raises(ShardChecksumError, match="does not match the index") as err:
+        next(iter(stream))
+    assert len(reads) == 1 and reads[0] in str(err.value)

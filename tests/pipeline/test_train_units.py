@@ -189,6 +189,34 @@ def test_focal_and_dice_match_hand_computation():
     torch.testing.assert_close(dice_loss(logits, target), expected_dice)
 
 
+def _focal_reference(logits, target, alpha, gamma):
+    """The focal loss as this project wrote it by hand before torchvision's (the official formula)."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p = torch.sigmoid(logits)
+    p_t = target * p + (1 - target) * (1 - p)
+    weight = alpha * target + (1 - alpha) * (1 - target)
+    return (bce * (1 - p_t).pow(gamma) * weight).mean()
+
+
+@pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (0.0, 2.0), (1.0, 2.0), (0.6, 0.0), (0.25, 3.5)])
+def test_focal_loss_is_unchanged_by_torchvision(alpha, gamma):
+    """torchvision's sigmoid_focal_loss gives the hand-written loss: value and gradient, hard and soft targets,
+    mean reduction, and the official alpha weighting of foreground and background (alpha 0 and 1 included)."""
+    gen = torch.Generator().manual_seed(3)
+    logits = (4 * torch.randn(2, 1, 16, 16, generator=gen, dtype=torch.float64)).requires_grad_()
+    for target in (
+        (torch.rand(2, 1, 16, 16, generator=gen, dtype=torch.float64) > 0.6).double(),
+        torch.rand(2, 1, 16, 16, generator=gen, dtype=torch.float64),  # soft targets (resized masks)
+    ):
+        ours = focal_loss(logits, target, alpha, gamma)
+        (grad,) = torch.autograd.grad(ours, logits)
+        expected = _focal_reference(logits, target, alpha, gamma)
+        (expected_grad,) = torch.autograd.grad(expected, logits)
+        assert ours.shape == ()  # one number: the mean over every pixel
+        torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-15)
+
+
 def test_clip_loss_sums_frames_with_official_weights():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 1, 8, 8)
@@ -303,6 +331,7 @@ def test_metrics_uploads_are_best_effort_and_retried(tmp_path, caplog):
     import logging
     import time
 
+    from pipeline.retry import Backoff, RetryPolicy
     from pipeline.storage import Storage, StorageError
     from pipeline.train.metrics import MetricsWriter, read_metrics_csv
 
@@ -321,8 +350,8 @@ def test_metrics_uploads_are_best_effort_and_retried(tmp_path, caplog):
             return FlakyStorage(self.join(rel))
 
     run = FlakyStorage(str(tmp_path / "run"))
-    writer = MetricsWriter(run, resume_step=0)
-    writer.MAX_BACKOFF_S = 0.2  # keep the test's retries quick
+    # Quick retries for the test: waits of at most 0.2 s.
+    writer = MetricsWriter(run, resume_step=0, upload_retry=RetryPolicy(Backoff(first_s=0.05, max_s=0.2)))
     with caplog.at_level(logging.WARNING, logger="pipeline.train.metrics"):
         start = time.perf_counter()
         for step in range(1, 6):
@@ -353,3 +382,77 @@ def test_hue_shift_draws_integers_from_minus_18_to_17_like_the_official_code():
         assert len(set(delta.tolist())) == 1  # one shift for the whole frame
         shifts.add((int(delta[0]) + 90) % 180 - 90)
     assert shifts == set(range(-18, 18))
+
+
+def test_run_name_is_one_folder_below_the_storage(tmp_path, capsys):
+    """'.' would put the run, and its lease, on the storage root itself; '../x' outside it."""
+    from jobs.train import main
+    from pipeline.cli import run_job_main
+
+    for bad in (".", "..", "../x", "a/b", "x\n"):
+        with pytest.raises(ConfigError, match="'run_name'.*one folder name below storage"):
+            TrainConfig(run_name=bad)
+    assert TrainConfig(run_name="run-1").run_name == "run-1"
+    status = run_job_main(main, ["--storage", str(tmp_path), "--run-name", "../x", "--data", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("error: config field 'run_name'") and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_restarts_are_told_apart_by_cause_as_ray_train_charges_them():
+    """Ray Train's PreemptionError and a worker that died with its preempted node (its health check failing with
+    a preempted actor error) are preemptions; anything else, a worker's own exception included, is a failure."""
+    from ray.exceptions import RayActorError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+    from ray.train.v2.api.exceptions import PreemptionError, WorkerGroupError
+    from ray.train.v2.api.preemption import PreemptionInfo
+
+    from pipeline.train.restarts import restart_cause
+
+    notice = PreemptionError(PreemptionInfo(deadline_ms=None, preempted_node_to_ranks={"n1": [0]}))
+    died = WorkerHealthCheckFailedError("worker died", RayActorError(preempted=True))
+    crashed = WorkerHealthCheckFailedError("worker died", RayActorError(preempted=False))
+    assert restart_cause(notice) == "preemption"
+    assert (
+        restart_cause(WorkerGroupError("rank 0 gone", {0: died, 1: RuntimeError("peer gone")}))
+        == "preemption"
+    )
+    assert restart_cause(WorkerGroupError("rank 0 gone", {0: crashed})) == "failure"
+    assert restart_cause(WorkerGroupError("bug", {0: ValueError("bug")})) == "failure"
+    assert restart_cause(None) == "failure"
+
+
+def test_restart_records_are_counted_per_submission_and_cause(tmp_path):
+    from pipeline.run_layout import restart_record
+    from pipeline.storage import open_storage
+    from pipeline.train.restarts import count_restarts
+
+    run = open_storage(str(tmp_path / "run"))
+    assert count_restarts(run, "abc") == {"preemption": 0, "failure": 0}  # no restarts folder yet
+    run.write_json(restart_record("abc", 1), {"cause": "preemption"})
+    run.write_json(restart_record("abc", 2), {"cause": "failure"})
+    run.write_json(restart_record("abc", 3), {"cause": "preemption"})
+    run.write_json(restart_record("earlier", 1), {"cause": "failure"})  # another submission of the same run
+    assert count_restarts(run, "abc") == {"preemption": 2, "failure": 1}
+    assert count_restarts(run, "earlier") == {"preemption": 0, "failure": 1}
+
+
+def test_checkpoint_folders_of_dead_workers_are_removed_and_live_ones_kept(tmp_path):
+    """A worker that failed during an asynchronous upload leaves its local checkpoint folder; the next attempt
+    removes it, never the folder of a live process (its upload may be in flight)."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.train.loop import CHECKPOINT_FOLDER_PREFIX, remove_orphan_checkpoint_folders
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # exited and reaped: its pid names no process now
+    dead = tmp_path / f"{CHECKPOINT_FOLDER_PREFIX}{gone.pid}-x1"
+    live = tmp_path / f"{CHECKPOINT_FOLDER_PREFIX}{os.getpid()}-x2"
+    other = tmp_path / "hmhi-train-scratch"
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "checkpoint.pt").write_bytes(b"weights")
+    assert remove_orphan_checkpoint_folders(str(tmp_path)) == [str(dead)]
+    assert not dead.exists() and (live / "checkpoint.pt").exists() and (other / "checkpoint.pt").exists()

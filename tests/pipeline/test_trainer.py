@@ -35,6 +35,8 @@ CHECKPOINT_KEYS = {
     "model_name",
     "model_kwargs",
     "settings",
+    "provenance",
+    "project_version",
     "model",
     "optimizer",
     "scheduler",
@@ -45,6 +47,7 @@ CHECKPOINT_KEYS = {
     "world_size",
     "config",
     "resume_info",
+    "reason",
 }
 
 
@@ -128,6 +131,7 @@ def test_a_resumed_trainer_continues_bit_identically_with_the_lr_schedule(shards
     state = read_checkpoint(path)
     assert set(state) == CHECKPOINT_KEYS
     assert state["step"] == 1 and state["world_size"] == 1 and state["resume_info"] == {}
+    assert state["reason"] == "cadence"  # not taken on a preemption notice
     assert (
         len(state["data_positions"]) == len(state["rng_states"]) == 1
         and state["scheduler"]["last_epoch"] == 1
@@ -240,19 +244,25 @@ def test_a_validation_step_publishes_the_best_model_and_writes_the_metrics_row(s
     assert rows[0]["val_sequences"] == "2" and float(rows[0]["loss"]) == pytest.approx(
         parts["loss"], rel=1e-5
     )
-    assert "step 1/1  loss " in caplog.text and "val J&F" in caplog.text
+    assert (
+        "step 1/1  loss " in caplog.text and "val J&F" in caplog.text and "all done" in caplog.text
+    )  # its ETA
 
 
 def test_checkpoints_record_the_model_settings_they_were_trained_with(shards, tmp_path):
-    """Every checkpoint the trainer writes records its ModelSettings (input size, precision...), so segment and
-    fine-tuning take their defaults from it."""
-    from model import checkpoint_settings
+    """Every checkpoint the trainer writes records its ModelSettings (input size, normalisation, precision...) and
+    what it was trained on, so segment and fine-tuning take their defaults from it."""
+    from model import IMAGENET_MEAN, IMAGENET_STD, describe_checkpoint, project_version
 
     cfg = _config(tmp_path)
     path = str(tmp_path / "checkpoint.pt")
-    with Trainer(cfg, shards, [], scratch=str(tmp_path)) as trainer:
+    provenance = {"training_data": {"fingerprint": "sha256:abc", "flow": {"engine": "dis", "preset": "fast"}}}
+    with Trainer(cfg, shards, [], scratch=str(tmp_path), provenance=provenance) as trainer:
         trainer.train_step(trainer.next_batch())
         assert trainer.write_checkpoint(path)
-    settings = checkpoint_settings(path)
+    info = describe_checkpoint(path)
+    settings = info.settings
     assert (settings.name, settings.input_size, settings.memory_size) == ("hmhi_mit_b0", 32, 3)
     assert settings.options["decoder_width"] == 16 and settings.precision == cfg.model.precision
+    assert (settings.mean, settings.std) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert info.provenance == provenance and info.project_version == project_version()

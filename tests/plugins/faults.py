@@ -2,8 +2,8 @@
 
 - :class:`TrainLoopFailingOnce`: a Ray Train worker entry that runs the real ``train_loop_per_worker`` and makes
   rank 0 raise once, right after it reported step ``fail_at_step`` to Ray Train (a marker file keeps it to once,
-  across the restarts of the worker group). A test puts it in place of ``pipeline.train.loop.
-  train_loop_per_worker``, where the job's ``build_trainer`` takes the entry from, and Ray ships it to the workers.
+  across the restarts of the worker group). A test puts it in place of ``pipeline.train.job.
+  train_loop_per_worker``, the entry the job's ``build_trainer`` hands to Ray Train, which ships it to the workers.
 - :func:`kill_after_commits`: the flow job's driver SIGKILLs itself right after it committed ``n`` groups (index
   parts), as a crashed node would die.
 - :func:`install_from_env`: both, in a job run as a subprocess, from ``HMHI_TEST_FAULTS`` (JSON); called by
@@ -96,9 +96,9 @@ def install_from_env() -> None:
     if "kill_after_commits" in faults:
         kill_after_commits(int(faults["kill_after_commits"]))
     if "train_fail_at_step" in faults:
-        import pipeline.train.loop as loop
+        import pipeline.train.job as train_job
 
-        loop.train_loop_per_worker = TrainLoopFailingOnce(
+        train_job.train_loop_per_worker = TrainLoopFailingOnce(
             int(faults["train_fail_at_step"]), str(faults["train_fail_marker"])
         )
 

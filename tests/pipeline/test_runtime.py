@@ -1,0 +1,69 @@
+"""Quiet logs (pipeline.runtime): framework notices a user cannot act on are dropped, one by one and nothing else:
+Ray's log records in every process of a job's cluster, and Ray's C++ error lines on the driver's stderr."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import REPO_ROOT
+
+
+def test_ray_records_are_dropped_one_message_at_a_time():
+    from pipeline.runtime import quiet_ray_worker
+
+    quiet_ray_worker()
+    quiet_ray_worker()  # idempotent: one filter per logger
+    auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    assert len(auth.filters) == 1
+
+    def kept(logger: logging.Logger, message: str) -> bool:
+        record = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message, (), None)
+        return all(f.filter(record) for f in logger.filters)
+
+    assert not kept(
+        auth, "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled ..."
+    )
+    assert kept(auth, "Token authentication is disabled for this Ray cluster. Anyone with network access ...")
+    autoscaler = logging.getLogger(
+        "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client"
+    )
+    assert not kept(
+        autoscaler, "Failed to send resource request for train-1. If this only happens transiently ..."
+    )
+    assert kept(autoscaler, "something else")
+    progress = logging.getLogger("ray.data._internal.progress")
+    assert not kept(progress, "Progress bars disabled. To enable, set ...")
+
+
+def test_the_stderr_filter_drops_ray_s_cpp_line_and_passes_everything_else_on():
+    """File-descriptor writes, as C++ makes them, and Python's print (a line and its newline written apart)."""
+    script = textwrap.dedent(
+        """
+        import os, sys, time
+        from pipeline.runtime import _StderrLineFilter
+        _StderrLineFilter.install()
+        silenced = "[2026-12-06 17:26:09,821 E 1 1] core_worker.cc:2465: Actor with class name: 'MapWorker' has "
+        silenced += "constructor arguments in the object store and max_restarts > 0. If the arguments ..."
+        os.write(2, b"before\\n" + silenced.encode() + b"\\nafter\\n")
+        print("(TrainController pid=9) " + silenced, file=sys.stderr)
+        print("kept line", file=sys.stderr)
+        sys.stderr.write("a partial line, then a pause")
+        sys.stderr.flush()
+        time.sleep(0.5)
+        sys.stderr.write(" and its end\\nno newline at exit")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == (
+        "before\nafter\nkept line\na partial line, then a pause and its end\nno newline at exit"
+    )
