@@ -144,6 +144,9 @@ def run_job(
         "frames": int(summary["figures"]["frames"]),
         "fps": round(summary["figures"]["frames"] / wall, 2),
         "bytes_written": int(summary["figures"]["bytes_written"]),
+        # how the work was spread: groups planned, and how many worker processes wrote their shards
+        "groups": int(summary["figures"]["groups_planned"]),
+        "writer_processes": int(summary["figures"]["writer_processes"]),
     }
 
 

@@ -1,50 +1,58 @@
-"""HMHI-Net inference speed and memory: one JSON line per setting.
+"""HMHI-Net inference speed against this machine's limits and the official code: one JSON line per setting.
 
     python bench/model_speed.py                         # CPU, 2 threads, 512x512, T=5, batches 1 and 4, fp32+bf16
-    python bench/model_speed.py --batches 1 --no-baseline --skip memory   # issue 16's bf16-vs-fp32 CPU figure
+    python bench/model_speed.py --batches 1 --no-baseline --skip memory   # the fp32-vs-bf16 CPU figure
+    python bench/model_speed.py --dtypes fp32 --batches 1 --skip memory --official ~/src/HMHI-Net
     python bench/model_speed.py --device cuda           # GPU: fp32 and bf16, batches 1, 4, 16
     python bench/model_speed.py --memory-check-size 512 # the memory-flatness run at full size (slow on CPU)
 
 Settings:
 - ``steady_state``: per-frame latency of :meth:`HMHINet.step` once the memory holds T frames (the first T+1 frames
   are warm-up), median over ``--steady-frames`` steps. fp32 and bf16 (``net.step`` under ``model.autocast``) are
-  timed in one interleaved run; the bf16 line carries ``speedup_vs_fp32_same_run``. Every line also carries a
-  same-run baseline (``--no-baseline`` drops it): the same model
-  with the official top-k formulation (full T*4096-wide logits, -inf mask, dense softmax @ v, see
-  ``model.memory.dense_topk_attention``), and a same-run dense-GEMM throughput so figures taken on a shared,
-  loaded machine can be normalised (``efficiency`` = official FLOPs per frame / time / GEMM rate).
-  ``gemm_bound_s_per_frame`` is a frame's FLOPs at that GEMM rate, a floor for any implementation on the machine,
-  and ``target_above_gemm_bound`` says whether the CPU target can be met at all (issue 16's bf16 0.35 s needs
-  ~600 GFLOP/s; this 2-core AVX-512 BF16 CPU without AMX peaks near 400).
+  timed in one interleaved run; the bf16 line carries ``speedup_vs_fp32_same_run``. Around every timed step the
+  bench measures the dense-GEMM rate of the step's dtype (``gemm_gflops_during``): a frame's FLOPs at that rate is
+  the floor no implementation can beat on this machine (``gemm_bound_s_per_frame``), and ``ratio_to_floor`` is the
+  step's time over that floor (issue 26's target: at most ``TARGET_RATIO_TO_FLOOR``). Every line also carries a
+  same-run baseline (``--no-baseline`` drops it): the same model with the official top-k formulation (full
+  T*4096-wide logits, -inf mask, dense softmax @ v, see ``model.memory.dense_topk_attention``).
+- ``vs_official`` (``--official DIR``, a local copy of the authors' repository ZhengxyFlow/HMHI-Net; never
+  downloaded here): the official model built from DIR, random weights (its own init) loaded into ours through
+  the official-checkpoint path, both run on the same frames. Whole clips alternate (ours stepped frame by frame,
+  the official eval forward over the clip; its per-frame times are taken between its backbone calls), and the
+  line gives both steady-state times, the speed-up and the largest logit difference between the two on the
+  clip's last frame. hmhi_mit_b1 only (the official code builds nothing else here).
 - ``memory``: peak memory after 50 and 500 streamed frames (resident set size on CPU, ``max_memory_allocated`` on
   GPU); ``flat`` is true when the 500-frame peak is within 10% of the 50-frame peak. On CPU this runs at
   ``--memory-check-size`` (default 128 px, so 500 frames take a minute rather than an hour); the ring buffers are
   sized by T whatever the frame size.
-Random weights (speed does not depend on them). Reference figures (hmhi-architecture.md): the official model takes
-2.43 s per frame on this CPU (2 threads, 512x512, T=5; 2.13 s with T=3), about 209 GFLOP per frame.
+Random weights (speed does not depend on them); about 209 GFLOP per 512x512 frame with T=5 (hmhi-architecture.md
+§11). On a CPU without native bf16 (AVX2 only) bf16 is emulated at ~1% of the fp32 rate: a bf16 frame takes
+minutes there, so run it with ``--steady-frames 1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
+import types
+from pathlib import Path
 
 import torch
 from common import machine as machine_description
 
-from model import autocast, create_model, resolve_precision
+from model import autocast, create_model, load_checkpoint, resolve_precision
 from model.memory import dense_topk_attention
 
 OFFICIAL_GFLOP_PER_FRAME = {5: 209.0, 3: 191.0}  # 512x512 steady state (hmhi-architecture.md §11)
-OFFICIAL_CPU_S_PER_FRAME = {5: 2.43, 3: 2.13}  # official code, this CPU, 2 threads, batch 1
-OFFICIAL_CPU_TIME_PER_FRAME = {5: 4.76, 3: 4.20}  # same runs, process CPU time over both threads
-CPU_TARGET_S_PER_FRAME = {"fp32": 1.3, "bf16": 0.35}  # issue 16: bf16 also >= 2.7x fp32, same run
-QUIET_GEMM_GFLOPS_PER_THREAD = 100.0  # 1024^3 fp32 matmul on this CPU when idle: 180-220 GFLOP/s on 2 threads
+TARGET_RATIO_TO_FLOOR = 1.3  # issue 26: a frame within 1.3x of its FLOPs at the same run's dense-GEMM rate
 
 
 def gemm_gflops(device: str, dtype: torch.dtype, size: int = 1024, repeats: int = 5) -> float:
@@ -85,6 +93,14 @@ def build(args, dense_topk: bool = False):
     return net
 
 
+def _torch_dtype(dtype: str) -> torch.dtype:
+    return torch.float32 if dtype == "fp32" else torch.bfloat16
+
+
+def _gemm_around(args, dtype: str) -> float:
+    return gemm_gflops(args.device, _torch_dtype(dtype), args.gemm_size, repeats=3)
+
+
 def time_steps(nets: dict, args, batch: int, size: int, steady: int) -> dict:
     """Per-model step timings, the models' steps interleaved so all see the same machine load.
 
@@ -103,11 +119,8 @@ def time_steps(nets: dict, args, batch: int, size: int, steady: int) -> dict:
     with torch.inference_mode():
         for i in range(args.memory_size + 1 + steady):
             for name, (net, dtype) in nets.items():
-                gemm_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
                 timed = i > args.memory_size
-                rate_before = (
-                    gemm_gflops(args.device, gemm_dtype, args.gemm_size, repeats=3) if timed else 0.0
-                )
+                rate_before = _gemm_around(args, dtype) if timed else 0.0
                 sync(args.device)
                 start, cpu_start = time.perf_counter(), time.process_time()
                 with autocast(args.device, resolve_precision(dtype, args.device)):
@@ -116,9 +129,7 @@ def time_steps(nets: dict, args, batch: int, size: int, steady: int) -> dict:
                 if timed:
                     out[name]["wall"].append(time.perf_counter() - start)
                     out[name]["cpu"].append(time.process_time() - cpu_start)
-                    out[name]["gemm"].append(
-                        (rate_before + gemm_gflops(args.device, gemm_dtype, args.gemm_size, repeats=3)) / 2
-                    )
+                    out[name]["gemm"].append((rate_before + _gemm_around(args, dtype)) / 2)
     return out
 
 
@@ -144,6 +155,22 @@ def steady_state(args, batch: int, dtypes: list[str]) -> list[dict]:
     return lines
 
 
+def _floor_figures(args, batch: int, step_s: float, rate: float) -> dict:
+    """The GEMM-bound floor of a frame at this run's GEMM rate, and how far the step is from it."""
+    if args.size != 512 or args.memory_size not in OFFICIAL_GFLOP_PER_FRAME:
+        return {}  # the FLOP count is for 512x512 frames
+    floor = OFFICIAL_GFLOP_PER_FRAME[args.memory_size] / rate
+    ratio = step_s / batch / floor
+    return {
+        "gflop_per_frame": OFFICIAL_GFLOP_PER_FRAME[args.memory_size],
+        "gemm_bound_s_per_frame": round(floor, 4),
+        "efficiency_vs_gemm": round(1 / ratio, 3),
+        "ratio_to_floor": round(ratio, 3),
+        "target_ratio_to_floor": TARGET_RATIO_TO_FLOOR,
+        "within_target": ratio <= TARGET_RATIO_TO_FLOOR,
+    }
+
+
 def _steady_line(args, batch: int, dtype: str, timings: dict) -> dict:
     ours = timings[dtype]
     step_s = statistics.median(ours["wall"])
@@ -154,6 +181,7 @@ def _steady_line(args, batch: int, dtype: str, timings: dict) -> dict:
         "model": args.model,
         "device": args.device,
         "dtype": dtype,
+        "threads": args.threads,
         "channels_last": args.channels_last,
         "compiled": args.compile,
         "batch": batch,
@@ -166,34 +194,148 @@ def _steady_line(args, batch: int, dtype: str, timings: dict) -> dict:
         "frames_per_s": round(batch / step_s, 2),
         "cpu_s_per_frame": round(statistics.median(ours["cpu"]) / batch, 4),  # process CPU time, all threads
         "gemm_gflops_during": round(rate, 1),
+        **_floor_figures(args, batch, step_s, rate),
     }
-    if args.device == "cpu" and dtype == "fp32":
-        # What the same step would take with the GEMM rate of a quiet machine (a projection, not a measurement):
-        # each step's wall time scaled by (GEMM rate around that step / quiet GEMM rate).
-        quiet = QUIET_GEMM_GFLOPS_PER_THREAD * args.threads
-        projected = statistics.median(w * r / quiet for w, r in zip(ours["wall"], ours["gemm"]))
-        line["quiet_gemm_gflops_assumed"] = quiet
-        line["projected_quiet_s_per_frame"] = round(projected / batch, 4)
-    if args.size == 512 and args.memory_size in OFFICIAL_GFLOP_PER_FRAME:
-        line["efficiency_vs_gemm"] = round(
-            OFFICIAL_GFLOP_PER_FRAME[args.memory_size] * batch / step_s / rate, 3
-        )
-        # The fastest a frame could go if all its FLOPs ran at this run's dense-GEMM rate: a floor for any target.
-        line["gemm_bound_s_per_frame"] = round(OFFICIAL_GFLOP_PER_FRAME[args.memory_size] / rate, 4)
-        if args.device == "cpu":
-            line["official_s_per_frame_documented"] = OFFICIAL_CPU_S_PER_FRAME[args.memory_size]
-            line["official_cpu_s_per_frame_documented"] = OFFICIAL_CPU_TIME_PER_FRAME[args.memory_size]
-            target = CPU_TARGET_S_PER_FRAME[dtype]
-            line["target_s_per_frame"] = target
-            line["target_above_gemm_bound"] = target >= line["gemm_bound_s_per_frame"]
-            if args.threads == 2 and "projected_quiet_s_per_frame" in line:  # the target is for 2 threads
-                line["meets_target_projected"] = line["projected_quiet_s_per_frame"] <= target
     if args.baseline:
         base_s = statistics.median(timings[f"baseline_{dtype}"]["wall"])
         line["baseline"] = "same model with the official dense top-k read-out, steps interleaved with ours"
         line["baseline_s_per_step"] = round(base_s, 4)
         line["speedup_vs_baseline"] = round(base_s / step_s, 3)
     return line
+
+
+# -- the official implementation (--official DIR) -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _working_dir(path: Path):
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def build_official(directory: Path, memory_size: int) -> torch.nn.Module:
+    """The authors' HMHI_Net from their repository at ``directory``, as their inference script builds it
+    (``--encoder mit_b1``, both memories, SGIM and PLAM), with T = ``memory_size``, in eval mode.
+
+    Their code imports its packages from the repository root and ``lib/`` (it puts them on ``sys.path`` itself
+    with ``_init_paths``), so both go on ``sys.path`` for this process. Two things it needs are absent here and
+    have no effect on its outputs: the ``visualizer`` package (its ``get_local`` decorator only records attention
+    maps when activated; a pass-through stands in for it) and the ImageNet MiT-B1 file the constructor loads
+    from ``./checkpoint/pretrained/mit/mit_b1.pth`` with ``strict=False`` (an empty state dict in a scratch
+    directory stands in: the weights are random either way).
+    """
+    for path in (directory / "lib", directory):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+    if "visualizer" not in sys.modules:
+        visualizer = types.ModuleType("visualizer")
+        visualizer.get_local = lambda *names: lambda function: function
+        sys.modules["visualizer"] = visualizer
+    from lib.HMHI_Net import HMHI_Net  # the official code, from ``directory``
+
+    options = types.SimpleNamespace(
+        encoder="mit_b1",
+        num_points=121,
+        add_mem0=True,
+        add_mem1=True,
+        add_obj_to_pixel=True,
+        add_pixel_to_obj=True,
+        train_num_frame=memory_size,
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        pretrained = Path(scratch) / "checkpoint" / "pretrained" / "mit" / "mit_b1.pth"
+        pretrained.parent.mkdir(parents=True)
+        torch.save({}, pretrained)
+        with _working_dir(Path(scratch)):
+            torch.manual_seed(0)
+            return HMHI_Net(options).eval()
+
+
+def _official_clip_times(official, frames, flows) -> tuple[list[float], list[float], torch.Tensor]:
+    """Run the official eval forward over one clip; per-frame wall and CPU times (each frame starts with its
+    backbone call) and the last frame's logits."""
+    marks: list[tuple[float, float]] = []
+    hook = official.backbone.register_forward_pre_hook(
+        lambda module, inputs: marks.append((time.perf_counter(), time.process_time()))
+    )
+    try:
+        with torch.no_grad():  # as the official inference script runs it
+            outputs = official(frames, flows, mode="val")
+    finally:
+        hook.remove()
+    marks.append((time.perf_counter(), time.process_time()))
+    wall = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
+    cpu = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
+    return wall, cpu, outputs[-1]
+
+
+def vs_official(args, dtypes: list[str]) -> list[dict]:
+    """Ours against the official implementation, same weights and frames, whole clips alternating."""
+    official = build_official(Path(args.official), args.memory_size)
+    buffer = io.BytesIO()
+    torch.save({"network": official.state_dict()}, buffer)
+    buffer.seek(0)
+    ours = create_model(args.model, memory_size=args.memory_size).eval()
+    load_checkpoint(ours, buffer)  # strict: every official tensor mapped, the dead ones dropped
+    length = args.memory_size + 1 + args.steady_frames
+    g = torch.Generator().manual_seed(1)
+    frames = torch.randn(1, length, 3, args.size, args.size, generator=g)
+    flows = torch.randn(1, length, 3, args.size, args.size, generator=g)
+    lines = []
+    for dtype in dtypes:
+        times = {name: {"wall": [], "cpu": []} for name in ("ours", "official")}
+        rates, diffs = [], []
+        for _ in range(args.official_rounds):
+            rates.append(_gemm_around(args, dtype))
+            state = ours.init_state(1)
+            with torch.inference_mode(), autocast("cpu", resolve_precision(dtype, "cpu")):
+                for t in range(length):
+                    start, cpu_start = time.perf_counter(), time.process_time()
+                    logits, state = ours.step(frames[:, t], flows[:, t], state)
+                    if t > args.memory_size:
+                        times["ours"]["wall"].append(time.perf_counter() - start)
+                        times["ours"]["cpu"].append(time.process_time() - cpu_start)
+            with autocast("cpu", resolve_precision(dtype, "cpu")):
+                wall, cpu, official_logits = _official_clip_times(official, frames, flows)
+            times["official"]["wall"] += wall[args.memory_size + 1 :]
+            times["official"]["cpu"] += cpu[args.memory_size + 1 :]
+            diffs.append(float((logits.float() - official_logits.float()).abs().max()))
+            rates.append(_gemm_around(args, dtype))
+        lines.append(_official_line(args, dtype, times, statistics.median(rates), max(diffs)))
+    return lines
+
+
+def _official_line(args, dtype: str, times: dict, rate: float, max_diff: float) -> dict:
+    ours_s, official_s = (statistics.median(times[name]["wall"]) for name in ("ours", "official"))
+    ours_cpu, official_cpu = (statistics.median(times[name]["cpu"]) for name in ("ours", "official"))
+    return {
+        "bench": "model_speed",
+        "setting": "vs_official",
+        "model": args.model,
+        "device": "cpu",
+        "dtype": dtype,
+        "threads": args.threads,
+        "batch": 1,
+        "size": args.size,
+        "memory_size": args.memory_size,
+        "rounds": args.official_rounds,
+        "steady_frames_each": len(times["ours"]["wall"]),
+        "s_per_frame": round(ours_s, 4),
+        "official_s_per_frame": round(official_s, 4),
+        "speedup_vs_official": round(official_s / ours_s, 3),
+        "cpu_s_per_frame": round(ours_cpu, 4),
+        "official_cpu_s_per_frame": round(official_cpu, 4),
+        "cpu_speedup_vs_official": round(official_cpu / ours_cpu, 3),
+        "max_abs_logit_diff_last_frame": max_diff,
+        "gemm_gflops_during": round(rate, 1),
+        **_floor_figures(args, 1, ours_s, rate),
+        "official_ratio_to_floor": _floor_figures(args, 1, official_s, rate).get("ratio_to_floor"),
+        "official_source": str(Path(args.official).resolve()),
+    }
 
 
 def memory_flatness(args, dtype: str) -> dict:
@@ -269,9 +411,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--memory-check-frames", default="50,500")
     parser.add_argument("--skip", default="", help="comma list of settings to skip: steady_state,memory")
+    parser.add_argument(
+        "--official",
+        metavar="DIR",
+        default=None,
+        help="a local copy of the authors' repository (ZhengxyFlow/HMHI-Net): adds the vs_official line(s)",
+    )
+    parser.add_argument("--official-rounds", type=int, default=2, help="clips per model in vs_official")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
+    if args.official is not None:
+        if not (Path(args.official) / "lib" / "HMHI_Net.py").is_file():
+            parser.error(
+                f"--official {args.official}: no lib/HMHI_Net.py there (a copy of ZhengxyFlow/HMHI-Net)"
+            )
+        if args.model != "hmhi_mit_b1" or args.device != "cpu":
+            parser.error("--official: compares hmhi_mit_b1 on the CPU only")
+        if args.official_rounds < 1:
+            parser.error(f"--official-rounds {args.official_rounds}: must be >= 1")
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in (args.batches or ("1,4" if args.device == "cpu" else "1,4,16")).split(",")]
     dtypes = (args.dtypes or "fp32,bf16").split(",")
@@ -282,13 +440,24 @@ def main(argv: list[str] | None = None) -> int:
         args.memory_check_size = 128 if args.device == "cpu" else args.size
     skip = set(filter(None, args.skip.split(",")))
     machine = machine_description(args.device)
+
+    def emit(line: dict) -> None:
+        # The machine's load at the start and when the line's setting ended: on a shared machine it drifts.
+        print(
+            json.dumps({**line, "load_avg_1m_end": round(os.getloadavg()[0], 2), "machine": machine}),
+            flush=True,
+        )
+
     if "steady_state" not in skip:
         for batch in batches:
             for line in steady_state(args, batch, dtypes):
-                print(json.dumps({**line, "machine": machine}), flush=True)
+                emit(line)
+    if args.official is not None:
+        for line in vs_official(args, dtypes):
+            emit(line)
     if "memory" not in skip:
         for dtype in dtypes:
-            print(json.dumps({**memory_flatness(args, dtype), "machine": machine}), flush=True)
+            emit(memory_flatness(args, dtype))
     return 0
 
 

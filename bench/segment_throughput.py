@@ -260,8 +260,10 @@ def model_only_rate(
     no decoding, flow, post-processing or writing while it is timed. Wall and CPU time per frame, steady state."""
     import torch
 
+    from pipeline.runtime import keep_freed_memory
     from pipeline.segment import VideoSegmenter
 
+    keep_freed_memory()  # as the segment actor does at start-up
     torch.set_num_threads(threads)
     segmenter = VideoSegmenter(
         checkpoint, flow="dis", input_size=input_size, precision=precision, device="cpu"

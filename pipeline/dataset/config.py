@@ -27,10 +27,11 @@ class ShardConfig:
     """zstd level of the float16 flow members (1-19): 1 is the fastest (~3.5 ms per 480p frame for ~57% of the raw
     bytes); 0 stores them uncompressed."""
     group_videos: int = 16
-    """Videos per work group: the driver cuts the sorted pending videos into groups of this many; one worker
+    """Most videos per work group: the driver cuts the sorted pending videos into groups of at most this many, and
+    into at least as many groups as there are flow workers (a small corpus is spread over all of them); one worker
     makes, packs and uploads a group's shards (one or more per split, cut at ``shard_size_mb``) and the driver
-    commits the group as one index part. Larger groups make fuller shards and fewer commits; smaller ones spread
-    small corpora over more workers and lose less work to a kill."""
+    commits the group as one index part. Larger groups make fuller shards and fewer commits; smaller ones lose less
+    work to a kill."""
 
     consolidate_every: int = 1000
     """Also consolidate the index parts into ``index.parquet`` (and the wids lists) every this many commits, so

@@ -171,13 +171,23 @@ def preflight(cfg: PrecomputeFlowConfig) -> None:
 # -- planning ------------------------------------------------------------------------------------------------------
 
 
-def plan_groups(pending: list[dict[str, Any]], group_videos: int) -> list[dict[str, Any]]:
-    """Cut the pending videos (sorted by video id) into consecutive groups of ``group_videos``; each group row
-    carries its deterministic name and its videos (JSON)."""
+def plan_groups(pending: list[dict[str, Any]], group_videos: int, workers: int = 1) -> list[dict[str, Any]]:
+    """Cut the pending videos (sorted by video id) into consecutive groups of near-equal size, at most
+    ``group_videos`` each and at least ``workers`` of them when there are that many videos; each group row carries
+    its deterministic name and its videos (JSON).
+
+    Why at least ``workers``: a group is one worker's work, so a corpus smaller than ``group_videos`` in a single
+    group leaves every other worker idle (the flow bench's 6 videos on 2 CPUs ran on one actor: 0.6 of a plain
+    process). The groups of a rerun are cut from its own pending videos, so a killed run's unfinished groups may
+    be cut differently: their shards are removed and made again (see :func:`_remove_uncommitted_shards`).
+    """
     pending = sorted(pending, key=lambda p: p["video_id"])
+    n = len(pending)
+    count = max(-(-n // group_videos), min(workers, n))
+    bounds = [round(i * n / count) for i in range(count + 1)] if n else [0]
     groups = []
-    for i in range(0, len(pending), group_videos):
-        members = pending[i : i + group_videos]
+    for first, end in zip(bounds, bounds[1:]):
+        members = pending[first:end]
         groups.append(
             {
                 "group": group_name(p["video_id"] for p in members),
@@ -225,6 +235,23 @@ def _timed(rows, summary: JobSummary, counter: str):
         yield row
 
 
+def _fused(cfg: PrecomputeFlowConfig) -> bool:
+    return cfg.compute.fused if cfg.compute.fused is not None else cfg.compute.num_gpus_per_actor == 0
+
+
+def _flow_workers(cfg: PrecomputeFlowConfig) -> int:
+    """Flow actors the run uses: ``compute.concurrency``, else one per GPU share, else per CPU share (Ray is up)."""
+    import ray
+
+    if cfg.compute.concurrency is not None:
+        return cfg.compute.concurrency
+    res = ray.cluster_resources()
+    if cfg.compute.num_gpus_per_actor > 0:
+        return max(1, int(res.get("GPU", 0) // cfg.compute.num_gpus_per_actor))
+    per_actor = cfg.compute.num_cpus_per_actor if _fused(cfg) else 2
+    return max(1, int(float(res.get("CPU", 1)) // per_actor))
+
+
 def _build_dataset(cfg: PrecomputeFlowConfig, groups: list[dict[str, Any]], input_url: str, output: Storage):
     """The Ray Data pipeline: group rows -> group result rows (fused actors, or decode -> flow -> encode -> pack).
 
@@ -233,16 +260,10 @@ def _build_dataset(cfg: PrecomputeFlowConfig, groups: list[dict[str, Any]], inpu
     import ray
 
     gpus = cfg.compute.num_gpus_per_actor
-    fused = cfg.compute.fused if cfg.compute.fused is not None else gpus == 0
-    res = ray.cluster_resources()
-    total_cpus = float(res.get("CPU", 1))
+    fused = _fused(cfg)
+    total_cpus = float(ray.cluster_resources().get("CPU", 1))
     actor_cpus, task_cpus = cfg.compute.num_cpus_per_actor, cfg.compute.num_cpus_per_task
-    concurrency = cfg.compute.concurrency
-    if concurrency is None:
-        if gpus > 0:
-            concurrency = max(1, int(res.get("GPU", 0) // gpus))
-        else:
-            concurrency = max(1, int(total_cpus // (actor_cpus if fused else 2)))
+    concurrency = _flow_workers(cfg)
     # FlowConfig.create_engine keeps DIS on the CPU whatever the device.
     engine_kwargs = {
         "flow": cfg.flow,
@@ -264,7 +285,12 @@ def _build_dataset(cfg: PrecomputeFlowConfig, groups: list[dict[str, Any]], inpu
             fn_constructor_kwargs=dict(
                 engine_kwargs, load_kwargs=load_kwargs, encode_kwargs=encode_kwargs, **pack_kwargs
             ),
-            compute=ray.data.ActorPoolStrategy(size=min(concurrency, len(groups))),
+            # One group at a time per actor: a group is minutes of work, and Ray Data hands a second one (its
+            # default is 2 in flight) to the first actor that is up, leaving the others idle (bench: 6 videos
+            # in 2 groups ran on 1 of 2 actors).
+            compute=ray.data.ActorPoolStrategy(
+                size=min(concurrency, len(groups)), max_tasks_in_flight_per_actor=1
+            ),
             num_cpus=min(actor_cpus, total_cpus),
             num_gpus=gpus or None,
         )
@@ -365,7 +391,7 @@ def _plan(cfg: PrecomputeFlowConfig, inp: Storage, out: Storage, summary: JobSum
                 "skip_keys": json.dumps(sorted(done_keys)),
             }
         )
-    groups = plan_groups(pending, cfg.shards.group_videos)
+    groups = plan_groups(pending, cfg.shards.group_videos, _flow_workers(cfg))
     summary.set("groups_planned", len(groups))
     summary.expect("video", len(pending))
     return _Plan(records, listing.format, facts, groups)

@@ -27,7 +27,7 @@ import numpy as np
 from pipeline import telemetry
 from pipeline.config import config_from_dict
 from pipeline.lease import LeaseLostError
-from pipeline.runtime import setup_logging
+from pipeline.runtime import keep_freed_memory, setup_logging
 from pipeline.segment.config import SegmentConfig
 from pipeline.segment.outputs import VideoOutputs
 from pipeline.segment.segmenter import VideoSegmenter
@@ -69,6 +69,7 @@ class SegmentActor:
         import torch
 
         setup_logging()  # Ray Data workers drop INFO records; the actor's lines (model, start-up) are the job's log
+        keep_freed_memory()  # each frame's tensors reuse the last frame's pages (pipeline.runtime says why)
 
         imported = time.perf_counter()
         self.cfg: SegmentConfig = config_from_dict(SegmentConfig, config)

@@ -38,7 +38,7 @@ from model.checkpoint import read_checkpoint
 from pipeline import telemetry
 from pipeline.config import config_from_dict
 from pipeline.run_layout import CHECKPOINT_FILE, checkpoint_dir
-from pipeline.runtime import quiet_frameworks
+from pipeline.runtime import keep_freed_memory, quiet_frameworks
 from pipeline.shards import ShardEntry
 from pipeline.train.config import TrainConfig
 from pipeline.train.trainer import StepPlan, Trainer
@@ -54,6 +54,7 @@ CHECKPOINT_FOLDER_PREFIX = "hmhi-train-ckpt-"
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point: trains on this worker's share of the shards; scratch files go when it returns."""
     quiet_frameworks()  # warning filters are per process: the DDP notice is raised here, not in the driver
+    keep_freed_memory()  # each step's tensors reuse the last step's pages (pipeline.runtime says why)
     telemetry.set_job("train")
     remove_orphan_checkpoint_folders()
     with tempfile.TemporaryDirectory(prefix="hmhi-train-") as scratch, _trainer(config, scratch) as trainer:

@@ -1,10 +1,12 @@
 """Corpus formats, the manifest and the video loader (validation and repair), on real files."""
 
+import json
 import logging
 
 import numpy as np
 import pytest
 
+from pipeline.dataset.job import plan_groups
 from pipeline.dataset.stages import clip_spans
 from pipeline.ingest.formats import IngestError, detect_format, detect_layout, natural_key, safe_name
 from pipeline.ingest.load import VideoRejected, load_video
@@ -135,6 +137,30 @@ def test_clip_spans_cover_every_frame_once():
         spans = clip_spans(n, 8)
         assert spans[0][0] == 0 and spans[-1][1] == n and all(e - s <= 8 for s, e in spans)
         assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+
+
+def test_plan_groups_spreads_a_small_corpus_over_every_worker():
+    def pending(n):
+        ids = [f"v{i:02d}" for i in reversed(range(n))]  # any order in, video-id order out
+        return [{"video_id": v, "record": json.dumps({"video_id": v}), "skip_keys": "[]"} for v in ids]
+
+    def members(groups):
+        return [[json.loads(v["record"])["video_id"] for v in json.loads(g["videos"])] for g in groups]
+
+    def sizes(groups):
+        return [len(m) for m in members(groups)]
+
+    assert sizes(plan_groups(pending(6), group_videos=16, workers=2)) == [3, 3]  # not one group of 6
+    assert sizes(plan_groups(pending(24), group_videos=16, workers=2)) == [12, 12]  # not 16 + 8
+    assert sizes(plan_groups(pending(40), group_videos=16, workers=2)) == [13, 14, 13]  # at most 16 each
+    assert sizes(plan_groups(pending(1), group_videos=16, workers=4)) == [1]
+    assert plan_groups([], group_videos=16, workers=2) == []
+    groups = plan_groups(pending(7), group_videos=2, workers=2)
+    assert sum(members(groups), []) == [f"v{i:02d}" for i in range(7)]  # every video once, in order
+    assert max(sizes(groups)) <= 2
+    assert [g["group"] for g in groups] == [
+        g["group"] for g in plan_groups(pending(7), 2, 2)
+    ]  # deterministic
 
 
 def _frames_record(tmp_path, name, frames):
