@@ -508,7 +508,7 @@ def test_flow_pictures_go_into_the_shards_unchanged_and_feed_training(tmp_path):
         1,
         load_kwargs={"input_url": str(root), "clip_length": 3, "flow_pictures": True},
         encode_kwargs={"jpeg_quality": 90, "flow_level": 1},
-        output_url=str(out),
+        output=str(out),
         target_bytes=10**9,
     )
     (group,) = plan_groups(
