@@ -54,7 +54,8 @@ def _imports(folders: tuple[str, ...]) -> dict[str, set[str]]:
                 else:
                     continue
                 for top in {name.split(".")[0] for name in names}:
-                    if top not in sys.stdlib_module_names and top not in local | siblings:
+                    # _typeshed: the type checkers' own stubs, imported only under TYPE_CHECKING
+                    if top not in sys.stdlib_module_names | {"_typeshed"} and top not in local | siblings:
                         found.setdefault(top, set()).add(str(path.relative_to(REPO_ROOT)))
     return found
 
