@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -235,7 +236,8 @@ def build_official(directory: Path, memory_size: int) -> torch.nn.Module:
         visualizer = types.ModuleType("visualizer")
         visualizer.get_local = lambda *names: lambda function: function
         sys.modules["visualizer"] = visualizer
-    from lib.HMHI_Net import HMHI_Net  # the official code, from ``directory``
+    # The official code, from ``directory`` (named at run time: it is no dependency of this project).
+    HMHI_Net = importlib.import_module("lib.HMHI_Net").HMHI_Net
 
     options = types.SimpleNamespace(
         encoder="mit_b1",

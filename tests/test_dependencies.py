@@ -69,11 +69,21 @@ def _distributions(modules: dict[str, set[str]]) -> dict[str, set[str]]:
     """Import names -> the installed distributions providing them (normalised), e.g. cv2 -> opencv-python."""
     providers = _providers()
     out: dict[str, set[str]] = {}
+    optional = _optional()
     for module, files in modules.items():
+        if module in optional:  # an optional extra's module: the product imports it where installed
+            continue
         dists = {re.sub(r"[-_.]+", "-", d).lower() for d in providers.get(module, [])}
         assert dists, f"{module} (imported by {sorted(files)[0]}) is not installed"
         out[module] = dists
     return out
+
+
+def _optional() -> set[str]:
+    """Distributions of the optional extras other than dev (e.g. torchcodec, the 'video' extra), whose import
+    names are their distribution names."""
+    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    return {_name(r) for extra, requirements in extras.items() if extra != "dev" for r in requirements}
 
 
 def test_every_import_is_declared():
