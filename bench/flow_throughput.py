@@ -3,7 +3,8 @@
 1. Job throughput: frames/s of the flow job (``pipeline.dataset.job.run``) end to end (list, decode JPEGs, flow, encode, upload shards,
    index) on a generated 480p corpus, for DIS presets and light ptlflow models (random weights: the speed of a
    model does not depend on its weights), with Ray limited to 1 and to 2 CPUs. Each line carries a same-run
-   baseline: the same engine in one plain process (decode -> flow -> encode, no Ray, no storage), and the ratio.
+   baseline: the job's work in one plain process, no Ray (read the JPEGs from the same storage, decode, flow,
+   encode, write the shards to the same storage), and the ratio (issue 26's target: at least 0.85).
 2. Shard reading: training clips/s (a clip = 5 frames with flows and masks) reading the shards sequentially
    with ``webdataset`` + ``decode_clip``, against reading the same frames, flows and masks as one file per frame
    (the official loader's way), from the same storage, in the same run. Storage is the moto S3 server on
@@ -70,41 +71,49 @@ def write_corpus(st, videos: int, frames: int, h: int, w: int) -> list[np.ndarra
 
 
 def baseline_fps(
-    engine_name: str, opts: dict, corpus_frames: list[np.ndarray], clip_length: int, max_frames: int
+    engine_name: str, opts: dict, corpus_url: str, out_url: str, clip_length: int, max_frames: int
 ) -> float:
-    """Same engine, one process: JPEG decode -> flow -> sample encode, no Ray and no storage."""
+    """The flow job's work in one plain process, no Ray: read each video's JPEGs from the corpus storage, decode
+    them, compute the flow, encode the samples and write them as shards to the same storage (``ShardWriter``, as
+    the job's workers do), on the frames the job gets."""
     import cv2
 
     from pipeline.flow.engines import create_flow_engine
-    from pipeline.shards import encode_clip
+    from pipeline.shards import ShardWriter, encode_clip
+    from pipeline.storage import open_storage
 
     with contextlib.redirect_stdout(sys.stderr):  # ptlflow prints notices on import
         engine = create_flow_engine(engine_name, **opts)
-    jpegs = [
-        [cv2.imencode(".jpg", f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in fr]
-        for fr in corpus_frames
-    ]
+    corpus = open_storage(corpus_url)
+    writer = ShardWriter(open_storage(out_url), 256 << 20, index_name=None)
     done = 0
     t0 = time.perf_counter()
-    for video in jpegs:
+    for video in corpus.list("JPEGImages/480p"):
+        names = corpus.list(f"JPEGImages/480p/{video}", suffix=".jpg")[:max_frames]
         frames = np.stack(
             [
-                cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
-                for b in video[:max_frames]
+                cv2.imdecode(
+                    np.frombuffer(corpus.read_bytes(f"JPEGImages/480p/{video}/{name}"), np.uint8),
+                    cv2.IMREAD_COLOR,
+                )[..., ::-1]
+                for name in names
             ]
         )
         flows = engine.compute(frames)
         for s in range(0, len(frames), clip_length):
             n = min(clip_length, len(frames) - s)
-            encode_clip(
-                f"v__{s:06d}",
+            key = f"{video}__{s:06d}"
+            members = encode_clip(
+                key,
                 frames[s : s + n],
                 flows[s : s + n].astype(np.float16),
                 np.zeros((n,) + frames.shape[1:3], bool),
                 np.zeros(n, bool),
                 {},
             )
+            writer.add("train", key, members, {"video_id": video, "start": s, "n_frames": n, "n_masks": 0})
         done += len(frames)
+    writer.close()
     return done / (time.perf_counter() - t0)
 
 
@@ -275,7 +284,7 @@ def main(argv=None) -> None:
         cleanup.callback(shutil.rmtree, root, ignore_errors=True)
     desc = machine()
     corpus = f"{root}/corpus"
-    frames = write_corpus(open_storage(corpus), args.videos, max(args.frames, args.ptlflow_frames), h, w)
+    write_corpus(open_storage(corpus), args.videos, max(args.frames, args.ptlflow_frames), h, w)
     try:
         last_out = None
         for setting in args.settings.split(","):
@@ -286,7 +295,8 @@ def main(argv=None) -> None:
             if not open_storage(sub).exists("JPEGImages"):
                 write_corpus(open_storage(sub), args.videos, n_frames, h, w)
             opts = {"preset": preset or "medium"} if is_dis else {"random_init": True}
-            base = baseline_fps(engine, dict(opts, max_side=1024), frames, args.clip_length, n_frames)
+            base_out = f"{root}/baseline-{engine}-{preset or 'x'}-{uuid.uuid4().hex[:6]}"
+            base = baseline_fps(engine, dict(opts, max_side=1024), sub, base_out, args.clip_length, n_frames)
             for cpus in (int(c) for c in args.cpus.split(",")):
                 ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
                 try:
