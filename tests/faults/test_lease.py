@@ -535,6 +535,7 @@ def _stop_process(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow  # 20 trials, each paused past a TTL: ~20 s locally, ~60 s on S3
 @pytest.mark.parametrize("writer_apart", [False, True], ids=["holder_commits", "actor_commits"])
 def test_a_paused_holder_commits_nothing_after_a_takeover(storage_url, writer_apart):
     base = open_storage(storage_url)

@@ -12,9 +12,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # runs the model step of the script (~10 s)
 def test_gpu_all_dry_run_model_step(tmp_path):
     results = tmp_path / "RESULTS.md"
     shutil.copy(REPO_ROOT / "bench" / "RESULTS.md", results)
@@ -51,6 +54,7 @@ def test_gpu_all_refuses_unknown_steps(tmp_path):
     assert proc.returncode == 2 and "unknown step nope" in proc.stderr
 
 
+@pytest.mark.slow  # builds every flow engine of the script (~11 s)
 def test_gpu_all_dry_run_engines_step(tmp_path):
     """The flow-engine step (bench/flow_engines.py, issue 25) runs end to end: DIS and a ptlflow model, one line
     each with the same-run ratio to DIS medium."""
