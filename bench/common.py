@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-__all__ = ["machine", "moto_s3"]
+__all__ = ["machine", "moto_s3", "panning_scene"]
 
 
 def _cpu_model() -> str:
@@ -93,3 +93,22 @@ def moto_s3(bucket: str) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def panning_scene(n: int, height: int, width: int, seed: int = 0):
+    """(n, H, W, 3) uint8 RGB frames: a textured background panning 2 px per frame with a textured square moving
+    over it (wrapping inside the frame): real motion for flow engines and real texture for video codecs."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pad = 2 * n + 16
+    background = cv2.GaussianBlur(rng.integers(0, 256, (height + pad, width + pad, 3), np.uint8), (0, 0), 2.5)
+    square = cv2.GaussianBlur(rng.integers(0, 256, (height // 3, width // 4, 3), np.uint8), (0, 0), 1.5)
+    frames = np.empty((n, height, width, 3), np.uint8)
+    for t in range(n):
+        frames[t] = background[t : t + height, 2 * t : 2 * t + width]
+        y = (height // 4 + 3 * t) % (height - square.shape[0])
+        x = (width // 5 + 5 * t) % (width - square.shape[1])
+        frames[t, y : y + square.shape[0], x : x + square.shape[1]] = square
+    return frames

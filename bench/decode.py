@@ -32,29 +32,15 @@ import tempfile
 import time
 from collections.abc import Callable
 
-import numpy as np
-from common import machine
+from common import machine, panning_scene
 
 from pipeline.transforms import resize_rgb
 from pipeline.video import encode_video
 
 
 def make_video(width: int, height: int, frames: int, seed: int = 0) -> bytes:
-    """A textured background panning 3 px per frame with a moving textured square, as H.264 MP4 bytes."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    pad = 3 * frames + 8
-    background = cv2.GaussianBlur(rng.integers(0, 256, (height + pad, width + pad, 3), np.uint8), (0, 0), 3)
-    square = cv2.GaussianBlur(rng.integers(0, 256, (height // 3, width // 4, 3), np.uint8), (0, 0), 1.5)
-    video = np.empty((frames, height, width, 3), np.uint8)
-    for t in range(frames):
-        video[t] = background[t : t + height, 3 * t : 3 * t + width]
-        y, x = (
-            (height // 5 + 4 * t) % (height - square.shape[0]),
-            (width // 6 + 7 * t) % (width - square.shape[1]),
-        )
-        video[t, y : y + square.shape[0], x : x + square.shape[1]] = square
+    """The benchmarks' panning scene (``common.panning_scene``) as H.264 MP4 bytes."""
+    video = panning_scene(frames, height, width, seed)
     buffer = io.BytesIO()
     encode_video(video, buffer, fps=25, codec="libx264", crf=18, container_format="mp4")
     return buffer.getvalue()

@@ -22,29 +22,12 @@ import statistics
 import sys
 import time
 
-import numpy as np
-from common import machine
+from common import machine, panning_scene
 
 from pipeline.flow.engines import create_flow_engine
 
 DEFAULT_ENGINES = "dis:ultrafast,dis:fast,dis:medium,neuflow2,rapidflow,raft_small"
 BASELINE = "dis:medium"
-
-
-def scene(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
-    """(n, H, W, 3) uint8 RGB: a textured background panning 3 px per frame and a square moving over it."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    pad = 3 * n + 8
-    background = cv2.GaussianBlur(rng.integers(0, 256, (height + pad, width + pad, 3), np.uint8), (0, 0), 2.5)
-    square = cv2.GaussianBlur(rng.integers(0, 256, (height // 3, width // 4, 3), np.uint8), (0, 0), 1.5)
-    frames = np.empty((n, height, width, 3), np.uint8)
-    for t in range(n):
-        frames[t] = background[t : t + height, 3 * t : 3 * t + width]
-        y, x = height // 4 + 3 * t, width // 5 + 6 * t
-        frames[t, y : y + square.shape[0], x : x + square.shape[1]] = square[: height - y, : width - x]
-    return frames
 
 
 def build(spec: str, device: str, max_side: int, batch_size: int, threads: int):
@@ -74,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     height, width = (int(v) for v in args.size.split("x"))
-    frames = scene(args.frames, height, width)
+    frames = panning_scene(args.frames, height, width)
     specs = args.engines.split(",")
     if BASELINE not in specs:
         specs.append(BASELINE)

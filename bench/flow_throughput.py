@@ -31,26 +31,10 @@ import time
 import uuid
 
 import numpy as np
-from common import machine, moto_s3
+from common import machine, moto_s3, panning_scene
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on loopback
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-
-def scene(n: int, h: int, w: int, seed: int) -> np.ndarray:
-    """A textured background panning 2 px/frame with a textured square moving over it (RGB uint8)."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    pad = 2 * n + 16
-    bg = cv2.GaussianBlur(rng.integers(0, 256, (h + pad, w + pad, 3), dtype=np.uint8), (0, 0), 2.5)
-    obj = cv2.GaussianBlur(rng.integers(0, 256, (h // 3, w // 4, 3), dtype=np.uint8), (0, 0), 1.5)
-    out = np.empty((n, h, w, 3), np.uint8)
-    for t in range(n):
-        out[t] = bg[t : t + h, 2 * t : 2 * t + w]
-        y, x = (h // 4 + 3 * t) % (h - obj.shape[0]), (w // 5 + 5 * t) % (w - obj.shape[1])
-        out[t, y : y + obj.shape[0], x : x + obj.shape[1]] = obj
-    return out
 
 
 def write_corpus(st, videos: int, frames: int, h: int, w: int) -> list[np.ndarray]:
@@ -59,7 +43,7 @@ def write_corpus(st, videos: int, frames: int, h: int, w: int) -> list[np.ndarra
 
     all_frames = []
     for v in range(videos):
-        fr = scene(frames, h, w, seed=v)
+        fr = panning_scene(frames, h, w, seed=v)
         for t in range(frames):
             ok, buf = cv2.imencode(".jpg", fr[t][..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
             st.write_bytes(f"JPEGImages/480p/v{v}/{t:05d}.jpg", buf.tobytes())

@@ -17,20 +17,24 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def _dry_run(step: str, results: Path) -> subprocess.CompletedProcess:
+    """``bench/gpu_all.sh --dry-run`` of one step, appending to ``results``."""
+    return subprocess.run(
+        ["bash", "bench/gpu_all.sh", "--dry-run", "--steps", step, "--results", str(results)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 @pytest.mark.slow  # runs the model step of the script (~10 s)
 def test_gpu_all_dry_run_model_step(tmp_path):
     results = tmp_path / "RESULTS.md"
     shutil.copy(REPO_ROOT / "bench" / "RESULTS.md", results)
     before = results.read_text()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run(
-        ["bash", "bench/gpu_all.sh", "--dry-run", "--steps", "model", "--results", str(results)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = _dry_run("model", results)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = results.read_text()
     assert text.startswith(before)  # appended, nothing rewritten
@@ -60,15 +64,7 @@ def test_gpu_all_dry_run_engines_step(tmp_path):
     each with the same-run ratio to DIS medium."""
     results = tmp_path / "RESULTS.md"
     results.write_text("# results\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run(
-        ["bash", "bench/gpu_all.sh", "--dry-run", "--steps", "engines", "--results", str(results)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = _dry_run("engines", results)
     assert proc.returncode == 0, proc.stderr[-3000:]
     section = results.read_text()
     assert "### engines: exit 0" in section
