@@ -3,6 +3,7 @@ moto S3 server, with real processes racing for it and a real SIGSTOP of a holder
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -496,8 +498,11 @@ def _pause_trial(root: str, ttl_s: float, writer_apart: bool) -> dict:
     processes = []
     try:
         if writer_apart:  # a Ray actor's situation: the writer runs on while its driver is paused
+            # An S3 trial keeps the pickled fence beside the test's other temporary files (removed below).
             fence_file = (
-                f"{root}.fence.pkl" if st.is_local else os.path.join("/tmp", f"fence-{uuid.uuid4().hex}")
+                f"{root}.fence.pkl"
+                if st.is_local
+                else os.path.join(tempfile.gettempdir(), f"hmhi-test-fence-{uuid.uuid4().hex}")
             )
             driver = _spawn("driver", root, str(ttl_s), fence_file)
             processes.append(driver)
@@ -526,6 +531,9 @@ def _pause_trial(root: str, ttl_s: float, writer_apart: bool) -> dict:
     finally:
         for proc in processes:
             _stop_process(proc)
+        if writer_apart and not st.is_local:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(fence_file)
 
 
 def _stop_process(proc: subprocess.Popen) -> None:
