@@ -71,6 +71,13 @@ _SILENCED_STDERR_LINES = (
         "restarts a job relies on work; nothing in a job's settings changes it. It is written by C++ straight to "
         "the file descriptor (the driver's own, or forwarded from an actor), where no Python filter reaches.",
     ),
+    (
+        b"KillActor RPC failed for actor",
+        "At the end of a job that started its own local cluster, Ray's GCS may still try to kill an actor of a "
+        "finished Ray Data pool whose worker process has already exited, and logs an ERROR that the RPC found the "
+        "socket closed (the actor is gone either way). Forwarded to the driver while the cluster shuts down, in "
+        "some runs and not others; nothing was lost and nothing can be done about it.",
+    ),
 )
 _PARTIAL_LINE_WAIT_S = 0.1
 """How long the stderr filter waits for the end of a line before passing its start on."""
@@ -107,6 +114,10 @@ def quiet_frameworks() -> None:
     # and errors stay. The report line comes from a logger named by its file path (logging.getLogger(__file__) in
     # ray/train/v2/_internal/execution/context.py, Ray 2.60), outside "ray.train", so it is named here.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    # The AWS SDKs say at INFO where they found credentials, once per process and client stack: the job's log is
+    # not the place (a mistake in an argument must stay one line, also in a process that already ran a job).
+    for name in ("botocore.credentials", "aiobotocore.credentials"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if "ray.train" in sys.modules:  # only where training runs: importing Ray Train costs a second
         try:
             from ray.train.v2._internal.execution import context as train_context

@@ -38,6 +38,16 @@ def test_ray_records_are_dropped_one_message_at_a_time():
     assert not kept(progress, "Progress bars disabled. To enable, set ...")
 
 
+def test_the_aws_sdks_do_not_log_where_they_found_credentials(monkeypatch):
+    from pipeline.runtime import quiet_frameworks
+
+    monkeypatch.delenv("HMHI_LOG_LEVEL", raising=False)
+    quiet_frameworks()
+    for name in ("botocore.credentials", "aiobotocore.credentials"):
+        sdk = logging.getLogger(name)
+        assert not sdk.isEnabledFor(logging.INFO) and sdk.isEnabledFor(logging.WARNING)
+
+
 def test_the_stderr_filter_drops_ray_s_cpp_line_and_passes_everything_else_on():
     """File-descriptor writes, as C++ makes them, and Python's print (a line and its newline written apart)."""
     script = textwrap.dedent(
@@ -49,6 +59,10 @@ def test_the_stderr_filter_drops_ray_s_cpp_line_and_passes_everything_else_on():
         silenced += "constructor arguments in the object store and max_restarts > 0. If the arguments ..."
         os.write(2, b"before\\n" + silenced.encode() + b"\\nafter\\n")
         print("(TrainController pid=9) " + silenced, file=sys.stderr)
+        gcs = "\x1b[36m(pid=gcs_server)\x1b[0m [2026-12-07 00:35:00,200 E 9552 9552] (gcs_server) "
+        gcs += "gcs_actor_scheduler.cc:538: Failed to kill actor 18b2, return status: Invalid: KillActor RPC failed "
+        gcs += "for actor 18b2: RpcError: RPC error: Socket closed rpc_code: 14"
+        print(gcs, file=sys.stderr)
         print("kept line", file=sys.stderr)
         sys.stderr.write("a partial line, then a pause")
         sys.stderr.flush()
