@@ -3,7 +3,6 @@ moto S3 server, with real processes racing for it and a real SIGSTOP of a holder
 
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing
 import os
@@ -12,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -490,20 +488,15 @@ def _take_over(st, ttl_s: float, deadline_s: float) -> OutputLease:
             time.sleep(0.1)
 
 
-def _pause_trial(root: str, ttl_s: float, writer_apart: bool) -> dict:
+def _pause_trial(root: str, ttl_s: float, writer_apart: bool, fence_file: str) -> dict:
     """One trial: a run commits every few ms; its driver is SIGSTOPped past the TTL; another run takes over; SIGCONT.
-    Returns the counts the test asserts on."""
+    ``fence_file``: a local file for the pickled fence the driver hands its writer (``writer_apart``). Returns the
+    counts the test asserts on."""
     st = open_storage(root)
     tag = "w"
     processes = []
     try:
         if writer_apart:  # a Ray actor's situation: the writer runs on while its driver is paused
-            # An S3 trial keeps the pickled fence beside the test's other temporary files (removed below).
-            fence_file = (
-                f"{root}.fence.pkl"
-                if st.is_local
-                else os.path.join(tempfile.gettempdir(), f"hmhi-test-fence-{uuid.uuid4().hex}")
-            )
             driver = _spawn("driver", root, str(ttl_s), fence_file)
             processes.append(driver)
             _wait_line(driver, "ready")
@@ -531,9 +524,6 @@ def _pause_trial(root: str, ttl_s: float, writer_apart: bool) -> dict:
     finally:
         for proc in processes:
             _stop_process(proc)
-        if writer_apart and not st.is_local:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(fence_file)
 
 
 def _stop_process(proc: subprocess.Popen) -> None:
@@ -545,14 +535,15 @@ def _stop_process(proc: subprocess.Popen) -> None:
 
 @pytest.mark.slow  # 20 trials, each paused past a TTL: ~20 s locally, ~60 s on S3
 @pytest.mark.parametrize("writer_apart", [False, True], ids=["holder_commits", "actor_commits"])
-def test_a_paused_holder_commits_nothing_after_a_takeover(storage_url, writer_apart):
+def test_a_paused_holder_commits_nothing_after_a_takeover(storage_url, writer_apart, tmp_path):
     base = open_storage(storage_url)
     # Short TTLs, with room for a loaded machine: S3 ages have whole seconds, and the margin is 2 s + 10%.
     ttl_s = 3.0 if base.is_local else 6.0
     roots = [base.join(f"trial-{i:02d}") for i in range(PAUSE_TRIALS)]
+    fences = [str(tmp_path / f"fence-{i:02d}.pkl") for i in range(PAUSE_TRIALS)]  # local files, S3 trials too
     started = time.perf_counter()
     with ThreadPoolExecutor(4) as pool:  # trials side by side: each mostly waits for its TTL to pass
-        results = list(pool.map(lambda root: _pause_trial(root, ttl_s, writer_apart), roots))
+        results = list(pool.map(lambda r, f: _pause_trial(r, ttl_s, writer_apart, f), roots, fences))
     elapsed = time.perf_counter() - started
     print(
         f"pause {base.scheme} {'actor' if writer_apart else 'holder'}: {PAUSE_TRIALS} trials in {elapsed:.1f} s"
