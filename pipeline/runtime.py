@@ -230,7 +230,12 @@ class _StderrLineFilter:
         return any(pattern in line for pattern, _reason in _SILENCED_STDERR_LINES)
 
     def uninstall(self) -> None:
-        """Copy out what the pipe still holds, then give descriptor 2 back (at exit)."""
+        """Shut Ray down, copy out what the pipe still holds, then give descriptor 2 back (at exit)."""
+        # Ray registers its own exit-time shutdown at import, before this handler, so it would run after it: the
+        # lines the cluster forwards while it shuts down (the GCS's "KillActor RPC failed") would pass unfiltered.
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
         sys.stderr.flush()
         os.write(2, self._marker + b"\n")
         self._drained.wait(timeout=2.0)

@@ -81,3 +81,35 @@ def test_the_stderr_filter_drops_ray_s_cpp_line_and_passes_everything_else_on():
     assert proc.stderr == (
         "before\nafter\nkept line\na partial line, then a pause and its end\nno newline at exit"
     )
+
+
+def test_the_stderr_filter_still_filters_what_ray_forwards_while_it_shuts_down_at_exit():
+    """Ray's exit-time shutdown is registered (at its import) before the filter: the filter shuts Ray down first."""
+    script = textwrap.dedent(
+        """
+        import atexit, sys, types
+        ray = types.ModuleType("ray")  # stands in for Ray: what its shutdown forwards from the GCS
+        ray.running = True
+        ray.is_initialized = lambda: ray.running
+        def shutdown():
+            if ray.running:
+                ray.running = False
+                print("(pid=gcs_server) [2026-12-07 01:40:45,289 E 1 1] KillActor RPC failed for actor d1", file=sys.stderr)
+                print("last forwarded line", file=sys.stderr)
+        ray.shutdown = shutdown
+        sys.modules["ray"] = ray
+        atexit.register(ray.shutdown)  # as ray._private.worker does at import
+        from pipeline.runtime import _StderrLineFilter
+        _StderrLineFilter.install()
+        print("job line", file=sys.stderr)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "job line\nlast forwarded line\n"
