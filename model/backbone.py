@@ -7,7 +7,6 @@ the block), and each level's fused feature is the sum of the two halves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import cast
 
 import timm
@@ -17,35 +16,9 @@ from timm.layers import calculate_drop_path_rates
 from timm.models.pvt_v2 import Attention, Block, PyramidVisionTransformerStage, PyramidVisionTransformerV2
 from torch import nn
 
+from model.architecture import MIT_VARIANTS, MiTSpec
+
 __all__ = ["MIT_VARIANTS", "MiTSpec", "FlowAdapter", "AdapterAttention", "AdapterBlock", "DualStreamMiT"]
-
-
-@dataclass(frozen=True)
-class MiTSpec:
-    """Shape of one MiT (SegFormer encoder) variant."""
-
-    timm_name: str
-    """The timm ``pvt_v2`` model the variant is built from."""
-    embed_dims: tuple[int, int, int, int]
-    """Channel width of the four levels (strides 4, 8, 16, 32)."""
-    depths: tuple[int, int, int, int]
-    """Transformer blocks per stage."""
-    num_heads: tuple[int, int, int, int] = (1, 2, 5, 8)
-    """Attention heads per stage."""
-    sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)
-    """Spatial-reduction ratio of the keys/values per stage."""
-    mlp_ratio: float = 4.0
-    """Mix-FFN expansion (4 in every MiT stage; timm's stock pvt_v2 uses 8 in stages 1-2)."""
-
-
-MIT_VARIANTS: dict[str, MiTSpec] = {
-    "mit_b0": MiTSpec("pvt_v2_b0", (32, 64, 160, 256), (2, 2, 2, 2)),
-    "mit_b1": MiTSpec("pvt_v2_b1", (64, 128, 320, 512), (2, 2, 2, 2)),
-    "mit_b2": MiTSpec("pvt_v2_b2", (64, 128, 320, 512), (3, 4, 6, 3)),
-    "mit_b3": MiTSpec("pvt_v2_b3", (64, 128, 320, 512), (3, 4, 18, 3)),
-    "mit_b4": MiTSpec("pvt_v2_b4", (64, 128, 320, 512), (3, 8, 27, 3)),
-    "mit_b5": MiTSpec("pvt_v2_b5", (64, 128, 320, 512), (3, 6, 40, 3)),
-}
 
 
 class FlowAdapter(nn.Module):

@@ -23,7 +23,6 @@ raises :class:`CheckpointError` naming the file and the first bad keys.
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import os
 import pickle
 import re
@@ -37,9 +36,11 @@ from typing import IO, Any
 import torch
 from timm.models.pvt_v2 import checkpoint_filter_fn as _timm_pvt_v2_filter
 
+from model.errors import CheckpointError, ModelNotRecordedError, SettingError
 from model.hmhi import HMHINet
 from model.registry import create_model
-from model.settings import ModelSettings, SettingError
+from model.settings import ModelSettings
+from model.version import DISTRIBUTION, project_version
 
 __all__ = [
     "CheckpointError",
@@ -56,21 +57,13 @@ __all__ = [
     "read_checkpoint",
 ]
 
-FORMAT_NAME = "hmhi-uvos"
+FORMAT_NAME = DISTRIBUTION
+"""What a file in this project's format says it is (the project that writes it)."""
 FORMAT_VERSION = 1
 OFFICIAL_DEAD_PREFIXES = ("Mem0.cross_attention.", "Mem1.cross_attention.")
 """Official parameters no output depends on (a never-called copy of each memory's cross-attention)."""
 
 _SHOW = 5  # bad keys quoted in an error message
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file cannot be read or does not fit the model; the message names the file and the keys."""
-
-
-class ModelNotRecordedError(CheckpointError):
-    """The checkpoint's format does not record which model it holds (official HMHI-Net and MiT ImageNet files):
-    build the model with ``create_model`` and load it with ``load_checkpoint`` instead."""
 
 
 @dataclass
@@ -407,14 +400,6 @@ def checkpoint_settings(path: str | os.PathLike | IO[bytes]) -> ModelSettings | 
     """The model settings a checkpoint records, or None for a format that records none (official HMHI-Net and
     MiT ImageNet files). Raises :class:`CheckpointError` for a file that is no checkpoint."""
     return describe_checkpoint(path).settings
-
-
-def project_version() -> str:
-    """The installed hmhi-uvos version ("unknown" when the code runs from a checkout that was never installed)."""
-    try:
-        return importlib.metadata.version(FORMAT_NAME)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def save_checkpoint(

@@ -20,79 +20,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from model.backbone import MIT_VARIANTS, DualStreamMiT
+from model.architecture import MIT_VARIANTS, HMHIConfig
+from model.backbone import DualStreamMiT
+from model.errors import SettingError
 from model.heads import PLAM, SGIM, TopDownDecoder
 from model.memory import ConvNeXtBlock, LayerNorm2d, MemoryEncoder, ReadoutLayer
 
 __all__ = ["HMHIConfig", "HMHINet", "MemoryBank", "SettingError", "StreamState"]
-
-
-class SettingError(ValueError):
-    """A model setting is invalid; names the field and the value.
-
-    model/ stands alone (importable with only torch and timm), so it does not use the pipeline's ConfigError; the
-    pipeline's config system turns this error (its ``field``, ``value`` and ``reason``) into one naming the dotted
-    config path.
-    """
-
-    def __init__(self, field: str, value, reason: str):
-        self.field, self.value, self.reason = field, value, reason
-        super().__init__(f"model setting '{field}' = {value!r}: {reason}")
-
-    def __reduce__(self):
-        return (type(self), (self.field, self.value, self.reason))  # picklable across processes (Ray workers)
-
-
-def _require(condition: bool, field: str, value, message: str) -> None:
-    """Raise :class:`SettingError` naming the :class:`HMHIConfig` field unless ``condition`` holds."""
-    if not condition:
-        raise SettingError(field, value, message)
-
-
-@dataclass
-class HMHIConfig:
-    """Architecture settings of HMHI-Net. Defaults are the official model (MiT-B1, 512x512 training)."""
-
-    encoder: str = "mit_b1"
-    """MiT variant of the shared encoder: one of mit_b0 .. mit_b5."""
-    memory_size: int = 5
-    """Memory window T: frames kept in each FIFO memory (5 in official training, 3 in its inference script)."""
-    decoder_width: int = 256
-    """Channel width of the top-down CBAM decoder (256 = official; smaller for tiny CPU models)."""
-    readout_ffn_dim: int = 2048
-    """Hidden width of the FFN in the memory read-outs and SGIM (2048 = official)."""
-    readout_dropout: float = 0.1
-    """Dropout of the read-out layers (residual branches, FFN and attention probabilities); off in eval."""
-    topk: int = 50
-    """Memory keys kept per query in the level-1 (pixel) memory cross-attention (official: 50)."""
-    drop_path_rate: float = 0.1
-    """Stochastic depth of the MiT encoder, linear over its blocks (official: 0.1)."""
-    pixel_mask_hidden: int = 27
-    """Hidden channels of the level-1 memory's mask downsampler (official: 27)."""
-    semantic_mask_hidden: int = 256
-    """Hidden channels of the level-3 memory's mask downsampler (official: 256)."""
-
-    def __post_init__(self):
-        _require(
-            self.encoder in MIT_VARIANTS, "encoder", self.encoder, f"must be one of {sorted(MIT_VARIANTS)}"
-        )
-        _require(
-            isinstance(self.memory_size, int) and self.memory_size >= 1,
-            "memory_size",
-            self.memory_size,
-            "must be an integer >= 1",
-        )
-        _require(self.decoder_width >= 1, "decoder_width", self.decoder_width, "must be >= 1")
-        _require(self.readout_ffn_dim >= 1, "readout_ffn_dim", self.readout_ffn_dim, "must be >= 1")
-        _require(
-            0.0 <= self.readout_dropout < 1.0, "readout_dropout", self.readout_dropout, "must be in [0, 1)"
-        )
-        _require(self.topk >= 1, "topk", self.topk, "must be >= 1")
-        _require(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate", self.drop_path_rate, "must be in [0, 1)")
-        _require(self.pixel_mask_hidden >= 1, "pixel_mask_hidden", self.pixel_mask_hidden, "must be >= 1")
-        _require(
-            self.semantic_mask_hidden >= 1, "semantic_mask_hidden", self.semantic_mask_hidden, "must be >= 1"
-        )
 
 
 class MemoryBank(nn.Module):

@@ -1,31 +1,15 @@
-"""Model registry: ``create_model("hmhi_mit_b1", memory_size=5)`` and ``list_models()``."""
+"""Model registry: ``create_model("hmhi_mit_b1", memory_size=5)`` and ``list_models()``.
+
+The registered names and their presets live in :mod:`model.architecture` (no torch: settings check a name without
+building a network); this module builds the network.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import fnmatch
-
-from model.hmhi import HMHIConfig, HMHINet
+from model.architecture import list_models, model_config, register_model
+from model.hmhi import HMHINet
 
 __all__ = ["create_model", "list_models", "register_model"]
-
-_REGISTRY: dict[str, dict] = {}
-
-
-def register_model(name: str, **defaults) -> None:
-    """Register ``name`` as an :class:`HMHIConfig` preset (``defaults`` are config fields)."""
-    if name in _REGISTRY:
-        raise ValueError(f"model {name!r} is already registered")
-    _REGISTRY[name] = defaults
-
-
-for _variant in range(6):
-    register_model(f"hmhi_mit_b{_variant}", encoder=f"mit_b{_variant}")
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching the shell-style ``pattern``, sorted."""
-    return sorted(name for name in _REGISTRY if fnmatch.fnmatch(name, pattern))
 
 
 def create_model(name: str, **kwargs) -> HMHINet:
@@ -35,15 +19,4 @@ def create_model(name: str, **kwargs) -> HMHINet:
     ``decoder_width`` (256 = official; smaller for tiny CPU models), ``readout_ffn_dim``, ``topk``.
     Load weights afterwards with :func:`model.load_checkpoint`.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
-    fields = {f.name for f in dataclasses.fields(HMHIConfig)}
-    unknown = sorted(set(kwargs) - fields)
-    if unknown:
-        raise TypeError(
-            f"create_model({name!r}): unknown argument(s) {unknown}; valid: {sorted(fields - {'encoder'})}"
-        )
-    if "encoder" in kwargs and kwargs["encoder"] != _REGISTRY[name].get("encoder"):
-        raise TypeError(f"create_model({name!r}): the encoder is fixed by the model name")
-    config = HMHIConfig(**{**_REGISTRY[name], **kwargs})
-    return HMHINet(config, model_name=name)
+    return HMHINet(model_config(name, **kwargs), model_name=name)

@@ -18,8 +18,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from model.hmhi import HMHIConfig, SettingError
-from model.registry import list_models
+from model.architecture import HMHIConfig, list_models
+from model.errors import SettingError, require
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -45,11 +45,6 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 """Per-channel standard deviation of the official input normalisation."""
 _ARCH_FIELDS = frozenset(f.name for f in dataclasses.fields(HMHIConfig)) - {"encoder", "memory_size"}
-
-
-def _require(condition: bool, name: str, value: Any, message: str) -> None:
-    if not condition:
-        raise SettingError(name, value, message)
 
 
 def _channels(value: Any) -> tuple[float, float, float] | None:
@@ -83,32 +78,32 @@ class ModelSettings:
 
     def __post_init__(self):
         self.mean, self.std = _channels(self.mean), _channels(self.std)
-        _require(
+        require(
             self.name is None or self.name in list_models(),
             "name",
             self.name,
             f"must be one of {list_models()} or null",
         )
         unknown = sorted(set(self.options or {}) - _ARCH_FIELDS)
-        _require(
+        require(
             not unknown,
             "options",
             self.options,
             f"unknown option(s) {unknown}; valid: {sorted(_ARCH_FIELDS)}",
         )
-        _require(
+        require(
             self.memory_size is None or self.memory_size >= 1,
             "memory_size",
             self.memory_size,
             "must be >= 1 or null",
         )
-        _require(
+        require(
             self.input_size is None or (self.input_size >= 32 and self.input_size % 32 == 0),
             "input_size",
             self.input_size,
             "must be a positive multiple of 32, or null",
         )
-        _require(
+        require(
             self.precision in PRECISIONS,
             "precision",
             self.precision,
@@ -116,7 +111,7 @@ class ModelSettings:
         )
         for name in ("mean", "std"):
             value = getattr(self, name)
-            _require(
+            require(
                 value is None or (len(value) == 3 and (name == "mean" or min(value) > 0)),
                 name,
                 value,
