@@ -13,13 +13,18 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export AWS_EC2_METADATA_DISABLED := true
 
-.PHONY: test test-fast install lint demo
+.PHONY: test test-fast soak install lint demo
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
+
+# The fault and race tests with their full trial counts (tests.conftest.SOAK): before a release, or after a change to
+# the lease, the fence or the commit protocol.
+soak: $(STAMP)
+	HMHI_SOAK=1 $(PY) -m pytest tests/faults $(PYTEST_ARGS)
 
 install: $(STAMP)
 

@@ -27,6 +27,8 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SOAK = os.environ.get("HMHI_SOAK") == "1"
+"""``make soak``: stress tests run their full trial counts (a few minutes more each) instead of everyday ones."""
 
 
 def _native_bf16_cpu() -> bool:

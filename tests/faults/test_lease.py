@@ -33,12 +33,15 @@ from pipeline.lease import (
     safety_margin_s,
 )
 from pipeline.storage import S3Options, clean_leftovers, open_storage, temp_name
+from tests.conftest import SOAK
 from tests.faults.lease_workers import JOB, race_worker
 from tests.faults.proxy import FaultPlan
 
 REPO = Path(__file__).resolve().parents[2]
-RACE_TRIALS = 200
-PAUSE_TRIALS = 20
+# `make soak` (HMHI_SOAK=1) runs the issue-22 counts; `make test` runs enough trials to catch a broken protocol in
+# most runs (a race lost 1 time in 50 shows in 200 trials most of the time, in 50 a third of the time).
+RACE_TRIALS = 200 if SOAK else 50
+PAUSE_TRIALS = 20 if SOAK else 6
 
 
 def _foreign_lease(
