@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from model.checkpoint import CheckpointError
+from model.errors import CheckpointError
 from pipeline.config import FlagTarget, parse_job_args
 from pipeline.errors import JobFailed, UserError
 from pipeline.runtime import setup_logging

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from model import project_version
+from model.version import project_version
 from pipeline import demo, synthetic
 from pipeline.cli import JobSpec, job_main, run_job_main
 from pipeline.dataset.job import JOB as PRECOMPUTE_FLOW

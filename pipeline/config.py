@@ -68,8 +68,8 @@ class ConfigError(UserError, ValueError):
 @runtime_checkable
 class FieldError(Protocol):
     """An error naming the field it is about: :class:`ConfigError`, and ``model.SettingError``, which model/
-    raises (it stands alone, so it cannot subclass ConfigError; importing it here would import torch into every
-    job). ``config_from_dict`` turns one raised by a nested dataclass into a ConfigError naming the dotted path."""
+    raises (it stands alone, so it cannot subclass ConfigError). ``config_from_dict`` turns one raised by a nested
+    dataclass into a ConfigError naming the dotted path."""
 
     field: str
     value: Any

@@ -19,7 +19,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 
-from model import create_model, describe_checkpoint, load_checkpoint
 from pipeline.cli import JobSpec
 from pipeline.config import ConfigError, config_from_dict, config_to_dict
 from pipeline.flow.config import FlowConfig
@@ -101,6 +100,9 @@ def preflight(cfg: SegmentConfig) -> None:
             f"videos: {len(unknown)} not in {source.url} (format {fmt}): {', '.join(unknown[:5])}"
             + (" ..." if len(unknown) > 5 else "")
         )
+    # The model imports torch: the pre-flight reads the checkpoint, the command line's parsing does not.
+    from model import create_model, describe_checkpoint, load_checkpoint
+
     with local_copy(cfg.model.checkpoint, prefix="hmhi-preflight-") as path:
         info = describe_checkpoint(path)
         for warning in settings_from_checkpoint(cfg, info):

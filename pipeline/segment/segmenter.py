@@ -16,20 +16,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model import (
-    CheckpointError,
-    CheckpointInfo,
-    autocast,
-    create_model,
-    describe_checkpoint,
-    load_checkpoint,
-    model_from_checkpoint,
-    resolve_precision,
-)
+from model.errors import CheckpointError
 from pipeline.flow.config import FlowConfig
 from pipeline.ingest.formats import IMAGE_EXTENSIONS, VideoRecord, natural_key
 from pipeline.segment.config import SegmentConfig, SegmentModelConfig, SegmentOutputConfig
@@ -43,6 +34,9 @@ from pipeline.segment.source import (
 )
 from pipeline.storage import local_copy, open_storage
 from pipeline.transforms import OFFICIAL_MASK_THRESHOLD, logits_to_probs, normalize_images, official_soft_map
+
+if TYPE_CHECKING:
+    from model.checkpoint import CheckpointInfo
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +74,9 @@ def load_segmentation_model(cfg: SegmentConfig) -> tuple[Any, CheckpointInfo, li
     Returns ``(network in eval mode, what the checkpoint records, warnings)``; the warnings are the caller's to log
     (the segment job logs them once, on its driver).
     """
+    # The model imports torch: only the processes that load one pay for it (not the job's command line).
+    from model import create_model, describe_checkpoint, load_checkpoint, model_from_checkpoint
+
     with local_copy(cfg.model.checkpoint, prefix="hmhi-checkpoint-") as path:
         info = describe_checkpoint(path)
         warnings = settings_from_checkpoint(cfg, info)
@@ -160,6 +157,8 @@ class VideoSegmenter:
 
     def _setup(self, cfg: SegmentConfig, device: str | None, warn: bool) -> None:
         import torch
+
+        from model import resolve_precision
 
         self.cfg = cfg
         wanted = device or cfg.model.device
@@ -282,6 +281,8 @@ class VideoSegmenter:
         ``reset[b]``: video b starts with this frame; ``active[b]`` False: slot b is idle (its rows are ignored).
         """
         import torch
+
+        from model import autocast
 
         mean, std = self.cfg.model.mean, self.cfg.model.std
         frame_t = normalize_images(frames, mean, std).to(self.device, non_blocking=True)

@@ -4,7 +4,8 @@
 - :mod:`pipeline.train.sampler`  the official 5-frame clip sampler
 - :mod:`pipeline.train.augment`  official per-frame flips + RGB photometric jitter (or clip-consistent flips), resize
 - :mod:`pipeline.train.losses`   20*focal + 10*BCE + Dice per frame, summed over the clip
-- :mod:`pipeline.train.data`     per-worker shard streaming with an even, hang-free split and an exact resume position
+- :mod:`pipeline.train.epochs`   the even, hang-free split of an epoch's samples between ranks (from the index alone)
+- :mod:`pipeline.train.data`     per-worker shard streaming over that split with an exact resume position
 - :mod:`pipeline.train.validate` validation J&F with :mod:`pipeline.evaluate`
 - :mod:`pipeline.train.metrics`  CSV + TensorBoard in the run directory (through :mod:`pipeline.storage`)
 - :mod:`pipeline.train.trainer`  ``Trainer``: one rank's model, optimiser, schedule, steps, metrics, validation and

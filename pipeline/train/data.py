@@ -10,7 +10,8 @@ workers on small clusters. The equivalent used here:
   reads only the shards its block overlaps (about 1/world of the bytes), straight from storage, so nothing
   assumes a local disk and it works the same on one machine or many.
 - Every rank runs the same number of steps per epoch, ``(N // world_size) // batch``, computed from the index
-  alone: uneven shard counts or sizes can never make one rank wait for another (no hang).
+  alone: uneven shard counts or sizes can never make one rank wait for another (no hang). This split is
+  :mod:`pipeline.train.epochs`.
 - Samples go through a seeded shuffle buffer as raw bytes and are decoded only when drawn. The data position
   is ``(epoch, raw draws)``; a resumed run replays the draws without decoding and continues exactly where the
   checkpoint was taken. Clip sampling and augmentation use an RNG seeded by ``(seed, epoch, rank, draw)``.
@@ -39,6 +40,7 @@ from pipeline.shards import ShardChecksumError, ShardEntry, read_samples
 from pipeline.storage import StorageAuthError, StorageNotFoundError
 from pipeline.train.augment import ClipTensors, prepare_clip
 from pipeline.train.config import AugmentConfig, DataConfig
+from pipeline.train.epochs import rank_block, steps_per_epoch
 from pipeline.train.sampler import sample_clip_indices
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,6 @@ __all__ = [
     "ClipBatch",
     "DataPosition",
     "TrainStream",
-    "rank_block",
-    "steps_per_epoch",
     "Prefetcher",
     "make_training_clip",
 ]
@@ -85,30 +85,6 @@ class ClipBatch:
     """Data position after this batch (what a checkpoint taken after this step must record)."""
     keys: list[str]
     """Sample keys of the clips (for debugging)."""
-
-
-def steps_per_epoch(shards: list[ShardEntry], world_size: int, batch_size: int) -> int:
-    """Steps every rank runs per epoch (identical on all ranks; derived from the index only)."""
-    total = sum(s.num_samples for s in shards)
-    return (total // world_size) // batch_size
-
-
-def rank_block(
-    shards: list[ShardEntry], epoch: int, seed: int, world_size: int, rank: int
-) -> list[tuple[int, int, int]]:
-    """This rank's contiguous block of the epoch's sample list as ``(shard_index, start, stop)`` segments."""
-    order = np.random.default_rng([seed, epoch, 0x5EED]).permutation(len(shards))
-    per_rank = sum(s.num_samples for s in shards) // world_size
-    lo, hi = rank * per_rank, (rank + 1) * per_rank
-    segments = []
-    offset = 0
-    for idx in order:
-        n = shards[idx].num_samples
-        start, stop = max(lo, offset), min(hi, offset + n)
-        if start < stop:
-            segments.append((int(idx), start - offset, stop - offset))
-        offset += n
-    return segments
 
 
 class TrainStream:

@@ -18,9 +18,9 @@ import math
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from model import CheckpointError, CheckpointInfo, create_model, describe_checkpoint, load_checkpoint
+from model.errors import CheckpointError
 from pipeline.cli import JobSpec
 from pipeline.config import ConfigError, config_to_dict
 from pipeline.errors import JobFailed, UserError
@@ -32,9 +32,11 @@ from pipeline.shards import ShardChecksumError, ShardEntry, read_index, shard_se
 from pipeline.storage import StorageError, local_copy, open_storage
 from pipeline.summary import JobSummary
 from pipeline.train.config import TrainConfig, cadence_warnings
-from pipeline.train.data import steps_per_epoch
-from pipeline.train.loop import train_loop_per_worker
+from pipeline.train.epochs import steps_per_epoch
 from pipeline.train.restarts import RestartRecorder, count_restarts
+
+if TYPE_CHECKING:
+    from model.checkpoint import CheckpointInfo
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +181,9 @@ def check_init_checkpoint(cfg: TrainConfig) -> None:
     """Fetch ``model.init_checkpoint`` once, take its recorded model settings as defaults (:func:`resolve_model`)
     and load it into that model on the driver (CPU), so that a missing, corrupt or mismatched file fails here with
     its name rather than in every worker."""
+    # The model imports torch: only a run with an init checkpoint pays for it, here.
+    from model import create_model, describe_checkpoint, load_checkpoint
+
     url = cfg.model.init_checkpoint
     with _init_checkpoint_errors(url), local_copy(url, prefix="hmhi-init-") as path:
         resolve_model(cfg, describe_checkpoint(path))
@@ -230,6 +235,15 @@ def build_loop_config(cfg: TrainConfig, train: list[ShardEntry], val: list[Shard
         "provenance": training_provenance(cfg),
         "run": fenced(open_storage(cfg.storage).child(cfg.run_name)),
     }
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The entry :func:`build_trainer` hands to Ray Train, which ships it to every worker:
+    :func:`pipeline.train.loop.train_loop_per_worker`."""
+    # The loop imports torch and the model: the workers need them, the driver (and every command line) does not.
+    from pipeline.train.loop import train_loop_per_worker as loop
+
+    loop(config)
 
 
 def build_trainer(cfg: TrainConfig, train: list[ShardEntry], val: list[ShardEntry], callbacks=()):
@@ -296,6 +310,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     :class:`~pipeline.errors.JobFailed`.
     """
     from ray.train import TrainingFailedError
+
+    from model import describe_checkpoint  # torch: only where a checkpoint is read
 
     train, val = check_inputs(cfg)
     if not _settled(cfg):  # run() called without the pre-flight: the record still fills the defaults

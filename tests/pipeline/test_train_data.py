@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pipeline.shards import ShardEntry, iter_tar_samples
-from pipeline.train.data import Prefetcher, rank_block, steps_per_epoch
+from pipeline.train.data import Prefetcher
+from pipeline.train.epochs import rank_block, steps_per_epoch
 from tests.media import write_train_shards
 
 
