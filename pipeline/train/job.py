@@ -33,7 +33,6 @@ from pipeline.storage import StorageError, local_copy, open_storage
 from pipeline.summary import JobSummary
 from pipeline.train.config import TrainConfig, cadence_warnings
 from pipeline.train.epochs import steps_per_epoch
-from pipeline.train.restarts import RestartRecorder, count_restarts
 
 if TYPE_CHECKING:
     from model.checkpoint import CheckpointInfo
@@ -312,6 +311,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     from ray.train import TrainingFailedError
 
     from model import describe_checkpoint  # torch: only where a checkpoint is read
+    from pipeline.train.restarts import RestartRecorder, count_restarts  # Ray Train: a second to import
 
     train, val = check_inputs(cfg)
     if not _settled(cfg):  # run() called without the pre-flight: the record still fills the defaults
