@@ -40,6 +40,15 @@ sys.stdin.read()
 _SAMPLE = re.compile(r"^(ray_hmhi_[a-z_]+)\{(.*)\} (\S+)$")
 
 
+def endpoint_up(port: int) -> bool:
+    """Whether the endpoint answers (with Ray's own metrics: the jobs' appear once a job runs)."""
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    except OSError:
+        return False
+    return True
+
+
 def scrape(port: int) -> dict[tuple[str, str, str], float]:
     """{(metric, job, the other labels of interest): value summed over workers} from the endpoint; {} if down."""
     try:
@@ -137,8 +146,9 @@ def test_flow_and_segment_metrics_reach_their_summaries_on_the_prometheus_endpoi
     driver = None
     try:
         deadline = time.monotonic() + 120
-        while not scrape(metrics_port) and time.monotonic() < deadline:  # the endpoint answers once up
+        while not endpoint_up(metrics_port):  # the head's metrics agent serves it a few seconds after start
             assert head.poll() is None, "ray start --head exited"
+            assert time.monotonic() < deadline, f"the metrics endpoint on port {metrics_port} never answered"
             time.sleep(0.5)
         driver = subprocess.Popen(
             [sys.executable, "-c", _DRIVER, gcs, json.dumps(flow_args), json.dumps(segment_args)],
