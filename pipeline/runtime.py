@@ -99,8 +99,9 @@ def quiet_frameworks() -> None:
 
     Called by :func:`setup_logging` (the driver) and by the training workers (``pipeline.train.loop``), since the
     DDP warning is raised in the worker processes. What is silenced and why: :data:`_SILENCED_WARNINGS`,
-    :data:`_QUIET_ENV` (environment variables a user may still set explicitly: only unset ones are filled in) and
-    Ray Data's progress bars when stderr is not a terminal. ``HMHI_LOG_LEVEL=DEBUG`` keeps everything.
+    :data:`_QUIET_ENV` (environment variables a user may still set explicitly: only unset ones are filled in) and,
+    once Ray Data is imported, its progress bars when stderr is not a terminal. ``HMHI_LOG_LEVEL=DEBUG`` keeps
+    everything.
     """
     import warnings
 
@@ -125,11 +126,11 @@ def quiet_frameworks() -> None:
             pass
         else:
             logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-    if not sys.stderr.isatty():
-        try:
-            from ray.data import DataContext
-        except ImportError:  # Ray Data not installed: nothing to quiet
-            return
+    # Only where Ray Data is loaded: importing it costs a second of every process (a job's driver, every actor and
+    # training worker), and only the flow job uses it (it calls this again once it has imported it).
+    if not sys.stderr.isatty() and "ray.data" in sys.modules:
+        from ray.data import DataContext
+
         with warnings.catch_warnings():
             # Ray 2.60's DataContext() assigns its own deprecated fields while it is built and warns about them.
             warnings.simplefilter("ignore", DeprecationWarning)

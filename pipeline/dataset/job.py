@@ -45,7 +45,7 @@ from pipeline.ingest.formats import VideoRecord
 from pipeline.ingest.manifest import assign_val_split, list_corpus, manifest_table
 from pipeline.lease import fenced, holds_output_lease
 from pipeline.preflight import PreflightError, check_disjoint, check_input, check_output
-from pipeline.runtime import init_ray
+from pipeline.runtime import init_ray, quiet_frameworks
 from pipeline.shards import (
     SAMPLE_VERSION,
     SETTINGS_NAME,
@@ -257,7 +257,9 @@ def _build_dataset(cfg: PrecomputeFlowConfig, groups: list[dict[str, Any]], inpu
 
     ``output`` is the fenced output storage: the workers' shard uploads check the run's lease before they commit.
     """
-    import ray
+    import ray.data
+
+    quiet_frameworks()  # Ray Data is loaded now: its progress bars go too (they are off only where it is loaded)
 
     gpus = cfg.compute.num_gpus_per_actor
     fused = _fused(cfg)

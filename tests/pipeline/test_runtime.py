@@ -113,3 +113,26 @@ def test_the_stderr_filter_still_filters_what_ray_forwards_while_it_shuts_down_a
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "job line\nlast forwarded line\n"
+
+
+def test_ray_data_s_progress_bars_go_once_it_is_loaded_and_quieting_does_not_load_it():
+    script = textwrap.dedent(
+        """
+        import sys
+        from pipeline.runtime import quiet_frameworks
+        quiet_frameworks()
+        assert "ray.data" not in sys.modules, "quiet_frameworks imported Ray Data"
+        import ray.data
+        assert ray.data.DataContext.get_current().enable_progress_bars  # Ray's default
+        quiet_frameworks()  # what the flow job does once it has imported Ray Data
+        assert not ray.data.DataContext.get_current().enable_progress_bars
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,  # stderr is not a terminal
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
