@@ -18,8 +18,10 @@ export AWS_EC2_METADATA_DISABLED := true
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# tests/jobs and tests/infra hold integration tests only (tests/conftest.py marks them): not even collected here,
+# which spares importing their modules.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not integration and not slow" --ignore=tests/jobs --ignore=tests/infra $(PYTEST_ARGS)
 
 # The fault and race tests with their full trial counts (tests.conftest.SOAK): before a release, or after a change to
 # the lease, the fence or the commit protocol.

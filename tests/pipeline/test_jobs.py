@@ -131,25 +131,34 @@ def test_keep_freed_memory_keeps_a_step_s_blocks_in_the_heap_for_the_next_step()
 
     script = """
 import ctypes, json, resource, sys
-import torch  # not numpy: numpy asks for huge pages for large arrays, which hides the effect
-torch.set_num_threads(1)
 from pipeline.runtime import keep_freed_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
+# The C library's own malloc, as torch's CPU allocator calls it (numpy would ask for huge pages for large arrays,
+# which hides the effect; torch itself costs seconds to import).
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+SIZE = 24 << 20
+def allocate():
+    block = libc.malloc(SIZE)
+    ctypes.memset(block, 1, SIZE)  # written: every page touched
+    return block
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 start = libc.mallinfo2()
-block = torch.ones(24 << 18)  # 24 MiB of float32
+block = allocate()
 mmapped_while_held = libc.mallinfo2().hblkhd - start.hblkhd
-del block
+libc.free(block)
 heap_after_free = libc.mallinfo2().arena - start.arena
 def step():
-    buffers = [torch.ones(24 << 18) for _ in range(3)]  # written: every page touched
-    return sum(float(b[-1]) for b in buffers)
+    buffers = [allocate() for _ in range(3)]
+    for b in buffers:
+        libc.free(b)
 for _ in range(5):  # warm-up: the heap grows to the step's peak
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
