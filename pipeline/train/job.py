@@ -310,13 +310,14 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     """
     from ray.train import TrainingFailedError
 
-    from model import describe_checkpoint  # torch: only where a checkpoint is read
     from pipeline.train.restarts import RestartRecorder, count_restarts  # Ray Train: a second to import
 
     train, val = check_inputs(cfg)
     if not _settled(cfg):  # run() called without the pre-flight: the record still fills the defaults
         info = None
         if cfg.model.init_checkpoint:
+            from model import describe_checkpoint  # torch: only where a checkpoint is read
+
             with _init_checkpoint_errors(cfg.model.init_checkpoint):
                 with local_copy(cfg.model.init_checkpoint, prefix="hmhi-init-") as path:
                     info = describe_checkpoint(path)

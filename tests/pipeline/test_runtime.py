@@ -11,6 +11,20 @@ import textwrap
 from tests.conftest import REPO_ROOT
 
 
+def _run_python(script: str) -> subprocess.CompletedProcess:
+    """``script`` in a fresh interpreter (stdio settings are per process; stderr a pipe, not a terminal), which
+    must succeed; its completed process, stderr as text."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 def test_ray_records_are_dropped_one_message_at_a_time():
     from pipeline.runtime import quiet_ray_worker
 
@@ -70,14 +84,7 @@ def test_the_stderr_filter_drops_ray_s_cpp_line_and_passes_everything_else_on():
         sys.stderr.write(" and its end\\nno newline at exit")
         """
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = _run_python(script)
     assert proc.stderr == (
         "before\nafter\nkept line\na partial line, then a pause and its end\nno newline at exit"
     )
@@ -104,14 +111,7 @@ def test_the_stderr_filter_still_filters_what_ray_forwards_while_it_shuts_down_a
         print("job line", file=sys.stderr)
         """
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = _run_python(script)
     assert proc.stderr == "job line\nlast forwarded line\n"
 
 
@@ -128,11 +128,4 @@ def test_ray_data_s_progress_bars_go_once_it_is_loaded_and_quieting_does_not_loa
         assert not ray.data.DataContext.get_current().enable_progress_bars
         """
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,  # stderr is not a terminal
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
+    _run_python(script)  # its assertions run in the subprocess
