@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["remove_orphan_checkpoint_folders", "train_loop_per_worker"]
 
+RESUME_READ_BYTES = 32 << 20
+"""Bytes per read when a rank copies the checkpoint it resumes from: pyarrow's default (1 MiB) makes one ranged GET
+per MiB, 60 requests for a small model's checkpoint and hundreds for a large one's."""
+
 CHECKPOINT_FOLDER_PREFIX = "hmhi-train-ckpt-"
 """Local checkpoint folders: ``<tmp>/hmhi-train-ckpt-<pid>-<random>``, named after the worker process that wrote them."""
 
@@ -205,6 +209,7 @@ def _read_ray_checkpoint(checkpoint, scratch: str) -> dict[str, Any]:
         local,
         source_filesystem=checkpoint.filesystem,
         destination_filesystem=pafs.LocalFileSystem(),
+        chunk_size=RESUME_READ_BYTES,
     )
     try:
         return read_checkpoint(local)
