@@ -338,6 +338,10 @@ def load_config(cls: type[C], path: str | None = None, overrides: Sequence[Overr
             key, sep, value = str(item).partition("=")
             if not sep:
                 raise ConfigError(str(item), None, "an override needs the form key.sub=value")
+            try:
+                _field_at(cls, key)  # a typed field converts its text itself (with errors naming it)
+            except KeyError:  # in a free-form mapping (model.options.decoder_width=32): read as YAML would
+                value = _parse_scalar(value)
         _set_dotted(data, key, value)
     return config_from_dict(cls, data)
 

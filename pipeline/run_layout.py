@@ -28,7 +28,10 @@ __all__ = [
     "TENSORBOARD_DIR",
     "checkpoint_dir",
     "checkpoint_file",
+    "RESTART_CAUSES",
+    "checkpoint_step",
     "commit_best_model",
+    "count_restarts",
     "final_model",
     "latest_checkpoint",
     "restart_record",
@@ -49,6 +52,14 @@ SUMMARY = "summary.json"
 def checkpoint_dir(step: int) -> str:
     """The folder of the checkpoint at ``step`` (what Ray Train's ``checkpoint_dir_name`` is given)."""
     return f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
+def checkpoint_step(path: str) -> int:
+    """The step of a checkpoint folder or file (``checkpoint_00000008`` or ``checkpoint_00000008/checkpoint.pt``)."""
+    folder = path.partition("/")[0]
+    if not folder.startswith(CHECKPOINT_PREFIX) or not folder[len(CHECKPOINT_PREFIX) :].isdigit():
+        raise ValueError(f"{path!r} is not a checkpoint folder ({CHECKPOINT_PREFIX}NNNNNNNN)")
+    return int(folder[len(CHECKPOINT_PREFIX) :])
 
 
 def restart_record(submission: str, n: int) -> str:
@@ -82,9 +93,27 @@ def commit_best_model(run: Storage, local_path: str, step: int, scores: dict[str
         run.delete(f"{BEST_DIR}/{previous}")
 
 
+RESTART_CAUSES = ("preemption", "failure")
+"""Why the worker group restarted (the ``cause`` of a restart record)."""
+
+
+def count_restarts(run: Storage, submission: str) -> dict[str, int]:
+    """Restarts of the job run ``submission`` recorded in ``run``, by cause (every cause present, 0 or more)."""
+    counts = dict.fromkeys(RESTART_CAUSES, 0)
+    if not run.isdir(RESTARTS_DIR):
+        return counts
+    for name in run.list(RESTARTS_DIR, suffix=".json"):
+        if name.startswith(f"{submission}-"):
+            cause = run.read_json(f"{RESTARTS_DIR}/{name}").get("cause", "failure")
+            counts[cause if cause in counts else "failure"] += 1
+    return counts
+
+
 def latest_checkpoint(run: Storage) -> str | None:
     """The path (relative to ``run``) of the newest complete checkpoint file, or None."""
-    names = sorted(n for n in run.list() if n.startswith(CHECKPOINT_PREFIX))
+    names = sorted(  # not Ray Train's checkpoint_manager_snapshot.json, nor a folder someone else named so
+        n for n in run.list() if n.startswith(CHECKPOINT_PREFIX) and n[len(CHECKPOINT_PREFIX) :].isdigit()
+    )
     for name in reversed(names):
         if run.exists(f"{name}/{CHECKPOINT_FILE}"):
             return f"{name}/{CHECKPOINT_FILE}"

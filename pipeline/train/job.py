@@ -26,10 +26,10 @@ from pipeline.config import ConfigError, config_to_dict
 from pipeline.errors import JobFailed, UserError
 from pipeline.lease import check_lease, fenced, holds_output_lease
 from pipeline.preflight import check_disjoint, check_input, check_output
-from pipeline.run_layout import BEST_MODEL, SUMMARY
+from pipeline.run_layout import BEST_MODEL, SUMMARY, checkpoint_step, count_restarts, latest_checkpoint
 from pipeline.runtime import init_ray
 from pipeline.shards import ShardChecksumError, ShardEntry, read_index, shard_set_provenance
-from pipeline.storage import StorageError, local_copy, open_storage
+from pipeline.storage import Storage, StorageError, local_copy, open_storage
 from pipeline.summary import JobSummary
 from pipeline.train.config import TrainConfig, cadence_warnings
 from pipeline.train.epochs import steps_per_epoch
@@ -292,6 +292,29 @@ def _checksum_failure(error: BaseException | None) -> ShardChecksumError | None:
     return None
 
 
+def finished_checkpoint(cfg: TrainConfig, run: Storage) -> str | None:
+    """The run folder's latest checkpoint (relative to ``run``) when it has reached ``optim.max_steps``, else None.
+
+    Such a resubmission has nothing to train: the driver answers it from the folder without starting Ray Train
+    (which took a minute to start two workers that only loaded the checkpoint and stopped). The checkpoint must still
+    load into the model asked for, as a resume would load it: one it does not fit is a :class:`TrainInputError`
+    naming it.
+    """
+    latest = latest_checkpoint(run)
+    if latest is None or checkpoint_step(latest) < cfg.optim.max_steps:
+        return None
+    from model import create_model, load_checkpoint  # torch: only where a checkpoint is read
+
+    url = run.join(latest)
+    with local_copy(url, prefix="hmhi-finished-") as path:
+        try:
+            load_checkpoint(create_model(cfg.model.name, **cfg.model.architecture()), path, strict=True)
+        except CheckpointError as e:
+            detail = str(e).replace(path, url)  # the local copy's name means nothing to the user
+            raise TrainInputError(f"run {run.url} was trained with another model: {detail}") from e
+    return latest
+
+
 def _run_root(cfg: TrainConfig) -> str:
     """The run's own folder ``<storage>/<run_name>``: what the lease protects ("" until both are set)."""
     return open_storage(cfg.storage).child(cfg.run_name).url if cfg.storage and cfg.run_name else ""
@@ -308,10 +331,6 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     beyond ``max_failures`` restarts still writes its summary (the run rejected, with the error), then raises
     :class:`~pipeline.errors.JobFailed`.
     """
-    from ray.train import TrainingFailedError
-
-    from pipeline.train.restarts import RestartRecorder, count_restarts  # Ray Train: a second to import
-
     train, val = check_inputs(cfg)
     if not _settled(cfg):  # run() called without the pre-flight: the record still fills the defaults
         info = None
@@ -325,6 +344,20 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     summary = JobSummary("train", config=config_to_dict(cfg))
     for warning in cadence_warnings(cfg):
         log.warning("%s", warning)
+    run_storage = fenced(open_storage(cfg.storage).child(cfg.run_name))  # the summary checks the lease too
+    summary.set("run", run_storage.url)
+    submission = uuid.uuid4().hex[:12]  # names this job run's restart records in the run folder
+    finished = finished_checkpoint(cfg, run_storage)
+    if finished is not None:  # a resubmission of a finished run: nothing to train, only a summary to write
+        step = checkpoint_step(finished)
+        log.info(
+            "run %s already reached step %d (optim.max_steps=%d)", run_storage.url, step, cfg.optim.max_steps
+        )
+        return _finish(summary, cfg, run_storage, submission, {"step": step, "start_step": step}, finished)
+    from ray.train import TrainingFailedError
+
+    from pipeline.train.restarts import RestartRecorder  # Ray Train: a second to import
+
     # With the dashboard, unlike the other jobs: Ray Train's placement-group cleaner asks the State API (served by
     # the dashboard) every second whether the training controller still lives, and without one it logs a warning
     # each time (hundreds per run). None: started when Ray's dashboard packages are installed.
@@ -337,30 +370,44 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         cfg.storage,
         cfg.run_name,
     )
-    run_storage = fenced(open_storage(cfg.storage).child(cfg.run_name))  # the summary checks the lease too
-    summary.set("run", run_storage.url)
-    submission = uuid.uuid4().hex[:12]  # names this job run's restart records in the run folder
     try:
         result = build_trainer(cfg, train, val, [RestartRecorder(run_storage, submission)]).fit()
         error = result.error
     except TrainingFailedError as e:  # Ray Train 2.x raises once the workers have used up max_failures
         result, error = None, e
     check_lease()  # a driver that lost the run folder (paused past the TTL) reports nothing as its own
-    for cause, count in count_restarts(run_storage, submission).items():  # preemptions apart from failures
-        summary.set(f"restarts_after_{cause}", count)
     bad = _checksum_failure(error)
     if bad is not None:  # a shard failed its checksum in the worker that read it first: the input is bad
         raise TrainInputError(str(bad).strip().splitlines()[-1]) from error
     if error is not None:
         lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
         reason = f"training failed: {lines[-1] if lines else type(error).__name__}"
+        _count_restarts(summary, run_storage, submission)
         summary.rejected("run", cfg.run_name, reason=reason)
         d = summary.finish(storage=run_storage, rel="summary.json")
         raise JobFailed(
             f"training run {run_storage.url} {reason} (summary: {run_storage.join('summary.json')})",
             summary=d,
         ) from error
-    metrics = result.metrics or {}
+    latest = result.checkpoint.path.rstrip("/").rpartition("/")[2] if result.checkpoint is not None else None
+    return _finish(summary, cfg, run_storage, submission, result.metrics or {}, latest)
+
+
+def _count_restarts(summary: JobSummary, run: Storage, submission: str) -> None:
+    for cause, count in count_restarts(run, submission).items():  # preemptions apart from failures
+        summary.set(f"restarts_after_{cause}", count)
+
+
+def _finish(
+    summary: JobSummary,
+    cfg: TrainConfig,
+    run: Storage,
+    submission: str,
+    metrics: dict[str, Any],
+    latest: str | None,
+) -> dict[str, Any]:
+    """The summary of a run that reached its last step: ``metrics`` of its last report, ``latest`` checkpoint."""
+    _count_restarts(summary, run, submission)
     summary.done("run", cfg.run_name)
     summary.set("steps", int(metrics.get("step", 0)))
     summary.set("resumed_from_step", int(metrics.get("start_step", 0)))
@@ -368,13 +415,11 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         value = metrics.get(key)
         if isinstance(value, (int, float)) and math.isfinite(value):
             summary.set(f"final_{key}", float(value))
-    if result.checkpoint is not None:
-        summary.set(
-            "latest_checkpoint", run_storage.join(result.checkpoint.path.rstrip("/").rpartition("/")[2])
-        )
-    if run_storage.exists(BEST_MODEL):
-        summary.set("best_model", run_storage.join(BEST_MODEL))
-    return summary.finish(storage=run_storage, rel=SUMMARY)
+    if latest is not None:
+        summary.set("latest_checkpoint", run.join(latest.partition("/")[0]))
+    if run.exists(BEST_MODEL):
+        summary.set("best_model", run.join(BEST_MODEL))
+    return summary.finish(storage=run, rel=SUMMARY)
 
 
 JOB = JobSpec(
@@ -390,7 +435,8 @@ Writes below <storage>/<run_name>: checkpoint_NNNNNNNN/checkpoint.pt (the resume
 model by validation J&F; best/meta.json names it), logs/metrics.csv, logs/tensorboard/ and summary.json. Every
 checkpoint records its model settings (architecture, input size, normalisation), the training data's fingerprint
 and flow settings: segment and --init-checkpoint take their defaults from it. Resubmitting the same --run-name
-and --storage resumes from the latest checkpoint at the next step.""",
+and --storage resumes from the latest checkpoint at the next step; a run that already reached --max-steps is
+answered from its folder (its summary) without starting any worker.""",
     examples=(
         "{prog} --config configs/tiny_cpu.yaml --data runs/shards --storage runs/train --run-name tiny "
         "--num-workers 2 --max-steps 400",

@@ -64,7 +64,7 @@ def train_loop_per_worker(config: dict) -> None:
     with tempfile.TemporaryDirectory(prefix="hmhi-train-") as scratch, _trainer(config, scratch) as trainer:
         state = trainer.state
         if trainer.finished:
-            # A resubmission of a finished run: nothing to train, nothing to write (idempotent).
+            # A finished run (the driver answers a resubmission itself; a restart can still land here): no work.
             log.info(
                 "rank %d: run %s already reached step %d (optim.max_steps=%d)",
                 trainer.rank,

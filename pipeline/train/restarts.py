@@ -5,7 +5,7 @@ Ray Train restarts the worker group after a failure (``FailureConfig.max_failure
 same (``fit()`` returns once, at the end). :class:`RestartRecorder` is a controller callback (it runs inside Ray
 Train's controller actor): at each restart it writes ``restarts/<submission>-NNNN.json`` in the run folder, with
 the cause and the error, and counts the restart in the ``hmhi_train_restarts_total`` metric; the job's driver
-reads the records of its own submission (:func:`count_restarts`) into its summary.
+reads the records of its own submission (:func:`pipeline.run_layout.count_restarts`) into its summary.
 
 Ray 2.60 offers the controller's state transitions only through ``ControllerCallback`` (a developer API in
 ``ray.train.v2._internal``); a record that cannot be written is logged and skipped, never failing the run.
@@ -22,15 +22,12 @@ from ray.train.v2._internal.execution.controller.state import RestartingState
 from ray.train.v2.api.exceptions import PreemptionError
 
 from pipeline import telemetry
-from pipeline.run_layout import RESTARTS_DIR, restart_record
+from pipeline.run_layout import restart_record
 from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CAUSES", "RestartRecorder", "count_restarts", "restart_cause"]
-
-CAUSES = ("preemption", "failure")
-"""Why the worker group restarted."""
+__all__ = ["RestartRecorder", "restart_cause"]
 
 
 def restart_cause(error: BaseException | None) -> str:
@@ -72,15 +69,3 @@ class RestartRecorder(ControllerCallback):
             self.run.write_json(restart_record(self.submission, self.restarts), record)
         except Exception as e:  # bookkeeping only: the restart itself must go on
             log.warning("could not record restart %d (%s) in %s: %s", self.restarts, cause, self.run.url, e)
-
-
-def count_restarts(run: Storage, submission: str) -> dict[str, int]:
-    """Restarts of the job run ``submission`` recorded in ``run``, by cause (every cause present, 0 or more)."""
-    counts = dict.fromkeys(CAUSES, 0)
-    if not run.isdir(RESTARTS_DIR):
-        return counts
-    for name in run.list(RESTARTS_DIR, suffix=".json"):
-        if name.startswith(f"{submission}-"):
-            cause = run.read_json(f"{RESTARTS_DIR}/{name}").get("cause", "failure")
-            counts[cause if cause in counts else "failure"] += 1
-    return counts

@@ -243,14 +243,36 @@ def test_a_resubmission_continues_and_a_worker_failure_resumes_from_the_last_che
     assert _checkpoints(run) == ["checkpoint_00000009", "checkpoint_00000010"]  # keep_last=2
 
 
-def test_resubmitting_a_finished_run_changes_nothing(first_run):
+def test_resubmitting_a_finished_run_changes_nothing(first_run, caplog):
     from jobs.train import main
+    from pipeline.train.job import TrainInputError
 
     run = first_run.run
     latest = int(_checkpoints(run)[-1].rpartition("_")[2])  # 8, or 10 after the resubmission test
     before = sorted(run.list(recursive=True))
-    again = main([*first_run.args, "--max-steps", "8"])
+    with caplog.at_level("INFO", logger="pipeline.train.job"):
+        again = main([*first_run.args, "--max-steps", "8"])
     assert again["counts"]["run"]["done"] == 1 and again["figures"]["steps"] == latest
+    assert again["figures"]["resumed_from_step"] == latest
+    assert again["figures"]["latest_checkpoint"] == run.join(f"checkpoint_{latest:08d}")
+    assert again["figures"]["best_model"] == run.join("best/model.pt")
+    assert again["figures"]["restarts_after_failure"] == again["figures"]["restarts_after_preemption"] == 0
+    assert run.read_json("summary.json")["figures"] == again["figures"]
+    assert sorted(n for n in run.list(recursive=True) if n != "summary.json") == [
+        n for n in before if n != "summary.json"
+    ]
+    # The driver answered from the run folder: no training workers started to find out.
+    assert f"run {run.url} already reached step {latest}" in caplog.text
+    assert "training on" not in caplog.text
+
+    # Another architecture (without the init checkpoint, which would refuse it first) than the run's checkpoints
+    # fit: refused before anything starts, naming the run and its checkpoint (a resume would load it).
+    i = first_run.args.index("--init-checkpoint")
+    other_model = [*first_run.args[:i], *first_run.args[i + 2 :], "--set", "model.options.decoder_width=32"]
+    with pytest.raises(
+        TrainInputError, match=rf"run {run.url} was trained with another model: .*checkpoint_0"
+    ):
+        main([*other_model, "--max-steps", "8"])
     assert sorted(n for n in run.list(recursive=True) if n != "summary.json") == [
         n for n in before if n != "summary.json"
     ]

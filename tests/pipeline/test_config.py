@@ -163,3 +163,17 @@ def test_model_setting_errors_name_the_dotted_config_path():
         )
     with pytest.raises(ConfigError, match=r"'model.name' = 'hmhi_mit_b9'"):
         load_config(TrainConfig, None, ["model.name=hmhi_mit_b9"])
+
+
+def test_an_override_inside_a_free_form_mapping_is_read_as_yaml_would():
+    """``model.options`` is a free-form mapping: ``--set model.options.decoder_width=32`` sets the number 32 (a
+    string there made the model's own checks fail with a TypeError), as the YAML file would."""
+    from pipeline.train.config import TrainConfig
+
+    cfg = load_config(
+        TrainConfig,
+        None,
+        ["model.options.decoder_width=32", "model.options.readout_dropout=0.0", "model.options.topk=null"],
+    )
+    assert cfg.model.options == {"decoder_width": 32, "readout_dropout": 0.0, "topk": None}
+    assert load_config(TrainConfig, None, ["run_name=007"]).run_name == "007"  # a typed field keeps its text

@@ -423,9 +423,8 @@ def test_restarts_are_told_apart_by_cause_as_ray_train_charges_them():
 
 
 def test_restart_records_are_counted_per_submission_and_cause(tmp_path):
-    from pipeline.run_layout import restart_record
+    from pipeline.run_layout import count_restarts, restart_record
     from pipeline.storage import open_storage
-    from pipeline.train.restarts import count_restarts
 
     run = open_storage(str(tmp_path / "run"))
     assert count_restarts(run, "abc") == {"preemption": 0, "failure": 0}  # no restarts folder yet
@@ -456,3 +455,20 @@ def test_checkpoint_folders_of_dead_workers_are_removed_and_live_ones_kept(tmp_p
         (folder / "checkpoint.pt").write_bytes(b"weights")
     assert remove_orphan_checkpoint_folders(str(tmp_path)) == [str(dead)]
     assert not dead.exists() and (live / "checkpoint.pt").exists() and (other / "checkpoint.pt").exists()
+
+
+def test_latest_checkpoint_is_the_highest_complete_step_and_ignores_other_checkpoint_names(tmp_path):
+    from pipeline.run_layout import checkpoint_step, latest_checkpoint
+    from pipeline.storage import open_storage
+
+    run = open_storage(str(tmp_path / "run"))
+    assert latest_checkpoint(run) is None
+    run.write_bytes("checkpoint_00000004/checkpoint.pt", b"4")
+    run.write_bytes("checkpoint_00000012/checkpoint.pt", b"12")
+    run.write_bytes("checkpoint_00000016/other.txt", b"an upload that never finished")
+    run.write_json("checkpoint_manager_snapshot.json", {})  # Ray Train's own file
+    run.write_bytes("checkpoint_final/checkpoint.pt", b"someone else's")
+    assert latest_checkpoint(run) == "checkpoint_00000012/checkpoint.pt"
+    assert checkpoint_step(latest_checkpoint(run)) == 12 and checkpoint_step("checkpoint_00000004") == 4
+    with pytest.raises(ValueError, match="checkpoint_final"):
+        checkpoint_step("checkpoint_final/checkpoint.pt")
