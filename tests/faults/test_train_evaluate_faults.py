@@ -1,7 +1,8 @@
 """Training and evaluation against a faulty S3 (issue 14): 10% of requests answered 503/500, 1% of bodies cut.
 
 Each job runs as its own driver (tests/faults/driver.py) with the fault proxy as the S3 endpoint of the driver and
-of its Ray workers; its results must equal those of a fault-free run of the same inputs.
+of its Ray workers; its results must equal those of a fault-free run of the same inputs (for training, what such a
+run writes: every step once, its checkpoints and validation).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def _refuses_a_second_run(first, output: str, second, timeout: float = 300) -> N
         second()
 
 
-@pytest.mark.slow  # shards, then two 4-step DDP runs (faulty and clean): several minutes on 2 loaded cores
-def test_train_under_faults_reaches_the_same_step_as_a_clean_run_and_refuses_a_second_run(
+@pytest.mark.slow  # shards, then a 4-step DDP run through the faults
+def test_train_under_faults_logs_every_step_once_checkpoints_and_refuses_a_second_run(
     s3_bucket, tmp_path, ray_cluster, fault_proxy
 ):
     from jobs.precompute_flow import main as precompute_main
@@ -108,22 +109,15 @@ def test_train_under_faults_reaches_the_same_step_as_a_clean_run_and_refuses_a_s
     assert fault_proxy.seen("PUT", "checkpoint") > 0  # and so did Ray Train's checkpoint uploads
     fault_proxy.set_plan(None)
 
-    clean = train_main(args(f"{s3_bucket}/clean"))
-    assert clean["counts"]["run"]["done"] == 1 and clean["figures"]["steps"] == 4
-
+    # What a fault-free run of these arguments leaves (tests/jobs/test_train.py runs those): 4 steps, each logged
+    # once, checkpoints at steps 2 and 4, validation at step 4.
     run = open_storage(f"{s3_bucket}/faulty").child("tiny")
     summary = run.read_json("summary.json")
     assert summary["counts"]["run"] == {"done": 1, "skipped": 0, "rejected": 0}, log_text[-3000:]
-    assert summary["figures"]["steps"] == clean["figures"]["steps"] == 4
+    assert summary["figures"]["steps"] == 4
     assert summary["figures"]["latest_checkpoint"] == run.join("checkpoint_00000004")
-    # Every step logged exactly once, as in the clean run, with validation at the last step.
-    clean_run = open_storage(f"{s3_bucket}/clean").child("tiny")
     rows = read_metrics_csv(run)
-    assert (
-        [int(r["step"]) for r in rows]
-        == [int(r["step"]) for r in read_metrics_csv(clean_run)]
-        == [1, 2, 3, 4]
-    )
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert rows[-1]["val_JF_mean"] != ""
     # The checkpoints are readable: the training state, and the model's own loader (weights_only) takes it.
     assert sorted(n for n in run.list() if n.startswith("checkpoint_0")) == [

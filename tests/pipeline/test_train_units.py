@@ -472,3 +472,42 @@ def test_latest_checkpoint_is_the_highest_complete_step_and_ignores_other_checkp
     assert checkpoint_step(latest_checkpoint(run)) == 12 and checkpoint_step("checkpoint_00000004") == 4
     with pytest.raises(ValueError, match="checkpoint_final"):
         checkpoint_step("checkpoint_final/checkpoint.pt")
+
+
+@pytest.mark.parametrize(
+    ("upload", "reason", "mode"),
+    [("async", "cadence", "ASYNC"), ("sync", "cadence", "SYNC"), ("async", "preemption", "SYNC")],
+)
+def test_a_checkpoint_report_uploads_as_configured_and_a_preemption_checkpoint_synchronously(
+    monkeypatch, tmp_path, upload, reason, mode
+):
+    """What the loop asks of Ray Train for a checkpoint (tests/faults/test_train_slow_storage.py shows what the
+    asynchronous upload does against a slow store): the configured mode, except a preemption's checkpoint, which
+    must be stored before the node goes."""
+    import types
+
+    import ray.train
+
+    from pipeline.train import loop
+    from pipeline.train.trainer import StepPlan
+
+    reports = []
+    monkeypatch.setattr(ray.train, "report", lambda metrics, **kwargs: reports.append((metrics, kwargs)))
+    monkeypatch.setattr(
+        ray.train.Checkpoint, "from_directory", staticmethod(lambda path: ("checkpoint", path))
+    )
+    monkeypatch.setattr(loop.tempfile, "mkdtemp", lambda prefix: str(tmp_path / prefix))
+    written = []
+    trainer = types.SimpleNamespace(
+        rank=0,
+        cfg=load_config(TrainConfig, None, [f"checkpoint.upload={upload}"]),
+        state=types.SimpleNamespace(step=12),
+        write_checkpoint=lambda path, reason: written.append((path, reason)) or True,
+        check_lease=lambda: None,
+    )
+    loop._report(trainer, {"step": 12}, StepPlan(log=True, validate=False, checkpoint=True), reason)
+    [(metrics, kwargs)] = reports
+    assert metrics == {"step": 12} and written[0][1] == reason
+    assert kwargs["checkpoint"][0] == "checkpoint" and kwargs["checkpoint_dir_name"] == "checkpoint_00000012"
+    assert kwargs["checkpoint_upload_mode"] == getattr(ray.train.CheckpointUploadMode, mode)
+    assert kwargs["delete_local_checkpoint_after_upload"] is True
