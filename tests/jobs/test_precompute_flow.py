@@ -101,6 +101,9 @@ def _check_round_trip(
         assert sorted(seen[vid]) == list(range(len(frames))), vid
 
 
+# S3 only: the job reaches storage through the same Storage and pyarrow filesystem for both kinds (each tested on
+# both in tests/pipeline/test_storage.py), and local outputs are end to end in test_first_hour and the archive tests.
+@pytest.mark.parametrize("storage_url", ["s3"], indirect=True)
 def test_end_to_end_round_trip_and_idempotent_rerun(storage_url, tmp_path):
     gt = write_davis(
         tmp_path / "davis",

@@ -86,6 +86,9 @@ def check_video_outputs(out, video_id: str, n: int, names: list[str] | None = No
     assert marker["frames"] == n and marker["height"] == H and marker["width"] == W
 
 
+# S3 only: the job reaches storage through Storage for both kinds (each tested on both in
+# tests/pipeline/test_storage.py), and local outputs are end to end in the other tests of this module.
+@pytest.mark.parametrize("storage_url", ["s3"], indirect=True)
 def test_segment_videos_with_a_corrupt_one(storage_url, ray_cluster, tiny_checkpoint):
     corpus = open_storage(storage_url).child("corpus")
     corpus.write_bytes("clip.mp4", mp4_bytes(moving_square_frames(9)))
