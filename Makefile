@@ -12,6 +12,10 @@ STAMP := $(VENV)/.hmhi-installed
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 export AWS_EC2_METADATA_DISABLED := true
+# Python's default: the project's modules are compiled once, not again in every process that imports them (the
+# suite starts hundreds: Ray workers, actors, job subprocesses). __pycache__/ is ignored by git and by Ray's
+# working-dir upload.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: test test-fast soak install lint demo
 
