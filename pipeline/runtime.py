@@ -280,12 +280,28 @@ def setup_logging(level: int | str = logging.INFO) -> None:
     level = os.environ.get("HMHI_LOG_LEVEL", level)
     quiet_frameworks()
     root = logging.getLogger()
-    if not any(getattr(h, "_hmhi", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(_LOG_FORMAT, datefmt="%H:%M:%S"))
-        handler._hmhi = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """The jobs' log handler: writes to ``sys.stderr`` as it is when a record is logged, not as it was when the
+    handler was made, so that a caller who redirects stderr after a job ran (a notebook cell's capture, a test's)
+    gets the next job's log and never an error about a stream that has since been closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _stream) -> None:  # StreamHandler.__init__ and setStream assign it: always sys.stderr
+        pass
 
 
 def init_ray(**kwargs: Any) -> None:

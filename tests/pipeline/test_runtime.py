@@ -129,3 +129,35 @@ def test_ray_data_s_progress_bars_go_once_it_is_loaded_and_quieting_does_not_loa
         """
     )
     _run_python(script)  # its assertions run in the subprocess
+
+
+def test_the_job_log_follows_stderr_when_it_is_replaced_and_the_old_one_closed(monkeypatch):
+    """A job's log handler outlives the stderr it started with (a test's capture, a notebook cell's): the next
+    job's records go to the stderr of the moment, and none meets the closed stream ("--- Logging error ---")."""
+    import io
+    import logging
+
+    from pipeline.runtime import _StderrHandler, setup_logging
+
+    root, level = logging.getLogger(), logging.getLogger().level
+    ours = [h for h in root.handlers if isinstance(h, _StderrHandler)]  # an earlier job's, in this process
+    for handler in ours:
+        root.removeHandler(handler)
+    monkeypatch.setattr(logging, "raiseExceptions", True)
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        monkeypatch.setattr(sys, "stderr", first)
+        setup_logging()
+        setup_logging()  # idempotent: one handler
+        logging.getLogger("pipeline.test").info("first job")
+        first.close()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("pipeline.test").info("second job")
+        assert "second job" in second.getvalue() and "Logging error" not in second.getvalue()
+        assert len([h for h in root.handlers if isinstance(h, _StderrHandler)]) == 1
+    finally:
+        for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+            root.removeHandler(handler)
+        for handler in ours:
+            root.addHandler(handler)
+        root.setLevel(level)
