@@ -64,7 +64,7 @@ finally:
 """
 
 
-@pytest.mark.slow  # a 3-node cluster of its own, 40 slowed-down steps and a restart: a few minutes on 2 cores
+@pytest.mark.slow  # a 3-node cluster of its own, 40 steps (slowed down until the restart): two minutes on 2 cores
 @pytest.mark.timeout(900)
 def test_a_preempted_node_checkpoints_on_notice_and_the_run_resumes_elsewhere_counted_apart(tmp_path):
     shards, storage, attempts = tmp_path / "shards", tmp_path / "runs", tmp_path / "attempts.jsonl"

@@ -5,8 +5,8 @@ product code has no test hooks.
 - :class:`ReportsObserved`: rank 0 records, for every report that carries a checkpoint, whether the checkpoint's
   file was already in the run storage when ``ray.train.report`` returned (asked of the store itself, not through
   the slow path the upload takes).
-- :class:`AttemptsOnNodes`: every attempt's rank 0 records the Ray node it runs on, and each step is slowed down,
-  so that a test can drain (preempt) that node while the attempt is still training.
+- :class:`AttemptsOnNodes`: every attempt's rank 0 records the Ray node it runs on, and each step of the first
+  attempt is slowed down, so that a test can drain (preempt) that node while the attempt is still training.
 """
 
 from __future__ import annotations
@@ -67,12 +67,12 @@ class ReportsObserved:
 @dataclass(frozen=True)
 class AttemptsOnNodes:
     """``train_loop_per_worker`` whose rank 0 appends ``{"node", "pid", "time"}`` to ``record`` when an attempt
-    starts, and whose steps each take ``step_sleep_s`` longer."""
+    starts, and whose steps each take ``step_sleep_s`` longer in the first attempt (a resumed one runs at speed)."""
 
     record: str
     """Local file of the records."""
     step_sleep_s: float
-    """Added to every training step (keeps an attempt running while the test acts on its node)."""
+    """Added to every training step of the first attempt (keeps it running while the test acts on its node)."""
 
     def __call__(self, config: dict) -> None:
         import ray
@@ -84,6 +84,9 @@ class AttemptsOnNodes:
         if ray.train.get_context().get_world_rank() == 0:
             node = ray.get_runtime_context().get_node_id()
             _append(self.record, {"node": node, "pid": os.getpid(), "time": time.time()})
+        if ray.train.get_checkpoint() is not None:  # a restart, from a checkpoint: nothing to keep running
+            train_loop_per_worker(config)
+            return
         real_step = Trainer.train_step
 
         def slow_step(trainer, batch):
