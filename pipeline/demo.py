@@ -41,7 +41,7 @@ from pipeline.config import config_to_dict, parse_job_args, require
 from pipeline.errors import JobFailed
 from pipeline.run_layout import BEST_MODEL, final_model
 from pipeline.runtime import setup_logging
-from pipeline.storage import open_storage
+from pipeline.storage import Storage, open_storage
 from pipeline.synthetic import SyntheticConfig, generate_corpus
 
 log = logging.getLogger("pipeline.demo")
@@ -264,98 +264,99 @@ def run_demo(cfg: DemoConfig) -> dict:
     val = root.child("corpus").read_json("synthetic.json")["val"]
 
     _banner(2, total, f"optical flow (DIS {cfg.flow_preset}) and WebDataset shards -> {urls['shards']}")
-    timings["precompute_flow"] = _run_job(
-        "precompute_flow",
-        [
-            "--input",
-            urls["corpus"],
-            "--output",
-            urls["shards"],
-            "--format",
-            "davis2016",
-            "--flow-model",
-            "dis",
-            "--flow-preset",
-            cfg.flow_preset,
-            "--val-fraction",
-            str(cfg.train_val_fraction),
-        ],
-        "precompute_flow",
-    )
-
+    timings["precompute_flow"] = _run_job("precompute_flow", _flow_args(cfg, urls), "precompute_flow")
     train_yaml = _train_config_path(cfg)
     _banner(3, total, f"training: {cfg.num_workers} Ray Train workers, {cfg.train_steps} steps, {train_yaml}")
+    timings["train"] = _run_job("train", _train_args(cfg, urls, train_yaml), "train")
+    model_url = _final_model(root.child(f"runs/{cfg.run_name}"))
+    print(f"model for segmentation: {model_url}", flush=True)
+    _banner(4, total, f"segmenting the {len(val)} held-out test videos -> {urls['segment']}")
+    timings["segment"] = _run_job("segment", _segment_args(cfg, urls, model_url, val), "segment")
+    _banner(5, total, f"DAVIS-2016 J&F and report.html on the held-out test videos -> {urls['eval']}")
+    timings["evaluate"] = _run_job("evaluate", _evaluate_args(root, urls, val), "evaluate")
+
+    timings["total"] = time.perf_counter() - started
+    result = _demo_summary(root, val, timings, cfg)
+    _print_result(result, started)
+    return result
+
+
+def _flow_args(cfg: DemoConfig, urls: dict[str, str]) -> list[str]:
+    return [
+        "--input",
+        urls["corpus"],
+        "--output",
+        urls["shards"],
+        "--format",
+        "davis2016",
+        "--flow-model",
+        "dis",
+        "--flow-preset",
+        cfg.flow_preset,
+        "--val-fraction",
+        str(cfg.train_val_fraction),
+    ]
+
+
+def _train_args(cfg: DemoConfig, urls: dict[str, str], train_yaml: str) -> list[str]:
     overrides = [
         f"validation.every_steps={cfg.validate_every or cfg.train_steps}",
         "validation.max_samples=null",
         f"checkpoint.every_steps={min(100, cfg.train_steps)}",
         *cfg.train_overrides,
     ]
-    timings["train"] = _run_job(
-        "train",
-        [
-            "--config",
-            train_yaml,
-            "--data",
-            urls["shards"],
-            "--storage",
-            urls["runs"],
-            "--run-name",
-            cfg.run_name,
-            "--num-workers",
-            str(cfg.num_workers),
-            "--max-steps",
-            str(cfg.train_steps),
-            *[a for o in overrides for a in ("--set", o)],
-        ],
-        "train",
-    )
-    run_dir = root.child(f"runs/{cfg.run_name}")
-    model_url = _final_model(run_dir)
-    print(f"model for segmentation: {model_url}", flush=True)
+    return [
+        "--config",
+        train_yaml,
+        "--data",
+        urls["shards"],
+        "--storage",
+        urls["runs"],
+        "--run-name",
+        cfg.run_name,
+        "--num-workers",
+        str(cfg.num_workers),
+        "--max-steps",
+        str(cfg.train_steps),
+        *[a for o in overrides for a in ("--set", o)],
+    ]
 
-    _banner(4, total, f"segmenting the {len(val)} held-out test videos -> {urls['segment']}")
-    timings["segment"] = _run_job(
-        "segment",
-        [
-            "--input",
-            urls["corpus"],
-            "--output",
-            urls["segment"],
-            "--format",
-            "davis2016",
-            "--checkpoint",
-            model_url,
-            "--flow-model",
-            "dis",
-            "--set",
-            f"flow.preset={cfg.flow_preset}",
-            "--set",
-            f"videos=[{','.join(val)}]",
-        ],
-        "segment",
-    )
 
-    _banner(5, total, f"DAVIS-2016 J&F and report.html on the held-out test videos -> {urls['eval']}")
-    timings["evaluate"] = _run_job(
-        "evaluate",
-        [
-            "--pred",
-            root.join("segment/masks"),
-            "--gt",
-            urls["corpus"],
-            "--output",
-            urls["eval"],
-            "--protocol",
-            "davis2016",
-            "--set",
-            f"sequences=[{','.join(val)}]",
-        ],
-        "evaluate",
-    )
+def _segment_args(cfg: DemoConfig, urls: dict[str, str], model_url: str, val: list[str]) -> list[str]:
+    return [
+        "--input",
+        urls["corpus"],
+        "--output",
+        urls["segment"],
+        "--format",
+        "davis2016",
+        "--checkpoint",
+        model_url,
+        "--flow-model",
+        "dis",
+        "--set",
+        f"flow.preset={cfg.flow_preset}",
+        "--set",
+        f"videos=[{','.join(val)}]",
+    ]
 
-    timings["total"] = time.perf_counter() - started
-    result = _demo_summary(root, val, timings, cfg)
+
+def _evaluate_args(root: Storage, urls: dict[str, str], val: list[str]) -> list[str]:
+    return [
+        "--pred",
+        root.join("segment/masks"),
+        "--gt",
+        urls["corpus"],
+        "--output",
+        urls["eval"],
+        "--protocol",
+        "davis2016",
+        "--set",
+        f"sequences=[{','.join(val)}]",
+    ]
+
+
+def _print_result(result: dict, started: float) -> None:
     s = result["slices"]
     print(
         f"\nJ&F = {result['JF_mean']:.3f}  (J {result['J_mean']:.3f}, F {result['F_mean']:.3f}; "
@@ -369,7 +370,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     )
     print(f"report: {result['report']}", flush=True)
     print(f"demo finished in {time.perf_counter() - started:.0f} s", flush=True)
-    return result
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.demo") -> int:

@@ -34,6 +34,7 @@ interrupted ones.
 
 from __future__ import annotations
 
+import enum
 import functools
 import hashlib
 import io
@@ -52,7 +53,7 @@ from pipeline.cli import run_job_main
 from pipeline.config import config_to_dict, parse_job_args, require
 from pipeline.errors import JobFailed, UserError
 from pipeline.runtime import setup_logging
-from pipeline.storage import open_storage
+from pipeline.storage import Storage, open_storage
 from pipeline.summary import JobSummary
 from pipeline.video import encode_video
 
@@ -974,50 +975,14 @@ def generate_corpus(cfg: SyntheticConfig) -> dict:
         cfg.seed,
         st.url,
     )
-    if not cfg.overwrite and st.exists("synthetic.json"):
-        previous = st.read_json("synthetic.json")
-        if previous.get("fingerprint") != fingerprint:
-            raise SyntheticCorpusError(
-                f"{st.join('synthetic.json')} holds a corpus made with different settings (fingerprint "
-                f"{previous.get('fingerprint')} != {fingerprint}, config {previous.get('config')}); use a new output "
-                "location or --overwrite"
-            )
+    _check_manifest(st, cfg, fingerprint)
     written, mismatched = [], []
     for index, seq in enumerate(names):
-        meta = None if cfg.overwrite else _existing_meta(st, seq)
-        if meta is not None and meta.get("fingerprint") != fingerprint:
-            summary.rejected(
-                "video",
-                seq,
-                reason=(
-                    f"{st.join(f'Meta/{seq}/meta.json')} was made with different settings (fingerprint "
-                    f"{meta.get('fingerprint')} != {fingerprint}); use a new output location or --overwrite"
-                ),
-            )
+        outcome = _generate_sequence(st, cfg, seq, index, len(names), fingerprint, summary)
+        if outcome is _Outcome.MISMATCHED:
             mismatched.append(seq)
-            continue
-        if meta is not None and (not cfg.mp4 or st.exists(f"videos/{seq}.mp4")):
-            summary.skipped("video", seq, reason="already generated")
+        elif outcome is _Outcome.WRITTEN:
             written.append(seq)
-            continue
-        try:
-            if cfg.overwrite:
-                for kind in ("JPEGImages", "Annotations"):
-                    st.delete(_seq_rel(kind, seq), recursive=True)
-            meta = _write_sequence(st, cfg, seq, index)
-        except Exception as err:  # one bad video must not stop the corpus
-            summary.rejected("video", seq, reason=f"{type(err).__name__}: {err}")
-            continue
-        written.append(seq)
-        summary.done("video", seq, frames=cfg.frames)
-        log.info(
-            "%s (%d/%d): paused %s, occluded %s",
-            seq,
-            index + 1,
-            len(names),
-            meta["paused_frames"],
-            meta["occluded_frames"],
-        )
     if mismatched:
         # The split files and manifest describe the corpus on disk; never rewrite them around foreign sequences.
         log.error(
@@ -1028,6 +993,75 @@ def generate_corpus(cfg: SyntheticConfig) -> dict:
         return summary.finish()
     train = [s for s in train if s in written]
     val = [s for s in val if s in written]
+    _write_splits_and_manifest(st, cfg, fingerprint, train, val)
+    summary.add("train_videos", len(train))
+    summary.add("val_videos", len(val))
+    return summary.finish()
+
+
+class _Outcome(enum.Enum):
+    """What became of one sequence of the corpus."""
+
+    WRITTEN = "written (now or by an earlier run)"
+    MISMATCHED = "another corpus's sequence, left alone"
+    REJECTED = "failed; the corpus goes on"
+
+
+def _check_manifest(st: Storage, cfg: SyntheticConfig, fingerprint: str) -> None:
+    """Refuse to add to a corpus made with other settings (unless ``overwrite``)."""
+    if cfg.overwrite or not st.exists("synthetic.json"):
+        return
+    previous = st.read_json("synthetic.json")
+    if previous.get("fingerprint") != fingerprint:
+        raise SyntheticCorpusError(
+            f"{st.join('synthetic.json')} holds a corpus made with different settings (fingerprint "
+            f"{previous.get('fingerprint')} != {fingerprint}, config {previous.get('config')}); use a new output "
+            "location or --overwrite"
+        )
+
+
+def _generate_sequence(
+    st: Storage, cfg: SyntheticConfig, seq: str, index: int, total: int, fingerprint: str, summary: JobSummary
+) -> _Outcome:
+    """Write one sequence unless it is already there; says what became of it."""
+    meta = None if cfg.overwrite else _existing_meta(st, seq)
+    if meta is not None and meta.get("fingerprint") != fingerprint:
+        summary.rejected(
+            "video",
+            seq,
+            reason=(
+                f"{st.join(f'Meta/{seq}/meta.json')} was made with different settings (fingerprint "
+                f"{meta.get('fingerprint')} != {fingerprint}); use a new output location or --overwrite"
+            ),
+        )
+        return _Outcome.MISMATCHED
+    if meta is not None and (not cfg.mp4 or st.exists(f"videos/{seq}.mp4")):
+        summary.skipped("video", seq, reason="already generated")
+        return _Outcome.WRITTEN
+    try:
+        if cfg.overwrite:
+            for kind in ("JPEGImages", "Annotations"):
+                st.delete(_seq_rel(kind, seq), recursive=True)
+        meta = _write_sequence(st, cfg, seq, index)
+    except Exception as err:  # one bad video must not stop the corpus
+        summary.rejected("video", seq, reason=f"{type(err).__name__}: {err}")
+        return _Outcome.REJECTED
+    summary.done("video", seq, frames=cfg.frames)
+    log.info(
+        "%s (%d/%d): paused %s, occluded %s",
+        seq,
+        index + 1,
+        total,
+        meta["paused_frames"],
+        meta["occluded_frames"],
+    )
+    return _Outcome.WRITTEN
+
+
+def _write_splits_and_manifest(
+    st: Storage, cfg: SyntheticConfig, fingerprint: str, train: list[str], val: list[str]
+) -> None:
+    """The DAVIS split files (per frame and per sequence) and ``synthetic.json``, written last."""
     for split, seqs in (("train", train), ("val", val)):
         frame_lines = [
             f"/JPEGImages/{RES_DIR}/{s}/{t:05d}.jpg /Annotations/{RES_DIR}/{s}/{t:05d}.png"
@@ -1048,9 +1082,6 @@ def generate_corpus(cfg: SyntheticConfig) -> dict:
         "frames": cfg.frames,
     }
     st.write_json("synthetic.json", manifest)
-    summary.add("train_videos", len(train))
-    summary.add("val_videos", len(val))
-    return summary.finish()
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m pipeline.synthetic") -> int:

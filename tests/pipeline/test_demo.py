@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.config import ConfigError
 from pipeline.demo import DemoConfig, _demo_summary, slice_scores
+from pipeline.storage import open_storage
 
 
 def test_slice_scores_pool_paused_and_occluded_frames_without_first_and_last():
@@ -74,3 +75,36 @@ def test_demo_summary_is_short_and_points_at_the_evaluate_report(tmp_path):
     assert result["report"] == report and result["timings_s"] == {"train": 12.3}
     assert result["slices"]["paused"]["J"] == pytest.approx(0.6) and result["slices"]["all"]["frames"] == 2
     assert root.read_json("demo_summary.json")["report"] == report
+
+
+def test_the_demo_s_stages_are_command_lines_each_job_accepts(tmp_path, monkeypatch):
+    """run_demo's five stages in order, each job's command line parsed by that job's own parser (the jobs
+    themselves are stubbed: `make demo` runs them for real)."""
+    from pipeline import demo
+    from pipeline.commands import JOBS
+    from pipeline.config import parse_job_args
+
+    calls = []
+    monkeypatch.setattr(demo, "_run_job", lambda job, args, stage: calls.append((job, list(args))) or 1.0)
+    monkeypatch.setattr(
+        demo,
+        "generate_corpus",
+        lambda cfg: (
+            open_storage(cfg.out).write_json("synthetic.json", {"val": ["s1", "s2"]}) or {"counts": {}}
+        ),
+    )
+    monkeypatch.setattr(demo, "_final_model", lambda run: f"{run.url}/best/model.pt")
+    monkeypatch.setattr(demo, "_demo_summary", lambda root, val, timings, cfg: dict(timings=timings))
+    monkeypatch.setattr(demo, "_print_result", lambda result, started: None)
+    cfg = demo.DemoConfig(storage=str(tmp_path / "demo"))
+    result = demo.run_demo(cfg)
+
+    assert [job for job, _ in calls] == ["precompute_flow", "train", "segment", "evaluate"]
+    assert set(result["timings"]) == {"corpus", "precompute_flow", "train", "segment", "evaluate", "total"}
+    parsed = {job: parse_job_args(JOBS[job].config, args, flags=JOBS[job].flags) for job, args in calls}
+    root = str(tmp_path / "demo")
+    assert parsed["precompute_flow"].output == f"{root}/shards"
+    assert parsed["train"].data.url == f"{root}/shards" and parsed["train"].optim.max_steps == cfg.train_steps
+    assert parsed["train"].validation.max_samples is None
+    assert parsed["segment"].model.checkpoint == f"{root}/runs/{cfg.run_name}/best/model.pt"
+    assert parsed["segment"].videos == ["s1", "s2"] and parsed["evaluate"].sequences == ["s1", "s2"]
