@@ -714,6 +714,11 @@ class Storage:
             "retry_strategy": pafs.AwsStandardS3RetryStrategy(
                 max_attempts=o.max_attempts or DEFAULT_MAX_ATTEMPTS
             ),
+            # With background writes (pyarrow's default), a part upload that fails for good is dropped: copy_files,
+            # which Ray Train persists checkpoints with, returns as if the object were written (pyarrow 26, seen
+            # under S3 faults: a run's last checkpoint reported stored and never in the store). Written in the
+            # writing thread, the failure is raised, so Ray Train fails the attempt and resumes from a stored one.
+            "background_writes": False,
         }
         if o.endpoint_url:
             kwargs["endpoint_override"] = o.endpoint_url

@@ -367,3 +367,45 @@ def test_pyarrow_filesystem_with_explicit_keys_pickles_no_secret(s3_server, s3_b
         f"{s3_bucket}/p", S3Options(**vars(keys) | {"share_credentials": True})
     ).pyarrow()
     assert b"SECRET-never-pickled-0xfeed" in pickle.dumps(shared)  # only when asked to share them
+
+
+def test_a_pyarrow_upload_whose_parts_fail_raises_instead_of_reporting_success(
+    s3_server, s3_bucket, tmp_path
+):
+    """Ray Train persists checkpoints with pyarrow's copy_files on this filesystem. The multipart upload is aborted
+    while the file is being copied (its part uploads then fail on every attempt): the copy must raise, never return
+    as if written with no object in the store (what pyarrow's background writes did)."""
+    import threading
+
+    import pyarrow.fs as pafs
+
+    st = open_storage(f"{s3_bucket}/runs", S3Options(max_attempts=2))
+    fs, root = st.pyarrow()
+    src = tmp_path / "checkpoint_00000004"
+    src.mkdir()
+    (src / "checkpoint.pt").write_bytes(os.urandom(24 << 20))  # several of pyarrow's parts
+    client, bucket = s3_server.client(), s3_bucket.removeprefix("s3://")
+    aborted = threading.Event()
+
+    def abort_the_upload() -> None:  # what a store that keeps failing does to the part uploads
+        deadline = time.time() + 60
+        while time.time() < deadline and not aborted.is_set():
+            for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+                client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted.set()
+            time.sleep(0.005)
+
+    aborter = threading.Thread(target=abort_the_upload)
+    aborter.start()
+    try:
+        with pytest.raises(OSError, match="checkpoint.pt"):
+            pafs.copy_files(
+                str(src),
+                f"{root}/checkpoint_00000004",
+                source_filesystem=pafs.LocalFileSystem(),
+                destination_filesystem=fs,
+            )
+    finally:
+        aborted.set()
+        aborter.join()
+    assert not st.exists("checkpoint_00000004/checkpoint.pt")
