@@ -26,9 +26,9 @@ __all__ = [
     "RESTARTS_DIR",
     "SUMMARY",
     "TENSORBOARD_DIR",
+    "RESTART_CAUSES",
     "checkpoint_dir",
     "checkpoint_file",
-    "RESTART_CAUSES",
     "checkpoint_step",
     "commit_best_model",
     "count_restarts",
@@ -57,9 +57,15 @@ def checkpoint_dir(step: int) -> str:
 def checkpoint_step(path: str) -> int:
     """The step of a checkpoint folder or file (``checkpoint_00000008`` or ``checkpoint_00000008/checkpoint.pt``)."""
     folder = path.partition("/")[0]
-    if not folder.startswith(CHECKPOINT_PREFIX) or not folder[len(CHECKPOINT_PREFIX) :].isdigit():
+    if not _is_checkpoint_folder(folder):
         raise ValueError(f"{path!r} is not a checkpoint folder ({CHECKPOINT_PREFIX}NNNNNNNN)")
     return int(folder[len(CHECKPOINT_PREFIX) :])
+
+
+def _is_checkpoint_folder(name: str) -> bool:
+    """``checkpoint_NNNNNNNN``: not Ray Train's checkpoint_manager_snapshot.json, nor a folder someone else named
+    ``checkpoint_final``."""
+    return name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX) :].isdigit()
 
 
 def restart_record(submission: str, n: int) -> str:
@@ -111,9 +117,7 @@ def count_restarts(run: Storage, submission: str) -> dict[str, int]:
 
 def latest_checkpoint(run: Storage) -> str | None:
     """The path (relative to ``run``) of the newest complete checkpoint file, or None."""
-    names = sorted(  # not Ray Train's checkpoint_manager_snapshot.json, nor a folder someone else named so
-        n for n in run.list() if n.startswith(CHECKPOINT_PREFIX) and n[len(CHECKPOINT_PREFIX) :].isdigit()
-    )
+    names = sorted(n for n in run.list() if _is_checkpoint_folder(n))
     for name in reversed(names):
         if run.exists(f"{name}/{CHECKPOINT_FILE}"):
             return f"{name}/{CHECKPOINT_FILE}"

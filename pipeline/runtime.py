@@ -292,9 +292,6 @@ class _StderrHandler(logging.StreamHandler):
     handler was made, so that a caller who redirects stderr after a job ran (a notebook cell's capture, a test's)
     gets the next job's log and never an error about a stream that has since been closed."""
 
-    def __init__(self) -> None:
-        super().__init__()
-
     @property
     def stream(self):
         return sys.stderr

@@ -353,7 +353,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         log.info(
             "run %s already reached step %d (optim.max_steps=%d)", run_storage.url, step, cfg.optim.max_steps
         )
-        return _finish(summary, cfg, run_storage, submission, {"step": step, "start_step": step}, finished)
+        metrics = {"step": step, "start_step": step}
+        return _finish(summary, cfg, run_storage, submission, metrics, finished.partition("/")[0])
     from ray.train import TrainingFailedError
 
     from pipeline.train.restarts import RestartRecorder  # Ray Train: a second to import
@@ -406,7 +407,8 @@ def _finish(
     metrics: dict[str, Any],
     latest: str | None,
 ) -> dict[str, Any]:
-    """The summary of a run that reached its last step: ``metrics`` of its last report, ``latest`` checkpoint."""
+    """The summary of a run that reached its last step: ``metrics`` of its last report, ``latest`` its newest
+    checkpoint folder."""
     _count_restarts(summary, run, submission)
     summary.done("run", cfg.run_name)
     summary.set("steps", int(metrics.get("step", 0)))
@@ -416,7 +418,7 @@ def _finish(
         if isinstance(value, (int, float)) and math.isfinite(value):
             summary.set(f"final_{key}", float(value))
     if latest is not None:
-        summary.set("latest_checkpoint", run.join(latest.partition("/")[0]))
+        summary.set("latest_checkpoint", run.join(latest))
     if run.exists(BEST_MODEL):
         summary.set("best_model", run.join(BEST_MODEL))
     return summary.finish(storage=run, rel=SUMMARY)
