@@ -19,8 +19,10 @@ unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: test test-fast soak install lint demo
 
+# Two pytest processes side by side, the tests that mostly wait beside those that compute (tests/parallel.py says
+# why and how they are kept apart); with test paths in PYTEST_ARGS, one pytest process runs just those.
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m tests.parallel $(PYTEST_ARGS)
 
 # tests/jobs and tests/infra hold integration tests only (tests/conftest.py marks them): not even collected here,
 # which spares importing their modules.

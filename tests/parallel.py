@@ -1,0 +1,98 @@
+"""``make test``: the whole suite in two pytest processes side by side.
+
+Why two: about half of the suite's time is spent waiting, not computing — the fault tests wait out lease TTLs,
+paused processes, a slow store and retry back-offs, and the two-node rehearsal waits for `ray start` and its
+jobs — while the rest (jobs, model, units) keeps the CPUs busy. Run one after the other they leave a third of
+the 2-core machine idle; side by side the waiting half fits in the computing half's idle time.
+
+Each process gets a temp dir of its own (``TMPDIR``): its pytest ``tmp_path``s, its Ray cluster's session folder
+(Ray finds "the" local cluster through files under the temp dir, so the two never attach to each other's), and
+the scratch folders the tests count. Each starts its own moto server and Ray cluster on free loopback ports
+(tests/conftest.py). The temp dirs are removed after a passing run and kept, with their path printed, after a
+failing one.
+
+    python -m tests.parallel [pytest options]          # both groups (what make test runs)
+    python -m tests.parallel tests/jobs/test_train.py  # test paths given: one pytest process runs just those
+
+Every output line carries its group's name; each group ends with pytest's own summary, and the exit status is
+pytest's (the first group's non-zero status, else 0).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+WAITING = ("tests/faults", "tests/infra/test_rehearsal.py")
+"""The tests that mostly wait (see the module docstring); everything else under tests/ is the other group."""
+
+
+def _groups() -> dict[str, list[str]]:
+    return {
+        "waits": list(WAITING),
+        "computes": ["tests", *(f"--ignore={path}" for path in WAITING)],
+    }
+
+
+def _names_tests(args: list[str]) -> bool:
+    """Whether the user's pytest arguments name tests to run (a path or a node id under the repository)."""
+    return any(not a.startswith("-") and (REPO_ROOT / a.split("::")[0]).exists() for a in args)
+
+
+def _pump(name: str, stream, lock: threading.Lock) -> None:
+    for line in stream:
+        with lock:
+            sys.stdout.write(f"[{name}] {line}")
+            sys.stdout.flush()
+
+
+def run_groups(groups: dict[str, list[str]], pytest_args: list[str]) -> int:
+    """Run one pytest process per group at once; return the first non-zero exit status, else 0."""
+    lock = threading.Lock()
+    running = []
+    for name, paths in groups.items():
+        # short: Ray's Unix socket paths under it must stay below ~107 bytes
+        tmp = tempfile.mkdtemp(prefix=f"hmhi-{name[0]}-", dir="/tmp")
+        env = dict(os.environ, TMPDIR=tmp, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", *paths, *pytest_args],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        pump = threading.Thread(target=_pump, args=(name, proc.stdout, lock), daemon=True)
+        pump.start()
+        running.append((name, proc, pump, tmp))
+    statuses = []
+    for name, proc, pump, tmp in running:
+        status = proc.wait()
+        pump.join()
+        statuses.append(status)
+        if status == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(
+                f"[{name}] exit status {status}; its temp dir (pytest's tmp_paths, Ray's logs) is kept: {tmp}"
+            )
+    return next((s for s in statuses if s != 0), 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if _names_tests(args):
+        return subprocess.call([sys.executable, "-m", "pytest", *args], cwd=REPO_ROOT)
+    return run_groups(_groups(), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
