@@ -197,7 +197,9 @@ def test_permanent_errors_fail_at_once_with_the_url(s3_server, fault_proxy):
         t0 = time.monotonic()
         with pytest.raises(StorageNotFoundError, match=url):
             call()
-        assert time.monotonic() - t0 < 2.0
+        # No retry back-off: the request count proves it; the time bound leaves room for a loaded machine (make test
+        # runs two pytest processes) to build the client.
+        assert time.monotonic() - t0 < 5.0
         assert fault_proxy.counts["requests"] <= 3  # a listing checks the prefix, then the bucket: no retries
 
 
