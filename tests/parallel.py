@@ -14,8 +14,10 @@ failing one.
     python -m tests.parallel [pytest options]          # both groups (what make test runs)
     python -m tests.parallel tests/jobs/test_train.py  # test paths given: one pytest process runs just those
 
-Every output line carries its group's name; each group ends with pytest's own summary, and the exit status is
-pytest's (the first group's non-zero status, else 0).
+Each group keeps its own pytest cache (``.pytest_cache/<group>``), so ``make test PYTEST_ARGS=--lf`` reruns each
+group's last failures. Every output line carries its group's name, and each group ends with pytest's own summary.
+The exit status is pytest's: the first failing group's, else 0 (5, "no tests collected", only when no group ran a
+test, as with a ``-k`` that matches nothing).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 WAITING = ("tests/faults", "tests/infra/test_rehearsal.py")
 """The tests that mostly wait (see the module docstring); everything else under tests/ is the other group."""
+NO_TESTS_COLLECTED = 5
+"""pytest's exit status when nothing was selected."""
 
 
 def _groups() -> dict[str, list[str]]:
@@ -41,7 +45,7 @@ def _groups() -> dict[str, list[str]]:
     }
 
 
-def _names_tests(args: list[str]) -> bool:
+def names_tests(args: list[str]) -> bool:
     """Whether the user's pytest arguments name tests to run (a path or a node id under the repository)."""
     return any(not a.startswith("-") and (REPO_ROOT / a.split("::")[0]).exists() for a in args)
 
@@ -54,15 +58,17 @@ def _pump(name: str, stream, lock: threading.Lock) -> None:
 
 
 def run_groups(groups: dict[str, list[str]], pytest_args: list[str]) -> int:
-    """Run one pytest process per group at once; return the first non-zero exit status, else 0."""
+    """Run one pytest process per group at once; return the first failing group's exit status, else 0."""
     lock = threading.Lock()
     running = []
     for name, paths in groups.items():
         # short: Ray's Unix socket paths under it must stay below ~107 bytes
         tmp = tempfile.mkdtemp(prefix=f"hmhi-{name[0]}-", dir="/tmp")
         env = dict(os.environ, TMPDIR=tmp, PYTHONUNBUFFERED="1")
+        # a cache of its own, so that the two do not overwrite each other's last failures (``--lf`` reruns them)
+        cache = f"--override-ini=cache_dir=.pytest_cache/{name}"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pytest", *paths, *pytest_args],
+            [sys.executable, "-m", "pytest", cache, *paths, *pytest_args],
             cwd=REPO_ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -84,12 +90,24 @@ def run_groups(groups: dict[str, list[str]], pytest_args: list[str]) -> int:
             print(
                 f"[{name}] exit status {status}; its temp dir (pytest's tmp_paths, Ray's logs) is kept: {tmp}"
             )
-    return next((s for s in statuses if s != 0), 0)
+    return combined_status(statuses)
+
+
+def combined_status(statuses: list[int]) -> int:
+    """The suite's exit status from its groups' pytest statuses.
+
+    pytest's 5 ("no tests collected") in one group is no failure when another ran tests (a ``-k`` that selects
+    tests of one group only).
+    """
+    failed = [s for s in statuses if s not in (0, NO_TESTS_COLLECTED)]
+    if failed:
+        return failed[0]
+    return NO_TESTS_COLLECTED if all(s == NO_TESTS_COLLECTED for s in statuses) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if _names_tests(args):
+    if names_tests(args):
         return subprocess.call([sys.executable, "-m", "pytest", *args], cwd=REPO_ROOT)
     return run_groups(_groups(), args)
 
