@@ -9,7 +9,7 @@ Each process gets a temp dir of its own (``TMPDIR``): its pytest ``tmp_path``s, 
 (Ray finds "the" local cluster through files under the temp dir, so the two never attach to each other's), and
 the scratch folders the tests count. Each starts its own moto server and Ray cluster on free loopback ports
 (tests/conftest.py). The temp dirs are removed after a passing run and kept, with their path printed, after a
-failing one.
+failing one (nothing to keep where a group selected no test).
 
     python -m tests.parallel [pytest options]          # both groups (what make test runs)
     python -m tests.parallel tests/jobs/test_train.py  # test paths given: one pytest process runs just those
@@ -84,7 +84,7 @@ def run_groups(groups: dict[str, list[str]], pytest_args: list[str]) -> int:
         status = proc.wait()
         pump.join()
         statuses.append(status)
-        if status == 0:
+        if status in (0, NO_TESTS_COLLECTED):
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             print(
