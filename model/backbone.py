@@ -72,7 +72,8 @@ class AdapterAttention(Attention):
         # fp32 under bf16 autocast. Why: on a CPU that computes bf16 natively (AMX), the backbone's attention in bf16
         # flipped 0.6% of the official fixture's mask pixels on one frame (the guard allows 0.5%; the rest of the
         # model in bf16 flips at most 0.23%), and no single part of it (the projections, the spatial reduction,
-        # SDPA) was enough to keep in fp32. It costs ~10% of a bf16 frame (0.50 -> 0.55 s at 512x512, 2 threads).
+        # SDPA) was enough to keep in fp32. It costs 10-35% of a bf16 frame at 512x512 on 2 threads (0.50 -> 0.55 s
+        # on the fixture clip, 0.53 -> 0.72 s in bench/model_speed.py at T=5; bench/RESULTS.md).
         # The residual stream then stays fp32 through the backbone, as the block adds this fp32 output to it.
         with torch.autocast(x.device.type, enabled=False):
             return self._attend(x.float(), feat_size)
