@@ -1,11 +1,11 @@
 """Training that does not wait on storage: Ray Train's asynchronous checkpoint upload (``checkpoint.upload``).
 
-The checkpoint uploads go through the fault proxy, which holds every write of a ``checkpoint_`` object for a few
-seconds (a slow store); 2 gloo DDP workers train on the session's Ray cluster. With ``async`` (the default) each
-report returns while its checkpoint is still on its way (the training goes on), and every checkpoint lands in the
-end, in order, with no local copy left behind. The probe (tests/plugins/train_probes.py) asks the store itself, not
-through the slow path. That ``sync`` (and a preemption's checkpoint) asks Ray Train for a synchronous upload is a unit
-test (tests/pipeline/test_train_units.py); what a synchronous upload does is Ray Train's."""
+The checkpoint uploads go through the fault proxy, which holds every write of a ``checkpoint_`` object
+(``SLOW_WRITE_S``: a slow store); 2 gloo DDP workers train on the session's Ray cluster. With ``async`` (the
+default) each report returns while its checkpoint is still on its way (the training goes on), and every checkpoint
+lands in the end, in order, with no local copy left behind. The probe (tests/plugins/train_probes.py) asks the store
+itself, not through the slow path. That ``sync`` (and a preemption's checkpoint) asks Ray Train for a synchronous
+upload is a unit test (tests/pipeline/test_train_units.py); what a synchronous upload does is Ray Train's."""
 
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ from tests.media import write_train_shards
 from tests.plugins.train_probes import ReportsObserved
 
 CONFIG = str(REPO_ROOT / "configs" / "test.yaml")
-# Under pyarrow's low-speed limit (a request that moves no byte for 3 s fails), as a slow but working store is.
-SLOW_WRITE_S = 2.0
+# Under pyarrow's low-speed limit (a request that moves no byte for 3 s fails), as a slow but working store is. A
+# checkpoint is some 16 writes (multipart parts, metadata), so each upload takes seconds while a report returns at
+# once; 2 s per write made the test's 4 steps take 96 s on a quiet machine, 0.5 s takes 44 s.
+SLOW_WRITE_S = 0.5
 
 
 def _train(shards: str, storage: str, run_name: str, upload: str) -> dict:
@@ -54,7 +56,7 @@ def _train(shards: str, storage: str, run_name: str, upload: str) -> dict:
     )
 
 
-@pytest.mark.slow  # a 4-step DDP run, each checkpoint write held 2 s by the store
+@pytest.mark.slow  # a 4-step DDP run, each checkpoint write held by the store
 def test_async_upload_trains_on_while_the_store_is_slow(
     s3_server, s3_bucket, ray_cluster, faulty_s3, monkeypatch, tmp_path
 ):
