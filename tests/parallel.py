@@ -3,7 +3,8 @@
 Why two: about half of the suite's time is spent waiting, not computing — the fault tests wait out lease TTLs,
 paused processes, a slow store and retry back-offs, and the two-node rehearsal waits for `ray start` and its
 jobs — while the rest (jobs, model, units) keeps the CPUs busy. Run one after the other they leave a third of
-the 2-core machine idle; side by side the waiting half fits in the computing half's idle time.
+the 2-core machine idle; side by side the waiting half runs in the computing half's idle time (19:45 -> 14:25 on
+the 2-core Intel machine, then ~90% busy: from there only less work makes the suite faster, bench/RESULTS.md).
 
 Each process gets a temp dir of its own (``TMPDIR``): its pytest ``tmp_path``s, its Ray cluster's session folder
 (Ray finds "the" local cluster through files under the temp dir, so the two never attach to each other's), and
