@@ -23,10 +23,11 @@ from tests.media import write_train_shards
 from tests.plugins.train_probes import ReportsObserved
 
 CONFIG = str(REPO_ROOT / "configs" / "test.yaml")
-# Under pyarrow's low-speed limit (a request that moves no byte for 3 s fails), as a slow but working store is. A
-# checkpoint is some 16 writes (multipart parts, metadata), so each upload takes seconds while a report returns at
-# once; 2 s per write made the test's 4 steps take 96 s on a quiet machine, 0.5 s takes 44 s.
-SLOW_WRITE_S = 0.5
+# Under pyarrow's low-speed limit (a request that moves no byte for 3 s fails), as a slow but working store is. An
+# upload is three held rounds (create, the parts side by side, complete), so 2 s per write keeps a checkpoint off the
+# store for 6 s or more after its report returns, a margin for a loaded CI machine, where a report returns later
+# than the 0.02-0.14 s it takes on a quiet one (0.5 s per write left ~1.5 s of margin: too little to trust).
+SLOW_WRITE_S = 2.0
 
 
 def _train(shards: str, storage: str, run_name: str, upload: str) -> dict:
