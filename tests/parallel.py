@@ -17,6 +17,8 @@ failing one (nothing to keep where a group selected no test).
 
 Each group keeps its own pytest cache (``.pytest_cache/<group>``), so ``make test PYTEST_ARGS=--lf`` reruns each
 group's last failures. Every output line carries its group's name, and each group ends with pytest's own summary.
+The run ends with a recap of both groups (their final lines and every FAILED or ERROR line), so the last lines of
+the output, all a CI log may keep, say what failed in either group.
 The exit status is pytest's: the first failing group's, else 0 (5, "no tests collected", only when no group ran a
 test, as with a ``-k`` that matches nothing).
 """
@@ -24,6 +26,7 @@ test, as with a ``-k`` that matches nothing).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +40,9 @@ WAITING = ("tests/faults", "tests/infra/test_rehearsal.py")
 """The tests that mostly wait (see the module docstring); everything else under tests/ is the other group."""
 NO_TESTS_COLLECTED = 5
 """pytest's exit status when nothing was selected."""
+_FINAL_LINE = re.compile(
+    r"(no tests ran|\d+ (passed|failed|errors?|skipped|deselected|xfailed|xpassed)\b.*) in [\d.]+s.*"
+)
 
 
 def _groups() -> dict[str, list[str]]:
@@ -51,8 +57,17 @@ def names_tests(args: list[str]) -> bool:
     return any(not a.startswith("-") and (REPO_ROOT / a.split("::")[0]).exists() for a in args)
 
 
-def _pump(name: str, stream, lock: threading.Lock) -> None:
+def is_recap_line(line: str) -> bool:
+    """Whether a line of pytest's output belongs in the recap: a FAILED or ERROR line of its short test summary,
+    or its final line (``=== 3 failed, 497 passed in 862.36s (0:14:22) ===``, without the ``=`` under ``-q``)."""
+    text = line.strip()
+    return text.startswith(("FAILED ", "ERROR ")) or _FINAL_LINE.fullmatch(text.strip("= ")) is not None
+
+
+def _pump(name: str, stream, lock: threading.Lock, recap: list[str]) -> None:
     for line in stream:
+        if is_recap_line(line):
+            recap.append(line.rstrip("\n"))
         with lock:
             sys.stdout.write(f"[{name}] {line}")
             sys.stdout.flush()
@@ -77,20 +92,23 @@ def run_groups(groups: dict[str, list[str]], pytest_args: list[str]) -> int:
             text=True,
             errors="replace",
         )
-        pump = threading.Thread(target=_pump, args=(name, proc.stdout, lock), daemon=True)
+        recap: list[str] = []
+        pump = threading.Thread(target=_pump, args=(name, proc.stdout, lock, recap), daemon=True)
         pump.start()
-        running.append((name, proc, pump, tmp))
+        running.append((name, proc, pump, tmp, recap))
     statuses = []
-    for name, proc, pump, tmp in running:
+    ends = []
+    for name, proc, pump, tmp, recap in running:
         status = proc.wait()
         pump.join()
         statuses.append(status)
+        ends.append(f"[{name}] exit status {status}")
+        ends.extend(f"[{name}] {line}" for line in recap)
         if status in (0, NO_TESTS_COLLECTED):
             shutil.rmtree(tmp, ignore_errors=True)
         else:
-            print(
-                f"[{name}] exit status {status}; its temp dir (pytest's tmp_paths, Ray's logs) is kept: {tmp}"
-            )
+            ends.append(f"[{name}] its temp dir (pytest's tmp_paths, Ray's logs) is kept: {tmp}")
+    print("recap of both groups:", *ends, sep="\n")
     return combined_status(statuses)
 
 

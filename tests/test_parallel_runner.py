@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tests.parallel import NO_TESTS_COLLECTED, combined_status, names_tests
+import pytest
+
+from tests.parallel import NO_TESTS_COLLECTED, combined_status, is_recap_line, names_tests, run_groups
 
 
 def test_paths_and_node_ids_name_tests_options_do_not():
@@ -19,3 +21,35 @@ def test_a_failing_group_fails_the_suite_and_an_empty_selection_in_one_group_doe
     assert combined_status([NO_TESTS_COLLECTED, 1]) == 1
     assert combined_status([NO_TESTS_COLLECTED, NO_TESTS_COLLECTED]) == NO_TESTS_COLLECTED
     assert combined_status([4, 4]) == 4  # a usage error
+
+
+def test_the_recap_keeps_failures_and_final_lines_only():
+    assert is_recap_line("FAILED tests/faults/test_lease.py::test_x - AssertionError: boom\n")
+    assert is_recap_line("ERROR tests/jobs/test_train.py::test_y - RuntimeError\n")
+    assert is_recap_line("=========== 3 failed, 497 passed, 2 skipped, 87 warnings in 862.36s (0:14:22) ===")
+    assert is_recap_line("============================ no tests ran in 0.01s =============================")
+    assert not is_recap_line(
+        "=========================== short test summary info ============================"
+    )
+    assert not is_recap_line("tests/faults/test_lease.py ..F..                                     [ 10%]")
+    assert not is_recap_line(
+        "23.56s call     tests/jobs/test_segment.py::test_segment_videos_with_a_corrupt_one"
+    )
+
+
+@pytest.mark.integration  # two pytest processes
+def test_the_run_ends_with_what_failed_in_either_group(tmp_path, capsys):
+    (tmp_path / "test_ok.py").write_text("def test_ok():\n    pass\n")
+    (tmp_path / "test_bad.py").write_text("def test_bad():\n    assert 1 == 2\n")
+    groups = {"first": [str(tmp_path / "test_bad.py")], "second": [str(tmp_path / "test_ok.py")]}
+    status = run_groups(groups, ["-p", "no:cacheprovider", "-q", f"--rootdir={tmp_path}"])
+    assert status == 1
+    out = capsys.readouterr().out
+    recap = out[out.index("recap of both groups:") :].splitlines()[1:]
+    assert recap[0] == "[first] exit status 1"
+    assert any(line.startswith("[first] FAILED") and "test_bad.py::test_bad" in line for line in recap)
+    assert any(line.startswith("[first] ") and "1 failed" in line for line in recap)
+    assert "[second] exit status 0" in recap
+    assert any(line.startswith("[second] ") and "1 passed" in line for line in recap)
+    kept = [line for line in recap if "temp dir" in line]  # the failing group's, not the passing one's
+    assert len(kept) == 1 and kept[0].startswith("[first] ")
