@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         .to(device)
                         .train()
                     )
-                    opt = torch.optim.AdamW(net.parameters(), lr=6e-5, weight_decay=5e-4)
+                    # fused, as pipeline.train.trainer.Trainer's
+                    opt = torch.optim.AdamW(net.parameters(), lr=6e-5, weight_decay=5e-4, fused=True)
                     timings[loader].append(
                         timed_training(make(), net, opt, device, precision == "bf16", args.steps, args.warmup)
                     )

@@ -255,11 +255,15 @@ class Trainer:
             log.info("rank %d: initialised from %s", rank, cfg.model.init_checkpoint)
         self.net = wrap_model(net) if wrap_model is not None else net.to(self.device)
         self.module = getattr(self.net, "module", self.net)  # the model itself, inside a DDP wrapper
+        # fused: one kernel over all parameters instead of a loop of small ops per tensor, the same AdamW update (16
+        # vs 56 ms a step for hmhi_mit_b0 on one CPU thread, ~4% of a demo training step; torch's default on CPU is
+        # that loop). A run resumed from a checkpoint of an unfused optimiser keeps that checkpoint's setting.
         self.optimizer = torch.optim.AdamW(
             self.module.parameters(),
             lr=cfg.optim.lr,
             betas=tuple(cfg.optim.betas),
             weight_decay=cfg.optim.weight_decay,
+            fused=True,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim))
         if resume is not None:

@@ -150,6 +150,28 @@ def test_a_resumed_trainer_continues_bit_identically_with_the_lr_schedule(shards
         assert resumed.scheduler.get_last_lr()[0] == lr_2
 
 
+def test_the_optimiser_is_fused_and_resumes_a_checkpoint_of_an_unfused_one(shards, tmp_path):
+    """AdamW runs fused (one kernel over all parameters); a checkpoint written by an unfused AdamW (this project
+    before the change, or another tool) still resumes: its optimiser state loads and the next step moves it on."""
+    cfg = _config(tmp_path, max_steps=3)
+    path = str(tmp_path / "checkpoint.pt")
+    with Trainer(cfg, shards, [], scratch=str(tmp_path)) as first:
+        assert all(group["fused"] for group in first.optimizer.param_groups)
+        first.train_step(first.next_batch())
+        assert first.write_checkpoint(path)
+        fused_state = first.optimizer.state_dict()
+    state = read_checkpoint(path)
+    for group in state["optimizer"]["param_groups"]:  # as an unfused optimiser writes its groups
+        group["fused"], group["foreach"] = None, None
+    with Trainer(cfg, shards, [], scratch=str(tmp_path), resume=state) as resumed:
+        before = {k: v["exp_avg"].clone() for k, v in resumed.optimizer.state_dict()["state"].items()}
+        assert before.keys() == fused_state["state"].keys()
+        resumed.train_step(resumed.next_batch())
+        after = resumed.optimizer.state_dict()["state"]
+        assert all(after[k]["step"] == 2 for k in before)
+        assert any(not torch.equal(after[k]["exp_avg"], before[k]) for k in before)
+
+
 def test_lr_schedule_warmup_constant_and_cosine():
     const = lr_lambda(OptimConfig(schedule="constant", max_steps=100))
     assert [const(s) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
