@@ -54,6 +54,7 @@ import posixpath
 import re
 import shutil
 import socket
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -289,6 +290,14 @@ class S3Options:
 
 
 _S3_CLIENTS: dict[tuple[int, S3Options, str], Any] = {}
+_S3_FILESYSTEMS: dict[tuple[int, S3Options, str], Any] = {}
+_S3_CACHE_LOCK = threading.Lock()
+
+
+def _process_key(options: S3Options) -> tuple[int, S3Options, str]:
+    """What one process's S3 client is shared under: these options and, unless the keys are explicit, the
+    credential environment (a change of it gives a new client)."""
+    return (os.getpid(), options, "" if options.explicit_credentials else _credential_env_fingerprint())
 
 
 def _s3_client(options: S3Options):
@@ -299,21 +308,80 @@ def _s3_client(options: S3Options):
     resolves credentials through the SDK chain and refreshes them; a change of the credential environment gives
     a new client.
     """
-    key = (os.getpid(), options, "" if options.explicit_credentials else _credential_env_fingerprint())
+    key = _process_key(options)
     client = _S3_CLIENTS.get(key)
     if client is None:
         import boto3
 
-        session = boto3.session.Session()
-        _register_retry_hooks(session.events)
-        client = _S3_CLIENTS[key] = session.client(
-            "s3",
-            region_name=options.region,
-            endpoint_url=options.endpoint_url,
-            config=options._botocore_config(),
-            **options._explicit_keys(),
-        )
+        with _S3_CACHE_LOCK:
+            client = _S3_CLIENTS.get(key)
+            if client is None:
+                session = boto3.session.Session()
+                _register_retry_hooks(session.events)
+                client = _S3_CLIENTS[key] = session.client(
+                    "s3",
+                    region_name=options.region,
+                    endpoint_url=options.endpoint_url,
+                    config=options._botocore_config(),
+                    **options._explicit_keys(),
+                )
     return client
+
+
+def _s3_filesystem(options: S3Options):
+    """The ``s3fs.S3FileSystem`` for these options, one per process like :func:`_s3_client` (s3fs runs every call
+    on fsspec's one event-loop thread, so any thread may use it).
+
+    Why shared: a new filesystem builds a new botocore client on its first request, which parses botocore's S3
+    service model (megabytes of JSON): ~0.2 CPU-s, twenty times the request itself. One per ``Storage`` made every
+    ``open_storage`` in a task or a worker pay that.
+    """
+    key = _process_key(options)
+    fs = _S3_FILESYSTEMS.get(key)
+    if fs is None:
+        with _S3_CACHE_LOCK:
+            fs = _S3_FILESYSTEMS.get(key)
+            if fs is None:
+                fs = _S3_FILESYSTEMS[key] = _new_s3_filesystem(options)
+    return fs
+
+
+def _new_s3_filesystem(o: S3Options):
+    import s3fs
+    from aiobotocore.session import AioSession
+
+    client_kwargs = {"region_name": o.region}
+    if o.endpoint_url:
+        client_kwargs["endpoint_url"] = o.endpoint_url
+    session = AioSession()
+    _register_retry_hooks(session.get_component("event_emitter"))
+    keys = (
+        {"key": o.access_key_id, "secret": o.secret_access_key, "token": o.session_token}
+        if o.explicit_credentials
+        else {}
+    )
+    # Listing caches would hide objects written by other processes (Ray workers, a resumed run). botocore retries
+    # throttles, 5xx and connection errors (same mode and attempts as boto3); s3fs's own loop re-reads a block whose
+    # body was cut, up to the same number of attempts. fsspec's instance cache is skipped: _s3_filesystem is the
+    # cache, keyed by the options and the credential environment.
+    fs = s3fs.S3FileSystem(
+        anon=o.anonymous,
+        client_kwargs=client_kwargs,
+        use_listings_cache=False,
+        skip_instance_cache=True,
+        session=session,
+        config_kwargs={
+            "retries": {
+                "mode": o.retry_mode or "standard",
+                "max_attempts": o.max_attempts or DEFAULT_MAX_ATTEMPTS,
+            },
+            "connect_timeout": 20,
+            "read_timeout": 120,
+        },
+        **keys,
+    )
+    fs.retries = o.max_attempts or DEFAULT_MAX_ATTEMPTS
+    return fs
 
 
 def _credential_errors() -> tuple[type[BaseException], ...]:
@@ -662,41 +730,7 @@ class Storage:
         """The fsspec filesystem (``s3fs.S3FileSystem`` or the local one)."""
         if self._fs is None:
             if self.scheme == "s3":
-                import s3fs
-                from aiobotocore.session import AioSession
-
-                o = self.s3
-                client_kwargs = {"region_name": o.region}
-                if o.endpoint_url:
-                    client_kwargs["endpoint_url"] = o.endpoint_url
-                session = AioSession()
-                _register_retry_hooks(session.get_component("event_emitter"))
-                keys = (
-                    {"key": o.access_key_id, "secret": o.secret_access_key, "token": o.session_token}
-                    if o.explicit_credentials
-                    else {}
-                )
-                # Listing caches would hide objects written by other processes (Ray workers, a resumed run).
-                # botocore retries throttles, 5xx and connection errors (same mode and attempts as boto3); s3fs's
-                # own loop re-reads a block whose body was cut, up to the same number of attempts.
-                fs = s3fs.S3FileSystem(
-                    anon=o.anonymous,
-                    client_kwargs=client_kwargs,
-                    use_listings_cache=False,
-                    skip_instance_cache=True,
-                    session=session,
-                    config_kwargs={
-                        "retries": {
-                            "mode": o.retry_mode or "standard",
-                            "max_attempts": o.max_attempts or DEFAULT_MAX_ATTEMPTS,
-                        },
-                        "connect_timeout": 20,
-                        "read_timeout": 120,
-                    },
-                    **keys,
-                )
-                fs.retries = o.max_attempts or DEFAULT_MAX_ATTEMPTS
-                self._fs = fs
+                self._fs = _s3_filesystem(self.s3)
             else:
                 self._fs = fsspec.filesystem("file", auto_mkdir=True)
         return self._fs

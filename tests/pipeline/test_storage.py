@@ -206,6 +206,21 @@ def test_storage_is_picklable_for_ray_tasks(storage_url, ray_cluster):
     assert ray.get(read_remote.remote(st)) == b"hi"
 
 
+def test_storages_in_one_process_share_one_s3_filesystem(s3_server, s3_bucket, monkeypatch):
+    """A new botocore client parses botocore's S3 model (~0.2 CPU-s): one per process and options, not per
+    ``open_storage``; other options or a changed credential environment get their own."""
+    import pickle
+
+    a = open_storage(f"{s3_bucket}/a")
+    b = open_storage(f"{s3_bucket}/b").child("c")
+    assert a.fs is b.fs and pickle.loads(pickle.dumps(a)).fs is a.fs
+    b.write_bytes("x.bin", b"1")
+    assert open_storage(f"{s3_bucket}/b/c").read_bytes("x.bin") == b"1"
+    assert open_storage(f"{s3_bucket}/a", s3=S3Options(max_attempts=2)).fs is not a.fs
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "rotated")
+    assert open_storage(f"{s3_bucket}/a").fs is not a.fs
+
+
 def test_missing_bucket_names_the_url(s3_server):
     st = open_storage("s3://no-such-bucket-hmhi/prefix")
     with pytest.raises(StorageNotFoundError, match="^list s3://no-such-bucket-hmhi/prefix"):
