@@ -166,9 +166,21 @@ def _count_call_retries(context=None, **_: Any) -> None:
         count_retry("s3_request", attempt - 1)
 
 
-def _register_retry_hooks(events) -> None:
+def _prepare_session(session) -> None:
+    """Make a new botocore (or aiobotocore) session count its retries and share this process's data loader."""
+    events = session.get_component("event_emitter")
     events.register("after-call.s3", _count_call_retries, unique_id="hmhi-retry-count")
     events.register("after-call-error.s3", _count_call_retries, unique_id="hmhi-retry-count-error")
+    session.register_component("data_loader", _botocore_loader())
+
+
+@functools.cache
+def _botocore_loader():
+    """One botocore data loader per process: it caches what it parses, so the boto3 client and the s3fs one read
+    botocore's S3 model (megabytes of JSON) once between them. (A forked child inherits it, already filled.)"""
+    import botocore.loaders
+
+    return botocore.loaders.create_loader()
 
 
 # Environment variables that decide which credentials the SDK's chain finds (the values are never stored).
@@ -316,8 +328,11 @@ def _s3_client(options: S3Options):
         with _S3_CACHE_LOCK:
             client = _S3_CLIENTS.get(key)
             if client is None:
-                session = boto3.session.Session()
-                _register_retry_hooks(session.events)
+                import botocore.session
+
+                core = botocore.session.get_session()
+                _prepare_session(core)
+                session = boto3.session.Session(botocore_session=core)
                 client = _S3_CLIENTS[key] = session.client(
                     "s3",
                     region_name=options.region,
@@ -354,7 +369,7 @@ def _new_s3_filesystem(o: S3Options):
     if o.endpoint_url:
         client_kwargs["endpoint_url"] = o.endpoint_url
     session = AioSession()
-    _register_retry_hooks(session.get_component("event_emitter"))
+    _prepare_session(session)
     keys = (
         {"key": o.access_key_id, "secret": o.secret_access_key, "token": o.session_token}
         if o.explicit_credentials
