@@ -183,19 +183,24 @@ def test_official_preset_with_flow_pictures_matches_the_official_code(
 
 @requires_native_bf16
 def test_bf16_masks_agree_with_fp32(official_checkpoint, fixture_clip):
+    """VideoSegmenter in bf16 against the official model's fp32 logits on the same frames (the fixture's; the fp32
+    segmenter reproduces them, test_official_preset_with_flow_pictures_matches_the_official_code)."""
     from pipeline.segment import VideoSegmenter
 
     # Frames 0-3: frame 0 alone, then memory reads of 1, 2 and 3 entries (T=3); kept short for CI time.
     pairs = list(zip(fixture_clip["frames"][:4], fixture_clip["flows"][:4], strict=True))
-    results = {}
-    for precision in ("fp32", "bf16"):
-        segmenter = VideoSegmenter(
-            official_checkpoint, flow="pictures", memory_size=3, precision=precision, device="cpu"
-        )
-        assert segmenter.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
-        results[precision] = [(index, mask) for index, mask, _ in segmenter.segment(iter(pairs))]
-    assert [i for i, _ in results["fp32"]] == [i for i, _ in results["bf16"]] == list(range(4))
-    for (i, fp32), (_, bf16) in zip(results["fp32"], results["bf16"], strict=True):
-        agreement = float((fp32 == bf16).mean())
-        print(f"frame {i}: bf16/fp32 mask agreement {agreement:.5f}, foreground {fp32.mean():.3f}")
+    logits = np.load(FIXTURE / "expected_T3.npz")["logits_full"][:4, 0]  # (4, 512, 512), fp32
+    fp32 = logits > 0
+    segmenter = VideoSegmenter(
+        official_checkpoint, flow="pictures", memory_size=3, precision="bf16", device="cpu"
+    )
+    assert segmenter.dtype == torch.bfloat16
+    results = list(segmenter.segment(iter(pairs)))
+    assert [i for i, _, _ in results] == list(range(4))
+    for i, bf16, _ in results:
+        agreement = float((fp32[i] == bf16).mean())
+        print(f"frame {i}: bf16/fp32 mask agreement {agreement:.5f}, foreground {fp32[i].mean():.3f}")
         assert agreement >= 0.995, f"frame {i}: bf16 masks agree with fp32 on {agreement:.4%} of pixels"
+    # bf16 really ran: the probabilities are not fp32's (a silent fp32 fallback would match them to ~1e-6)
+    reference = torch.sigmoid(torch.from_numpy(logits)).numpy()
+    assert max(float(np.abs(prob - reference[i]).max()) for i, _, prob in results) > 1e-4
