@@ -362,6 +362,7 @@ def _s3_filesystem(options: S3Options):
 
 
 def _new_s3_filesystem(o: S3Options):
+    """A new ``s3fs.S3FileSystem`` for these options: the retry policy of :func:`_s3_client`, no listing cache."""
     import s3fs
     from aiobotocore.session import AioSession
 
