@@ -306,10 +306,18 @@ _S3_FILESYSTEMS: dict[tuple[int, S3Options, str], Any] = {}
 _S3_CACHE_LOCK = threading.Lock()
 
 
-def _process_key(options: S3Options) -> tuple[int, S3Options, str]:
-    """What one process's S3 client is shared under: these options and, unless the keys are explicit, the
-    credential environment (a change of it gives a new client)."""
-    return (os.getpid(), options, "" if options.explicit_credentials else _credential_env_fingerprint())
+def _per_process(cache: dict[tuple[int, S3Options, str], Any], options: S3Options, make):
+    """``cache``'s entry for these options in this process, made by ``make(options)`` on first use. Keyed by the
+    pid, the options and, unless the keys are explicit, the credential environment (a change of it makes a new
+    one); made once even when several threads ask at the same time."""
+    key = (os.getpid(), options, "" if options.explicit_credentials else _credential_env_fingerprint())
+    made = cache.get(key)
+    if made is None:
+        with _S3_CACHE_LOCK:
+            made = cache.get(key)
+            if made is None:
+                made = cache[key] = make(options)
+    return made
 
 
 def _s3_client(options: S3Options):
@@ -320,27 +328,22 @@ def _s3_client(options: S3Options):
     resolves credentials through the SDK chain and refreshes them; a change of the credential environment gives
     a new client.
     """
-    key = _process_key(options)
-    client = _S3_CLIENTS.get(key)
-    if client is None:
-        import boto3
+    return _per_process(_S3_CLIENTS, options, _new_s3_client)
 
-        with _S3_CACHE_LOCK:
-            client = _S3_CLIENTS.get(key)
-            if client is None:
-                import botocore.session
 
-                core = botocore.session.get_session()
-                _prepare_session(core)
-                session = boto3.session.Session(botocore_session=core)
-                client = _S3_CLIENTS[key] = session.client(
-                    "s3",
-                    region_name=options.region,
-                    endpoint_url=options.endpoint_url,
-                    config=options._botocore_config(),
-                    **options._explicit_keys(),
-                )
-    return client
+def _new_s3_client(options: S3Options):
+    import boto3
+    import botocore.session
+
+    core = botocore.session.get_session()
+    _prepare_session(core)
+    return boto3.session.Session(botocore_session=core).client(
+        "s3",
+        region_name=options.region,
+        endpoint_url=options.endpoint_url,
+        config=options._botocore_config(),
+        **options._explicit_keys(),
+    )
 
 
 def _s3_filesystem(options: S3Options):
@@ -351,14 +354,7 @@ def _s3_filesystem(options: S3Options):
     service model (megabytes of JSON): ~0.2 CPU-s, twenty times the request itself. One per ``Storage`` made every
     ``open_storage`` in a task or a worker pay that.
     """
-    key = _process_key(options)
-    fs = _S3_FILESYSTEMS.get(key)
-    if fs is None:
-        with _S3_CACHE_LOCK:
-            fs = _S3_FILESYSTEMS.get(key)
-            if fs is None:
-                fs = _S3_FILESYSTEMS[key] = _new_s3_filesystem(options)
-    return fs
+    return _per_process(_S3_FILESYSTEMS, options, _new_s3_filesystem)
 
 
 def _new_s3_filesystem(o: S3Options):
