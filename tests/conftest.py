@@ -11,11 +11,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from pathlib import Path
 
 import pytest
+
+from infra.local.ports import free_port
 
 # Everything stays on loopback, and nothing may reach a cloud metadata service or a real AWS endpoint.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -50,13 +51,6 @@ requires_native_bf16 = pytest.mark.skipif(
 )
 """For tests that force bf16 through a full-size model: they prove bf16 accuracy where bf16 is used."""
 SHARED_DIR = REPO_ROOT.parent / "shared"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class S3Server:

@@ -36,7 +36,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from infra.local.ports import free_port
 from pipeline.config import parse_job_args, require
 from pipeline.runtime import setup_logging
 
@@ -126,13 +126,6 @@ class RehearsalError(RuntimeError):
 
 
 # -- processes -------------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def processes_with_marker(marker: str) -> dict[int, str]:

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from infra.local.ports import free_port
 from pipeline import telemetry
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT
 from tests.media import write_davis
 
 # The driver: both jobs, one after the other, in one process attached to the head; it prints each summary and

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from infra.local.ports import free_port
 from pipeline.retry import retry_counts
 from pipeline.storage import (
     S3Options,
@@ -18,7 +19,6 @@ from pipeline.storage import (
     open_storage,
     storage_filesystem,
 )
-from tests.conftest import free_port
 
 
 def test_write_read_list_exists_delete(storage_url):
