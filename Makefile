@@ -1,7 +1,8 @@
 # One-command setup and tests. `make test` creates .venv if missing, installs the project with its dev extra
 # (only when pyproject.toml changed since the last install), and runs the whole pytest suite (what CI runs).
 # `make test-fast` runs the unit tests only: no Ray cluster, no S3 server, nothing under tests/jobs or tests/infra
-# (the `integration` marker, set in tests/conftest.py), and no test marked `slow` (a minute or more on 2 cores).
+# (the `integration` marker, set in tests/conftest.py), and no test marked `slow` (a minute or more on 2 cores);
+# also in two pytest processes side by side.
 
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -24,10 +25,9 @@ unexport PYTHONDONTWRITEBYTECODE
 test: $(STAMP)
 	$(PY) -m tests.parallel $(PYTEST_ARGS)
 
-# tests/jobs and tests/infra hold integration tests only (tests/conftest.py marks them): not even collected here,
-# which spares importing their modules.
+# The unit tests (tests/parallel.py's FAST_SELECTION), in two pytest processes side by side as well.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not integration and not slow" --ignore=tests/jobs --ignore=tests/infra $(PYTEST_ARGS)
+	$(PY) -m tests.parallel --fast $(PYTEST_ARGS)
 
 # The fault and race tests with their full trial counts (tests.conftest.SOAK): before a release, or after a change to
 # the lease, the fence or the commit protocol.

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from tests.parallel import NO_TESTS_COLLECTED, combined_status, is_recap_line, names_tests, run_groups
+from tests.parallel import (
+    FAST_SELECTION,
+    NO_TESTS_COLLECTED,
+    REPO_ROOT,
+    combined_status,
+    is_recap_line,
+    names_tests,
+    run_groups,
+    suite_groups,
+)
 
 
 def test_paths_and_node_ids_name_tests_options_do_not():
@@ -53,3 +65,24 @@ def test_the_run_ends_with_what_failed_in_either_group(tmp_path, capsys):
     assert any(line.startswith("[second] ") and "1 passed" in line for line in recap)
     kept = [line for line in recap if "temp dir" in line]  # the failing group's, not the passing one's
     assert len(kept) == 1 and kept[0].startswith("[first] ")
+
+
+def _collected(args: list[str]) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [line for line in out.splitlines() if "::" in line]
+
+
+@pytest.mark.integration  # three pytest collections, each importing torch
+def test_the_fast_groups_split_test_fast_s_tests_without_losing_or_repeating_one():
+    groups = suite_groups(fast=True)
+    one_process = _collected(list(FAST_SELECTION))
+    model, units = (_collected(paths) for paths in groups.values())
+    assert len(one_process) > 300 and model and units
+    assert sorted(model + units) == sorted(one_process)
+    assert not any("/jobs/" in node or "/infra/" in node for node in one_process)
