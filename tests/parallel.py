@@ -4,26 +4,28 @@ Why two: about half of the suite's time is spent waiting, not computing — the 
 paused processes, a slow store and retry back-offs, and the two-node rehearsal waits for `ray start` and its
 jobs — while the rest (jobs, model, units) keeps the CPUs busy. Run one after the other they leave a third of
 the 2-core machine idle; side by side the waiting half runs in the computing half's idle time (19:45 -> 14:25 on
-the 2-core Intel machine, then ~90% busy: from there only less work makes the suite faster, bench/RESULTS.md).
+the 2-core Intel machine, then ~90% busy: from there only less work makes the suite faster, bench/RESULTS.md). A
+third group (the unit tests apart from the jobs' tests, one torch thread) was measured and not kept: 21:50 against
+22:14 back to back, within the machine's noise.
 
 Each process gets a temp dir of its own (``TMPDIR``): its pytest ``tmp_path``s, its Ray cluster's session folder
-(Ray finds "the" local cluster through files under the temp dir, so the two never attach to each other's), and
+(Ray finds "the" local cluster through files under the temp dir, so no group attaches to another's), and
 the scratch folders the tests count. Each starts its own moto server and Ray cluster on free loopback ports
 (tests/conftest.py). The temp dirs are removed after a passing run and kept, with their path printed, after a
 failing one (nothing to keep where a group selected no test).
 
-    python -m tests.parallel [pytest options]          # both groups (what make test runs)
+    python -m tests.parallel [pytest options]          # all groups (what make test runs)
     python -m tests.parallel tests/jobs/test_train.py  # test paths given: one pytest process runs just those
     python -m tests.parallel --fast [pytest options]   # make test-fast: the unit tests, in two groups as well
 
-``--fast`` splits the unit tests the same way, for the same reason: in one process they kept 1.1 of the 2 cores
+``--fast`` splits the unit tests in two groups for the same reason: in one process they kept 1.1 of the 2 cores
 busy (pytest is one thread, torch's small ops barely two). The network's tests beside the rest, each group with one
 torch thread, took 52 s where one process took 118 s, back to back in a slow hour (92 instead of 132 CPU-s).
 
 Each group keeps its own pytest cache (``.pytest_cache/<group>``), so ``make test PYTEST_ARGS=--lf`` reruns each
 group's last failures. Every output line carries its group's name, and each group ends with pytest's own summary.
-The run ends with a recap of both groups (their final lines and every FAILED or ERROR line), so the last lines of
-the output, all a CI log may keep, say what failed in either group.
+The run ends with a recap of the groups (their final lines and every FAILED or ERROR line), so the last lines of
+the output, all a CI log may keep, say what failed in any group.
 The exit status is pytest's: the first failing group's, else 0 (5, "no tests collected", only when no group ran a
 test, as with a ``-k`` that matches nothing).
 """
@@ -55,18 +57,25 @@ FAST_SELECTION = ("-m", "not integration and not slow", "--ignore=tests/jobs", "
 tests/infra hold integration tests only and are not even collected (that spares importing their modules)."""
 FAST_MODEL = ("tests/model", "tests/faults")
 """The fast tests that run the network (and the lease's local units): about half of test-fast's time."""
+ONE_TORCH_THREAD = {"OMP_NUM_THREADS": "1"}
+"""For the groups of unit tests: with torch's default (a thread per core) two busy groups on two cores spin on each
+other (test-fast measured 40% more CPU time, and the network's group twice as slow)."""
 
 
-def suite_groups(fast: bool = False) -> dict[str, list[str]]:
-    """The groups' pytest paths and options: the whole suite's two, or (``fast``) test-fast's two."""
+def suite_groups(fast: bool = False) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Each group's pytest paths and options, and the environment it adds: the whole suite's two, or (``fast``)
+    test-fast's two."""
     if fast:
         return {
-            "model": [*FAST_MODEL, *FAST_SELECTION],
-            "units": ["tests", *(f"--ignore={path}" for path in FAST_MODEL), *FAST_SELECTION],
+            "model": ([*FAST_MODEL, *FAST_SELECTION], ONE_TORCH_THREAD),
+            "units": (
+                ["tests", *(f"--ignore={path}" for path in FAST_MODEL), *FAST_SELECTION],
+                ONE_TORCH_THREAD,
+            ),
         }
     return {
-        "waits": list(WAITING),
-        "computes": ["tests", *(f"--ignore={path}" for path in WAITING)],
+        "waits": (list(WAITING), {}),
+        "computes": (["tests", *(f"--ignore={path}" for path in WAITING)], {}),
     }
 
 
@@ -91,17 +100,15 @@ def _pump(name: str, stream, lock: threading.Lock, recap: list[str]) -> None:
             sys.stdout.flush()
 
 
-def run_groups(
-    groups: dict[str, list[str]], pytest_args: list[str], extra_env: dict[str, str] | None = None
-) -> int:
-    """Run one pytest process per group at once, with ``extra_env`` set in each; return the first failing group's
-    exit status, else 0."""
+def run_groups(groups: dict[str, tuple[list[str], dict[str, str]]], pytest_args: list[str]) -> int:
+    """Run one pytest process per group at once, each with its paths and added environment; return the first
+    failing group's exit status, else 0."""
     lock = threading.Lock()
     running = []
-    for name, paths in groups.items():
+    for name, (paths, extra_env) in groups.items():
         # short: Ray's Unix socket paths under it must stay below ~107 bytes
         tmp = tempfile.mkdtemp(prefix=f"hmhi-{name[0]}-", dir="/tmp")
-        env = dict(os.environ, TMPDIR=tmp, PYTHONUNBUFFERED="1", **(extra_env or {}))
+        env = dict(os.environ, TMPDIR=tmp, PYTHONUNBUFFERED="1", **extra_env)
         # a cache of its own, so that the two do not overwrite each other's last failures (``--lf`` reruns them)
         cache = f"--override-ini=cache_dir=.pytest_cache/{name}"
         proc = subprocess.Popen(
@@ -129,7 +136,7 @@ def run_groups(
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             ends.append(f"[{name}] its temp dir (pytest's tmp_paths, Ray's logs) is kept: {tmp}")
-    print("recap of both groups:", *ends, sep="\n")
+    print("recap of the groups:", *ends, sep="\n")
     return combined_status(statuses)
 
 
@@ -152,9 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if names_tests(args):
         selection = list(FAST_SELECTION) if fast else []
         return subprocess.call([sys.executable, "-m", "pytest", *selection, *args], cwd=REPO_ROOT)
-    # Unit tests: one torch thread per group, or two groups of two threads each spin on two cores (measured: 40%
-    # more CPU time, and the network's group twice as slow).
-    return run_groups(suite_groups(fast), args, {"OMP_NUM_THREADS": "1"} if fast else None)
+    return run_groups(suite_groups(fast), args)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from tests.parallel import (
@@ -53,11 +50,11 @@ def test_the_recap_keeps_failures_and_final_lines_only():
 def test_the_run_ends_with_what_failed_in_either_group(tmp_path, capsys):
     (tmp_path / "test_ok.py").write_text("def test_ok():\n    pass\n")
     (tmp_path / "test_bad.py").write_text("def test_bad():\n    assert 1 == 2\n")
-    groups = {"first": [str(tmp_path / "test_bad.py")], "second": [str(tmp_path / "test_ok.py")]}
+    groups = {"first": ([str(tmp_path / "test_bad.py")], {}), "second": ([str(tmp_path / "test_ok.py")], {})}
     status = run_groups(groups, ["-p", "no:cacheprovider", "-q", f"--rootdir={tmp_path}"])
     assert status == 1
     out = capsys.readouterr().out
-    recap = out[out.index("recap of both groups:") :].splitlines()[1:]
+    recap = out[out.index("recap of the groups:") :].splitlines()[1:]
     assert recap[0] == "[first] exit status 1"
     assert any(line.startswith("[first] FAILED") and "test_bad.py::test_bad" in line for line in recap)
     assert any(line.startswith("[first] ") and "1 failed" in line for line in recap)
@@ -67,22 +64,22 @@ def test_the_run_ends_with_what_failed_in_either_group(tmp_path, capsys):
     assert len(kept) == 1 and kept[0].startswith("[first] ")
 
 
-def _collected(args: list[str]) -> list[str]:
-    out = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [line for line in out.splitlines() if "::" in line]
+def _selects(args: list[str], test_file: str) -> bool:
+    """Whether pytest run with these paths and ``--ignore``s collects ``test_file`` (a path relative to the repo)."""
+    paths = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] != "-m")]
+    ignored = [a.split("=", 1)[1] for a in args if a.startswith("--ignore=")]
+    under = lambda folder: test_file == folder or test_file.startswith(folder.rstrip("/") + "/")  # noqa: E731
+    return any(under(p) for p in paths) and not any(under(i) for i in ignored)
 
 
-@pytest.mark.integration  # three pytest collections, each importing torch
-def test_the_fast_groups_split_test_fast_s_tests_without_losing_or_repeating_one():
-    groups = suite_groups(fast=True)
-    one_process = _collected(list(FAST_SELECTION))
-    model, units = (_collected(paths) for paths in groups.values())
-    assert len(one_process) > 300 and model and units
-    assert sorted(model + units) == sorted(one_process)
-    assert not any("/jobs/" in node or "/infra/" in node for node in one_process)
+@pytest.mark.parametrize("fast", [False, True])
+def test_every_test_file_is_in_exactly_one_group(fast):
+    files = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "tests").rglob("test_*.py"))
+    groups = suite_groups(fast)
+    for test_file in files:
+        holders = [name for name, (args, _) in groups.items() if _selects(args, test_file)]
+        if fast and not _selects(list(FAST_SELECTION) + ["tests"], test_file):
+            assert holders == [], test_file  # tests/jobs, tests/infra: integration only, not in test-fast
+        else:
+            assert len(holders) == 1, (test_file, holders)
+    assert len(files) > 50
