@@ -20,15 +20,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from model.architecture import HMHIConfig, list_models, register_model
     from model.checkpoint import (
-        CheckpointInfo,
         LoadReport,
-        checkpoint_settings,
-        describe_checkpoint,
         load_checkpoint,
         model_from_checkpoint,
         official_to_native,
         save_checkpoint,
     )
+    from model.checkpoint_file import CheckpointInfo, checkpoint_settings, describe_checkpoint
     from model.errors import CheckpointError, ModelNotRecordedError, SettingError
     from model.hmhi import HMHINet, StreamState
     from model.precision import autocast, native_bf16, resolve_precision
@@ -38,11 +36,11 @@ if TYPE_CHECKING:
 
 _HOMES: dict[str, str] = {
     "autocast": "model.precision",
-    "checkpoint_settings": "model.checkpoint",
+    "checkpoint_settings": "model.checkpoint_file",
     "CheckpointError": "model.errors",
-    "CheckpointInfo": "model.checkpoint",
+    "CheckpointInfo": "model.checkpoint_file",
     "create_model": "model.registry",
-    "describe_checkpoint": "model.checkpoint",
+    "describe_checkpoint": "model.checkpoint_file",
     "HMHIConfig": "model.architecture",
     "HMHINet": "model.hmhi",
     "IMAGENET_MEAN": "model.settings",

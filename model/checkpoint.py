@@ -15,6 +15,9 @@
   :func:`describe_checkpoint`); ``provenance`` says what it was trained on (the writer's plain dict: the training
   data's fingerprint and flow settings); ``project_version`` is the hmhi-uvos version that wrote it.
 
+Reading a file and what it records, without building a network (and without importing timm), is
+:mod:`model.checkpoint_file`'s; its names are re-exported here.
+
 Anything else (for example mmsegmentation's ``backbone.layers.*`` MiT conversion, which matches no key) is an
 error naming the file and its first keys. With ``strict=True`` (default) a missing, unexpected or mis-shaped key
 raises :class:`CheckpointError` naming the file and the first bad keys.
@@ -24,10 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import re
 import tempfile
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +37,24 @@ from typing import IO, Any
 import torch
 from timm.models.pvt_v2 import checkpoint_filter_fn as _timm_pvt_v2_filter
 
-from model.errors import CheckpointError, ModelNotRecordedError, SettingError
+from model.checkpoint_file import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    SHOWN_KEYS,
+    CheckpointInfo,
+    checkpoint_settings,
+    describe_checkpoint,
+    detect_format,
+    file_name,
+    read_checkpoint,
+    recorded_provenance,
+    recorded_settings,
+)
+from model.errors import CheckpointError, ModelNotRecordedError
 from model.hmhi import HMHINet
 from model.registry import create_model
 from model.settings import ModelSettings
-from model.version import DISTRIBUTION, project_version
+from model.version import project_version
 
 __all__ = [
     "CheckpointError",
@@ -57,13 +71,8 @@ __all__ = [
     "read_checkpoint",
 ]
 
-FORMAT_NAME = DISTRIBUTION
-"""What a file in this project's format says it is (the project that writes it)."""
-FORMAT_VERSION = 1
 OFFICIAL_DEAD_PREFIXES = ("Mem0.cross_attention.", "Mem1.cross_attention.")
 """Official parameters no output depends on (a never-called copy of each memory's cross-attention)."""
-
-_SHOW = 5  # bad keys quoted in an error message
 
 
 @dataclass
@@ -105,8 +114,8 @@ class LoadReport:
         for name in ("missing", "unexpected", "shape_mismatch", "dropped", "ignored", "not_in_format"):
             keys = getattr(self, name)
             if keys:
-                more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
-                parts.append(f"{len(keys)} {name}: {', '.join(keys[:_SHOW])}{more}")
+                more = f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
+                parts.append(f"{len(keys)} {name}: {', '.join(keys[:SHOWN_KEYS])}{more}")
         return "; ".join(parts)
 
 
@@ -171,81 +180,6 @@ def official_to_native(key: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def _name(source: str | os.PathLike | IO[bytes]) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
-    return str(getattr(source, "name", "<stream>"))
-
-
-def read_checkpoint(source: str | os.PathLike | IO[bytes]) -> Any:
-    """``torch.load(source, map_location='cpu', weights_only=True)`` with errors that name the file."""
-    name = _name(source)
-    if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
-        raise FileNotFoundError(f"checkpoint file not found: {name}")
-    try:
-        return torch.load(source, map_location="cpu", weights_only=True)
-    # KeyError, IndexError, TypeError: torch's legacy (non-zip) reader on bytes that are no pickle at all (a text
-    # file reads as a bad magic number, e.g. "KeyError: 101").
-    except (
-        RuntimeError,
-        EOFError,
-        zipfile.BadZipFile,
-        pickle.UnpicklingError,
-        ValueError,
-        OSError,
-        KeyError,
-        IndexError,
-        TypeError,
-    ) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{name}: not a readable torch checkpoint (truncated or corrupt?): {first_line}"
-        ) from exc
-
-
-def _tensor_dict(obj: Any, name: str, what: str) -> dict[str, torch.Tensor]:
-    if not isinstance(obj, dict) or not obj:
-        raise CheckpointError(f"{name}: {what} is not a non-empty dict of tensors (got {type(obj).__name__})")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"{name}: {what} has non-tensor entries: {bad[:_SHOW]}")
-    return obj
-
-
-def _detect(obj: Any, name: str) -> tuple[str, dict[str, torch.Tensor], dict[str, Any]]:
-    """-> (format, state dict, other top-level entries)."""
-    if isinstance(obj, dict) and obj.get("format") == FORMAT_NAME:
-        version = obj.get("version")
-        if version != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{name}: {FORMAT_NAME} checkpoint version {version!r} is not supported "
-                f"(this code reads version {FORMAT_VERSION})"
-            )
-        meta = {k: v for k, v in obj.items() if k != "model"}
-        return FORMAT_NAME, _tensor_dict(obj.get("model"), name, "'model'"), meta
-    if isinstance(obj, dict) and "network" in obj:
-        meta = {k: v for k, v in obj.items() if k not in ("network", "optimizer")}
-        return "official", _tensor_dict(obj["network"], name, "'network'"), meta
-    meta = {}
-    state = obj
-    for wrapper in ("state_dict", "model"):  # common wrappers of ImageNet weight files
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            meta = {k: v for k, v in state.items() if k != wrapper and not isinstance(v, torch.Tensor)}
-            state = state[wrapper]
-    if isinstance(state, dict) and state:
-        keys = [k.replace("module.", "") for k in state if isinstance(k, str)]
-        if any(k.startswith(("decode_head.", "Mem0.", "Mem1.", "backbone.block1.")) for k in keys):
-            return "official", _tensor_dict(state, name, "state dict"), meta
-        if "patch_embed1.proj.weight" in keys:
-            return "mit_imagenet", _tensor_dict(state, name, "state dict"), meta
-    first = list(state)[:_SHOW] if isinstance(state, dict) else type(state).__name__
-    raise CheckpointError(
-        f"{name}: unrecognised checkpoint format; expected an official HMHI-Net file ({{'network': ...}}), "
-        f"NVlabs SegFormer/MiT ImageNet weights (patch_embed1.*, block1.*) or a {FORMAT_NAME} file; "
-        f"first keys: {first}"
-    )
-
-
 def _apply(
     net: HMHINet,
     report: LoadReport,
@@ -284,17 +218,17 @@ def load_checkpoint(net: HMHINet, path: str | os.PathLike | IO[bytes], strict: b
     keys are always dropped (and listed in ``report.dropped``); ImageNet weights fill the MiT part only
     (``report.not_in_format`` lists the rest).
     """
-    return _load_object(net, read_checkpoint(path), _name(path), strict)
+    return _load_object(net, read_checkpoint(path), file_name(path), strict)
 
 
 def _load_object(net: HMHINet, obj: Any, name: str, strict: bool) -> LoadReport:
-    fmt, state, meta = _detect(obj, name)
+    fmt, state, meta = detect_format(obj, name)
     report = LoadReport(
         path=name,
         format=fmt,
         meta=meta,
-        settings=_recorded_settings(meta) if fmt == FORMAT_NAME else None,
-        provenance=_recorded_provenance(meta) if fmt == FORMAT_NAME else {},
+        settings=recorded_settings(meta) if fmt == FORMAT_NAME else None,
+        provenance=recorded_provenance(meta) if fmt == FORMAT_NAME else {},
     )
     own_keys = list(net.state_dict())
     mapped: dict[str, tuple[str, torch.Tensor]] = {}
@@ -340,66 +274,6 @@ _RESERVED = (
     "project_version",
     "model",
 )
-
-
-def _recorded_settings(meta: dict[str, Any]) -> ModelSettings | None:
-    """The settings a project file records; files written before settings were recorded give what their
-    ``model_name`` and ``model_kwargs`` say (input size unknown); a file of an unregistered model records none."""
-    if isinstance(meta.get("settings"), dict):
-        return ModelSettings.from_record(meta["settings"])
-    if not meta.get("model_name"):
-        return None
-    kwargs = dict(meta.get("model_kwargs") or {})
-    memory_size = kwargs.pop("memory_size", None)
-    return ModelSettings(name=meta["model_name"], options=kwargs, memory_size=memory_size)
-
-
-def _recorded_provenance(meta: dict[str, Any]) -> dict[str, Any]:
-    provenance = meta.get("provenance")
-    return dict(provenance) if isinstance(provenance, dict) else {}
-
-
-@dataclass
-class CheckpointInfo:
-    """What a checkpoint file is and records, read without building a model (:func:`describe_checkpoint`)."""
-
-    path: str
-    """The file that was read."""
-    format: str
-    """'official', 'mit_imagenet' or 'hmhi-uvos'."""
-    settings: ModelSettings | None
-    """The model settings the file records (None: official and ImageNet files record none)."""
-    provenance: dict[str, Any]
-    """What the model was trained on (empty where the file does not say)."""
-    project_version: str | None
-    """The hmhi-uvos version that wrote the file (None for other formats and older files)."""
-
-    @property
-    def whole_model(self) -> bool:
-        """True for a file that holds a whole HMHI-Net (not only an ImageNet backbone)."""
-        return self.format != "mit_imagenet"
-
-
-def describe_checkpoint(path: str | os.PathLike | IO[bytes]) -> CheckpointInfo:
-    """Read a checkpoint (``weights_only``) and say what it is: its format and, for this project's files, the
-    model settings and provenance it records. Raises :class:`CheckpointError` naming the file for anything that
-    is not a checkpoint (a text file, a truncated or corrupt file, an unknown layout or an unregistered model)."""
-    name = _name(path)
-    fmt, _, meta = _detect(read_checkpoint(path), name)
-    if fmt != FORMAT_NAME:
-        return CheckpointInfo(name, fmt, None, {}, None)
-    try:
-        settings = _recorded_settings(meta)
-    except SettingError as exc:  # e.g. a model name this version does not register
-        raise CheckpointError(f"{name}: records a model this version cannot build ({exc})") from None
-    version = meta.get("project_version")
-    return CheckpointInfo(name, fmt, settings, _recorded_provenance(meta), str(version) if version else None)
-
-
-def checkpoint_settings(path: str | os.PathLike | IO[bytes]) -> ModelSettings | None:
-    """The model settings a checkpoint records, or None for a format that records none (official HMHI-Net and
-    MiT ImageNet files). Raises :class:`CheckpointError` for a file that is no checkpoint."""
-    return describe_checkpoint(path).settings
 
 
 def save_checkpoint(
@@ -463,9 +337,9 @@ def model_from_checkpoint(path: str | os.PathLike | IO[bytes], **overrides) -> t
 
     ``overrides`` replace recorded config fields that do not change the weights (e.g. ``memory_size=3``).
     """
-    name = _name(path)
+    name = file_name(path)
     obj = read_checkpoint(path)
-    fmt, _, meta = _detect(obj, name)
+    fmt, _, meta = detect_format(obj, name)
     if fmt != FORMAT_NAME:
         raise ModelNotRecordedError(
             f"{name}: a {fmt} checkpoint does not record its model; use create_model() and load_checkpoint()"

@@ -100,8 +100,9 @@ def preflight(cfg: SegmentConfig) -> None:
             f"videos: {len(unknown)} not in {source.url} (format {fmt}): {', '.join(unknown[:5])}"
             + (" ..." if len(unknown) > 5 else "")
         )
-    # The model imports torch: the pre-flight reads the checkpoint, the command line's parsing does not.
-    from model import create_model, describe_checkpoint, load_checkpoint
+    # Reading the checkpoint imports torch (the command line's parsing does not); building a network imports timm
+    # as well (~2.5 s more), which only an official file, recording no model, needs here.
+    from model import describe_checkpoint
 
     with local_copy(cfg.model.checkpoint, prefix="hmhi-preflight-") as path:
         info = describe_checkpoint(path)
@@ -109,6 +110,8 @@ def preflight(cfg: SegmentConfig) -> None:
             log.warning("%s: %s", cfg.model.checkpoint, warning)
         # An official file records nothing: the config picks the architecture. Do the weights fit it?
         if info.settings is None:
+            from model import create_model, load_checkpoint
+
             load_checkpoint(create_model(cfg.model.name, **cfg.model.architecture()), path)
     try:  # a flow engine the record named is checked like a flag (a ptlflow model needs its checkpoint file)
         cfg.flow = config_from_dict(FlowConfig, config_to_dict(cfg.flow))

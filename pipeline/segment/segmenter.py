@@ -36,7 +36,7 @@ from pipeline.storage import local_copy, open_storage
 from pipeline.transforms import OFFICIAL_MASK_THRESHOLD, logits_to_probs, normalize_images, official_soft_map
 
 if TYPE_CHECKING:
-    from model.checkpoint import CheckpointInfo
+    from model.checkpoint_file import CheckpointInfo
 
 log = logging.getLogger(__name__)
 

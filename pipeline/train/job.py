@@ -35,7 +35,7 @@ from pipeline.train.config import TrainConfig, cadence_warnings
 from pipeline.train.epochs import steps_per_epoch
 
 if TYPE_CHECKING:
-    from model.checkpoint import CheckpointInfo
+    from model.checkpoint_file import CheckpointInfo
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
 
-from model.checkpoint import read_checkpoint
+from model.checkpoint_file import read_checkpoint
 from pipeline import telemetry
 from pipeline.config import config_from_dict
 from pipeline.run_layout import CHECKPOINT_FILE, checkpoint_dir

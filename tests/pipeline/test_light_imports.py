@@ -107,3 +107,18 @@ def test_a_bad_flag_is_answered_without_importing_torch():
     assert errors == ["hmhi-uvos evaluate: error: unrecognized arguments: --no-such-flag"], result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout.strip() == "heavy: []", result.stdout
+
+
+# A job driver's pre-flight reads a checkpoint's record (torch) without building a network (timm, torchvision).
+_DESCRIBE = r"""
+import sys
+from model import describe_checkpoint
+info = describe_checkpoint({path!r})
+print(info.format, info.settings.name, [m for m in ("timm", "torchvision") if m in sys.modules])
+"""
+
+
+def test_describing_a_checkpoint_imports_torch_but_not_timm(tiny_checkpoint):
+    result = _python(_DESCRIBE.format(path=tiny_checkpoint))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["hmhi-uvos", "hmhi_mit_b0", "[]"], result.stdout

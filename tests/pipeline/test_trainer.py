@@ -12,7 +12,7 @@ import torch
 
 import pipeline.train.trainer as trainer_module
 from model import create_model
-from model.checkpoint import read_checkpoint
+from model.checkpoint_file import read_checkpoint
 from pipeline.shards import decode_clip
 from pipeline.storage import open_storage
 from pipeline.train.config import (
