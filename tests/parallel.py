@@ -6,7 +6,8 @@ jobs — while the rest (jobs, model, units) keeps the CPUs busy. Run one after 
 the 2-core machine idle; side by side the waiting half runs in the computing half's idle time (19:45 -> 14:25 on
 the 2-core Intel machine, then ~90% busy: from there only less work makes the suite faster, bench/RESULTS.md). A
 third group (the unit tests apart from the jobs' tests, one torch thread) was measured and not kept: 21:50 against
-22:14 back to back, within the machine's noise.
+22:14 back to back, within the machine's noise. Both groups run with one torch thread, and two of the jobs' tests
+join the waiting group so that the two end together (14:53 -> 12:27-13:03 back to back, bench/RESULTS.md).
 
 Each process gets a temp dir of its own (``TMPDIR``): its pytest ``tmp_path``s, its Ray cluster's session folder
 (Ray finds "the" local cluster through files under the temp dir, so no group attaches to another's), and
@@ -43,8 +44,16 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-WAITING = ("tests/faults", "tests/infra/test_rehearsal.py")
-"""The tests that mostly wait (see the module docstring); everything else under tests/ is the other group."""
+WAITING = (
+    "tests/faults",
+    "tests/infra/test_rehearsal.py",
+    # Two of the jobs' tests as well, so that the groups end together: without them the waiting group ended two
+    # minutes before the other, leaving a core idle (11:13 against 13:16).
+    "tests/jobs/test_metrics_endpoint.py",
+    "tests/jobs/test_segment_official.py",
+)
+"""The tests that mostly wait (see the module docstring) and two that even the groups out; everything else under
+tests/ is the other group."""
 NO_TESTS_COLLECTED = 5
 """pytest's exit status when nothing was selected."""
 _FINAL_LINE = re.compile(
@@ -58,8 +67,9 @@ tests/infra hold integration tests only and are not even collected (that spares 
 FAST_MODEL = ("tests/model", "tests/faults")
 """The fast tests that run the network (and the lease's local units): about half of test-fast's time."""
 ONE_TORCH_THREAD = {"OMP_NUM_THREADS": "1"}
-"""For the groups of unit tests: with torch's default (a thread per core) two busy groups on two cores spin on each
-other (test-fast measured 40% more CPU time, and the network's group twice as slow)."""
+"""For every group (and the Ray clusters and jobs it starts): with torch's default (a thread per core) two busy groups
+on two cores spin on each other (test-fast measured 40% more CPU time, and the network's group twice as slow). Ray
+gives its tasks and actors their own thread counts; tests that need two threads set them."""
 
 
 def suite_groups(fast: bool = False) -> dict[str, tuple[list[str], dict[str, str]]]:
@@ -74,8 +84,8 @@ def suite_groups(fast: bool = False) -> dict[str, tuple[list[str], dict[str, str
             ),
         }
     return {
-        "waits": (list(WAITING), {}),
-        "computes": (["tests", *(f"--ignore={path}" for path in WAITING)], {}),
+        "waits": (list(WAITING), ONE_TORCH_THREAD),
+        "computes": (["tests", *(f"--ignore={path}" for path in WAITING)], ONE_TORCH_THREAD),
     }
 
 

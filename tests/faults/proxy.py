@@ -16,8 +16,8 @@ requests meets the same faults in every run.
 - ``cut_rate``: a GET answered 200/206 with a body is forwarded, and the connection dies after the headers and a
   part of the body (a reset, RST, or a plain close, FIN: half each), as when a load balancer drops a connection.
 - ``latency_s``: every request waits a uniform random time in ``[0, latency_s]`` first.
-- ``slow_write_path`` / ``slow_write_s``: writes (PUT, POST) whose path contains ``slow_write_path`` wait
-  ``slow_write_s`` first: a store slow to take those objects (a big checkpoint on a busy link).
+- ``slow_write_path`` / ``slow_write_s``: writes (PUT, POST) whose path and query match the regular expression
+  ``slow_write_path`` (``re.search``) wait ``slow_write_s`` first: a store slow to take those objects (a big checkpoint on a busy link).
 - ``max_faults_per_request``: the same request is faulted at most this many times in a row, so that a client
   retrying a few times always gets through; the tests stay bounded in time whatever the seed.
 
@@ -32,6 +32,7 @@ import hashlib
 import http.client
 import logging
 import random
+import re
 import socket
 import struct
 import threading
@@ -80,7 +81,8 @@ class FaultPlan:
     ignore_conditional_writes: bool = False
     """Drop ``If-None-Match``/``If-Match`` from PUTs, as S3-compatible stores without conditional writes do."""
     slow_write_path: str = ""
-    """Writes (PUT, POST) whose path contains this wait ``slow_write_s`` before they are forwarded ("": none)."""
+    """Writes (PUT, POST) whose path and query match this regular expression (``re.search``) wait ``slow_write_s``
+    before they are forwarded ("": none)."""
     slow_write_s: float = 0.0
     """The wait of those writes."""
 
@@ -368,7 +370,7 @@ class FaultProxy:
                 self._faulted[key] += 1
             else:
                 self._faulted[key] = 0
-        slow = plan.slow_write_path and method in ("PUT", "POST") and plan.slow_write_path in path
+        slow = plan.slow_write_path and method in ("PUT", "POST") and re.search(plan.slow_write_path, path)
         return _Fault(
             error=error,
             cut_fraction=0.05 + 0.9 * cut_fraction if cut else None,

@@ -7,6 +7,8 @@ the driver and in the Ray Data stages, goes through the faults.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -56,8 +58,15 @@ def test_flow_job_under_faults_equals_a_clean_run_and_refuses_a_second_run(
         while not st.exists(LEASE_NAME) and first.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         assert first.poll() is None, first.communicate()[0][-3000:]
-        with pytest.raises(LeaseHeldError, match=f"job precompute_flow run .* pid {first.pid}, started"):
-            flow_main(["--input", corpus, "--output", faulty_out, *args])
+        # Paused meanwhile (its lease stays held: a live holder, well within the 120 s TTL): this tiny run may
+        # otherwise finish and release its lease in the seconds the second run's pre-flight takes on a loaded
+        # machine.
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(LeaseHeldError, match=f"job precompute_flow run .* pid {first.pid}, started"):
+                flow_main(["--input", corpus, "--output", faulty_out, *args])
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
         log_text = finish_driver(first)
     finally:
         if first.poll() is None:
