@@ -7,7 +7,8 @@ the 2-core machine idle; side by side the waiting half runs in the computing hal
 the 2-core Intel machine, then ~90% busy: from there only less work makes the suite faster, bench/RESULTS.md). A
 third group (the unit tests apart from the jobs' tests, one torch thread) was measured and not kept: 21:50 against
 22:14 back to back, within the machine's noise. Both groups run with one torch thread, and two of the jobs' tests
-join the waiting group so that the two end together (14:53 -> 12:27-13:03 back to back, bench/RESULTS.md).
+join the waiting group so that the two end together (14:53 -> 12:27 and 18:47 -> 15:20 back to back,
+bench/RESULTS.md).
 
 Each process gets a temp dir of its own (``TMPDIR``): its pytest ``tmp_path``s, its Ray cluster's session folder
 (Ray finds "the" local cluster through files under the temp dir, so no group attaches to another's), and
@@ -72,20 +73,16 @@ on two cores spin on each other (test-fast measured 40% more CPU time, and the n
 gives its tasks and actors their own thread counts; tests that need two threads set them."""
 
 
-def suite_groups(fast: bool = False) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """Each group's pytest paths and options, and the environment it adds: the whole suite's two, or (``fast``)
-    test-fast's two."""
+def suite_groups(fast: bool = False) -> dict[str, list[str]]:
+    """Each group's pytest paths and options: the whole suite's two, or (``fast``) test-fast's two."""
     if fast:
         return {
-            "model": ([*FAST_MODEL, *FAST_SELECTION], ONE_TORCH_THREAD),
-            "units": (
-                ["tests", *(f"--ignore={path}" for path in FAST_MODEL), *FAST_SELECTION],
-                ONE_TORCH_THREAD,
-            ),
+            "model": [*FAST_MODEL, *FAST_SELECTION],
+            "units": ["tests", *(f"--ignore={path}" for path in FAST_MODEL), *FAST_SELECTION],
         }
     return {
-        "waits": (list(WAITING), ONE_TORCH_THREAD),
-        "computes": (["tests", *(f"--ignore={path}" for path in WAITING)], ONE_TORCH_THREAD),
+        "waits": list(WAITING),
+        "computes": ["tests", *(f"--ignore={path}" for path in WAITING)],
     }
 
 
@@ -110,15 +107,15 @@ def _pump(name: str, stream, lock: threading.Lock, recap: list[str]) -> None:
             sys.stdout.flush()
 
 
-def run_groups(groups: dict[str, tuple[list[str], dict[str, str]]], pytest_args: list[str]) -> int:
-    """Run one pytest process per group at once, each with its paths and added environment; return the first
-    failing group's exit status, else 0."""
+def run_groups(groups: dict[str, list[str]], pytest_args: list[str]) -> int:
+    """Run one pytest process per group at once, each with its paths and one torch thread; return the first failing
+    group's exit status, else 0."""
     lock = threading.Lock()
     running = []
-    for name, (paths, extra_env) in groups.items():
+    for name, paths in groups.items():
         # short: Ray's Unix socket paths under it must stay below ~107 bytes
         tmp = tempfile.mkdtemp(prefix=f"hmhi-{name[0]}-", dir="/tmp")
-        env = dict(os.environ, TMPDIR=tmp, PYTHONUNBUFFERED="1", **extra_env)
+        env = dict(os.environ, TMPDIR=tmp, PYTHONUNBUFFERED="1", **ONE_TORCH_THREAD)
         # a cache of its own, so that the two do not overwrite each other's last failures (``--lf`` reruns them)
         cache = f"--override-ini=cache_dir=.pytest_cache/{name}"
         proc = subprocess.Popen(

@@ -50,7 +50,7 @@ def test_the_recap_keeps_failures_and_final_lines_only():
 def test_the_run_ends_with_what_failed_in_either_group(tmp_path, capsys):
     (tmp_path / "test_ok.py").write_text("def test_ok():\n    pass\n")
     (tmp_path / "test_bad.py").write_text("def test_bad():\n    assert 1 == 2\n")
-    groups = {"first": ([str(tmp_path / "test_bad.py")], {}), "second": ([str(tmp_path / "test_ok.py")], {})}
+    groups = {"first": [str(tmp_path / "test_bad.py")], "second": [str(tmp_path / "test_ok.py")]}
     status = run_groups(groups, ["-p", "no:cacheprovider", "-q", f"--rootdir={tmp_path}"])
     assert status == 1
     out = capsys.readouterr().out
@@ -77,7 +77,7 @@ def test_every_test_file_is_in_exactly_one_group(fast):
     files = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "tests").rglob("test_*.py"))
     groups = suite_groups(fast)
     for test_file in files:
-        holders = [name for name, (args, _) in groups.items() if _selects(args, test_file)]
+        holders = [name for name, args in groups.items() if _selects(args, test_file)]
         if fast and not _selects(list(FAST_SELECTION) + ["tests"], test_file):
             assert holders == [], test_file  # tests/jobs, tests/infra: integration only, not in test-fast
         else:

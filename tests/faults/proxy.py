@@ -17,7 +17,8 @@ requests meets the same faults in every run.
   part of the body (a reset, RST, or a plain close, FIN: half each), as when a load balancer drops a connection.
 - ``latency_s``: every request waits a uniform random time in ``[0, latency_s]`` first.
 - ``slow_write_path`` / ``slow_write_s``: writes (PUT, POST) whose path and query match the regular expression
-  ``slow_write_path`` (``re.search``) wait ``slow_write_s`` first: a store slow to take those objects (a big checkpoint on a busy link).
+  ``slow_write_path`` (``re.search``) wait ``slow_write_s`` first: a store slow to take those objects (a big
+  checkpoint on a busy link).
 - ``max_faults_per_request``: the same request is faulted at most this many times in a row, so that a client
   retrying a few times always gets through; the tests stay bounded in time whatever the seed.
 
