@@ -356,12 +356,20 @@ def _part_writers(out: str) -> dict[str, str]:
     }
 
 
-def test_workers_write_the_shards_and_a_rerun_writes_nothing(tmp_path):
+def test_workers_write_the_shards_and_a_rerun_writes_nothing(tmp_path, monkeypatch):
     """Two Ray worker processes make and upload shards in one run; the driver only commits index parts; both
     ``wids.ShardListDataset`` (webdataset's indexed reader, from the written ``<split>.wids.json``) and plain
     ``webdataset`` read every sample; a rerun changes no object."""
     import wids
 
+    import pipeline.dataset.job
+    from tests.plugins.flow_probes import group_stage_meeting
+
+    # Both actors hold a group before either goes on: on a loaded machine the first could otherwise take all six
+    # before the second is up (seen once, in a 20-minute make test).
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    monkeypatch.setattr(pipeline.dataset.job, "GroupStage", group_stage_meeting(str(meeting), actors=2))
     gt = write_davis(tmp_path / "c", {f"v{i}": 4 for i in range(6)}, size=(32, 48))
     out = tmp_path / "out"
     args = [
