@@ -131,7 +131,10 @@ def test_segment_videos_with_a_corrupt_one(storage_url, ray_cluster, tiny_checkp
 
 
 def test_segment_davis_frames_then_evaluate(tmp_path, ray_cluster, tiny_checkpoint):
+    """Two annotated DAVIS sequences segmented side by side and evaluated; a third whose frame 3 is a 49 kB PNG of
+    20000x20000 pixels is rejected naming the file (sized from its header, never decoded), and only it."""
     from jobs.evaluate import main as evaluate
+    from tests.media import bomb_png
 
     corpus = open_storage(str(tmp_path / "DAVIS"))
     frames = moving_square_frames(6)
@@ -143,6 +146,8 @@ def test_segment_davis_frames_then_evaluate(tmp_path, ray_cluster, tiny_checkpoi
             buffer = io.BytesIO()
             Image.fromarray(gt).save(buffer, format="PNG")
             corpus.write_bytes(f"Annotations/480p/{seq}/{i:05d}.png", buffer.getvalue())
+    for i, frame in enumerate(frames[:5]):
+        corpus.write_bytes(f"JPEGImages/480p/goat/{i:05d}.jpg", bomb_png() if i == 3 else jpeg(frame))
     out = tmp_path / "out"
     # fp32: the check below that two videos stepped side by side get identical masks holds bit for bit in fp32
     # only (bf16 kernels may round batch rows differently).
@@ -157,10 +162,14 @@ def test_segment_davis_frames_then_evaluate(tmp_path, ray_cluster, tiny_checkpoi
             "fp32",
         ]
     )
-    assert summary["counts"]["video"]["done"] == 2
+    assert summary["counts"]["video"] == {"done": 2, "skipped": 0, "rejected": 1}
+    reason = summary["rejected"][0]["reason"]
+    assert summary["rejected"][0]["name"] == "goat" and "goat/00003.jpg" in reason
+    assert "400,000,000 pixels" in reason
     store = open_storage(str(out))
     for seq in ("bear", "cows"):
         check_video_outputs(store, seq, 6)
+    assert not store.exists("done/goat.json") and store.list("masks/goat") == []
     # Same weights, same frames: two videos stepped side by side get identical masks.
     for i in range(6):
         assert store.read_bytes(f"masks/bear/{i:05d}.png") == store.read_bytes(f"masks/cows/{i:05d}.png")
@@ -216,7 +225,15 @@ def test_killed_run_resumes(tmp_path, ray_cluster, tiny_checkpoint):
     assert json.loads(json.dumps(summary["config"]))["runtime"]["videos_in_flight"] == 1
 
 
-def test_segment_from_shards(tmp_path, ray_cluster, tiny_checkpoint):
+def test_segment_from_shards_and_a_crafted_index_touches_no_other_video(
+    tmp_path, ray_cluster, tiny_checkpoint
+):
+    """A video segmented from its shards; then a shard index whose added rows say ``.``, ``..``, ``a/b`` or ``''``:
+    those ids are rejected by name, and the other video's masks and done marker stay byte for byte (``masks/.`` is
+    the folder of every video)."""
+    import pyarrow as pa
+
+    from pipeline.shards import INDEX_NAME
     from tests.jobs.test_segment_chunks import write_shards
 
     shards = open_storage(str(tmp_path / "shards"))
@@ -235,6 +252,25 @@ def test_segment_from_shards(tmp_path, ray_cluster, tiny_checkpoint):
     assert figures["overhead_ms_per_video"] == pytest.approx(
         1000 * (summary["elapsed_s"] - figures["model_seconds"]), abs=1000 * 0.1 * summary["elapsed_s"] + 50
     )
+
+    before = {
+        rel: out.read_bytes(rel) for rel in out.list(recursive=True) if rel.startswith(("masks/", "done/"))
+    }
+    assert {"done/bear.json", "masks/bear/00005.png"} <= set(before)
+    index = shards.read_parquet(INDEX_NAME).replace_schema_metadata(None)
+    bear = index.to_pylist()
+    crafted = [dict(row, video_id=bad) for bad in (".", "..", "a/b", "") for row in bear]
+    shards.write_parquet(INDEX_NAME, pa.Table.from_pylist(bear + crafted, schema=index.schema))
+
+    summary = main(common_args(tiny_checkpoint, shards.url, out.url))  # a rerun over the crafted index
+    rejected = {r["name"]: r["reason"] for r in summary["rejected"]}
+    assert set(rejected) == {"'.'", "'..'", "'a/b'", "''"}
+    assert all("cannot be a file or folder name" in reason for reason in rejected.values())
+    assert summary["counts"]["video"] == {"done": 0, "skipped": 1, "rejected": 4}
+    after = {
+        rel: out.read_bytes(rel) for rel in out.list(recursive=True) if rel.startswith(("masks/", "done/"))
+    }
+    assert after == before  # nothing written under another name, nothing removed, nothing changed
 
 
 def test_actor_runs_the_model_on_the_thread_that_loaded_it(tmp_path, ray_cluster, tiny_checkpoint):
@@ -285,61 +321,3 @@ def test_actor_runs_the_model_on_the_thread_that_loaded_it(tmp_path, ray_cluster
     caller.join()
     assert [(r["status"], r["frames"]) for r in results] == [("done", 6)]
     assert stepped_on == {loader} and caller.ident not in stepped_on
-
-
-def test_crafted_index_ids_are_rejected_and_touch_no_other_video(tmp_path, ray_cluster, tiny_checkpoint):
-    """A shard index whose rows say ``.``, ``..``, ``a/b`` or ``''``: those ids are rejected by name, and every
-    other video's masks and done markers stay byte for byte (``masks/.`` is the folder of every video)."""
-    import pyarrow as pa
-
-    from pipeline.shards import INDEX_NAME
-    from tests.jobs.test_segment_chunks import write_shards
-
-    shards = open_storage(str(tmp_path / "shards"))
-    write_shards(shards, "bear", 6, [(0, 3), (3, 5)])
-    write_shards(shards, "cat", 4, [(0, 3)])
-    out = open_storage(str(tmp_path / "out"))
-    first = main(common_args(tiny_checkpoint, shards.url, out.url))
-    assert first["counts"]["video"]["done"] == 2
-    before = {
-        rel: out.read_bytes(rel) for rel in out.list(recursive=True) if rel.startswith(("masks/", "done/"))
-    }
-    assert {"done/bear.json", "done/cat.json", "masks/bear/00005.png", "masks/cat/00003.png"} <= set(before)
-
-    index = shards.read_parquet(INDEX_NAME).replace_schema_metadata(None)
-    bear = [row for row in index.to_pylist() if row["video_id"] == "bear"]
-    crafted = [dict(row, video_id=bad) for bad in (".", "..", "a/b", "") for row in bear]
-    shards.write_parquet(INDEX_NAME, pa.Table.from_pylist(index.to_pylist() + crafted, schema=index.schema))
-
-    summary = main(common_args(tiny_checkpoint, shards.url, out.url))  # a rerun over the crafted index
-    rejected = {r["name"]: r["reason"] for r in summary["rejected"]}
-    assert set(rejected) == {"'.'", "'..'", "'a/b'", "''"}
-    assert all("cannot be a file or folder name" in reason for reason in rejected.values())
-    assert summary["counts"]["video"] == {"done": 0, "skipped": 2, "rejected": 4}
-    after = {
-        rel: out.read_bytes(rel) for rel in out.list(recursive=True) if rel.startswith(("masks/", "done/"))
-    }
-    assert after == before  # nothing written under another name, nothing removed, nothing changed
-
-
-def test_a_frame_over_the_pixel_limit_rejects_its_video_only(tmp_path, ray_cluster, tiny_checkpoint):
-    """A 49 kB PNG of 20000x20000 pixels among a video's frames: that video is rejected naming the file (sized from
-    its header, never decoded), the other video is whole."""
-    from tests.media import bomb_png
-
-    corpus = open_storage(str(tmp_path / "DAVIS"))
-    for seq in ("bear", "cows"):
-        for i, frame in enumerate(moving_square_frames(5)):
-            corpus.write_bytes(f"JPEGImages/480p/{seq}/{i:05d}.jpg", jpeg(frame))
-    corpus.write_bytes("JPEGImages/480p/cows/00003.jpg", bomb_png())
-    out = open_storage(str(tmp_path / "out"))
-    summary = main(common_args(tiny_checkpoint, corpus.url, out.url))
-    assert summary["counts"]["video"] == {"done": 1, "skipped": 0, "rejected": 1}
-    reason = summary["rejected"][0]["reason"]
-    assert (
-        summary["rejected"][0]["name"] == "cows"
-        and "cows/00003.jpg" in reason
-        and "400,000,000 pixels" in reason
-    )
-    check_video_outputs(out, "bear", 5)
-    assert not out.exists("done/cows.json") and out.list("masks/cows") == []

@@ -319,6 +319,8 @@ def test_bad_inputs_fail_before_training(shard_set, s3_server, tmp_path, capsys)
             *SMALL,
             "--data",
             bad.url,
+            "--num-workers",
+            "1",  # one worker reads every train shard, the flipped one among them
             "--set",
             "max_failures=0",
         ]
@@ -374,6 +376,8 @@ def test_failed_run_writes_its_summary_exits_1_and_logs_without_framework_noise(
             "--run-name",
             "doomed",
             *SMALL,
+            "--num-workers",
+            "1",  # the failure is rank 0's; DDP runs are the first run's and the resubmission's
             "--max-steps",
             "2",
             "--set",
