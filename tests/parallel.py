@@ -6,9 +6,9 @@ jobs — while the rest (jobs, model, units) keeps the CPUs busy. Run one after 
 the 2-core machine idle; side by side the waiting half runs in the computing half's idle time (19:45 -> 14:25 on
 the 2-core Intel machine, then ~90% busy: from there only less work makes the suite faster, bench/RESULTS.md). A
 third group (the unit tests apart from the jobs' tests, one torch thread) was measured and not kept: 21:50 against
-22:14 back to back, within the machine's noise. Both groups run with one torch thread, and two of the jobs' tests
-join the waiting group so that the two end together (14:53 -> 12:27 and 18:47 -> 15:20 back to back,
-bench/RESULTS.md).
+22:14 back to back, within the machine's noise. Both groups run with one torch thread and OpenMP threads that sleep
+rather than spin (``QUIET_OPENMP``), and two of the jobs' tests join the waiting group so that the two end together
+(14:53 -> 12:27 and 18:47 -> 15:20 back to back, bench/RESULTS.md).
 
 Each process gets a temp dir of its own (``TMPDIR``): its pytest ``tmp_path``s, its Ray cluster's session folder
 (Ray finds "the" local cluster through files under the temp dir, so no group attaches to another's), and
@@ -67,10 +67,14 @@ FAST_SELECTION = ("-m", "not integration and not slow", "--ignore=tests/jobs", "
 tests/infra hold integration tests only and are not even collected (that spares importing their modules)."""
 FAST_MODEL = ("tests/model", "tests/faults")
 """The fast tests that run the network (and the lease's local units): about half of test-fast's time."""
-ONE_TORCH_THREAD = {"OMP_NUM_THREADS": "1"}
-"""For every group (and the Ray clusters and jobs it starts): with torch's default (a thread per core) two busy groups
-on two cores spin on each other (test-fast measured 40% more CPU time, and the network's group twice as slow). Ray
-gives its tasks and actors their own thread counts; tests that need two threads set them."""
+QUIET_OPENMP = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+"""For every group (and the Ray clusters and jobs it starts). One torch thread: with torch's default (a thread per
+core) two busy groups on two cores spin on each other (test-fast measured 40% more CPU time, and the network's group
+twice as slow). Passive waiting: the model actors set their own thread count from their CPUs (2 for 1.6 CPUs), and
+libgomp's threads spin at every barrier before they sleep, burning the core the other group needs; with
+``PASSIVE`` they sleep at once. Four job test files in two processes side by side, back to back: 432 -> 379 and
+408 -> 330 CPU-s, 238 -> 208 and 222 -> 182 s (bench/RESULTS.md). Only the suite's setting: a model actor on
+a machine of its own steps faster when its threads spin (pipeline/segment/runner.py)."""
 
 
 def suite_groups(fast: bool = False) -> dict[str, list[str]]:
@@ -108,14 +112,14 @@ def _pump(name: str, stream, lock: threading.Lock, recap: list[str]) -> None:
 
 
 def run_groups(groups: dict[str, list[str]], pytest_args: list[str]) -> int:
-    """Run one pytest process per group at once, each with its paths and one torch thread; return the first failing
+    """Run one pytest process per group at once, each with its paths and ``QUIET_OPENMP``; return the first failing
     group's exit status, else 0."""
     lock = threading.Lock()
     running = []
     for name, paths in groups.items():
         # short: Ray's Unix socket paths under it must stay below ~107 bytes
         tmp = tempfile.mkdtemp(prefix=f"hmhi-{name[0]}-", dir="/tmp")
-        env = dict(os.environ, TMPDIR=tmp, PYTHONUNBUFFERED="1", **ONE_TORCH_THREAD)
+        env = dict(os.environ, TMPDIR=tmp, PYTHONUNBUFFERED="1", **QUIET_OPENMP)
         # a cache of its own, so that the two do not overwrite each other's last failures (``--lf`` reruns them)
         cache = f"--override-ini=cache_dir=.pytest_cache/{name}"
         proc = subprocess.Popen(
