@@ -157,17 +157,18 @@ def pytest_collection_modifyitems(config, items):
     idle one. An idle local cluster is not free: its daemons, Ray Data's three helper actors and its idle workers
     each wake up many times a second (a worker's task loop checks for signals every 10 ms), about 8-10 CPU-s a
     minute in all on this 2-core machine, while the tests that need no cluster (the rehearsal and the preemption
-    run with clusters of their own, the first-hour jobs each with its own, the model and unit tests) take about
-    half of make test's time.
+    run with clusters of their own, the first-hour jobs each with its own, the model and unit tests) take over 40%
+    of make test's time (bench/RESULTS.md).
     """
     _integration_markers(items)
-    uses_cluster = {item.nodeid.split("::")[0] for item in items if "ray_cluster" in item.fixturenames}
+    uses_cluster = {i.nodeid.split("::")[0] for i in items if "ray_cluster" in getattr(i, "fixturenames", ())}
     items[:] = [i for i in items if i.nodeid.split("::")[0] not in uses_cluster] + [
         i for i in items if i.nodeid.split("::")[0] in uses_cluster
     ]
 
 
 def _integration_markers(items) -> None:
+    """The ``integration`` marker, as :func:`pytest_collection_modifyitems` says."""
     tests_dir = Path(__file__).resolve().parent
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
